@@ -202,7 +202,15 @@ _ENDPOINTS: tuple[Endpoint, ...] = (
         summary="Tasks mapped, validated and marked bad imagery per day; at most 366 days a call.",
         auth="required",
         query_params=frozenset(
-            {"startDate", "endDate", "organisationId", "organisationName", "campaign", "projectId", "country"}
+            {
+                "startDate",
+                "endDate",
+                "organisationId",
+                "organisationName",
+                "campaign",
+                "projectId",
+                "country",
+            }
         ),
         window=DateWindow("startDate", "endDate", max_days=366),
     ),
@@ -272,8 +280,16 @@ _ENDPOINTS: tuple[Endpoint, ...] = (
         summary="All teams visible to the token's user, with member lists.",
         auth="required",
         query_params=frozenset(
-            {"team_name", "member", "manager", "member_request", "team_role", "organisation", "omitMemberList",
-             "fullMemberList"}
+            {
+                "team_name",
+                "member",
+                "manager",
+                "member_request",
+                "team_role",
+                "organisation",
+                "omitMemberList",
+                "fullMemberList",
+            }
         ),
     ),
     Endpoint(

@@ -1,0 +1,5 @@
+"""Allow ``python -m tm_export``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,268 @@
+"""The command line: a thin click layer over the recipe loader and the engine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import anyio
+import click
+
+from . import __version__
+from .catalog import CATALOG
+from .engine import RunOptions, RunResult, export, resolve_base_url
+from .errors import ExitCode, RecipeError, TmExportError
+from .recipe import load_recipe, resolve_token
+from .redact import RedactingFilter, Redactor
+from .summary import format_summary, summary_json
+
+EXIT_CODES = """\b
+Exit codes:
+  0    complete (partitions skipped for 403/404 are allowed and counted)
+  1    stopped by a fatal error (token rejected, disk full, a wait
+       longer than allowed, server unreachable); run again to resume
+  2    invalid recipe or usage; nothing was sent
+  3    finished, but some partitions failed or an integrity check
+       failed (or, with --strict, some were skipped)
+  130  interrupted by SIGINT or SIGTERM; run again to resume"""
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES)
+@click.version_option(__version__, prog_name="tm-export")
+def main() -> None:
+    """Export HOT Tasking Manager API data to JSON Lines, resumably and exactly once.
+
+    A YAML recipe names the streams to pull; see docs/recipes.md.
+    """
+
+
+def _fail(error: TmExportError | str, code: int) -> None:
+    click.echo(f"tm-export: error: {error}", err=True)
+    sys.exit(code)
+
+
+def _setup_logging(verbose: int, quiet: bool, redactor: Redactor) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("tm-export: %(levelname)s: %(message)s"))
+    handler.addFilter(RedactingFilter(redactor))
+    root = logging.getLogger("tm_export")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+@main.command(context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES)
+@click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--base-url",
+    metavar="URL",
+    help="API root to export from, e.g. http://127.0.0.1:8080/api/v2. Overrides "
+    "TM_EXPORT_BASE_URL and the recipe's instance.base_url.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Output folder. Overrides the recipe's output.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    help="Requests in flight at once. Overrides instance.concurrency.",
+)
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="PER_SECOND",
+    help="Request budget in requests per second. Overrides instance.rate_limit.",
+)
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Fetch again the partitions that failed in earlier sessions.",
+)
+@click.option(
+    "--retry-skipped",
+    is_flag=True,
+    help="Fetch again the partitions skipped for 403/404 (e.g. after adding a token).",
+)
+@click.option(
+    "--start-over",
+    is_flag=True,
+    help="Begin a new run in a new folder beside the existing runs; nothing is deleted.",
+)
+@click.option("--strict", is_flag=True, help="Exit 3 when any partition was skipped for 403/404.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
+@click.option("-v", "--verbose", count=True, help="Log every request (debug level) on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="Log only warnings and errors.")
+def run(
+    recipe: Path,
+    base_url: str | None,
+    output: Path | None,
+    concurrency: int | None,
+    rate_limit: float | None,
+    retry_failed: bool,
+    retry_skipped: bool,
+    start_over: bool,
+    strict: bool,
+    as_json: bool,
+    verbose: int,
+    quiet: bool,
+) -> None:
+    """Export the streams of RECIPE, or resume the unfinished run in its output folder.
+
+    \b
+    Example:
+      tm-export run recipes/demo.yaml --base-url http://127.0.0.1:8080/api/v2
+
+    Records go to OUTPUT/runs/NNNN/data/STREAM.jsonl; progress and the summary go to stderr.
+    """
+    try:
+        loaded = load_recipe(recipe)
+        token = resolve_token(loaded)
+    except RecipeError as error:
+        _fail(error, ExitCode.USAGE)
+        return
+
+    redactor = Redactor([token] if token else [])
+    _setup_logging(verbose, quiet, redactor)
+    options = RunOptions(
+        base_url=resolve_base_url(loaded, base_url),
+        output=output or Path(loaded.output),
+        token=token,
+        concurrency=concurrency,
+        rate_limit=rate_limit,
+        retry_failed=retry_failed,
+        retry_skipped=retry_skipped,
+        start_over=start_over,
+    )
+
+    try:
+        result: RunResult = anyio.run(export, loaded, options, backend="asyncio")
+    except TmExportError as error:
+        _fail(redactor.redact(str(error)), error.exit_code)
+        return
+
+    code = result.exit_code(strict=strict)
+    click.echo(redactor.redact(format_summary(loaded, result, code)), err=True)
+    if as_json:
+        click.echo(json.dumps(summary_json(result, code), indent=2))
+    if result.fatal is not None:
+        click.echo(f"tm-export: error: {redactor.redact(str(result.fatal))}", err=True)
+    sys.exit(int(code))
+
+
+@main.command(context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES)
+@click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
+def validate(recipe: Path) -> None:
+    """Check RECIPE and list the streams it defines; sends nothing and writes nothing.
+
+    \b
+    Example:
+      tm-export validate recipes/demo.yaml
+    """
+    try:
+        loaded = load_recipe(recipe)
+        resolve_token(loaded)
+    except RecipeError as error:
+        _fail(error, ExitCode.USAGE)
+        return
+
+    click.echo(f"{recipe}: valid recipe with {len(loaded.streams)} streams")
+    for name, spec in loaded.streams.items():
+        parent = spec.parent
+        source = f" (values from {parent.stream}.{parent.field})" if parent else ""
+        click.echo(f"  {name}: {spec.endpoint.name}{source}")
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--json", "as_json", is_flag=True, help="Print the catalog as JSON.")
+def endpoints(as_json: bool) -> None:
+    """List the endpoint catalog: the names a recipe's 'endpoint' key accepts."""
+    if as_json:
+        rows = [
+            {
+                "name": e.name,
+                "path": e.path,
+                "records": e.records,
+                "key": e.key,
+                "auth": e.auth,
+                "paginated": e.paginated,
+                "params": sorted(e.accepted_params),
+                "defaults": dict(e.defaults),
+                "summary": e.summary,
+            }
+            for e in CATALOG.values()
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len(name) for name in CATALOG)
+    for endpoint in CATALOG.values():
+        flags = [
+            endpoint.auth + " auth" if endpoint.auth != "none" else "",
+            "paged" if endpoint.paginated else "",
+        ]
+        extra = ", ".join(flag for flag in flags if flag)
+        click.echo(f"{endpoint.name:<{width}}  {endpoint.path}" + (f"  [{extra}]" if extra else ""))
+        click.echo(f"{'':<{width}}  {endpoint.summary}")
+
+
+@main.command("mock-server", context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Loopback address to listen on."
+)
+@click.option(
+    "--port",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="TCP port; 0 picks a free one.",
+)
+@click.option(
+    "--projects",
+    default=300,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="Number of project ids in the seeded dataset.",
+)
+@click.option(
+    "--seed", default=1, show_default=True, type=int, help="Seed of the dataset generator."
+)
+@click.option(
+    "--latency-ms",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 60_000),
+    help="Delay added to every response, in milliseconds.",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the URLs and tokens as JSON to this file once listening.",
+)
+def mock_server(
+    host: str, port: int, projects: int, seed: int, latency_ms: int, ready_file: Path | None
+) -> None:
+    """Serve a Tasking Manager look-alike with seeded data on a loopback address.
+
+    It prints its API URL and three tokens (admin, a mapper on the private
+    projects' allow-list, another mapper), and runs until Ctrl-C.
+    """
+    from .mock import serve
+
+    try:
+        serve(
+            host=host,
+            port=port,
+            projects=projects,
+            seed=seed,
+            latency_ms=latency_ms,
+            ready_file=ready_file,
+        )
+    except ValueError as error:
+        _fail(str(error), ExitCode.USAGE)

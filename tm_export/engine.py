@@ -1,0 +1,409 @@
+"""The export engine: one run of a recipe, from the output lock to the last commit.
+
+The engine never imports click; the command line is a thin layer over ``export()``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import random
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from . import __version__
+from .catalog import TOKEN_CHECK_PATH
+from .clock import Clock, RealClock
+from .errors import (
+    ExitCode,
+    FatalError,
+    ManifestError,
+    RequestError,
+    StorageError,
+    TmExportError,
+    TransportError,
+)
+from .fetcher import Fetcher
+from .http import HttpSession
+from .journal import Journal
+from .layout import MANIFEST_NAME, OutputLock, list_runs, next_run_folder, stream_path
+from .manifest import Committer, ManifestState, StreamState, load_state
+from .recipe import Recipe
+from .redact import Redactor
+from .sink import StreamFile
+from .stream import StreamRunner, StreamStats
+
+logger = logging.getLogger("tm_export.engine")
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """How to run a recipe: where, against which server, and what to retry."""
+
+    base_url: str
+    output: Path
+    token: str | None = None
+    concurrency: int | None = None
+    rate_limit: float | None = None
+    retry_failed: bool = False
+    retry_skipped: bool = False
+    start_over: bool = False
+    handle_signals: bool = True
+    clock: Clock = field(default_factory=RealClock)
+    rng: random.Random | None = None
+
+
+@dataclass(slots=True)
+class RunResult:
+    """The outcome of one session of a run."""
+
+    run_folder: Path
+    streams: dict[str, StreamStats]
+    authenticated: bool = False
+    tm_release: str | None = None
+    requests: int = 0
+    retries: int = 0
+    resumed: bool = False
+    fatal: FatalError | None = None
+    interrupted: bool = False
+
+    @property
+    def failed_partitions(self) -> int:
+        return sum(stats.partitions["failed"] for stats in self.streams.values())
+
+    @property
+    def skipped_partitions(self) -> int:
+        return sum(stats.partitions["skipped"] for stats in self.streams.values())
+
+    @property
+    def problems(self) -> int:
+        return sum(len(stats.problems) for stats in self.streams.values())
+
+    def exit_code(self, *, strict: bool = False) -> ExitCode:
+        """Map the outcome to the documented exit code."""
+        if self.interrupted:
+            return ExitCode.INTERRUPTED
+        if self.fatal is not None:
+            return ExitCode.FATAL
+        if self.failed_partitions or self.problems or (strict and self.skipped_partitions):
+            return ExitCode.FAILURES
+        return ExitCode.COMPLETE
+
+
+def resolve_base_url(
+    recipe: Recipe, override: str | None, environ: dict[str, str] | None = None
+) -> str:
+    """Pick the base URL: the command line, then TM_EXPORT_BASE_URL, the recipe, the default."""
+    from .recipe import BASE_URL_ENV, DEFAULT_BASE_URL
+
+    environ = dict(os.environ) if environ is None else environ
+    chosen = override or environ.get(BASE_URL_ENV) or recipe.instance.base_url or DEFAULT_BASE_URL
+    return chosen.rstrip("/")
+
+
+async def export(recipe: Recipe, options: RunOptions) -> RunResult:
+    """Run (or resume) the export of ``recipe`` and return its outcome.
+
+    Fatal errors are returned in ``RunResult.fatal`` after committed work is made durable;
+    errors found before anything was written (a locked folder, a foreign manifest) raise.
+
+    Raises:
+        OutputLockedError: another process writes the output folder.
+        ManifestError: the manifest is damaged or belongs to another recipe.
+        StorageError: the output folder cannot be created.
+    """
+    with OutputLock(options.output):
+        session = _Session(recipe, options)
+        return await session.run()
+
+
+class _Session:
+    """One process's work on a run: open, preflight, export, commit, close."""
+
+    def __init__(self, recipe: Recipe, options: RunOptions) -> None:
+        self.recipe = recipe
+        self.options = options
+        self.redactor = Redactor([options.token] if options.token else [])
+        self.concurrency = options.concurrency or recipe.instance.concurrency
+        self.rate_limit = options.rate_limit or recipe.instance.rate_limit
+
+    async def run(self) -> RunResult:
+        run_folder, state, journal = self._open_run()
+        files: dict[str, StreamFile] = {}
+        result = RunResult(run_folder=run_folder, streams={}, resumed=len(state.sessions) > 0)
+        try:
+            for name in self.recipe.streams:
+                committed = state.streams.setdefault(name, StreamState()).committed_end
+                files[name] = StreamFile.open(stream_path(run_folder, name), committed)
+            committer = Committer(journal, files)
+            await self._export(state, committer, run_folder, result)
+            if isinstance(result.fatal, StorageError):
+                self._cut_back(files, committer.committed_ends)
+        finally:
+            for file in files.values():
+                file.close()
+            journal.close()
+        return result
+
+    # --- opening the run ------------------------------------------------------------
+
+    def _open_run(self) -> tuple[Path, ManifestState, Journal]:
+        output = self.options.output
+        runs = list_runs(output)
+        if runs and not self.options.start_over:
+            folder = runs[-1]
+            manifest = folder / MANIFEST_NAME
+            if manifest.exists():
+                state, contents = load_state(manifest)
+                self._check_recipe(manifest, state)
+                logger.info("resuming the run in %s", folder)
+                return folder, state, Journal.open(manifest, valid_bytes=contents.valid_bytes)
+            if any(folder.iterdir()):
+                raise ManifestError(
+                    f"{folder}: the run folder has files but no {MANIFEST_NAME}, so what it committed "
+                    "cannot be proven; nothing was changed. Run with --start-over to begin a new run "
+                    "beside it"
+                )
+        else:
+            folder = next_run_folder(output)
+
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        header = {
+            "tool": "tm-export",
+            "version": __version__,
+            "recipe_path": str(self.recipe.path),
+            "recipe_text": self.recipe.text,
+            "recipe_hash": self.recipe.export_hash(),
+            "streams": {name: spec.describe() for name, spec in self.recipe.streams.items()},
+            "started": _now(),
+        }
+        journal = Journal.create(folder / MANIFEST_NAME, header)
+        logger.info("starting a new run in %s", folder)
+        return folder, ManifestState.replay([{"t": "run", **header}]), journal
+
+    def _check_recipe(self, manifest: Path, state: ManifestState) -> None:
+        recorded = state.header.get("recipe_hash")
+        if recorded != self.recipe.export_hash():
+            raise ManifestError(
+                f"{manifest}: this run was started by a recipe that exports something else "
+                f"(other streams, endpoints or parameters; recipe hash {str(recorded)[:12]}, now "
+                f"{self.recipe.export_hash()[:12]}). Nothing was changed. Use --start-over to begin a "
+                "new run beside it, or choose another output folder"
+            )
+
+    # --- exporting ----------------------------------------------------------------------
+
+    async def _export(
+        self, state: ManifestState, committer: Committer, run_folder: Path, result: RunResult
+    ) -> None:
+        instance = self.recipe.instance
+        user_agent = (
+            f"tm-export/{__version__} (+{instance.contact or 'no contact given in the recipe'})"
+        )
+        async with HttpSession(
+            user_agent=user_agent,
+            token=self.options.token,
+            connect_timeout=instance.timeouts.connect,
+            read_timeout=instance.timeouts.read,
+            total_timeout=instance.timeouts.total,
+            max_connections=self.concurrency,
+            redactor=self.redactor,
+        ) as http:
+            fetcher = Fetcher(
+                http,
+                base_url=self.options.base_url,
+                retries=instance.retries,
+                concurrency=self.concurrency,
+                rate_limit=self.rate_limit,
+                clock=self.options.clock,
+                redactor=self.redactor,
+                token_env=instance.token_env,
+                rng=self.options.rng,
+            )
+            runners = self._runners(state, committer, fetcher, run_folder)
+            result.streams = {name: runner.stats for name, runner in runners.items()}
+            try:
+                await self._preflight(fetcher, result)
+                committer.record(self._session_entry(state, result))
+                await self._run_streams(runners, committer, result)
+            except* FatalError as group:
+                result.fatal = _first(group)
+            finally:
+                result.requests = fetcher.requests_sent
+                result.retries = fetcher.retries_done
+
+        await self._close(committer, result)
+
+    def _runners(
+        self, state: ManifestState, committer: Committer, fetcher: Fetcher, run_folder: Path
+    ) -> dict[str, StreamRunner]:
+        runners = {
+            name: StreamRunner(
+                spec,
+                state=state.streams[name],
+                committer=committer,
+                fetcher=fetcher,
+                data_path=stream_path(run_folder, name),
+                concurrency=self.concurrency,
+                retry_failed=self.options.retry_failed,
+                retry_skipped=self.options.retry_skipped,
+            )
+            for name, spec in self.recipe.streams.items()
+        }
+        for runner in runners.values():
+            parent = runner.spec.parent
+            if parent is not None:
+                runners[parent.stream].feed(runner, parent.field)
+        return runners
+
+    async def _preflight(self, fetcher: Fetcher, result: RunResult) -> None:
+        """Read the TM release, and check the token once before any export request.
+
+        An expired token is served anonymously on endpoints where login is optional, so
+        without this check an archive could silently shrink to the public part.
+        """
+        try:
+            _, body = await fetcher.get_json("/system/heartbeat/", {})
+            release = body.get("release") if isinstance(body, dict) else None
+            result.tm_release = release.get("version") if isinstance(release, dict) else None
+        except TransportError as error:
+            raise FatalError(
+                f"cannot reach the Tasking Manager at {self.options.base_url}: {error}; "
+                "check the base URL and the network, then run again to resume"
+            ) from error
+        except RequestError as error:
+            logger.warning("could not read the server's release: %s", error)
+
+        if self.options.token:
+            try:
+                await fetcher.get_json(TOKEN_CHECK_PATH, {})
+            except RequestError as error:
+                logger.warning("the token check did not complete (%s); going on", error)
+            else:
+                result.authenticated = True
+                logger.info("the API token was accepted")
+
+    def _session_entry(self, state: ManifestState, result: RunResult) -> dict[str, Any]:
+        instance = self.recipe.instance
+        settings = {
+            "base_url": self.options.base_url,
+            "concurrency": self.concurrency,
+            "rate_limit": self.rate_limit,
+            "timeouts": {
+                "connect": instance.timeouts.connect,
+                "read": instance.timeouts.read,
+                "total": instance.timeouts.total,
+            },
+            "retries": {
+                "attempts": instance.retries.attempts,
+                "wait_max": instance.retries.wait_max,
+                "max_retry_after": instance.retries.max_retry_after,
+            },
+        }
+        if state.sessions:
+            previous = state.sessions[-1].get("settings", {})
+            for key, value in settings.items():
+                if previous.get(key) != value:
+                    logger.info(
+                        "setting %s changed since the last session: %s -> %s",
+                        key,
+                        previous.get(key),
+                        value,
+                    )
+        return {
+            "t": "session",
+            "at": _now(),
+            "version": __version__,
+            "settings": settings,
+            "authenticated": result.authenticated,
+            "tm_release": result.tm_release,
+            "retry_failed": self.options.retry_failed,
+            "retry_skipped": self.options.retry_skipped,
+        }
+
+    async def _run_streams(
+        self, runners: dict[str, StreamRunner], committer: Committer, result: RunResult
+    ) -> None:
+        wake = anyio.Event()
+
+        async def commit_loop() -> None:
+            nonlocal wake
+            while True:
+                await wake.wait()
+                wake = anyio.Event()
+                await committer.commit()
+
+        async def watch_signals(scope: anyio.CancelScope) -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for received in signals:
+                    logger.warning(
+                        "received %s: stopping; committed pages are kept",
+                        signal.Signals(received).name,
+                    )
+                    result.interrupted = True
+                    scope.cancel()
+                    return
+
+        committer.on_queue = lambda: wake.set()
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(commit_loop)
+            if self.options.handle_signals:
+                outer.start_soon(watch_signals, outer.cancel_scope)
+            async with anyio.create_task_group() as streams:
+                for runner in runners.values():
+                    streams.start_soon(runner.run)
+            outer.cancel_scope.cancel()
+
+    async def _close(self, committer: Committer, result: RunResult) -> None:
+        if isinstance(result.fatal, StorageError):
+            return
+        finished = result.fatal is None and not result.interrupted
+        if finished:
+            outcome = (
+                "complete" if not (result.failed_partitions or result.problems) else "failures"
+            )
+            committer.record({"t": "end", "at": _now(), "outcome": outcome})
+        with anyio.CancelScope(shield=True):
+            await committer.commit()
+
+    def _cut_back(self, files: dict[str, StreamFile], committed_ends: dict[str, int]) -> None:
+        """After a failed write, cut every stream file back to what the manifest proves."""
+        for name, file in files.items():
+            committed = committed_ends[name]
+            file.close()
+            try:
+                os.truncate(file.path, committed)
+            except OSError as error:
+                logger.error(
+                    "cannot cut %s back to byte %d: %s; the next run will",
+                    file.path,
+                    committed,
+                    error.strerror,
+                )
+
+
+def _first(group: BaseExceptionGroup[FatalError]) -> FatalError:
+    for leaf in _leaves(group):
+        return leaf
+    raise AssertionError("an exception group is never empty")
+
+
+def _leaves(group: BaseExceptionGroup[FatalError]) -> Iterator[FatalError]:
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            yield from _leaves(error)
+        else:
+            yield error
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+__all__ = ["RunOptions", "RunResult", "TmExportError", "export", "resolve_base_url"]

@@ -1,0 +1,108 @@
+"""The tm-export exception tree and the exit code each branch maps to.
+
+::
+
+    TmExportError
+    ├── RecipeError              invalid recipe or usage; nothing was sent (exit 2)
+    ├── FatalError               the run stopped before finishing; resumable (exit 1)
+    │   ├── TokenRejectedError   the server rejected the API token (401)
+    │   ├── WaitTooLongError     Retry-After asked for a longer wait than allowed
+    │   ├── OutputLockedError    another process writes the same output folder
+    │   ├── StorageError         a data or manifest write failed (disk full, I/O error)
+    │   └── ManifestError        the manifest is damaged or belongs to another recipe
+    └── RequestError             one request failed; the engine decides what it means
+        ├── TransportError       no usable HTTP response: connection, timeout, torn body
+        └── HTTPStatusError      the server answered with an error status
+
+The engine turns a ``RequestError`` into a skipped or failed partition, or into a
+``FatalError``. Only ``tm_export.http`` raises ``TransportError``: it is the one module
+that knows aiohttp's exceptions.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit status of the command line, one per outcome of a run."""
+
+    COMPLETE = 0
+    FATAL = 1
+    USAGE = 2
+    FAILURES = 3
+    INTERRUPTED = 130
+
+
+class TmExportError(Exception):
+    """Base of every error tm-export raises on purpose."""
+
+    exit_code = ExitCode.FATAL
+
+
+class RecipeError(TmExportError):
+    """The recipe or the command line is invalid; no request was sent."""
+
+    exit_code = ExitCode.USAGE
+
+
+class FatalError(TmExportError):
+    """The run cannot go on; committed work is kept and a rerun resumes."""
+
+    exit_code = ExitCode.FATAL
+
+
+class TokenRejectedError(FatalError):
+    """The server answered 401: the token is missing, expired or invalid."""
+
+
+class WaitTooLongError(FatalError):
+    """The server asked for a wait longer than the recipe allows."""
+
+
+class OutputLockedError(FatalError):
+    """Another tm-export process holds the lock of the output folder."""
+
+
+class StorageError(FatalError):
+    """Writing a stream file or the manifest failed."""
+
+
+class ManifestError(FatalError):
+    """The manifest cannot be trusted or does not match the recipe."""
+
+
+class RequestError(TmExportError):
+    """One request failed."""
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+        self.attempts = 1
+        """How many attempts were made before this error was raised."""
+
+
+class TransportError(RequestError):
+    """No complete HTTP response arrived: connection error, timeout or a cut body."""
+
+
+class HTTPStatusError(RequestError):
+    """The server answered with a status that is not a success."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        status: int,
+        content_type: str,
+        excerpt: str,
+        sub_code: str | None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, url=url)
+        self.status = status
+        self.content_type = content_type
+        self.excerpt = excerpt
+        self.sub_code = sub_code
+        self.retry_after = retry_after

@@ -1,0 +1,213 @@
+"""One request, done well: concurrency slot, rate budget, host pause, retries, classification.
+
+``Fetcher.get_json`` returns a parsed 2xx body or raises:
+
+- ``TokenRejectedError`` on 401, at once and for every later call too;
+- ``WaitTooLongError`` when ``Retry-After`` asks for more than the recipe allows;
+- ``HTTPStatusError`` for a status that is not retried (403, 404, other 4xx), or for a
+  retried status (429, 5xx) once the attempts are used up;
+- ``TransportError`` when the attempts are used up on connection errors, timeouts, cut
+  bodies or a 2xx body that is not JSON.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import random
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import orjson
+
+from .clock import Clock
+from .errors import (
+    FatalError,
+    HTTPStatusError,
+    RequestError,
+    TokenRejectedError,
+    TransportError,
+    WaitTooLongError,
+)
+from .http import HttpSession, Response
+from .pacing import HostGate, RateLimiter
+from .recipe import Retries
+from .redact import Redactor
+from .retry import Backoff, is_retried, retry_after_seconds
+
+logger = logging.getLogger("tm_export.fetch")
+
+EXCERPT_CHARS = 200
+
+
+class Fetcher:
+    """Sends GET requests for the engine, within the run's limits."""
+
+    def __init__(
+        self,
+        session: HttpSession,
+        *,
+        base_url: str,
+        retries: Retries,
+        concurrency: int,
+        rate_limit: float,
+        clock: Clock,
+        redactor: Redactor,
+        token_env: str | None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._retries = retries
+        self._slots = anyio.CapacityLimiter(concurrency)
+        self._rate = RateLimiter(rate_limit, clock)
+        self._gate = HostGate(clock)
+        self._clock = clock
+        self._backoff = Backoff(retries, rng)
+        self._redactor = redactor
+        self._token_env = token_env
+        self._fatal: FatalError | None = None
+        self.requests_sent = 0
+        self.retries_done = 0
+
+    async def get_json(self, path: str, params: Mapping[str, str]) -> tuple[Response, Any]:
+        """Return the response and its parsed JSON body; see the module docstring for errors."""
+        url = self._base_url + path
+        attempts = self._retries.attempts
+
+        for attempt in range(1, attempts + 1):
+            response, failure = await self._attempt(url, params)
+            if response is not None:
+                body, failure = self._classify(response)
+                if failure is None:
+                    return response, body
+
+            assert failure is not None
+            failure.attempts = attempt
+            if attempt == attempts:
+                raise failure
+            await self._wait_before_retry(failure, attempt, attempts)
+
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _attempt(
+        self, url: str, params: Mapping[str, str]
+    ) -> tuple[Response | None, RequestError | None]:
+        await self._gate.wait_open()
+        async with self._slots:
+            await self._rate.wait_turn()
+            await self._gate.wait_open()
+            if self._fatal is not None:
+                # Another request hit a fatal answer while this one waited: send nothing more.
+                raise self._fatal
+            self.requests_sent += 1
+            try:
+                return await self._session.get(url, params), None
+            except TransportError as error:
+                return None, error
+
+    def _classify(self, response: Response) -> tuple[Any, RequestError | None]:
+        status = response.status
+        if 200 <= status < 300:
+            try:
+                return orjson.loads(response.body), None
+            except orjson.JSONDecodeError:
+                return None, TransportError(
+                    f"GET {response.url}: {status} with a body that is not JSON "
+                    f"({response.content_type or 'no content type'}): {self.excerpt(response)}",
+                    url=response.url,
+                )
+
+        error = self._status_error(response)
+        if status == 401:
+            self._fatal = TokenRejectedError(self._token_message(response, error))
+            raise self._fatal
+        if not is_retried(status):
+            raise error
+        return None, error
+
+    def _status_error(self, response: Response) -> HTTPStatusError:
+        excerpt = self.excerpt(response)
+        sub_code = _sub_code(response)
+        code = f" {sub_code}" if sub_code else ""
+        return HTTPStatusError(
+            f"GET {response.url}: {response.status}{code} ({response.content_type or 'no content type'}): "
+            f"{excerpt}",
+            url=response.url,
+            status=response.status,
+            content_type=response.content_type,
+            excerpt=excerpt,
+            sub_code=sub_code,
+            retry_after=retry_after_seconds(response.headers),
+        )
+
+    def _token_message(self, response: Response, error: HTTPStatusError) -> str:
+        variable = self._token_env or "the token variable"
+        return (
+            f"the server rejected the API token (401{' ' + error.sub_code if error.sub_code else ''} "
+            f"at {response.url}): the token in {variable} is missing, invalid or expired (TM tokens "
+            f"last 7 days). Copy a new API key from your Tasking Manager settings, export "
+            f"{variable}, and run the same command again to resume"
+        )
+
+    async def _wait_before_retry(self, failure: RequestError, attempt: int, attempts: int) -> None:
+        retry_after = failure.retry_after if isinstance(failure, HTTPStatusError) else None
+        limit = self._retries.max_retry_after
+
+        if retry_after is not None and retry_after > limit:
+            self._fatal = WaitTooLongError(
+                f"the server asked to wait {retry_after:.0f} s (Retry-After at {failure.url}), more than "
+                f"instance.retries.max_retry_after ({limit:.0f} s); the run stopped. Run the same command "
+                "later to resume, or raise max_retry_after"
+            )
+            raise self._fatal
+
+        self.retries_done += 1
+        if retry_after is not None:
+            self._gate.pause(retry_after)
+            logger.warning(
+                "retrying after Retry-After %.1f s (attempt %d of %d): %s",
+                retry_after,
+                attempt + 1,
+                attempts,
+                failure,
+            )
+            return
+
+        wait = self._backoff.wait(attempt)
+        logger.warning(
+            "retrying in %.1f s (attempt %d of %d): %s", wait, attempt + 1, attempts, failure
+        )
+        await self._clock.sleep(wait)
+
+    def excerpt(self, response: Response) -> str:
+        """Return a short, single-line, secret-free excerpt of a response body."""
+        text = response.body[: EXCERPT_CHARS * 20].decode("utf-8", errors="replace")
+        if "html" in response.content_type or text.lstrip().startswith("<"):
+            text = re.sub(r"(?is)<(script|style).*?</\1>", " ", text)
+            text = html.unescape(re.sub(r"<[^>]+>", " ", text))
+        text = self._redactor.redact(" ".join(text.split()))
+        if not text:
+            return "(empty body)"
+        return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 3] + "..."
+
+
+def _sub_code(response: Response) -> str | None:
+    if response.content_type != "application/json":
+        return None
+    try:
+        body = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    if isinstance(body.get("SubCode"), str):
+        return str(body["SubCode"])
+    error = body.get("error")
+    if isinstance(error, dict) and isinstance(error.get("sub_code"), str):
+        return str(error["sub_code"])
+    if isinstance(body.get("detail"), str):
+        return str(body["detail"])
+    return None

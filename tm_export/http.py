@@ -1,0 +1,137 @@
+"""The HTTP session: one aiohttp client per run, and the only module that imports aiohttp.
+
+Every aiohttp and timeout exception is translated here into ``TransportError``, so the
+rest of tm-export handles one exception tree and never sees aiohttp's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+
+import aiohttp
+
+from .errors import TransportError
+from .redact import Redactor
+
+logger = logging.getLogger("tm_export.http")
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A complete HTTP response. Header names are lower case."""
+
+    url: str
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def content_type(self) -> str:
+        """The media type without parameters, e.g. ``application/json``."""
+        return self.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+class HttpSession:
+    """An aiohttp client session with explicit timeouts and the run's fixed headers."""
+
+    def __init__(
+        self,
+        *,
+        user_agent: str,
+        token: str | None,
+        connect_timeout: float,
+        read_timeout: float,
+        total_timeout: float,
+        max_connections: int,
+        redactor: Redactor,
+    ) -> None:
+        self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
+        if token:
+            # The TM settings page shows the key already base64-encoded; the header scheme is
+            # "Token". A value pasted with its scheme is sent as it is. An empty header is never
+            # sent, because the server answers 400 to every request that has one.
+            self._headers["Authorization"] = (
+                token if token.startswith("Token ") else f"Token {token}"
+            )
+        self._timeout = aiohttp.ClientTimeout(
+            total=total_timeout, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._max_connections = max_connections
+        self._redactor = redactor
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> HttpSession:
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections, limit_per_host=self._max_connections
+        )
+        self._session = aiohttp.ClientSession(
+            headers=self._headers,
+            timeout=self._timeout,
+            connector=connector,
+            raise_for_status=False,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def get(self, url: str, params: Mapping[str, str]) -> Response:
+        """Send one GET and read the whole body.
+
+        Raises:
+            TransportError: no complete response arrived (connection, timeout, cut body).
+        """
+        assert self._session is not None, "use HttpSession as an async context manager"
+        started = time.perf_counter()
+        shown = _with_query(url, params)
+        try:
+            async with self._session.get(url, params=params, allow_redirects=False) as reply:
+                body = await reply.read()
+                status = reply.status
+                headers = {name.lower(): value for name, value in reply.headers.items()}
+        except (TimeoutError, aiohttp.ServerTimeoutError) as error:
+            raise TransportError(f"GET {shown} timed out", url=shown) from error
+        except aiohttp.ClientPayloadError as error:
+            raise TransportError(
+                f"GET {shown}: the response body was cut short", url=shown
+            ) from error
+        except aiohttp.ClientError as error:
+            reason = self._redactor.redact(str(error) or type(error).__name__)
+            raise TransportError(f"GET {shown} failed: {reason}", url=shown) from error
+
+        if logger.isEnabledFor(logging.DEBUG):
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            logger.debug(
+                "GET %s -> %d (%.0f ms, %d bytes) headers: %s",
+                shown,
+                status,
+                elapsed_ms,
+                len(body),
+                self.shown_headers(),
+            )
+        return Response(url=shown, status=status, headers=headers, body=body)
+
+    def shown_headers(self) -> str:
+        """Return the request headers as text, with the Authorization value hidden."""
+        return ", ".join(
+            f"{name}: {'***' if name == 'Authorization' else value}"
+            for name, value in self._headers.items()
+        )
+
+
+def _with_query(url: str, params: Mapping[str, str]) -> str:
+    if not params:
+        return url
+    query = "&".join(f"{name}={value}" for name, value in params.items())
+    return f"{url}?{query}"

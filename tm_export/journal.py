@@ -1,0 +1,171 @@
+"""The manifest journal: an append-only JSON Lines file that proves what a run committed.
+
+Format: one JSON object per line. The first line is the run header (``"t": "run"``);
+later lines record settings, committed pages, finished partitions and run ends. A
+line is valid once its newline is on disk; the journal is fsynced after each append
+group, so every complete line refers only to data that was already fsynced.
+
+Reading tolerates exactly one kind of damage: an unfinished last line (no newline), the
+normal result of a crash during an append, possibly padded with NUL bytes by the file
+system after a power loss. It is dropped. Any other damage raises ``ManifestError``
+and nothing is changed, because guessing would risk losing or duplicating records.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from .errors import ManifestError, StorageError
+
+logger = logging.getLogger("tm_export.journal")
+
+FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class JournalContents:
+    """The valid entries of a journal and the byte length they occupy."""
+
+    entries: list[dict[str, Any]]
+    valid_bytes: int
+    dropped_bytes: int
+
+
+def read_journal(path: Path) -> JournalContents:
+    """Read and check every entry of the journal at ``path``.
+
+    Raises:
+        ManifestError: the journal is empty, has no valid header, or a complete line is damaged.
+    """
+    data = path.read_bytes()
+    recovery = (
+        f"Nothing was changed. If you have a backup of {path.name}, restore it and run again; "
+        "otherwise run with --start-over to begin a new run in a new folder beside this one"
+    )
+    if not data:
+        raise ManifestError(
+            f"{path}: the manifest is empty, so what this run committed cannot be proven. "
+            f"{recovery}"
+        )
+
+    end = data.rfind(b"\n") + 1
+    complete, tail = data[:end], data[end:]
+    entries: list[dict[str, Any]] = []
+    for number, line in enumerate(complete.split(b"\n")[:-1], start=1):
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise ManifestError(
+                f"{path}:{number}: manifest line {number} is damaged (not JSON). {recovery}"
+            ) from None
+        if not isinstance(entry, dict) or "t" not in entry:
+            raise ManifestError(
+                f"{path}:{number}: manifest line {number} is not a manifest entry. {recovery}"
+            )
+        entries.append(entry)
+
+    if not entries or entries[0].get("t") != "run" or entries[0].get("format") != FORMAT:
+        raise ManifestError(
+            f"{path}:1: the manifest has no valid header, so it is damaged or not a "
+            f"tm-export manifest. {recovery}"
+        )
+
+    if tail:
+        logger.warning(
+            "dropped an unfinished last manifest entry of %d bytes (left by an interrupted "
+            "write); its data is not counted as committed",
+            len(tail),
+        )
+    return JournalContents(entries=entries, valid_bytes=end, dropped_bytes=len(tail))
+
+
+class Journal:
+    """Appends entries to the manifest journal, durably."""
+
+    def __init__(self, path: Path, file: BinaryIO) -> None:
+        self.path = path
+        self._file = file
+
+    @classmethod
+    def create(cls, path: Path, header: dict[str, Any]) -> Journal:
+        """Write a new journal whose first line is ``header``, atomically.
+
+        The header goes to a temporary file that is fsynced and renamed into place, so a
+        crash leaves either no manifest or a manifest with a whole header.
+        """
+        temporary = path.with_name(path.name + ".tmp")
+        try:
+            with temporary.open("wb") as file:
+                file.write(orjson.dumps({"t": "run", "format": FORMAT, **header}) + b"\n")
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+            fsync_folder(path.parent)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            raise StorageError(f"{path}: cannot create the manifest: {error.strerror}") from error
+        return cls.open(path, valid_bytes=path.stat().st_size)
+
+    @classmethod
+    def open(cls, path: Path, *, valid_bytes: int) -> Journal:
+        """Open an existing journal for appending, first cutting off an unfinished last line."""
+        try:
+            # Unbuffered, so a failed write leaves nothing behind in a Python buffer.
+            file = path.open("r+b", buffering=0)
+            file.truncate(valid_bytes)
+            file.seek(valid_bytes)
+        except OSError as error:
+            raise StorageError(f"{path}: cannot open the manifest: {error.strerror}") from error
+        return cls(path, file)
+
+    def append(self, entries: list[dict[str, Any]]) -> None:
+        """Write ``entries`` and fsync them; blocking, so the engine calls it in a worker thread.
+
+        Raises:
+            StorageError: the write or fsync failed; the file is cut back to its previous end.
+        """
+        if not entries:
+            return
+        data = b"".join(orjson.dumps(entry) + b"\n" for entry in entries)
+        before = self._file.tell()
+        try:
+            view = memoryview(data)
+            while view:
+                written = self._file.write(view)
+                view = view[written or 0 :]
+            os.fsync(self._file.fileno())
+        except OSError as error:
+            self._cut_back(before)
+            raise StorageError(
+                f"{self.path}: cannot write the manifest: {error.strerror}; "
+                "it still records the last committed state"
+            ) from error
+
+    def _cut_back(self, size: int) -> None:
+        try:
+            self._file.truncate(size)
+            self._file.seek(size)
+        except OSError:
+            logger.error(
+                "cannot cut %s back to %d bytes; the next run drops the unfinished entry",
+                self.path,
+                size,
+            )
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a folder's entries (new or renamed files in it) durable."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,90 @@
+"""The output folder layout and its lock.
+
+::
+
+    OUTPUT/
+      .lock                     held by the process writing any run below
+      runs/
+        0001/                   one run: a first export, resumed until it finishes
+          manifest.jsonl        the manifest journal (see journal.py)
+          data/
+            STREAM.jsonl        one JSON Lines file per stream
+        0002/                   a later run (--start-over), beside the first
+
+Room is left for what later versions add: compressed stream files
+(``STREAM.jsonl.gz``, ``STREAM.jsonl.zst``) and shard folders within a run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from .errors import OutputLockedError, StorageError
+
+MANIFEST_NAME = "manifest.jsonl"
+DATA_FOLDER = "data"
+
+
+def runs_folder(output: Path) -> Path:
+    return output / "runs"
+
+
+def list_runs(output: Path) -> list[Path]:
+    """Return the run folders of an output folder, oldest first."""
+    folder = runs_folder(output)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def next_run_folder(output: Path) -> Path:
+    runs = list_runs(output)
+    number = int(runs[-1].name) + 1 if runs else 1
+    return runs_folder(output) / f"{number:04d}"
+
+
+def stream_path(run_folder: Path, stream: str) -> Path:
+    return run_folder / DATA_FOLDER / f"{stream}.jsonl"
+
+
+class OutputLock:
+    """An exclusive lock on an output folder, released when the process ends."""
+
+    def __init__(self, output: Path) -> None:
+        self._path = output / ".lock"
+        self._file: BinaryIO | None = None
+
+    def __enter__(self) -> OutputLock:
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self._path.open("a+b")
+        except OSError as error:
+            raise StorageError(
+                f"{self._path.parent}: cannot create the output folder: {error.strerror}"
+            ) from error
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise OutputLockedError(
+                f"{self._path.parent}: another tm-export process is writing this output folder; "
+                "wait for it to finish, or choose another output folder"
+            ) from None
+        self._file.truncate(0)
+        self._file.write(f"{os.getpid()}\n".encode())
+        self._file.flush()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()

@@ -1,0 +1,237 @@
+"""The manifest of a run: what is committed, and the commit protocol that keeps it true.
+
+Commit protocol, for each group of pages:
+
+1. the pages' lines are appended to their stream files (done as pages arrive);
+2. every stream file with new bytes is flushed and fsynced;
+3. the pages' manifest entries, with each page's byte range, are appended to the
+   journal and the journal is fsynced.
+
+A page counts as committed once step 3 is durable. A crash before that leaves bytes
+past the committed end of a stream file, which the next run cuts off; a crash after it
+leaves nothing to repair. So a record is never both kept and fetched again, and a
+committed record is never lost. See ``docs/reliability.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .errors import StorageError
+from .journal import Journal, JournalContents, read_journal
+from .sink import StreamFile
+
+logger = logging.getLogger("tm_export.manifest")
+
+#: Pages per commit group at most; a group also closes when the engine asks.
+COMMIT_PAGES = 256
+
+
+@dataclass(slots=True)
+class PageRecord:
+    """One committed page: where its lines are and how many records it held."""
+
+    number: int
+    start: int
+    end: int
+    records: int
+    duplicates: int = 0
+    has_next: bool = False
+
+
+@dataclass(slots=True)
+class PartitionState:
+    """What the manifest proves about one partition."""
+
+    pages: dict[int, PageRecord] = field(default_factory=dict)
+    page_count: int | None = None
+    total: int | None = None
+    final: dict[str, Any] | None = None
+
+    @property
+    def state(self) -> str:
+        """``done``, ``skipped``, ``failed`` or ``pending``."""
+        return str(self.final["state"]) if self.final else "pending"
+
+
+@dataclass(slots=True)
+class StreamState:
+    """What the manifest proves about one stream file."""
+
+    committed_end: int = 0
+    partitions: dict[str, PartitionState] = field(default_factory=dict)
+
+    def partition(self, partition_id: str) -> PartitionState:
+        state = self.partitions.get(partition_id)
+        if state is None:
+            state = self.partitions[partition_id] = PartitionState()
+        return state
+
+
+@dataclass(slots=True)
+class ManifestState:
+    """The replayed journal: header, sessions and per-stream state."""
+
+    header: dict[str, Any]
+    streams: dict[str, StreamState]
+    sessions: list[dict[str, Any]]
+    ends: list[dict[str, Any]]
+
+    @classmethod
+    def replay(cls, entries: Iterable[dict[str, Any]]) -> ManifestState:
+        iterator = iter(entries)
+        header = next(iterator)
+        streams: dict[str, StreamState] = {
+            name: StreamState() for name in header.get("streams", {})
+        }
+        sessions: list[dict[str, Any]] = []
+        ends: list[dict[str, Any]] = []
+
+        for entry in iterator:
+            kind = entry["t"]
+            if kind == "page":
+                stream = streams.setdefault(entry["s"], StreamState())
+                part = stream.partition(entry["p"])
+                part.pages[entry["n"]] = PageRecord(
+                    entry["n"],
+                    entry["start"],
+                    entry["end"],
+                    entry["records"],
+                    entry.get("dups", 0),
+                    bool(entry.get("next")),
+                )
+                if entry.get("pages") is not None:
+                    part.page_count = entry["pages"]
+                if entry.get("total") is not None:
+                    part.total = entry["total"]
+                stream.committed_end = max(stream.committed_end, entry["end"])
+            elif kind == "part":
+                streams.setdefault(entry["s"], StreamState()).partition(entry["p"]).final = entry
+            elif kind == "session":
+                sessions.append(entry)
+            elif kind == "end":
+                ends.append(entry)
+        return cls(header=header, streams=streams, sessions=sessions, ends=ends)
+
+    @property
+    def finished(self) -> bool:
+        """True when the last session ended with every partition done, skipped or failed."""
+        return bool(self.ends) and self.ends[-1].get("outcome") in ("complete", "failures")
+
+
+class Committer:
+    """Groups page entries and commits them with the protocol in the module docstring."""
+
+    def __init__(self, journal: Journal, files: dict[str, StreamFile]) -> None:
+        self._journal = journal
+        self._files = files
+        self._queue: list[dict[str, Any]] = []
+        self._dirty: set[str] = set()
+        self._lock = anyio.Lock()
+        self._broken: StorageError | None = None
+        self.committed_ends: dict[str, int] = {name: f.size for name, f in files.items()}
+        self.pages_committed = 0
+        self.commits = 0
+        self.on_queue: Callable[[], None] | None = None
+        """Called after each queued entry, so a commit task can wake up."""
+
+    @property
+    def pending_pages(self) -> int:
+        return sum(1 for entry in self._queue if entry["t"] == "page")
+
+    def write_page(self, stream: str, data: bytes, entry: dict[str, Any]) -> tuple[int, int]:
+        """Append a page's lines to its stream file, queue its manifest entry, return its range.
+
+        Raises:
+            StorageError: the write failed; the committer accepts nothing more.
+        """
+        if self._broken is not None:
+            raise self._broken
+        try:
+            start, end = self._files[stream].append(data)
+        except StorageError as error:
+            self._broken = error
+            raise
+        self._queue.append({"t": "page", "s": stream, **entry, "start": start, "end": end})
+        self._dirty.add(stream)
+        if self.on_queue is not None:
+            self.on_queue()
+        return start, end
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Queue an entry that refers to no new data (a finished partition, a session)."""
+        self._queue.append(entry)
+        if self.on_queue is not None:
+            self.on_queue()
+
+    async def commit(self) -> None:
+        """Make every queued entry durable, data first.
+
+        Raises:
+            StorageError: a flush, fsync or journal write failed; nothing more is committed.
+        """
+        async with self._lock:
+            if self._broken is not None:
+                raise self._broken
+            if not self._queue:
+                return
+            entries, self._queue = self._queue, []
+            dirty = [self._files[name] for name in sorted(self._dirty)]
+            self._dirty = set()
+
+            try:
+                for file in dirty:
+                    file.flush()
+                await anyio.to_thread.run_sync(_fsync_all, dirty)
+                _crash_point("after-data-fsync")
+                await anyio.to_thread.run_sync(self._journal.append, entries)
+                _crash_point("after-manifest-append")
+            except StorageError as error:
+                self._broken = error
+                raise
+
+            for entry in entries:
+                if entry["t"] == "page":
+                    self.committed_ends[entry["s"]] = max(
+                        self.committed_ends[entry["s"]], entry["end"]
+                    )
+                    self.pages_committed += 1
+            self.commits += 1
+
+
+def _fsync_all(files: list[StreamFile]) -> None:
+    for file in files:
+        file.fsync()
+
+
+def _crash_point(name: str) -> None:
+    """Kill the process here when the test-only variable ``TM_EXPORT_CRASH_AT`` names this point.
+
+    The value is ``NAME`` or ``NAME:N`` (crash on the N-th time the point is reached). Only
+    the crash tests set it.
+    """
+    wanted = os.environ.get("TM_EXPORT_CRASH_AT")
+    if not wanted:
+        return
+    point, _, count = wanted.partition(":")
+    if point != name:
+        return
+    _CRASH_COUNTS[name] = _CRASH_COUNTS.get(name, 0) + 1
+    if _CRASH_COUNTS[name] >= int(count or 1):
+        os.kill(os.getpid(), 9)
+
+
+_CRASH_COUNTS: dict[str, int] = {}
+
+
+def load_state(path: Path) -> tuple[ManifestState, JournalContents]:
+    """Read the journal at ``path`` and replay it."""
+    contents = read_journal(path)
+    return ManifestState.replay(contents.entries), contents

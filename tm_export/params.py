@@ -1,0 +1,179 @@
+"""Parameter specifications of a stream and their expansion into partitions.
+
+A stream's parameters are constants or varying values. Each combination of varying
+values (their cartesian product) is one partition, identified by those values alone.
+Constants belong to the stream, so they are part of the recipe hash instead.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import itertools
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import orjson
+
+#: A parameter value as it appears in a partition: an integer or a string.
+Scalar = int | str
+
+#: Varying parameter values of one partition, in the stream's parameter order.
+Partition = Mapping[str, Scalar]
+
+
+def render(value: object) -> str:
+    """Render a recipe value as a query or path parameter string."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        # TM reads multi-valued parameters such as projectStatuses as one comma list.
+        return ",".join(render(item) for item in value)
+    return str(value)
+
+
+def partition_id(partition: Partition) -> str:
+    """Return the canonical text that identifies a partition in the manifest."""
+    return orjson.dumps(dict(partition), option=orjson.OPT_SORT_KEYS).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Constant:
+    """A parameter with one value for every request of the stream."""
+
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Each:
+    """A parameter that takes each value of a list, one partition per value."""
+
+    name: str
+    values: tuple[Scalar, ...]
+
+    def expand(self) -> Iterator[dict[str, Scalar]]:
+        for value in self.values:
+            yield {self.name: value}
+
+
+@dataclass(frozen=True, slots=True)
+class IntRange:
+    """A parameter that takes every integer from ``start`` to ``stop`` inclusive."""
+
+    name: str
+    start: int
+    stop: int
+    step: int = 1
+
+    def expand(self) -> Iterator[dict[str, Scalar]]:
+        for value in range(self.start, self.stop + 1, self.step):
+            yield {self.name: value}
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A calendar step between date windows, such as ``1 month``."""
+
+    count: int
+    unit: str  # one of "day", "week", "month", "year"
+
+    def advance(self, day: dt.date) -> dt.date:
+        """Return the day one step after ``day``."""
+        if self.unit == "day":
+            return day + dt.timedelta(days=self.count)
+        if self.unit == "week":
+            return day + dt.timedelta(weeks=self.count)
+        months = self.count * (12 if self.unit == "year" else 1)
+        return _add_months(day, months)
+
+    def __str__(self) -> str:
+        return f"{self.count} {self.unit}{'s' if self.count != 1 else ''}"
+
+
+def _add_months(day: dt.date, months: int) -> dt.date:
+    index = day.month - 1 + months
+    year, month = day.year + index // 12, index % 12 + 1
+    # Jan 31 + 1 month is the last day of February, as calendars count it.
+    return dt.date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+@dataclass(frozen=True, slots=True)
+class DateWindows:
+    """A series of date windows bound to a start and an end parameter.
+
+    Windows are inclusive of both ends and never overlap: with a ``1 month`` step from
+    2025-01-01, January is 2025-01-01..2025-01-31 and February starts on 2025-02-01. The
+    last window ends on ``end``. A window longer than ``max_days`` is split into windows
+    of at most ``max_days`` days, because the server rejects longer ranges.
+    """
+
+    start_param: str
+    end_param: str
+    start: dt.date
+    end: dt.date
+    step: Step | None
+    max_days: int | None
+
+    def windows(self) -> Iterator[tuple[dt.date, dt.date]]:
+        """Yield each (first day, last day) window in order."""
+        first = self.start
+        while first <= self.end:
+            following = self.step.advance(first) if self.step else self.end + dt.timedelta(days=1)
+            last = min(following - dt.timedelta(days=1), self.end)
+            yield from self._split(first, last)
+            first = last + dt.timedelta(days=1)
+
+    def _split(self, first: dt.date, last: dt.date) -> Iterator[tuple[dt.date, dt.date]]:
+        if self.max_days is None:
+            yield first, last
+            return
+        while first <= last:
+            piece_end = min(first + dt.timedelta(days=self.max_days - 1), last)
+            yield first, piece_end
+            first = piece_end + dt.timedelta(days=1)
+
+    def expand(self) -> Iterator[dict[str, Scalar]]:
+        for first, last in self.windows():
+            yield {self.start_param: first.isoformat(), self.end_param: last.isoformat()}
+
+
+@dataclass(frozen=True, slots=True)
+class FromStream:
+    """A parameter that takes each distinct value of a field of another stream's records."""
+
+    name: str
+    stream: str
+    field: str
+
+
+StaticSpec = Each | IntRange | DateWindows
+VaryingSpec = StaticSpec | FromStream
+ParamSpec = Constant | VaryingSpec
+
+
+def expand_static(specs: tuple[StaticSpec, ...]) -> Iterator[dict[str, Scalar]]:
+    """Yield the cartesian product of static parameter specs, one dict per partition."""
+    if not specs:
+        yield {}
+        return
+    for combination in itertools.product(*(list(spec.expand()) for spec in specs)):
+        merged: dict[str, Scalar] = {}
+        for part in combination:
+            merged.update(part)
+        yield merged
+
+
+def count_static(specs: tuple[StaticSpec, ...]) -> int:
+    """Return how many partitions ``expand_static`` yields, without building them."""
+    total = 1
+    for spec in specs:
+        if isinstance(spec, Each):
+            total *= len(spec.values)
+        elif isinstance(spec, IntRange):
+            total *= len(range(spec.start, spec.stop + 1, spec.step))
+        else:
+            total *= sum(1 for _ in spec.windows())
+    return total

@@ -1,0 +1,100 @@
+"""Records in a response body: finding them, identifying them, and writing them as lines."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Hashable, Iterable
+from typing import Any
+
+import jsonlines
+import orjson
+
+from .catalog import WHOLE_BODY, Endpoint
+from .params import Partition
+
+#: Reserved key added to each record of a partitioned stream, holding the partition's values.
+PARTITION_KEY = "_partition"
+
+
+class ShapeError(ValueError):
+    """A response body does not have the shape the endpoint promises."""
+
+
+def extract_records(endpoint: Endpoint, body: Any) -> list[Any]:
+    """Return the records of a response body.
+
+    Raises:
+        ShapeError: the record list is missing or is not a list.
+    """
+    if endpoint.records == WHOLE_BODY:
+        return [body]
+    if not isinstance(body, dict):
+        raise ShapeError(
+            f"expected a JSON object with '{endpoint.records}', got {type(body).__name__}"
+        )
+    records = body.get(endpoint.records)
+    if records is None and endpoint.records not in body:
+        raise ShapeError(f"the response has no '{endpoint.records}' key")
+    if records is None:
+        return []
+    if not isinstance(records, list):
+        raise ShapeError(f"'{endpoint.records}' is {type(records).__name__}, not a list")
+    return records
+
+
+def record_key(key_path: str | None, record: Any) -> Hashable | None:
+    """Return the value that identifies ``record``, or None when records have no key."""
+    if key_path is None:
+        return None
+    if key_path == WHOLE_BODY:
+        return _hashable(record)
+    value = record
+    for part in key_path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return _hashable(value)
+
+
+def field_values(record: Any, field_path: str) -> list[Any]:
+    """Return the scalar values at a dotted path; a list at the end yields each item."""
+    value = record
+    for part in field_path.split("."):
+        if not isinstance(value, dict):
+            return []
+        value = value.get(part)
+    items = value if isinstance(value, list) else [value]
+    return [item for item in items if isinstance(item, int | str) and not isinstance(item, bool)]
+
+
+def strip_partition(line_record: Any) -> Any:
+    """Return the record as the server sent it, without the ``_partition`` key."""
+    if not isinstance(line_record, dict) or PARTITION_KEY not in line_record:
+        return line_record
+    if set(line_record) == {PARTITION_KEY, "value"}:
+        return line_record["value"]
+    return {name: value for name, value in line_record.items() if name != PARTITION_KEY}
+
+
+def _hashable(value: Any) -> Hashable:
+    if isinstance(value, dict | list):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return value  # type: ignore[no-any-return]
+
+
+def encode_lines(records: Iterable[Any], partition: Partition | None) -> bytes:
+    """Encode records as JSON Lines, with the partition's values under ``_partition``.
+
+    Fields keep the server's order and values; the partition key comes first.
+    """
+    buffer = io.BytesIO()
+    writer = jsonlines.Writer(buffer, dumps=orjson.dumps)
+    for record in records:
+        if partition is not None:
+            record = (
+                {PARTITION_KEY: partition, **record}
+                if isinstance(record, dict)
+                else {PARTITION_KEY: partition, "value": record}
+            )
+        writer.write(record)
+    return buffer.getvalue()

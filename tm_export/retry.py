@@ -1,0 +1,71 @@
+"""Which responses are retried, how long to wait before the next attempt, and Retry-After."""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+from collections.abc import Mapping
+
+from .recipe import Retries
+
+logger = logging.getLogger("tm_export.retry")
+
+#: Statuses that mean "try again later": rate limiting and server or gateway errors.
+RETRIED_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def is_retried(status: int) -> bool:
+    """Return whether a response with ``status`` is worth another attempt."""
+    return status in RETRIED_STATUSES or 500 <= status <= 599
+
+
+class Backoff:
+    """Exponential backoff with jitter: ``wait_initial * 2**(attempt-1)``, capped at ``wait_max``."""
+
+    def __init__(self, policy: Retries, rng: random.Random | None = None) -> None:
+        self._policy = policy
+        self._rng = rng or random.Random()
+
+    def wait(self, attempt: int) -> float:
+        """Return the seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        base = min(self._policy.wait_max, self._policy.wait_initial * 2 ** (attempt - 1))
+        return float(base + self._rng.uniform(0, self._policy.wait_jitter))
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Return the wait a ``Retry-After`` header asks for, in seconds, or None.
+
+    An HTTP-date is measured against the response's own ``Date`` header, not the local
+    clock, so a skewed local clock cannot stretch or skip the pause. A date in the past
+    means no wait. An unparseable value is logged and returns None, so the caller falls
+    back to backoff.
+    """
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    value = value.strip()
+
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+
+    try:
+        wanted = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        logger.warning(
+            "ignored unparseable Retry-After value %r; using backoff instead", value[:60]
+        )
+        return None
+
+    sent = headers.get("date")
+    try:
+        reference = email.utils.parsedate_to_datetime(sent) if sent else None
+    except (TypeError, ValueError, IndexError):
+        reference = None
+    if reference is None:
+        import datetime as dt
+
+        reference = dt.datetime.now(dt.UTC)
+    return max((wanted - reference).total_seconds(), 0.0)

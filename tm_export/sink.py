@@ -1,0 +1,150 @@
+"""Stream files: one JSON Lines file per stream, appended page by page.
+
+A stream file only grows during a run. Its committed end, the offset after the last
+page the manifest records, is where a resumed run cuts it back to, so bytes written
+after the last commit (a page in flight, half a line) disappear before new ones come.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+import orjson
+
+from .errors import ManifestError, StorageError
+
+logger = logging.getLogger("tm_export.sink")
+
+#: Bytes held in memory per stream file before they go to the operating system.
+WRITE_BUFFER = 1 << 20
+
+
+class StreamFile:
+    """An open stream file positioned at its end."""
+
+    def __init__(self, path: Path, file: BinaryIO, size: int) -> None:
+        self.path = path
+        self._file = file
+        self.size = size
+        """Bytes written so far, committed or not."""
+
+    @classmethod
+    def open(cls, path: Path, committed_end: int) -> StreamFile:
+        """Open (or create) the file and cut it back to ``committed_end``.
+
+        Raises:
+            ManifestError: the file is shorter than the committed end, or the committed end
+                does not fall right after a whole JSON line; nothing is changed then.
+            StorageError: the file cannot be opened or cut.
+        """
+        try:
+            file = path.open("r+b" if path.exists() else "w+b", buffering=WRITE_BUFFER)
+        except OSError as error:
+            raise StorageError(f"{path}: cannot open the stream file: {error.strerror}") from error
+
+        try:
+            actual = os.fstat(file.fileno()).st_size
+            _check_committed_end(path, file, actual, committed_end)
+            if actual > committed_end:
+                file.truncate(committed_end)
+                logger.warning(
+                    "cut %s back to its committed end at byte %d: removed %d uncommitted bytes",
+                    path.name,
+                    committed_end,
+                    actual - committed_end,
+                )
+            file.seek(committed_end)
+        except OSError as error:
+            file.close()
+            raise StorageError(
+                f"{path}: cannot cut the stream file back: {error.strerror}"
+            ) from error
+        except ManifestError:
+            file.close()
+            raise
+        return cls(path, file, committed_end)
+
+    def append(self, data: bytes) -> tuple[int, int]:
+        """Append whole lines and return their (start, end) byte offsets.
+
+        Raises:
+            StorageError: the write failed (disk full, I/O error).
+        """
+        start = self.size
+        try:
+            self._file.write(data)
+        except OSError as error:
+            raise StorageError(f"{self.path}: cannot write: {error.strerror}") from error
+        self.size = start + len(data)
+        return start, self.size
+
+    def flush(self) -> None:
+        """Hand buffered bytes to the operating system.
+
+        Raises:
+            StorageError: the write failed (disk full, I/O error).
+        """
+        try:
+            self._file.flush()
+        except OSError as error:
+            raise StorageError(f"{self.path}: cannot write: {error.strerror}") from error
+
+    def fsync(self) -> None:
+        """Wait until the flushed bytes are on disk; blocking, so call it in a worker thread."""
+        try:
+            os.fsync(self._file.fileno())
+        except OSError as error:
+            raise StorageError(f"{self.path}: cannot sync to disk: {error.strerror}") from error
+
+    def cut_back(self, size: int) -> None:
+        """Drop everything after ``size``, e.g. after a failed write; best effort."""
+        try:
+            # Discard the Python buffer: it holds bytes that must not reach the file.
+            self._file.seek(size)
+            self._file.truncate(size)
+            self.size = size
+        except OSError as error:
+            logger.error(
+                "cannot cut %s back to byte %d (%s); the next run cuts it back",
+                self.path,
+                size,
+                error.strerror,
+            )
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        except OSError as error:
+            logger.error("closing %s failed: %s", self.path, error.strerror)
+
+
+def _check_committed_end(path: Path, file: BinaryIO, actual: int, committed_end: int) -> None:
+    if committed_end == 0:
+        return
+    where = f"{path}: the manifest says {committed_end} bytes are committed"
+    advice = (
+        "the file was changed outside tm-export; restore it from a backup, or run with "
+        "--start-over to begin a new run beside this one"
+    )
+    if actual < committed_end:
+        raise ManifestError(f"{where}, but the file has only {actual}; {advice}")
+
+    # Read back the last committed line: it must end with a newline and parse.
+    window = min(committed_end, 1 << 24)
+    file.seek(committed_end - window)
+    chunk = file.read(window)
+    if not chunk.endswith(b"\n"):
+        raise ManifestError(
+            f"{where}, but byte {committed_end - 1} is not the end of a line; {advice}"
+        )
+    line_start = chunk.rfind(b"\n", 0, len(chunk) - 1) + 1
+    try:
+        orjson.loads(chunk[line_start:])
+    except orjson.JSONDecodeError:
+        raise ManifestError(
+            f"{where}, but the last committed line (ending at byte {committed_end}) "
+            f"is not valid JSON; {advice}"
+        ) from None

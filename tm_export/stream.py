@@ -1,0 +1,435 @@
+"""Exporting one stream: its partitions, their pages, and the values it hands to child streams."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import jsonlines
+import orjson
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .errors import HTTPStatusError, RequestError
+from .fetcher import Fetcher
+from .manifest import Committer, PageRecord, PartitionState, StreamState
+from .params import Partition, Scalar, expand_static, partition_id, render
+from .recipe import StreamSpec
+from .records import (
+    ShapeError,
+    encode_lines,
+    extract_records,
+    field_values,
+    record_key,
+    strip_partition,
+)
+
+logger = logging.getLogger("tm_export.stream")
+
+#: Parent values buffered for a child stream before the parent waits (back-pressure).
+CHILD_BUFFER = 1024
+
+#: Statuses that mean "this partition is not visible to us", recorded as skipped.
+SKIP_STATUSES = frozenset({403, 404})
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """Counts of one stream for this session and the runs before it."""
+
+    partitions: Counter[str] = field(default_factory=Counter)
+    records: int = 0
+    duplicates: int = 0
+    pages: int = 0
+    skip_reasons: Counter[str] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class PageResult:
+    """What one page brought: its pagination facts and its new records."""
+
+    page_count: int | None
+    total: int | None
+    has_next: bool
+    new_records: int
+    duplicates: int
+
+
+class PartitionWalk:
+    """The state of one partition while its pages are fetched."""
+
+    def __init__(self, partition: Partition, state: PartitionState) -> None:
+        self.partition = partition
+        self.id = partition_id(partition)
+        self.state = state
+        self.seen: set[Hashable] = set()
+        self.records = sum(page.records for page in state.pages.values())
+        self.duplicates = sum(page.duplicates for page in state.pages.values())
+        self.failed_pages: dict[int, RequestError | ShapeError] = {}
+        self.problems: list[str] = []
+        self.stop = False
+
+
+class StreamRunner:
+    """Runs every partition of one stream and feeds its records' values to child streams."""
+
+    def __init__(
+        self,
+        spec: StreamSpec,
+        *,
+        state: StreamState,
+        committer: Committer,
+        fetcher: Fetcher,
+        data_path: Path,
+        concurrency: int,
+        retry_failed: bool,
+        retry_skipped: bool,
+    ) -> None:
+        self.spec = spec
+        self.state = state
+        self.stats = StreamStats()
+        committed = [page for part in state.partitions.values() for page in part.pages.values()]
+        self.stats.records = sum(page.records for page in committed)
+        self.stats.duplicates = sum(page.duplicates for page in committed)
+        self.stats.pages = len(committed)
+        self._committer = committer
+        self._fetcher = fetcher
+        self._data_path = data_path
+        self._concurrency = concurrency
+        self._retry_states = {"failed"} if retry_failed else set()
+        if retry_skipped:
+            self._retry_states.add("skipped")
+        self._children: list[tuple[str, MemoryObjectSendStream[Scalar]]] = []
+        self._parent_values: MemoryObjectReceiveStream[Scalar] | None = None
+        self._partitioned = bool(spec.varying)
+
+    # --- wiring ------------------------------------------------------------------
+
+    def feed(self, child: StreamRunner, field_path: str) -> None:
+        """Send each distinct value of ``field_path`` in this stream's records to ``child``."""
+        send, receive = anyio.create_memory_object_stream[Scalar](CHILD_BUFFER)
+        self._children.append((field_path, send))
+        child._parent_values = receive
+
+    # --- running -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Export every partition, then tell child streams that no more values come."""
+        try:
+            await self._replay_committed_values()
+            # Bound the partitions in flight per stream, so a parent blocked on a full child
+            # buffer never holds the slots the child needs to drain it.
+            slots = anyio.Semaphore(max(2 * self._concurrency, 4))
+            async with anyio.create_task_group() as group:
+                if self._parent_values is None:
+                    for values in expand_static(self.spec.static):
+                        await self._start_partition(group, slots, values)
+                else:
+                    await self._partitions_from_parent(group, slots)
+        finally:
+            for _, send in self._children:
+                send.close()
+
+    async def _partitions_from_parent(self, group: TaskGroup, slots: anyio.Semaphore) -> None:
+        parent = self.spec.parent
+        assert parent is not None and self._parent_values is not None
+        seen: set[Scalar] = set()
+        async with self._parent_values:
+            async for value in self._parent_values:
+                if value in seen:
+                    continue
+                seen.add(value)
+                for values in expand_static(self.spec.static):
+                    await self._start_partition(group, slots, {parent.name: value, **values})
+
+    async def _start_partition(
+        self, group: TaskGroup, slots: anyio.Semaphore, values: dict[str, Scalar]
+    ) -> None:
+        partition = self._ordered(values)
+        state = self.state.partition(partition_id(partition))
+        if state.final is not None and state.state not in self._retry_states:
+            self._count_finished(state)
+            return
+
+        await slots.acquire()
+        group.start_soon(self._run_partition, partition, state, slots)
+
+    def _ordered(self, values: dict[str, Scalar]) -> Partition:
+        order = [getattr(spec, "name", None) for spec in self.spec.varying]
+        ordered = {name: values[name] for name in order if name in values}
+        ordered.update({k: v for k, v in values.items() if k not in ordered})
+        return ordered
+
+    async def _run_partition(
+        self, partition: Partition, state: PartitionState, slots: anyio.Semaphore
+    ) -> None:
+        try:
+            walk = PartitionWalk(partition, state)
+            self._load_seen_keys(walk)
+            await self._walk(walk)
+        finally:
+            slots.release()
+
+    # --- one partition -------------------------------------------------------------
+
+    async def _walk(self, walk: PartitionWalk) -> None:
+        state = walk.state
+        if 1 not in state.pages:
+            try:
+                first = await self._fetch_and_write(walk, 1)
+            except HTTPStatusError as error:
+                if error.status in SKIP_STATUSES and not state.pages:
+                    self._finish(walk, "skipped", error)
+                    return
+                walk.failed_pages[1] = error
+            except (RequestError, ShapeError) as error:
+                walk.failed_pages[1] = error
+            else:
+                state.page_count, state.total = first.page_count, first.total
+
+        if self.spec.endpoint.paginated and not walk.failed_pages and not walk.stop:
+            if state.page_count is not None:
+                await self._fan_out(walk, state.page_count)
+            else:
+                await self._follow_next(walk)
+
+        self._finish(walk, "failed" if walk.failed_pages else "done")
+
+    async def _fan_out(self, walk: PartitionWalk, page_count: int) -> None:
+        """Fetch the pages not yet committed, at most ``concurrency`` at once."""
+        last = min(page_count, self.spec.max_pages)
+        if page_count > self.spec.max_pages:
+            walk.problems.append(
+                f"page cap reached: {page_count} pages, max_pages is {self.spec.max_pages}"
+            )
+        window = anyio.Semaphore(self._concurrency)
+
+        async def fetch(number: int) -> None:
+            try:
+                if not walk.stop:
+                    await self._fetch_and_write(walk, number)
+            except (RequestError, ShapeError) as error:
+                walk.failed_pages[number] = error
+            finally:
+                window.release()
+
+        async with anyio.create_task_group() as group:
+            for number in range(2, last + 1):
+                if number in walk.state.pages:
+                    continue
+                await window.acquire()
+                if walk.stop:
+                    window.release()
+                    break
+                group.start_soon(fetch, number)
+
+    async def _follow_next(self, walk: PartitionWalk) -> None:
+        """Walk pages one by one while the server says there is a next page."""
+        number = max(walk.state.pages, default=1) + 1
+        if walk.state.pages and not walk.state.pages[number - 1].has_next:
+            return
+        while not walk.stop:
+            if number > self.spec.max_pages:
+                walk.problems.append(
+                    f"page cap reached: stopped after max_pages={self.spec.max_pages}"
+                )
+                return
+            try:
+                result = await self._fetch_and_write(walk, number)
+            except (RequestError, ShapeError) as error:
+                walk.failed_pages[number] = error
+                return
+            if not result.has_next:
+                return
+            number += 1
+
+    async def _fetch_and_write(self, walk: PartitionWalk, number: int) -> PageResult:
+        path, query = self._request(walk.partition, number)
+        _, body = await self._fetcher.get_json(path, query)
+        records = extract_records(self.spec.endpoint, body)
+        pagination = body.get("pagination") if isinstance(body, dict) else None
+        page_count, total, has_next = _pagination_facts(pagination)
+
+        fresh: list[Any] = []
+        duplicates = 0
+        for record in records:
+            key = record_key(self.spec.endpoint.key, record)
+            if key is not None:
+                if key in walk.seen:
+                    duplicates += 1
+                    continue
+                walk.seen.add(key)
+            fresh.append(record)
+
+        data = encode_lines(fresh, walk.partition if self._partitioned else None)
+        start, end = self._committer.write_page(
+            self.spec.name,
+            data,
+            {
+                "p": walk.id,
+                "n": number,
+                "records": len(fresh),
+                "dups": duplicates,
+                "pages": page_count,
+                "total": total,
+                "next": has_next,
+            },
+        )
+        walk.state.pages[number] = PageRecord(number, start, end, len(fresh), duplicates, has_next)
+        walk.records += len(fresh)
+        walk.duplicates += duplicates
+        self.stats.records += len(fresh)
+        self.stats.duplicates += duplicates
+        self.stats.pages += 1
+
+        self._check_page(walk, number, records, fresh, has_next, total)
+        await self._offer_children(fresh)
+        return PageResult(page_count, total, has_next, len(fresh), duplicates)
+
+    def _check_page(
+        self,
+        walk: PartitionWalk,
+        number: int,
+        records: list[Any],
+        fresh: list[Any],
+        has_next: bool,
+        total: int | None,
+    ) -> None:
+        if not self.spec.endpoint.paginated:
+            return
+        if records and not fresh:
+            walk.problems.append(
+                f"pagination stall: page {number} repeated records already received"
+            )
+            logger.warning(
+                "%s %s: page %d repeats records already received; stopping this walk",
+                self.spec.name,
+                walk.id,
+                number,
+            )
+            walk.stop = True
+        elif not records and has_next:
+            logger.warning(
+                "%s %s: page %d is empty but the server says more pages follow; stopping this walk",
+                self.spec.name,
+                walk.id,
+                number,
+            )
+            walk.stop = True
+        elif total is not None and walk.records >= total:
+            walk.stop = True
+
+    def _request(self, partition: Partition, page: int) -> tuple[str, dict[str, str]]:
+        endpoint = self.spec.endpoint
+        values: dict[str, str] = dict(endpoint.defaults)
+        values.update({c.name: c.value for c in self.spec.constants})
+        values.update({name: render(value) for name, value in partition.items()})
+
+        path = endpoint.path
+        for name in endpoint.path_params:
+            path = path.replace("{" + name + "}", values.pop(name))
+        if endpoint.paginated:
+            values["page"] = str(page)
+        return path, values
+
+    async def _offer_children(self, records: list[Any]) -> None:
+        for field_path, send in self._children:
+            for record in records:
+                for value in field_values(record, field_path):
+                    await send.send(value)
+
+    async def _replay_committed_values(self) -> None:
+        """Send the values of records committed by earlier sessions to child streams."""
+        if not self._children or self.state.committed_end == 0:
+            return
+        with (
+            self._data_path.open("rb") as file,
+            jsonlines.Reader(file, loads=orjson.loads) as reader,
+        ):
+            for record in reader:
+                await self._offer_children([record])
+
+    def _load_seen_keys(self, walk: PartitionWalk) -> None:
+        """Rebuild the keys of records committed for this partition by earlier sessions."""
+        if not walk.state.pages or self.spec.endpoint.key is None:
+            return
+        with self._data_path.open("rb") as file:
+            for page in sorted(walk.state.pages.values(), key=lambda p: p.start):
+                file.seek(page.start)
+                for line in file.read(page.end - page.start).splitlines():
+                    record = strip_partition(orjson.loads(line))
+                    key = record_key(self.spec.endpoint.key, record)
+                    if key is not None:
+                        walk.seen.add(key)
+
+    # --- bookkeeping --------------------------------------------------------------
+
+    def _finish(
+        self, walk: PartitionWalk, outcome: str, skipped_by: HTTPStatusError | None = None
+    ) -> None:
+        state = walk.state
+        entry: dict[str, Any] = {
+            "t": "part",
+            "s": self.spec.name,
+            "p": walk.id,
+            "state": outcome,
+            "records": walk.records,
+            "dups": walk.duplicates,
+            "pages": len(state.pages),
+        }
+        if skipped_by is not None:
+            entry.update(
+                status=skipped_by.status, sub_code=skipped_by.sub_code, error=skipped_by.excerpt
+            )
+        if walk.failed_pages:
+            first_number = min(walk.failed_pages)
+            first = walk.failed_pages[first_number]
+            entry["missing_pages"] = sorted(walk.failed_pages)
+            entry["error"] = str(first)
+            entry["attempts"] = getattr(first, "attempts", 1)
+            if isinstance(first, HTTPStatusError):
+                entry.update(status=first.status, sub_code=first.sub_code)
+            logger.error("%s %s failed: %s", self.spec.name, walk.id, first)
+
+        total = state.total
+        if outcome == "done" and total is not None and walk.records != total:
+            walk.problems.append(
+                f"integrity: received {walk.records} unique records where the server announced {total}"
+            )
+        if walk.problems:
+            entry["problems"] = walk.problems
+            for problem in walk.problems:
+                logger.warning("%s %s: %s", self.spec.name, walk.id, problem)
+
+        self._committer.record(entry)
+        state.final = entry
+        self._count_finished(state)
+
+    def _count_finished(self, state: PartitionState) -> None:
+        final = state.final
+        assert final is not None
+        self.stats.partitions[final["state"]] += 1
+        if final["state"] == "skipped":
+            reason = f"{final.get('status')} {final.get('sub_code') or ''}".strip()
+            self.stats.skip_reasons[reason] += 1
+        for problem in final.get("problems", []):
+            self.stats.problems.append(f"{final['p']}: {problem}")
+
+
+def _pagination_facts(pagination: Any) -> tuple[int | None, int | None, bool]:
+    if not isinstance(pagination, dict):
+        return None, None, False
+    pages = pagination.get("pages")
+    total = pagination.get("total")
+    has_next = bool(pagination.get("hasNext"))
+    return (
+        pages if isinstance(pages, int) else None,
+        total if isinstance(total, int) else None,
+        has_next,
+    )

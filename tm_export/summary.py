@@ -1,0 +1,87 @@
+"""The end-of-run summary: a table for people on stderr, and JSON for machines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .engine import RunResult
+from .errors import ExitCode
+from .recipe import Recipe
+
+OUTCOMES = {
+    ExitCode.COMPLETE: "complete",
+    ExitCode.FATAL: "stopped by a fatal error; run the same command again to resume",
+    ExitCode.FAILURES: "finished with failures",
+    ExitCode.INTERRUPTED: "interrupted; run the same command again to resume",
+}
+
+
+def format_summary(recipe: Recipe, result: RunResult, code: ExitCode) -> str:
+    """Return the summary table and totals as text."""
+    header = ("stream", "done", "skipped", "failed", "pending", "records", "duplicates")
+    rows = [header]
+    for name, stats in result.streams.items():
+        rows.append(
+            (
+                name,
+                str(stats.partitions["done"]),
+                str(stats.partitions["skipped"]),
+                str(stats.partitions["failed"]),
+                str(stats.partitions["pending"]),
+                str(stats.records),
+                str(stats.duplicates),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
+        )
+        for row in rows
+    ]
+
+    lines.insert(0, f"run folder: {result.run_folder}{' (resumed)' if result.resumed else ''}")
+    reasons: dict[str, int] = {}
+    for stats in result.streams.values():
+        for reason, count in stats.skip_reasons.items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    if reasons:
+        detail = ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items()))
+        lines.append(f"skipped partitions: {sum(reasons.values())} ({detail})")
+    for name, stats in result.streams.items():
+        for problem in stats.problems[:5]:
+            lines.append(f"problem in {name}: {problem}")
+        if len(stats.problems) > 5:
+            lines.append(f"problem in {name}: ... and {len(stats.problems) - 5} more")
+    lines.append(
+        f"requests: {result.requests}, retries: {result.retries}, authenticated: "
+        f"{'yes' if result.authenticated else 'no'}, TM release: {result.tm_release or 'unknown'}"
+    )
+    lines.append(f"result: {OUTCOMES[code]} (exit {int(code)})")
+    return "\n".join(lines)
+
+
+def summary_json(result: RunResult, code: ExitCode) -> dict[str, Any]:
+    """Return the summary as JSON-ready data."""
+    return {
+        "run_folder": str(result.run_folder),
+        "exit_code": int(code),
+        "outcome": OUTCOMES[code],
+        "resumed": result.resumed,
+        "authenticated": result.authenticated,
+        "tm_release": result.tm_release,
+        "requests": result.requests,
+        "retries": result.retries,
+        "streams": {
+            name: {
+                "partitions": dict(stats.partitions),
+                "records": stats.records,
+                "duplicates": stats.duplicates,
+                "pages": stats.pages,
+                "skip_reasons": dict(stats.skip_reasons),
+                "problems": stats.problems,
+            }
+            for name, stats in result.streams.items()
+        },
+        "fatal": str(result.fatal) if result.fatal else None,
+    }

@@ -34,6 +34,7 @@ from .http import HttpSession
 from .journal import Journal
 from .layout import MANIFEST_NAME, OutputLock, list_runs, next_run_folder, stream_path
 from .manifest import Committer, ManifestState, StreamState, load_state
+from .params import FromStream
 from .recipe import Recipe
 from .redact import Redactor
 from .sink import StreamFile
@@ -257,9 +258,10 @@ class _Session:
             for name, spec in self.recipe.streams.items()
         }
         for runner in runners.values():
-            parent = runner.spec.parent
-            if parent is not None:
-                runners[parent.stream].feed(runner, parent.field)
+            sources = [spec for spec in runner.spec.varying if isinstance(spec, FromStream)]
+            if sources:
+                fields = {spec.name: spec.field for spec in sources}
+                runners[sources[0].stream].feed(runner, fields)
         return runners
 
     async def _preflight(self, fetcher: Fetcher, result: RunResult) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from .manifest import Committer, PageRecord, PartitionState, StreamState
 from .params import Partition, Scalar, expand_static, partition_id, render
 from .recipe import StreamSpec
 from .records import (
+    PARTITION_KEY,
     ShapeError,
     encode_lines,
     extract_records,
@@ -105,16 +107,20 @@ class StreamRunner:
         self._retry_states = {"failed"} if retry_failed else set()
         if retry_skipped:
             self._retry_states.add("skipped")
-        self._children: list[tuple[str, MemoryObjectSendStream[Scalar]]] = []
-        self._parent_values: MemoryObjectReceiveStream[Scalar] | None = None
+        self._children: list[tuple[dict[str, str], MemoryObjectSendStream[dict[str, Scalar]]]] = []
+        self._parent_values: MemoryObjectReceiveStream[dict[str, Scalar]] | None = None
         self._partitioned = bool(spec.varying)
 
     # --- wiring ------------------------------------------------------------------
 
-    def feed(self, child: StreamRunner, field_path: str) -> None:
-        """Send each distinct value of ``field_path`` in this stream's records to ``child``."""
-        send, receive = anyio.create_memory_object_stream[Scalar](CHILD_BUFFER)
-        self._children.append((field_path, send))
+    def feed(self, child: StreamRunner, fields: dict[str, str]) -> None:
+        """Send ``child`` the values of ``fields`` (parameter name to dotted field path) of each record.
+
+        Values taken together come from the same record, so a child can take a project id
+        and a task id that belong together.
+        """
+        send, receive = anyio.create_memory_object_stream[dict[str, Scalar]](CHILD_BUFFER)
+        self._children.append((fields, send))
         child._parent_values = receive
 
     # --- running -----------------------------------------------------------------
@@ -137,16 +143,16 @@ class StreamRunner:
                 send.close()
 
     async def _partitions_from_parent(self, group: TaskGroup, slots: anyio.Semaphore) -> None:
-        parent = self.spec.parent
-        assert parent is not None and self._parent_values is not None
-        seen: set[Scalar] = set()
+        assert self._parent_values is not None
+        seen: set[str] = set()
         async with self._parent_values:
-            async for value in self._parent_values:
-                if value in seen:
+            async for values in self._parent_values:
+                key = partition_id(values)
+                if key in seen:
                     continue
-                seen.add(value)
-                for values in expand_static(self.spec.static):
-                    await self._start_partition(group, slots, {parent.name: value, **values})
+                seen.add(key)
+                for static in expand_static(self.spec.static):
+                    await self._start_partition(group, slots, {**values, **static})
 
     async def _start_partition(
         self, group: TaskGroup, slots: anyio.Semaphore, values: dict[str, Scalar]
@@ -289,7 +295,11 @@ class StreamRunner:
         self.stats.pages += 1
 
         self._check_page(walk, number, records, fresh, has_next, total)
-        await self._offer_children(fresh)
+        if self._children:
+            # Children see records as they are in the file, so a child can also read _partition.
+            await self._offer_children(
+                [_with_partition(r, walk.partition) for r in fresh] if self._partitioned else fresh
+            )
         return PageResult(page_count, total, has_next, len(fresh), duplicates)
 
     def _check_page(
@@ -339,10 +349,10 @@ class StreamRunner:
         return path, values
 
     async def _offer_children(self, records: list[Any]) -> None:
-        for field_path, send in self._children:
+        for fields, send in self._children:
             for record in records:
-                for value in field_values(record, field_path):
-                    await send.send(value)
+                for values in _combinations(record, fields):
+                    await send.send(values)
 
     async def _replay_committed_values(self) -> None:
         """Send the values of records committed by earlier sessions to child streams."""
@@ -420,6 +430,19 @@ class StreamRunner:
             self.stats.skip_reasons[reason] += 1
         for problem in final.get("problems", []):
             self.stats.problems.append(f"{final['p']}: {problem}")
+
+
+def _with_partition(record: Any, partition: Partition) -> Any:
+    if isinstance(record, dict):
+        return {PARTITION_KEY: partition, **record}
+    return {PARTITION_KEY: partition, "value": record}
+
+
+def _combinations(record: Any, fields: dict[str, str]) -> Iterator[dict[str, Scalar]]:
+    """Yield each combination of the values of ``fields`` in one record."""
+    choices = [field_values(record, path) for path in fields.values()]
+    for combination in itertools.product(*choices):
+        yield dict(zip(fields, combination, strict=True))
 
 
 def _pagination_facts(pagination: Any) -> tuple[int | None, int | None, bool]:

@@ -1,0 +1,107 @@
+"""The manifest journal: durable appends, torn tails dropped, other damage refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tm_export.errors import ManifestError
+from tm_export.journal import Journal, read_journal
+
+
+def make_journal(tmp_path: Path, entries: int = 2) -> Path:
+    path = tmp_path / "manifest.jsonl"
+    journal = Journal.create(path, {"recipe_hash": "abc"})
+    journal.append([{"t": "page", "n": n} for n in range(1, entries + 1)])
+    journal.close()
+    return path
+
+
+def test_journal_round_trip(tmp_path: Path) -> None:
+    path = make_journal(tmp_path)
+
+    contents = read_journal(path)
+
+    assert [e["t"] for e in contents.entries] == ["run", "page", "page"]
+    assert contents.entries[0]["recipe_hash"] == "abc"
+    assert contents.dropped_bytes == 0
+    assert contents.valid_bytes == path.stat().st_size
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b'{"t":"page","n":3', b'{"t":"pa', b"\x00" * 40, b'{"t":"page","n":3}'],
+    ids=["half-entry", "few-bytes", "nul-padding", "entry-without-newline"],
+)
+def test_torn_tail_dropped(tmp_path: Path, tail: bytes) -> None:
+    path = make_journal(tmp_path)
+    size = path.stat().st_size
+    with path.open("ab") as file:
+        file.write(tail)
+
+    contents = read_journal(path)
+
+    assert len(contents.entries) == 3
+    assert contents.valid_bytes == size
+    assert contents.dropped_bytes == len(tail)
+
+
+def test_reopen_cuts_torn_tail(tmp_path: Path) -> None:
+    path = make_journal(tmp_path)
+    size = path.stat().st_size
+    with path.open("ab") as file:
+        file.write(b'{"t":"pa')
+
+    journal = Journal.open(path, valid_bytes=read_journal(path).valid_bytes)
+    journal.append([{"t": "page", "n": 9}])
+    journal.close()
+
+    entries = read_journal(path).entries
+    assert path.stat().st_size == size + len(b'{"t":"page","n":9}\n')
+    assert entries[-1] == {"t": "page", "n": 9}
+
+
+def test_empty_manifest_refused(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.jsonl"
+    path.write_bytes(b"")
+
+    with pytest.raises(ManifestError) as caught:
+        read_journal(path)
+
+    assert str(caught.value).startswith(f"{path}: the manifest is empty, so what this run committed cannot be proven.")
+    assert "--start-over" in str(caught.value)
+
+
+def test_nul_overwrite_refused(tmp_path: Path) -> None:
+    path = make_journal(tmp_path)
+    path.write_bytes(b"\x00" * path.stat().st_size)
+
+    with pytest.raises(ManifestError) as caught:
+        read_journal(path)
+
+    assert str(caught.value).startswith(f"{path}:1: the manifest has no valid header")
+
+
+def test_damaged_middle_line_refused(tmp_path: Path) -> None:
+    path = make_journal(tmp_path)
+    lines = path.read_bytes().split(b"\n")
+    lines[1] = b"\x00" * len(lines[1])
+    path.write_bytes(b"\n".join(lines))
+    before = path.read_bytes()
+
+    with pytest.raises(ManifestError) as caught:
+        read_journal(path)
+
+    assert str(caught.value).startswith(f"{path}:2: manifest line 2 is damaged (not JSON).")
+    assert path.read_bytes() == before
+
+
+def test_cut_short_keeps_whole_lines(tmp_path: Path) -> None:
+    path = make_journal(tmp_path, entries=5)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 7])
+
+    contents = read_journal(path)
+
+    assert [e.get("n") for e in contents.entries[1:]] == [1, 2, 3, 4]

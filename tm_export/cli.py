@@ -173,7 +173,8 @@ def validate(recipe: Path) -> None:
         _fail(error, ExitCode.USAGE)
         return
 
-    click.echo(f"{recipe}: valid recipe with {len(loaded.streams)} streams")
+    count = len(loaded.streams)
+    click.echo(f"{recipe}: valid recipe with {count} stream{'' if count == 1 else 's'}")
     for name, spec in loaded.streams.items():
         parent = spec.parent
         source = f" (values from {parent.stream}.{parent.field})" if parent else ""

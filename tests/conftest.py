@@ -1,0 +1,67 @@
+"""Shared fixtures: a mock Tasking Manager per test and helpers to run the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tm_export.cli import main
+from tm_export.mock import MockServer
+
+#: Small enough to keep the suite fast, large enough for several search pages.
+PROJECTS = 40
+
+
+@pytest.fixture
+def mock() -> Iterator[MockServer]:
+    with MockServer(projects=PROJECTS) as server:
+        yield server
+
+
+@dataclass
+class Outcome:
+    """What one CLI invocation printed and returned."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def write_recipe(folder: Path, body: str, name: str = "recipe.yaml") -> Path:
+    """Write a recipe whose output is ``folder/out``; ``body`` holds the streams and instance."""
+    path = folder / name
+    text = textwrap.dedent(body).replace("OUT", str(folder / "out"))
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> Outcome:
+    """Run the CLI in this process, as a user would from a shell."""
+    runner = CliRunner()
+    result = runner.invoke(main, list(args), env=env, catch_exceptions=False)
+    return Outcome(result.exit_code, result.stdout, result.stderr)
+
+
+def run_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a child process, for tests that kill or signal it."""
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "tm_export", *args], capture_output=True, text=True, env=environment,
+        check=False, timeout=120,
+    )
+
+
+def read_lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines()
+
+
+def data_file(output: Path, stream: str, run: str = "0001") -> Path:
+    return output / "runs" / run / "data" / f"{stream}.jsonl"

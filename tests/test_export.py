@@ -1,0 +1,171 @@
+"""End-to-end exports from the mock Tasking Manager: counts, partitions, skips, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from tm_export.mock import MockServer
+
+from .conftest import data_file, run_cli, write_recipe
+
+MAIN_RECIPE = """\
+version: 1
+instance: {token_env: TM_API_TOKEN, concurrency: 8, rate_limit: 10000/s}
+output: OUT
+streams:
+  projects:
+    endpoint: projects
+    params: {projectStatuses: [PUBLISHED, ARCHIVED]}
+  project_details:
+    endpoint: project
+    params: {project_id: {from: projects.projectId}, abbreviated: true}
+  contributions:
+    endpoint: project_contributions
+    params: {project_id: {from: projects.projectId}}
+  activities:
+    endpoint: project_activities
+    params: {project_id: {from: projects.projectId}}
+  task_stats:
+    endpoint: tasks_statistics
+    params:
+      dates: {start: 2026-01-01, end: 2026-12-31, step: 1 month}
+"""
+
+
+def visible_ids(mock: MockServer) -> list[int]:
+    """Ids an admin's PUBLISHED,ARCHIVED search returns, private projects included."""
+    return sorted(p.id for p in mock.dataset.projects.values() if p.status in ("PUBLISHED", "ARCHIVED"))
+
+
+def per_project(mock: MockServer, endpoint: str, ids: list[int]) -> int:
+    return sum(mock.dataset.count(endpoint, project_id=pid) for pid in ids)
+
+
+def records(path: Path) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def test_main_path_counts(tmp_path: Path, mock: MockServer) -> None:
+    """Projects, dependent details, contributions, paged activities and monthly task stats."""
+    recipe = write_recipe(tmp_path, MAIN_RECIPE)
+    ids = visible_ids(mock)
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url,
+                      env={"TM_API_TOKEN": mock.tokens["admin"]})
+
+    assert outcome.exit_code == 0, outcome.stderr
+    out = tmp_path / "out"
+    assert len(records(data_file(out, "projects"))) == mock.dataset.count("projects") == len(ids)
+    assert len(records(data_file(out, "project_details"))) == len(ids)
+    assert len(records(data_file(out, "contributions"))) == per_project(mock, "project_contributions", ids)
+    assert len(records(data_file(out, "activities"))) == per_project(mock, "project_activities", ids)
+    assert len(records(data_file(out, "task_stats"))) == mock.dataset.count(
+        "tasks_statistics", startDate="2026-01-01", endDate="2026-12-31"
+    )
+    assert per_project(mock, "project_activities", ids) > 10 * len(ids) // 2
+
+
+def test_partitioned_records_name_partition(tmp_path: Path, mock: MockServer) -> None:
+    """Every record of a partitioned stream carries its partition's values under _partition."""
+    recipe = write_recipe(tmp_path, MAIN_RECIPE)
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url,
+                      env={"TM_API_TOKEN": mock.tokens["admin"]})
+
+    assert outcome.exit_code == 0, outcome.stderr
+    out = tmp_path / "out"
+    for record in records(data_file(out, "project_details")):
+        assert record["_partition"] == {"project_id": record["projectId"]}
+    for stream in ("contributions", "activities"):
+        lines = records(data_file(out, stream))
+        assert lines
+        assert all(set(r["_partition"]) == {"project_id"} for r in lines)  # type: ignore[arg-type]
+    windows = {tuple(r["_partition"].values()) for r in records(data_file(out, "task_stats"))}  # type: ignore[union-attr]
+    for start, end in windows:
+        assert start[:7] == end[:7]
+    for record in records(data_file(out, "task_stats")):
+        partition = record["_partition"]
+        assert partition["startDate"] <= record["date"] <= partition["endDate"]  # type: ignore[index,operator]
+    assert "_partition" not in records(data_file(out, "projects"))[0]
+
+
+def test_rerun_requests_nothing(tmp_path: Path, mock: MockServer) -> None:
+    """Running the same command on a complete run sends no export request and writes nothing."""
+    recipe = write_recipe(tmp_path, MAIN_RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    first = run_cli("run", str(recipe), "--base-url", mock.api_url, env=env)
+    assert first.exit_code == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out/runs/0001/data").iterdir()}
+    sent = len(mock.requests())
+
+    second = run_cli("run", str(recipe), "--base-url", mock.api_url, env=env)
+
+    assert second.exit_code == 0, second.stderr
+    new = [r for r in mock.requests()[sent:] if r["path"] not in ("/api/v2/system/heartbeat/",
+                                                                  "/api/v2/users/queries/tasks/locked/")]
+    assert new == []
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out/runs/0001/data").iterdir()} == before
+
+
+SKIP_RECIPE = """\
+version: 1
+instance: {rate_limit: 10000/s}
+output: OUT
+streams:
+  contributions:
+    endpoint: project_contributions
+    params: {project_id: {each: [1, 9, 12]}}
+"""
+
+
+def test_skipped_partitions_counted(tmp_path: Path, mock: MockServer) -> None:
+    """Without a token, the private project (403) and the deleted one (404) end skipped; exit 0."""
+    recipe = write_recipe(tmp_path, SKIP_RECIPE)
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "skipped partitions: 2 (403 PrivateProject: 1, 404 PROJECT_NOT_FOUND: 1)" in outcome.stderr
+    manifest = records(tmp_path / "out/runs/0001/manifest.jsonl")
+    finals = {e["p"]: e for e in manifest if e["t"] == "part"}
+    assert finals['{"project_id":1}']["state"] == "done"
+    assert finals['{"project_id":9}']["state"] == "skipped"
+    assert finals['{"project_id":9}']["status"] == 403
+    assert finals['{"project_id":9}']["sub_code"] == "PrivateProject"
+    assert finals['{"project_id":12}']["state"] == "skipped"
+    assert finals['{"project_id":12}']["status"] == 404
+    assert finals['{"project_id":12}']["sub_code"] == "PROJECT_NOT_FOUND"
+    assert len(records(data_file(tmp_path / "out", "contributions"))) == mock.dataset.count(
+        "project_contributions", project_id=1
+    )
+
+
+def test_skipped_strict_exits_3(tmp_path: Path, mock: MockServer) -> None:
+    """With --strict, skipped partitions make the run exit 3."""
+    recipe = write_recipe(tmp_path, SKIP_RECIPE)
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--strict")
+
+    assert outcome.exit_code == 3
+    assert "result: finished with failures (exit 3)" in outcome.stderr
+
+
+def test_retry_skipped_with_token(tmp_path: Path, mock: MockServer) -> None:
+    """--retry-skipped with a token fetches the private project that was skipped before."""
+    recipe = write_recipe(tmp_path, SKIP_RECIPE.replace("{rate_limit: 10000/s}",
+                                                        "{rate_limit: 10000/s, token_env: TM_API_TOKEN}"))
+    run_cli("run", str(recipe), "--base-url", mock.api_url)
+    sent = len(mock.requests())
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--retry-skipped",
+                      env={"TM_API_TOKEN": mock.tokens["admin"]})
+
+    assert outcome.exit_code == 0, outcome.stderr
+    contributions = [r["path"] for r in mock.requests()[sent:] if r["path"].endswith("/contributions/")]
+    assert sorted(contributions) == ["/api/v2/projects/12/contributions/", "/api/v2/projects/9/contributions/"]
+    expected = mock.dataset.count("project_contributions", project_id=1) + mock.dataset.count(
+        "project_contributions", project_id=9
+    )
+    assert len(records(data_file(tmp_path / "out", "contributions"))) == expected

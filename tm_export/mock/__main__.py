@@ -1,0 +1,42 @@
+"""Command line of the mock server: ``python -m tm_export.mock --port 8080``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from tm_export.mock.server import serve
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m tm_export.mock",
+        description="Serve a mock Tasking Manager API on a loopback address until interrupted.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
+    parser.add_argument("--projects", type=int, default=300, help="highest project id to generate")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the generated dataset")
+    parser.add_argument(
+        "--latency-ms", type=float, default=0, help="delay added to every API answer, in ms"
+    )
+    parser.add_argument(
+        "--ready-file", help="write the URLs and tokens to this JSON file once listening"
+    )
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    serve(
+        host=args.host,
+        port=args.port,
+        projects=args.projects,
+        seed=args.seed,
+        latency_ms=args.latency_ms,
+        ready_file=args.ready_file,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""What handlers read from the application and the request: the dataset, the caller, routes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal, cast
+
+from aiohttp import web
+
+from tm_export.mock.auth import Caller
+from tm_export.mock.dataset import Dataset
+
+Auth = Literal["none", "optional", "required"]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+DATASET = web.AppKey("dataset", Dataset)
+CALLER = "tm_export.mock.caller"
+"""Key of the request's ``Caller`` in the request's state."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A GET route below ``/api/v2`` and the authentication it needs."""
+
+    path: str
+    handler: Handler
+    auth: Auth = "none"
+
+
+def dataset_of(request: web.Request) -> Dataset:
+    return request.app[DATASET]
+
+
+def caller_of(request: web.Request) -> Caller:
+    return cast(Caller, request[CALLER])

@@ -31,8 +31,8 @@ logger = logging.getLogger("tm_export.mock")
 API_PREFIX = "/api/v2"
 TOKENS = web.AppKey("tokens", TokenStore)
 LATENCY_MS = web.AppKey("latency_ms", float)
-FAULT_APPLIED = "tm_export.mock.fault"
-"""Key of the applied fault action's name in the request's state."""
+FAULT_APPLIED = web.RequestKey("fault", str)
+"""Name of the fault action applied to a request."""
 
 
 def build_app(
@@ -83,7 +83,7 @@ def _is_control(request: web.Request) -> bool:
 def _caller(request: web.Request) -> Caller:
     """Return the request's caller, reading the header once per request object."""
     caller = request.get(CALLER)
-    if not isinstance(caller, Caller):
+    if caller is None:
         caller = request.app[TOKENS].identify(request.headers.get("Authorization"))
         request[CALLER] = caller
     return caller

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal
 
 from aiohttp import web
 
@@ -15,8 +15,7 @@ Auth = Literal["none", "optional", "required"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 DATASET = web.AppKey("dataset", Dataset)
-CALLER = "tm_export.mock.caller"
-"""Key of the request's ``Caller`` in the request's state."""
+CALLER = web.RequestKey("caller", Caller)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,4 +32,4 @@ def dataset_of(request: web.Request) -> Dataset:
 
 
 def caller_of(request: web.Request) -> Caller:
-    return cast(Caller, request[CALLER])
+    return request[CALLER]

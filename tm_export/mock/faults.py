@@ -227,7 +227,7 @@ async def apply(rule: FaultRule, request: web.Request, handler: Handler) -> web.
     if rule.action == "empty_page":
         return _empty_page(await handler(request))
     if rule.action == "echo_headers":
-        headers = {name: value for name, value in request.headers.items()}
+        headers = {str(name): value for name, value in request.headers.items()}
         body = {"Error": "Unhandled error while serving the request", "headers": headers}
         return json_response(body, 500)
     return await handler(request)

@@ -156,18 +156,19 @@ class MockServer:
     async def _serve(self) -> None:
         self._stopped = asyncio.Event()
         app = build_app(self.dataset, self._token_store, self._faults, self._log, self.latency_ms)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
+        listener = socket.create_server(
+            (self.host, self.port), family=_family(self.host), backlog=128
+        )
         try:
-            listener = socket.create_server(
-                (self.host, self.port), family=_family(self.host), backlog=128
-            )
             self.port = listener.getsockname()[1]
-            await web.SockSite(runner, listener, shutdown_timeout=1.0).start()
+            await web.SockSite(runner, listener).start()
             self._ready.set()
             await self._stopped.wait()
         finally:
             await runner.cleanup()
+            listener.close()
 
     # -- test helpers ---------------------------------------------------------------------------
 
@@ -239,22 +240,28 @@ def serve(
 
 
 def _announce(server: MockServer, ready_file: str | os.PathLike[str] | None) -> None:
+    """Write the ready file first, so that a reader of the banner finds the file in place."""
+    if ready_file is not None:
+        description = {
+            "base_url": server.base_url,
+            "api_url": server.api_url,
+            "tokens": server.tokens,
+        }
+        _write_atomically(Path(ready_file), json.dumps(description) + "\n")
+
     lines = [f"base_url: {server.base_url}", f"api_url: {server.api_url}"]
     lines += [f"{name}: {value}" for name, value in server.tokens.items()]
     print("\n".join(lines), flush=True)  # noqa: T201 - the start banner is this command's output
 
-    if ready_file is None:
-        return
-    target = Path(ready_file)
-    content = json.dumps(
-        {"base_url": server.base_url, "api_url": server.api_url, "tokens": server.tokens}
-    )
+
+def _write_atomically(target: Path, content: str) -> None:
+    """Write through a temporary file in the same folder and rename it over ``target``."""
     handle, temporary = tempfile.mkstemp(
         dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
     )
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(content + "\n")
+            stream.write(content)
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

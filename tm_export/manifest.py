@@ -177,6 +177,12 @@ class Committer:
         Raises:
             StorageError: a flush, fsync or journal write failed; nothing more is committed.
         """
+        # Shielded: a commit cancelled half-way would drop entries whose data is already
+        # written, and the next session would fetch those pages again.
+        with anyio.CancelScope(shield=True):
+            await self._commit()
+
+    async def _commit(self) -> None:
         async with self._lock:
             if self._broken is not None:
                 raise self._broken

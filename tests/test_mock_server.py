@@ -1,4 +1,4 @@
-"""The mock Tasking Manager: answers, auth matrix, pagination, counts, fault rules, command line."""
+"""The mock Tasking Manager: responses, auth matrix, pagination, counts, fault rules, command line."""
 
 from __future__ import annotations
 
@@ -527,11 +527,11 @@ def test_auth_wrong_scheme(server: MockServer) -> None:
 
 
 def test_auth_managers_only_owner_list(server: MockServer) -> None:
-    refused = api(server, "/projects/queries/myself/owner/", "mapper")
+    rejected = api(server, "/projects/queries/myself/owner/", "mapper")
     admin = api(server, "/projects/queries/myself/owner/", "admin").json()
 
-    assert refused.status == 403
-    assert refused.json()["SubCode"] == "UserPermissionError"
+    assert rejected.status == 403
+    assert rejected.json()["SubCode"] == "UserPermissionError"
     assert list(admin) == ["draftProjects", "activeProjects", "archivedProjects"]
     assert {p["status"] for p in admin["draftProjects"]} == {"DRAFT"}
 

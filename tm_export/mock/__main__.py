@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--projects", type=int, default=300, help="highest project id to generate")
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated dataset")
     parser.add_argument(
-        "--latency-ms", type=float, default=0, help="delay added to every API answer, in ms"
+        "--latency-ms", type=float, default=0, help="delay added to every API response, in ms"
     )
     parser.add_argument(
         "--ready-file", help="write the URLs and tokens to this JSON file once listening"

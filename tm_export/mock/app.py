@@ -156,6 +156,7 @@ async def handle_errors(request: web.Request, handler: Handler) -> web.StreamRes
         with request.app[DATASET].lock:
             return await handler(request)
     except errors.ApiError as error:
+        logger.debug("%s %s returned %d", request.method, request.path_qs, error.status)
         return error.response()
     except Exception:
         logger.exception("unhandled error while serving %s %s", request.method, request.path_qs)

@@ -7,8 +7,8 @@ session token. The genuine backend reads the header in a middleware before routi
   400 ``text/plain`` ``Invalid auth credentials``, public endpoints and unknown paths included;
 * a decodable token it does not accept makes the caller anonymous, and only endpoints that
   require a login answer 401 ``InvalidToken`` (with ``www-authenticate: Bearer``);
-* a scheme other than ``Token`` is ignored by public endpoints and answered with a 401 by
-  endpoints whose auth is required or optional.
+* a scheme other than ``Token`` is ignored by public endpoints, while endpoints whose auth is
+  required or optional return 401.
 
 The mock mints one random token per role when it starts; tokens never expire while it runs.
 """
@@ -37,7 +37,7 @@ TOKEN_USERS: Mapping[str, str] = {
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who sent a request, as far as the Authorization header tells."""
+    """Sender of a request, as read from its Authorization header."""
 
     state: HeaderState
     user: User | None = None

@@ -1,4 +1,4 @@
-"""What handlers read from the application and the request: the dataset, the caller, routes."""
+"""Handler context: the keys of the dataset and the caller, and the route description."""
 
 from __future__ import annotations
 

@@ -55,7 +55,7 @@ _STATE_TEXTS = frozenset({"READY", "MAPPED", "VALIDATED", "INVALIDATED", "BADIMA
 
 @dataclass(frozen=True, slots=True)
 class Contribution:
-    """Tasks a user currently holds in one project, by the role they played."""
+    """Tasks of one project whose current mapper, validator or bad-imagery reporter is a user."""
 
     user: User
     mapped: tuple[int, ...]
@@ -396,11 +396,11 @@ class Dataset:
         username: str = "mapper_ann",
         when: datetime | None = None,
     ) -> int:
-        """Append a task history row, apply it to the task and the project, return its id.
+        """Append a task history row, apply it to the task and the project, and return its id.
 
         A ``STATE_CHANGE`` to MAPPED, VALIDATED, INVALIDATED, BADIMAGERY or READY sets the task
-        state and its mapper or validator; a lock action locks the task for the user. ``when``
-        defaults to one minute after the project's ``lastUpdated``, which it then becomes.
+        state and its mapper or validator. A lock action locks the task for the user. ``when``
+        defaults to one minute after the project's ``lastUpdated``, and becomes the new value.
         """
         with self.lock:
             project = self.projects[project_id]

@@ -1,6 +1,6 @@
 """Error bodies of the genuine Tasking Manager, and the responses that carry them.
 
-The backend (v5.5.2) answers errors in several shapes side by side: the structured
+The backend (v5.5.2) returns errors in several shapes side by side: the structured
 ``{"error": {...}}`` of its service exceptions, the legacy ``{"Error", "SubCode"}`` pair
 (often with a leading space in ``Error``), FastAPI's ``{"detail": [...]}`` for invalid
 parameters, Starlette's ``{"detail": "..."}``, and plain text from the auth middleware.

@@ -1,4 +1,4 @@
-"""Fault rules: deterministic failures injected into the mock server's answers.
+"""Fault rules: deterministic failures injected into the mock server's responses.
 
 A rule is a JSON object. It matches a request when ``path`` (a regular expression, searched in
 the path below the server root, e.g. ``^/api/v2/projects/$``) is found and every entry of
@@ -157,8 +157,8 @@ def _check_argument(action: str | None, argument: Any) -> None:
         raise ValueError(f"invalid {action} {argument!r}: expected an HTTP status code 100-599")
     if action == "repeat_page" and not (isinstance(argument, int) and argument >= 1):
         raise ValueError(f"invalid repeat_page {argument!r}: expected a page number, 1 or more")
-    # pid 0, 1 and negative pids would signal process groups or init; the server's own pid
-    # would kill whatever process embeds it (often the test runner).
+    # pid 0, 1 and negative pids would signal process groups or init. The server's own pid
+    # would kill the process that embeds it, often the test runner.
     if action == "kill" and not (
         isinstance(argument, int) and argument > 1 and argument != os.getpid()
     ):
@@ -206,7 +206,7 @@ class FaultSet:
 
 
 async def apply(rule: FaultRule, request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer a request as the rule says; ``handler`` produces the normal answer."""
+    """Build the response the rule prescribes; ``handler`` produces the normal response."""
     if rule.latency_ms:
         await asyncio.sleep(rule.latency_ms / 1000)
 
@@ -219,6 +219,7 @@ async def apply(rule: FaultRule, request: web.Request, handler: Handler) -> web.
         return _gateway_page(int(rule.argument), rule.headers)
     if rule.action == "reset":
         _drop_connection(request)
+        # aiohttp needs a response object, but none can reach the closed connection.
         return web.Response(status=499)
     if rule.action == "truncate":
         return await _truncated(request, await handler(request))
@@ -289,13 +290,13 @@ async def _truncated(request: web.Request, full: web.StreamResponse) -> web.Stre
 
 
 async def _repeat_page(request: web.Request, handler: Handler, page: int) -> web.StreamResponse:
-    asked = _page_of(request)
+    requested_page = _page_of(request)
     replayed = request.clone(rel_url=request.rel_url.update_query(page=str(page)))
     response = await handler(replayed)
     body = _json_body(response)
     if body is None or not isinstance(body.get("pagination"), dict):
         return response
-    body["pagination"] = _still_more(body["pagination"], asked)
+    body["pagination"] = _still_more(body["pagination"], requested_page)
     return json_response(body, response.status)
 
 

@@ -14,7 +14,7 @@ from tm_export.mock.params import parse_day, path_int, query_bool, query_int
 
 #: Longest ``/tasks/statistics/`` range, in days between the two dates.
 TASK_STATS_MAX_DAYS = 366
-#: Longest ``/users/statistics/`` range; the backend's message still says "1 year".
+#: Longest ``/users/statistics/`` range, although the backend's message reads "1 year".
 USER_STATS_MAX_DAYS = 3 * 366
 
 USERS_PAGE_SIZE = 20
@@ -50,7 +50,7 @@ async def tasks_statistics(request: web.Request) -> web.StreamResponse:
         try:
             project_ids = {int(item) for item in query["projectId"].split(",")}
         except ValueError:
-            # The backend splits the ValueError text on "-" to build its answer and fails.
+            # The backend splits the ValueError text on "-" to build its error body, and that fails.
             raise errors.internal_error() from None
 
     projects = [
@@ -149,6 +149,7 @@ async def organisations(request: web.Request) -> web.StreamResponse:
     if "manager_user_id" in request.query:
         manager_id = query_int(request, "manager_user_id", 0)
         if user is None:
+            # NOTE: only the SubCode of this error is documented; its message is a guess.
             raise errors.legacy_error(
                 403,
                 "Unauthorized - Filter by manager_user_id is not allowed to unauthenticated requests",

@@ -1,6 +1,6 @@
-"""Path and query parameter parsing with the genuine backend's error answers.
+"""Path and query parameter parsing with the genuine backend's error responses.
 
-FastAPI validates typed parameters before the handler runs and answers 422 with Pydantic's
+FastAPI validates typed parameters before the handler runs and returns 422 with Pydantic's
 error items; a few handlers parse raw strings themselves and fail differently (400 or 500).
 """
 

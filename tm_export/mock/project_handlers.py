@@ -2,7 +2,7 @@
 
 Private and draft projects are enforced only where the genuine backend enforces them:
 detail, summary, tasks, activities, latest activities and contributions. Statistics, task
-detail, AOI and contributions per day answer for any existing project.
+detail, AOI and contributions per day return data for any existing project.
 """
 
 from __future__ import annotations
@@ -142,10 +142,10 @@ async def project_tasks(request: web.Request) -> web.StreamResponse:
     as_file = query_bool(request, "as_file", False)
 
     task_ids = None
-    wanted = request.query.get("tasks")
-    if wanted:
+    requested = request.query.get("tasks")
+    if requested:
         try:
-            task_ids = {int(item) for item in wanted.split(",")}
+            task_ids = {int(item) for item in requested.split(",")}
         except ValueError:
             raise errors.internal_error() from None
 

@@ -1,6 +1,6 @@
 """Project search of the mock server: the filters and orders of ``GET /projects/``.
 
-Search returns PUBLISHED projects unless ``projectStatuses`` says otherwise, orders by
+Search returns PUBLISHED projects unless ``projectStatuses`` lists others, orders by
 ``priority`` ascending by default and always adds ``id`` descending as a tie-break (unless the
 order is by ``id`` itself). Descending orders put missing values first, ascending ones last, as
 PostgreSQL does.
@@ -24,7 +24,7 @@ _KNOWN_STATUSES = frozenset(STATUS_ORDER)
 
 
 def search(ds: Dataset, user: User | None, query: Mapping[str, str]) -> list[Project]:
-    """Return the projects a search query selects, in the order it asks for."""
+    """Return the projects a search query selects, in the requested order."""
     statuses = _statuses(query.get("projectStatuses"))
     checks = _filters(ds, user, query)
     selected = [

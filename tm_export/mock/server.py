@@ -54,7 +54,7 @@ class MockServer:
     """A mock Tasking Manager API on ``http://HOST:PORT/api/v2``, for tests.
 
     ``with MockServer() as server:`` starts it and stops it on exit. ``port=0`` picks a free
-    port; ``base_url`` tells which one after ``start()``.
+    port; ``base_url`` contains the chosen port after ``start()``.
     """
 
     def __init__(

@@ -578,14 +578,18 @@ def _checked_by_others(
     ds: Dataset, user: User, rows: list[tuple[Project, HistoryEntry]]
 ) -> Counter[str]:
     """Count validations and invalidations by other users of tasks this user mapped."""
-    mapped_tasks = {
-        (p.id, e.task_id) for p, e in rows if e.action == "STATE_CHANGE" and e.text == "MAPPED"
-    }
+    mapped_tasks: dict[int, set[int]] = defaultdict(set)
+    projects: dict[int, Project] = {}
+    for project, entry in rows:
+        if entry.action == "STATE_CHANGE" and entry.text == "MAPPED":
+            mapped_tasks[project.id].add(entry.task_id)
+            projects[project.id] = project
+
     checks: Counter[str] = Counter()
-    for project_id, task_id in mapped_tasks:
-        for entry in ds.projects[project_id].history if project_id in ds.projects else ():
+    for project_id, task_ids in mapped_tasks.items():
+        for entry in projects[project_id].history:
             if (
-                entry.task_id == task_id
+                entry.task_id in task_ids
                 and entry.action == "STATE_CHANGE"
                 and entry.text in ("VALIDATED", "INVALIDATED")
                 and entry.user_id != user.id
@@ -763,11 +767,11 @@ def system_statistics(ds: Dataset) -> JSON:
 def locked_tasks(ds: Dataset, user: User) -> JSON:
     """Return ``GET /users/queries/tasks/locked/``: the tasks the user holds locked."""
     for project in ds.projects.values():
-        held = [task for task in project.tasks if task.locked_by == user.id]
-        if held:
+        locked = [task for task in project.tasks if task.locked_by == user.id]
+        if locked:
             return {
-                "lockedTasks": [task.id for task in held],
+                "lockedTasks": [task.id for task in locked],
                 "projectId": project.id,
-                "taskStatus": held[0].status,
+                "taskStatus": locked[0].status,
             }
     return {"lockedTasks": [], "projectId": None, "taskStatus": None}

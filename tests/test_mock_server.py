@@ -649,6 +649,30 @@ def test_counts_match_http_walk() -> None:
         assert fetch(server, "/__mock__/counts").json() == expected
 
 
+def test_admin_counts_include_private(server: MockServer) -> None:
+    query = "/projects/?projectStatuses=PUBLISHED,ARCHIVED&omitMapResults=true"
+    listed = walk(server, query, "results", role="admin")
+    admin = server.counts(role="admin")
+    tasks = sum(
+        len(api(server, f"/projects/{item['projectId']}/tasks/", "admin").json()["features"])
+        for item in listed
+    )
+
+    assert admin["projects"] == len(listed)
+    assert admin["projects"] == server.counts()["projects"] + len(
+        server.dataset.private_project_ids()
+    )
+    assert admin["project_tasks"] == tasks
+    assert admin["teams"] == len(api(server, "/teams/", "admin").json()["teams"])
+    assert server.counts(role="other")["teams"] == len(
+        api(server, "/teams/", "other").json()["teams"]
+    )
+    assert fetch(server, "/__mock__/counts?role=admin").json() == admin
+    assert fetch(server, "/__mock__/counts?role=root").status == 400
+    with pytest.raises(ValueError, match="invalid role"):
+        server.counts(role="root")
+
+
 def test_counts_follow_mutations() -> None:
     with MockServer(projects=30) as server:
         before = server.counts()

@@ -1,6 +1,7 @@
 """The request log and the ``/__mock__/`` control endpoints that tests use over HTTP.
 
-``GET /__mock__/counts``       the expected record counts (``Dataset.counts()``)
+``GET /__mock__/counts``       the expected record counts (``Dataset.counts()``); ``?role=admin``
+                               gives them for a token's caller
 ``GET /__mock__/requests``     ``{"total": n, "requests": [...]}``: requests to ``/api/v2``
 ``POST /__mock__/faults``      add one rule object or a list of them; 400 on an invalid rule
 ``GET /__mock__/faults``       the rules with their ``matched`` and ``applied`` counters
@@ -65,7 +66,11 @@ LOG = web.AppKey("request_log", RequestLog)
 
 
 async def counts(request: web.Request) -> web.StreamResponse:
-    return json_response(request.app[DATASET].counts())
+    try:
+        figures = request.app[DATASET].counts(request.query.get("role", "anonymous"))
+    except ValueError as error:
+        return json_response({"error": str(error)}, 400)
+    return json_response(figures)
 
 
 async def requests(request: web.Request) -> web.StreamResponse:

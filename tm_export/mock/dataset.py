@@ -23,6 +23,11 @@ of the whole dataset should hold. They are computed from the tables, never over 
   ``organisation_statistics``: organisations. ``campaigns``, ``interests``, ``licenses``,
   ``teams``: table sizes. ``countries``: distinct countries over all projects.
 * ``users_statistics``, ``system_statistics``, ``system_heartbeat``: 1.
+
+``counts(role=...)`` gives the same figures for the caller of one of the mock's tokens
+(``admin``, ``mapper``, ``other``): the projects are then those that role's search with
+``projectStatuses=PUBLISHED,ARCHIVED`` returns (for ``admin``, private projects too), and
+``teams`` counts the teams that role can list.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TypeVar
 
+from tm_export.mock.auth import TOKEN_USERS
 from tm_export.mock.generate import generate
 from tm_export.mock.model import (
     Campaign,
@@ -328,19 +334,50 @@ class Dataset:
                 return self._project_count(endpoint, project)
             return self._table_count(endpoint)
 
-    def counts(self) -> dict[str, int]:
-        """Return the number of records of every catalog endpoint; see the module docstring."""
+    def counts(self, role: str = "anonymous") -> dict[str, int]:
+        """Return the number of records of every catalog endpoint; see the module docstring.
+
+        ``role`` is ``anonymous`` or the name of a token: ``admin``, ``mapper`` or ``other``.
+        """
+        user = self.role_user(role)
         with self.lock:
-            public = [self.projects[pid] for pid in self.public_project_ids()]
-            result = {"projects": len(public)}
+            listed = sorted(
+                (
+                    p
+                    for p in self.projects.values()
+                    if p.status in _PUBLIC_STATUSES and self.searchable(user, p)
+                ),
+                key=lambda project: project.id,
+            )
+            result = {"projects": len(listed)}
             for endpoint in _PER_PROJECT:
-                result[endpoint] = sum(self._project_count(endpoint, project) for project in public)
+                result[endpoint] = sum(self._project_count(endpoint, project) for project in listed)
             result["tasks_statistics"] = len(
                 self.task_stats(self.projects.values(), date.min, date.max)
             )
             for endpoint in _TABLES:
                 result[endpoint] = self._table_count(endpoint)
+            if user is not None:
+                result["teams"] = len(self.visible_teams(user))
             return result
+
+    def role_user(self, role: str) -> User | None:
+        """Return the user behind a token name, or None for ``anonymous``."""
+        if role == "anonymous":
+            return None
+        if role not in TOKEN_USERS:
+            raise ValueError(f"invalid role {role!r}: expected anonymous, {', '.join(TOKEN_USERS)}")
+        return self.users_by_name[TOKEN_USERS[role]]
+
+    def visible_teams(self, user: User) -> list[Team]:
+        """Return the teams ``/teams/`` lists to a user: all for admins, else public or joined."""
+        return [
+            team
+            for team in self.teams.values()
+            if user.role == "ADMIN"
+            or team.visibility == "PUBLIC"
+            or any(member.user_id == user.id for member in team.members)
+        ]
 
     def _project_count(self, endpoint: str, project: Project) -> int:
         if endpoint in ("project", "project_summary", "project_aoi", "project_statistics"):

@@ -206,15 +206,10 @@ async def teams(request: web.Request) -> web.StreamResponse:
     per_page = query_int(request, "perPage", TEAMS_PAGE_SIZE)
     query = request.query
 
-    def visible(team_members: set[int], visibility: str) -> bool:
-        return user.role == "ADMIN" or visibility == "PUBLIC" or user.id in team_members
-
     selected = []
-    for team in sorted(ds.teams.values(), key=lambda team: team.name):
+    for team in sorted(ds.visible_teams(user), key=lambda team: team.name):
         members = {member.user_id for member in team.members}
         managers = {member.user_id for member in team.members if member.function == "MANAGER"}
-        if not visible(members, team.visibility):
-            continue
         if query.get("team_name") and query["team_name"].lower() not in team.name.lower():
             continue
         if query.get("organisation") and str(team.organisation_id) != query["organisation"]:

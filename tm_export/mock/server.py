@@ -197,9 +197,12 @@ class MockServer:
         """Return the rules with their ``matched`` and ``applied`` counters."""
         return self._faults.describe()
 
-    def counts(self) -> dict[str, int]:
-        """Return the expected record count of every catalog endpoint (``Dataset.counts()``)."""
-        return self.dataset.counts()
+    def counts(self, role: str = "anonymous") -> dict[str, int]:
+        """Return the expected record count of every catalog endpoint (``Dataset.counts()``).
+
+        ``role`` is ``anonymous`` or a token name (``admin``, ``mapper``, ``other``).
+        """
+        return self.dataset.counts(role)
 
 
 def _family(host: str) -> socket.AddressFamily:

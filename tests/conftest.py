@@ -54,8 +54,12 @@ def run_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
     """Run the CLI in a child process, for tests that kill or signal it."""
     environment = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "tm_export", *args], capture_output=True, text=True, env=environment,
-        check=False, timeout=120,
+        [sys.executable, "-m", "tm_export", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+        timeout=120,
     )
 
 

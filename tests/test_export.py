@@ -36,7 +36,9 @@ streams:
 
 def visible_ids(mock: MockServer) -> list[int]:
     """Ids an admin's PUBLISHED,ARCHIVED search returns, private projects included."""
-    return sorted(p.id for p in mock.dataset.projects.values() if p.status in ("PUBLISHED", "ARCHIVED"))
+    return sorted(
+        p.id for p in mock.dataset.projects.values() if p.status in ("PUBLISHED", "ARCHIVED")
+    )
 
 
 def per_project(mock: MockServer, endpoint: str, ids: list[int]) -> int:
@@ -52,15 +54,20 @@ def test_main_path_counts(tmp_path: Path, mock: MockServer) -> None:
     recipe = write_recipe(tmp_path, MAIN_RECIPE)
     ids = visible_ids(mock)
 
-    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url,
-                      env={"TM_API_TOKEN": mock.tokens["admin"]})
+    outcome = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["admin"]}
+    )
 
     assert outcome.exit_code == 0, outcome.stderr
     out = tmp_path / "out"
     assert len(records(data_file(out, "projects"))) == mock.dataset.count("projects") == len(ids)
     assert len(records(data_file(out, "project_details"))) == len(ids)
-    assert len(records(data_file(out, "contributions"))) == per_project(mock, "project_contributions", ids)
-    assert len(records(data_file(out, "activities"))) == per_project(mock, "project_activities", ids)
+    assert len(records(data_file(out, "contributions"))) == per_project(
+        mock, "project_contributions", ids
+    )
+    assert len(records(data_file(out, "activities"))) == per_project(
+        mock, "project_activities", ids
+    )
     assert len(records(data_file(out, "task_stats"))) == mock.dataset.count(
         "tasks_statistics", startDate="2026-01-01", endDate="2026-12-31"
     )
@@ -71,8 +78,9 @@ def test_partitioned_records_name_partition(tmp_path: Path, mock: MockServer) ->
     """Every record of a partitioned stream carries its partition's values under _partition."""
     recipe = write_recipe(tmp_path, MAIN_RECIPE)
 
-    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url,
-                      env={"TM_API_TOKEN": mock.tokens["admin"]})
+    outcome = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["admin"]}
+    )
 
     assert outcome.exit_code == 0, outcome.stderr
     out = tmp_path / "out"
@@ -103,8 +111,11 @@ def test_rerun_requests_nothing(tmp_path: Path, mock: MockServer) -> None:
     second = run_cli("run", str(recipe), "--base-url", mock.api_url, env=env)
 
     assert second.exit_code == 0, second.stderr
-    new = [r for r in mock.requests()[sent:] if r["path"] not in ("/api/v2/system/heartbeat/",
-                                                                  "/api/v2/users/queries/tasks/locked/")]
+    new = [
+        r
+        for r in mock.requests()[sent:]
+        if r["path"] not in ("/api/v2/system/heartbeat/", "/api/v2/users/queries/tasks/locked/")
+    ]
     assert new == []
     assert {p.name: p.read_bytes() for p in (tmp_path / "out/runs/0001/data").iterdir()} == before
 
@@ -127,7 +138,9 @@ def test_skipped_partitions_counted(tmp_path: Path, mock: MockServer) -> None:
     outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
 
     assert outcome.exit_code == 0, outcome.stderr
-    assert "skipped partitions: 2 (403 PrivateProject: 1, 404 PROJECT_NOT_FOUND: 1)" in outcome.stderr
+    assert (
+        "skipped partitions: 2 (403 PrivateProject: 1, 404 PROJECT_NOT_FOUND: 1)" in outcome.stderr
+    )
     manifest = records(tmp_path / "out/runs/0001/manifest.jsonl")
     finals = {e["p"]: e for e in manifest if e["t"] == "part"}
     assert finals['{"project_id":1}']["state"] == "done"
@@ -154,17 +167,32 @@ def test_skipped_strict_exits_3(tmp_path: Path, mock: MockServer) -> None:
 
 def test_retry_skipped_with_token(tmp_path: Path, mock: MockServer) -> None:
     """--retry-skipped with a token fetches the private project that was skipped before."""
-    recipe = write_recipe(tmp_path, SKIP_RECIPE.replace("{rate_limit: 10000/s}",
-                                                        "{rate_limit: 10000/s, token_env: TM_API_TOKEN}"))
+    recipe = write_recipe(
+        tmp_path,
+        SKIP_RECIPE.replace(
+            "{rate_limit: 10000/s}", "{rate_limit: 10000/s, token_env: TM_API_TOKEN}"
+        ),
+    )
     run_cli("run", str(recipe), "--base-url", mock.api_url)
     sent = len(mock.requests())
 
-    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--retry-skipped",
-                      env={"TM_API_TOKEN": mock.tokens["admin"]})
+    outcome = run_cli(
+        "run",
+        str(recipe),
+        "--base-url",
+        mock.api_url,
+        "--retry-skipped",
+        env={"TM_API_TOKEN": mock.tokens["admin"]},
+    )
 
     assert outcome.exit_code == 0, outcome.stderr
-    contributions = [r["path"] for r in mock.requests()[sent:] if r["path"].endswith("/contributions/")]
-    assert sorted(contributions) == ["/api/v2/projects/12/contributions/", "/api/v2/projects/9/contributions/"]
+    contributions = [
+        r["path"] for r in mock.requests()[sent:] if r["path"].endswith("/contributions/")
+    ]
+    assert sorted(contributions) == [
+        "/api/v2/projects/12/contributions/",
+        "/api/v2/projects/9/contributions/",
+    ]
     expected = mock.dataset.count("project_contributions", project_id=1) + mock.dataset.count(
         "project_contributions", project_id=9
     )

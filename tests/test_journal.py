@@ -69,7 +69,9 @@ def test_empty_manifest_refused(tmp_path: Path) -> None:
     with pytest.raises(ManifestError) as caught:
         read_journal(path)
 
-    assert str(caught.value).startswith(f"{path}: the manifest is empty, so what this run committed cannot be proven.")
+    assert str(caught.value).startswith(
+        f"{path}: the manifest is empty, so what this run committed cannot be proven."
+    )
     assert "--start-over" in str(caught.value)
 
 

@@ -29,5 +29,8 @@ def test_all_forms_masked() -> None:
 def test_authorization_header_masked() -> None:
     redactor = Redactor([])
 
-    assert redactor.redact('{"Authorization": "Token abc", "Host": "x"}') == '{"Authorization": "***", "Host": "x"}'
+    assert (
+        redactor.redact('{"Authorization": "Token abc", "Host": "x"}')
+        == '{"Authorization": "***", "Host": "x"}'
+    )
     assert redactor.redact("Authorization: Token abc\r\nHost: x") == "Authorization: ***\r\nHost: x"

@@ -30,7 +30,9 @@ def test_retry_after_forms(headers: dict[str, str], expected: float | None) -> N
 
 def test_retry_after_unparseable_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert retry_after_seconds({"retry-after": "soon, maybe"}) is None
-    assert caplog.messages == ["ignored unparseable Retry-After value 'soon, maybe'; using backoff instead"]
+    assert caplog.messages == [
+        "ignored unparseable Retry-After value 'soon, maybe'; using backoff instead"
+    ]
 
 
 def test_backoff_grows_and_caps() -> None:

@@ -14,7 +14,7 @@ COMMITTED = b'{"a":1}\n{"name":"S\xc3\xa3o Paulo"}\n'
 
 @pytest.mark.parametrize(
     "tail",
-    [b'{"a":', b'{"a":3}', '{"name":"S'.encode() + "ã".encode()[:1]],
+    [b'{"a":', b'{"a":3}', b'{"name":"S' + "ã".encode()[:1]],
     ids=["half-record", "record-without-newline", "inside-multibyte-character"],
 )
 def test_torn_tail_cut_back(tmp_path: Path, tail: bytes, caplog: pytest.LogCaptureFixture) -> None:
@@ -54,7 +54,7 @@ def test_short_file_refused(tmp_path: Path) -> None:
     with pytest.raises(ManifestError) as caught:
         StreamFile.open(path, len(COMMITTED))
 
-    assert f"but the file has only 8;" in str(caught.value)
+    assert "but the file has only 8;" in str(caught.value)
     assert path.read_bytes() == COMMITTED[:8]
 
 

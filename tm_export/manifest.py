@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +156,10 @@ class Committer:
         if self._broken is not None:
             raise self._broken
         try:
+            if _crash_due("mid-page-write"):
+                self._files[stream].append(data[: len(data) // 2])
+                self._files[stream].flush()
+                os.kill(os.getpid(), signal.SIGKILL)
             start, end = self._files[stream].append(data)
         except StorageError as error:
             self._broken = error
@@ -217,21 +222,26 @@ def _fsync_all(files: list[StreamFile]) -> None:
         file.fsync()
 
 
-def _crash_point(name: str) -> None:
-    """Kill the process here when the test-only variable ``TM_EXPORT_CRASH_AT`` names this point.
+def _crash_due(name: str) -> bool:
+    """Count a pass through crash point ``name``; True when the test-only variable says to crash.
 
-    The value is ``NAME`` or ``NAME:N`` (crash on the N-th time the point is reached). Only
-    the crash tests set it.
+    ``TM_EXPORT_CRASH_AT`` is ``NAME`` or ``NAME:N`` (crash on the N-th pass). Only the crash
+    tests set it; without it this returns False at once.
     """
     wanted = os.environ.get("TM_EXPORT_CRASH_AT")
     if not wanted:
-        return
+        return False
     point, _, count = wanted.partition(":")
     if point != name:
-        return
+        return False
     _CRASH_COUNTS[name] = _CRASH_COUNTS.get(name, 0) + 1
-    if _CRASH_COUNTS[name] >= int(count or 1):
-        os.kill(os.getpid(), 9)
+    return _CRASH_COUNTS[name] == int(count or 1)
+
+
+def _crash_point(name: str) -> None:
+    """Kill this process with SIGKILL when ``_crash_due(name)``."""
+    if _crash_due(name):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 _CRASH_COUNTS: dict[str, int] = {}

@@ -34,8 +34,17 @@ def main() -> int:
         print(f"mock Tasking Manager listening at {server.api_url}", file=sys.stderr)
         environment = {**os.environ, "TM_API_TOKEN": server.tokens["admin"]}
         command = [
-            sys.executable, "-m", "tm_export", "run", str(RECIPE),
-            "--base-url", server.api_url, "--output", str(OUTPUT), "--start-over", "--quiet",
+            sys.executable,
+            "-m",
+            "tm_export",
+            "run",
+            str(RECIPE),
+            "--base-url",
+            server.api_url,
+            "--output",
+            str(OUTPUT),
+            "--start-over",
+            "--quiet",
         ]
         finished = subprocess.run(command, env=environment, check=False)
         truth = server.counts(role="admin")
@@ -58,7 +67,9 @@ def main() -> int:
         print(f"{stream:<16} {records:>8} {expected:>10}{mark}")
 
     if mismatches:
-        print(f"demo: {mismatches} stream counts differ from the mock's own counts", file=sys.stderr)
+        print(
+            f"demo: {mismatches} stream counts differ from the mock's own counts", file=sys.stderr
+        )
         return 1
     print("every stream count equals the mock server's own count")
     return 0

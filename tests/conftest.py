@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -10,11 +11,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import pytest
 from click.testing import CliRunner
 
 from tm_export.cli import main
+from tm_export.clock import FakeClock
+from tm_export.engine import RunOptions, RunResult, export
 from tm_export.mock import MockServer
+from tm_export.recipe import load_recipe
 
 #: Small enough to keep the suite fast, large enough for several search pages.
 PROJECTS = 40
@@ -69,3 +74,25 @@ def read_lines(path: Path) -> list[bytes]:
 
 def data_file(output: Path, stream: str, run: str = "0001") -> Path:
     return output / "runs" / run / "data" / f"{stream}.jsonl"
+
+
+def export_here(
+    recipe_path: Path,
+    mock: MockServer,
+    *,
+    token: str | None = None,
+    clock: object | None = None,
+    **options: object,
+) -> RunResult:
+    """Run an export in this process with a test clock, so retry waits take no real time."""
+    recipe = load_recipe(recipe_path)
+    run_options = RunOptions(
+        base_url=mock.api_url,
+        output=Path(recipe.output),
+        token=token,
+        handle_signals=False,
+        clock=clock or FakeClock(),  # type: ignore[arg-type]
+        rng=random.Random(0),
+        **options,  # type: ignore[arg-type]
+    )
+    return anyio.run(export, recipe, run_options, backend="asyncio")

@@ -1,0 +1,282 @@
+"""Server faults: gateway pages, 500s, rejected tokens, stalls, empty and overlapping pages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tm_export.clock import FakeClock
+from tm_export.errors import ExitCode, TokenRejectedError
+from tm_export.mock import MockServer
+
+from .conftest import data_file, export_here, run_cli, write_recipe
+
+SEARCH = r"^/api/v2/projects/$"
+
+PROJECTS_RECIPE = """\
+version: 1
+instance:
+  rate_limit: 10000/s
+  retries: {attempts: 3}
+output: OUT
+streams:
+  projects:
+    endpoint: projects
+    params: {projectStatuses: [PUBLISHED, ARCHIVED]}
+"""
+
+
+def manifest_entries(output: Path, kind: str) -> list[dict[str, object]]:
+    lines = (output / "runs/0001/manifest.jsonl").read_bytes().splitlines()
+    return [entry for entry in map(orjson.loads, lines) if entry["t"] == kind]
+
+
+def search_pages(mock: MockServer) -> list[str]:
+    return [r["query"] for r in mock.requests() if r["path"] == "/api/v2/projects/"]
+
+
+def page_of(query: str) -> int:
+    return int(dict(part.split("=") for part in query.split("&"))["page"])
+
+
+def public_count(mock: MockServer) -> int:
+    return len(mock.dataset.public_project_ids())
+
+
+def test_gateway_html_errors(
+    tmp_path: Path, mock: MockServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Page 2 answers 504 twice then 200; page 3 answers 502 always; page 3 ends missing."""
+    mock.add_fault(path=SEARCH, query={"page": "2"}, times=2, html=504)
+    mock.add_fault(path=SEARCH, query={"page": "3"}, html=502)
+    recipe = write_recipe(tmp_path, PROJECTS_RECIPE)
+    clock = FakeClock()
+
+    result = export_here(recipe, mock, clock=clock)
+
+    assert result.exit_code() == ExitCode.FAILURES
+    assert sorted(page_of(q) for q in search_pages(mock)) == [1, 2, 2, 2, 3, 3, 3]
+    lines = data_file(tmp_path / "out", "projects").read_bytes().splitlines()
+    assert len(lines) == 28
+    assert len(set(lines)) == 28
+    (final,) = manifest_entries(tmp_path / "out", "part")
+    assert final["state"] == "failed"
+    assert final["missing_pages"] == [3]
+    assert final["status"] == 502
+    assert final["attempts"] == 3
+    assert "502 Bad Gateway The gateway did not get a valid response" in str(final["error"])
+    retries = [m for m in caplog.messages if m.startswith("retrying")]
+    assert len(retries) == 4
+    assert (
+        "504 (text/html): 504 Gateway Timeout 504 Gateway Timeout The gateway did not get"
+        in retries[0]
+    )
+    assert not any("Traceback" in m or "JSONDecodeError" in m for m in caplog.messages)
+    # Sleeps under 0.5 s are the request budget's spacing; backoff waits start at 0.5 s.
+    assert len([wait for wait in clock.sleeps if wait >= 0.5]) == 4
+
+    mock.clear_faults()
+    mock.reset_log()
+    again = export_here(recipe, mock, retry_failed=True)
+
+    assert again.exit_code() == ExitCode.COMPLETE
+    assert [page_of(q) for q in search_pages(mock)] == [3]
+    assert len(data_file(tmp_path / "out", "projects").read_bytes().splitlines()) == public_count(
+        mock
+    )
+
+
+def test_one_partition_always_500(tmp_path: Path, mock: MockServer) -> None:
+    """49 of 50 partitions succeed; the bad one fails with status, attempts and excerpt."""
+    recipe = write_recipe(
+        tmp_path,
+        """\
+        version: 1
+        instance: {rate_limit: 10000/s, retries: {attempts: 4}}
+        output: OUT
+        streams:
+          stats:
+            endpoint: project_statistics
+            params: {project_id: {range: [1, 50]}}
+        """,
+    )
+    with MockServer(projects=50) as server:
+        server.add_fault(
+            path=r"^/api/v2/projects/7/statistics/$",
+            status=500,
+            body="Internal Server Error",
+            content_type="text/plain",
+        )
+        present = 50 - len([p for p in server.dataset.deleted_project_ids() if p <= 50])
+
+        result = export_here(recipe, server)
+
+        assert result.exit_code() == ExitCode.FAILURES
+        finals = {e["p"]: e for e in manifest_entries(tmp_path / "out", "part")}
+        bad = finals['{"project_id":7}']
+        assert bad["state"] == "failed"
+        assert bad["status"] == 500
+        assert bad["attempts"] == 4
+        assert "500 (text/plain): Internal Server Error" in str(bad["error"])
+        done = [e for e in finals.values() if e["state"] == "done"]
+        assert len(done) == present - 1
+        lines = data_file(tmp_path / "out", "stats").read_bytes().splitlines()
+        assert len(lines) == present - 1
+
+        server.clear_faults()
+        server.reset_log()
+        again = export_here(recipe, server, retry_failed=True)
+
+        assert again.exit_code() == ExitCode.COMPLETE
+        export_paths = [r["path"] for r in server.requests() if "/statistics/" in r["path"]]
+        assert export_paths == ["/api/v2/projects/7/statistics/"]
+        assert len(data_file(tmp_path / "out", "stats").read_bytes().splitlines()) == present
+
+
+TOKEN_RECIPE = """\
+version: 1
+instance: {token_env: TM_API_TOKEN, concurrency: 1, rate_limit: 10000/s}
+output: OUT
+streams:
+  activities:
+    endpoint: project_activities
+    params: {project_id: {each: [ACTIVE]}}
+"""
+
+
+def test_token_rejected_mid_run(tmp_path: Path, mock: MockServer) -> None:
+    """Pages 1-10 succeed, then 401: nothing retried, nothing sent after, rerun completes."""
+    project = 1
+    while mock.dataset.count("project_activities", project_id=project) < 125:
+        mock.dataset.add_activity(project, task_id=1, action="STATE_CHANGE", text="MAPPED")
+    recipe = write_recipe(tmp_path, TOKEN_RECIPE.replace("ACTIVE", str(project)))
+    activities = rf"^/api/v2/projects/{project}/activities/$"
+    mock.add_fault(
+        path=activities,
+        after=10,
+        status=401,
+        body={"Error": "Token is expired or invalid", "SubCode": "InvalidToken"},
+    )
+
+    result = export_here(recipe, mock, token=mock.tokens["mapper"])
+
+    assert result.exit_code() == ExitCode.FATAL
+    assert isinstance(result.fatal, TokenRejectedError)
+    assert str(result.fatal) == (
+        f"the server rejected the API token (401 InvalidToken at {mock.api_url}/projects/{project}/activities/"
+        "?page=11): the token in TM_API_TOKEN is missing, invalid or expired (TM tokens last 7 days). "
+        "Copy a new API key from your Tasking Manager settings, export TM_API_TOKEN, and run the same "
+        "command again to resume"
+    )
+    sent = [r for r in mock.requests() if r["path"].endswith("/activities/")]
+    assert len(sent) == 11
+    assert [r["status"] for r in sent].count(401) == 1
+    lines = data_file(tmp_path / "out", "activities").read_bytes().splitlines()
+    assert len(lines) == 100
+
+    mock.clear_faults()
+    again = export_here(recipe, mock, token=mock.tokens["mapper"])
+
+    assert again.exit_code() == ExitCode.COMPLETE
+    lines = data_file(tmp_path / "out", "activities").read_bytes().splitlines()
+    assert (
+        len(lines)
+        == len(set(lines))
+        == mock.dataset.count("project_activities", project_id=project)
+    )
+
+
+def test_preflight_rejects_token(tmp_path: Path, mock: MockServer) -> None:
+    """A configured token that the pre-flight check rejects stops the run before any export request."""
+    recipe = write_recipe(tmp_path, TOKEN_RECIPE.replace("ACTIVE", "1"))
+
+    outcome = run_cli(
+        "run",
+        str(recipe),
+        "--base-url",
+        mock.api_url,
+        env={"TM_API_TOKEN": "bm90LWEtdmFsaWQtdG9rZW4="},
+    )
+
+    assert outcome.exit_code == 1
+    assert [r["path"] for r in mock.requests()] == [
+        "/api/v2/system/heartbeat/",
+        "/api/v2/users/queries/tasks/locked/",
+    ]
+    assert outcome.stderr.splitlines()[-1] == (
+        "tm-export: error: the server rejected the API token (401 InvalidToken at "
+        f"{mock.api_url}/users/queries/tasks/locked/): the token in TM_API_TOKEN is missing, invalid or "
+        "expired (TM tokens last 7 days). Copy a new API key from your Tasking Manager settings, export "
+        "TM_API_TOKEN, and run the same command again to resume"
+    )
+
+
+def test_token_variable_unset(tmp_path: Path, mock: MockServer) -> None:
+    """A stream that needs a token with the variable unset fails before any request, exit 2."""
+    recipe = write_recipe(
+        tmp_path,
+        """\
+        version: 1
+        instance: {token_env: TM_TEST_TOKEN_UNSET}
+        output: OUT
+        streams:
+          stats:
+            endpoint: tasks_statistics
+            params: {dates: {start: 2026-01-01, end: 2026-01-31}}
+        """,
+    )
+
+    outcome = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, env={"TM_TEST_TOKEN_UNSET": ""}
+    )
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr == (
+        f"tm-export: error: {recipe}:2: instance.token_env: the environment variable TM_TEST_TOKEN_UNSET "
+        "is not set or empty, but stream 'stats' needs an API token; copy the API key from your Tasking "
+        "Manager settings, export TM_TEST_TOKEN_UNSET=<key> and run again\n"
+    )
+    assert mock.requests() == []
+    assert not (tmp_path / "out").exists()
+
+
+def from_page_four(server: MockServer, **action: object) -> None:
+    for page in range(4, 30):
+        server.add_fault(path=SEARCH, query={"page": str(page)}, **action)
+
+
+def test_repeated_page_stall(tmp_path: Path, mock: MockServer) -> None:
+    """Page 4 and later repeat page 3 with hasNext: the walk stops, keeps 42 records, exits 3."""
+    with MockServer(projects=120) as server:
+        assert public_count(server) > 56
+        from_page_four(server, repeat_page=3)
+        recipe = write_recipe(tmp_path, PROJECTS_RECIPE)
+
+        result = export_here(recipe, server)
+
+        assert result.exit_code() == ExitCode.FAILURES
+        lines = data_file(tmp_path / "out", "projects").read_bytes().splitlines()
+        assert len(lines) == 42
+        problems = result.streams["projects"].problems
+        assert problems[0].startswith("{}: pagination stall: page ")
+        assert len(search_pages(server)) <= 3 + 8 + 1
+
+
+def test_empty_pages_stop(
+    tmp_path: Path, mock: MockServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pages 4 and later are empty but say hasNext: the walk stops at the first with a warning."""
+    with MockServer(projects=120) as server:
+        from_page_four(server, empty_page=True)
+        recipe = write_recipe(tmp_path, PROJECTS_RECIPE)
+
+        result = export_here(recipe, server)
+
+        lines = data_file(tmp_path / "out", "projects").read_bytes().splitlines()
+        assert len(lines) == 42
+        assert any("is empty but the server says more pages follow" in m for m in caplog.messages)
+        assert result.streams["projects"].problems == [
+            f"{{}}: integrity: received 42 unique records where the server announced {public_count(server)}"
+        ]

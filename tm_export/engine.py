@@ -136,16 +136,24 @@ class _Session:
 
     async def run(self) -> RunResult:
         run_folder, state, journal = self._open_run()
+        pages = [
+            page
+            for stream in state.streams.values()
+            for part in stream.partitions.values()
+            for page in part.pages.values()
+        ]
+        earlier = (len(pages), sum(page.records for page in pages))
         files: dict[str, StreamFile] = {}
         result = RunResult(run_folder=run_folder, streams={}, resumed=len(state.sessions) > 0)
         try:
             for name in self.recipe.streams:
-                committed = state.streams.setdefault(name, StreamState()).committed_end
-                files[name] = StreamFile.open(stream_path(run_folder, name), committed)
+                end = state.streams.setdefault(name, StreamState()).committed_end
+                files[name] = StreamFile.open(stream_path(run_folder, name), end)
             committer = Committer(journal, files)
             await self._export(state, committer, run_folder, result)
             if isinstance(result.fatal, StorageError):
                 self._cut_back(files, committer.committed_ends)
+                result.fatal = self._storage_message(result.fatal, earlier, committer)
         finally:
             for file in files.values():
                 file.close()
@@ -373,6 +381,16 @@ class _Session:
             committer.record({"t": "end", "at": _now(), "outcome": outcome})
         with anyio.CancelScope(shield=True):
             await committer.commit()
+
+    def _storage_message(
+        self, error: StorageError, earlier: tuple[int, int], committer: Committer
+    ) -> StorageError:
+        pages = earlier[0] + committer.pages_committed
+        records = earlier[1] + committer.records_committed
+        return StorageError(
+            f"{error}. The manifest still proves {pages} committed pages ({records} records), and the "
+            "stream files were cut back to them; free some space and run the same command again to resume"
+        )
 
     def _cut_back(self, files: dict[str, StreamFile], committed_ends: dict[str, int]) -> None:
         """After a failed write, cut every stream file back to what the manifest proves."""

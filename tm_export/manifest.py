@@ -139,6 +139,7 @@ class Committer:
         self._broken: StorageError | None = None
         self.committed_ends: dict[str, int] = {name: f.size for name, f in files.items()}
         self.pages_committed = 0
+        self.records_committed = 0
         self.commits = 0
         self.on_queue: Callable[[], None] | None = None
         """Called after each queued entry, so a commit task can wake up."""
@@ -214,6 +215,7 @@ class Committer:
                         self.committed_ends[entry["s"]], entry["end"]
                     )
                     self.pages_committed += 1
+                    self.records_committed += entry["records"]
             self.commits += 1
 
 

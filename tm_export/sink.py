@@ -7,6 +7,7 @@ after the last commit (a page in flight, half a line) disappear before new ones 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -75,6 +76,7 @@ class StreamFile:
         """
         start = self.size
         try:
+            _inject_write_error(self.path)
             self._file.write(data)
         except OSError as error:
             raise StorageError(f"{self.path}: cannot write: {error.strerror}") from error
@@ -148,3 +150,20 @@ def _check_committed_end(path: Path, file: BinaryIO, actual: int, committed_end:
             f"{where}, but the last committed line (ending at byte {committed_end}) "
             f"is not valid JSON; {advice}"
         ) from None
+
+
+_WRITES = 0
+
+
+def _inject_write_error(path: Path) -> None:
+    """Fail the N-th append with ENOSPC when the test-only variable ``TM_EXPORT_DISK_FULL_AT=N`` is set.
+
+    Only the disk-full tests set it; a full disk cannot be had on demand in a test.
+    """
+    global _WRITES
+    wanted = os.environ.get("TM_EXPORT_DISK_FULL_AT")
+    if not wanted:
+        return
+    _WRITES += 1
+    if _WRITES >= int(wanted):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))

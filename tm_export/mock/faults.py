@@ -22,18 +22,26 @@ Actions (one per rule; ``latency_ms`` may be combined with any other):
 ``{"empty_page": true}``        answer with empty record lists and ``hasNext: true``
 ``{"echo_headers": true}``      a 500 whose JSON body echoes every request header, secrets too
 ``{"kill": 12345}``             send SIGKILL to process 12345 when the request arrives, then
-                                answer normally
+                                answer normally; ``"signal": "SIGTERM"`` (or SIGINT) sends that
+                                signal instead
+``{"call": function}``          Python API only: call ``function()`` when the request arrives,
+                                then answer normally (to change the data between two pages)
 ==============================  ===============================================================
+
+With ``status`` or ``html``, ``retry_after_date: N`` sets ``Retry-After`` to an HTTP-date N
+seconds after the response's own ``Date`` header (both computed from one clock reading).
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -57,10 +65,23 @@ ACTIONS = (
     "empty_page",
     "echo_headers",
     "kill",
+    "call",
 )
 _OPTIONS = frozenset(
-    {"path", "query", "after", "times", "body", "content_type", "headers", "latency_ms"}
+    {
+        "path",
+        "query",
+        "after",
+        "times",
+        "body",
+        "content_type",
+        "headers",
+        "latency_ms",
+        "retry_after_date",
+        "signal",
+    }
 )
+_SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
 
 _GATEWAY_PAGE = """<!DOCTYPE html>
 <html>
@@ -89,6 +110,9 @@ class FaultRule:
     body: Any = None
     content_type: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    retry_after_date: float | None = None
+    """Seconds between the response's Date header and the HTTP-date sent in Retry-After."""
+    signal_name: str = "SIGKILL"
     matched: int = 0
     """Matching requests seen so far."""
     applied: int = 0
@@ -116,6 +140,10 @@ class FaultRule:
             path = re.compile(str(data.get("path", "")))
         except re.error as error:
             raise ValueError(f"invalid fault rule path {data.get('path')!r}: {error}") from error
+        if str(data.get("signal", "SIGKILL")) not in _SIGNALS:
+            raise ValueError(
+                f"invalid signal {data['signal']!r}: expected one of {sorted(_SIGNALS)}"
+            )
         after = int(data.get("after", 0))
         times = data.get("times")
         if after < 0 or (times is not None and int(times) < 0):
@@ -134,7 +162,9 @@ class FaultRule:
             headers={
                 str(key): str(value) for key, value in dict(data.get("headers") or {}).items()
             },
-            source=dict(data),
+            retry_after_date=data.get("retry_after_date"),
+            signal_name=str(data.get("signal", "SIGKILL")),
+            source={key: value for key, value in data.items() if key != "call"},
         )
 
     def matches(self, path: str, query: Mapping[str, str]) -> bool:
@@ -163,6 +193,8 @@ def _check_argument(action: str | None, argument: Any) -> None:
         isinstance(argument, int) and argument > 1 and argument != os.getpid()
     ):
         raise ValueError(f"invalid kill pid {argument!r}: expected another process's pid")
+    if action == "call" and not callable(argument):
+        raise ValueError(f"invalid call {argument!r}: expected a function")
 
 
 class FaultSet:
@@ -211,12 +243,15 @@ async def apply(rule: FaultRule, request: web.Request, handler: Handler) -> web.
         await asyncio.sleep(rule.latency_ms / 1000)
 
     if rule.action == "kill":
-        _kill(int(rule.argument))
+        _kill(int(rule.argument), rule.signal_name)
+        return await handler(request)
+    if rule.action == "call":
+        rule.argument()
         return await handler(request)
     if rule.action == "status":
-        return _status_response(rule)
+        return _with_retry_date(rule, _status_response(rule))
     if rule.action == "html":
-        return _gateway_page(int(rule.argument), rule.headers)
+        return _with_retry_date(rule, _gateway_page(int(rule.argument), rule.headers))
     if rule.action == "reset":
         _drop_connection(request)
         # aiohttp needs a response object, but none can reach the closed connection.
@@ -234,13 +269,24 @@ async def apply(rule: FaultRule, request: web.Request, handler: Handler) -> web.
     return await handler(request)
 
 
-def _kill(pid: int) -> None:
+def _kill(pid: int, name: str) -> None:
     try:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, _SIGNALS[name])
     except ProcessLookupError:
-        logger.warning("fault rule could not kill pid %d: no such process", pid)
+        logger.warning("fault rule could not signal pid %d: no such process", pid)
         return
-    logger.info("fault rule sent SIGKILL to pid %d", pid)
+    logger.info("fault rule sent %s to pid %d", name, pid)
+
+
+def _with_retry_date(rule: FaultRule, response: web.Response) -> web.Response:
+    if rule.retry_after_date is None:
+        return response
+    now = time.time()
+    response.headers["Date"] = email.utils.formatdate(now, usegmt=True)
+    response.headers["Retry-After"] = email.utils.formatdate(
+        now + rule.retry_after_date, usegmt=True
+    )
+    return response
 
 
 def _status_response(rule: FaultRule) -> web.Response:

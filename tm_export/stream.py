@@ -188,7 +188,7 @@ class StreamRunner:
         state = walk.state
         if 1 not in state.pages:
             try:
-                first = await self._fetch_and_write(walk, 1)
+                await self._fetch_and_write(walk, 1)
             except HTTPStatusError as error:
                 if error.status in SKIP_STATUSES and not state.pages:
                     self._finish(walk, "skipped", error)
@@ -196,44 +196,51 @@ class StreamRunner:
                 walk.failed_pages[1] = error
             except (RequestError, ShapeError) as error:
                 walk.failed_pages[1] = error
-            else:
-                state.page_count, state.total = first.page_count, first.total
 
         if self.spec.endpoint.paginated and not walk.failed_pages and not walk.stop:
             if state.page_count is not None:
-                await self._fan_out(walk, state.page_count)
+                await self._fan_out(walk)
             else:
                 await self._follow_next(walk)
 
         self._finish(walk, "failed" if walk.failed_pages else "done")
 
-    async def _fan_out(self, walk: PartitionWalk, page_count: int) -> None:
-        """Fetch the pages not yet committed, at most ``concurrency`` at once."""
-        last = min(page_count, self.spec.max_pages)
-        if page_count > self.spec.max_pages:
-            walk.problems.append(
-                f"page cap reached: {page_count} pages, max_pages is {self.spec.max_pages}"
-            )
-        window = anyio.Semaphore(self._concurrency)
+    async def _fan_out(self, walk: PartitionWalk) -> None:
+        """Fetch the pages not yet committed, at most ``concurrency`` at once.
 
-        async def fetch(number: int) -> None:
+        When a later page reports more pages than page 1 did (records were added during
+        the walk), the walk goes on to the new last page.
+        """
+        window = anyio.Semaphore(self._concurrency)
+        number = 2
+
+        async def fetch(page: int) -> None:
             try:
                 if not walk.stop:
-                    await self._fetch_and_write(walk, number)
+                    await self._fetch_and_write(walk, page)
             except (RequestError, ShapeError) as error:
-                walk.failed_pages[number] = error
+                walk.failed_pages[page] = error
             finally:
                 window.release()
 
-        async with anyio.create_task_group() as group:
-            for number in range(2, last + 1):
-                if number in walk.state.pages:
-                    continue
-                await window.acquire()
-                if walk.stop:
-                    window.release()
-                    break
-                group.start_soon(fetch, number)
+        while number <= self._last_page(walk) and not walk.stop:
+            async with anyio.create_task_group() as group:
+                while number <= self._last_page(walk) and not walk.stop:
+                    if number not in walk.state.pages:
+                        await window.acquire()
+                        if walk.stop:
+                            window.release()
+                            break
+                        group.start_soon(fetch, number)
+                    number += 1
+
+    def _last_page(self, walk: PartitionWalk) -> int:
+        page_count = walk.state.page_count or 1
+        if page_count > self.spec.max_pages:
+            problem = f"page cap reached: {page_count} pages, max_pages is {self.spec.max_pages}"
+            if problem not in walk.problems:
+                walk.problems.append(problem)
+        return min(page_count, self.spec.max_pages)
 
     async def _follow_next(self, walk: PartitionWalk) -> None:
         """Walk pages one by one while the server says there is a next page."""
@@ -288,6 +295,10 @@ class StreamRunner:
             },
         )
         walk.state.pages[number] = PageRecord(number, start, end, len(fresh), duplicates, has_next)
+        if page_count is not None and page_count > (walk.state.page_count or 0):
+            walk.state.page_count = page_count
+        if total is not None:
+            walk.state.total = total
         walk.records += len(fresh)
         walk.duplicates += duplicates
         self.stats.records += len(fresh)
@@ -350,9 +361,14 @@ class StreamRunner:
 
     async def _offer_children(self, records: list[Any]) -> None:
         for fields, send in self._children:
-            for record in records:
-                for values in _combinations(record, fields):
-                    await send.send(values)
+            try:
+                for record in records:
+                    for values in _combinations(record, fields):
+                        await send.send(values)
+            except anyio.BrokenResourceError:
+                # The child stopped early, which only a fatal error elsewhere causes; that
+                # error ends the run, so the values it no longer takes are not needed.
+                continue
 
     async def _replay_committed_values(self) -> None:
         """Send the values of records committed by earlier sessions to child streams."""

@@ -1,0 +1,328 @@
+"""Interrupts, a full disk, damaged files, secrets, overlapping pages and data that changes."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tm_export.clock import FakeClock
+from tm_export.errors import ExitCode
+from tm_export.mock import MockServer
+
+from .conftest import data_file, export_here, run_cli, write_recipe
+from .test_crash import RECIPE, compare, multiset, reference, start_held
+
+SEARCH = r"^/api/v2/projects/$"
+
+
+def manifest(output: Path) -> Path:
+    return output / "runs/0001/manifest.jsonl"
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_signal_stops_cleanly(tmp_path: Path, mock: MockServer, name: str) -> None:
+    """SIGTERM or SIGINT mid-run exits 130 with committed pages kept; a rerun completes exactly."""
+    expected = reference(tmp_path, mock)
+    recipe = write_recipe(tmp_path, RECIPE)
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    process = start_held(args)
+    mock.add_fault(path=r"/activities/$", after=40, times=1, kill=process.pid, signal=name)
+
+    _, stderr = process.communicate(b"go\n", timeout=120)
+
+    assert process.returncode == 130, stderr.decode()
+    text = stderr.decode()
+    assert f"received {name}: stopping; committed pages are kept" in text
+    assert "result: interrupted; run the same command again to resume (exit 130)" in text
+    assert "Traceback" not in text
+    mock.clear_faults()
+
+    outcome = run_cli(*args)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    compare(expected, multiset(tmp_path / "out"))
+
+
+def test_disk_full_resumes(tmp_path: Path, mock: MockServer) -> None:
+    """ENOSPC on a page write: exit 1, files cut back, manifest unchanged after, resume completes."""
+    expected = reference(tmp_path, mock)
+    recipe = write_recipe(tmp_path, RECIPE)
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+
+    failed = subprocess.run(
+        [sys.executable, "-m", "tm_export", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "TM_EXPORT_DISK_FULL_AT": "30"},
+    )
+
+    assert failed.returncode == 1, failed.stderr
+    last = failed.stderr.splitlines()[-1]
+    assert last.startswith("tm-export: error: ")
+    assert ": cannot write: No space left on device. The manifest still proves " in last
+    assert last.endswith("free some space and run the same command again to resume")
+    assert "Traceback" not in failed.stderr
+    committed = {}
+    for entry in map(orjson.loads, manifest(tmp_path / "out").read_bytes().splitlines()):
+        if entry["t"] == "page":
+            committed[entry["s"]] = max(committed.get(entry["s"], 0), entry["end"])
+    for stream, end in committed.items():
+        assert data_file(tmp_path / "out", stream).stat().st_size == end
+
+    outcome = run_cli(*args)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    compare(expected, multiset(tmp_path / "out"))
+
+
+def test_damaged_manifest_refused(tmp_path: Path, mock: MockServer) -> None:
+    """A manifest overwritten with NUL bytes stops the run and leaves every data file untouched."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args).exit_code == 0
+    path = manifest(tmp_path / "out")
+    path.write_bytes(b"\x00" * path.stat().st_size)
+    data = {p: p.read_bytes() for p in (tmp_path / "out/runs/0001/data").iterdir()}
+    mock.reset_log()
+
+    outcome = run_cli(*args)
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr == (
+        f"tm-export: error: {path}:1: the manifest has no valid header, so it is damaged or not a "
+        f"tm-export manifest. Nothing was changed. If you have a backup of manifest.jsonl, restore it and "
+        "run again; otherwise run with --start-over to begin a new run in a new folder beside this one\n"
+    )
+    assert {p: p.read_bytes() for p in data} == data
+    assert mock.requests() == []
+
+
+def test_torn_stream_tail_cut(tmp_path: Path, mock: MockServer) -> None:
+    """Half a record after the committed end is removed on resume, and the log says how much."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args).exit_code == 0
+    path = data_file(tmp_path / "out", "activities")
+    before = path.read_bytes()
+    torn = b'{"historyId":1,"actionText":"Jo' + "ã".encode()[:1]
+    path.write_bytes(before + torn)
+
+    outcome = run_cli(*args)
+
+    assert outcome.exit_code == 0
+    assert (
+        f"tm-export: WARNING: cut activities.jsonl back to its committed end at byte {len(before)}: "
+        f"removed {len(torn)} uncommitted bytes"
+    ) in outcome.stderr
+    assert path.read_bytes() == before
+
+
+TOKEN_RECIPE = """\
+version: 1
+instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s, retries: {attempts: 2}, concurrency: 1}
+output: OUT
+streams:
+  tasks:
+    endpoint: project_tasks
+    params: {project_id: {each: [1, 2, 3]}}
+"""
+
+
+def test_token_never_written(tmp_path: Path, mock: MockServer) -> None:
+    """With debug logs, a 500 echoing headers and a 401, the token appears in no output or file."""
+    token = mock.tokens["admin"]
+    recipe = write_recipe(tmp_path, TOKEN_RECIPE)
+    command = [
+        sys.executable,
+        "-m",
+        "tm_export",
+        "run",
+        str(recipe),
+        "--base-url",
+        mock.api_url,
+        "-v",
+    ]
+    environment = {**os.environ, "TM_API_TOKEN": token}
+    mock.add_fault(path=r"^/api/v2/projects/1/tasks/$", echo_headers=True)
+
+    echoed = subprocess.run(
+        command, capture_output=True, text=True, check=False, timeout=120, env=environment
+    )
+    mock.clear_faults()
+    mock.add_fault(
+        path=r"^/api/v2/projects/1/tasks/$",
+        status=401,
+        body={"Error": "Token is expired or invalid", "SubCode": "InvalidToken"},
+    )
+    rejected = subprocess.run(
+        [*command, "--retry-failed"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env=environment,
+    )
+
+    assert echoed.returncode == 3
+    assert rejected.returncode == 1
+    assert "Authorization: ***" in echoed.stderr
+    failed = [
+        e
+        for e in map(orjson.loads, manifest(tmp_path / "out").read_bytes().splitlines())
+        if e["t"] == "part" and e["state"] == "failed"
+    ]
+    assert failed[0]["status"] == 500
+    forms = {
+        token,
+        urllib.parse.quote(token, safe=""),
+        base64.b64decode(token).decode("utf-8", "replace"),
+    }
+    texts = {
+        f"{name} {stream}": getattr(process, stream)
+        for name, process in (("echoed", echoed), ("rejected", rejected))
+        for stream in ("stdout", "stderr")
+    }
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            texts[str(path)] = path.read_bytes().decode("utf-8", "replace")
+    for where, text in texts.items():
+        for form in forms:
+            assert form not in text, f"the token appears in {where}"
+
+
+def overlapping_pages(server: MockServer) -> list[dict[str, object]]:
+    """Three search pages announcing 30 projects: page 2 repeats two of page 1, two never appear."""
+    import urllib.request
+
+    url = f"{server.api_url}/projects/?omitMapResults=true&orderBy=id&orderByType=ASC&projectStatuses=PUBLISHED,ARCHIVED&page="
+    results = []
+    for page in (1, 2, 3):
+        with urllib.request.urlopen(url + str(page)) as reply:
+            results += orjson.loads(reply.read())["results"]
+    assert len(results) >= 32
+    first, second, third = results[0:14], results[12:14] + results[14:26], results[28:30]
+
+    def page(number: int, items: list[object]) -> dict[str, object]:
+        return {
+            "mapResults": [],
+            "results": items,
+            "pagination": {
+                "hasNext": number < 3,
+                "hasPrev": number > 1,
+                "nextNum": number + 1 if number < 3 else None,
+                "page": number,
+                "pages": 3,
+                "prevNum": number - 1 if number > 1 else None,
+                "perPage": 14,
+                "total": 30,
+            },
+        }
+
+    return [page(1, first), page(2, second), page(3, third)]
+
+
+def test_overlapping_pages_reported(tmp_path: Path, mock: MockServer) -> None:
+    """An unstable order: each record written once, duplicates counted, 28 of 30 reported."""
+    for number, body in enumerate(overlapping_pages(mock), start=1):
+        mock.add_fault(path=SEARCH, query={"page": str(number)}, status=200, body=body)
+    recipe = write_recipe(
+        tmp_path,
+        """\
+        version: 1
+        instance: {rate_limit: 10000/s}
+        output: OUT
+        streams:
+          projects:
+            endpoint: projects
+            params: {projectStatuses: [PUBLISHED, ARCHIVED]}
+        """,
+    )
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 3
+    lines = data_file(tmp_path / "out", "projects").read_bytes().splitlines()
+    assert len(lines) == len(set(lines)) == 28
+    assert (
+        "problem in projects: {}: integrity: received 28 unique records where the server announced 30"
+        in outcome.stderr
+    )
+    (final,) = [
+        e
+        for e in map(orjson.loads, manifest(tmp_path / "out").read_bytes().splitlines())
+        if e["t"] == "part"
+    ]
+    assert final["dups"] == 2
+    assert final["problems"] == [
+        "integrity: received 28 unique records where the server announced 30"
+    ]
+
+
+def test_data_changes_between_pages(tmp_path: Path, mock: MockServer) -> None:
+    """A new activity arrives while the pages are walked: nothing duplicated, the shift counted."""
+    project = 1
+    while mock.dataset.count("project_activities", project_id=project) < 45:
+        mock.dataset.add_activity(project, task_id=1)
+    before = mock.dataset.count("project_activities", project_id=project)
+    mock.add_fault(
+        path=rf"^/api/v2/projects/{project}/activities/$",
+        query={"page": "2"},
+        times=1,
+        call=lambda: mock.dataset.add_activity(project, task_id=2),
+    )
+    recipe = write_recipe(
+        tmp_path,
+        f"""\
+        version: 1
+        instance: {{rate_limit: 10000/s, concurrency: 1}}
+        output: OUT
+        streams:
+          activities:
+            endpoint: project_activities
+            params: {{project_id: {{each: [{project}]}}}}
+        """,
+    )
+
+    result = export_here(recipe, mock, clock=FakeClock())
+
+    # The new activity went to page 1, already fetched, and pushed one record from page 1 to
+    # page 2: every earlier record is kept once, the repeat is counted, the miss is reported.
+    lines = data_file(tmp_path / "out", "activities").read_bytes().splitlines()
+    assert len(lines) == len(set(lines)) == before
+    assert result.streams["activities"].duplicates == 1
+    assert result.exit_code() == ExitCode.FAILURES
+    assert result.streams["activities"].problems == [
+        f'{{"project_id":{project}}}: integrity: received {before} unique records where the server '
+        f"announced {before + 1}"
+    ]
+
+
+def test_retry_after_date_from_mock(tmp_path: Path, mock: MockServer) -> None:
+    """A 429 whose Retry-After is an HTTP-date 2 s after its Date header waits exactly 2 s."""
+    mock.add_fault(path=SEARCH, query={"page": "1"}, times=1, status=429, retry_after_date=2)
+    recipe = write_recipe(
+        tmp_path,
+        """\
+        version: 1
+        instance: {rate_limit: 10000/s}
+        output: OUT
+        streams:
+          projects: {endpoint: projects}
+        """,
+    )
+    clock = FakeClock()
+
+    result = export_here(recipe, mock, clock=clock)
+
+    assert result.exit_code() == ExitCode.COMPLETE
+    assert [wait for wait in clock.sleeps if wait > 0.01] == [2.0]
+    assert result.retries == 1

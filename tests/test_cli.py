@@ -1,0 +1,135 @@
+"""The command line: help, the catalog listing, the output lock and a recipe that changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tm_export import __version__
+from tm_export.catalog import CATALOG
+from tm_export.cli import main
+from tm_export.layout import OutputLock
+from tm_export.mock import MockServer
+
+from .conftest import run_cli, run_process, write_recipe
+
+RECIPE = """\
+version: 1
+instance: {rate_limit: 10000/s}
+output: OUT
+streams:
+  stats:
+    endpoint: project_statistics
+    params: {project_id: {range: [1, 3]}}
+"""
+
+
+def test_help_lists_exit_codes() -> None:
+    outcome = run_cli("run", "--help")
+
+    assert outcome.exit_code == 0
+    for line in (
+        "0    complete",
+        "1    stopped by a fatal error",
+        "2    invalid recipe or usage",
+        "3    finished, but some partitions failed",
+        "130  interrupted by SIGINT or SIGTERM",
+    ):
+        assert line in outcome.stdout
+    assert "Request budget in requests per second" in outcome.stdout
+
+
+def test_every_option_has_help() -> None:
+    for name, command in main.commands.items():
+        assert command.help, f"{name} has no help"
+        for option in command.params:
+            if option.param_type_name == "option":
+                assert option.help, f"{name} {option.name} has no help"  # type: ignore[attr-defined]
+
+
+def test_version_and_module_entry() -> None:
+    process = run_process("--version")
+
+    assert process.returncode == 0
+    assert process.stdout == f"tm-export, version {__version__}\n"
+
+
+def test_endpoints_lists_catalog() -> None:
+    outcome = run_cli("endpoints")
+
+    assert outcome.exit_code == 0
+    names = [line.split()[0] for line in outcome.stdout.splitlines() if not line.startswith(" ")]
+    assert names == list(CATALOG)
+    assert outcome.stdout.splitlines()[0].split() == [
+        "projects",
+        "/projects/",
+        "[optional",
+        "auth,",
+        "paged]",
+    ]
+
+
+def test_changed_recipe_refused(tmp_path: Path, mock: MockServer) -> None:
+    """A run started by another recipe is refused; --start-over begins a new run beside it."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
+    write_recipe(tmp_path, RECIPE.replace("[1, 3]", "[1, 4]"))
+    manifest = tmp_path / "out/runs/0001/manifest.jsonl"
+    before = manifest.read_bytes()
+
+    refused = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith(
+        f"tm-export: error: {manifest}: this run was started by a recipe that "
+        "exports something else (other streams, endpoints or parameters;"
+    )
+    assert refused.stderr.endswith(
+        "Nothing was changed. Use --start-over to begin a new run beside it, or "
+        "choose another output folder\n"
+    )
+    assert manifest.read_bytes() == before
+
+    fresh = run_cli("run", str(recipe), "--base-url", mock.api_url, "--start-over")
+
+    assert fresh.exit_code == 0, fresh.stderr
+    assert (tmp_path / "out/runs/0002/data/stats.jsonl").read_bytes().count(b"\n") == 4 - sum(
+        1 for pid in mock.dataset.deleted_project_ids() if pid <= 4
+    )
+    assert manifest.read_bytes() == before
+
+
+def test_settings_change_recorded(tmp_path: Path, mock: MockServer) -> None:
+    """Concurrency may change between sessions; each session entry records the settings."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    run_cli("run", str(recipe), "--base-url", mock.api_url, "--concurrency", "2")
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--concurrency", "5")
+
+    assert outcome.exit_code == 0
+    assert (
+        "tm-export: INFO: setting concurrency changed since the last session: 2 -> 5"
+        in outcome.stderr
+    )
+    sessions = [
+        line
+        for line in (tmp_path / "out/runs/0001/manifest.jsonl").read_text().splitlines()
+        if '"t":"session"' in line
+    ]
+    assert len(sessions) == 2
+    assert '"concurrency":2' in sessions[0]
+    assert '"concurrency":5' in sessions[1]
+
+
+def test_locked_output_refused(tmp_path: Path, mock: MockServer) -> None:
+    """A second process writing the same output folder exits 1 and sends nothing."""
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    with OutputLock(tmp_path / "out"):
+        outcome = run_process("run", str(recipe), "--base-url", mock.api_url)
+
+    assert outcome.returncode == 1
+    assert outcome.stderr == (
+        f"tm-export: error: {tmp_path / 'out'}: another tm-export process is writing this output folder; "
+        "wait for it to finish, or choose another output folder\n"
+    )
+    assert mock.requests() == []

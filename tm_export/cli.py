@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -14,8 +16,11 @@ from . import __version__
 from .catalog import CATALOG
 from .engine import RunOptions, RunResult, export, resolve_base_url
 from .errors import ExitCode, RecipeError, TmExportError
+from .logs import json_line, setup_logging
+from .progress import Progress
 from .recipe import load_recipe, resolve_token
-from .redact import RedactingFilter, Redactor
+from .redact import Redactor
+from .reporting import LiveReporter, PlainReporter
 from .summary import format_summary, summary_json
 
 EXIT_CODES = """\b
@@ -43,17 +48,6 @@ def main() -> None:
 def _fail(error: TmExportError | str, code: int) -> None:
     click.echo(f"tm-export: error: {error}", err=True)
     sys.exit(code)
-
-
-def _setup_logging(verbose: int, quiet: bool, redactor: Redactor) -> None:
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("tm-export: %(levelname)s: %(message)s"))
-    handler.addFilter(RedactingFilter(redactor))
-    root = logging.getLogger("tm_export")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
 
 
 @main.command(context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES)
@@ -99,7 +93,22 @@ def _setup_logging(verbose: int, quiet: bool, redactor: Redactor) -> None:
 @click.option("--strict", is_flag=True, help="Exit 3 when any partition was skipped for 403/404.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @click.option("-v", "--verbose", count=True, help="Log every request (debug level) on stderr.")
-@click.option("-q", "--quiet", is_flag=True, help="Log only warnings and errors.")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Log only warnings and errors; no progress display."
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or as one JSON object per line (fields: time, level, logger, message, event).",
+)
+@click.option(
+    "--progress-interval",
+    type=click.FloatRange(min=0.1),
+    metavar="SECONDS",
+    help="Seconds between progress updates [default: 1 on a terminal, 10 otherwise].",
+)
 def run(
     recipe: Path,
     base_url: str | None,
@@ -113,6 +122,8 @@ def run(
     as_json: bool,
     verbose: int,
     quiet: bool,
+    log_format: str,
+    progress_interval: float | None,
 ) -> None:
     """Export the streams of RECIPE, or resume the unfinished run in its output folder.
 
@@ -130,7 +141,12 @@ def run(
         return
 
     redactor = Redactor([token] if token else [])
-    _setup_logging(verbose, quiet, redactor)
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    setup_logging(level=level, json_format=log_format == "json", redactor=redactor)
+    live = not quiet and log_format == "text" and sys.stderr.isatty()
+    reporter: Callable[[Progress], None] | None = None
+    if not quiet:
+        reporter = LiveReporter(sys.stderr) if live else PlainReporter()
     options = RunOptions(
         base_url=resolve_base_url(loaded, base_url),
         output=output or Path(loaded.output),
@@ -140,20 +156,42 @@ def run(
         retry_failed=retry_failed,
         retry_skipped=retry_skipped,
         start_over=start_over,
+        on_progress=reporter,
+        progress_interval=progress_interval or (1.0 if live else 10.0),
     )
 
     try:
-        result: RunResult = anyio.run(export, loaded, options, backend="asyncio")
+        if isinstance(reporter, LiveReporter):
+            with reporter:
+                result: RunResult = anyio.run(export, loaded, options, backend="asyncio")
+        else:
+            result = anyio.run(export, loaded, options, backend="asyncio")
     except TmExportError as error:
         _fail(redactor.redact(str(error)), error.exit_code)
         return
 
     code = result.exit_code(strict=strict)
-    click.echo(redactor.redact(format_summary(loaded, result, code)), err=True)
+    summary = summary_json(result, code)
+    if log_format == "json":
+        # Machine-read logs stay one JSON object per line, the summary included; it is
+        # printed even with --quiet, as the text summary is.
+        line = json_line(
+            time.time(),
+            "info",
+            "tm_export.summary",
+            f"summary: {summary['outcome']}",
+            event="summary",
+            summary=summary,
+        )
+        click.echo(redactor.redact(line), err=True)
+        if result.fatal is not None:
+            logging.getLogger("tm_export").error("%s", result.fatal)
+    else:
+        click.echo(redactor.redact(format_summary(loaded, result, code)), err=True)
+        if result.fatal is not None:
+            click.echo(f"tm-export: error: {redactor.redact(str(result.fatal))}", err=True)
     if as_json:
-        click.echo(json.dumps(summary_json(result, code), indent=2))
-    if result.fatal is not None:
-        click.echo(f"tm-export: error: {redactor.redact(str(result.fatal))}", err=True)
+        click.echo(redactor.redact(json.dumps(summary, indent=2)))
     sys.exit(int(code))
 
 

@@ -10,7 +10,8 @@ import logging
 import os
 import random
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from .journal import Journal
 from .layout import MANIFEST_NAME, OutputLock, list_runs, next_run_folder, stream_path
 from .manifest import Committer, ManifestState, StreamState, load_state
 from .params import FromStream
+from .progress import Progress
 from .recipe import Recipe
 from .redact import Redactor
 from .sink import StreamFile
@@ -56,6 +58,9 @@ class RunOptions:
     retry_skipped: bool = False
     start_over: bool = False
     handle_signals: bool = True
+    on_progress: Callable[[Progress], None] | None = None
+    """Called with a snapshot every ``progress_interval`` seconds while streams run."""
+    progress_interval: float = 1.0
     clock: Clock = field(default_factory=RealClock)
     rng: random.Random | None = None
 
@@ -240,7 +245,7 @@ class _Session:
             try:
                 await self._preflight(fetcher, result)
                 committer.record(self._session_entry(state, result))
-                await self._run_streams(runners, committer, result)
+                await self._run_streams(runners, committer, fetcher, result)
             except* FatalError as group:
                 result.fatal = _first(group)
             finally:
@@ -338,7 +343,11 @@ class _Session:
         }
 
     async def _run_streams(
-        self, runners: dict[str, StreamRunner], committer: Committer, result: RunResult
+        self,
+        runners: dict[str, StreamRunner],
+        committer: Committer,
+        fetcher: Fetcher,
+        result: RunResult,
     ) -> None:
         wake = anyio.Event()
 
@@ -360,14 +369,35 @@ class _Session:
                     scope.cancel()
                     return
 
+        started = time.monotonic()
+
+        def snapshot() -> Progress:
+            return Progress(
+                elapsed=time.monotonic() - started,
+                requests=fetcher.requests_sent,
+                retries=fetcher.retries_done,
+                streams=tuple(runner.progress() for runner in runners.values()),
+            )
+
+        async def report_progress() -> None:
+            assert self.options.on_progress is not None
+            while True:
+                await anyio.sleep(self.options.progress_interval)
+                self.options.on_progress(snapshot())
+
         committer.on_queue = lambda: wake.set()
         async with anyio.create_task_group() as outer:
             outer.start_soon(commit_loop)
+            if self.options.on_progress is not None:
+                outer.start_soon(report_progress)
             if self.options.handle_signals:
                 outer.start_soon(watch_signals, outer.cancel_scope)
             async with anyio.create_task_group() as streams:
                 for runner in runners.values():
                     streams.start_soon(runner.run)
+            if self.options.on_progress is not None:
+                # One last snapshot, so even a run shorter than the interval reports its end.
+                self.options.on_progress(snapshot())
             outer.cancel_scope.cancel()
 
     async def _close(self, committer: Committer, result: RunResult) -> None:

@@ -19,7 +19,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .errors import HTTPStatusError, RequestError
 from .fetcher import Fetcher
 from .manifest import Committer, PageRecord, PartitionState, StreamState
-from .params import Partition, Scalar, expand_static, partition_id, render
+from .params import Partition, Scalar, count_static, expand_static, partition_id, render
+from .progress import StreamProgress
 from .recipe import StreamSpec
 from .records import (
     PARTITION_KEY,
@@ -77,6 +78,10 @@ class PartitionWalk:
         self.problems: list[str] = []
         self.stop = False
 
+    def stopped(self) -> bool:
+        """Tell whether the walk was stopped; a call, so type checkers re-read it after an await."""
+        return self.stop
+
 
 class StreamRunner:
     """Runs every partition of one stream and feeds its records' values to child streams."""
@@ -110,8 +115,24 @@ class StreamRunner:
         self._children: list[tuple[dict[str, str], MemoryObjectSendStream[dict[str, Scalar]]]] = []
         self._parent_values: MemoryObjectReceiveStream[dict[str, Scalar]] | None = None
         self._partitioned = bool(spec.varying)
+        self.partitions_known = count_static(spec.static) if spec.parent is None else None
+        """Partitions in all, when they do not depend on a parent stream."""
 
     # --- wiring ------------------------------------------------------------------
+
+    def progress(self) -> StreamProgress:
+        """Return this stream's counts as a progress snapshot."""
+        counts = self.stats.partitions
+        return StreamProgress(
+            name=self.spec.name,
+            done=counts["done"],
+            skipped=counts["skipped"],
+            failed=counts["failed"],
+            known=self.partitions_known,
+            pages=self.stats.pages,
+            records=self.stats.records,
+            duplicates=self.stats.duplicates,
+        )
 
     def feed(self, child: StreamRunner, fields: dict[str, str]) -> None:
         """Send ``child`` the values of ``fields`` (parameter name to dotted field path) of each record.
@@ -228,7 +249,7 @@ class StreamRunner:
                 while number <= self._last_page(walk) and not walk.stop:
                     if number not in walk.state.pages:
                         await window.acquire()
-                        if walk.stop:
+                        if walk.stopped():
                             window.release()
                             break
                         group.start_soon(fetch, number)

@@ -18,7 +18,7 @@ OUTCOMES = {
 
 def format_summary(recipe: Recipe, result: RunResult, code: ExitCode) -> str:
     """Return the summary table and totals as text."""
-    header = ("stream", "done", "skipped", "failed", "pending", "records", "duplicates")
+    header = ("stream", "done", "skipped", "failed", "records", "duplicates")
     rows = [header]
     for name, stats in result.streams.items():
         rows.append(
@@ -27,7 +27,6 @@ def format_summary(recipe: Recipe, result: RunResult, code: ExitCode) -> str:
                 str(stats.partitions["done"]),
                 str(stats.partitions["skipped"]),
                 str(stats.partitions["failed"]),
-                str(stats.partitions["pending"]),
                 str(stats.records),
                 str(stats.duplicates),
             )

@@ -1,0 +1,128 @@
+"""Progress and logs: plain status lines off a terminal, a live table on one, JSON lines on request."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+from tm_export.mock import MockServer
+
+from .conftest import run_process, write_recipe
+
+RECIPE = """\
+version: 1
+instance: {rate_limit: 10000/s}
+output: OUT
+streams:
+  projects:
+    endpoint: projects
+  activities:
+    endpoint: project_activities
+    params: {project_id: {from: projects.projectId}}
+  stats:
+    endpoint: project_statistics
+    params: {project_id: {range: [1, 5]}}
+"""
+
+STATUS = re.compile(
+    r"^tm-export: INFO: progress: \d+m\d\ds elapsed, \d+ requests \(\d+\.\d/s\), \d+ retries; "
+    r"projects \d+/1 partitions \d+ records; activities \d+/\? partitions \d+ records; "
+    r"stats \d+/5 partitions \d+ records$"
+)
+
+
+def test_plain_status_lines(tmp_path: Path, mock: MockServer) -> None:
+    """Off a terminal, progress comes as plain status lines, then the summary table."""
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    process = run_process("run", str(recipe), "--base-url", mock.api_url)
+
+    assert process.returncode == 0, process.stderr
+    lines = process.stderr.splitlines()
+    status = [line for line in lines if "progress:" in line]
+    assert status
+    assert all(STATUS.match(line) for line in status), status
+    published = len((tmp_path / "out/runs/0001/data/projects.jsonl").read_bytes().splitlines())
+    assert status[-1].endswith("stats 5/5 partitions 5 records")
+    assert f"activities {published}/? partitions" in status[-1]
+    assert lines[-7].startswith("run folder: ")
+    assert lines[-6].split() == ["stream", "done", "skipped", "failed", "records", "duplicates"]
+    assert lines[-1] == "result: complete (exit 0)"
+    assert "\x1b[" not in process.stderr
+
+
+def test_quiet_shows_no_progress(tmp_path: Path, mock: MockServer) -> None:
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    process = run_process("run", str(recipe), "--base-url", mock.api_url, "--quiet")
+
+    assert process.returncode == 0
+    assert "progress:" not in process.stderr
+    assert "INFO" not in process.stderr
+    assert process.stderr.splitlines()[-1] == "result: complete (exit 0)"
+
+
+def test_live_display_on_terminal(tmp_path: Path, mock: MockServer) -> None:
+    """Under a pseudo-terminal the live table appears on stderr."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tm_export", "run", str(recipe), "--base-url", mock.api_url],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+    )
+    os.close(terminal)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    process.wait(timeout=120)
+    os.close(controller)
+    text = screen.decode("utf-8", "replace")
+
+    assert process.returncode == 0, text
+    assert "tm-export: " in text
+    for column in ("stream", "partitions", "pages", "records", "duplicates", "ETA"):
+        assert column in text
+    assert "progress:" not in text
+    assert "result: complete (exit 0)" in text
+
+
+def test_json_log_lines(tmp_path: Path, mock: MockServer) -> None:
+    """--log-format json: every stderr line is one JSON object with the documented fields."""
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    process = run_process("run", str(recipe), "--base-url", mock.api_url, "--log-format", "json")
+
+    assert process.returncode == 0, process.stderr
+    lines = [orjson.loads(line) for line in process.stderr.splitlines()]
+    for line in lines:
+        assert {"time", "level", "logger", "message"} <= set(line)
+        assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$", line["time"])
+        assert line["level"] in ("debug", "info", "warning", "error")
+    progress = [line for line in lines if line.get("event") == "progress"]
+    assert progress
+    assert set(progress[-1]["streams"]) == {"projects", "activities", "stats"}
+    assert progress[-1]["streams"]["stats"] == {
+        "partitions": 5,
+        "known": 5,
+        "records": 5,
+        "pages": 5,
+    }
+    summary = lines[-1]
+    assert summary["event"] == "summary"
+    assert summary["summary"]["exit_code"] == 0
+    assert summary["summary"]["streams"]["stats"]["records"] == 5

@@ -19,6 +19,7 @@ from .errors import ExitCode, RecipeError, TmExportError
 from .logs import json_line, setup_logging
 from .progress import Progress
 from .recipe import load_recipe, resolve_token
+from .schema import RECIPE_SCHEMA
 from .redact import Redactor
 from .reporting import LiveReporter, PlainReporter
 from .summary import format_summary, summary_json
@@ -305,3 +306,16 @@ def mock_server(
         )
     except ValueError as error:
         _fail(str(error), ExitCode.USAGE)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+def schema() -> None:
+    """Print the JSON Schema of the recipe format, for editors that check YAML as you type.
+
+    \b
+    Example, with yaml-language-server (VS Code's YAML extension and others):
+      tm-export schema > tm-export.schema.json
+      # then put this line at the top of a recipe:
+      # yaml-language-server: $schema=./tm-export.schema.json
+    """
+    click.echo(json.dumps(RECIPE_SCHEMA, indent=2))

@@ -19,9 +19,9 @@ from .errors import ExitCode, RecipeError, TmExportError
 from .logs import json_line, setup_logging
 from .progress import Progress
 from .recipe import load_recipe, resolve_token
-from .schema import RECIPE_SCHEMA
 from .redact import Redactor
 from .reporting import LiveReporter, PlainReporter
+from .schema import RECIPE_SCHEMA
 from .summary import format_summary, summary_json
 
 EXIT_CODES = """\b
@@ -44,6 +44,22 @@ def main() -> None:
 
     A YAML recipe names the streams to pull; see docs/recipes.md.
     """
+
+
+class ShardParam(click.ParamType):  # type: ignore[type-arg]
+    """A shard written as K/N, with 1 <= K <= N."""
+
+    name = "shard"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        index, _, count = str(value).partition("/")
+        if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+            self.fail(f"{value!r} is not K/N with 1 <= K <= N, e.g. 2/4", param, ctx)
+        return int(index), int(count)
 
 
 def _fail(error: TmExportError | str, code: int) -> None:
@@ -91,6 +107,13 @@ def _fail(error: TmExportError | str, code: int) -> None:
     is_flag=True,
     help="Begin a new run in a new folder beside the existing runs; nothing is deleted.",
 )
+@click.option(
+    "--shard",
+    type=ShardParam(),
+    metavar="K/N",
+    help="Write only shard K of N: a stable 1/N of each stream's partitions, for a CI job matrix; "
+    "merge the N output folders with 'tm-export merge'.",
+)
 @click.option("--strict", is_flag=True, help="Exit 3 when any partition was skipped for 403/404.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @click.option("-v", "--verbose", count=True, help="Log every request (debug level) on stderr.")
@@ -119,6 +142,7 @@ def run(
     retry_failed: bool,
     retry_skipped: bool,
     start_over: bool,
+    shard: tuple[int, int] | None,
     strict: bool,
     as_json: bool,
     verbose: int,
@@ -157,6 +181,7 @@ def run(
         retry_failed=retry_failed,
         retry_skipped=retry_skipped,
         start_over=start_over,
+        shard=shard,
         on_progress=reporter,
         progress_interval=progress_interval or (1.0 if live else 10.0),
     )
@@ -319,3 +344,31 @@ def schema() -> None:
       # yaml-language-server: $schema=./tm-export.schema.json
     """
     click.echo(json.dumps(RECIPE_SCHEMA, indent=2))
+
+
+@main.command("merge", context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES)
+@click.argument("output", type=click.Path(path_type=Path, file_okay=False))
+@click.argument(
+    "shards", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False)
+)
+def merge_command(output: Path, shards: tuple[Path, ...]) -> None:
+    """Merge the output folders of 'run --shard K/N' jobs into one run under OUTPUT.
+
+    Every shard 1..N must be given once, finished, and made by the same recipe; shards
+    that overlap are refused. Nothing in the shard folders changes.
+
+    \b
+    Example:
+      tm-export merge exports/all shard-1 shard-2 shard-3
+    """
+    from .merge import describe, merge
+
+    try:
+        result = merge(output, list(shards))
+    except RecipeError as error:
+        _fail(error, ExitCode.USAGE)
+        return
+    except TmExportError as error:
+        _fail(error, error.exit_code)
+        return
+    click.echo(describe(result))

@@ -57,6 +57,8 @@ class RunOptions:
     retry_failed: bool = False
     retry_skipped: bool = False
     start_over: bool = False
+    shard: tuple[int, int] | None = None
+    """(K, N): write only the K-th of N stable shares of each stream's partitions."""
     handle_signals: bool = True
     on_progress: Callable[[Progress], None] | None = None
     """Called with a snapshot every ``progress_interval`` seconds while streams run."""
@@ -196,6 +198,7 @@ class _Session:
             "recipe_hash": self.recipe.export_hash(),
             "streams": {name: spec.describe() for name, spec in self.recipe.streams.items()},
             "started": _now(),
+            "shard": list(self.options.shard) if self.options.shard else None,
         }
         journal = Journal.create(folder / MANIFEST_NAME, header)
         logger.info("starting a new run in %s", folder)
@@ -209,6 +212,18 @@ class _Session:
                 f"(other streams, endpoints or parameters; recipe hash {str(recorded)[:12]}, now "
                 f"{self.recipe.export_hash()[:12]}). Nothing was changed. Use --start-over to begin a "
                 "new run beside it, or choose another output folder"
+            )
+        recorded_shard = state.header.get("shard")
+        wanted = list(self.options.shard) if self.options.shard else None
+        if recorded_shard != wanted:
+
+            def describe(shard: list[int] | None) -> str:
+                return f"shard {shard[0]}/{shard[1]}" if shard else "all partitions (no --shard)"
+
+            raise ManifestError(
+                f"{manifest}: this run exports {describe(recorded_shard)}, but this command asks for "
+                f"{describe(wanted)}. Nothing was changed. Use the same --shard as the run, or "
+                "another output folder"
             )
 
     # --- exporting ----------------------------------------------------------------------
@@ -267,6 +282,7 @@ class _Session:
                 concurrency=self.concurrency,
                 retry_failed=self.options.retry_failed,
                 retry_skipped=self.options.retry_skipped,
+                shard=self.options.shard,
             )
             for name, spec in self.recipe.streams.items()
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 from collections import Counter
@@ -67,8 +68,10 @@ class PageResult:
 class PartitionWalk:
     """The state of one partition while its pages are fetched."""
 
-    def __init__(self, partition: Partition, state: PartitionState) -> None:
+    def __init__(self, partition: Partition, state: PartitionState, scout: bool = False) -> None:
         self.partition = partition
+        self.scout = scout
+        """True when another shard writes this partition and this one only reads it."""
         self.id = partition_id(partition)
         self.state = state
         self.seen: set[Hashable] = set()
@@ -97,6 +100,7 @@ class StreamRunner:
         concurrency: int,
         retry_failed: bool,
         retry_skipped: bool,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.spec = spec
         self.state = state
@@ -109,6 +113,7 @@ class StreamRunner:
         self._fetcher = fetcher
         self._data_path = data_path
         self._concurrency = concurrency
+        self._shard = shard
         self._retry_states = {"failed"} if retry_failed else set()
         if retry_skipped:
             self._retry_states.add("skipped")
@@ -179,6 +184,14 @@ class StreamRunner:
         self, group: TaskGroup, slots: anyio.Semaphore, values: dict[str, Scalar]
     ) -> None:
         partition = self._ordered(values)
+        if not self._owns(partition_id(partition)):
+            if self._children:
+                # Another shard writes this partition, but its records name child partitions
+                # that this shard may own: fetch it to read them, and write nothing.
+                await slots.acquire()
+                group.start_soon(self._run_partition, partition, PartitionState(), slots, True)
+            return
+
         state = self.state.partition(partition_id(partition))
         if state.final is not None and state.state not in self._retry_states:
             self._count_finished(state)
@@ -187,6 +200,14 @@ class StreamRunner:
         await slots.acquire()
         group.start_soon(self._run_partition, partition, state, slots)
 
+    def _owns(self, partition: str) -> bool:
+        """Tell whether this shard writes ``partition``; every shard owns a stable 1/N of them."""
+        if self._shard is None:
+            return True
+        index, count = self._shard
+        digest = hashlib.sha256(f"{self.spec.name}\n{partition}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") % count == index - 1
+
     def _ordered(self, values: dict[str, Scalar]) -> Partition:
         order = [getattr(spec, "name", None) for spec in self.spec.varying]
         ordered = {name: values[name] for name in order if name in values}
@@ -194,10 +215,14 @@ class StreamRunner:
         return ordered
 
     async def _run_partition(
-        self, partition: Partition, state: PartitionState, slots: anyio.Semaphore
+        self,
+        partition: Partition,
+        state: PartitionState,
+        slots: anyio.Semaphore,
+        scout: bool = False,
     ) -> None:
         try:
-            walk = PartitionWalk(partition, state)
+            walk = PartitionWalk(partition, state, scout)
             self._load_seen_keys(walk)
             await self._walk(walk)
         finally:
@@ -301,8 +326,42 @@ class StreamRunner:
                 walk.seen.add(key)
             fresh.append(record)
 
+        if walk.scout:
+            start = end = 0
+        else:
+            start, end = self._write(walk, number, fresh, duplicates, page_count, total, has_next)
+        walk.state.pages[number] = PageRecord(number, start, end, len(fresh), duplicates, has_next)
+        if page_count is not None and page_count > (walk.state.page_count or 0):
+            walk.state.page_count = page_count
+        if total is not None:
+            walk.state.total = total
+        walk.records += len(fresh)
+        walk.duplicates += duplicates
+        if not walk.scout:
+            self.stats.records += len(fresh)
+            self.stats.duplicates += duplicates
+            self.stats.pages += 1
+
+        self._check_page(walk, number, records, fresh, has_next, total)
+        if self._children:
+            # Children see records as they are in the file, so a child can also read _partition.
+            await self._offer_children(
+                [_with_partition(r, walk.partition) for r in fresh] if self._partitioned else fresh
+            )
+        return PageResult(page_count, total, has_next, len(fresh), duplicates)
+
+    def _write(
+        self,
+        walk: PartitionWalk,
+        number: int,
+        fresh: list[Any],
+        duplicates: int,
+        page_count: int | None,
+        total: int | None,
+        has_next: bool,
+    ) -> tuple[int, int]:
         data = encode_lines(fresh, walk.partition if self._partitioned else None)
-        start, end = self._committer.write_page(
+        return self._committer.write_page(
             self.spec.name,
             data,
             {
@@ -315,24 +374,6 @@ class StreamRunner:
                 "next": has_next,
             },
         )
-        walk.state.pages[number] = PageRecord(number, start, end, len(fresh), duplicates, has_next)
-        if page_count is not None and page_count > (walk.state.page_count or 0):
-            walk.state.page_count = page_count
-        if total is not None:
-            walk.state.total = total
-        walk.records += len(fresh)
-        walk.duplicates += duplicates
-        self.stats.records += len(fresh)
-        self.stats.duplicates += duplicates
-        self.stats.pages += 1
-
-        self._check_page(walk, number, records, fresh, has_next, total)
-        if self._children:
-            # Children see records as they are in the file, so a child can also read _partition.
-            await self._offer_children(
-                [_with_partition(r, walk.partition) for r in fresh] if self._partitioned else fresh
-            )
-        return PageResult(page_count, total, has_next, len(fresh), duplicates)
 
     def _check_page(
         self,
@@ -420,6 +461,8 @@ class StreamRunner:
     def _finish(
         self, walk: PartitionWalk, outcome: str, skipped_by: HTTPStatusError | None = None
     ) -> None:
+        if walk.scout:
+            return
         state = walk.state
         entry: dict[str, Any] = {
             "t": "part",

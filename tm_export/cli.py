@@ -114,6 +114,12 @@ def _fail(error: TmExportError | str, code: int) -> None:
     help="Write only shard K of N: a stable 1/N of each stream's partitions, for a CI job matrix; "
     "merge the N output folders with 'tm-export merge'.",
 )
+@click.option(
+    "--incremental",
+    is_flag=True,
+    help="Once the last run has finished, start a new run beside it that fetches only what changed "
+    "since it started (see docs/recipes.md).",
+)
 @click.option("--strict", is_flag=True, help="Exit 3 when any partition was skipped for 403/404.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @click.option("-v", "--verbose", count=True, help="Log every request (debug level) on stderr.")
@@ -143,6 +149,7 @@ def run(
     retry_skipped: bool,
     start_over: bool,
     shard: tuple[int, int] | None,
+    incremental: bool,
     strict: bool,
     as_json: bool,
     verbose: int,
@@ -182,6 +189,7 @@ def run(
         retry_skipped=retry_skipped,
         start_over=start_over,
         shard=shard,
+        incremental=incremental,
         on_progress=reporter,
         progress_interval=progress_interval or (1.0 if live else 10.0),
     )
@@ -372,3 +380,8 @@ def merge_command(output: Path, shards: tuple[Path, ...]) -> None:
         _fail(error, error.exit_code)
         return
     click.echo(describe(result))
+
+
+from .cli_archive import register  # noqa: E402
+
+register(main)

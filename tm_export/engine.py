@@ -24,6 +24,7 @@ from .clock import Clock, RealClock
 from .errors import (
     ExitCode,
     FatalError,
+    HTTPStatusError,
     ManifestError,
     RequestError,
     StorageError,
@@ -32,6 +33,7 @@ from .errors import (
 )
 from .fetcher import Fetcher
 from .http import HttpSession
+from .incremental import Baseline, read_baseline
 from .journal import Journal
 from .layout import MANIFEST_NAME, OutputLock, list_runs, next_run_folder, stream_path
 from .manifest import Committer, ManifestState, StreamState, load_state
@@ -58,6 +60,8 @@ class RunOptions:
     retry_skipped: bool = False
     start_over: bool = False
     shard: tuple[int, int] | None = None
+    incremental: bool = False
+    """Start a new run beside a finished one that fetches only what changed since it."""
     """(K, N): write only the K-th of N stable shares of each stream's partitions."""
     handle_signals: bool = True
     on_progress: Callable[[Progress], None] | None = None
@@ -80,6 +84,8 @@ class RunResult:
     resumed: bool = False
     fatal: FatalError | None = None
     interrupted: bool = False
+    deleted: list[int] = field(default_factory=list)
+    """Project ids an incremental run found deleted since the earlier runs."""
 
     @property
     def failed_partitions(self) -> int:
@@ -140,6 +146,7 @@ class _Session:
         self.redactor = Redactor([options.token] if options.token else [])
         self.concurrency = options.concurrency or recipe.instance.concurrency
         self.rate_limit = options.rate_limit or recipe.instance.rate_limit
+        self.baseline: Baseline | None = None
 
     async def run(self) -> RunResult:
         run_folder, state, journal = self._open_run()
@@ -178,9 +185,18 @@ class _Session:
             if manifest.exists():
                 state, contents = load_state(manifest)
                 self._check_recipe(manifest, state)
-                logger.info("resuming the run in %s", folder)
-                return folder, state, Journal.open(manifest, valid_bytes=contents.valid_bytes)
-            if any(folder.iterdir()):
+                if not (self.options.incremental and state.finished):
+                    if self.options.incremental:
+                        logger.info(
+                            "the last run is unfinished: resuming it; --incremental starts a "
+                            "new run once it has finished"
+                        )
+                    logger.info("resuming the run in %s", folder)
+                    self._load_baseline(state, output)
+                    return folder, state, Journal.open(manifest, valid_bytes=contents.valid_bytes)
+                self.baseline = read_baseline(self.recipe, runs)
+                folder = next_run_folder(output)
+            elif any(folder.iterdir()):
                 raise ManifestError(
                     f"{folder}: the run folder has files but no {MANIFEST_NAME}, so what it committed "
                     "cannot be proven; nothing was changed. Run with --start-over to begin a new run "
@@ -199,10 +215,18 @@ class _Session:
             "streams": {name: spec.describe() for name, spec in self.recipe.streams.items()},
             "started": _now(),
             "shard": list(self.options.shard) if self.options.shard else None,
+            "incremental": self.baseline.header() if self.baseline else None,
         }
         journal = Journal.create(folder / MANIFEST_NAME, header)
         logger.info("starting a new run in %s", folder)
         return folder, ManifestState.replay([{"t": "run", **header}]), journal
+
+    def _load_baseline(self, state: ManifestState, output: Path) -> None:
+        """Rebuild the baseline of an incremental run being resumed."""
+        described = state.header.get("incremental")
+        if described:
+            runs = [output / "runs" / name for name in described["previous"]]
+            self.baseline = read_baseline(self.recipe, runs)
 
     def _check_recipe(self, manifest: Path, state: ManifestState) -> None:
         recorded = state.header.get("recipe_hash")
@@ -260,6 +284,8 @@ class _Session:
             try:
                 await self._preflight(fetcher, result)
                 committer.record(self._session_entry(state, result))
+                if self.baseline is not None:
+                    await self._find_deleted(fetcher, state, committer, result)
                 await self._run_streams(runners, committer, fetcher, result)
             except* FatalError as group:
                 result.fatal = _first(group)
@@ -283,6 +309,7 @@ class _Session:
                 retry_failed=self.options.retry_failed,
                 retry_skipped=self.options.retry_skipped,
                 shard=self.options.shard,
+                baseline=self.baseline,
             )
             for name, spec in self.recipe.streams.items()
         }
@@ -319,6 +346,39 @@ class _Session:
             else:
                 result.authenticated = True
                 logger.info("the API token was accepted")
+
+    async def _find_deleted(
+        self, fetcher: Fetcher, state: ManifestState, committer: Committer, result: RunResult
+    ) -> None:
+        """Record the projects that earlier runs archived and that the server no longer has.
+
+        One search with ``omitMapResults=false`` lists every matching project id; each archived
+        id missing from it is checked on its detail page, and only a 404 counts as deleted
+        (a 403 means it became private or a draft).
+        """
+        assert self.baseline is not None
+        search = next(
+            (s for s in self.recipe.streams.values() if s.endpoint.name == "projects"), None
+        )
+        if search is None or not self.baseline.project_ids:
+            return
+        known = {int(entry["project_id"]) for entry in state.deleted}
+        result.deleted.extend(sorted(known))
+
+        params = {**search.endpoint.defaults, **{c.name: c.value for c in search.constants}}
+        params.update(omitMapResults="false", page="1")
+        _, body = await fetcher.get_json(search.endpoint.path, params)
+        features = body.get("mapResults", {}).get("features", []) if isinstance(body, dict) else []
+        current = {f["properties"]["projectId"] for f in features if isinstance(f, dict)}
+
+        for project_id in sorted(self.baseline.project_ids - current - known):
+            try:
+                await fetcher.get_json(f"/projects/{project_id}/", {"abbreviated": "true"})
+            except HTTPStatusError as error:
+                if error.status == 404:
+                    committer.record({"t": "deleted", "project_id": project_id, "at": _now()})
+                    result.deleted.append(project_id)
+                    logger.info("project %d was archived before and is deleted now", project_id)
 
     def _session_entry(self, state: ManifestState, result: RunResult) -> dict[str, Any]:
         instance = self.recipe.instance

@@ -84,6 +84,8 @@ class ManifestState:
     streams: dict[str, StreamState]
     sessions: list[dict[str, Any]]
     ends: list[dict[str, Any]]
+    deleted: list[dict[str, Any]] = field(default_factory=list)
+    """Projects an incremental run found gone since earlier runs."""
 
     @classmethod
     def replay(cls, entries: Iterable[dict[str, Any]]) -> ManifestState:
@@ -94,6 +96,7 @@ class ManifestState:
         }
         sessions: list[dict[str, Any]] = []
         ends: list[dict[str, Any]] = []
+        deleted: list[dict[str, Any]] = []
 
         for entry in iterator:
             kind = entry["t"]
@@ -119,7 +122,9 @@ class ManifestState:
                 sessions.append(entry)
             elif kind == "end":
                 ends.append(entry)
-        return cls(header=header, streams=streams, sessions=sessions, ends=ends)
+            elif kind == "deleted":
+                deleted.append(entry)
+        return cls(header=header, streams=streams, sessions=sessions, ends=ends, deleted=deleted)
 
     @property
     def finished(self) -> bool:

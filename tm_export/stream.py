@@ -19,6 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .errors import HTTPStatusError, RequestError
 from .fetcher import Fetcher
+from .incremental import Baseline, updated_since
 from .manifest import Committer, PageRecord, PartitionState, StreamState
 from .params import Partition, Scalar, count_static, expand_static, partition_id, render
 from .progress import StreamProgress
@@ -80,6 +81,8 @@ class PartitionWalk:
         self.failed_pages: dict[int, RequestError | ShapeError] = {}
         self.problems: list[str] = []
         self.stop = False
+        self.filtered = False
+        """True when an incremental run dropped records it already has, so totals differ."""
 
     def stopped(self) -> bool:
         """Tell whether the walk was stopped; a call, so type checkers re-read it after an await."""
@@ -101,6 +104,7 @@ class StreamRunner:
         retry_failed: bool,
         retry_skipped: bool,
         shard: tuple[int, int] | None = None,
+        baseline: Baseline | None = None,
     ) -> None:
         self.spec = spec
         self.state = state
@@ -114,6 +118,11 @@ class StreamRunner:
         self._data_path = data_path
         self._concurrency = concurrency
         self._shard = shard
+        self._since = baseline.since if baseline and spec.endpoint.name == "projects" else None
+        self._stop_keys = baseline.newest.get(spec.name, {}) if baseline else {}
+        self._finished_windows = (
+            baseline.finished_windows.get(spec.name, set()) if baseline else set()
+        )
         self._retry_states = {"failed"} if retry_failed else set()
         if retry_skipped:
             self._retry_states.add("skipped")
@@ -184,6 +193,8 @@ class StreamRunner:
         self, group: TaskGroup, slots: anyio.Semaphore, values: dict[str, Scalar]
     ) -> None:
         partition = self._ordered(values)
+        if partition_id(partition) in self._finished_windows:
+            return
         if not self._owns(partition_id(partition)):
             if self._children:
                 # Another shard writes this partition, but its records name child partitions
@@ -244,7 +255,8 @@ class StreamRunner:
                 walk.failed_pages[1] = error
 
         if self.spec.endpoint.paginated and not walk.failed_pages and not walk.stop:
-            if state.page_count is not None:
+            # A walk that stops at the first archived record goes page by page.
+            if state.page_count is not None and walk.id not in self._stop_keys:
                 await self._fan_out(walk)
             else:
                 await self._follow_next(walk)
@@ -311,9 +323,10 @@ class StreamRunner:
     async def _fetch_and_write(self, walk: PartitionWalk, number: int) -> PageResult:
         path, query = self._request(walk.partition, number)
         _, body = await self._fetcher.get_json(path, query)
-        records = extract_records(self.spec.endpoint, body)
+        received = extract_records(self.spec.endpoint, body)
         pagination = body.get("pagination") if isinstance(body, dict) else None
         page_count, total, has_next = _pagination_facts(pagination)
+        records = self._drop_archived(walk, received)
 
         fresh: list[Any] = []
         duplicates = 0
@@ -342,7 +355,7 @@ class StreamRunner:
             self.stats.duplicates += duplicates
             self.stats.pages += 1
 
-        self._check_page(walk, number, records, fresh, has_next, total)
+        self._check_page(walk, number, received, records, fresh, has_next, total)
         if self._children:
             # Children see records as they are in the file, so a child can also read _partition.
             await self._offer_children(
@@ -379,6 +392,7 @@ class StreamRunner:
         self,
         walk: PartitionWalk,
         number: int,
+        received: list[Any],
         records: list[Any],
         fresh: list[Any],
         has_next: bool,
@@ -397,7 +411,7 @@ class StreamRunner:
                 number,
             )
             walk.stop = True
-        elif not records and has_next:
+        elif not received and has_next:
             logger.warning(
                 "%s %s: page %d is empty but the server says more pages follow; stopping this walk",
                 self.spec.name,
@@ -405,14 +419,34 @@ class StreamRunner:
                 number,
             )
             walk.stop = True
-        elif total is not None and walk.records >= total:
+        elif total is not None and walk.records >= total and not walk.filtered:
             walk.stop = True
+
+    def _drop_archived(self, walk: PartitionWalk, records: list[Any]) -> list[Any]:
+        """In an incremental run, drop the records that earlier runs already hold."""
+        kept = records
+        if self._since is not None:
+            since = self._since
+            kept = [record for record in kept if updated_since(record, since)]
+        newest = self._stop_keys.get(walk.id)
+        if newest is not None:
+            newer = [r for r in kept if not _at_most(record_key(self.spec.endpoint.key, r), newest)]
+            if len(newer) < len(kept):
+                # Newest first: past the first archived record, everything is archived.
+                walk.stop = True
+            kept = newer
+        if len(kept) < len(records):
+            walk.filtered = True
+        return kept
 
     def _request(self, partition: Partition, page: int) -> tuple[str, dict[str, str]]:
         endpoint = self.spec.endpoint
         values: dict[str, str] = dict(endpoint.defaults)
         values.update({c.name: c.value for c in self.spec.constants})
         values.update({name: render(value) for name, value in partition.items()})
+        if self._since is not None:
+            # The server compares whole days; _drop_archived then checks the exact time.
+            values.setdefault("lastUpdatedFrom", self._since.date().isoformat())
 
         path = endpoint.path
         for name in endpoint.path_params:
@@ -488,7 +522,7 @@ class StreamRunner:
             logger.error("%s %s failed: %s", self.spec.name, walk.id, first)
 
         total = state.total
-        if outcome == "done" and total is not None and walk.records != total:
+        if outcome == "done" and total is not None and walk.records != total and not walk.filtered:
             walk.problems.append(
                 f"integrity: received {walk.records} unique records where the server announced {total}"
             )
@@ -510,6 +544,10 @@ class StreamRunner:
             self.stats.skip_reasons[reason] += 1
         for problem in final.get("problems", []):
             self.stats.problems.append(f"{final['p']}: {problem}")
+
+
+def _at_most(key: Any, newest: Any) -> bool:
+    return isinstance(key, int) and key <= newest
 
 
 def _with_partition(record: Any, partition: Partition) -> Any:

@@ -52,6 +52,10 @@ def format_summary(recipe: Recipe, result: RunResult, code: ExitCode) -> str:
             lines.append(f"problem in {name}: {problem}")
         if len(stats.problems) > 5:
             lines.append(f"problem in {name}: ... and {len(stats.problems) - 5} more")
+    if result.deleted:
+        shown = ", ".join(str(project_id) for project_id in result.deleted[:20])
+        more = f" and {len(result.deleted) - 20} more" if len(result.deleted) > 20 else ""
+        lines.append(f"deleted since the earlier runs: projects {shown}{more}")
     lines.append(
         f"requests: {result.requests}, retries: {result.retries}, authenticated: "
         f"{'yes' if result.authenticated else 'no'}, TM release: {result.tm_release or 'unknown'}"
@@ -82,5 +86,6 @@ def summary_json(result: RunResult, code: ExitCode) -> dict[str, Any]:
             }
             for name, stats in result.streams.items()
         },
+        "deleted_projects": result.deleted,
         "fatal": str(result.fatal) if result.fatal else None,
     }

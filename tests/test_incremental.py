@@ -1,0 +1,95 @@
+"""Incremental runs: a new run beside the finished one holds exactly what changed since."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import orjson
+
+from tm_export.mock import MockServer
+
+from .conftest import run_cli, write_recipe
+
+RECIPE = """\
+version: 1
+instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s}
+output: OUT
+streams:
+  projects:
+    endpoint: projects
+    params: {projectStatuses: [PUBLISHED, ARCHIVED]}
+  activities:
+    endpoint: project_activities
+    params: {project_id: {from: projects.projectId}}
+  task_stats:
+    endpoint: tasks_statistics
+    params:
+      dates: {start: 2026-01-01, end: 2026-12-31, step: 1 month}
+"""
+
+
+def records(path: Path) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def test_incremental_fetches_only_changes(tmp_path: Path, mock: MockServer) -> None:
+    recipe = write_recipe(tmp_path, RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    first = tmp_path / "out/runs/0001"
+    before = {path: path.read_bytes() for path in first.rglob("*") if path.is_file()}
+    archived = [r["projectId"] for r in records(first / "data/projects.jsonl")]
+    header = orjson.loads((first / "manifest.jsonl").read_bytes().splitlines()[0])
+    since = dt.datetime.fromisoformat(header["started"].replace("Z", "+00:00"))
+
+    later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=5)
+    touched, busy, gone = archived[1], archived[2], archived[3]
+    mock.dataset.touch_project(touched, later)
+    new_ids = [
+        mock.dataset.add_activity(busy, task_id=1, when=later + dt.timedelta(seconds=s))
+        for s in (1, 2)
+    ]
+    mock.dataset.delete_project(gone)
+    mock.reset_log()
+
+    outcome = run_cli(*args, "--incremental", env=env)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    second = tmp_path / "out/runs/0002"
+    changed = sorted(
+        p.id
+        for p in mock.dataset.projects.values()
+        if p.status in ("PUBLISHED", "ARCHIVED") and p.last_updated.replace(tzinfo=dt.UTC) > since
+    )
+    assert changed == sorted([touched, busy])
+    assert sorted(r["projectId"] for r in records(second / "data/projects.jsonl")) == changed
+    activities = records(second / "data/activities.jsonl")
+    assert sorted(r["historyId"] for r in activities) == sorted(new_ids)
+    asked = {r["path"] for r in mock.requests() if r["path"].endswith("/activities/")}
+    assert asked == {f"/api/v2/projects/{pid}/activities/" for pid in changed}
+    windows = {tuple(r["_partition"].values()) for r in records(second / "data/task_stats.jsonl")}  # type: ignore[union-attr]
+    assert windows <= {("2026-12-01", "2026-12-31")}
+    stats_asked = [r["query"] for r in mock.requests() if r["path"] == "/api/v2/tasks/statistics/"]
+    assert stats_asked == ["startDate=2026-12-01&endDate=2026-12-31"]
+    deleted = [e for e in records(second / "manifest.jsonl") if e["t"] == "deleted"]
+    assert [e["project_id"] for e in deleted] == [gone]
+    assert f"deleted since the earlier runs: projects {gone}" in outcome.stderr
+    assert {path: path.read_bytes() for path in first.rglob("*") if path.is_file()} == before
+
+
+def test_incremental_resumes_unfinished_run(tmp_path: Path, mock: MockServer) -> None:
+    """An unfinished run is resumed, not mixed with a new incremental one."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    mock.add_fault(path=r"/activities/$", after=5, status=401, body={"SubCode": "InvalidToken"})
+    assert run_cli(*args, env=env).exit_code == 1
+    mock.clear_faults()
+
+    outcome = run_cli(*args, "--incremental", env=env)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "the last run is unfinished: resuming it" in outcome.stderr
+    assert not (tmp_path / "out/runs/0002").exists()

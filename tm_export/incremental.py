@@ -1,0 +1,142 @@
+"""Incremental runs: what earlier runs already hold, so a new run fetches only what changed.
+
+``run --incremental`` starts a new run folder beside the last finished run (which is never
+modified). Compared with a full run it:
+
+- asks the project search only for projects updated since the previous run started
+  (``lastUpdatedFrom`` on the server, then an exact ``lastUpdated`` check on each record),
+  so streams that take their project ids from the search run for those projects only;
+- stops walking newest-first task history (``project_activities``) at the newest record
+  the earlier runs archived for that project, and writes only newer records;
+- skips date windows that earlier runs finished and that ended before the previous run
+  started;
+- records projects that earlier runs archived and that are gone now (404 on the project
+  detail) as ``deleted`` entries in the manifest.
+
+Streams with fixed id ranges or lists are exported again in full: nothing tells which of
+their partitions changed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .layout import MANIFEST_NAME, stream_path
+from .manifest import ManifestState, load_state
+from .recipe import Recipe
+from .records import record_key, strip_partition
+
+logger = logging.getLogger("tm_export.incremental")
+
+#: Endpoints whose records come newest first, so a walk can stop at the first known one.
+NEWEST_FIRST = frozenset({"project_activities"})
+
+
+@dataclass(slots=True)
+class Baseline:
+    """What the finished runs before an incremental run hold."""
+
+    since: dt.datetime
+    """Start of the previous run (UTC): anything updated after it may be missing from it."""
+    previous: list[str]
+    project_ids: set[int] = field(default_factory=set)
+    newest: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per stream and partition id, the largest record key archived (newest-first endpoints)."""
+    finished_windows: dict[str, set[str]] = field(default_factory=dict)
+    """Per stream, partition ids of date windows finished before ``since``."""
+
+    def header(self) -> dict[str, Any]:
+        """Return what the new run's manifest header records about its baseline."""
+        return {"since": self.since.isoformat(), "previous": self.previous}
+
+
+def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
+    """Read the finished runs ``runs`` (oldest first) of the same recipe."""
+    states = []
+    for run in runs:
+        manifest = run / MANIFEST_NAME
+        if not manifest.is_file():
+            continue
+        state = load_state(manifest)[0]
+        if state.header.get("recipe_hash") == recipe.export_hash() and state.finished:
+            states.append((run, state))
+    since = _parse_time(states[-1][1].header["started"])
+    baseline = Baseline(since=since, previous=[run.name for run, _ in states])
+
+    for run, state in states:
+        for name, spec in recipe.streams.items():
+            path = stream_path(run, name)
+            if spec.endpoint.name == "projects" and path.exists():
+                baseline.project_ids |= _project_ids(path)
+            if spec.endpoint.name in NEWEST_FIRST and path.exists():
+                _newest_keys(path, spec.endpoint.key, baseline.newest.setdefault(name, {}))
+            if any(hasattr(v, "start_param") for v in spec.varying):
+                baseline.finished_windows.setdefault(name, set()).update(
+                    _finished_windows(state, name, since)
+                )
+    return baseline
+
+
+def updated_since(record: Any, since: dt.datetime) -> bool:
+    """Tell whether a project search record was updated after ``since``."""
+    value = record.get("lastUpdated") if isinstance(record, dict) else None
+    if not isinstance(value, str):
+        return True
+    try:
+        return _parse_time(value) > since
+    except ValueError:
+        return True
+
+
+def _parse_time(text: str) -> dt.datetime:
+    parsed = dt.datetime.fromisoformat(
+        text.replace("Z", "+00:00").replace("+00:00+00:00", "+00:00")
+    )
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _project_ids(path: Path) -> set[int]:
+    ids: set[int] = set()
+    with path.open("rb") as file:
+        for line in file:
+            record = orjson.loads(line)
+            if isinstance(record.get("projectId"), int):
+                ids.add(record["projectId"])
+    return ids
+
+
+def _newest_keys(path: Path, key: str | None, newest: dict[str, Any]) -> None:
+    with path.open("rb") as file:
+        for line in file:
+            record = orjson.loads(line)
+            partition = orjson.dumps(
+                record.get("_partition", {}), option=orjson.OPT_SORT_KEYS
+            ).decode()
+            value = record_key(key, strip_partition(record))
+            if isinstance(value, int) and value > newest.get(partition, -1):
+                newest[partition] = value
+
+
+def _finished_windows(state: ManifestState, stream: str, since: dt.datetime) -> set[str]:
+    finished = set()
+    for partition_id, partition in state.streams.get(stream, _EMPTY).partitions.items():
+        if partition.state != "done":
+            continue
+        values = orjson.loads(partition_id)
+        ends = [v for k, v in values.items() if k.lower().startswith("end") and isinstance(v, str)]
+        if ends and all(dt.date.fromisoformat(end) < since.date() for end in ends):
+            finished.add(partition_id)
+    return finished
+
+
+class _Empty:
+    partitions: dict[str, Any] = {}  # noqa: RUF012
+
+
+_EMPTY = _Empty()

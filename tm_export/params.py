@@ -73,21 +73,46 @@ class IntRange:
             yield {self.name: value}
 
 
+UNITS = ("day", "week", "month", "year")
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     """A calendar step between date windows, such as ``1 month``."""
 
     count: int
-    unit: str  # one of "day", "week", "month", "year"
+    unit: str  # one of UNITS
 
-    def advance(self, day: dt.date) -> dt.date:
-        """Return the day one step after ``day``."""
-        if self.unit == "day":
-            return day + dt.timedelta(days=self.count)
-        if self.unit == "week":
-            return day + dt.timedelta(weeks=self.count)
-        months = self.count * (12 if self.unit == "year" else 1)
-        return _add_months(day, months)
+    @classmethod
+    def parse(cls, text: str) -> Step:
+        """Parse ``'1 month'``, ``'2 weeks'`` and the like.
+
+        Raises:
+            ValueError: the text is not a count of 1 or more and a unit of ``UNITS``.
+        """
+        parts = text.split()
+        if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) < 1:
+            raise ValueError(f"invalid step {text!r}: expected a count of 1 or more and a unit")
+        unit = parts[1].removesuffix("s")
+        if unit not in UNITS:
+            raise ValueError(f"invalid step {text!r}: unknown unit {parts[1]!r}")
+        return cls(int(parts[0]), unit)
+
+    def advance(self, day: dt.date, times: int = 1) -> dt.date:
+        """Return the day ``times`` steps after ``day``.
+
+        Raises:
+            OverflowError: the result is after 9999-12-31.
+        """
+        count = self.count * times
+        try:
+            if self.unit == "day":
+                return day + dt.timedelta(days=count)
+            if self.unit == "week":
+                return day + dt.timedelta(weeks=count)
+            return _add_months(day, count * (12 if self.unit == "year" else 1))
+        except (OverflowError, ValueError):
+            raise OverflowError(f"{day} + {count} {self.unit}s is after {dt.date.max}") from None
 
     def __str__(self) -> str:
         return f"{self.count} {self.unit}{'s' if self.count != 1 else ''}"
@@ -106,8 +131,11 @@ class DateWindows:
 
     Windows are inclusive of both ends and never overlap: with a ``1 month`` step from
     2025-01-01, January is 2025-01-01..2025-01-31 and February starts on 2025-02-01. The
-    last window ends on ``end``. A window longer than ``max_days`` is split into windows
-    of at most ``max_days`` days, because the server rejects longer ranges.
+    last window ends on ``end``, so it may be shorter than a step. Window k starts ``k``
+    steps after ``start``, counted from ``start`` itself, so month steps from the 31st start
+    on the last day of shorter months and return to the 31st where a month has one. A window
+    longer than ``max_days`` is split into windows of at most ``max_days`` days, because the
+    server rejects longer ranges. Without a step there is one window from start to end.
     """
 
     start_param: str
@@ -120,18 +148,34 @@ class DateWindows:
     def windows(self) -> Iterator[tuple[dt.date, dt.date]]:
         """Yield each (first day, last day) window in order."""
         first = self.start
+        index = 0
         while first <= self.end:
-            following = self.step.advance(first) if self.step else self.end + dt.timedelta(days=1)
-            last = min(following - dt.timedelta(days=1), self.end)
+            index += 1
+            last = self._last_day(index)
             yield from self._split(first, last)
+            if last >= self.end:
+                return
             first = last + dt.timedelta(days=1)
+
+    def _last_day(self, index: int) -> dt.date:
+        """Return the last day of window ``index`` (1-based), before any split."""
+        if self.step is None:
+            return self.end
+        try:
+            following = self.step.advance(self.start, index)
+        except OverflowError:
+            return self.end
+        return min(following - dt.timedelta(days=1), self.end)
 
     def _split(self, first: dt.date, last: dt.date) -> Iterator[tuple[dt.date, dt.date]]:
         if self.max_days is None:
             yield first, last
             return
-        while first <= last:
-            piece_end = min(first + dt.timedelta(days=self.max_days - 1), last)
+        while True:
+            if (last - first).days < self.max_days:
+                yield first, last
+                return
+            piece_end = first + dt.timedelta(days=self.max_days - 1)
             yield first, piece_end
             first = piece_end + dt.timedelta(days=1)
 
@@ -166,8 +210,12 @@ def expand_static(specs: tuple[StaticSpec, ...]) -> Iterator[dict[str, Scalar]]:
         yield merged
 
 
-def count_static(specs: tuple[StaticSpec, ...]) -> int:
-    """Return how many partitions ``expand_static`` yields, without building them."""
+def count_static(specs: tuple[StaticSpec, ...], limit: int | None = None) -> int:
+    """Return how many partitions ``expand_static`` yields, without building them.
+
+    With ``limit``, counting stops early and the result is some number above ``limit``
+    whenever the true count is above it.
+    """
     total = 1
     for spec in specs:
         if isinstance(spec, Each):
@@ -175,5 +223,10 @@ def count_static(specs: tuple[StaticSpec, ...]) -> int:
         elif isinstance(spec, IntRange):
             total *= len(range(spec.start, spec.stop + 1, spec.step))
         else:
-            total *= sum(1 for _ in spec.windows())
+            windows = spec.windows()
+            if limit is not None:
+                windows = itertools.islice(windows, limit + 1)
+            total *= sum(1 for _ in windows)
+        if limit is not None and total > limit:
+            return total
     return total

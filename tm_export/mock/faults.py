@@ -4,7 +4,7 @@ A rule is a JSON object. It matches a request when ``path`` (a regular expressio
 the path below the server root, e.g. ``^/api/v2/projects/$``) is found and every entry of
 ``query`` equals the request's query value. The rule counts its matching requests and acts on
 the ones numbered ``after`` (default 0, the first) up to ``after + times - 1`` (``times``
-defaults to unlimited). Triggers are request counts only, never timers. When several rules act
+defaults to unlimited); with ``every: N`` only each N-th of those, counting from ``after``. Triggers are request counts only, never timers. When several rules act
 on the same request the first one added wins; every matching rule still counts the request.
 
 Actions (one per rule; ``latency_ms`` may be combined with any other):
@@ -73,6 +73,7 @@ _OPTIONS = frozenset(
         "query",
         "after",
         "times",
+        "every",
         "body",
         "content_type",
         "headers",
@@ -106,6 +107,8 @@ class FaultRule:
     query: dict[str, str] = field(default_factory=dict)
     after: int = 0
     times: int | None = None
+    every: int = 1
+    """Act on every N-th matching request of the window only (1: each one)."""
     latency_ms: float = 0.0
     body: Any = None
     content_type: str | None = None
@@ -146,8 +149,11 @@ class FaultRule:
             )
         after = int(data.get("after", 0))
         times = data.get("times")
+        every = int(data.get("every", 1))
         if after < 0 or (times is not None and int(times) < 0):
             raise ValueError("invalid fault rule: after and times must be 0 or more")
+        if every < 1:
+            raise ValueError(f"invalid fault rule: every must be 1 or more, got {every}")
 
         return cls(
             path=path,
@@ -155,6 +161,7 @@ class FaultRule:
             argument=argument,
             query={str(key): str(value) for key, value in dict(data.get("query") or {}).items()},
             after=after,
+            every=every,
             times=None if times is None else int(times),
             latency_ms=float(data.get("latency_ms", 0)),
             body=data.get("body"),
@@ -175,6 +182,8 @@ class FaultRule:
     def in_window(self, index: int) -> bool:
         """Tell whether the rule acts on its ``index``-th matching request (0-based)."""
         if index < self.after:
+            return False
+        if (index - self.after) % self.every:
             return False
         return self.times is None or index < self.after + self.times
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import urllib.parse
 from collections import Counter
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
@@ -450,7 +451,8 @@ class StreamRunner:
 
         path = endpoint.path
         for name in endpoint.path_params:
-            path = path.replace("{" + name + "}", values.pop(name))
+            # A value from another stream's records (a username) may hold any character.
+            path = path.replace("{" + name + "}", urllib.parse.quote(values.pop(name), safe=""))
         if endpoint.paginated:
             values["page"] = str(page)
         return path, values

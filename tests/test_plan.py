@@ -1,0 +1,270 @@
+"""tm-export plan: partition and request counts before a run, with and without probing."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from tm_export.mock import MockServer
+
+from .conftest import run_cli, write_recipe
+
+RECIPE = """\
+version: 1
+instance: {concurrency: 4, rate_limit: 10000/s}
+output: OUT
+streams:
+  projects:
+    endpoint: projects
+    params: {projectStatuses: [PUBLISHED, ARCHIVED]}
+  activities:
+    endpoint: project_activities
+    params: {project_id: {each: [1, 2, 3, 9, 12]}}
+  summaries:
+    endpoint: project_summary
+    params: {project_id: {from: projects.projectId}}
+  stats:
+    endpoint: project_statistics
+    params: {project_id: {range: [1, 6]}}
+"""
+
+STATIC_RECIPE = RECIPE.replace(
+    """  summaries:
+    endpoint: project_summary
+    params: {project_id: {from: projects.projectId}}
+""",
+    "",
+)
+
+SEARCH_QUERY = (
+    "omitMapResults=true&orderBy=id&orderByType=ASC&projectStatuses=PUBLISHED,ARCHIVED&page=1"
+)
+
+PAGINATED_NOTE = (
+    "paginated, so at least one request per partition; --probe fetches page 1 of each "
+    "partition to count its pages"
+)
+
+
+def activity_pages(mock: MockServer, project_id: int) -> int:
+    """Pages of /projects/ID/activities/ at 10 a page; an empty list still costs one request."""
+    return max(math.ceil(mock.dataset.count("project_activities", project_id=project_id) / 10), 1)
+
+
+def search_pages(mock: MockServer) -> int:
+    """Pages of the anonymous project search at 14 a page."""
+    return math.ceil(mock.counts()["projects"] / 14)
+
+
+def test_plan_without_probe(tmp_path: Path, mock: MockServer) -> None:
+    """Static streams are counted exactly or as a lower bound; nothing is sent or written."""
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    outcome = run_cli("plan", str(recipe))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stdout.splitlines() == [
+        f"plan for {recipe}: 4 streams; nothing was sent",
+        "stream      endpoint            partitions     requests",
+        "projects    projects                     1   at least 1",
+        "activities  project_activities           5   at least 5",
+        "summaries   project_summary        unknown      unknown",
+        "stats       project_statistics           6            6",
+        "preflight                                             1",
+        "total                                       at least 13",
+        f"projects: {PAGINATED_NOTE}",
+        f"activities: {PAGINATED_NOTE}",
+        "summaries: one partition per distinct value of projects.projectId, known only once "
+        "projects runs",
+        "total: without the requests of summaries, known only once the parent streams run",
+        "preflight: the server's heartbeat; retries are not counted",
+    ]
+    assert mock.requests() == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_json(tmp_path: Path) -> None:
+    """--json gives every stream's counts, the preflight and the total."""
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    outcome = run_cli("plan", str(recipe), "--json", env={"TM_API_TOKEN": "unused"})
+
+    assert outcome.exit_code == 0, outcome.stderr
+    plan = json.loads(outcome.stdout)
+    assert plan["recipe"] == str(recipe)
+    assert plan["probed"] is False
+    assert plan["base_url"] is None
+    assert plan["probe_requests"] == 0
+    assert plan["streams"] == [
+        {
+            "name": "projects",
+            "endpoint": "projects",
+            "paginated": True,
+            "parent": None,
+            "partitions": 1,
+            "partitions_per_parent_value": None,
+            "requests": 1,
+            "requests_exact": False,
+            "probe": None,
+        },
+        {
+            "name": "activities",
+            "endpoint": "project_activities",
+            "paginated": True,
+            "parent": None,
+            "partitions": 5,
+            "partitions_per_parent_value": None,
+            "requests": 5,
+            "requests_exact": False,
+            "probe": None,
+        },
+        {
+            "name": "summaries",
+            "endpoint": "project_summary",
+            "paginated": False,
+            "parent": "projects.projectId",
+            "partitions": None,
+            "partitions_per_parent_value": 1,
+            "requests": None,
+            "requests_exact": False,
+            "probe": None,
+        },
+        {
+            "name": "stats",
+            "endpoint": "project_statistics",
+            "paginated": False,
+            "parent": None,
+            "partitions": 6,
+            "partitions_per_parent_value": None,
+            "requests": 6,
+            "requests_exact": True,
+            "probe": None,
+        },
+    ]
+    assert plan["preflight_requests"] == 1
+    assert plan["total"] == {"requests": 13, "exact": False, "dependent_streams": ["summaries"]}
+
+
+def test_plan_token_check_counted(tmp_path: Path) -> None:
+    """With the recipe's token variable set, the token check is one more preflight request."""
+    recipe = write_recipe(
+        tmp_path, RECIPE.replace("{concurrency: 4,", "{token_env: TM_API_TOKEN, concurrency: 4,")
+    )
+
+    outcome = run_cli("plan", str(recipe), env={"TM_API_TOKEN": "a-token"})
+
+    assert outcome.exit_code == 0, outcome.stderr
+    lines = outcome.stdout.splitlines()
+    assert "preflight                                             2" in lines
+    assert "total                                       at least 14" in lines
+    assert (
+        lines[-1]
+        == "preflight: the server's heartbeat, and one token check; retries are not counted"
+    )
+
+
+def test_plan_probe(tmp_path: Path, mock: MockServer) -> None:
+    """--probe reads page 1 of each paginated partition and counts the pages it reports."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    activities = sum(activity_pages(mock, pid) for pid in (1, 2, 3)) + 2
+    total = search_pages(mock) + activities + 6 + 1
+
+    outcome = run_cli("plan", str(recipe), "--probe", "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stdout.splitlines() == [
+        f"plan for {recipe}: 4 streams; probed {mock.api_url} with 6 requests",
+        "stream      endpoint            partitions     requests",
+        f"projects    projects                     1  {search_pages(mock):>11}",
+        f"activities  project_activities           5  {activities:>11}",
+        "summaries   project_summary        unknown      unknown",
+        "stats       project_statistics           6            6",
+        "preflight                                             1",
+        f"total                                       at least {total}",
+        "projects: probed 1 partition",
+        "activities: probed 5 partitions, 2 skipped (403/404)",
+        "summaries: one partition per distinct value of projects.projectId, known only once "
+        "projects runs",
+        "total: without the requests of summaries, known only once the parent streams run",
+        "preflight: the server's heartbeat; retries are not counted",
+    ]
+    assert sorted((r["path"], r["query"]) for r in mock.requests()) == sorted(
+        [("/api/v2/projects/", SEARCH_QUERY)]
+        + [(f"/api/v2/projects/{pid}/activities/", "page=1") for pid in (1, 2, 3, 9, 12)]
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_probe_equals_run(tmp_path: Path, mock: MockServer) -> None:
+    """Without dependent streams, the probed total is exactly what the run then sends."""
+    recipe = write_recipe(tmp_path, STATIC_RECIPE)
+    planned = run_cli("plan", str(recipe), "--probe", "--base-url", mock.api_url, "--json")
+    assert planned.exit_code == 0, planned.stderr
+    plan = json.loads(planned.stdout)
+    mock.reset_log()
+
+    ran = run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet")
+
+    assert ran.exit_code == 0, ran.stderr
+    assert plan["total"]["exact"] is True
+    assert plan["total"]["requests"] == len(mock.requests())
+    assert plan["streams"][1]["probe"] == {
+        "probed": 5,
+        "not_probed": 0,
+        "skipped": 2,
+        "failed": 0,
+        "without_page_count": 0,
+    }
+
+
+def test_plan_probe_limit(tmp_path: Path, mock: MockServer) -> None:
+    """Partitions past --max-probes count one request each, as a lower bound."""
+    recipe = write_recipe(tmp_path, STATIC_RECIPE)
+
+    outcome = run_cli(
+        "plan", str(recipe), "--probe", "--base-url", mock.api_url, "--max-probes", "2"
+    )
+
+    assert outcome.exit_code == 0, outcome.stderr
+    activities = activity_pages(mock, 1) + activity_pages(mock, 2) + 3
+    lines = outcome.stdout.splitlines()
+    assert f"activities  project_activities           5  {f'at least {activities}':>11}" in lines
+    assert "activities: probed 2 partitions, 3 not probed (--max-probes), counted at one" in lines
+    assert len(mock.requests()) == 3
+
+
+def test_plan_probe_needs_base_url(tmp_path: Path) -> None:
+    """--probe without --base-url, and --base-url without --probe, exit 2 and send nothing."""
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    probe = run_cli("plan", str(recipe), "--probe")
+    base_url = run_cli("plan", str(recipe), "--base-url", "http://127.0.0.1:9/api/v2")
+
+    assert probe.exit_code == 2
+    assert probe.stderr == "tm-export: error: --probe sends requests, so it needs --base-url URL\n"
+    assert base_url.exit_code == 2
+    assert base_url.stderr == (
+        "tm-export: error: --base-url is used only with --probe; add --probe or remove it\n"
+    )
+
+
+def test_plan_probe_token_rejected(tmp_path: Path, mock: MockServer) -> None:
+    """A 401 while probing stops the plan with exit 1, as it would stop the run."""
+    recipe = write_recipe(tmp_path, STATIC_RECIPE)
+    mock.add_fault(path=r"^/api/v2/projects/$", status=401)
+
+    outcome = run_cli("plan", str(recipe), "--probe", "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr.startswith("tm-export: error: the server rejected the API token (401")
+
+
+def test_plan_invalid_recipe(tmp_path: Path) -> None:
+    """An invalid recipe exits 2 with the loader's message."""
+    recipe = write_recipe(tmp_path, RECIPE.replace("endpoint: projects", "endpoint: projets"))
+
+    outcome = run_cli("plan", str(recipe))
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr.startswith(f"tm-export: error: {recipe}:")

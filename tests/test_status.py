@@ -1,0 +1,288 @@
+"""tm-export status: partition counts, records and history, read from the manifest alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tm_export.layout import OutputLock
+from tm_export.mock import MockServer
+
+from .conftest import run_cli, write_recipe
+
+STOPPED_RECIPE = """\
+version: 1
+instance: {concurrency: 1, rate_limit: 10000/s}
+output: OUT
+streams:
+  contributions:
+    endpoint: project_contributions
+    params: {project_id: {each: [1, 2, 3, 9, 4, 5, 6]}}
+"""
+
+#: With one request at a time the partitions are requested in list order, so a 401 on
+#: project 4 stops the run after 1, 2 and 3 are done and 9 (private) is skipped.
+STOP_AT = r"^/api/v2/projects/4/contributions/$"
+
+FAILING_RECIPE = """\
+version: 1
+instance: {concurrency: 1, rate_limit: 10000/s, retries: {attempts: 1}}
+output: OUT
+streams:
+  contributions:
+    endpoint: project_contributions
+    params: {project_id: {each: [1, 5]}}
+  summaries:
+    endpoint: project_summary
+    params: {project_id: {each: [1, 2, 3]}}
+"""
+
+UNFINISHED = (
+    "state: unfinished (no session has finished every partition yet: a session is running, "
+    "or it stopped; run the same command again to resume)"
+)
+
+
+def entries(run: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in (run / "manifest.jsonl").read_bytes().splitlines()]
+
+
+def first_of(run: Path, kind: str) -> dict[str, Any]:
+    return next(entry for entry in entries(run) if entry["t"] == kind)
+
+
+def contributions(mock: MockServer, ids: list[int]) -> int:
+    return sum(mock.dataset.count("project_contributions", project_id=pid) for pid in ids)
+
+
+def export_stopped(tmp_path: Path, mock: MockServer) -> Path:
+    """Export STOPPED_RECIPE until the 401 on project 4; return the output folder."""
+    recipe = write_recipe(tmp_path, STOPPED_RECIPE)
+    mock.add_fault(path=STOP_AT, status=401)
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet")
+    assert outcome.exit_code == 1, outcome.stderr
+    mock.clear_faults()
+    return tmp_path / "out"
+
+
+def test_status_stopped_run(tmp_path: Path, mock: MockServer) -> None:
+    """A run stopped by a 401 half-way: 3 done, 1 skipped, 3 pending, unfinished."""
+    out = export_stopped(tmp_path, mock)
+    run = out / "runs/0001"
+    started = entries(run)[0]["started"]
+    session = first_of(run, "session")
+    records = contributions(mock, [1, 2, 3])
+    size = (run / "data/contributions.jsonl").stat().st_size
+
+    outcome = run_cli("status", str(out))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stdout.splitlines() == [
+        f"run: {run}",
+        UNFINISHED,
+        f"started: {started}",
+        f"sessions: 1, the last started {session['at']}; base URL {mock.api_url}; "
+        "authenticated: no; TM release: v5.5.2",
+        "",
+        "stream         done  pending  skipped  failed  records  bytes",
+        f"contributions     3        3        1       0  {records:>7}  {size:>5}",
+        "contributions: skipped 403 PrivateProject: 1",
+        "",
+        "runs:",
+        f"  0001  unfinished  started {started}  not ended  1 session  {records} records",
+    ]
+
+
+def test_status_stopped_run_json(tmp_path: Path, mock: MockServer) -> None:
+    """--json gives the same counts as data, for the run and its history."""
+    out = export_stopped(tmp_path, mock)
+    run = out / "runs/0001"
+    started = entries(run)[0]["started"]
+    records = contributions(mock, [1, 2, 3])
+    size = (run / "data/contributions.jsonl").stat().st_size
+
+    outcome = run_cli("status", str(run), "--json")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert json.loads(outcome.stdout) == {
+        "run": str(run),
+        "bagged": False,
+        "state": "unfinished",
+        "complete": False,
+        "started": started,
+        "ended": None,
+        "sessions": 1,
+        "base_url": mock.api_url,
+        "authenticated": False,
+        "tm_release": "v5.5.2",
+        "streams": {
+            "contributions": {
+                "partitions": {"done": 3, "skipped": 1, "failed": 0, "pending": 3},
+                "pending_final": True,
+                "parent": None,
+                "records": records,
+                "duplicates": 0,
+                "committed_bytes": size,
+                "file_bytes": size,
+                "skip_reasons": {"403 PrivateProject": 1},
+                "last_error": None,
+                "last_error_partition": None,
+            }
+        },
+        "canonical": [],
+        "manifest_dropped_bytes": 0,
+        "runs": [
+            {
+                "run": str(run),
+                "state": "unfinished",
+                "bagged": False,
+                "started": started,
+                "ended": None,
+                "sessions": 1,
+                "records": records,
+            }
+        ],
+    }
+
+
+def test_status_while_writing(tmp_path: Path, mock: MockServer) -> None:
+    """A half-written journal line and uncommitted data bytes are reported; nothing changes."""
+    out = export_stopped(tmp_path, mock)
+    run = out / "runs/0001"
+    with (run / "manifest.jsonl").open("ab") as manifest:
+        manifest.write(b'{"t":"page","s":"contribu')
+    with (run / "data/contributions.jsonl").open("ab") as data:
+        data.write(b'{"partial')
+    before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+
+    with OutputLock(out):
+        outcome = run_cli("status", str(out))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    lines = outcome.stdout.splitlines()
+    assert "contributions: 9 uncommitted bytes after the committed end" in lines
+    assert (
+        "manifest: an unfinished last line of 25 bytes was ignored (a session may be writing it)"
+        in lines
+    )
+    assert outcome.stderr == ""
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
+
+
+def test_status_failures_and_history(tmp_path: Path, mock: MockServer) -> None:
+    """A run that finished with a failed partition shows its last error; history lists both runs."""
+    recipe = write_recipe(tmp_path, FAILING_RECIPE)
+    mock.add_fault(
+        path=r"^/api/v2/projects/5/contributions/$",
+        status=500,
+        body="The database is being upgraded; try again in a few minutes. " * 3,
+        content_type="text/plain",
+    )
+    first = run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet")
+    assert first.exit_code == 3, first.stderr
+    mock.clear_faults()
+    second = run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet", "--start-over")
+    assert second.exit_code == 0, second.stderr
+    out = tmp_path / "out"
+    old, new = out / "runs/0001", out / "runs/0002"
+    failed = next(e for e in entries(old) if e["t"] == "part" and e["state"] == "failed")
+    ends = {run: first_of(run, "end")["at"] for run in (old, new)}
+    starts = {run: entries(run)[0]["started"] for run in (old, new)}
+    old_records = contributions(mock, [1]) + 3
+    new_records = contributions(mock, [1, 5]) + 3
+
+    outcome = run_cli("status", str(old))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    lines = outcome.stdout.splitlines()
+    assert lines[1] == f"state: finished with failures, ended {ends[old]}"
+    error = str(failed["error"])
+    assert len(error) > 160
+    assert f'contributions: last error, partition {{"project_id":5}}: {error[:157]}...' in lines
+    assert lines[-3:] == [
+        "runs:",
+        f"  0001  finished with failures  started {starts[old]}  ended {ends[old]}  "
+        f"1 session  {old_records} records",
+        f"  0002  complete                started {starts[new]}  ended {ends[new]}  "
+        f"1 session  {new_records} records",
+    ]
+
+    newest = run_cli("status", str(out))
+
+    assert newest.exit_code == 0, newest.stderr
+    assert newest.stdout.splitlines()[:2] == [f"run: {new}", f"state: complete, ended {ends[new]}"]
+    assert newest.stdout.splitlines()[-3:] == lines[-3:]
+
+
+DEPENDENT_RECIPE = """\
+version: 1
+instance: {concurrency: 1, rate_limit: 10000/s}
+output: OUT
+streams:
+  projects:
+    endpoint: projects
+    params: {projectStatuses: [PUBLISHED, ARCHIVED]}
+  summaries:
+    endpoint: project_summary
+    params: {project_id: {from: projects.projectId}}
+"""
+
+
+def test_status_dependent_pending(tmp_path: Path, mock: MockServer) -> None:
+    """A dependent stream of an unfinished run counts only the partitions known so far."""
+    recipe = write_recipe(tmp_path, DEPENDENT_RECIPE)
+    mock.add_fault(path=r"^/api/v2/projects/\d+/queries/summary/$", after=5, status=401)
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet")
+    assert outcome.exit_code == 1, outcome.stderr
+    run = tmp_path / "out/runs/0001"
+    parts = {(e["s"], e["p"]) for e in entries(run) if e["t"] == "part"}
+    pages = {(e["s"], e["p"]) for e in entries(run) if e["t"] == "page"}
+    done = sum(1 for stream, _ in parts if stream == "summaries")
+    pending = sum(1 for key in pages - parts if key[0] == "summaries")
+    size = (run / "data/summaries.jsonl").stat().st_size
+
+    status = run_cli("status", str(run))
+
+    lines = status.stdout.splitlines()
+    assert done == 5
+    assert (
+        f"summaries  {done:>4}  {f'{pending}+':>7}        0       0  {done:>7}  {size:>5}" in lines
+    )
+    assert (
+        "pending: partitions known so far; N+ marks a dependent stream, which learns more "
+        "from its parent's records"
+    ) in lines
+    assert "summaries: one partition per value of projects.projectId" in lines
+
+
+def test_status_not_a_run_folder(tmp_path: Path) -> None:
+    """A missing folder and a folder without a manifest exit 2 with the fix."""
+    missing = run_cli("status", str(tmp_path / "nowhere"))
+    empty = run_cli("status", str(tmp_path))
+
+    assert missing.exit_code == 2
+    assert missing.stderr == f"tm-export: error: {tmp_path / 'nowhere'}: folder not found\n"
+    assert empty.exit_code == 2
+    assert empty.stderr == (
+        f"tm-export: error: {tmp_path}: not a run folder: it has no manifest.jsonl; give an "
+        "output folder (with runs/) or a run folder such as OUTPUT/runs/0001\n"
+    )
+
+
+def test_status_damaged_manifest(tmp_path: Path, mock: MockServer) -> None:
+    """A damaged complete journal line exits 1 and names the line."""
+    out = export_stopped(tmp_path, mock)
+    manifest = out / "runs/0001/manifest.jsonl"
+    lines = manifest.read_bytes().splitlines(keepends=True)
+    lines[1] = b"not json\n"
+    manifest.write_bytes(b"".join(lines))
+
+    outcome = run_cli("status", str(out))
+
+    assert outcome.exit_code == 1
+    assert f"tm-export: error: {manifest}:2: manifest line 2 is damaged (not JSON)" in (
+        outcome.stderr
+    )

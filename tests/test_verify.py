@@ -1,0 +1,364 @@
+"""tm-export verify and tm-export bag: files against the manifest, the run record and the bag."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import bagit
+import orjson
+import pytest
+
+from tm_export.mock import MockServer
+
+from .conftest import run_cli, write_recipe
+
+RECIPE = """\
+version: 1
+instance: {concurrency: 4, rate_limit: 10000/s}
+output: OUT
+streams:
+  projects:
+    endpoint: projects
+    params: {projectStatuses: [PUBLISHED, ARCHIVED]}
+  contributions:
+    endpoint: project_contributions
+    params: {project_id: {each: [1, 4, 5, 9]}}
+  summaries:
+    endpoint: project_summary
+    params: {project_id: {from: projects.projectId}}
+"""
+
+STREAMS = ("projects", "contributions", "summaries")
+
+
+def export(tmp_path: Path, mock: MockServer) -> Path:
+    """Export RECIPE anonymously; return the run folder."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet")
+    assert outcome.exit_code == 0, outcome.stderr
+    return tmp_path / "out/runs/0001"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def line_count(path: Path) -> int:
+    return len(path.read_bytes().splitlines())
+
+
+def ok_line(run: Path, stream: str, prefix: str = "data", canonical: bool = False) -> str:
+    path = run / prefix / f"{stream}.jsonl"
+    flag = ", canonical" if canonical else ""
+    return (
+        f"  ok        {prefix}/{stream}.jsonl: {line_count(path)} records, "
+        f"{path.stat().st_size} bytes{flag}, sha256 {sha256(path)}"
+    )
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    """Change the byte at ``offset`` to another letter, keeping the file's size."""
+    data = bytearray(path.read_bytes())
+    data[offset] = ord("B") if data[offset] != ord("B") else ord("C")
+    path.write_bytes(bytes(data))
+
+
+def test_verify_complete_run(tmp_path: Path, mock: MockServer) -> None:
+    """Every file of a complete run matches; the report names each with its hash."""
+    run = export(tmp_path, mock)
+
+    outcome = run_cli("verify", str(tmp_path / "out"))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stdout.splitlines() == [
+        f"{run}: complete; 3 stream files",
+        *(ok_line(run, stream) for stream in STREAMS),
+        "verified 1 run: 3 stream files match the manifest",
+    ]
+    assert line_count(run / "data/projects.jsonl") == mock.dataset.count("projects") - len(
+        mock.dataset.private_project_ids()
+    )
+
+
+def test_verify_json(tmp_path: Path, mock: MockServer) -> None:
+    """--json reports the same facts per file."""
+    run = export(tmp_path, mock)
+    path = run / "data/contributions.jsonl"
+    records = sum(mock.dataset.count("project_contributions", project_id=p) for p in (1, 4, 5))
+
+    outcome = run_cli("verify", str(run), "--json")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    report = json.loads(outcome.stdout)
+    assert report["ok"] is True
+    assert report["mismatches"] == 0
+    (only,) = report["runs"]
+    assert only["folder"] == str(run)
+    assert only["state"] == "complete"
+    assert only["streams"]["contributions"] == {
+        "file": "data/contributions.jsonl",
+        "ok": True,
+        "sha256": sha256(path),
+        "bytes": path.stat().st_size,
+        "size": path.stat().st_size,
+        "uncommitted_bytes": 0,
+        "lines": records,
+        "records": records,
+        "expected_records": records,
+        "canonical": False,
+        "problems": [],
+        "notes": [],
+    }
+
+
+def test_verify_invalid_json_line(tmp_path: Path, mock: MockServer) -> None:
+    """A byte that breaks a line's JSON is a mismatch that names the file and the line."""
+    run = export(tmp_path, mock)
+    path = run / "data/contributions.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b"{", b"[", 1)
+    path.write_bytes(b"".join(lines))
+
+    outcome = run_cli("verify", str(run))
+
+    assert outcome.exit_code == 3
+    assert (
+        "  MISMATCH  data/contributions.jsonl: 1 committed lines are not valid JSON (line 3)"
+        in outcome.stdout.splitlines()
+    )
+    assert outcome.stdout.splitlines()[-1] == (
+        "verified 1 run: 1 mismatch (1 of 3 stream files); exit 3"
+    )
+
+
+def test_verify_truncated_and_extended(tmp_path: Path, mock: MockServer) -> None:
+    """A cut file and bytes after a finished run's committed end are mismatches."""
+    run = export(tmp_path, mock)
+    summaries = run / "data/summaries.jsonl"
+    projects = run / "data/projects.jsonl"
+    committed = summaries.stat().st_size
+    os.truncate(summaries, committed - 10)
+    with projects.open("ab") as file:
+        file.write(b'{"extra":1}\n')
+
+    outcome = run_cli("verify", str(run))
+
+    assert outcome.exit_code == 3
+    lines = outcome.stdout.splitlines()
+    assert (
+        f"  MISMATCH  data/summaries.jsonl: the file has {committed - 10} bytes, but the "
+        f"manifest proves {committed} committed"
+    ) in lines
+    assert (
+        f"  MISMATCH  data/projects.jsonl: 12 bytes follow the committed end at byte "
+        f"{projects.stat().st_size - 12}; a finished run's file must end there"
+    ) in lines
+
+
+def test_verify_lines_moved_between_pages(tmp_path: Path, mock: MockServer) -> None:
+    """Swapping two lines of different pages keeps every count but breaks the page ranges."""
+    run = export(tmp_path, mock)
+    path = run / "data/projects.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert len(lines[0]) != len(lines[-1])
+    lines[0], lines[-1] = lines[-1], lines[0]
+    path.write_bytes(b"".join(lines))
+
+    outcome = run_cli("verify", str(run))
+
+    assert outcome.exit_code == 3
+    manifest = [orjson.loads(line) for line in (run / "manifest.jsonl").read_bytes().splitlines()]
+    page_end = next(e["end"] for e in manifest if e["t"] == "page" and e["s"] == "projects")
+    start = 0
+    for line in lines:
+        if start + len(line) > page_end:
+            break
+        start += len(line)
+    assert [line for line in outcome.stdout.splitlines() if "MISMATCH" in line] == [
+        f"  MISMATCH  data/projects.jsonl: the line at bytes {start}..{start + len(line)} "
+        f"crosses the end of page 1 of partition {{}} at byte {page_end}"
+    ]
+
+
+def test_verify_unfinished_run_tail(tmp_path: Path, mock: MockServer) -> None:
+    """Bytes after the committed end of an unfinished run are a note, not a mismatch."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    mock.add_fault(path=r"^/api/v2/projects/5/contributions/$", status=401)
+    stopped = run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet")
+    assert stopped.exit_code == 1, stopped.stderr
+    run = tmp_path / "out/runs/0001"
+    path = run / "data/contributions.jsonl"
+    committed = path.stat().st_size
+    with path.open("ab") as file:
+        file.write(b'{"half a li')
+
+    outcome = run_cli("verify", str(run))
+
+    assert outcome.exit_code == 0, outcome.stdout
+    lines = outcome.stdout.splitlines()
+    assert lines[0] == f"{run}: unfinished; 3 stream files"
+    assert (
+        f"  note      data/contributions.jsonl: 11 uncommitted bytes after the committed end at "
+        f"byte {committed} (a session may be writing them; the next session cuts them off)"
+    ) in lines
+
+
+def test_verify_against_run_record(tmp_path: Path, mock: MockServer) -> None:
+    """A changed byte inside a text value keeps the JSON valid; the run record's hash finds it."""
+    run = export(tmp_path, mock)
+    assert run_cli("record", str(run)).exit_code == 0
+    path = run / "data/summaries.jsonl"
+    recorded = sha256(path)
+    offset = path.read_bytes().index(b'"name":"') + len(b'"name":"')
+    flip_byte(path, offset)
+
+    outcome = run_cli("verify", str(run))
+
+    assert outcome.exit_code == 3
+    assert [line for line in outcome.stdout.splitlines() if "MISMATCH" in line] == [
+        f"  MISMATCH  data/summaries.jsonl: the SHA-256 is {sha256(path)}, but run.json "
+        f"records {recorded}"
+    ]
+
+
+def test_bag_validates_and_detects_change(tmp_path: Path, mock: MockServer) -> None:
+    """A bag passes bagit's validation and verify; one changed byte fails both, naming the file."""
+    run = export(tmp_path, mock)
+
+    made = run_cli("bag", str(tmp_path / "out"))
+
+    assert made.exit_code == 0, made.stderr
+    assert made.stdout == f"{run}: a BagIt bag; the run is now in {run / 'data'}\n"
+    assert sorted(path.name for path in run.iterdir()) == [
+        "bag-info.txt",
+        "bagit.txt",
+        "data",
+        "manifest-sha256.txt",
+        "tagmanifest-sha256.txt",
+    ]
+    assert sorted(path.name for path in (run / "data").iterdir()) == [
+        "data",
+        "manifest.jsonl",
+        "run.json",
+    ]
+    assert bagit.Bag(str(run)).validate() is True
+    verified = run_cli("verify", str(run))
+    assert verified.exit_code == 0, verified.stdout
+    assert verified.stdout.splitlines() == [
+        f"{run}: complete, a bag; 3 stream files",
+        *(ok_line(run, stream, prefix="data/data") for stream in STREAMS),
+        "verified 1 run: 3 stream files match the manifest",
+    ]
+
+    path = run / "data/data/summaries.jsonl"
+    recorded = sha256(path)
+    flip_byte(path, path.read_bytes().index(b'"name":"') + len(b'"name":"'))
+
+    outcome = run_cli("verify", str(run))
+
+    assert outcome.exit_code == 3
+    assert [line for line in outcome.stdout.splitlines() if "MISMATCH" in line] == [
+        f"  MISMATCH  data/data/summaries.jsonl: the SHA-256 is {sha256(path)}, but data/run.json "
+        f"records {recorded}",
+        f"  MISMATCH  data/data/summaries.jsonl: bag: the SHA-256 is {sha256(path)}, but the "
+        f"bag's manifest records {recorded}",
+    ]
+    with pytest.raises(bagit.BagValidationError) as failure:
+        bagit.Bag(str(run)).validate()
+    assert "data/data/summaries.jsonl sha256 validation failed" in str(failure.value)
+
+
+def test_bag_info_and_status(tmp_path: Path, mock: MockServer) -> None:
+    """bag-info.txt carries tm-export's labels; status reads the run inside the bag."""
+    run = export(tmp_path, mock)
+    recipe_hash = orjson.loads((run / "manifest.jsonl").read_bytes().splitlines()[0])["recipe_hash"]
+    assert run_cli("bag", str(run)).exit_code == 0
+
+    info = bagit.Bag(str(run)).info
+    status = run_cli("status", str(tmp_path / "out"))
+
+    assert info["External-Identifier"] == f"tm-export recipe hash {recipe_hash}"
+    assert info["TM-Export-Base-URL"] == mock.api_url
+    assert info["TM-Release"] == "v5.5.2"
+    assert status.exit_code == 0, status.stderr
+    assert status.stdout.splitlines()[0] == f"run: {run} (a bag)"
+    assert status.stdout.splitlines()[-1].startswith("  0001  complete, a bag  started ")
+
+
+def test_bag_rejects_bag_and_unfinished(tmp_path: Path, mock: MockServer) -> None:
+    """Bagging a bag or an unfinished run exits 2 and changes nothing."""
+    run = export(tmp_path, mock)
+    assert run_cli("bag", str(run)).exit_code == 0
+    again = run_cli("bag", str(run))
+    stopped_folder = tmp_path / "stopped"
+    stopped_folder.mkdir()
+    recipe = write_recipe(stopped_folder, RECIPE)
+    mock.add_fault(path=r"^/api/v2/projects/5/contributions/$", status=401)
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet").exit_code == 1
+    stopped = stopped_folder / "out/runs/0001"
+    before = sorted(path.name for path in stopped.iterdir())
+
+    unfinished = run_cli("bag", str(stopped))
+
+    assert again.exit_code == 2
+    assert again.stderr == (
+        f"tm-export: error: {run}: the run is already a bag; 'tm-export verify {run}' checks it\n"
+    )
+    assert unfinished.exit_code == 2
+    assert unfinished.stderr == (
+        f"tm-export: error: {stopped}: the run is unfinished; finish it (run the same "
+        "'tm-export run' command again) before making it a bag\n"
+    )
+    assert sorted(path.name for path in stopped.iterdir()) == before
+
+
+def test_bag_interrupted_while_moving(tmp_path: Path, mock: MockServer) -> None:
+    """A crash while bagit moved the files: verify reports it (exit 1), bag puts them back and bags."""
+    run = export(tmp_path, mock)
+    moving = run / "tmpab12cd"
+    moving.mkdir()
+    (run / "manifest.jsonl").rename(moving / "manifest.jsonl")
+
+    verified = run_cli("verify", str(run))
+    bagged = run_cli("bag", str(run))
+
+    assert verified.exit_code == 1
+    assert verified.stderr == (
+        f"tm-export: error: {run}: the run folder was being made a bag when that was "
+        f"interrupted; run 'tm-export bag {run}' again to finish it\n"
+    )
+    assert bagged.exit_code == 0, bagged.stderr
+    assert "put back the run folder" in bagged.stderr
+    assert not moving.exists()
+    assert bagit.Bag(str(run)).validate() is True
+    assert run_cli("verify", str(run)).exit_code == 0
+
+
+def test_bag_interrupted_before_tag_manifest(tmp_path: Path, mock: MockServer) -> None:
+    """A crash before bagit's last tag file: the half-made bag is undone and made again."""
+    run = export(tmp_path, mock)
+    assert run_cli("bag", str(run)).exit_code == 0
+    (run / "tagmanifest-sha256.txt").unlink()
+
+    status = run_cli("status", str(run))
+    bagged = run_cli("bag", str(run))
+
+    assert status.exit_code == 1
+    assert status.stderr == (
+        f"tm-export: error: {run}: the run folder is a bag whose making was interrupted "
+        f"(tagmanifest-sha256.txt is missing); run 'tm-export bag {run}' again to finish it\n"
+    )
+    assert bagged.exit_code == 0, bagged.stderr
+    assert bagit.Bag(str(run)).validate() is True
+    assert run_cli("verify", str(run)).exit_code == 0
+
+
+def test_verify_not_a_run_folder(tmp_path: Path) -> None:
+    """A folder that is neither an output nor a run folder exits 2."""
+    outcome = run_cli("verify", str(tmp_path))
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr.startswith(f"tm-export: error: {tmp_path}: not a run folder")

@@ -1,0 +1,167 @@
+"""Make a finished run folder a BagIt bag (RFC 8493) in place: ``tm-export bag``.
+
+bagit moves everything in the folder into the payload folder ``data/`` and writes the tag
+files beside it, so a bagged run reads::
+
+    OUTPUT/runs/0001/
+      bagit.txt                 BagIt version and encoding
+      bag-info.txt              bagging date, Payload-Oxum, and tm-export's labels
+      manifest-sha256.txt       SHA-256 of every payload file
+      tagmanifest-sha256.txt    SHA-256 of the tag files above
+      data/                     the payload: the run folder as it was
+        manifest.jsonl
+        run.json
+        data/
+          STREAM.jsonl
+
+The payload folder is a complete run folder, so every tm-export command that takes a
+run folder reads ``data/`` of a bag (``verify.locate_run``), and copying ``data/`` out
+gives back the run as it was before bagging. A bag is never modified again: ``canonical``
+and ``record`` reject it, so make files canonical before bagging. Bagging writes the run
+record first, because the record belongs in the payload.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import bagit  # type: ignore[import-untyped]
+
+from . import __version__
+from .canonical import remove_leftovers
+from .errors import StorageError
+from .layout import DATA_FOLDER, MANIFEST_NAME
+from .runrecord import write_run_record
+from .verify import (
+    BAG_DECLARATION,
+    BAG_TAG_MANIFEST,
+    RunPaths,
+    RunStateError,
+    fsync_path,
+    interrupted_bag_folder,
+    locate_run,
+    read_manifest,
+    session_finished,
+)
+
+logger = logging.getLogger("tm_export.bag")
+
+#: The checksum algorithm of the bag's manifests; ``verify`` reuses its stream file hashes.
+CHECKSUMS = ["sha256"]
+
+#: The tag files that bagit writes, in the order it writes them.
+TAG_FILES = (BAG_DECLARATION, "bag-info.txt", "manifest-sha256.txt", BAG_TAG_MANIFEST)
+
+
+def make_run_bag(run_folder: Path) -> RunPaths:
+    """Write the run record of a finished run, then make its folder a bag; return its paths.
+
+    A folder whose bagging was interrupted is first put back as it was and then bagged
+    again. The caller must keep other writers away (the engine holds the output lock;
+    ``tm-export bag`` takes it). bagit changes the process's working folder while it
+    works, so call this when no other thread depends on it.
+
+    Raises:
+        RunFolderError: ``run_folder`` is not a run folder.
+        RunStateError: the run is already a bag, or is not finished.
+        ManifestError: the manifest is damaged.
+        RunDamagedError: a stream file does not match the manifest.
+        StorageError: a file cannot be written or moved.
+    """
+    restore_interrupted_bag(run_folder)
+    paths = locate_run(run_folder)
+    if paths.bagged:
+        raise RunStateError(
+            f"{run_folder}: the run is already a bag; 'tm-export verify {run_folder}' checks it"
+        )
+    state, contents = read_manifest(paths)
+    if not session_finished(contents.entries):
+        raise RunStateError(
+            f"{run_folder}: the run is unfinished; finish it (run the same 'tm-export run' "
+            "command again) before making it a bag"
+        )
+
+    remove_leftovers(paths)
+    write_run_record(paths.folder)
+    sessions = state.sessions
+    last = sessions[-1] if sessions else {}
+    info = {
+        "External-Description": (
+            f"tm-export run {paths.folder.name}: Tasking Manager API records as JSON Lines, "
+            "with the manifest that proves them (manifest.jsonl) and the run record (run.json)"
+        ),
+        "External-Identifier": f"tm-export recipe hash {state.header.get('recipe_hash')}",
+        "TM-Export-Version": __version__,
+        "TM-Export-Base-URL": str(last.get("settings", {}).get("base_url") or "unknown"),
+        "TM-Release": str(last.get("tm_release") or "unknown"),
+    }
+    try:
+        bagit.make_bag(str(paths.folder), bag_info=info, checksums=CHECKSUMS)
+    except (OSError, bagit.BagError) as error:
+        raise StorageError(
+            f"{paths.folder}: cannot make the bag: {error}; run 'tm-export bag "
+            f"{paths.folder}' again to restore the run folder and retry"
+        ) from error
+    _fsync_bag(paths.folder)
+    logger.info("made %s a bag", paths.folder)
+    return locate_run(paths.folder)
+
+
+def _fsync_bag(folder: Path) -> None:
+    """Make the bag's tag files and the moved folders durable."""
+    try:
+        for name in TAG_FILES:
+            fsync_path(folder / name)
+        fsync_path(folder / DATA_FOLDER)
+        fsync_path(folder)
+    except OSError as error:
+        raise StorageError(f"{folder}: cannot sync the bag to disk: {error.strerror}") from error
+
+
+def restore_interrupted_bag(folder: Path) -> bool:
+    """Put back a run folder whose bagging was interrupted; return True when one was.
+
+    bagit 1.9 moves the folder's contents into a temporary ``tmp*`` folder, renames it to
+    ``data`` and then writes the tag files, ``tagmanifest-sha256.txt`` last. A crash leaves
+    either the temporary folder, or ``data/manifest.jsonl`` without that last tag file.
+
+    Raises:
+        StorageError: a file cannot be moved back.
+    """
+    try:
+        temporary = interrupted_bag_folder(folder)
+        if temporary is not None and not (folder / MANIFEST_NAME).exists():
+            _move_contents_up(temporary, folder)
+            logger.warning("put back the run folder %s, whose bagging was interrupted", folder)
+            return True
+        payload = folder / DATA_FOLDER
+        # A plain run has its manifest at the top; data/manifest.jsonl there is a stream file.
+        moved = not (folder / MANIFEST_NAME).exists()
+        if (
+            moved
+            and (payload / MANIFEST_NAME).is_file()
+            and not (folder / BAG_TAG_MANIFEST).is_file()
+        ):
+            for name in TAG_FILES:
+                (folder / name).unlink(missing_ok=True)
+            # The payload folder is also called data; move it aside before its contents go up.
+            aside = folder / ".bag-payload"
+            os.rename(payload, aside)
+            _move_contents_up(aside, folder)
+            logger.warning("put back the run folder %s, whose bagging was interrupted", folder)
+            return True
+    except OSError as error:
+        raise StorageError(
+            f"{folder}: cannot put back the run folder after an interrupted bagging: "
+            f"{error.strerror}"
+        ) from error
+    return False
+
+
+def _move_contents_up(source: Path, folder: Path) -> None:
+    for child in sorted(source.iterdir()):
+        os.rename(child, folder / child.name)
+    source.rmdir()
+    fsync_path(folder)

@@ -1,0 +1,296 @@
+"""Commands for planning and archiving runs: plan, status, verify, record, canonical, bag.
+
+``register(main)`` adds them to the ``tm-export`` command group; ``cli.py`` calls it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import anyio
+import click
+
+from .bag import make_run_bag
+from .canonical import CHUNK_BYTES, make_canonical
+from .errors import ExitCode, RecipeError, TmExportError
+from .layout import OutputLock, list_runs, runs_folder
+from .plan import DEFAULT_MAX_PROBES, format_plan, plan_json, plan_recipe, probe_plan
+from .recipe import load_recipe, resolve_token
+from .runrecord import write_run_record
+from .status import format_status, status_json, status_of
+from .verify import (
+    RunFolderError,
+    check_run,
+    checks_json,
+    find_runs,
+    format_checks,
+    locate_run,
+)
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+READ_EXIT_CODES = """\b
+Exit codes:
+  0  the report was printed
+  1  a manifest is damaged and cannot be read
+  2  invalid usage, or DIR is not an output or a run folder"""
+
+VERIFY_EXIT_CODES = """\b
+Exit codes:
+  0  every file matches what the manifest proves
+  1  a manifest is damaged and cannot be read
+  2  invalid usage, or DIR is not an output or a run folder
+  3  a mismatch: the report names each file"""
+
+CHANGE_EXIT_CODES = """\b
+Exit codes:
+  0  done
+  1  a manifest is damaged, the output folder is in use, or a write failed
+  2  invalid usage: DIR is not a run folder, or the run is unfinished or a bag
+  3  a file does not match the manifest, so nothing was changed"""
+
+DIR_ARGUMENT = click.argument(
+    "folder", metavar="DIR", type=click.Path(path_type=Path, file_okay=False)
+)
+
+
+def _fail(error: TmExportError | str, code: int) -> NoReturn:
+    click.echo(f"tm-export: error: {error}", err=True)
+    sys.exit(code)
+
+
+def _setup_logging() -> None:
+    """Send warnings of tm-export's loggers to stderr, as ``tm-export run`` does."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("tm-export: %(levelname)s: %(message)s"))
+    root = logging.getLogger("tm_export")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    root.propagate = False
+
+
+def _run_folder(folder: Path) -> Path:
+    """Return ``folder`` itself, or the newest run folder when it is an output folder."""
+    if runs_folder(folder).is_dir():
+        runs = list_runs(folder)
+        if not runs:
+            raise RunFolderError(f"{folder}: the output folder has no runs yet")
+        return runs[-1]
+    if not folder.is_dir():
+        raise RunFolderError(f"{folder}: folder not found")
+    return folder
+
+
+@contextlib.contextmanager
+def _locked(run_folder: Path) -> Iterator[None]:
+    """Hold the output folder's lock, so no export writes the run meanwhile."""
+    if run_folder.parent.name != "runs":
+        yield
+        return
+    with OutputLock(run_folder.parent.parent):
+        yield
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--probe",
+    is_flag=True,
+    help="Fetch page 1 of each paginated partition to learn its page count; needs --base-url.",
+)
+@click.option(
+    "--base-url",
+    metavar="URL",
+    help="API root to probe, e.g. http://127.0.0.1:8080/api/v2. Used only with --probe.",
+)
+@click.option(
+    "--max-probes",
+    type=click.IntRange(1),
+    default=DEFAULT_MAX_PROBES,
+    show_default=True,
+    help="Partitions probed per stream at most; the rest count one request each.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(recipe: Path, probe: bool, base_url: str | None, max_probes: int, as_json: bool) -> None:
+    """Count the partitions and requests of RECIPE without running it.
+
+    Nothing is written. Without --probe nothing is sent either: paginated streams then
+    count one request per partition, as a lower bound.
+
+    \b
+    Example:
+      tm-export plan recipes/demo.yaml
+      tm-export plan recipes/demo.yaml --probe --base-url http://127.0.0.1:8080/api/v2
+    """
+    try:
+        loaded = load_recipe(recipe)
+        if probe and not base_url:
+            raise RecipeError("--probe sends requests, so it needs --base-url URL")
+        if base_url and not probe:
+            raise RecipeError("--base-url is used only with --probe; add --probe or remove it")
+        token = resolve_token(loaded) if probe else None
+    except RecipeError as error:
+        _fail(error, ExitCode.USAGE)
+
+    variable = loaded.instance.token_env
+    token_set = bool(token) or bool(variable and os.environ.get(variable, "").strip())
+    result = plan_recipe(loaded, token_set=token_set)
+    if probe:
+        assert base_url is not None
+        _setup_logging()
+        try:
+            anyio.run(
+                lambda: probe_plan(
+                    result, base_url=base_url.rstrip("/"), token=token, max_probes=max_probes
+                ),
+                backend="asyncio",
+            )
+        except TmExportError as error:
+            _fail(error, error.exit_code)
+    if as_json:
+        click.echo(json.dumps(plan_json(result), indent=2))
+    else:
+        click.echo(format_plan(result))
+
+
+@click.command(context_settings=CONTEXT_SETTINGS, epilog=READ_EXIT_CODES)
+@DIR_ARGUMENT
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(folder: Path, as_json: bool) -> None:
+    """Show how far the run in DIR has come, from its manifest alone.
+
+    DIR is an output folder (its newest run is shown) or one run folder. Nothing is
+    written and no lock is taken, so this works while a run is going on.
+
+    \b
+    Example:
+      tm-export status exports/demo
+    """
+    try:
+        chosen, history = status_of(folder)
+    except TmExportError as error:
+        _fail(error, error.exit_code)
+    if as_json:
+        click.echo(json.dumps(status_json(chosen, history), indent=2))
+    else:
+        click.echo(format_status(chosen, history))
+
+
+@click.command(context_settings=CONTEXT_SETTINGS, epilog=VERIFY_EXIT_CODES)
+@DIR_ARGUMENT
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(folder: Path, as_json: bool) -> None:
+    """Check every stream file in DIR against what the manifest proves.
+
+    DIR is an output folder (every run is checked) or one run folder. Each file's SHA-256,
+    committed size, line and record counts, and each committed page's lines are checked.
+    The run record (run.json) and the bag's checksums are compared too, where present.
+
+    \b
+    Example:
+      tm-export verify exports/demo
+    """
+    try:
+        checks = [check_run(paths) for paths in find_runs(folder)]
+    except TmExportError as error:
+        _fail(error, error.exit_code)
+    if as_json:
+        click.echo(json.dumps(checks_json(checks), indent=2))
+    else:
+        click.echo(format_checks(checks))
+    sys.exit(0 if all(check.ok for check in checks) else int(ExitCode.FAILURES))
+
+
+@click.command(context_settings=CONTEXT_SETTINGS, epilog=CHANGE_EXIT_CODES)
+@DIR_ARGUMENT
+def record(folder: Path) -> None:
+    """Verify a run and write its run record, run.json, beside its manifest.
+
+    DIR is a run folder, or an output folder for its newest run.
+
+    \b
+    Example:
+      tm-export record exports/demo
+    """
+    _setup_logging()
+    try:
+        run_folder = _run_folder(folder)
+        with _locked(run_folder):
+            written = write_run_record(run_folder)
+    except TmExportError as error:
+        _fail(error, error.exit_code)
+    click.echo(f"wrote {written}")
+
+
+@click.command(context_settings=CONTEXT_SETTINGS, epilog=CHANGE_EXIT_CODES)
+@DIR_ARGUMENT
+@click.option(
+    "--sort-memory",
+    type=click.IntRange(1),
+    default=CHUNK_BYTES >> 20,
+    show_default=True,
+    metavar="MIB",
+    help="Mebibytes of lines sorted in memory at once; larger files are sorted in chunks.",
+)
+def canonical(folder: Path, sort_memory: int) -> None:
+    """Rewrite each stream file of a finished run in the canonical order.
+
+    Lines are sorted by partition, record key and bytes, so two exports of the same data
+    give files with the same SHA-256. The manifest gets one "canonical" entry per file,
+    and run.json is rewritten when the run has one. DIR is a run folder, or an output
+    folder for its newest run.
+
+    \b
+    Example:
+      tm-export canonical exports/demo
+    """
+    _setup_logging()
+    try:
+        run_folder = _run_folder(folder)
+        with _locked(run_folder):
+            results = make_canonical(run_folder, chunk_bytes=sort_memory << 20)
+        paths = locate_run(run_folder)
+    except TmExportError as error:
+        _fail(error, error.exit_code)
+    click.echo(f"{paths.folder}:")
+    width = max((len(result.action) for result in results), default=0)
+    for result in results:
+        click.echo(f"  {result.action:<{width}}  {result.file}: sha256 {result.sha256}")
+    if paths.record.exists():
+        click.echo(f"updated {paths.record}")
+
+
+@click.command(context_settings=CONTEXT_SETTINGS, epilog=CHANGE_EXIT_CODES)
+@DIR_ARGUMENT
+def bag(folder: Path) -> None:
+    """Make a finished run folder a BagIt bag, in place, after writing its run record.
+
+    The run folder's contents move into the bag's payload folder data/, which stays a
+    complete run folder; tm-export's commands read it there. DIR is a run folder, or an
+    output folder for its newest run. See docs/archive.md for the layout.
+
+    \b
+    Example:
+      tm-export bag exports/demo
+    """
+    _setup_logging()
+    try:
+        run_folder = _run_folder(folder)
+        with _locked(run_folder):
+            bagged = make_run_bag(run_folder)
+    except TmExportError as error:
+        _fail(error, error.exit_code)
+    click.echo(f"{bagged.folder}: a BagIt bag; the run is now in {bagged.root}")
+
+
+def register(main: click.Group) -> None:
+    """Add the archive commands to the ``tm-export`` command group."""
+    for command in (plan, status, verify, record, canonical, bag):
+        main.add_command(command)

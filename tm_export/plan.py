@@ -1,0 +1,396 @@
+"""Count what a recipe will request before running it: ``tm-export plan``.
+
+Without ``--probe`` nothing is sent and nothing is written. A stream whose parameters are
+all known before the run (constants, ``each``, ``range``, date windows) has an exact
+partition count. A partition of an endpoint that does not paginate costs one request. A
+paginated partition costs at least one (page 1), so ``--probe`` fetches page 1 of each to
+learn the page count the server reports. A dependent stream (a ``from`` parameter)
+gets one partition per distinct value of its parent's field, which is known only once
+the parent runs. Retries are never counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from . import __version__
+from .clock import Clock, RealClock
+from .errors import FatalError, HTTPStatusError, RequestError
+from .fetcher import Fetcher
+from .http import HttpSession
+from .params import Partition, count_static, expand_static, render
+from .recipe import Recipe, StreamSpec
+from .redact import Redactor
+from .stream import SKIP_STATUSES
+
+#: Max partitions probed per stream, unless ``--max-probes`` sets another number.
+DEFAULT_MAX_PROBES = 1000
+
+
+@dataclass(slots=True)
+class ProbeCounts:
+    """Counts found by probing page 1 of a stream's partitions."""
+
+    probed: int = 0
+    not_probed: int = 0
+    """Partitions past ``max_probes``, counted at one request each."""
+    skipped: int = 0
+    """Partitions whose page 1 returned 403 or 404, which the run records as skipped."""
+    failed: int = 0
+    """Partitions whose page 1 failed for another reason, counted at one request each."""
+    without_page_count: int = 0
+    """Partitions whose page 1 reported no page count but a next page."""
+
+
+@dataclass(slots=True)
+class StreamPlan:
+    """The partitions and requests of one stream."""
+
+    name: str
+    endpoint: str
+    paginated: bool
+    parent: str | None
+    """``STREAM.FIELD`` whose values make this stream's partitions, for a dependent stream."""
+    partitions: int | None
+    """Exact partition count, or None for a dependent stream."""
+    per_parent_value: int
+    """Partitions per distinct parent value (the static parameters' product); 1 when none."""
+    requests: int | None
+    """Requests without retries, or None for a dependent stream."""
+    exact: bool
+    """False when ``requests`` is a lower bound."""
+    probe: ProbeCounts | None = None
+
+
+@dataclass(slots=True)
+class Plan:
+    """The plan of a whole recipe."""
+
+    recipe: Recipe
+    streams: list[StreamPlan]
+    preflight: int
+    """Requests sent before any export request: the heartbeat, and the token check."""
+    base_url: str | None = None
+    """The server probed, when ``--probe`` was given."""
+    probe_requests: int = 0
+    dependent: list[str] = field(default_factory=list)
+
+    @property
+    def requests(self) -> int:
+        known = sum(stream.requests or 0 for stream in self.streams)
+        return known + self.preflight
+
+    @property
+    def exact(self) -> bool:
+        return not self.dependent and all(stream.exact for stream in self.streams)
+
+
+def plan_recipe(recipe: Recipe, *, token_set: bool) -> Plan:
+    """Count each stream's partitions and requests without sending anything.
+
+    ``token_set`` is True when the run will have a token, which adds the token check.
+    """
+    streams = []
+    for name, spec in recipe.streams.items():
+        per_value = count_static(spec.static)
+        parent = spec.parent
+        if parent is not None:
+            streams.append(
+                StreamPlan(
+                    name,
+                    spec.endpoint.name,
+                    spec.endpoint.paginated,
+                    f"{parent.stream}.{parent.field}",
+                    None,
+                    per_value,
+                    None,
+                    exact=False,
+                )
+            )
+            continue
+        streams.append(
+            StreamPlan(
+                name,
+                spec.endpoint.name,
+                spec.endpoint.paginated,
+                None,
+                per_value,
+                per_value,
+                per_value,
+                exact=not spec.endpoint.paginated,
+            )
+        )
+    dependent = [stream.name for stream in streams if stream.parent is not None]
+    return Plan(recipe, streams, preflight=2 if token_set else 1, dependent=dependent)
+
+
+async def probe_plan(
+    plan: Plan,
+    *,
+    base_url: str,
+    token: str | None,
+    max_probes: int = DEFAULT_MAX_PROBES,
+    clock: Clock | None = None,
+) -> Plan:
+    """Fetch page 1 of each paginated static partition and count the pages it reports.
+
+    Requests go through the run's limits (concurrency, rate, retries). Page 1 responses are
+    not kept, so the run fetches them again.
+
+    Raises:
+        FatalError: the server rejected the token or asked for too long a wait.
+    """
+    recipe = plan.recipe
+    instance = recipe.instance
+    redactor = Redactor([token] if token else [])
+    user_agent = (
+        f"tm-export/{__version__} (+{instance.contact or 'no contact given in the recipe'})"
+    )
+    async with HttpSession(
+        user_agent=user_agent,
+        token=token,
+        connect_timeout=instance.timeouts.connect,
+        read_timeout=instance.timeouts.read,
+        total_timeout=instance.timeouts.total,
+        max_connections=instance.concurrency,
+        redactor=redactor,
+    ) as http:
+        fetcher = Fetcher(
+            http,
+            base_url=base_url,
+            retries=instance.retries,
+            concurrency=instance.concurrency,
+            rate_limit=instance.rate_limit,
+            clock=clock or RealClock(),
+            redactor=redactor,
+            token_env=instance.token_env,
+        )
+        for stream in plan.streams:
+            spec = recipe.streams[stream.name]
+            if stream.paginated and stream.parent is None:
+                await _probe_stream(fetcher, spec, stream, max_probes, instance.concurrency)
+        plan.probe_requests = fetcher.requests_sent
+    plan.base_url = base_url
+    return plan
+
+
+async def _probe_stream(
+    fetcher: Fetcher, spec: StreamSpec, stream: StreamPlan, max_probes: int, concurrency: int
+) -> None:
+    counts = ProbeCounts()
+    requests = 0
+    exact = True
+    slots = anyio.Semaphore(concurrency)
+
+    async def probe_one(partition: Partition) -> None:
+        nonlocal requests, exact
+        try:
+            path, query = request_for(spec, partition, page=1)
+            _, body = await fetcher.get_json(path, query)
+        except HTTPStatusError as error:
+            if error.status in SKIP_STATUSES:
+                counts.skipped += 1
+                requests += 1
+                return
+            counts.failed += 1
+            requests += 1
+            exact = False
+            return
+        except RequestError:
+            counts.failed += 1
+            requests += 1
+            exact = False
+            return
+        finally:
+            slots.release()
+        pages, has_next = _page_facts(body)
+        if pages is not None:
+            requests += min(max(pages, 1), spec.max_pages)
+        elif has_next:
+            counts.without_page_count += 1
+            requests += 2
+            exact = False
+        else:
+            requests += 1
+
+    try:
+        async with anyio.create_task_group() as group:
+            for number, partition in enumerate(expand_static(spec.static)):
+                if number >= max_probes:
+                    counts.not_probed = (stream.partitions or 0) - max_probes
+                    requests += counts.not_probed
+                    exact = False
+                    break
+                counts.probed += 1
+                await slots.acquire()
+                group.start_soon(probe_one, partition)
+    except BaseExceptionGroup as group:
+        fatal = _first_fatal(group)
+        if fatal is None:
+            raise
+        raise fatal from None
+
+    stream.requests = requests
+    stream.exact = exact
+    stream.probe = counts
+
+
+def _first_fatal(group: BaseExceptionGroup[BaseException]) -> FatalError | None:
+    """Return the first FatalError in a task group's exceptions, however deeply nested."""
+    for error in group.exceptions:
+        if isinstance(error, FatalError):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            nested = _first_fatal(error)
+            if nested is not None:
+                return nested
+    return None
+
+
+def request_for(spec: StreamSpec, partition: Partition, *, page: int) -> tuple[str, dict[str, str]]:
+    """Return the path and query of one page of a partition, as the run sends them."""
+    endpoint = spec.endpoint
+    values: dict[str, str] = dict(endpoint.defaults)
+    values.update({constant.name: constant.value for constant in spec.constants})
+    values.update({name: render(value) for name, value in partition.items()})
+    path = endpoint.path
+    for name in endpoint.path_params:
+        path = path.replace("{" + name + "}", values.pop(name))
+    if endpoint.paginated:
+        values["page"] = str(page)
+    return path, values
+
+
+def _page_facts(body: Any) -> tuple[int | None, bool]:
+    pagination = body.get("pagination") if isinstance(body, dict) else None
+    if not isinstance(pagination, dict):
+        return None, False
+    pages = pagination.get("pages")
+    has_next = bool(pagination.get("hasNext"))
+    if isinstance(pages, int) and not isinstance(pages, bool):
+        return pages, has_next
+    return None, has_next
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def _requests_text(stream: StreamPlan) -> str:
+    if stream.requests is None:
+        return "unknown"
+    return str(stream.requests) if stream.exact else f"at least {stream.requests}"
+
+
+def format_plan(plan: Plan) -> str:
+    """Return the report of ``tm-export plan`` as text."""
+    count = len(plan.streams)
+    if plan.base_url is None:
+        sent = "nothing was sent"
+    else:
+        sent = f"probed {plan.base_url} with {plan.probe_requests} requests"
+    lines = [f"plan for {plan.recipe.path}: {count} stream{'s' if count != 1 else ''}; {sent}"]
+
+    rows: list[tuple[str, ...]] = [("stream", "endpoint", "partitions", "requests")]
+    for stream in plan.streams:
+        partitions = "unknown" if stream.partitions is None else str(stream.partitions)
+        rows.append((stream.name, stream.endpoint, partitions, _requests_text(stream)))
+    rows.append(("preflight", "", "", str(plan.preflight)))
+    total = str(plan.requests) if plan.exact else f"at least {plan.requests}"
+    rows.append(("total", "", "", total))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        cells = [
+            row[0].ljust(widths[0]),
+            row[1].ljust(widths[1]),
+            row[2].rjust(widths[2]),
+            row[3].rjust(widths[3]),
+        ]
+        lines.append("  ".join(cells).rstrip())
+
+    for stream in plan.streams:
+        lines.extend(_stream_notes(stream))
+    if plan.dependent:
+        lines.append(
+            f"total: without the requests of {', '.join(plan.dependent)}, known only once "
+            "the parent streams run"
+        )
+    lines.append(
+        "preflight: the server's heartbeat"
+        + (", and one token check" if plan.preflight == 2 else "")
+        + "; retries are not counted"
+    )
+    return "\n".join(lines)
+
+
+def _stream_notes(stream: StreamPlan) -> list[str]:
+    notes = []
+    if stream.parent is not None:
+        per_value = "" if stream.per_parent_value == 1 else f"{stream.per_parent_value} "
+        plural = "s" if stream.per_parent_value != 1 else ""
+        parent = stream.parent.split(".")[0]
+        notes.append(
+            f"{stream.name}: {per_value or 'one '}partition{plural} per distinct value of "
+            f"{stream.parent}, known only once {parent} runs"
+        )
+    elif stream.paginated and stream.probe is None:
+        notes.append(
+            f"{stream.name}: paginated, so at least one request per partition; --probe "
+            "fetches page 1 of each partition to count its pages"
+        )
+    if stream.probe is not None:
+        probe = stream.probe
+        parts = [f"probed {probe.probed} partition{'s' if probe.probed != 1 else ''}"]
+        if probe.skipped:
+            parts.append(f"{probe.skipped} skipped (403/404)")
+        if probe.failed:
+            parts.append(f"{probe.failed} failed, counted at one request")
+        if probe.without_page_count:
+            parts.append(f"{probe.without_page_count} without a page count, counted at two")
+        if probe.not_probed:
+            parts.append(f"{probe.not_probed} not probed (--max-probes), counted at one")
+        notes.append(f"{stream.name}: {', '.join(parts)}")
+    return notes
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    """Return the report of ``tm-export plan --json`` as JSON-ready data."""
+    return {
+        "recipe": str(plan.recipe.path),
+        "recipe_hash": plan.recipe.export_hash(),
+        "probed": plan.base_url is not None,
+        "base_url": plan.base_url,
+        "probe_requests": plan.probe_requests,
+        "streams": [
+            {
+                "name": stream.name,
+                "endpoint": stream.endpoint,
+                "paginated": stream.paginated,
+                "parent": stream.parent,
+                "partitions": stream.partitions,
+                "partitions_per_parent_value": stream.per_parent_value
+                if stream.parent is not None
+                else None,
+                "requests": stream.requests,
+                "requests_exact": stream.exact,
+                "probe": None
+                if stream.probe is None
+                else {
+                    "probed": stream.probe.probed,
+                    "not_probed": stream.probe.not_probed,
+                    "skipped": stream.probe.skipped,
+                    "failed": stream.probe.failed,
+                    "without_page_count": stream.probe.without_page_count,
+                },
+            }
+            for stream in plan.streams
+        ],
+        "preflight_requests": plan.preflight,
+        "total": {
+            "requests": plan.requests,
+            "exact": plan.exact,
+            "dependent_streams": plan.dependent,
+        },
+    }

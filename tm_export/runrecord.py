@@ -1,0 +1,237 @@
+"""The run record, ``run.json``: a run's citable summary, beside ``manifest.jsonl``.
+
+It names the tool version, the recipe (text and hashes), the server and its release, the
+time span, and for each stream file its records, bytes and SHA-256, its skipped and failed
+partitions, and whether it is canonical. Everything in it comes from the manifest and the
+files, never from the process that writes it, so the record written at the end of a run
+and the one ``tm-export record`` writes later are the same bytes.
+
+Format (``"format": 1``)::
+
+    {
+      "format": 1,
+      "run": "0001",
+      "tool": {"name": "tm-export", "version": "0.1.0", "session_versions": ["0.1.0"]},
+      "recipe": {"path": "...", "sha256": "<SHA-256 of the recipe text>",
+                 "export_hash": "<the manifest's recipe hash>", "text": "..."},
+      "base_url": "...", "tm_release": "v5.5.2", "authenticated": true,
+      "started": "2026-...Z", "ended": "2026-...Z" or null, "outcome": "complete",
+      "sessions": [{"at", "version", "base_url", "authenticated", "tm_release"}, ...],
+      "manifest": {"file": "manifest.jsonl", "bytes": N, "sha256": "..."},
+      "incremental": null or {"since": "...", "previous": ["0001"]},
+      "deleted_projects": [ids an incremental run found deleted],
+      "streams": {
+        "NAME": {"file": "data/NAME.jsonl", "records": N, "bytes": N, "sha256": "...",
+                 "canonical": false, "duplicates": N,
+                 "partitions": {"done": N, "skipped": N, "failed": N, "pending": N},
+                 "skipped": [{"partition": {...}, "status": 404, "sub_code": "..."}],
+                 "failed": [{"partition": {...}, "status": 500, "error": "...",
+                             "missing_pages": [2]}],
+                 "problems": [{"partition": {...}, "problem": "..."}]}
+      }
+    }
+
+``authenticated`` is true only when every session's token was accepted. ``outcome`` is
+``complete``, ``failures`` or null while the run is unfinished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .errors import ExitCode, ManifestError, StorageError, TmExportError
+from .layout import MANIFEST_NAME
+from .status import FINAL_STATES, run_status
+from .verify import RunCheck, RunStateError, check_run, fsync_path, locate_run
+
+if TYPE_CHECKING:
+    from .engine import RunResult
+    from .recipe import Recipe
+
+FORMAT = 1
+
+
+class RunDamagedError(TmExportError):
+    """A run's files do not match its manifest, so no record or rewrite is made."""
+
+    exit_code = ExitCode.FAILURES
+
+
+def write_run_record(
+    run_folder: Path, recipe: Recipe | None = None, result: RunResult | None = None
+) -> Path:
+    """Verify a run and write its run record atomically; return the record's path.
+
+    ``recipe`` and ``result``, when the engine passes them, are checked to belong to this
+    run. The record itself is built from the manifest and the files alone. The caller must
+    keep other writers away: the engine holds the output lock, and ``tm-export record``
+    takes it.
+
+    Raises:
+        RunFolderError: ``run_folder`` is not a run folder.
+        ManifestError: the manifest is damaged, or belongs to another recipe than ``recipe``.
+        RunStateError: the run is a bag.
+        RunDamagedError: a stream file does not match the manifest.
+        StorageError: the record cannot be written.
+    """
+    paths = locate_run(run_folder)
+    if paths.bagged:
+        raise RunStateError(
+            f"{run_folder}: the run is a bag, and its run record is part of the bag's payload; "
+            "a new record would make the bag invalid, so none was written"
+        )
+    check = check_run(paths, check_bag=False)
+    if recipe is not None and recipe.export_hash() != check.state.header.get("recipe_hash"):
+        raise ManifestError(
+            f"{paths.manifest}: the run was made by a recipe that exports something else than "
+            f"{recipe.path}; no run record was written"
+        )
+    if result is not None and result.run_folder.resolve() != paths.folder.resolve():
+        raise ValueError(f"the result belongs to {result.run_folder}, not to {paths.folder}")
+    require_verified(check, "no run record was written")
+
+    data = orjson.dumps(build_run_record(check), option=orjson.OPT_INDENT_2) + b"\n"
+    write_atomically(paths.record, data)
+    return paths.record
+
+
+def require_verified(check: RunCheck, consequence: str) -> None:
+    """Raise RunDamagedError naming each file that does not match the manifest."""
+    if check.ok:
+        return
+    problems = [f"{s.file}: {p}" for s in check.streams for p in s.problems] + check.problems
+    raise RunDamagedError(
+        f"{check.paths.folder}: {len(problems)} mismatch{'es' if len(problems) != 1 else ''} "
+        f"with the manifest, {consequence}: {'; '.join(problems[:5])}"
+        + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        + f". Run 'tm-export verify {check.paths.folder}' for the full report"
+    )
+
+
+def build_run_record(check: RunCheck) -> dict[str, Any]:
+    """Return the run record of a verified run, as JSON-ready data."""
+    paths = check.paths
+    header = check.state.header
+    status = run_status(paths)
+    sessions = check.state.sessions
+    last = sessions[-1] if sessions else {}
+    text = str(header.get("recipe_text", ""))
+    manifest_bytes = check.contents.valid_bytes
+    with paths.manifest.open("rb") as file:
+        manifest_sha256 = hashlib.sha256(file.read(manifest_bytes)).hexdigest()
+
+    streams: dict[str, Any] = {}
+    by_name = {stream.name: stream for stream in status.streams}
+    for stream in check.streams:
+        counts = by_name[stream.stream].partitions
+        streams[stream.stream] = {
+            "file": paths.stream_file(stream.stream).relative_to(paths.root).as_posix(),
+            "records": stream.records,
+            "bytes": stream.committed_end,
+            "sha256": stream.sha256,
+            "canonical": stream.canonical,
+            "duplicates": by_name[stream.stream].duplicates,
+            "partitions": {key: counts[key] for key in (*FINAL_STATES, "pending")},
+            **_partition_lists(check, stream.stream),
+        }
+
+    return {
+        "format": FORMAT,
+        "run": paths.folder.name,
+        "tool": {
+            "name": header.get("tool", "tm-export"),
+            "version": header.get("version"),
+            "session_versions": _distinct(session.get("version") for session in sessions),
+        },
+        "recipe": {
+            "path": header.get("recipe_path"),
+            "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "export_hash": header.get("recipe_hash"),
+            "text": text,
+        },
+        "base_url": last.get("settings", {}).get("base_url"),
+        "tm_release": last.get("tm_release"),
+        "authenticated": bool(sessions) and all(s.get("authenticated") for s in sessions),
+        "started": header.get("started"),
+        "ended": status.ended,
+        "outcome": check.state.ends[-1].get("outcome") if check.finished else None,
+        "sessions": [
+            {
+                "at": session.get("at"),
+                "version": session.get("version"),
+                "base_url": session.get("settings", {}).get("base_url"),
+                "authenticated": session.get("authenticated"),
+                "tm_release": session.get("tm_release"),
+            }
+            for session in sessions
+        ],
+        "manifest": {"file": MANIFEST_NAME, "bytes": manifest_bytes, "sha256": manifest_sha256},
+        "incremental": header.get("incremental"),
+        "deleted_projects": sorted({int(entry["project_id"]) for entry in check.state.deleted}),
+        "streams": streams,
+    }
+
+
+def _partition_lists(check: RunCheck, stream: str) -> dict[str, list[dict[str, Any]]]:
+    """Return the skipped and failed partitions of a stream, and the problems of any."""
+    skipped: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    problems: list[dict[str, Any]] = []
+    partitions = check.state.streams[stream].partitions
+    for partition_id, partition in partitions.items():
+        final = partition.final
+        if final is None:
+            continue
+        values = orjson.loads(partition_id)
+        if final["state"] == "skipped":
+            skipped.append(
+                {
+                    "partition": values,
+                    "status": final.get("status"),
+                    "sub_code": final.get("sub_code"),
+                }
+            )
+        elif final["state"] == "failed":
+            failed.append(
+                {
+                    "partition": values,
+                    "status": final.get("status"),
+                    "error": final.get("error"),
+                    "missing_pages": final.get("missing_pages", []),
+                }
+            )
+        for problem in final.get("problems", []):
+            problems.append({"partition": values, "problem": problem})
+    return {"skipped": skipped, "failed": failed, "problems": problems}
+
+
+def _distinct(values: Any) -> list[Any]:
+    seen: list[Any] = []
+    for value in values:
+        if value not in seen:
+            seen.append(value)
+    return seen
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: a temporary file, fsync, rename, then fsync the folder.
+
+    Raises:
+        StorageError: a write, fsync or rename failed; ``path`` is unchanged then.
+    """
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with temporary.open("wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+        fsync_path(path.parent)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise StorageError(f"{path}: cannot write: {error.strerror}") from error

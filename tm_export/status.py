@@ -1,0 +1,354 @@
+"""Report how far a run has come, from its manifest alone: ``tm-export status``.
+
+Status only reads. It takes no lock and writes nothing, so it works while a session is
+running. An unfinished last journal line (the one being written) is ignored and reported.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .params import DateWindows, Each, IntRange, StaticSpec, Step, count_static
+from .verify import (
+    RunPaths,
+    find_runs,
+    read_manifest,
+    run_state_label,
+    session_finished,
+    stream_layouts,
+)
+
+#: Characters of a partition's error message shown in the text report.
+ERROR_CHARS = 160
+
+FINAL_STATES = ("done", "skipped", "failed")
+
+
+def static_specs(description: dict[str, Any]) -> tuple[StaticSpec, ...] | None:
+    """Rebuild a stream's static parameter specs from its manifest description.
+
+    Returns None for a stream with a ``from`` parameter, whose partitions come from its
+    parent's records.
+    """
+    specs: list[StaticSpec] = []
+    for spec in description.get("varying", []):
+        if "from" in spec:
+            return None
+        if "each" in spec:
+            specs.append(Each(spec["name"], tuple(spec["each"])))
+        elif "range" in spec:
+            start, stop, step = spec["range"]
+            specs.append(IntRange(spec["name"], start, stop, step))
+        else:
+            specs.append(
+                DateWindows(
+                    spec["bind"][0],
+                    spec["bind"][1],
+                    dt.date.fromisoformat(spec["start"]),
+                    dt.date.fromisoformat(spec["end"]),
+                    _parse_step(spec["step"]) if spec.get("step") else None,
+                    spec.get("max_days"),
+                )
+            )
+    return tuple(specs)
+
+
+def _parse_step(text: str) -> Step:
+    """Parse a step as ``Step.__str__`` writes it, such as ``1 month`` or ``2 weeks``."""
+    count, unit = text.split()
+    return Step(int(count), unit.removesuffix("s"))
+
+
+@dataclass(slots=True)
+class StreamStatus:
+    """Partition and record counts of one stream."""
+
+    name: str
+    parent: str | None
+    """``STREAM.FIELD`` of a dependent stream, whose partitions come from its parent."""
+    partitions: Counter[str] = field(default_factory=Counter)
+    """Counts by state: done, skipped, failed and pending (known so far)."""
+    pending_final: bool = True
+    """False while a dependent stream may still learn new partitions from its parent."""
+    records: int = 0
+    duplicates: int = 0
+    committed_bytes: int = 0
+    file_bytes: int | None = None
+    last_error: str | None = None
+    last_error_partition: str | None = None
+    skip_reasons: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
+class RunStatus:
+    """Counts that the manifest of one run proves, stream by stream."""
+
+    paths: RunPaths
+    state: str
+    """``complete``, ``finished with failures`` or ``unfinished``."""
+    header: dict[str, Any]
+    sessions: list[dict[str, Any]]
+    ended: str | None
+    streams: list[StreamStatus]
+    dropped_bytes: int
+    canonical: list[str]
+    """Streams whose last committed change is a canonical rewrite."""
+
+    @property
+    def records(self) -> int:
+        return sum(stream.records for stream in self.streams)
+
+
+def run_status(paths: RunPaths) -> RunStatus:
+    """Read a run's manifest and count its partitions and records, without writing anything.
+
+    Raises:
+        ManifestError: the manifest is damaged.
+    """
+    state, contents = read_manifest(paths)
+    entries = contents.entries
+    finished = session_finished(entries)
+    layouts = stream_layouts(entries)
+    descriptions: dict[str, Any] = state.header.get("streams", {})
+
+    streams = []
+    for name, stream_state in state.streams.items():
+        description = descriptions.get(name, {})
+        parent = next(
+            (spec["from"] for spec in description.get("varying", []) if "from" in spec), None
+        )
+        status = StreamStatus(name, parent)
+        for partition in stream_state.partitions.values():
+            status.partitions[partition.state] += 1
+            pages = partition.pages.values()
+            status.records += sum(page.records for page in pages)
+            status.duplicates += sum(page.duplicates for page in pages)
+            final = partition.final or {}
+            if partition.state == "skipped":
+                reason = f"{final.get('status')} {final.get('sub_code') or ''}".strip()
+                status.skip_reasons[reason] += 1
+        # A shard owns an unknown share of the static partitions, and an incremental run
+        # skips the date windows that earlier runs finished, so count what the run has seen.
+        seen_only = state.header.get("shard") or state.header.get("incremental")
+        specs = None if seen_only else static_specs(description)
+        if specs is not None:
+            known = count_static(specs)
+            finals = sum(status.partitions[state_name] for state_name in FINAL_STATES)
+            status.partitions["pending"] = known - finals
+        else:
+            status.pending_final = finished
+        layout = layouts.get(name)
+        status.committed_bytes = layout.committed_end if layout else 0
+        path = paths.stream_file(name)
+        status.file_bytes = path.stat().st_size if path.exists() else None
+        streams.append(status)
+
+    for entry in entries:
+        if entry.get("t") == "part" and entry.get("state") == "failed" and "error" in entry:
+            stream = next((s for s in streams if s.name == entry["s"]), None)
+            if stream is not None:
+                stream.last_error = str(entry["error"])
+                stream.last_error_partition = str(entry["p"])
+
+    canonical = [name for name, layout in layouts.items() if layout.canonical is not None]
+    return RunStatus(
+        paths=paths,
+        state=run_state_label(finished, state),
+        header=state.header,
+        sessions=state.sessions,
+        ended=state.ends[-1].get("at") if finished else None,
+        streams=streams,
+        dropped_bytes=contents.dropped_bytes,
+        canonical=canonical,
+    )
+
+
+def status_of(folder: Path) -> tuple[RunStatus, list[RunStatus]]:
+    """Return the status of the chosen run and of every run beside it, oldest first.
+
+    ``folder`` is an output folder (the newest run is chosen) or one run folder.
+
+    Raises:
+        RunFolderError: ``folder`` is neither an output folder nor a run folder.
+        ManifestError: a manifest is damaged.
+    """
+    runs = find_runs(folder)
+    chosen = runs[-1]
+    siblings = find_runs(chosen.output) if chosen.output is not None else [chosen]
+    history = [run_status(run) for run in siblings]
+    by_folder = {status.paths.folder: status for status in history}
+    return by_folder.get(chosen.folder) or run_status(chosen), history
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def _pending_text(stream: StreamStatus) -> str:
+    pending = stream.partitions["pending"]
+    return f"{pending}+" if not stream.pending_final else str(pending)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def _sessions_line(status: RunStatus) -> str:
+    sessions = status.sessions
+    merged_from = status.header.get("merged_from")
+    if not sessions and merged_from:
+        return f"sessions: none; merged from {len(merged_from)} shards: {', '.join(merged_from)}"
+    if not sessions:
+        return "sessions: none yet (the first session stopped before its first request)"
+    last = sessions[-1]
+    base_url = last.get("settings", {}).get("base_url", "unknown")
+    authenticated = "yes" if last.get("authenticated") else "no"
+    return (
+        f"sessions: {len(sessions)}, the last started {last.get('at')}; base URL {base_url}; "
+        f"authenticated: {authenticated}; TM release: {last.get('tm_release') or 'unknown'}"
+    )
+
+
+def _state_line(status: RunStatus) -> str:
+    if status.state == "unfinished":
+        return (
+            "state: unfinished (no session has finished every partition yet: a session is "
+            "running, or it stopped; run the same command again to resume)"
+        )
+    return f"state: {status.state}, ended {status.ended}"
+
+
+def format_status(status: RunStatus, history: list[RunStatus]) -> str:
+    """Return the report of ``tm-export status`` as text."""
+    lines = [
+        f"run: {status.paths.folder}" + (" (a bag)" if status.paths.bagged else ""),
+        _state_line(status),
+        f"started: {status.header.get('started')}",
+        _sessions_line(status),
+        "",
+    ]
+
+    header = ("stream", "done", "pending", "skipped", "failed", "records", "bytes")
+    rows: list[tuple[str, ...]] = [header]
+    for stream in status.streams:
+        rows.append(
+            (
+                stream.name,
+                str(stream.partitions["done"]),
+                _pending_text(stream),
+                str(stream.partitions["skipped"]),
+                str(stream.partitions["failed"]),
+                str(stream.records),
+                str(stream.committed_bytes),
+            )
+        )
+    lines.extend(_table(rows))
+
+    if any(not stream.pending_final for stream in status.streams):
+        lines.append(
+            "pending: partitions known so far; N+ marks a dependent stream, which learns more "
+            "from its parent's records"
+        )
+    for stream in status.streams:
+        if stream.parent is not None:
+            lines.append(f"{stream.name}: one partition per value of {stream.parent}")
+    for stream in status.streams:
+        if stream.skip_reasons:
+            detail = ", ".join(
+                f"{reason}: {n}" for reason, n in sorted(stream.skip_reasons.items())
+            )
+            lines.append(f"{stream.name}: skipped {detail}")
+        if stream.last_error is not None:
+            error = stream.last_error
+            if len(error) > ERROR_CHARS:
+                error = error[: ERROR_CHARS - 3] + "..."
+            lines.append(
+                f"{stream.name}: last error, partition {stream.last_error_partition}: {error}"
+            )
+        uncommitted = (stream.file_bytes or 0) - stream.committed_bytes
+        if uncommitted > 0:
+            lines.append(f"{stream.name}: {uncommitted} uncommitted bytes after the committed end")
+    if status.canonical:
+        lines.append(f"canonical files: {', '.join(status.canonical)}")
+    if status.dropped_bytes:
+        lines.append(
+            f"manifest: an unfinished last line of {status.dropped_bytes} bytes was ignored "
+            "(a session may be writing it)"
+        )
+
+    lines.extend(["", "runs:"])
+    history_rows: list[tuple[str, ...]] = []
+    for run in history:
+        flags = [run.state]
+        if run.paths.bagged:
+            flags.append("a bag")
+        history_rows.append(
+            (
+                f"  {run.paths.folder.name}",
+                ", ".join(flags),
+                f"started {run.header.get('started')}",
+                f"ended {run.ended}" if run.ended else "not ended",
+                f"{len(run.sessions)} session{'s' if len(run.sessions) != 1 else ''}",
+                f"{run.records} records",
+            )
+        )
+    widths = [max(len(row[i]) for row in history_rows) for i in range(len(history_rows[0]))]
+    for row in history_rows:
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    return "\n".join(lines)
+
+
+def _stream_json(stream: StreamStatus) -> dict[str, Any]:
+    return {
+        "partitions": {key: stream.partitions[key] for key in (*FINAL_STATES, "pending")},
+        "pending_final": stream.pending_final,
+        "parent": stream.parent,
+        "records": stream.records,
+        "duplicates": stream.duplicates,
+        "committed_bytes": stream.committed_bytes,
+        "file_bytes": stream.file_bytes,
+        "skip_reasons": dict(sorted(stream.skip_reasons.items())),
+        "last_error": stream.last_error,
+        "last_error_partition": stream.last_error_partition,
+    }
+
+
+def status_json(status: RunStatus, history: list[RunStatus]) -> dict[str, Any]:
+    """Return the report of ``tm-export status --json`` as JSON-ready data."""
+    last = status.sessions[-1] if status.sessions else {}
+    return {
+        "run": str(status.paths.folder),
+        "bagged": status.paths.bagged,
+        "state": status.state,
+        "complete": status.state == "complete",
+        "started": status.header.get("started"),
+        "ended": status.ended,
+        "sessions": len(status.sessions),
+        "base_url": last.get("settings", {}).get("base_url"),
+        "authenticated": last.get("authenticated"),
+        "tm_release": last.get("tm_release"),
+        "streams": {stream.name: _stream_json(stream) for stream in status.streams},
+        "canonical": status.canonical,
+        "manifest_dropped_bytes": status.dropped_bytes,
+        "runs": [
+            {
+                "run": str(run.paths.folder),
+                "state": run.state,
+                "bagged": run.paths.bagged,
+                "started": run.header.get("started"),
+                "ended": run.ended,
+                "sessions": len(run.sessions),
+                "records": run.records,
+            }
+            for run in history
+        ],
+    }

@@ -1,0 +1,722 @@
+"""Check a run's files against what its manifest proves: ``tm-export verify``.
+
+For each stream file, one sequential pass computes the SHA-256 of the committed bytes
+and counts their lines and the lines that parse as JSON. It also checks that every
+committed segment of the file contains exactly the lines its journal entry names:
+
+- a ``page`` entry covers bytes ``start..end`` holding ``records`` lines;
+- a ``canonical`` entry (see ``canonical.py``) covers bytes ``0..bytes`` holding ``lines``
+  lines with the SHA-256 ``sha256``, and replaces the page entries before it.
+
+Segments must tile the file from byte 0 to the committed end, each ending on a line end.
+A finished run's file must end at its committed end; in an unfinished run, bytes after it
+are uncommitted (a session may be writing them, and the next session cuts them off), so
+they are reported but are no damage. When the run has a run record (``run.json``), each
+file's SHA-256 is compared with it, and when the run folder is a BagIt bag, every file is
+compared with the bag's SHA-256 manifests.
+
+This module also locates runs: a run folder holds ``manifest.jsonl`` and ``data/``, or is
+a bag whose payload folder ``data/`` holds them (see ``bag.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bagit  # type: ignore[import-untyped]
+import orjson
+
+from .errors import ExitCode, TmExportError
+from .journal import JournalContents
+from .layout import DATA_FOLDER, MANIFEST_NAME, list_runs, runs_folder, stream_path
+from .manifest import ManifestState, load_state
+
+logger = logging.getLogger("tm_export.verify")
+
+#: The run record's file name, beside ``manifest.jsonl``.
+RECORD_NAME = "run.json"
+
+#: The file whose presence makes a folder a BagIt bag.
+BAG_DECLARATION = "bagit.txt"
+
+#: The last tag file bagit writes; a bag without it was interrupted while being made.
+BAG_TAG_MANIFEST = "tagmanifest-sha256.txt"
+
+#: Invalid JSON lines listed by line number per file; more are only counted.
+LISTED_BAD_LINES = 5
+
+HASH_BLOCK = 1 << 20
+
+
+class RunFolderError(TmExportError):
+    """The folder given is not a run folder or an output folder; nothing was read."""
+
+    exit_code = ExitCode.USAGE
+
+
+class RunStateError(TmExportError):
+    """The run is unfinished or a bag, so the command cannot change it; nothing was changed."""
+
+    exit_code = ExitCode.USAGE
+
+
+class BagInterruptedError(TmExportError):
+    """Making a run folder a bag was interrupted; ``tm-export bag`` finishes it."""
+
+    exit_code = ExitCode.FATAL
+
+
+# --- locating runs -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunPaths:
+    """The locations of one run's files.
+
+    ``folder`` is the run folder (``OUTPUT/runs/0001``). ``root`` contains
+    ``manifest.jsonl`` and ``data/``. It is the run folder itself, or the bag's payload
+    folder ``data/`` once the run is a bag.
+    """
+
+    folder: Path
+    root: Path
+    bagged: bool
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST_NAME
+
+    @property
+    def record(self) -> Path:
+        return self.root / RECORD_NAME
+
+    def stream_file(self, stream: str) -> Path:
+        return stream_path(self.root, stream)
+
+    def shown(self, path: Path) -> str:
+        """Return ``path`` relative to the run folder, as messages name files."""
+        return path.relative_to(self.folder).as_posix()
+
+    @property
+    def output(self) -> Path | None:
+        """The output folder that contains the run, or None outside the ``runs/`` layout."""
+        return self.folder.parent.parent if self.folder.parent.name == "runs" else None
+
+
+def locate_run(folder: Path) -> RunPaths:
+    """Return the paths of the run in ``folder``, a plain run folder or a bag.
+
+    Raises:
+        RunFolderError: ``folder`` contains no manifest.
+        BagInterruptedError: making the folder a bag was interrupted.
+    """
+    if (folder / BAG_DECLARATION).is_file() and (folder / DATA_FOLDER / MANIFEST_NAME).is_file():
+        if not (folder / BAG_TAG_MANIFEST).is_file():
+            raise BagInterruptedError(
+                f"{folder}: the run folder is a bag whose making was interrupted "
+                f"({BAG_TAG_MANIFEST} is missing); run 'tm-export bag {folder}' again to finish it"
+            )
+        return RunPaths(folder, folder / DATA_FOLDER, bagged=True)
+    if (folder / MANIFEST_NAME).is_file():
+        return RunPaths(folder, folder, bagged=False)
+    if interrupted_bag_folder(folder) is not None:
+        raise BagInterruptedError(
+            f"{folder}: the run folder was being made a bag when that was interrupted; "
+            f"run 'tm-export bag {folder}' again to finish it"
+        )
+    raise RunFolderError(
+        f"{folder}: not a run folder: it has no {MANIFEST_NAME}; give an output folder "
+        "(with runs/) or a run folder such as OUTPUT/runs/0001"
+    )
+
+
+def interrupted_bag_folder(folder: Path) -> Path | None:
+    """Return the temporary folder that an interrupted ``bagit.make_bag`` left, if any.
+
+    bagit 1.9 moves a folder's contents into a new ``tmp*`` folder (made by
+    ``tempfile.mkdtemp``) and then renames it to ``data``. A crash in between leaves the
+    manifest or the data folder inside that temporary folder.
+    """
+    if not folder.is_dir():
+        return None
+    for child in sorted(folder.iterdir()):
+        if not (child.is_dir() and child.name.startswith("tmp")):
+            continue
+        if (child / MANIFEST_NAME).exists() or (child / DATA_FOLDER).is_dir():
+            return child
+    return None
+
+
+def find_runs(folder: Path) -> list[RunPaths]:
+    """Return the runs in ``folder``: every run of an output folder, oldest first, or one run.
+
+    Raises:
+        RunFolderError: ``folder`` is missing, or is neither an output nor a run folder.
+    """
+    if not folder.is_dir():
+        raise RunFolderError(f"{folder}: folder not found")
+    if runs_folder(folder).is_dir():
+        runs = [locate_run(run) for run in list_runs(folder)]
+        if not runs:
+            raise RunFolderError(f"{folder}: the output folder has no runs yet")
+        return runs
+    return [locate_run(folder)]
+
+
+def newest_run(folder: Path) -> RunPaths:
+    """Return the run in a run folder, or the newest run of an output folder."""
+    return find_runs(folder)[-1]
+
+
+# --- what the journal proves --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A byte range of a stream file that one journal entry proves, and its line count."""
+
+    start: int
+    end: int
+    lines: int
+    label: str
+    sha256: str | None = None
+    """Set for a canonical rewrite, whose entry records the SHA-256 of bytes 0..end."""
+
+
+@dataclass(slots=True)
+class StreamLayout:
+    """The committed segments of one stream file, in file order."""
+
+    segments: list[Segment] = field(default_factory=list)
+    canonical: dict[str, Any] | None = None
+    """The last canonical entry, when no page was committed after it."""
+
+    @property
+    def committed_end(self) -> int:
+        return max((segment.end for segment in self.segments), default=0)
+
+    @property
+    def records(self) -> int:
+        return sum(segment.lines for segment in self.segments)
+
+
+def stream_layouts(entries: list[dict[str, Any]]) -> dict[str, StreamLayout]:
+    """Return each stream's committed segments, from the journal entries in order."""
+    header = entries[0]
+    layouts = {name: StreamLayout() for name in header.get("streams", {})}
+    for entry in entries[1:]:
+        kind = entry.get("t")
+        if kind == "page":
+            layout = layouts.setdefault(entry["s"], StreamLayout())
+            label = f"page {entry['n']} of partition {entry['p']}"
+            layout.segments.append(Segment(entry["start"], entry["end"], entry["records"], label))
+            layout.canonical = None
+        elif kind == "canonical":
+            layout = layouts.setdefault(entry["s"], StreamLayout())
+            layout.segments = [
+                Segment(0, entry["bytes"], entry["lines"], "canonical rewrite", entry["sha256"])
+            ]
+            layout.canonical = entry
+    for layout in layouts.values():
+        layout.segments.sort(key=lambda segment: (segment.start, segment.end))
+    return layouts
+
+
+def session_finished(entries: list[dict[str, Any]]) -> bool:
+    """Return True when an ``end`` entry follows the last session: every partition is final.
+
+    A merged run (``tm-export merge``) has an ``end`` entry and no session entries.
+    """
+    last_session = last_end = -1
+    for index, entry in enumerate(entries):
+        if entry.get("t") == "session":
+            last_session = index
+        elif entry.get("t") == "end":
+            last_end = index
+    return last_end > last_session
+
+
+# --- checking one stream file ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StreamCheck:
+    """Findings of one pass over a stream file, compared with its committed segments."""
+
+    stream: str
+    file: str
+    """The file's path relative to the run folder."""
+    size: int | None
+    """Bytes on disk, or None when the file is missing."""
+    committed_end: int
+    expected_records: int
+    sha256: str | None = None
+    """SHA-256 of the committed bytes (the whole file when nothing follows them)."""
+    lines: int = 0
+    records: int = 0
+    uncommitted_bytes: int = 0
+    canonical: bool = False
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_stream(
+    path: Path, shown: str, stream: str, layout: StreamLayout, *, finished: bool
+) -> StreamCheck:
+    """Read a stream file once and compare it with its committed segments."""
+    committed_end = layout.committed_end
+    check = StreamCheck(stream, shown, None, committed_end, layout.records)
+    check.problems.extend(_tiling_problems(layout))
+
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        if committed_end > 0:
+            check.problems.append(
+                f"the file is missing, but the manifest proves {committed_end} bytes committed"
+            )
+        else:
+            check.notes.append("the file is missing; it has no committed bytes")
+            check.sha256 = hashlib.sha256().hexdigest()
+        return check
+    check.size = size
+
+    if size < committed_end:
+        check.problems.append(
+            f"the file has {size} bytes, but the manifest proves {committed_end} committed"
+        )
+    elif size > committed_end:
+        check.uncommitted_bytes = size - committed_end
+        if finished:
+            check.problems.append(
+                f"{size - committed_end} bytes follow the committed end at byte "
+                f"{committed_end}; a finished run's file must end there"
+            )
+        else:
+            check.notes.append(
+                f"{size - committed_end} uncommitted bytes after the committed end at byte "
+                f"{committed_end} (a session may be writing them; the next session cuts them off)"
+            )
+
+    _scan(path, check, layout)
+    return check
+
+
+def _tiling_problems(layout: StreamLayout) -> list[str]:
+    problems = []
+    position = 0
+    for segment in layout.segments:
+        if segment.start > position:
+            problems.append(
+                f"manifest: bytes {position}..{segment.start} belong to no committed entry"
+            )
+        elif segment.start < position:
+            problems.append(
+                f"manifest: {segment.label} (bytes {segment.start}..{segment.end}) overlaps "
+                f"the entry before it"
+            )
+        position = max(position, segment.end)
+    return problems
+
+
+def _scan(path: Path, check: StreamCheck, layout: StreamLayout) -> None:
+    """Hash, count and parse the committed lines, and count each segment's lines."""
+    committed_end = check.committed_end
+    segments = layout.segments
+    counts = [0] * len(segments)
+    index = 0
+    crossed: str | None = None
+    bad_lines: list[int] = []
+    hasher = hashlib.sha256()
+    offset = 0
+
+    with path.open("rb") as file:
+        for line in _lines(file, committed_end):
+            line_end = offset + len(line)
+            hasher.update(line)
+            check.lines += 1
+            if not line.endswith(b"\n"):
+                check.problems.append(
+                    f"the committed bytes end inside a line at byte {line_end} "
+                    "(the file was cut or changed)"
+                )
+            try:
+                orjson.loads(line)
+            except orjson.JSONDecodeError:
+                bad_lines.append(check.lines)
+            else:
+                check.records += 1
+
+            while index < len(segments) and segments[index].end <= offset:
+                index += 1
+            if index < len(segments) and crossed is None:
+                segment = segments[index]
+                if line_end > segment.end:
+                    crossed = (
+                        f"the line at bytes {offset}..{line_end} crosses the end of "
+                        f"{segment.label} at byte {segment.end}"
+                    )
+                else:
+                    counts[index] += 1
+                    if segment.sha256 is not None and line_end == segment.end:
+                        _compare_canonical(check, segment, hasher.copy().hexdigest())
+            offset = line_end
+
+    check.sha256 = hasher.hexdigest()
+    # A canonical prefix followed by later pages is verified, but the file is not canonical.
+    check.canonical = check.canonical and layout.canonical is not None
+    if crossed is not None:
+        check.problems.append(crossed)
+    else:
+        for segment, count in zip(segments, counts, strict=True):
+            if segment.sha256 is not None and segment.end == 0:
+                _compare_canonical(check, segment, hashlib.sha256().hexdigest())
+            if count != segment.lines and offset >= segment.end:
+                check.problems.append(
+                    f"{segment.label} (bytes {segment.start}..{segment.end}) contains {count} "
+                    f"lines, but the manifest records {segment.lines}"
+                )
+    if bad_lines:
+        listed = ", ".join(str(number) for number in bad_lines[:LISTED_BAD_LINES])
+        more = len(bad_lines) - LISTED_BAD_LINES
+        check.problems.append(
+            f"{len(bad_lines)} committed lines are not valid JSON (line {listed}"
+            + (f" and {more} more)" if more > 0 else ")")
+        )
+    if offset >= committed_end and check.lines != check.expected_records:
+        check.problems.append(
+            f"{check.lines} committed lines, but the manifest records {check.expected_records}"
+        )
+
+
+def _compare_canonical(check: StreamCheck, segment: Segment, actual: str) -> None:
+    if actual == segment.sha256:
+        check.canonical = True
+        return
+    problem = (
+        f"the SHA-256 of bytes 0..{segment.end} is {actual}, but the canonical entry "
+        f"records {segment.sha256}"
+    )
+    check.problems.append(problem)
+
+
+def _lines(file: Any, limit: int) -> Iterator[bytes]:
+    """Yield the lines of ``file`` up to byte ``limit``; the last may be cut there."""
+    remaining = limit
+    while remaining > 0:
+        line = file.readline(remaining)
+        if not line:
+            return
+        remaining -= len(line)
+        yield line
+
+
+def file_sha256(path: Path) -> str:
+    """Return the SHA-256 of a whole file, read in blocks."""
+    hasher = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(HASH_BLOCK):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+# --- checking a run ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RunCheck:
+    """The result of verifying one run."""
+
+    paths: RunPaths
+    state: ManifestState
+    contents: JournalContents
+    finished: bool
+    streams: list[StreamCheck]
+    problems: list[str] = field(default_factory=list)
+    """Problems with files other than stream files: the run record and the bag."""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(stream.ok for stream in self.streams)
+
+    @property
+    def mismatches(self) -> int:
+        return len(self.problems) + sum(len(stream.problems) for stream in self.streams)
+
+
+def read_manifest(paths: RunPaths) -> tuple[ManifestState, JournalContents]:
+    """Read a run's manifest without changing it; an unfinished last line is dropped quietly.
+
+    Raises:
+        ManifestError: the manifest is damaged (any damage other than an unfinished last line).
+    """
+    journal_logger = logging.getLogger("tm_export.journal")
+    level = journal_logger.level
+    # The caller reports the dropped bytes itself, so the journal's warning would repeat it.
+    journal_logger.setLevel(logging.ERROR)
+    try:
+        return load_state(paths.manifest)
+    finally:
+        journal_logger.setLevel(level)
+
+
+def check_run(paths: RunPaths, *, check_bag: bool = True) -> RunCheck:
+    """Verify every stream file of a run, then its run record and bag when it has them.
+
+    A run record is compared only while the manifest is as the record describes it.
+    Later entries (a canonical rewrite, a resumed session) make it out of date, not wrong.
+
+    Raises:
+        ManifestError: the manifest is damaged.
+    """
+    state, contents = read_manifest(paths)
+    finished = session_finished(contents.entries)
+    layouts = stream_layouts(contents.entries)
+    streams = [
+        check_stream(
+            paths.stream_file(name),
+            paths.shown(paths.stream_file(name)),
+            name,
+            layout,
+            finished=finished,
+        )
+        for name, layout in layouts.items()
+    ]
+    check = RunCheck(paths, state, contents, finished, streams)
+    if contents.dropped_bytes:
+        check.notes.append(
+            f"{paths.shown(paths.manifest)}: an unfinished last line of {contents.dropped_bytes} "
+            "bytes was ignored (a session may be writing it)"
+        )
+    for stream in streams:
+        _note_unfinished_canonical(paths, stream)
+    _note_other_files(paths, layouts, check)
+    if paths.record.exists():
+        _compare_record(paths, check)
+    if paths.bagged and check_bag:
+        _compare_bag(paths, check)
+    return check
+
+
+def canonical_temporary_path(stream_file: Path) -> Path:
+    """Return where ``tm-export canonical`` writes a stream file's sorted copy before the rename."""
+    return stream_file.with_name(f".{stream_file.name}.canonical")
+
+
+def _note_unfinished_canonical(paths: RunPaths, stream: StreamCheck) -> None:
+    temporary = canonical_temporary_path(paths.stream_file(stream.stream))
+    if temporary.exists() and not stream.canonical:
+        stream.notes.append(
+            f"a canonical rewrite was interrupted ({paths.shown(temporary)} is left); run "
+            f"'tm-export canonical {paths.folder}' again to finish it"
+        )
+
+
+def _note_other_files(paths: RunPaths, layouts: dict[str, StreamLayout], check: RunCheck) -> None:
+    data = paths.root / DATA_FOLDER
+    if not data.is_dir():
+        return
+    known = {paths.stream_file(name).name for name in layouts}
+    for child in sorted(data.iterdir()):
+        if child.name not in known and not child.name.startswith("."):
+            check.notes.append(f"{paths.shown(child)}: not a stream of this run; not verified")
+
+
+def _compare_record(paths: RunPaths, check: RunCheck) -> None:
+    shown = paths.shown(paths.record)
+    try:
+        record = orjson.loads(paths.record.read_bytes())
+        described = record["streams"]
+        if not isinstance(described, dict):
+            raise TypeError("streams is not a mapping")
+    except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+        check.problems.append(f"{shown}: not a valid run record ({error})")
+        return
+
+    if record.get("recipe", {}).get("export_hash") != check.state.header.get("recipe_hash"):
+        check.problems.append(f"{shown}: its recipe hash differs from the manifest's")
+    # The record describes the manifest as it was. A longer manifest has newer entries (a
+    # canonical rewrite, a resumed session) that the record does not describe.
+    manifest = record.get("manifest", {})
+    recorded_bytes = manifest.get("bytes")
+    valid_bytes = check.contents.valid_bytes
+    if isinstance(recorded_bytes, int) and recorded_bytes < valid_bytes:
+        check.notes.append(
+            f"{paths.shown(paths.manifest)} has grown since {shown} was written, so the "
+            f"record was not compared; run 'tm-export record {paths.folder}' again"
+        )
+        return
+    if recorded_bytes != valid_bytes:
+        check.problems.append(
+            f"{paths.shown(paths.manifest)}: {valid_bytes} bytes, but {shown} records "
+            f"{recorded_bytes}"
+        )
+        return
+    with paths.manifest.open("rb") as file:
+        actual = hashlib.sha256(file.read(valid_bytes)).hexdigest()
+    if actual != manifest.get("sha256"):
+        check.problems.append(
+            f"{paths.shown(paths.manifest)}: the SHA-256 is {actual}, but {shown} records "
+            f"{manifest.get('sha256')}"
+        )
+        return
+
+    for stream in check.streams:
+        entry = described.get(stream.stream)
+        if not isinstance(entry, dict):
+            stream.problems.append(f"{shown} has no entry for this file")
+        elif entry.get("bytes") != stream.committed_end:
+            stream.problems.append(
+                f"the manifest proves {stream.committed_end} bytes, but {shown} records "
+                f"{entry.get('bytes')}"
+            )
+        elif entry.get("sha256") != stream.sha256:
+            stream.problems.append(
+                f"the SHA-256 is {stream.sha256}, but {shown} records {entry.get('sha256')}"
+            )
+        elif entry.get("records") != stream.records:
+            stream.problems.append(
+                f"{stream.records} records, but {shown} records {entry.get('records')}"
+            )
+
+
+def _compare_bag(paths: RunPaths, check: RunCheck) -> None:
+    """Check the bag's completeness and SHA-256 manifests, reusing the stream files' hashes."""
+    try:
+        bag = bagit.Bag(str(paths.folder))
+        bag.validate(completeness_only=True)
+    except bagit.BagError as error:
+        check.problems.append(f"bag: {error}")
+        return
+    if "sha256" not in bag.algorithms:
+        try:
+            bag.validate()
+        except bagit.BagError as error:
+            check.problems.append(f"bag: {error}")
+        return
+
+    known = {
+        paths.shown(paths.stream_file(stream.stream)): stream
+        for stream in check.streams
+        if stream.size is not None and stream.uncommitted_bytes == 0
+    }
+    for relative, hashes in sorted(bag.entries.items()):
+        expected = hashes.get("sha256")
+        if expected is None:
+            continue
+        stream = known.get(relative)
+        actual = stream.sha256 if stream is not None else file_sha256(paths.folder / relative)
+        if actual == expected.lower():
+            continue
+        problem = f"the SHA-256 is {actual}, but the bag's manifest records {expected.lower()}"
+        if stream is not None:
+            stream.problems.append(f"bag: {problem}")
+        else:
+            check.problems.append(f"bag: {relative}: {problem}")
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def run_state_label(finished: bool, state: ManifestState) -> str:
+    """Return ``complete``, ``finished with failures`` or ``unfinished``."""
+    if not finished:
+        return "unfinished"
+    return "complete" if state.ends[-1].get("outcome") == "complete" else "finished with failures"
+
+
+def format_checks(checks: list[RunCheck]) -> str:
+    """Return the report of ``tm-export verify`` as text."""
+    lines: list[str] = []
+    for check in checks:
+        flags = [run_state_label(check.finished, check.state)]
+        if check.paths.bagged:
+            flags.append("a bag")
+        count = len(check.streams)
+        lines.append(
+            f"{check.paths.folder}: {', '.join(flags)}; {count} stream file{'s' if count != 1 else ''}"
+        )
+        for stream in check.streams:
+            if stream.ok:
+                canonical = ", canonical" if stream.canonical else ""
+                lines.append(
+                    f"  ok        {stream.file}: {stream.records} records, "
+                    f"{stream.committed_end} bytes{canonical}, sha256 {stream.sha256}"
+                )
+            for problem in stream.problems:
+                lines.append(f"  MISMATCH  {stream.file}: {problem}")
+            for note in stream.notes:
+                lines.append(f"  note      {stream.file}: {note}")
+        for problem in check.problems:
+            lines.append(f"  MISMATCH  {problem}")
+        for note in check.notes:
+            lines.append(f"  note      {note}")
+
+    mismatches = sum(check.mismatches for check in checks)
+    files = sum(len(check.streams) for check in checks)
+    bad_files = sum(1 for check in checks for stream in check.streams if not stream.ok)
+    runs = f"{len(checks)} run{'s' if len(checks) != 1 else ''}"
+    if mismatches:
+        lines.append(
+            f"verified {runs}: {mismatches} mismatch{'es' if mismatches != 1 else ''} "
+            f"({bad_files} of {files} stream files); exit 3"
+        )
+    else:
+        lines.append(f"verified {runs}: {files} stream files match the manifest")
+    return "\n".join(lines)
+
+
+def checks_json(checks: list[RunCheck]) -> dict[str, Any]:
+    """Return the report of ``tm-export verify --json`` as JSON-ready data."""
+    return {
+        "ok": all(check.ok for check in checks),
+        "mismatches": sum(check.mismatches for check in checks),
+        "runs": [
+            {
+                "folder": str(check.paths.folder),
+                "state": run_state_label(check.finished, check.state),
+                "bagged": check.paths.bagged,
+                "ok": check.ok,
+                "streams": {
+                    stream.stream: {
+                        "file": stream.file,
+                        "ok": stream.ok,
+                        "sha256": stream.sha256,
+                        "bytes": stream.committed_end,
+                        "size": stream.size,
+                        "uncommitted_bytes": stream.uncommitted_bytes,
+                        "lines": stream.lines,
+                        "records": stream.records,
+                        "expected_records": stream.expected_records,
+                        "canonical": stream.canonical,
+                        "problems": stream.problems,
+                        "notes": stream.notes,
+                    }
+                    for stream in check.streams
+                },
+                "problems": check.problems,
+                "notes": check.notes,
+            }
+            for check in checks
+        ],
+    }
+
+
+def fsync_path(path: Path) -> None:
+    """Make a file's contents, or a folder's entries, durable."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

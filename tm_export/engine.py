@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 import os
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -32,10 +33,10 @@ from .errors import (
     TransportError,
 )
 from .fetcher import Fetcher
-from .http import HttpSession
+from .http import SPOOL_OVER, HttpSession
 from .incremental import Baseline, read_baseline
 from .journal import Journal
-from .layout import MANIFEST_NAME, OutputLock, list_runs, next_run_folder, stream_path
+from .layout import MANIFEST_NAME, SPOOL_FOLDER, OutputLock, list_runs, next_run_folder, stream_path
 from .manifest import Committer, ManifestState, StreamState, load_state
 from .params import FromStream
 from .progress import Progress
@@ -61,6 +62,8 @@ class RunOptions:
     start_over: bool = False
     shard: tuple[int, int] | None = None
     incremental: bool = False
+    spool_over: int = SPOOL_OVER
+    """Bytes of a response held in memory; a larger one is spooled to disk and streamed."""
     """Start a new run beside a finished one that fetches only what changed since it."""
     """(K, N): write only the K-th of N stable shares of each stream's partitions."""
     handle_signals: bool = True
@@ -150,6 +153,9 @@ class _Session:
 
     async def run(self) -> RunResult:
         run_folder, state, journal = self._open_run()
+        # Spool files are only ever in use while a page is processed; any left over are
+        # from a killed session.
+        shutil.rmtree(run_folder / SPOOL_FOLDER, ignore_errors=True)
         pages = [
             page
             for stream in state.streams.values()
@@ -267,6 +273,8 @@ class _Session:
             total_timeout=instance.timeouts.total,
             max_connections=self.concurrency,
             redactor=self.redactor,
+            spool_dir=run_folder / SPOOL_FOLDER,
+            spool_over=self.options.spool_over,
         ) as http:
             fetcher = Fetcher(
                 http,

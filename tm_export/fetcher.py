@@ -73,7 +73,12 @@ class Fetcher:
         self.retries_done = 0
 
     async def get_json(self, path: str, params: Mapping[str, str]) -> tuple[Response, Any]:
-        """Return the response and its parsed JSON body; see the module docstring for errors."""
+        """Return the response and its parsed JSON body; see the module docstring for errors.
+
+        A successful body larger than the session's spool threshold is not parsed: the body
+        is then None and ``response.spool`` names the file that holds it, which the caller
+        reads as a stream and deletes.
+        """
         url = self._base_url + path
         attempts = self._retries.attempts
 
@@ -111,6 +116,9 @@ class Fetcher:
     def _classify(self, response: Response) -> tuple[Any, RequestError | None]:
         status = response.status
         if 200 <= status < 300:
+            if response.spool is not None:
+                # Parsed as a stream by the caller; a malformed body shows up there.
+                return None, None
             try:
                 return orjson.loads(response.body), None
             except orjson.JSONDecodeError:

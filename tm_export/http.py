@@ -7,17 +7,24 @@ rest of tm-export handles one exception tree and never sees aiohttp's.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import aiohttp
 
-from .errors import TransportError
+from .errors import StorageError, TransportError
 from .redact import Redactor
 
 logger = logging.getLogger("tm_export.http")
+
+#: Bytes of a successful response kept in memory; a larger body goes to a spool file.
+SPOOL_OVER = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +35,13 @@ class Response:
     status: int
     headers: Mapping[str, str]
     body: bytes
+    """The body, or its first bytes when it was spooled to ``spool``."""
+    spool: Path | None = None
+    """A file holding the whole body when it was larger than the spool threshold."""
+
+    @property
+    def size(self) -> int:
+        return self.spool.stat().st_size if self.spool else len(self.body)
 
     @property
     def content_type(self) -> str:
@@ -48,6 +62,8 @@ class HttpSession:
         total_timeout: float,
         max_connections: int,
         redactor: Redactor,
+        spool_dir: Path | None = None,
+        spool_over: int = SPOOL_OVER,
     ) -> None:
         self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
         if token:
@@ -62,6 +78,8 @@ class HttpSession:
         )
         self._max_connections = max_connections
         self._redactor = redactor
+        self._spool_dir = spool_dir
+        self._spool_over = spool_over
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HttpSession:
@@ -97,9 +115,9 @@ class HttpSession:
         shown = _with_query(url, params)
         try:
             async with self._session.get(url, params=params, allow_redirects=False) as reply:
-                body = await reply.read()
                 status = reply.status
                 headers = {name.lower(): value for name, value in reply.headers.items()}
+                body, spool = await self._read_body(reply, 200 <= status < 300)
         except (TimeoutError, aiohttp.ServerTimeoutError) as error:
             raise TransportError(f"GET {shown} timed out", url=shown) from error
         except aiohttp.ClientPayloadError as error:
@@ -109,6 +127,10 @@ class HttpSession:
         except aiohttp.ClientError as error:
             reason = self._redactor.redact(str(error) or type(error).__name__)
             raise TransportError(f"GET {shown} failed: {reason}", url=shown) from error
+        except OSError as error:
+            raise StorageError(
+                f"{self._spool_dir}: cannot spool a large response: {error.strerror}"
+            ) from error
 
         if logger.isEnabledFor(logging.DEBUG):
             elapsed_ms = (time.perf_counter() - started) * 1000
@@ -117,10 +139,46 @@ class HttpSession:
                 shown,
                 status,
                 elapsed_ms,
-                len(body),
+                spool.stat().st_size if spool else len(body),
                 self.shown_headers(),
             )
-        return Response(url=shown, status=status, headers=headers, body=body)
+        return Response(url=shown, status=status, headers=headers, body=body, spool=spool)
+
+    async def _read_body(
+        self, reply: aiohttp.ClientResponse, spoolable: bool
+    ) -> tuple[bytes, Path | None]:
+        """Read a body into memory, or into a spool file once it passes the threshold.
+
+        Memory then stays flat however large a response is (the task geometry of a big
+        project can be hundreds of megabytes). Error bodies are always kept in memory: they
+        are small, and only an excerpt of them is used.
+        """
+        chunks: list[bytes] = []
+        size = 0
+        spool_file: BinaryIO | None = None
+        spool: Path | None = None
+        try:
+            async for chunk in reply.content.iter_chunked(1 << 16):
+                if spool_file is not None:
+                    spool_file.write(chunk)
+                    continue
+                chunks.append(chunk)
+                size += len(chunk)
+                if spoolable and self._spool_dir is not None and size > self._spool_over:
+                    self._spool_dir.mkdir(parents=True, exist_ok=True)
+                    descriptor, name = tempfile.mkstemp(dir=self._spool_dir, suffix=".json")
+                    spool, spool_file = Path(name), os.fdopen(descriptor, "wb")
+                    spool_file.write(b"".join(chunks))
+                    chunks = [chunks[0][:64]]
+        except BaseException:
+            if spool_file is not None:
+                spool_file.close()
+            if spool is not None:
+                spool.unlink(missing_ok=True)
+            raise
+        if spool_file is not None:
+            spool_file.close()
+        return b"".join(chunks), spool
 
     def shown_headers(self) -> str:
         """Return the request headers as text, with the Authorization value hidden."""

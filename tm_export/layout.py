@@ -26,6 +26,8 @@ from typing import BinaryIO
 from .errors import OutputLockedError, StorageError
 
 MANIFEST_NAME = "manifest.jsonl"
+#: Inside a run folder: response bodies too large for memory, while they are processed.
+SPOOL_FOLDER = ".spool"
 DATA_FOLDER = "data"
 
 

@@ -153,8 +153,10 @@ class Committer:
     def pending_pages(self) -> int:
         return sum(1 for entry in self._queue if entry["t"] == "page")
 
-    def write_page(self, stream: str, data: bytes, entry: dict[str, Any]) -> tuple[int, int]:
+    def write_page(self, stream: str, data: bytes | Path, entry: dict[str, Any]) -> tuple[int, int]:
         """Append a page's lines to its stream file, queue its manifest entry, return its range.
+
+        ``data`` is the lines themselves, or a file that holds them (for a very large page).
 
         Raises:
             StorageError: the write failed; the committer accepts nothing more.
@@ -162,11 +164,14 @@ class Committer:
         if self._broken is not None:
             raise self._broken
         try:
-            if _crash_due("mid-page-write"):
-                self._files[stream].append(data[: len(data) // 2])
-                self._files[stream].flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-            start, end = self._files[stream].append(data)
+            if isinstance(data, Path):
+                start, end = self._files[stream].append_file(data)
+            else:
+                if _crash_due("mid-page-write"):
+                    self._files[stream].append(data[: len(data) // 2])
+                    self._files[stream].flush()
+                    os.kill(os.getpid(), signal.SIGKILL)
+                start, end = self._files[stream].append(data)
         except StorageError as error:
             self._broken = error
             raise

@@ -83,6 +83,23 @@ class StreamFile:
         self.size = start + len(data)
         return start, self.size
 
+    def append_file(self, source: Path) -> tuple[int, int]:
+        """Append the lines held in the file ``source`` and return their (start, end) offsets.
+
+        Raises:
+            StorageError: reading ``source`` or writing failed.
+        """
+        start = self.size
+        try:
+            _inject_write_error(self.path)
+            with source.open("rb") as lines:
+                while chunk := lines.read(1 << 20):
+                    self._file.write(chunk)
+                    self.size += len(chunk)
+        except OSError as error:
+            raise StorageError(f"{self.path}: cannot write: {error.strerror}") from error
+        return start, self.size
+
     def flush(self) -> None:
         """Hand buffered bytes to the operating system.
 

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import ijson
 import jsonlines
 import orjson
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .catalog import WHOLE_BODY
 from .errors import HTTPStatusError, RequestError
 from .fetcher import Fetcher
 from .incremental import Baseline, updated_since
@@ -323,7 +325,18 @@ class StreamRunner:
 
     async def _fetch_and_write(self, walk: PartitionWalk, number: int) -> PageResult:
         path, query = self._request(walk.partition, number)
-        _, body = await self._fetcher.get_json(path, query)
+        response, body = await self._fetcher.get_json(path, query)
+        if response.spool is not None:
+            try:
+                if self.spec.endpoint.records == WHOLE_BODY:
+                    # NOTE: a whole-body record is one JSON object, so it is parsed in memory
+                    # even when its response was spooled.
+                    body = orjson.loads(response.spool.read_bytes())
+                else:
+                    return await self._write_spooled(walk, number, response.spool)
+            finally:
+                response.spool.unlink(missing_ok=True)
+
         received = extract_records(self.spec.endpoint, body)
         pagination = body.get("pagination") if isinstance(body, dict) else None
         page_count, total, has_next = _pagination_facts(pagination)
@@ -344,25 +357,109 @@ class StreamRunner:
             start = end = 0
         else:
             start, end = self._write(walk, number, fresh, duplicates, page_count, total, has_next)
-        walk.state.pages[number] = PageRecord(number, start, end, len(fresh), duplicates, has_next)
-        if page_count is not None and page_count > (walk.state.page_count or 0):
-            walk.state.page_count = page_count
-        if total is not None:
-            walk.state.total = total
-        walk.records += len(fresh)
-        walk.duplicates += duplicates
-        if not walk.scout:
-            self.stats.records += len(fresh)
-            self.stats.duplicates += duplicates
-            self.stats.pages += 1
-
-        self._check_page(walk, number, received, records, fresh, has_next, total)
+        self._after_page(
+            walk, number, start, end, len(fresh), duplicates, page_count, total, has_next
+        )
+        self._check_page(walk, number, len(received), len(records), len(fresh), has_next, total)
         if self._children:
             # Children see records as they are in the file, so a child can also read _partition.
             await self._offer_children(
                 [_with_partition(r, walk.partition) for r in fresh] if self._partitioned else fresh
             )
         return PageResult(page_count, total, has_next, len(fresh), duplicates)
+
+    async def _write_spooled(self, walk: PartitionWalk, number: int, spool: Path) -> PageResult:
+        """Write a page whose body was spooled to disk, parsing it as a stream of records.
+
+        Memory stays flat: records go one by one from the spool file to a file of lines,
+        which is then appended to the stream file. Parsing runs in the event loop with a
+        checkpoint every few thousand records, so de-duplication stays race-free and other
+        requests keep going.
+        """
+        endpoint = self.spec.endpoint
+        page_count = total = None
+        has_next = False
+        if endpoint.paginated:
+            with spool.open("rb") as source:
+                for pagination in ijson.items(source, "pagination", use_float=True):
+                    page_count, total, has_next = _pagination_facts(pagination)
+
+        lines = spool.with_suffix(".lines")
+        fresh = duplicates = received = 0
+        child_records: list[Any] = []
+        try:
+            with spool.open("rb") as source, lines.open("wb") as out:
+                for record in ijson.items(source, f"{endpoint.records}.item", use_float=True):
+                    received += 1
+                    if received % 5000 == 0:
+                        await anyio.lowlevel.checkpoint()
+                    if not self._drop_archived(walk, [record]):
+                        continue
+                    key = record_key(endpoint.key, record)
+                    if key is not None:
+                        if key in walk.seen:
+                            duplicates += 1
+                            continue
+                        walk.seen.add(key)
+                    fresh += 1
+                    out.write(encode_lines([record], walk.partition if self._partitioned else None))
+                    if self._children:
+                        child_records.append(
+                            _with_partition(record, walk.partition) if self._partitioned else record
+                        )
+        except (ijson.JSONError, ijson.IncompleteJSONError) as error:
+            lines.unlink(missing_ok=True)
+            raise ShapeError(f"the response body is not valid JSON: {error}") from error
+
+        try:
+            if not walk.scout:
+                start, end = self._committer.write_page(
+                    self.spec.name,
+                    lines,
+                    {
+                        "p": walk.id,
+                        "n": number,
+                        "records": fresh,
+                        "dups": duplicates,
+                        "pages": page_count,
+                        "total": total,
+                        "next": has_next,
+                    },
+                )
+            else:
+                start = end = 0
+        finally:
+            lines.unlink(missing_ok=True)
+        self._after_page(walk, number, start, end, fresh, duplicates, page_count, total, has_next)
+        self._check_page(walk, number, received, received, fresh, has_next, total)
+        if child_records:
+            await self._offer_children(child_records)
+        return PageResult(page_count, total, has_next, fresh, duplicates)
+
+    def _after_page(
+        self,
+        walk: PartitionWalk,
+        number: int,
+        start: int,
+        end: int,
+        fresh: int,
+        duplicates: int,
+        page_count: int | None,
+        total: int | None,
+        has_next: bool,
+    ) -> None:
+        """Record a written page in the walk, the partition state and the stream's counts."""
+        walk.state.pages[number] = PageRecord(number, start, end, fresh, duplicates, has_next)
+        if page_count is not None and page_count > (walk.state.page_count or 0):
+            walk.state.page_count = page_count
+        if total is not None:
+            walk.state.total = total
+        walk.records += fresh
+        walk.duplicates += duplicates
+        if not walk.scout:
+            self.stats.records += fresh
+            self.stats.duplicates += duplicates
+            self.stats.pages += 1
 
     def _write(
         self,
@@ -393,12 +490,17 @@ class StreamRunner:
         self,
         walk: PartitionWalk,
         number: int,
-        received: list[Any],
-        records: list[Any],
-        fresh: list[Any],
+        received: int,
+        records: int,
+        fresh: int,
         has_next: bool,
         total: int | None,
     ) -> None:
+        """Stop the walk on a stall, an empty page that claims more, or once ``total`` is in.
+
+        The counts are of the page's records as received, as kept (an incremental run
+        drops what it already has) and as new to the partition.
+        """
         if not self.spec.endpoint.paginated:
             return
         if records and not fresh:

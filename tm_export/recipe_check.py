@@ -1,0 +1,438 @@
+"""Check a recipe's plain data and build the ``Recipe`` that ``load_recipe`` returns.
+
+``check_schema`` raises the JSON Schema error that comes first in the file.
+``build_recipe`` then runs the checks the schema cannot express: the instance settings,
+endpoints and parameters, references and cycles between streams, the token variable and
+the output folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import schema
+from .catalog import CATALOG, Auth, Endpoint
+from .params import Constant, DateWindows, FromStream, ParamSpec, VaryingSpec, count_static
+from .recipe import (
+    DEFAULT_BASE_URL,
+    MAX_PARTITIONS,
+    Instance,
+    Recipe,
+    Retries,
+    StreamSpec,
+    Timeouts,
+)
+from .recipe_params import build_param, check_constant_dates, is_raw
+from .recipe_yaml import KeyLocator
+
+# --- structural validation -----------------------------------------------------------
+
+
+def check_finite(where: KeyLocator, node: Any, keys: tuple[Any, ...]) -> None:
+    """Reject .inf and .nan, which pass the schema's numeric bounds."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            check_finite(where, value, keys + (key,))
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            check_finite(where, item, keys + (index,))
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise where.error(keys, f"invalid number {node}; expected a finite number")
+
+
+def check_schema(where: KeyLocator, plain: Any) -> None:
+    """Raise the schema error that comes first in the file, if the plain data has any."""
+    explained = []
+    for error in schema.iter_errors(plain):
+        keys, message = schema.explain(error)
+        # A missing key has no line of its own, so any other error is reported first.
+        explained.append(
+            (error.validator == "required", where.line(keys), len(keys), keys, message)
+        )
+    if explained:
+        _, _, _, keys, message = min(explained, key=lambda item: item[:3])
+        raise where.error(keys, message)
+
+
+# --- building the model --------------------------------------------------------------
+
+
+def build_recipe(where: KeyLocator, text: str, plain: dict[str, Any]) -> Recipe:
+    """Run the checks that need the endpoint catalog or other streams, and build the recipe."""
+    instance = _build_instance(where, plain.get("instance", {}))
+    streams = {
+        name: _build_stream(where, name, raw, instance) for name, raw in plain["streams"].items()
+    }
+
+    _check_references(where, streams)
+    ordered = {name: streams[name] for name in _topological_order(where, streams)}
+    _check_token_env(where, ordered, instance)
+
+    output = plain["output"]
+    _check_output(where, output)
+    return Recipe(
+        path=where.path,
+        text=text,
+        instance=instance,
+        output=output,
+        streams=ordered,
+        token_env_line=where.line(("instance", "token_env")),
+    )
+
+
+def _build_instance(where: KeyLocator, raw: dict[str, Any]) -> Instance:
+    keys = ("instance",)
+    base_url = raw.get("base_url")
+    if base_url is not None:
+        _check_base_url(where, keys + ("base_url",), base_url)
+    contact = raw.get("contact")
+    if contact is not None:
+        _check_contact(where, keys + ("contact",), contact)
+
+    timeouts = Timeouts(**{name: float(value) for name, value in raw.get("timeouts", {}).items()})
+    retry_settings = raw.get("retries", {})
+    waits = {name: float(value) for name, value in retry_settings.items() if name != "attempts"}
+    retries = Retries(attempts=int(retry_settings.get("attempts", Retries().attempts)), **waits)
+    if retries.wait_initial > retries.wait_max:
+        name = "wait_initial" if "wait_initial" in retry_settings else "wait_max"
+        raise where.error(
+            keys + ("retries", name),
+            f"wait_initial ({retries.wait_initial:g} s) is longer than wait_max "
+            f"({retries.wait_max:g} s); expected wait_initial <= wait_max",
+        )
+
+    defaults = Instance()
+    return Instance(
+        base_url=base_url,
+        token_env=raw.get("token_env"),
+        contact=contact,
+        concurrency=int(raw.get("concurrency", defaults.concurrency)),
+        rate_limit=_rate(where, keys + ("rate_limit",), raw.get("rate_limit", defaults.rate_limit)),
+        timeouts=timeouts,
+        retries=retries,
+        max_pages=int(raw.get("max_pages", defaults.max_pages)),
+    )
+
+
+def _check_base_url(where: KeyLocator, keys: tuple[Any, ...], url: str) -> None:
+    expected = f"expected the API root, such as {DEFAULT_BASE_URL}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - reading the port validates it
+    except ValueError as error:
+        # urlsplit rejects a bad [IPv6] host, and .port rejects a port outside 0-65535.
+        reason = "the port is not a number from 0 to 65535" if "Port" in str(error) else error
+        raise where.error(keys, f"invalid URL {url!r}: {reason}; {expected}") from None
+    if any(char.isspace() for char in url):
+        reason = "it contains a space"
+    elif not parts.hostname:
+        reason = "it has no host name"
+    elif parts.query or parts.fragment:
+        reason = "it has a query or a fragment; put query parameters under a stream's params"
+    else:
+        return
+    raise where.error(keys, f"invalid URL {url!r}: {reason}; {expected}")
+
+
+def _check_contact(where: KeyLocator, keys: tuple[Any, ...], contact: str) -> None:
+    if contact.strip() and all(32 <= ord(char) < 127 for char in contact):
+        return
+    raise where.error(
+        keys,
+        f"invalid contact {schema.short_repr(contact)}: it goes into the User-Agent header; "
+        "expected printable ASCII on one line, such as an email address or a URL",
+    )
+
+
+def _rate(where: KeyLocator, keys: tuple[Any, ...], value: float | str) -> float:
+    """Return a rate limit as requests per second; the schema has checked its form."""
+    rate = float(value.split("/")[0]) if isinstance(value, str) else float(value)
+    if rate <= 0:
+        raise where.error(
+            keys,
+            f"invalid rate {value!r}: it must be greater than 0; expected requests per second, "
+            "such as 10 or 2.5/s",
+        )
+    return rate
+
+
+# --- streams -------------------------------------------------------------------------
+
+
+def _build_stream(
+    where: KeyLocator, name: str, raw: dict[str, Any], instance: Instance
+) -> StreamSpec:
+    keys = ("streams", name)
+    endpoint = _resolve_endpoint(where, keys, raw)
+    params: dict[str, Any] = raw.get("params", {})
+
+    specs: list[ParamSpec] = []
+    set_by: dict[str, str] = {}  # parameter sent -> the key under params that sets it
+    for pname, value in params.items():
+        pkeys = keys + ("params", pname)
+        spec = build_param(where, pkeys, pname, value, endpoint)
+        for sent in _sent_names(spec):
+            if sent in set_by:
+                first = set_by[sent]
+                raise where.error(
+                    pkeys,
+                    f"parameter '{sent}' is already set by '{first}' on line "
+                    f"{where.line(keys + ('params', first))}; set each parameter once",
+                )
+            set_by[sent] = pname
+        specs.append(spec)
+
+    _check_path_params(where, keys, raw, endpoint, set_by)
+    constants = tuple(s for s in specs if isinstance(s, Constant))
+    varying = tuple(s for s in specs if not isinstance(s, Constant))
+    _check_from_sources(where, keys, varying)
+    check_constant_dates(where, keys, endpoint, constants)
+    _check_partition_count(where, keys, varying)
+
+    return StreamSpec(
+        name=name,
+        endpoint=endpoint,
+        constants=constants,
+        varying=varying,
+        max_pages=int(raw.get("max_pages", instance.max_pages)),
+        line=where.line(keys),
+    )
+
+
+_RAW_KEYS = ("path", "records", "key", "paginated", "auth")
+
+
+def _resolve_endpoint(where: KeyLocator, keys: tuple[Any, ...], raw: dict[str, Any]) -> Endpoint:
+    if "endpoint" in raw:
+        for key in _RAW_KEYS:
+            if key in raw:
+                raise where.error(
+                    keys + (key,),
+                    f"'{key}' belongs to a raw path, but this stream names a catalog endpoint; "
+                    f"remove '{key}', or replace 'endpoint' with 'path'",
+                )
+        name = raw["endpoint"]
+        if name not in CATALOG:
+            close = difflib.get_close_matches(name, list(CATALOG), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise where.error(
+                keys + ("endpoint",),
+                f"unknown endpoint {name!r}; {hint}run 'tm-export endpoints' for the list",
+            )
+        return CATALOG[name]
+
+    if "path" not in raw:
+        raise where.error(
+            keys + ("endpoint",),
+            "missing key; expected endpoint (a name that 'tm-export endpoints' lists) or path "
+            "(a raw path such as /projects/{project_id}/)",
+        )
+    template = raw["path"]
+    _check_raw_path(where, keys + ("path",), template)
+    if "records" not in raw:
+        raise where.error(
+            keys + ("path",),
+            "a raw path needs 'records': the key of the record list in the response body, "
+            "or '$' when the whole body is one record",
+        )
+    if raw.get("key") == "":
+        raise where.error(
+            keys + ("key",),
+            "invalid key ''; expected the dotted path of the field that identifies a record, "
+            "$ for the whole record, or null",
+        )
+    template = template if template.endswith("/") else template + "/"
+    auth: Auth = raw.get("auth", "optional")
+    return Endpoint(
+        name=f"path:{template}",
+        path=template,
+        records=raw["records"],
+        key=raw.get("key"),
+        summary="raw path",
+        auth=auth,
+        paginated=raw.get("paginated", False),
+        query_params=frozenset(),
+        defaults={},
+        window=None,
+    )
+
+
+def _check_raw_path(where: KeyLocator, keys: tuple[Any, ...], template: str) -> None:
+    if "?" in template or "#" in template:
+        reason = "it contains '?' or '#'; put query parameters under params"
+    elif any(char.isspace() for char in template):
+        reason = "it contains a space"
+    elif re.search(r"[{}]", re.sub(r"{[A-Za-z_][A-Za-z0-9_]*}", "", template)):
+        reason = "a '{' or '}' is not part of a {name} path parameter"
+    else:
+        return
+    raise where.error(
+        keys,
+        f"invalid path {template!r}: {reason}; expected a path such as /projects/{{project_id}}/",
+    )
+
+
+def _sent_names(spec: ParamSpec) -> tuple[str, ...]:
+    if isinstance(spec, DateWindows):
+        return (spec.start_param, spec.end_param)
+    return (spec.name,)
+
+
+# --- checks across parameters and streams --------------------------------------------
+
+
+def _check_path_params(
+    where: KeyLocator,
+    keys: tuple[Any, ...],
+    raw: dict[str, Any],
+    endpoint: Endpoint,
+    set_by: Mapping[str, str],
+) -> None:
+    for pname in endpoint.path_params:
+        if pname in set_by:
+            continue
+        # The parameter is absent, so point at the params mapping, or else at the endpoint.
+        if "params" in raw:
+            anchor = "params"
+        elif "endpoint" in raw:
+            anchor = "endpoint"
+        else:
+            anchor = "path"
+        raise where.error(
+            keys + (anchor,),
+            f"missing path parameter '{pname}' of {endpoint.path}; set it under params to a "
+            "value, {each: [...]}, {range: [first, last]} or {from: STREAM.FIELD}",
+        )
+
+
+def _check_from_sources(
+    where: KeyLocator, keys: tuple[Any, ...], varying: tuple[VaryingSpec, ...]
+) -> None:
+    """Check that every ``from`` parameter of a stream names the same stream.
+
+    The engine takes the values of all of them together from each record of that stream,
+    so a task id comes with the project id of the same record.
+    """
+    sources = [spec for spec in varying if isinstance(spec, FromStream)]
+    for spec in sources[1:]:
+        first = sources[0]
+        if spec.stream != first.stream:
+            raise where.error(
+                keys + ("params", spec.name, "from"),
+                "all from parameters of a stream must name one stream, because their values "
+                f"are taken together from each of its records; '{first.name}' already takes "
+                f"values from '{first.stream}'",
+            )
+
+
+def _check_partition_count(
+    where: KeyLocator, keys: tuple[Any, ...], varying: tuple[VaryingSpec, ...]
+) -> None:
+    static = tuple(spec for spec in varying if not isinstance(spec, FromStream))
+    if count_static(static, limit=MAX_PARTITIONS) > MAX_PARTITIONS:
+        raise where.error(
+            keys + ("params",),
+            f"the parameters make more than {MAX_PARTITIONS:,} partitions; narrow the ranges, "
+            "lists or date windows",
+        )
+
+
+def _check_references(where: KeyLocator, streams: Mapping[str, StreamSpec]) -> None:
+    for stream in streams.values():
+        parent = stream.parent
+        if parent is None:
+            continue
+        keys = ("streams", stream.name, "params", parent.name, "from")
+        if parent.stream == stream.name:
+            raise where.error(
+                keys, "a stream cannot take values from its own records; name another stream"
+            )
+        if parent.stream not in streams:
+            others = sorted(name for name in streams if name != stream.name)
+            close = difflib.get_close_matches(parent.stream, others, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            valid = ", ".join(others) or "none, this is the only stream"
+            raise where.error(
+                keys, f"stream '{parent.stream}' does not exist; {hint}valid streams: {valid}"
+            )
+
+
+def _topological_order(where: KeyLocator, streams: Mapping[str, StreamSpec]) -> list[str]:
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            cycle = " -> ".join(chain[chain.index(name) :] + (name,))
+            parent = streams[name].parent
+            assert parent is not None
+            raise where.error(
+                ("streams", name, "params", parent.name, "from"),
+                f"streams take values from each other in a cycle: {cycle}; "
+                "a stream can only take values from a stream that does not depend on it",
+            )
+        state[name] = "visiting"
+        parent = streams[name].parent
+        if parent is not None:
+            visit(parent.stream, chain + (name,))
+        state[name] = "done"
+        order.append(name)
+
+    for name in streams:
+        visit(name, ())
+    return order
+
+
+def _check_token_env(
+    where: KeyLocator, streams: Mapping[str, StreamSpec], instance: Instance
+) -> None:
+    if instance.token_env:
+        return
+    for stream in streams.values():
+        if stream.endpoint.auth != "required":
+            continue
+        fix = (
+            "set instance.token_env to the name of the environment variable that contains your "
+            "TM API key, such as TM_API_TOKEN"
+        )
+        if is_raw(stream.endpoint):
+            raise where.error(
+                ("streams", stream.name, "auth"),
+                f"auth: required needs an API token, but instance.token_env is not set; {fix}",
+            )
+        raise where.error(
+            ("streams", stream.name, "endpoint"),
+            f"endpoint '{stream.endpoint.name}' needs an API token, but instance.token_env is "
+            f"not set; {fix}",
+        )
+
+
+def _check_output(where: KeyLocator, output: str) -> None:
+    keys = ("output",)
+    if "\0" in output:
+        raise where.error(keys, "invalid folder name: it contains a NUL character")
+    path = Path(output)
+    for candidate in (path, *path.parents):
+        try:
+            is_file = candidate.exists() and not candidate.is_dir()
+        except OSError:
+            return  # not readable here: creating the folder reports the real error
+        if not is_file:
+            continue
+        if candidate == path:
+            raise where.error(
+                keys, f"'{output}' is an existing file, not a folder; choose a folder path"
+            )
+        raise where.error(
+            keys,
+            f"'{candidate}' is an existing file, so '{output}' cannot be a folder below it; "
+            "choose another folder path",
+        )

@@ -1,0 +1,269 @@
+"""Build the parameters of one stream and check them against its endpoint.
+
+A parameter is a constant, an ``each`` list, a ``range``, a ``from`` reference to another
+stream or a date window.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import difflib
+from typing import Any
+
+from . import schema
+from .catalog import DateWindow, Endpoint
+from .params import (
+    Constant,
+    DateWindows,
+    Each,
+    FromStream,
+    IntRange,
+    ParamSpec,
+    Scalar,
+    Step,
+    render,
+)
+from .recipe_yaml import KeyLocator
+
+
+def is_raw(endpoint: Endpoint) -> bool:
+    """Return whether ``endpoint`` comes from a stream's raw ``path`` rather than the catalog."""
+    return endpoint.name.startswith("path:")
+
+
+# --- parameters ----------------------------------------------------------------------
+
+_WINDOW_KEYS = ("start", "end", "step", "bind")
+
+
+def build_param(
+    where: KeyLocator, keys: tuple[Any, ...], name: str, value: Any, endpoint: Endpoint
+) -> ParamSpec:
+    """Build one entry of a stream's params, checked against the endpoint."""
+    if isinstance(value, dict) and any(key in value for key in _WINDOW_KEYS):
+        return _build_window(where, keys, name, value, endpoint)
+
+    _check_param_name(where, keys, name, endpoint)
+    if endpoint.window is not None and name == "dates":
+        raise where.error(
+            keys,
+            f"'dates' takes a date window; expected {schema.PARAM_FORMS['window']}",
+        )
+    is_path_param = name in endpoint.path_params
+    if not isinstance(value, dict):
+        if is_path_param and isinstance(value, list):
+            raise where.error(
+                keys,
+                "a path parameter takes one value, not a list; use {each: [...]} for one "
+                "partition per value",
+            )
+        constant = Constant(name, render(value))
+        if is_path_param:
+            _check_path_value(where, keys, constant.value)
+        return constant
+
+    if "each" in value:
+        return _build_each(where, keys, name, value["each"], is_path_param)
+    if "range" in value:
+        return _build_range(where, keys + ("range",), name, value["range"])
+    stream, _, field_path = value["from"].partition(".")
+    return FromStream(name, stream, field_path)
+
+
+def _check_param_name(
+    where: KeyLocator, keys: tuple[Any, ...], name: str, endpoint: Endpoint
+) -> None:
+    if name == "page" and endpoint.paginated:
+        raise where.error(
+            keys, "the tool sets 'page' itself on a paginated endpoint; remove this parameter"
+        )
+    if is_raw(endpoint) or name in endpoint.accepted_params:
+        return
+    accepted = sorted(endpoint.accepted_params)
+    close = difflib.get_close_matches(name, accepted, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    valid = ", ".join(accepted) or "none, it takes no parameters"
+    raise where.error(
+        keys, f"unknown parameter for endpoint '{endpoint.name}'; {hint}valid parameters: {valid}"
+    )
+
+
+def _check_path_value(where: KeyLocator, keys: tuple[Any, ...], value: str) -> None:
+    if value and not any(char in value for char in "/?#"):
+        return
+    raise where.error(
+        keys,
+        f"invalid path parameter value {value!r}; expected a value that is not empty "
+        "and has no '/', '?' or '#'",
+    )
+
+
+def _build_each(
+    where: KeyLocator, keys: tuple[Any, ...], name: str, raw_values: list[Any], is_path_param: bool
+) -> Each:
+    values: list[Scalar] = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(raw_values):
+        value = _scalar(raw)
+        text = render(value)
+        item_keys = keys + ("each", index)
+        if text in seen:
+            raise where.error(
+                item_keys,
+                f"duplicate value {raw!r} (item {seen[text] + 1} already has it); "
+                "list each value once",
+            )
+        if is_path_param:
+            _check_path_value(where, item_keys, text)
+        seen[text] = index
+        values.append(value)
+    return Each(name, tuple(values))
+
+
+def _build_range(
+    where: KeyLocator, keys: tuple[Any, ...], name: str, bounds: list[int]
+) -> IntRange:
+    # JSON Schema counts 2.0 as an integer, so the bounds may arrive as floats.
+    start, stop = int(bounds[0]), int(bounds[1])
+    step = int(bounds[2]) if len(bounds) == 3 else 1
+    if step < 1:
+        raise where.error(
+            keys, f"invalid step {step}; expected [first, last, step] with a step of 1 or more"
+        )
+    if stop < start:
+        raise where.error(
+            keys,
+            f"the range ends ({stop}) before it starts ({start}); expected [first, last] "
+            "with first <= last",
+        )
+    return IntRange(name, start, stop, step)
+
+
+def _scalar(value: Any) -> Scalar:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return render(value)
+    return value
+
+
+# --- date windows --------------------------------------------------------------------
+
+
+def _build_window(
+    where: KeyLocator, keys: tuple[Any, ...], name: str, value: dict[str, Any], endpoint: Endpoint
+) -> DateWindows:
+    start_param, end_param, max_days = _window_params(where, keys, name, value, endpoint)
+
+    start = _date(where, keys + ("start",), value["start"])
+    end = _date(where, keys + ("end",), value["end"])
+    if end < start:
+        raise where.error(
+            keys + ("end",),
+            f"the date window ends ({end}) before it starts ({start}); expected end >= start",
+        )
+
+    step = Step.parse(value["step"]) if "step" in value else None
+    return DateWindows(start_param, end_param, start, end, step, max_days)
+
+
+def _window_params(
+    where: KeyLocator, keys: tuple[Any, ...], name: str, value: dict[str, Any], endpoint: Endpoint
+) -> tuple[str, str, int | None]:
+    """Return the start and end parameters a date window sets, and its longest window."""
+    window: DateWindow | None = endpoint.window
+    if "bind" not in value:
+        if window is None:
+            raise where.error(keys, _no_window_message(endpoint))
+        if name != "dates":
+            raise where.error(
+                keys,
+                f"a date window of endpoint '{endpoint.name}' goes under the key 'dates', which "
+                f"sets {window.start_param} and {window.end_param}; rename '{name}' to 'dates'",
+            )
+        return window.start_param, window.end_param, window.max_days
+
+    start_param, end_param = value["bind"]
+    if start_param == end_param:
+        raise where.error(
+            keys + ("bind",),
+            f"bind names '{start_param}' twice; expected two parameters [startParam, endParam]",
+        )
+    if not is_raw(endpoint):
+        for index, bound in enumerate((start_param, end_param)):
+            if bound in endpoint.path_params or bound == "dates":
+                raise where.error(
+                    keys + ("bind", index),
+                    f"'{bound}' cannot take a date; expected two query parameters of "
+                    f"endpoint '{endpoint.name}'",
+                )
+            _check_param_name(where, keys + ("bind", index), bound, endpoint)
+    if window is None:
+        return start_param, end_param, None
+    if (end_param, start_param) == (window.start_param, window.end_param):
+        raise where.error(
+            keys + ("bind",),
+            f"bind lists the end parameter first; expected [{window.start_param}, "
+            f"{window.end_param}]",
+        )
+    if (start_param, end_param) == (window.start_param, window.end_param):
+        return start_param, end_param, window.max_days
+    return start_param, end_param, None
+
+
+def _no_window_message(endpoint: Endpoint) -> str:
+    if is_raw(endpoint):
+        return "a raw path has no date window of its own; add bind: [startParam, endParam]"
+    pairs = [
+        (name, name[: -len("From")] + "To")
+        for name in sorted(endpoint.accepted_params)
+        if name.endswith("From") and name[: -len("From")] + "To" in endpoint.accepted_params
+    ]
+    example = f", such as bind: [{pairs[0][0]}, {pairs[0][1]}]" if pairs else ""
+    return (
+        f"endpoint '{endpoint.name}' has no date window of its own; add bind: "
+        f"[startParam, endParam] to name the two parameters the window sets{example}"
+    )
+
+
+def _date(where: KeyLocator, keys: tuple[Any, ...], text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        pass
+    year, month, day = (int(part) for part in text.split("-"))
+    if not 1 <= month <= 12:
+        reason = f"there is no month {month}"
+    elif year < 1:
+        reason = "the year must be 1 or later"
+    else:
+        days = calendar.monthrange(year, month)[1]
+        reason = f"{year}-{month:02d} has {days} days" if day else "there is no day 0"
+    raise where.error(keys, f"invalid date {text!r}: {reason}; expected a real date as YYYY-MM-DD")
+
+
+def check_constant_dates(
+    where: KeyLocator, keys: tuple[Any, ...], endpoint: Endpoint, constants: tuple[Constant, ...]
+) -> None:
+    """Check a date range set by two constants against the endpoint's window limit."""
+    window = endpoint.window
+    if window is None:
+        return
+    values = {constant.name: constant.value for constant in constants}
+    try:
+        start = dt.date.fromisoformat(values[window.start_param])
+        end = dt.date.fromisoformat(values[window.end_param])
+    except (KeyError, ValueError):
+        return  # not both set, or not plain dates: the server judges them
+    end_keys = keys + ("params", window.end_param)
+    if end < start:
+        raise where.error(
+            end_keys, f"{window.end_param} ({end}) is before {window.start_param} ({start})"
+        )
+    days = (end - start).days + 1
+    if window.max_days is not None and days > window.max_days:
+        raise where.error(
+            end_keys,
+            f"{window.start_param}..{window.end_param} covers {days} days, more than the "
+            f"{window.max_days} that endpoint '{endpoint.name}' accepts in one request; use "
+            f"dates: {{start: {start}, end: {end}}} in place of both, and the tool splits it",
+        )

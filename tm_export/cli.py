@@ -120,6 +120,18 @@ def _fail(error: TmExportError | str, code: int) -> None:
     help="Once the last run has finished, start a new run beside it that fetches only what changed "
     "since it started (see docs/recipes.md).",
 )
+@click.option(
+    "--canonical",
+    is_flag=True,
+    help="Once the run finishes, rewrite its files in canonical order, so identical data gives "
+    "identical SHA-256 (see docs/archive.md).",
+)
+@click.option(
+    "--bag",
+    is_flag=True,
+    help="Once the run finishes, make its folder a BagIt bag; a bag is sealed, so later runs need "
+    "--incremental or --start-over.",
+)
 @click.option("--strict", is_flag=True, help="Exit 3 when any partition was skipped for 403/404.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @click.option("-v", "--verbose", count=True, help="Log every request (debug level) on stderr.")
@@ -150,6 +162,8 @@ def run(
     start_over: bool,
     shard: tuple[int, int] | None,
     incremental: bool,
+    canonical: bool,
+    bag: bool,
     strict: bool,
     as_json: bool,
     verbose: int,
@@ -190,6 +204,8 @@ def run(
         start_over=start_over,
         shard=shard,
         incremental=incremental,
+        canonical=canonical,
+        bag=bag,
         on_progress=reporter,
         progress_interval=progress_interval or (1.0 if live else 10.0),
     )

@@ -36,7 +36,15 @@ from .fetcher import Fetcher
 from .http import SPOOL_OVER, HttpSession
 from .incremental import Baseline, read_baseline
 from .journal import Journal
-from .layout import MANIFEST_NAME, SPOOL_FOLDER, OutputLock, list_runs, next_run_folder, stream_path
+from .layout import (
+    MANIFEST_NAME,
+    SPOOL_FOLDER,
+    OutputLock,
+    is_bag,
+    list_runs,
+    next_run_folder,
+    stream_path,
+)
 from .manifest import Committer, ManifestState, StreamState, load_state
 from .params import FromStream
 from .progress import Progress
@@ -63,6 +71,10 @@ class RunOptions:
     shard: tuple[int, int] | None = None
     incremental: bool = False
     spool_over: int = SPOOL_OVER
+    canonical: bool = False
+    """Once the run finishes, rewrite its files in canonical order (identical data, identical bytes)."""
+    bag: bool = False
+    """Once the run finishes, make its folder a BagIt bag (which seals it)."""
     """Bytes of a response held in memory; a larger one is spooled to disk and streamed."""
     """Start a new run beside a finished one that fetches only what changed since it."""
     """(K, N): write only the K-th of N stable shares of each stream's partitions."""
@@ -137,7 +149,31 @@ async def export(recipe: Recipe, options: RunOptions) -> RunResult:
     """
     with OutputLock(options.output):
         session = _Session(recipe, options)
-        return await session.run()
+        result = await session.run()
+        if result.fatal is None and not result.interrupted:
+            await anyio.to_thread.run_sync(_finish_archive, recipe, options, result)
+        return result
+
+
+def _finish_archive(recipe: Recipe, options: RunOptions, result: RunResult) -> None:
+    """Describe a finished run: canonical order, run record and bag, as the options ask.
+
+    Runs in a worker thread while the output lock is held; every step verifies the files
+    against the manifest first, so a mismatch stops it before anything is rewritten.
+    """
+    from .bag import make_run_bag
+    from .canonical import make_canonical
+    from .runrecord import write_run_record
+
+    try:
+        if options.canonical:
+            make_canonical(result.run_folder)
+        if options.bag:
+            make_run_bag(result.run_folder)
+        else:
+            write_run_record(result.run_folder, recipe, result)
+    except TmExportError as error:
+        result.fatal = error if isinstance(error, FatalError) else FatalError(str(error))
 
 
 class _Session:
@@ -188,9 +224,22 @@ class _Session:
         if runs and not self.options.start_over:
             folder = runs[-1]
             manifest = folder / MANIFEST_NAME
-            if manifest.exists():
+            if is_bag(folder):
+                if not self.options.incremental:
+                    raise ManifestError(
+                        f"{folder}: the last run is a BagIt bag, so it is sealed and nothing more is "
+                        "written to it; use --incremental to fetch what changed since, or --start-over"
+                    )
+                self.baseline = read_baseline(self.recipe, runs)
+                folder = next_run_folder(output)
+            elif manifest.exists():
                 state, contents = load_state(manifest)
                 self._check_recipe(manifest, state)
+                if state.canonical and (self.options.retry_failed or self.options.retry_skipped):
+                    raise ManifestError(
+                        f"{folder}: the run's files were rewritten in canonical order, so pages cannot "
+                        "be added to them; use --incremental or --start-over to fetch again in a new run"
+                    )
                 if not (self.options.incremental and state.finished):
                     if self.options.incremental:
                         logger.info(

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from .layout import MANIFEST_NAME, stream_path
+from .layout import MANIFEST_NAME, is_bag, stream_path
 from .manifest import ManifestState, load_state
 from .recipe import Recipe
 from .records import record_key, strip_partition
@@ -59,7 +59,9 @@ class Baseline:
 def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
     """Read the finished runs ``runs`` (oldest first) of the same recipe."""
     states = []
-    for run in runs:
+    for folder in runs:
+        # A run made a BagIt bag keeps its manifest and data under the bag's data/ folder.
+        run = folder / "data" if is_bag(folder) else folder
         manifest = run / MANIFEST_NAME
         if not manifest.is_file():
             continue
@@ -67,7 +69,8 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
         if state.header.get("recipe_hash") == recipe.export_hash() and state.finished:
             states.append((run, state))
     since = _parse_time(states[-1][1].header["started"])
-    baseline = Baseline(since=since, previous=[run.name for run, _ in states])
+    previous = [(run.parent if run.name == "data" else run).name for run, _ in states]
+    baseline = Baseline(since=since, previous=previous)
 
     for run, state in states:
         for name, spec in recipe.streams.items():

@@ -49,6 +49,11 @@ def next_run_folder(output: Path) -> Path:
     return runs_folder(output) / f"{number:04d}"
 
 
+def is_bag(run_folder: Path) -> bool:
+    """Tell whether a run folder was made a BagIt bag (its files then sit under ``data/``)."""
+    return (run_folder / "bagit.txt").is_file()
+
+
 def stream_path(run_folder: Path, stream: str) -> Path:
     return run_folder / DATA_FOLDER / f"{stream}.jsonl"
 

@@ -86,6 +86,8 @@ class ManifestState:
     ends: list[dict[str, Any]]
     deleted: list[dict[str, Any]] = field(default_factory=list)
     """Projects an incremental run found gone since earlier runs."""
+    canonical: list[dict[str, Any]] = field(default_factory=list)
+    """Stream files rewritten in canonical order after the run finished."""
 
     @classmethod
     def replay(cls, entries: Iterable[dict[str, Any]]) -> ManifestState:
@@ -97,6 +99,7 @@ class ManifestState:
         sessions: list[dict[str, Any]] = []
         ends: list[dict[str, Any]] = []
         deleted: list[dict[str, Any]] = []
+        canonical: list[dict[str, Any]] = []
 
         for entry in iterator:
             kind = entry["t"]
@@ -124,7 +127,16 @@ class ManifestState:
                 ends.append(entry)
             elif kind == "deleted":
                 deleted.append(entry)
-        return cls(header=header, streams=streams, sessions=sessions, ends=ends, deleted=deleted)
+            elif kind == "canonical":
+                canonical.append(entry)
+        return cls(
+            header=header,
+            streams=streams,
+            sessions=sessions,
+            ends=ends,
+            deleted=deleted,
+            canonical=canonical,
+        )
 
     @property
     def finished(self) -> bool:

@@ -2,7 +2,7 @@
 
 The validator checks a recipe's structure against this schema first, and
 ``tm-export schema`` prints it for editors. Checks that need the endpoint catalog or other
-streams (unknown parameters, ``from`` references, date order) live in ``recipe.py``.
+streams (unknown parameters, ``from`` references, date order) live in ``recipe_check.py`` and ``recipe_params.py``.
 
 Each ``description`` is a noun phrase that describes a valid value, because error
 messages end with "expected <description>".

@@ -1,0 +1,78 @@
+"""run --canonical and --bag: a finished run describes and seals itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bagit
+import orjson
+
+from tm_export.mock import MockServer
+
+from .conftest import run_cli, write_recipe
+
+RECIPE = """\
+version: 1
+instance: {rate_limit: 10000/s}
+output: OUT
+streams:
+  projects:
+    endpoint: projects
+  activities:
+    endpoint: project_activities
+    params: {project_id: {from: projects.projectId}}
+"""
+
+
+def test_run_writes_record(tmp_path: Path, mock: MockServer) -> None:
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    record = orjson.loads((tmp_path / "out/runs/0001/run.json").read_bytes())
+    lines = (tmp_path / "out/runs/0001/data/activities.jsonl").read_bytes().count(b"\n")
+    assert record["streams"]["activities"]["records"] == lines
+    assert run_cli("verify", str(tmp_path / "out")).exit_code == 0
+
+
+def test_canonical_runs_identical(tmp_path: Path, mock: MockServer) -> None:
+    """Two runs of the same data with --canonical have byte-identical stream files."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    for folder, concurrency in ((first, "1"), (second, "8")):
+        recipe = write_recipe(folder, RECIPE)
+        outcome = run_cli(
+            "run",
+            str(recipe),
+            "--base-url",
+            mock.api_url,
+            "--canonical",
+            "--concurrency",
+            concurrency,
+        )
+        assert outcome.exit_code == 0, outcome.stderr
+
+    for name in ("projects", "activities"):
+        assert (first / f"out/runs/0001/data/{name}.jsonl").read_bytes() == (
+            second / f"out/runs/0001/data/{name}.jsonl"
+        ).read_bytes()
+    assert run_cli("verify", str(first / "out")).exit_code == 0
+
+
+def test_bag_seals_run(tmp_path: Path, mock: MockServer) -> None:
+    """--bag makes a valid bag; a plain rerun is refused; --incremental starts beside it."""
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--bag")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    bagit.Bag(str(tmp_path / "out/runs/0001")).validate()
+    again = run_cli("run", str(recipe), "--base-url", mock.api_url)
+    assert again.exit_code == 1
+    assert "the last run is a BagIt bag, so it is sealed" in again.stderr
+    later = run_cli("run", str(recipe), "--base-url", mock.api_url, "--incremental")
+    assert later.exit_code == 0, later.stderr
+    assert (tmp_path / "out/runs/0002/manifest.jsonl").is_file()
+    assert (tmp_path / "out/runs/0002/data/projects.jsonl").read_bytes() == b""

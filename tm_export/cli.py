@@ -14,6 +14,7 @@ import click
 
 from . import __version__
 from .catalog import CATALOG
+from .codec import CODECS, Codec
 from .engine import RunOptions, RunResult, export, resolve_base_url
 from .errors import ExitCode, RecipeError, TmExportError
 from .logs import json_line, setup_logging
@@ -121,6 +122,12 @@ def _fail(error: TmExportError | str, code: int) -> None:
     "since it started (see docs/recipes.md).",
 )
 @click.option(
+    "--compression",
+    type=click.Choice(CODECS),
+    help="Compress a new run's stream files (STREAM.jsonl.gz or .zst), one gzip member or zstd "
+    "frame per page [default: none; a resumed run keeps its own].",
+)
+@click.option(
     "--canonical",
     is_flag=True,
     help="Once the run finishes, rewrite its files in canonical order, so identical data gives "
@@ -162,6 +169,7 @@ def run(
     start_over: bool,
     shard: tuple[int, int] | None,
     incremental: bool,
+    compression: Codec | None,
     canonical: bool,
     bag: bool,
     strict: bool,
@@ -204,6 +212,7 @@ def run(
         start_over=start_over,
         shard=shard,
         incremental=incremental,
+        compression=compression,
         canonical=canonical,
         bag=bag,
         on_progress=reporter,

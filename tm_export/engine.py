@@ -22,6 +22,7 @@ import anyio
 from . import __version__
 from .catalog import TOKEN_CHECK_PATH
 from .clock import Clock, RealClock
+from .codec import Codec
 from .errors import (
     ExitCode,
     FatalError,
@@ -43,6 +44,7 @@ from .layout import (
     is_bag,
     list_runs,
     next_run_folder,
+    run_codec,
     stream_path,
 )
 from .manifest import Committer, ManifestState, StreamState, load_state
@@ -71,6 +73,8 @@ class RunOptions:
     shard: tuple[int, int] | None = None
     incremental: bool = False
     spool_over: int = SPOOL_OVER
+    compression: Codec | None = None
+    """Codec of a new run's stream files; None keeps a resumed run's own (``none`` for new)."""
     canonical: bool = False
     """Once the run finishes, rewrite its files in canonical order (identical data, identical bytes)."""
     bag: bool = False
@@ -186,6 +190,7 @@ class _Session:
         self.concurrency = options.concurrency or recipe.instance.concurrency
         self.rate_limit = options.rate_limit or recipe.instance.rate_limit
         self.baseline: Baseline | None = None
+        self.codec: Codec = options.compression or "none"
 
     async def run(self) -> RunResult:
         run_folder, state, journal = self._open_run()
@@ -204,8 +209,10 @@ class _Session:
         try:
             for name in self.recipe.streams:
                 end = state.streams.setdefault(name, StreamState()).committed_end
-                files[name] = StreamFile.open(stream_path(run_folder, name), end)
-            committer = Committer(journal, files)
+                path = stream_path(run_folder, name, self.codec)
+                last = state.streams[name].last_page_start
+                files[name] = StreamFile.open(path, end, codec=self.codec, last_page_start=last)
+            committer = Committer(journal, files, codec=self.codec)
             await self._export(state, committer, run_folder, result)
             if isinstance(result.fatal, StorageError):
                 self._cut_back(files, committer.committed_ends)
@@ -270,6 +277,7 @@ class _Session:
             "streams": {name: spec.describe() for name, spec in self.recipe.streams.items()},
             "started": _now(),
             "shard": list(self.options.shard) if self.options.shard else None,
+            "compression": self.codec,
             "incremental": self.baseline.header() if self.baseline else None,
         }
         journal = Journal.create(folder / MANIFEST_NAME, header)
@@ -292,6 +300,14 @@ class _Session:
                 f"{self.recipe.export_hash()[:12]}). Nothing was changed. Use --start-over to begin a "
                 "new run beside it, or choose another output folder"
             )
+        recorded_codec = run_codec(state.header)
+        if self.options.compression not in (None, recorded_codec):
+            raise ManifestError(
+                f"{manifest}: this run's files are compressed with {recorded_codec}, but this command "
+                f"asks for {self.options.compression}. Nothing was changed. Leave out --compression to "
+                "resume, or use --start-over"
+            )
+        self.codec = recorded_codec
         recorded_shard = state.header.get("shard")
         wanted = list(self.options.shard) if self.options.shard else None
         if recorded_shard != wanted:
@@ -361,7 +377,8 @@ class _Session:
                 state=state.streams[name],
                 committer=committer,
                 fetcher=fetcher,
-                data_path=stream_path(run_folder, name),
+                data_path=stream_path(run_folder, name, self.codec),
+                codec=self.codec,
                 concurrency=self.concurrency,
                 retry_failed=self.options.retry_failed,
                 retry_skipped=self.options.retry_skipped,

@@ -27,7 +27,8 @@ from typing import Any
 
 import orjson
 
-from .layout import MANIFEST_NAME, is_bag, stream_path
+from .codec import Codec, open_lines
+from .layout import MANIFEST_NAME, is_bag, run_codec, stream_path
 from .manifest import ManifestState, load_state
 from .recipe import Recipe
 from .records import record_key, strip_partition
@@ -73,12 +74,13 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
     baseline = Baseline(since=since, previous=previous)
 
     for run, state in states:
+        codec = run_codec(state.header)
         for name, spec in recipe.streams.items():
-            path = stream_path(run, name)
+            path = stream_path(run, name, codec)
             if spec.endpoint.name == "projects" and path.exists():
-                baseline.project_ids |= _project_ids(path)
+                baseline.project_ids |= _project_ids(path, codec)
             if spec.endpoint.name in NEWEST_FIRST and path.exists():
-                _newest_keys(path, spec.endpoint.key, baseline.newest.setdefault(name, {}))
+                _newest_keys(path, codec, spec.endpoint.key, baseline.newest.setdefault(name, {}))
             if any(hasattr(v, "start_param") for v in spec.varying):
                 baseline.finished_windows.setdefault(name, set()).update(
                     _finished_windows(state, name, since)
@@ -104,9 +106,9 @@ def _parse_time(text: str) -> dt.datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
-def _project_ids(path: Path) -> set[int]:
+def _project_ids(path: Path, codec: Codec) -> set[int]:
     ids: set[int] = set()
-    with path.open("rb") as file:
+    with open_lines(path, codec) as file:
         for line in file:
             record = orjson.loads(line)
             if isinstance(record.get("projectId"), int):
@@ -114,8 +116,8 @@ def _project_ids(path: Path) -> set[int]:
     return ids
 
 
-def _newest_keys(path: Path, key: str | None, newest: dict[str, Any]) -> None:
-    with path.open("rb") as file:
+def _newest_keys(path: Path, codec: Codec, key: str | None, newest: dict[str, Any]) -> None:
+    with open_lines(path, codec) as file:
         for line in file:
             record = orjson.loads(line)
             partition = orjson.dumps(

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from .codec import SUFFIXES, Codec
 from .errors import OutputLockedError, StorageError
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -54,8 +55,18 @@ def is_bag(run_folder: Path) -> bool:
     return (run_folder / "bagit.txt").is_file()
 
 
-def stream_path(run_folder: Path, stream: str) -> Path:
-    return run_folder / DATA_FOLDER / f"{stream}.jsonl"
+def stream_path(run_folder: Path, stream: str, codec: Codec = "none") -> Path:
+    return run_folder / DATA_FOLDER / f"{stream}.jsonl{SUFFIXES[codec]}"
+
+
+def run_codec(header: dict[str, object]) -> Codec:
+    """Return the compression a run's manifest header records (``none`` before it existed)."""
+    codec = header.get("compression")
+    if codec == "gzip":
+        return "gzip"
+    if codec == "zstd":
+        return "zstd"
+    return "none"
 
 
 class OutputLock:

@@ -25,6 +25,7 @@ from typing import Any
 
 import anyio
 
+from .codec import Codec, compress, compress_file
 from .errors import StorageError
 from .journal import Journal, JournalContents, read_journal
 from .sink import StreamFile
@@ -67,6 +68,8 @@ class StreamState:
     """What the manifest proves about one stream file."""
 
     committed_end: int = 0
+    last_page_start: int = 0
+    """Where the page that ends at ``committed_end`` starts."""
     partitions: dict[str, PartitionState] = field(default_factory=dict)
 
     def partition(self, partition_id: str) -> PartitionState:
@@ -118,7 +121,8 @@ class ManifestState:
                     part.page_count = entry["pages"]
                 if entry.get("total") is not None:
                     part.total = entry["total"]
-                stream.committed_end = max(stream.committed_end, entry["end"])
+                if entry["end"] >= stream.committed_end:
+                    stream.committed_end, stream.last_page_start = entry["end"], entry["start"]
             elif kind == "part":
                 streams.setdefault(entry["s"], StreamState()).partition(entry["p"]).final = entry
             elif kind == "session":
@@ -147,8 +151,11 @@ class ManifestState:
 class Committer:
     """Groups page entries and commits them with the protocol in the module docstring."""
 
-    def __init__(self, journal: Journal, files: dict[str, StreamFile]) -> None:
+    def __init__(
+        self, journal: Journal, files: dict[str, StreamFile], codec: Codec = "none"
+    ) -> None:
         self._journal = journal
+        self._codec = codec
         self._files = files
         self._queue: list[dict[str, Any]] = []
         self._dirty: set[str] = set()
@@ -177,8 +184,14 @@ class Committer:
             raise self._broken
         try:
             if isinstance(data, Path):
-                start, end = self._files[stream].append_file(data)
+                source = compress_file(data, self._codec) if self._codec != "none" else data
+                try:
+                    start, end = self._files[stream].append_file(source)
+                finally:
+                    if source != data:
+                        source.unlink(missing_ok=True)
             else:
+                data = compress(data, self._codec)
                 if _crash_due("mid-page-write"):
                     self._files[stream].append(data[: len(data) // 2])
                     self._files[stream].flush()

@@ -19,7 +19,7 @@ from typing import Any
 from . import __version__
 from .errors import RecipeError
 from .journal import Journal, fsync_folder, read_journal
-from .layout import MANIFEST_NAME, OutputLock, list_runs, next_run_folder, stream_path
+from .layout import MANIFEST_NAME, OutputLock, list_runs, next_run_folder, run_codec, stream_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +137,13 @@ def _write(run_folder: Path, shards: list[Shard]) -> dict[str, int]:
     records = dict.fromkeys(streams, 0)
     outcome = "complete"
     with_entries: list[dict[str, Any]] = []
-    targets = {name: stream_path(run_folder, name).open("wb") for name in streams}
+    codec = run_codec(shards[0].header)
+    targets = {name: stream_path(run_folder, name, codec).open("wb") for name in streams}
     try:
         for shard in shards:
             for name in streams:
-                source = stream_path(shard.folder, name)
+                # Members and frames may follow one another, so compressed files concatenate.
+                source = stream_path(shard.folder, name, codec)
                 if source.exists():
                     with source.open("rb") as file:
                         shutil.copyfileobj(file, targets[name], 1 << 20)

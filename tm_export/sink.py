@@ -15,6 +15,7 @@ from typing import BinaryIO
 
 import orjson
 
+from .codec import Codec, decompress
 from .errors import ManifestError, StorageError
 
 logger = logging.getLogger("tm_export.sink")
@@ -33,8 +34,13 @@ class StreamFile:
         """Bytes written so far, committed or not."""
 
     @classmethod
-    def open(cls, path: Path, committed_end: int) -> StreamFile:
+    def open(
+        cls, path: Path, committed_end: int, *, codec: Codec = "none", last_page_start: int = 0
+    ) -> StreamFile:
         """Open (or create) the file and cut it back to ``committed_end``.
+
+        For a compressed file, the last committed page (from ``last_page_start``) must be
+        whole members that decompress to complete lines.
 
         Raises:
             ManifestError: the file is shorter than the committed end, or the committed end
@@ -48,7 +54,10 @@ class StreamFile:
 
         try:
             actual = os.fstat(file.fileno()).st_size
-            _check_committed_end(path, file, actual, committed_end)
+            if codec == "none":
+                _check_committed_end(path, file, actual, committed_end)
+            else:
+                _check_compressed_end(path, file, actual, committed_end, last_page_start, codec)
             if actual > committed_end:
                 file.truncate(committed_end)
                 logger.warning(
@@ -138,6 +147,32 @@ class StreamFile:
             self._file.close()
         except OSError as error:
             logger.error("closing %s failed: %s", self.path, error.strerror)
+
+
+def _check_compressed_end(
+    path: Path, file: BinaryIO, actual: int, committed_end: int, start: int, codec: Codec
+) -> None:
+    if committed_end == 0:
+        return
+    where = f"{path}: the manifest says {committed_end} bytes are committed"
+    advice = (
+        "the file was changed outside tm-export; restore it from a backup, or run with "
+        "--start-over to begin a new run beside this one"
+    )
+    if actual < committed_end:
+        raise ManifestError(f"{where}, but the file has only {actual}; {advice}")
+    file.seek(start)
+    try:
+        lines = decompress(file.read(committed_end - start), codec)
+    except Exception as error:  # gzip and zstandard raise several unrelated types
+        raise ManifestError(
+            f"{where}, but the last committed page (bytes {start}..{committed_end}) does "
+            f"not decompress ({error}); {advice}"
+        ) from None
+    if lines and not lines.endswith(b"\n"):
+        raise ManifestError(
+            f"{where}, but the last committed page does not end with a whole line; {advice}"
+        )
 
 
 def _check_committed_end(path: Path, file: BinaryIO, actual: int, committed_end: int) -> None:

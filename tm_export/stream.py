@@ -20,6 +20,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .catalog import WHOLE_BODY
+from .codec import Codec, decompress, open_lines
 from .errors import HTTPStatusError, RequestError
 from .fetcher import Fetcher
 from .incremental import Baseline, updated_since
@@ -108,6 +109,7 @@ class StreamRunner:
         retry_skipped: bool,
         shard: tuple[int, int] | None = None,
         baseline: Baseline | None = None,
+        codec: Codec = "none",
     ) -> None:
         self.spec = spec
         self.state = state
@@ -121,6 +123,7 @@ class StreamRunner:
         self._data_path = data_path
         self._concurrency = concurrency
         self._shard = shard
+        self._codec = codec
         self._since = baseline.since if baseline and spec.endpoint.name == "projects" else None
         self._stop_keys = baseline.newest.get(spec.name, {}) if baseline else {}
         self._finished_windows = (
@@ -575,7 +578,7 @@ class StreamRunner:
         if not self._children or self.state.committed_end == 0:
             return
         with (
-            self._data_path.open("rb") as file,
+            open_lines(self._data_path, self._codec) as file,
             jsonlines.Reader(file, loads=orjson.loads) as reader,
         ):
             for record in reader:
@@ -588,7 +591,7 @@ class StreamRunner:
         with self._data_path.open("rb") as file:
             for page in sorted(walk.state.pages.values(), key=lambda p: p.start):
                 file.seek(page.start)
-                for line in file.read(page.end - page.start).splitlines():
+                for line in decompress(file.read(page.end - page.start), self._codec).splitlines():
                     record = strip_partition(orjson.loads(line))
                     key = record_key(self.spec.endpoint.key, record)
                     if key is not None:

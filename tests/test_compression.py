@@ -1,0 +1,94 @@
+"""Compressed stream files: resumable and exactly once, readable by zcat, zstdcat and Python."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from tm_export.mock import MockServer
+
+from .conftest import run_cli, write_recipe
+from .test_crash import RECIPE, STREAMS, reference, run_killed_at
+
+SUFFIX = {"gzip": ".gz", "zstd": ".zst"}
+TOOL = {"gzip": "zcat", "zstd": "zstdcat"}
+
+
+def python_lines(path: Path, codec: str) -> Counter[bytes]:
+    if codec == "gzip":
+        with gzip.open(path, "rb") as file:
+            return Counter(file.read().splitlines())
+    with path.open("rb") as raw:
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        return Counter(io.BufferedReader(reader).read().splitlines())
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+def test_killed_compressed_run_resumes(tmp_path: Path, mock: MockServer, codec: str) -> None:
+    """Kill a compressed run twice, resume it; every record is there exactly once."""
+    expected = reference(tmp_path, mock)
+    recipe = write_recipe(tmp_path, RECIPE)
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+
+    assert run_killed_at(mock, [*args, "--compression", codec], 40) == -signal.SIGKILL
+    assert run_killed_at(mock, args, 90) == -signal.SIGKILL
+    outcome = run_cli(*args)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    data = tmp_path / "out/runs/0001/data"
+    assert sorted(p.name for p in data.iterdir()) == sorted(
+        f"{name}.jsonl{SUFFIX[codec]}" for name in STREAMS
+    )
+    for name in STREAMS:
+        path = data / f"{name}.jsonl{SUFFIX[codec]}"
+        assert python_lines(path, codec) == expected[name]
+        if shutil.which(TOOL[codec]):
+            shown = subprocess.run([TOOL[codec], str(path)], capture_output=True, check=True).stdout
+            assert Counter(shown.splitlines()) == expected[name]
+
+
+def test_compression_must_match(tmp_path: Path, mock: MockServer) -> None:
+    recipe = write_recipe(tmp_path, RECIPE)
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_killed_at(mock, [*args, "--compression", "gzip"], 30) == -signal.SIGKILL
+
+    outcome = run_cli(*args, "--compression", "zstd")
+
+    assert outcome.exit_code == 1
+    assert (
+        "this run's files are compressed with gzip, but this command asks for zstd"
+        in outcome.stderr
+    )
+
+
+def test_damaged_compressed_tail_refused(tmp_path: Path, mock: MockServer) -> None:
+    """A compressed file whose last committed page no longer decompresses is refused, untouched."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    args = ["run", str(recipe), "--base-url", mock.api_url, "--compression", "gzip"]
+    assert run_killed_at(mock, args, 60) == -signal.SIGKILL
+    path = tmp_path / "out/runs/0001/data/activities.jsonl.gz"
+    data = bytearray(path.read_bytes())
+    data[-12] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    process = subprocess.run(
+        [sys.executable, "-m", "tm_export", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ},
+    )
+
+    assert process.returncode == 1
+    assert "the last committed page (bytes " in process.stderr
+    assert path.read_bytes() == bytes(data)

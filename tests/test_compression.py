@@ -12,6 +12,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
 import zstandard
 
@@ -77,8 +78,13 @@ def test_damaged_compressed_tail_refused(tmp_path: Path, mock: MockServer) -> No
     args = ["run", str(recipe), "--base-url", mock.api_url, "--compression", "gzip"]
     assert run_killed_at(mock, args, 60) == -signal.SIGKILL
     path = tmp_path / "out/runs/0001/data/activities.jsonl.gz"
+    journal = (tmp_path / "out/runs/0001/manifest.jsonl").read_bytes()
+    complete = journal[: journal.rfind(b"\n") + 1].splitlines()
+    ends = [
+        e["end"] for e in map(orjson.loads, complete) if e["t"] == "page" and e["s"] == "activities"
+    ]
     data = bytearray(path.read_bytes())
-    data[-12] ^= 0xFF
+    data[max(ends) - 12] ^= 0xFF
     path.write_bytes(bytes(data))
 
     process = subprocess.run(
@@ -92,3 +98,23 @@ def test_damaged_compressed_tail_refused(tmp_path: Path, mock: MockServer) -> No
     assert process.returncode == 1
     assert "the last committed page (bytes " in process.stderr
     assert path.read_bytes() == bytes(data)
+
+
+def test_damaged_earlier_page_reported(tmp_path: Path, mock: MockServer) -> None:
+    """A damaged committed page stops the run with a message that names the file, no traceback."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    args = ["run", str(recipe), "--base-url", mock.api_url, "--compression", "gzip"]
+    assert run_killed_at(mock, args, 60) == -signal.SIGKILL
+    path = tmp_path / "out/runs/0001/data/activities.jsonl.gz"
+    data = bytearray(path.read_bytes())
+    data[30] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    process = subprocess.run(
+        [sys.executable, "-m", "tm_export", *args], capture_output=True, text=True, check=False
+    )
+
+    # Resume reads back only unfinished partitions; the check that ends every run finds the rest.
+    assert process.returncode == 1
+    assert "Traceback" not in process.stderr
+    assert "activities.jsonl.gz" in process.stderr.splitlines()[-1]

@@ -197,13 +197,10 @@ class _Session:
         # Spool files are only ever in use while a page is processed; any left over are
         # from a killed session.
         shutil.rmtree(run_folder / SPOOL_FOLDER, ignore_errors=True)
-        pages = [
-            page
-            for stream in state.streams.values()
-            for part in stream.partitions.values()
-            for page in part.pages.values()
-        ]
-        earlier = (len(pages), sum(page.records for page in pages))
+        earlier = (
+            sum(stream.pages for stream in state.streams.values()),
+            sum(stream.records for stream in state.streams.values()),
+        )
         files: dict[str, StreamFile] = {}
         result = RunResult(run_folder=run_folder, streams={}, resumed=len(state.sessions) > 0)
         try:
@@ -240,7 +237,7 @@ class _Session:
                 self.baseline = read_baseline(self.recipe, runs)
                 folder = next_run_folder(output)
             elif manifest.exists():
-                state, contents = load_state(manifest)
+                state, contents = load_state(manifest, keep_done_pages=False)
                 self._check_recipe(manifest, state)
                 if state.canonical and (self.options.retry_failed or self.options.retry_skipped):
                     raise ManifestError(

@@ -56,19 +56,12 @@ def read_journal(path: Path) -> JournalContents:
 
     end = data.rfind(b"\n") + 1
     complete, tail = data[:end], data[end:]
-    entries: list[dict[str, Any]] = []
-    for number, line in enumerate(complete.split(b"\n")[:-1], start=1):
-        try:
-            entry = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise ManifestError(
-                f"{path}:{number}: manifest line {number} is damaged (not JSON). {recovery}"
-            ) from None
-        if not isinstance(entry, dict) or "t" not in entry:
-            raise ManifestError(
-                f"{path}:{number}: manifest line {number} is not a manifest entry. {recovery}"
-            )
-        entries.append(entry)
+    lines = complete.split(b"\n")[:-1]
+    entries = _parse_all(lines)
+    if entries is None:
+        entries = [
+            _parse_line(path, number, line, recovery) for number, line in enumerate(lines, 1)
+        ]
 
     if not entries or entries[0].get("t") != "run" or entries[0].get("format") != FORMAT:
         raise ManifestError(
@@ -83,6 +76,35 @@ def read_journal(path: Path) -> JournalContents:
             len(tail),
         )
     return JournalContents(entries=entries, valid_bytes=end, dropped_bytes=len(tail))
+
+
+def _parse_line(path: Path, number: int, line: bytes, recovery: str) -> dict[str, Any]:
+    try:
+        entry = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise ManifestError(
+            f"{path}:{number}: manifest line {number} is damaged (not JSON). {recovery}"
+        ) from None
+    if not isinstance(entry, dict) or "t" not in entry:
+        raise ManifestError(
+            f"{path}:{number}: manifest line {number} is not a manifest entry. {recovery}"
+        )
+    return entry
+
+
+def _parse_all(lines: list[bytes]) -> list[dict[str, Any]] | None:
+    """Parse every line in one call, the fast path for a journal with no damage.
+
+    Returns None when any line is not a manifest entry, so the caller parses line by line
+    and names the damaged one.
+    """
+    try:
+        entries = orjson.loads(b"[" + b",".join(lines) + b"]")
+    except orjson.JSONDecodeError:
+        return None
+    if len(entries) != len(lines) or not all(isinstance(e, dict) and "t" in e for e in entries):
+        return None
+    return entries  # type: ignore[no-any-return]
 
 
 class Journal:

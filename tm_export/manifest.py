@@ -70,7 +70,14 @@ class StreamState:
     committed_end: int = 0
     last_page_start: int = 0
     """Where the page that ends at ``committed_end`` starts."""
+    pages: int = 0
+    records: int = 0
+    duplicates: int = 0
+    """Committed pages, records and duplicates of the stream, all partitions together."""
     partitions: dict[str, PartitionState] = field(default_factory=dict)
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Final entries of partitions that ended done, when replayed with ``keep_done_pages=False``;
+    such partitions then have no ``PartitionState``."""
 
     def partition(self, partition_id: str) -> PartitionState:
         state = self.partitions.get(partition_id)
@@ -93,7 +100,21 @@ class ManifestState:
     """Stream files rewritten in canonical order after the run finished."""
 
     @classmethod
-    def replay(cls, entries: Iterable[dict[str, Any]]) -> ManifestState:
+    def replay(
+        cls, entries: Iterable[dict[str, Any]], *, keep_done_pages: bool = True
+    ) -> ManifestState:
+        """Rebuild the state from journal entries, header first.
+
+        With ``keep_done_pages=False`` the pages of partitions that ended ``done`` are
+        counted but not kept: a resume never needs them, and a run with many thousands of
+        partitions then starts faster and smaller.
+        """
+        entries = list(entries)
+        done: set[tuple[str, str]] = set()
+        if not keep_done_pages:
+            finals = {(e["s"], e["p"]): e["state"] for e in entries if e["t"] == "part"}
+            done = {key for key, state in finals.items() if state == "done"}
+
         iterator = iter(entries)
         header = next(iterator)
         streams: dict[str, StreamState] = {
@@ -108,6 +129,13 @@ class ManifestState:
             kind = entry["t"]
             if kind == "page":
                 stream = streams.setdefault(entry["s"], StreamState())
+                stream.pages += 1
+                stream.records += entry["records"]
+                stream.duplicates += entry.get("dups", 0)
+                if entry["end"] >= stream.committed_end:
+                    stream.committed_end, stream.last_page_start = entry["end"], entry["start"]
+                if (entry["s"], entry["p"]) in done:
+                    continue
                 part = stream.partition(entry["p"])
                 part.pages[entry["n"]] = PageRecord(
                     entry["n"],
@@ -121,10 +149,12 @@ class ManifestState:
                     part.page_count = entry["pages"]
                 if entry.get("total") is not None:
                     part.total = entry["total"]
-                if entry["end"] >= stream.committed_end:
-                    stream.committed_end, stream.last_page_start = entry["end"], entry["start"]
             elif kind == "part":
-                streams.setdefault(entry["s"], StreamState()).partition(entry["p"]).final = entry
+                stream = streams.setdefault(entry["s"], StreamState())
+                if (entry["s"], entry["p"]) in done:
+                    stream.done[entry["p"]] = entry
+                else:
+                    stream.partition(entry["p"]).final = entry
             elif kind == "session":
                 sessions.append(entry)
             elif kind == "end":
@@ -284,7 +314,9 @@ def _crash_point(name: str) -> None:
 _CRASH_COUNTS: dict[str, int] = {}
 
 
-def load_state(path: Path) -> tuple[ManifestState, JournalContents]:
-    """Read the journal at ``path`` and replay it."""
+def load_state(
+    path: Path, *, keep_done_pages: bool = True
+) -> tuple[ManifestState, JournalContents]:
+    """Read the journal at ``path`` and replay it (see ``ManifestState.replay``)."""
     contents = read_journal(path)
-    return ManifestState.replay(contents.entries), contents
+    return ManifestState.replay(contents.entries, keep_done_pages=keep_done_pages), contents

@@ -21,11 +21,20 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .catalog import WHOLE_BODY
 from .codec import Codec, decompress, open_lines
-from .errors import HTTPStatusError, RequestError
+from .errors import HTTPStatusError, ManifestError, RequestError
 from .fetcher import Fetcher
 from .incremental import Baseline, updated_since
 from .manifest import Committer, PageRecord, PartitionState, StreamState
-from .params import Partition, Scalar, count_static, expand_static, partition_id, render
+from .params import (
+    DateWindows,
+    Partition,
+    Scalar,
+    VaryingSpec,
+    count_static,
+    expand_static,
+    partition_id,
+    render,
+)
 from .progress import StreamProgress
 from .recipe import StreamSpec
 from .records import (
@@ -114,10 +123,9 @@ class StreamRunner:
         self.spec = spec
         self.state = state
         self.stats = StreamStats()
-        committed = [page for part in state.partitions.values() for page in part.pages.values()]
-        self.stats.records = sum(page.records for page in committed)
-        self.stats.duplicates = sum(page.duplicates for page in committed)
-        self.stats.pages = len(committed)
+        self.stats.records = state.records
+        self.stats.duplicates = state.duplicates
+        self.stats.pages = state.pages
         self._committer = committer
         self._fetcher = fetcher
         self._data_path = data_path
@@ -135,6 +143,7 @@ class StreamRunner:
         self._children: list[tuple[dict[str, str], MemoryObjectSendStream[dict[str, Scalar]]]] = []
         self._parent_values: MemoryObjectReceiveStream[dict[str, Scalar]] | None = None
         self._partitioned = bool(spec.varying)
+        self._order = [name for spec_ in spec.varying for name in _names(spec_)]
         self.partitions_known = count_static(spec.static) if spec.parent is None else None
         """Partitions in all, when they do not depend on a parent stream."""
 
@@ -209,9 +218,14 @@ class StreamRunner:
                 group.start_soon(self._run_partition, partition, PartitionState(), slots, True)
             return
 
-        state = self.state.partition(partition_id(partition))
+        key = partition_id(partition)
+        done = self.state.done.get(key)
+        if done is not None:
+            self._count_final(done)
+            return
+        state = self.state.partition(key)
         if state.final is not None and state.state not in self._retry_states:
-            self._count_finished(state)
+            self._count_final(state.final)
             return
 
         await slots.acquire()
@@ -226,9 +240,10 @@ class StreamRunner:
         return int.from_bytes(digest[:8], "big") % count == index - 1
 
     def _ordered(self, values: dict[str, Scalar]) -> Partition:
-        order = [getattr(spec, "name", None) for spec in self.spec.varying]
-        ordered = {name: values[name] for name in order if name in values}
-        ordered.update({k: v for k, v in values.items() if k not in ordered})
+        """Put a partition's values in the order the recipe gives its parameters."""
+        ordered = {name: values[name] for name in self._order if name in values}
+        if len(ordered) < len(values):
+            ordered.update({k: v for k, v in values.items() if k not in ordered})
         return ordered
 
     async def _run_partition(
@@ -591,11 +606,28 @@ class StreamRunner:
         with self._data_path.open("rb") as file:
             for page in sorted(walk.state.pages.values(), key=lambda p: p.start):
                 file.seek(page.start)
-                for line in decompress(file.read(page.end - page.start), self._codec).splitlines():
+                for line in self._committed_lines(file.read(page.end - page.start), page):
                     record = strip_partition(orjson.loads(line))
                     key = record_key(self.spec.endpoint.key, record)
                     if key is not None:
                         walk.seen.add(key)
+
+    def _committed_lines(self, data: bytes, page: PageRecord) -> list[bytes]:
+        """Return the lines of a committed page read back from the file.
+
+        Raises:
+            ManifestError: the bytes do not decompress or parse, so the file changed.
+        """
+        try:
+            lines = decompress(data, self._codec).splitlines()
+            for line in lines:
+                orjson.loads(line)
+        except Exception as error:  # zlib, gzip, zstandard and orjson raise unrelated types
+            raise ManifestError(
+                f"{self._data_path}: committed bytes {page.start}..{page.end} are damaged ({error}); "
+                f"run 'tm-export verify' on the run folder, and restore the file or use --start-over"
+            ) from None
+        return lines
 
     # --- bookkeeping --------------------------------------------------------------
 
@@ -640,17 +672,21 @@ class StreamRunner:
 
         self._committer.record(entry)
         state.final = entry
-        self._count_finished(state)
+        self._count_final(entry)
 
-    def _count_finished(self, state: PartitionState) -> None:
-        final = state.final
-        assert final is not None
+    def _count_final(self, final: dict[str, Any]) -> None:
         self.stats.partitions[final["state"]] += 1
         if final["state"] == "skipped":
             reason = f"{final.get('status')} {final.get('sub_code') or ''}".strip()
             self.stats.skip_reasons[reason] += 1
         for problem in final.get("problems", []):
             self.stats.problems.append(f"{final['p']}: {problem}")
+
+
+def _names(spec: VaryingSpec) -> tuple[str, ...]:
+    if isinstance(spec, DateWindows):
+        return (spec.start_param, spec.end_param)
+    return (spec.name,)
 
 
 def _at_most(key: Any, newest: Any) -> bool:

@@ -11,6 +11,7 @@ speed) and writes raw collapsed stacks. This module sums them three ways:
 
     .venv/bin/python bench/profile.py W1         # the W1 export at concurrency 8
     .venv/bin/python bench/profile.py W2 --concurrency 32
+    .venv/bin/python bench/profile.py W3          # the 500 MB response
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from harness import PYTHON, SOURCE, WORK, mock_server, run_measured, use_source
+import workloads
+from harness import (
+    PYTHON,
+    SOURCE,
+    WORK,
+    mock_server,
+    run_measured,
+    synthetic_server,
+    use_source,
+)
 from subjects import W1_RECIPE, LimitScript
 
 PY_SPY = PYTHON.parent / "py-spy"
@@ -33,8 +43,12 @@ RATE = 250
 
 FRAME = re.compile(r"^(?P<function>.*) \((?P<path>[^:()]+)(?::\d+)?\)$")
 
-#: Settings of the profiled runs; W2 uses the W2 latency, both the W1 recipe.
-PROFILES = {"W1": {"projects": 3000, "latency_ms": 0}, "W2": {"projects": 600, "latency_ms": 20}}
+#: Mock settings of the profiled W1 and W2 runs, as in a full ``bench/run.py``.
+MOCK_PROFILES = {
+    "W1": {"projects": 3000, "latency_ms": 0},
+    "W2": {"projects": 600, "latency_ms": 20},
+}
+WORKLOADS = ("W1", "W2", "W3", "W4")
 
 
 def package_of(path: str) -> str:
@@ -137,19 +151,51 @@ def summarise(raw: Path, top: int = 12) -> dict[str, Any]:
 
 
 def profile(workload: str, concurrency: int) -> dict[str, Any]:
-    """Run the W1/W2 export under py-spy against a fresh mock and summarise the samples."""
-    settings = PROFILES[workload]
+    """Run one workload's tm-export export under py-spy and summarise the samples.
+
+    W1 and W2 run the W1 recipe against a fresh mock; W3 and W4 run their recipes
+    against the synthetic servers, at the sizes of a full ``bench/run.py``.
+    """
     folder = WORK / "profiles" / f"{workload.lower()}-c{concurrency}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     raw = folder / "samples.raw"
-    with mock_server(settings["projects"], settings["latency_ms"], f"profile-{workload}") as server:
-        LimitScript().run(server, concurrency, folder / "warm-up")
-        command = [str(PY_SPY), "record", "--threads", "--idle", "--format", "raw"]
-        command += ["--rate", str(RATE), "-o", str(raw), "--"]
-        command += [*SOURCE.command, "run", str(W1_RECIPE)]
-        command += ["--base-url", server.api_url, "--concurrency", str(concurrency), "--quiet"]
+    spy = [str(PY_SPY), "record", "--threads", "--idle", "--format", "raw"]
+    spy += ["--rate", str(RATE), "-o", str(raw), "--", *SOURCE.command, "run"]
+    options = ["--concurrency", str(concurrency), "--quiet"]
+
+    if workload in ("W1", "W2"):
+        settings = MOCK_PROFILES[workload]
+        server = mock_server(settings["projects"], settings["latency_ms"], f"profile-{workload}")
+        recipe = W1_RECIPE
+    else:
+        (folder / "recipe.yaml").write_text(
+            workloads.TASKS_RECIPE
+            if workload == "W3"
+            else workloads.ACTIVITIES_RECIPE.format(projects=workloads.Settings().w4_projects)
+        )
+        recipe = folder / "recipe.yaml"
+        if workload == "W3":
+            body, _ = workloads.tasks_body(workloads.Settings().w3_megabytes)
+            server = synthetic_server("tasks", "profile-W3", "--body", str(body))
+        else:
+            server = synthetic_server(
+                "activities",
+                "profile-W4",
+                "--projects",
+                str(workloads.Settings().w4_projects),
+                "--pages",
+                str(workloads.W4_PAGES),
+                "--per-page",
+                str(workloads.W4_PER_PAGE),
+            )
+
+    with server:
+        if workload in ("W1", "W2"):
+            LimitScript().run(server, concurrency, folder / "warm-up")
+        command = [*spy, str(recipe), "--base-url", server.api_url, *options]
         measurement = run_measured(command, cwd=folder, log=folder / "stderr.log")
+
     summary = summarise(raw)
     summary.update(
         workload=workload,
@@ -157,7 +203,7 @@ def profile(workload: str, concurrency: int) -> dict[str, Any]:
         wall_s=measurement.wall_s,
         cpu_s=measurement.user_s + measurement.system_s,
         command=f"py-spy record --threads --idle --format raw --rate {RATE} -- "
-        f"tm-export run bench/recipes/w1.yaml --base-url $API --concurrency {concurrency}",
+        f"tm-export run {recipe.name} --base-url $API --concurrency {concurrency}",
     )
     return summary
 
@@ -184,7 +230,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("workload", choices=sorted(PROFILES))
+    parser.add_argument("workload", choices=WORKLOADS)
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
     parser.add_argument("--source", metavar="REVISION", help="profile this git revision")
     options = parser.parse_args()

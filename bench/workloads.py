@@ -510,7 +510,7 @@ def w5_resume(settings: Settings) -> dict[str, Any]:
 
 
 def first_request_s(log: dict[str, Any], measurement: Measurement) -> dict[str, float]:
-    """Seconds from the process start to its first request, and to its first export request."""
+    """Return the seconds from the process start to its first request and first export request."""
     started = measurement.started_monotonic
     exports = [
         time
@@ -538,7 +538,7 @@ def timing_row(label: str, measurements: list[Measurement]) -> dict[str, Any]:
 
 
 def request_windows(times: list[float]) -> dict[str, float]:
-    """Return the most requests in any one-second window, fixed and sliding.
+    """Return the maximum number of requests in one-second windows, fixed and sliding.
 
     Fixed windows start at the first request and follow each other; a sliding window may
     start at any request.
@@ -691,7 +691,7 @@ def w3_huge_response(settings: Settings) -> dict[str, Any]:
             export_once(server, folder / "run", TASKS_RECIPE, "tasks", expect_exit=None)
             for _ in range(settings.runs)
         ]
-    entry = row("tm-export", deliveries)
+    entry = row("tm-export", deliveries, concurrency=8)
     entry["exit_codes"] = [d.measurement.exit_code for d in deliveries]
     entry["complete"] = all(d.records["tasks"] == features for d in deliveries)
     peak = entry["peak_rss_mb"]["median"]
@@ -729,7 +729,7 @@ def w4_big_export(settings: Settings) -> dict[str, Any]:
             export_once(server, folder / "run", recipe, "activities", expect_exit=(0,))
             for _ in range(settings.runs)
         ]
-    entry = row("tm-export", deliveries)
+    entry = row("tm-export", deliveries, concurrency=8)
     entry["requests"] = projects * W4_PAGES + 1
     entry["complete"] = all(d.records["activities"] == expected for d in deliveries)
     peak = entry["peak_rss_mb"]["median"]
@@ -746,7 +746,7 @@ def w4_big_export(settings: Settings) -> dict[str, Any]:
         "recipe": recipe,
         "rows": [entry],
         "facts": [
-            f"The server answers /api/v2/projects/N/activities/?page=P for N up to {projects:,} "
+            f"The server responds to /api/v2/projects/N/activities/?page=P for N up to {projects:,} "
             f"with {W4_PER_PAGE} synthetic task-history records a page and {W4_PAGES} pages "
             "a project.",
         ],

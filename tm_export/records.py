@@ -85,16 +85,24 @@ def _hashable(value: Any) -> Hashable:
 def encode_lines(records: Iterable[Any], partition: Partition | None) -> bytes:
     """Encode records as JSON Lines, with the partition's values under ``_partition``.
 
-    Fields keep the server's order and values; the partition key comes first.
+    Fields keep the server's order and values; the partition key comes first. It is
+    spliced in front of the encoded record rather than merged into a copy of it, which
+    saves a dictionary per record on the hot path.
     """
     buffer = io.BytesIO()
-    writer = jsonlines.Writer(buffer, dumps=orjson.dumps)
+    if partition is None:
+        writer = jsonlines.Writer(buffer, dumps=orjson.dumps)
+    else:
+        prefix = b'{"' + PARTITION_KEY.encode() + b'":' + orjson.dumps(dict(partition))
+
+        def dumps(record: Any) -> bytes:
+            if isinstance(record, dict) and record:
+                return prefix + b"," + orjson.dumps(record)[1:]
+            if isinstance(record, dict):
+                return prefix + b"}"
+            return prefix + b',"value":' + orjson.dumps(record) + b"}"
+
+        writer = jsonlines.Writer(buffer, dumps=dumps)
     for record in records:
-        if partition is not None:
-            record = (
-                {PARTITION_KEY: partition, **record}
-                if isinstance(record, dict)
-                else {PARTITION_KEY: partition, "value": record}
-            )
         writer.write(record)
     return buffer.getvalue()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from .clock import Clock
 
-
 #: Seconds a request may start ahead of its slot.
 TOLERANCE = 0.001
 

@@ -102,9 +102,10 @@ def test_archive_doc_commands(tmp_path: Path, mock: MockServer) -> None:
     assert verified[-1] == "verified 1 run: 5 stream files match the manifest"
 
     canonical = output_of("tm-export canonical exports/demo")
-    assert [line.split(":")[0].split()[-1] for line in canonical[1:]] == [
+    assert [line.split(":")[0].split()[-1] for line in canonical[1:-1]] == [
         f"data/{stream}.jsonl" for stream in STREAMS
     ]
+    assert canonical[-1] == f"updated {Path('exports/demo/runs/0001/run.json')}"
 
     assert output_of("tm-export record exports/demo") == [
         f"wrote {Path('exports/demo/runs/0001/run.json')}"

@@ -116,6 +116,7 @@ def test_canonical_output_and_journal(tmp_path: Path, mock: MockServer) -> None:
             f"  rewritten  data/{stream}.jsonl: sha256 {sha256(run / f'data/{stream}.jsonl')}"
             for stream in STREAMS
         ),
+        f"updated {run / 'run.json'}",
     ]
     assert (run / "manifest.jsonl").read_bytes().startswith(journal_before)
     added = entries(run)[len(journal_before.splitlines()) :]
@@ -138,19 +139,25 @@ def test_canonical_output_and_journal(tmp_path: Path, mock: MockServer) -> None:
 
 
 def test_canonical_again_changes_nothing(tmp_path: Path, mock: MockServer) -> None:
-    """A second canonical step reports every file as already canonical and appends nothing."""
+    """A second canonical step reports every file as already canonical and changes no byte."""
     run = export(tmp_path, mock)
     assert run_cli("canonical", str(run)).exit_code == 0
     journal = (run / "manifest.jsonl").read_bytes()
+    record = (run / "run.json").read_bytes()
 
     outcome = run_cli("canonical", str(run))
 
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.stdout.splitlines()[1:] == [
-        f"  already canonical  data/{stream}.jsonl: sha256 {sha256(run / f'data/{stream}.jsonl')}"
-        for stream in STREAMS
+        *(
+            f"  already canonical  data/{stream}.jsonl: "
+            f"sha256 {sha256(run / f'data/{stream}.jsonl')}"
+            for stream in STREAMS
+        ),
+        f"updated {run / 'run.json'}",
     ]
     assert (run / "manifest.jsonl").read_bytes() == journal
+    assert (run / "run.json").read_bytes() == record
 
 
 def test_external_sort_matches_memory_sort(
@@ -194,7 +201,7 @@ def test_sorted_lines_chunks(tmp_path: Path) -> None:
 
 
 def test_verify_canonical_change(tmp_path: Path, mock: MockServer) -> None:
-    """A canonical file is checked against its entry's hash: one changed byte is a mismatch."""
+    """One changed byte in a canonical file mismatches its entry's hash and the run record's."""
     run = export(tmp_path, mock)
     assert run_cli("canonical", str(run)).exit_code == 0
     path = run / "data/summaries.jsonl"
@@ -209,7 +216,9 @@ def test_verify_canonical_change(tmp_path: Path, mock: MockServer) -> None:
     assert outcome.exit_code == 3
     assert [line for line in outcome.stdout.splitlines() if "MISMATCH" in line] == [
         f"  MISMATCH  data/summaries.jsonl: the SHA-256 of bytes 0..{len(data)} is "
-        f"{sha256(path)}, but the canonical entry records {entry['sha256']}"
+        f"{sha256(path)}, but the canonical entry records {entry['sha256']}",
+        f"  MISMATCH  data/summaries.jsonl: the SHA-256 is {sha256(path)}, "
+        f"but run.json records {entry['sha256']}",
     ]
 
 

@@ -143,6 +143,9 @@ def test_record_other_recipe(tmp_path: Path, mock: MockServer) -> None:
     """A recipe that exports something else than the run is rejected; nothing is written."""
     recipe_path = write_recipe(tmp_path, RECIPE)
     export_here(recipe_path, mock, token=mock.tokens["admin"])
+    # Delete the run's own record, because a record written despite the error would have
+    # the same bytes.
+    (tmp_path / "out/runs/0001/run.json").unlink()
     other = write_recipe(tmp_path, RECIPE.replace("[5, 9]", "[5, 6]"), name="other.yaml")
 
     with pytest.raises(ManifestError, match="exports something else"):
@@ -181,6 +184,9 @@ def test_record_rejects_damaged_file(tmp_path: Path, mock: MockServer) -> None:
     recipe_path = write_recipe(tmp_path, RECIPE)
     export_here(recipe_path, mock, token=mock.tokens["admin"])
     run = tmp_path / "out/runs/0001"
+    # Delete the run's own record, because a record written despite the error would have
+    # the same bytes.
+    (run / "run.json").unlink()
     path = run / "data/summaries.jsonl"
     path.write_bytes(path.read_bytes() + b"{}\n")
 

@@ -115,9 +115,10 @@ def test_verify_json(tmp_path: Path, mock: MockServer) -> None:
 
 
 def test_verify_invalid_json_line(tmp_path: Path, mock: MockServer) -> None:
-    """A byte that breaks a line's JSON is a mismatch that names the file and the line."""
+    """A byte that breaks a line's JSON mismatches the JSON check and the run record's hash."""
     run = export(tmp_path, mock)
     path = run / "data/contributions.jsonl"
+    recorded = sha256(path)
     lines = path.read_bytes().splitlines(keepends=True)
     lines[2] = lines[2].replace(b"{", b"[", 1)
     path.write_bytes(b"".join(lines))
@@ -125,12 +126,13 @@ def test_verify_invalid_json_line(tmp_path: Path, mock: MockServer) -> None:
     outcome = run_cli("verify", str(run))
 
     assert outcome.exit_code == 3
-    assert (
-        "  MISMATCH  data/contributions.jsonl: 1 committed lines are not valid JSON (line 3)"
-        in outcome.stdout.splitlines()
-    )
+    assert [line for line in outcome.stdout.splitlines() if "MISMATCH" in line] == [
+        "  MISMATCH  data/contributions.jsonl: 1 committed lines are not valid JSON (line 3)",
+        f"  MISMATCH  data/contributions.jsonl: the SHA-256 is {sha256(path)}, "
+        f"but run.json records {recorded}",
+    ]
     assert outcome.stdout.splitlines()[-1] == (
-        "verified 1 run: 1 mismatch (1 of 3 stream files); exit 3"
+        "verified 1 run: 2 mismatches (1 of 3 stream files); exit 3"
     )
 
 
@@ -159,9 +161,10 @@ def test_verify_truncated_and_extended(tmp_path: Path, mock: MockServer) -> None
 
 
 def test_verify_lines_moved_between_pages(tmp_path: Path, mock: MockServer) -> None:
-    """Swapping two lines of different pages keeps every count but breaks the page ranges."""
+    """Swapping lines of two pages keeps every count but breaks the page ranges and the hash."""
     run = export(tmp_path, mock)
     path = run / "data/projects.jsonl"
+    recorded = sha256(path)
     lines = path.read_bytes().splitlines(keepends=True)
     assert len(lines[0]) != len(lines[-1])
     lines[0], lines[-1] = lines[-1], lines[0]
@@ -179,7 +182,9 @@ def test_verify_lines_moved_between_pages(tmp_path: Path, mock: MockServer) -> N
         start += len(line)
     assert [line for line in outcome.stdout.splitlines() if "MISMATCH" in line] == [
         f"  MISMATCH  data/projects.jsonl: the line at bytes {start}..{start + len(line)} "
-        f"crosses the end of page 1 of partition {{}} at byte {page_end}"
+        f"crosses the end of page 1 of partition {{}} at byte {page_end}",
+        f"  MISMATCH  data/projects.jsonl: the SHA-256 is {sha256(path)}, "
+        f"but run.json records {recorded}",
     ]
 
 

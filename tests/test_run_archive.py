@@ -76,3 +76,30 @@ def test_bag_seals_run(tmp_path: Path, mock: MockServer) -> None:
     assert later.exit_code == 0, later.stderr
     assert (tmp_path / "out/runs/0002/manifest.jsonl").is_file()
     assert (tmp_path / "out/runs/0002/data/projects.jsonl").read_bytes() == b""
+
+
+def test_canonical_waits_for_retries(tmp_path: Path, mock: MockServer) -> None:
+    """With failed partitions the files stay as they are, so --retry-failed can still add pages."""
+    recipe = write_recipe(
+        tmp_path,
+        RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, retries: {attempts: 1}}"),
+    )
+    mock.add_fault(path=r"^/api/v2/projects/1/activities/$", status=500)
+    args = ["run", str(recipe), "--base-url", mock.api_url, "--canonical"]
+
+    first = run_cli(*args)
+
+    assert first.exit_code == 3
+    assert (
+        "1 partitions failed, so the run was not made canonical; run again with --retry-failed"
+        in first.stderr
+    )
+    manifest = tmp_path / "out/runs/0001/manifest.jsonl"
+    assert b'"t":"canonical"' not in manifest.read_bytes()
+
+    mock.clear_faults()
+    second = run_cli(*args, "--retry-failed")
+
+    assert second.exit_code == 0, second.stderr
+    assert b'"t":"canonical"' in manifest.read_bytes()
+    assert run_cli("verify", str(tmp_path / "out")).exit_code == 0

@@ -54,6 +54,7 @@ from .recipe import Recipe
 from .redact import Redactor
 from .sink import StreamFile
 from .stream import StreamRunner, StreamStats
+from .verify import interrupted_bag_folder
 
 logger = logging.getLogger("tm_export.engine")
 
@@ -169,10 +170,22 @@ def _finish_archive(recipe: Recipe, options: RunOptions, result: RunResult) -> N
     from .canonical import make_canonical
     from .runrecord import write_run_record
 
+    canonical, bag = options.canonical, options.bag
+    if result.failed_partitions and (canonical or bag):
+        # Canonical files and bags take no more pages, and --retry-failed still has work.
+        logger.warning(
+            "%d partitions failed, so the run was not %s; run again with --retry-failed, and "
+            "the finished run gets it then",
+            result.failed_partitions,
+            " nor ".join(
+                word for word, on in (("made canonical", canonical), ("bagged", bag)) if on
+            ),
+        )
+        canonical = bag = False
     try:
-        if options.canonical:
+        if canonical:
             make_canonical(result.run_folder)
-        if options.bag:
+        if bag:
             make_run_bag(result.run_folder)
         else:
             write_run_record(result.run_folder, recipe, result)
@@ -255,6 +268,11 @@ class _Session:
                     return folder, state, Journal.open(manifest, valid_bytes=contents.valid_bytes)
                 self.baseline = read_baseline(self.recipe, runs)
                 folder = next_run_folder(output)
+            elif interrupted_bag_folder(folder) is not None:
+                raise ManifestError(
+                    f"{folder}: making this run a BagIt bag was interrupted; run "
+                    f"'tm-export bag {folder}' to finish it, then use --incremental or --start-over"
+                )
             elif any(folder.iterdir()):
                 raise ManifestError(
                     f"{folder}: the run folder has files but no {MANIFEST_NAME}, so what it committed "

@@ -15,10 +15,16 @@ externally: sorted chunks go to temporary files beside the stream file, then
 ``heapq.merge`` merges them, at most ``FAN_IN`` at a time. This needs free disk space of
 about twice the largest stream file while it runs.
 
+A compressed file (``NAME.jsonl.gz`` or ``.zst``) is sorted by its decompressed lines and
+written back as one gzip member or zstd frame with the run's codec, so it no longer keeps
+its size. Its canonical entry's ``sha256`` and ``bytes`` are those of the compressed file,
+and ``lines`` and ``records`` count the decompressed lines. The sorted chunks are not
+compressed, so the sort needs free space of about the decompressed size.
+
 Commit protocol, per stream file:
 
-1. the sorted copy is written to ``data/.NAME.jsonl.canonical``, fsynced, and its folder
-   fsynced;
+1. the sorted copy is written to ``data/.NAME.jsonl.canonical`` (``.NAME.jsonl.gz.canonical``
+   for a gzip run), fsynced, and its folder fsynced;
 2. a journal entry is appended to ``manifest.jsonl`` and fsynced::
 
        {"t": "canonical", "s": NAME, "at": TIME, "version": TOOL_VERSION,
@@ -37,7 +43,6 @@ which the next ``tm-export canonical`` removes.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import heapq
 import logging
 import os
@@ -52,9 +57,10 @@ from typing import Any
 import orjson
 
 from . import __version__
+from .codec import SUFFIXES, Codec, member_writer, open_lines
 from .errors import StorageError
 from .journal import Journal
-from .layout import DATA_FOLDER
+from .layout import DATA_FOLDER, run_codec
 from .records import PARTITION_KEY, record_key, strip_partition
 from .runrecord import require_verified, write_run_record
 from .verify import (
@@ -210,7 +216,8 @@ def make_canonical(run_folder: Path, *, chunk_bytes: int = CHUNK_BYTES) -> list[
             "command again) before making its files canonical"
         )
 
-    finished = _finish_interrupted(paths, contents.entries)
+    codec = run_codec(state.header)
+    finished = _finish_interrupted(paths, contents.entries, codec)
     remove_leftovers(paths)
     check = check_run(paths, check_bag=False)
     require_verified(check, "nothing was rewritten")
@@ -219,7 +226,7 @@ def make_canonical(run_folder: Path, *, chunk_bytes: int = CHUNK_BYTES) -> list[
     journal = Journal.open(paths.manifest, valid_bytes=check.contents.valid_bytes)
     try:
         for stream in check.streams:
-            path = paths.stream_file(stream.stream)
+            path = paths.stream_file(stream.stream, codec)
             if stream.stream in finished:
                 results.append(
                     CanonicalResult(stream.stream, stream.file, "finished", str(stream.sha256))
@@ -235,7 +242,9 @@ def make_canonical(run_folder: Path, *, chunk_bytes: int = CHUNK_BYTES) -> list[
             if stream.size is None:
                 continue
             key_path = state.header.get("streams", {}).get(stream.stream, {}).get("key")
-            entry = _rewrite(path, key_path, chunk_bytes, journal, stream.stream, stream.sha256)
+            entry = _rewrite(
+                path, codec, key_path, chunk_bytes, journal, stream.stream, stream.sha256
+            )
             results.append(
                 CanonicalResult(stream.stream, stream.file, "rewritten", entry["sha256"])
             )
@@ -249,6 +258,7 @@ def make_canonical(run_folder: Path, *, chunk_bytes: int = CHUNK_BYTES) -> list[
 
 def _rewrite(
     path: Path,
+    codec: Codec,
     key_path: str | None,
     chunk_bytes: int,
     journal: Journal,
@@ -257,22 +267,24 @@ def _rewrite(
 ) -> dict[str, Any]:
     """Sort one stream file into its temporary copy, record it, then rename it into place."""
     temporary = canonical_temporary_path(path)
-    hasher = hashlib.sha256()
-    lines = size = 0
+    lines = 0
     try:
         with (
             tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=path.parent) as work,
-            path.open("rb") as source,
+            open_lines(path, codec) as source,
             temporary.open("wb") as target,
         ):
-            for line in sorted_lines(source, line_sort_key(key_path), Path(work), chunk_bytes):
-                target.write(line)
-                hasher.update(line)
-                lines += 1
-                size += len(line)
+            with member_writer(target, codec) as member:
+                sort_key = line_sort_key(key_path)
+                for line in sorted_lines(source, sort_key, Path(work), chunk_bytes):
+                    member.write(line)
+                    lines += 1
             target.flush()
             os.fsync(target.fileno())
         fsync_path(path.parent)
+        # Hashed as written to disk: for a compressed file, the compressed bytes.
+        sha256 = file_sha256(temporary)
+        size = temporary.stat().st_size
     except OSError as error:
         temporary.unlink(missing_ok=True)
         raise StorageError(f"{path}: cannot write its sorted copy: {error.strerror}") from error
@@ -283,7 +295,7 @@ def _rewrite(
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "version": __version__,
         "order": ORDER,
-        "sha256": hasher.hexdigest(),
+        "sha256": sha256,
         "bytes": size,
         "lines": lines,
         "records": lines,
@@ -306,12 +318,12 @@ def _rename(temporary: Path, path: Path) -> None:
         ) from error
 
 
-def _finish_interrupted(paths: RunPaths, entries: list[dict[str, Any]]) -> set[str]:
+def _finish_interrupted(paths: RunPaths, entries: list[dict[str, Any]], codec: Codec) -> set[str]:
     """Rename the sorted copies whose canonical entry is committed; return their streams."""
     finished: set[str] = set()
     for name, layout in stream_layouts(entries).items():
         entry = layout.canonical
-        path = paths.stream_file(name)
+        path = paths.stream_file(name, codec)
         temporary = canonical_temporary_path(path)
         if entry is None or not temporary.exists():
             continue
@@ -333,8 +345,9 @@ def remove_leftovers(paths: RunPaths) -> None:
     data = paths.root / DATA_FOLDER
     if not data.is_dir():
         return
+    copies = tuple(f".jsonl{suffix}.canonical" for suffix in SUFFIXES.values())
     for child in data.iterdir():
         if child.name.startswith(WORK_PREFIX) and child.is_dir():
             shutil.rmtree(child)
-        elif child.name.startswith(".") and child.name.endswith(".jsonl.canonical"):
+        elif child.name.startswith(".") and child.name.endswith(copies):
             child.unlink()

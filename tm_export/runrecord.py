@@ -32,7 +32,9 @@ Format (``"format": 1``)::
     }
 
 ``authenticated`` is true only when every session's token was accepted. ``outcome`` is
-``complete``, ``failures`` or null while the run is unfinished.
+``complete``, ``failures`` or null while the run is unfinished. In a compressed run,
+``file`` ends in ``.gz`` or ``.zst``, ``bytes`` and ``sha256`` are those of the compressed
+file, and ``records`` counts its decompressed lines.
 """
 
 from __future__ import annotations
@@ -128,9 +130,10 @@ def build_run_record(check: RunCheck) -> dict[str, Any]:
     streams: dict[str, Any] = {}
     by_name = {stream.name: stream for stream in status.streams}
     for stream in check.streams:
+        stream_file = paths.stream_file(stream.stream, check.codec)
         counts = by_name[stream.stream].partitions
         streams[stream.stream] = {
-            "file": paths.stream_file(stream.stream).relative_to(paths.root).as_posix(),
+            "file": stream_file.relative_to(paths.root).as_posix(),
             "records": stream.records,
             "bytes": stream.committed_end,
             "sha256": stream.sha256,

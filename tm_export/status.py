@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .codec import Codec
+from .layout import run_codec
 from .params import DateWindows, Each, IntRange, StaticSpec, Step, count_static
 from .verify import (
     RunPaths,
@@ -97,6 +99,8 @@ class RunStatus:
     dropped_bytes: int
     canonical: list[str]
     """Streams whose last committed change is a canonical rewrite."""
+    codec: Codec
+    """The compression of the stream files; their bytes are compressed bytes."""
 
     @property
     def records(self) -> int:
@@ -114,6 +118,7 @@ def run_status(paths: RunPaths) -> RunStatus:
     finished = session_finished(entries)
     layouts = stream_layouts(entries)
     descriptions: dict[str, Any] = state.header.get("streams", {})
+    codec = run_codec(state.header)
 
     streams = []
     for name, stream_state in state.streams.items():
@@ -143,7 +148,7 @@ def run_status(paths: RunPaths) -> RunStatus:
             status.pending_final = finished
         layout = layouts.get(name)
         status.committed_bytes = layout.committed_end if layout else 0
-        path = paths.stream_file(name)
+        path = paths.stream_file(name, codec)
         status.file_bytes = path.stat().st_size if path.exists() else None
         streams.append(status)
 
@@ -164,6 +169,7 @@ def run_status(paths: RunPaths) -> RunStatus:
         streams=streams,
         dropped_bytes=contents.dropped_bytes,
         canonical=canonical,
+        codec=codec,
     )
 
 
@@ -234,8 +240,10 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
         _state_line(status),
         f"started: {status.header.get('started')}",
         _sessions_line(status),
-        "",
     ]
+    if status.codec != "none":
+        lines.append(f"compression: {status.codec}; bytes are those of the compressed files")
+    lines.append("")
 
     header = ("stream", "done", "pending", "skipped", "failed", "records", "bytes")
     rows: list[tuple[str, ...]] = [header]

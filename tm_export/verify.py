@@ -9,6 +9,10 @@ committed segment of the file contains exactly the lines its journal entry names
   lines with the SHA-256 ``sha256``, and replaces the page entries before it.
 
 Segments must tile the file from byte 0 to the committed end, each ending on a line end.
+In a compressed run (``codec.py``) every segment must be whole gzip members or zstd frames.
+Each segment is decompressed on its own and its lines are counted, while the SHA-256 and
+the byte offsets are those of the compressed file.
+
 A finished run's file must end at its committed end; in an unfinished run, bytes after it
 are uncommitted (a session may be writing them, and the next session cuts them off), so
 they are reported but are no damage. When the run has a run record (``run.json``), each
@@ -27,14 +31,15 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import bagit  # type: ignore[import-untyped]
 import orjson
 
+from .codec import Codec, DecompressionError, range_lines
 from .errors import ExitCode, TmExportError
 from .journal import JournalContents
-from .layout import DATA_FOLDER, MANIFEST_NAME, list_runs, runs_folder, stream_path
+from .layout import DATA_FOLDER, MANIFEST_NAME, list_runs, run_codec, runs_folder, stream_path
 from .manifest import ManifestState, load_state
 
 logger = logging.getLogger("tm_export.verify")
@@ -96,8 +101,9 @@ class RunPaths:
     def record(self) -> Path:
         return self.root / RECORD_NAME
 
-    def stream_file(self, stream: str) -> Path:
-        return stream_path(self.root, stream)
+    def stream_file(self, stream: str, codec: Codec) -> Path:
+        """Return a stream's file, named with the suffix of the run's ``codec``."""
+        return stream_path(self.root, stream, codec)
 
     def shown(self, path: Path) -> str:
         """Return ``path`` relative to the run folder, as messages name files."""
@@ -247,7 +253,7 @@ def session_finished(entries: list[dict[str, Any]]) -> bool:
 
 @dataclass(slots=True)
 class StreamCheck:
-    """Findings of one pass over a stream file, compared with its committed segments."""
+    """Findings of reading a stream file, compared with its committed segments."""
 
     stream: str
     file: str
@@ -271,9 +277,19 @@ class StreamCheck:
 
 
 def check_stream(
-    path: Path, shown: str, stream: str, layout: StreamLayout, *, finished: bool
+    path: Path,
+    shown: str,
+    stream: str,
+    layout: StreamLayout,
+    *,
+    finished: bool,
+    codec: Codec = "none",
 ) -> StreamCheck:
-    """Read a stream file once and compare it with its committed segments."""
+    """Read a stream file and compare it with its committed segments.
+
+    A plain file is read once. A compressed file is read twice: once for the SHA-256, then
+    segment by segment for the lines.
+    """
     committed_end = layout.committed_end
     check = StreamCheck(stream, shown, None, committed_end, layout.records)
     check.problems.extend(_tiling_problems(layout))
@@ -308,7 +324,10 @@ def check_stream(
                 f"{committed_end} (a session may be writing them; the next session cuts them off)"
             )
 
-    _scan(path, check, layout)
+    if codec == "none":
+        _scan(path, check, layout)
+    else:
+        _scan_compressed(path, check, layout, codec)
     return check
 
 
@@ -387,16 +406,87 @@ def _scan(path: Path, check: StreamCheck, layout: StreamLayout) -> None:
                     f"lines, but the manifest records {segment.lines}"
                 )
     if bad_lines:
-        listed = ", ".join(str(number) for number in bad_lines[:LISTED_BAD_LINES])
-        more = len(bad_lines) - LISTED_BAD_LINES
-        check.problems.append(
-            f"{len(bad_lines)} committed lines are not valid JSON (line {listed}"
-            + (f" and {more} more)" if more > 0 else ")")
-        )
+        check.problems.append(_bad_lines_problem(bad_lines))
     if offset >= committed_end and check.lines != check.expected_records:
         check.problems.append(
             f"{check.lines} committed lines, but the manifest records {check.expected_records}"
         )
+
+
+def _scan_compressed(path: Path, check: StreamCheck, layout: StreamLayout, codec: Codec) -> None:
+    """Hash the committed compressed bytes, then decompress each segment and count its lines.
+
+    Lines are numbered across segments in file order, as in a plain file. Segments that
+    reach past the end of a short file are skipped, because ``check_stream`` already
+    reports the missing bytes.
+    """
+    size = check.size or 0
+    canonical_ends = {segment.end for segment in layout.segments if segment.sha256 is not None}
+    bad_lines: list[int] = []
+
+    with path.open("rb") as file:
+        check.sha256, prefix_sha256 = _hash_prefix(file, check.committed_end, canonical_ends)
+        for segment in layout.segments:
+            if segment.end > size:
+                continue
+            where = f"{segment.label} (bytes {segment.start}..{segment.end})"
+            count = 0
+            try:
+                for line in range_lines(file, segment.start, segment.end, codec):
+                    count += 1
+                    check.lines += 1
+                    if not line.endswith(b"\n"):
+                        check.problems.append(f"{where} ends inside a line")
+                    try:
+                        orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        bad_lines.append(check.lines)
+                    else:
+                        check.records += 1
+            except DecompressionError as error:
+                check.problems.append(f"{where} does not decompress: {error}")
+                continue
+            if count != segment.lines:
+                check.problems.append(
+                    f"{where} contains {count} lines, but the manifest records {segment.lines}"
+                )
+            if segment.sha256 is not None and segment.end in prefix_sha256:
+                _compare_canonical(check, segment, prefix_sha256[segment.end])
+
+    check.canonical = check.canonical and layout.canonical is not None
+    # Unlike ``_scan``, no total line count is compared: bytes outside every segment are not
+    # decompressed, and ``_tiling_problems`` already reports them.
+    if bad_lines:
+        check.problems.append(_bad_lines_problem(bad_lines))
+
+
+def _hash_prefix(file: BinaryIO, end: int, marks: set[int]) -> tuple[str, dict[int, str]]:
+    """Return the SHA-256 of bytes ``0..end`` of ``file`` and of each prefix ``0..mark``.
+
+    A file shorter than ``end`` is hashed up to its own end, and the marks past that end
+    get no hash.
+    """
+    hasher = hashlib.sha256()
+    prefixes: dict[int, str] = {}
+    position = 0
+    file.seek(0)
+    for stop in sorted({*marks, end}):
+        while position < stop:
+            block = file.read(min(HASH_BLOCK, stop - position))
+            if not block:
+                return hasher.hexdigest(), prefixes
+            hasher.update(block)
+            position += len(block)
+        prefixes[stop] = hasher.hexdigest()
+    return hasher.hexdigest(), prefixes
+
+
+def _bad_lines_problem(bad_lines: list[int]) -> str:
+    listed = ", ".join(str(number) for number in bad_lines[:LISTED_BAD_LINES])
+    more = len(bad_lines) - LISTED_BAD_LINES
+    return f"{len(bad_lines)} committed lines are not valid JSON (line {listed}" + (
+        f" and {more} more)" if more > 0 else ")"
+    )
 
 
 def _compare_canonical(check: StreamCheck, segment: Segment, actual: str) -> None:
@@ -447,6 +537,11 @@ class RunCheck:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def codec(self) -> Codec:
+        """The compression of the run's stream files, from the manifest header."""
+        return run_codec(self.state.header)
+
+    @property
     def ok(self) -> bool:
         return not self.problems and all(stream.ok for stream in self.streams)
 
@@ -483,13 +578,15 @@ def check_run(paths: RunPaths, *, check_bag: bool = True) -> RunCheck:
     state, contents = read_manifest(paths)
     finished = session_finished(contents.entries)
     layouts = stream_layouts(contents.entries)
+    codec = run_codec(state.header)
     streams = [
         check_stream(
-            paths.stream_file(name),
-            paths.shown(paths.stream_file(name)),
+            paths.stream_file(name, codec),
+            paths.shown(paths.stream_file(name, codec)),
             name,
             layout,
             finished=finished,
+            codec=codec,
         )
         for name, layout in layouts.items()
     ]
@@ -500,7 +597,7 @@ def check_run(paths: RunPaths, *, check_bag: bool = True) -> RunCheck:
             "bytes was ignored (a session may be writing it)"
         )
     for stream in streams:
-        _note_unfinished_canonical(paths, stream)
+        _note_unfinished_canonical(paths, stream, codec)
     _note_other_files(paths, layouts, check)
     if paths.record.exists():
         _compare_record(paths, check)
@@ -514,8 +611,8 @@ def canonical_temporary_path(stream_file: Path) -> Path:
     return stream_file.with_name(f".{stream_file.name}.canonical")
 
 
-def _note_unfinished_canonical(paths: RunPaths, stream: StreamCheck) -> None:
-    temporary = canonical_temporary_path(paths.stream_file(stream.stream))
+def _note_unfinished_canonical(paths: RunPaths, stream: StreamCheck, codec: Codec) -> None:
+    temporary = canonical_temporary_path(paths.stream_file(stream.stream, codec))
     if temporary.exists() and not stream.canonical:
         stream.notes.append(
             f"a canonical rewrite was interrupted ({paths.shown(temporary)} is left); run "
@@ -527,7 +624,7 @@ def _note_other_files(paths: RunPaths, layouts: dict[str, StreamLayout], check: 
     data = paths.root / DATA_FOLDER
     if not data.is_dir():
         return
-    known = {paths.stream_file(name).name for name in layouts}
+    known = {paths.stream_file(name, check.codec).name for name in layouts}
     for child in sorted(data.iterdir()):
         if child.name not in known and not child.name.startswith("."):
             check.notes.append(f"{paths.shown(child)}: not a stream of this run; not verified")
@@ -607,7 +704,7 @@ def _compare_bag(paths: RunPaths, check: RunCheck) -> None:
         return
 
     known = {
-        paths.shown(paths.stream_file(stream.stream)): stream
+        paths.shown(paths.stream_file(stream.stream, check.codec)): stream
         for stream in check.streams
         if stream.size is not None and stream.uncommitted_bytes == 0
     }

@@ -34,7 +34,7 @@ def compress(data: bytes, codec: Codec) -> bytes:
         # mtime=0 keeps the bytes the same from run to run, so identical data hashes alike.
         return gzip.compress(data, compresslevel=_GZIP_LEVEL, mtime=0)
     if codec == "zstd":
-        return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data)
+        return _zstd().compress(data)
     return data
 
 
@@ -44,32 +44,19 @@ def compress_file(path: Path, codec: Codec) -> Path:
     Reads and writes in chunks, so memory stays flat for a page of any size.
     """
     target = path.with_name(path.name + SUFFIXES[codec])
-    with path.open("rb") as source, target.open("wb") as out:
-        if codec == "gzip":
-            with gzip.GzipFile(
-                fileobj=out, mode="wb", compresslevel=_GZIP_LEVEL, mtime=0
-            ) as member:
-                while chunk := source.read(1 << 20):
-                    member.write(chunk)
-        else:
-            with zstandard.ZstdCompressor(level=_ZSTD_LEVEL).stream_writer(
-                out, closefd=False
-            ) as frame:
-                while chunk := source.read(1 << 20):
-                    frame.write(chunk)
+    with path.open("rb") as source, target.open("wb") as out, member_writer(out, codec) as member:
+        while chunk := source.read(1 << 20):
+            member.write(chunk)
     return target
 
 
 def decompress(data: bytes, codec: Codec) -> bytes:
-    """Return the lines held in ``data``, one or more whole members or frames."""
-    if codec == "gzip":
-        return gzip.decompress(data)
-    if codec == "zstd":
-        reader = zstandard.ZstdDecompressor().stream_reader(
-            io.BytesIO(data), read_across_frames=True
-        )
-        return reader.read()
-    return data
+    """Return the lines held in ``data``, one or more whole members or frames.
+
+    Raises:
+        DecompressionError: the data is not valid, or its last member or frame is cut short.
+    """
+    return b"".join(decompress_chunks([data], codec))
 
 
 def open_lines(path: Path, codec: Codec) -> IO[bytes]:
@@ -195,5 +182,10 @@ def member_writer(out: BinaryIO, codec: Codec) -> Iterator[Writer]:
         ) as member:
             yield member
     else:
-        with zstandard.ZstdCompressor(level=_ZSTD_LEVEL).stream_writer(out, closefd=False) as frame:
+        with _zstd().stream_writer(out, closefd=False) as frame:
             yield frame
+
+
+def _zstd() -> zstandard.ZstdCompressor:
+    # The frame checksum lets a reader detect a changed byte, not only a cut frame.
+    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_checksum=True)

@@ -92,6 +92,11 @@ def _check(shards: list[Shard]) -> None:
                 f"{shard.folder}: this shard was made by another recipe than {first.folder} "
                 f"(recipe hash {shard.header['recipe_hash'][:12]}, not {first.header['recipe_hash'][:12]})"
             )
+        if run_codec(shard.header) != run_codec(first.header):
+            raise RecipeError(
+                f"{shard.folder}: this shard's files are compressed with {run_codec(shard.header)}, but "
+                f"{first.folder} uses {run_codec(first.header)}; make every shard with the same --compression"
+            )
         if shard.count != first.count:
             raise RecipeError(
                 f"{shard.folder}: shard of {shard.count}, but {first.folder} is a shard of {first.count}"

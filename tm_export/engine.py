@@ -47,7 +47,12 @@ from .layout import (
     run_codec,
     stream_path,
 )
-from .manifest import Committer, ManifestState, StreamState, load_state
+from .manifest import (
+    Committer,
+    ManifestState,
+    StreamState,
+    load_state,
+)
 from .params import FromStream
 from .progress import Progress
 from .recipe import Recipe
@@ -520,6 +525,7 @@ class _Session:
             nonlocal wake
             while True:
                 await wake.wait()
+                # Pages written while this commit waits for its fsyncs form the next group.
                 wake = anyio.Event()
                 await committer.commit()
 

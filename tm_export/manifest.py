@@ -32,9 +32,6 @@ from .sink import StreamFile
 
 logger = logging.getLogger("tm_export.manifest")
 
-#: Pages per commit group at most; a group also closes when the engine asks.
-COMMIT_PAGES = 256
-
 
 @dataclass(slots=True)
 class PageRecord:
@@ -188,6 +185,7 @@ class Committer:
         self._codec = codec
         self._files = files
         self._queue: list[dict[str, Any]] = []
+        self._pending_pages = 0
         self._dirty: set[str] = set()
         self._lock = anyio.Lock()
         self._broken: StorageError | None = None
@@ -200,7 +198,8 @@ class Committer:
 
     @property
     def pending_pages(self) -> int:
-        return sum(1 for entry in self._queue if entry["t"] == "page")
+        """Pages written but not yet committed."""
+        return self._pending_pages
 
     def write_page(self, stream: str, data: bytes | Path, entry: dict[str, Any]) -> tuple[int, int]:
         """Append a page's lines to its stream file, queue its manifest entry, return its range.
@@ -231,6 +230,7 @@ class Committer:
             self._broken = error
             raise
         self._queue.append({"t": "page", "s": stream, **entry, "start": start, "end": end})
+        self._pending_pages += 1
         self._dirty.add(stream)
         if self.on_queue is not None:
             self.on_queue()
@@ -260,6 +260,7 @@ class Committer:
             if not self._queue:
                 return
             entries, self._queue = self._queue, []
+            self._pending_pages = 0
             dirty = [self._files[name] for name in sorted(self._dirty)]
             self._dirty = set()
 

@@ -123,7 +123,8 @@ def run_measured(
     """Run ``command`` as a child process and measure it.
 
     stderr goes to ``log`` and stdout to ``stdout`` (or into the log). A command still
-    running after ``timeout_s`` gets SIGKILL, which shows up as exit code -9.
+    running after ``timeout_s`` gets SIGKILL, which shows up as exit code -9 and
+    ``extra["timed_out"]``.
     ``server_pid`` names a server process whose CPU seconds during the run are recorded too.
 
     The command runs under ``launch.py``, which reports its own peak RSS (see there why).
@@ -158,7 +159,15 @@ def run_measured(
             stderr=err,
             start_new_session=True,
         )
-        timer = threading.Timer(timeout_s, _kill_group, (process.pid,))
+        # Under the launcher, SIGTERM makes it kill the command and still write its report.
+        stop = _kill_group if on_start else _terminate
+        fired = threading.Event()
+
+        def time_out(pid: int = process.pid) -> None:
+            fired.set()
+            stop(pid)
+
+        timer = threading.Timer(timeout_s, time_out)
         timer.start()
         try:
             if on_start is not None:
@@ -211,6 +220,7 @@ def run_measured(
         other_cpu_s=max(0.0, busy - usage.ru_utime - usage.ru_stime - (server_cpu or 0.0)),
         started_monotonic=started_monotonic,
     )
+    measurement.extra["timed_out"] = fired.is_set() and exit_code == -signal.SIGKILL
     if expect_exit is not None and exit_code not in expect_exit:
         tail = log.read_text(errors="replace")[-2000:]
         raise CommandFailed(
@@ -218,6 +228,11 @@ def run_measured(
             f"last lines of {log}:\n{tail}"
         )
     return measurement
+
+
+def _terminate(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
 
 
 def _kill_group(pid: int) -> None:

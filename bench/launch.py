@@ -7,11 +7,13 @@ peak RSS of the address space it had before ``exec``, and a child forked from a 
 parent starts with the parent's. Started from this small launcher, the command's
 ``ru_maxrss`` is its own. The report contains ``status`` (the wait status), ``wall_s``,
 ``started_monotonic`` (``time.monotonic()`` just before the fork), ``maxrss_kb``,
-``user_s`` and ``system_s``; the launcher exits 0 once the report is written.
+``user_s`` and ``system_s``. The launcher exits 0 once the report is written.
+SIGTERM to the launcher kills the command with SIGKILL, and the report still follows.
 """
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -26,6 +28,7 @@ def main() -> int:
             os.execvp(command[0], command)
         finally:
             os._exit(127)
+    signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(pid, signal.SIGKILL))
     _, status, usage = os.wait4(pid, 0)
     wall = time.perf_counter() - started
     result = {

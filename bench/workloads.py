@@ -87,6 +87,9 @@ def row(label: str, deliveries: list[Delivery], **columns: Any) -> dict[str, Any
         "peak_rss_mb": Spread.of([m.peak_rss_mb for m in measurements]).to_json(),
         "other_cpu_s": Spread.of([m.other_cpu_s or 0.0 for m in measurements]).to_json(),
         "consistent": all(d.records == deliveries[0].records for d in deliveries),
+        "timed_out_s": max(
+            (m.wall_s for m in measurements if m.extra.get("timed_out")), default=None
+        ),
     }
     if measurements[0].server_cpu_s is not None:
         result["server_cpu_s"] = Spread.of([m.server_cpu_s or 0.0 for m in measurements]).to_json()
@@ -169,7 +172,12 @@ def check_records(rows: list[dict[str, Any]], expected: dict[str, int]) -> list[
     for entry in rows:
         delivered = entry["records_by_stream"]
         entry["complete"] = delivered == expected and entry["consistent"]
-        if not entry["complete"]:
+        if not entry["complete"] and entry.get("timed_out_s"):
+            notes.append(
+                f"{entry['label']} was stopped after {entry['timed_out_s']:.0f} s; its row "
+                "shows the records it had delivered by then and its rate over that time"
+            )
+        elif not entry["complete"]:
             differing = ", ".join(
                 f"{stream} {delivered.get(stream, 0)} of {count}"
                 for stream, count in expected.items()
@@ -484,8 +492,8 @@ def w5_resume(settings: Settings) -> dict[str, Any]:
             f"(pending: {len(pending)}); committed partitions requested again: "
             f"{', '.join(str(m.extra['again']) for m in resumes)}.",
             "Time to the first export request is counted from the start of the tm-export "
-            "process to the arrival of its first /projects/ request at the server "
-            "(CLOCK_MONOTONIC on both sides); it includes starting Python and importing "
+            "process to the arrival of its first /projects/ request at the server, with "
+            "CLOCK_MONOTONIC on both sides. It includes starting Python and importing "
             "tm-export, which the fresh one-partition run shows on its own.",
         ],
         "commands": [

@@ -20,6 +20,42 @@ class ShapeError(ValueError):
     """A response body does not have the shape the endpoint promises."""
 
 
+class KeySet:
+    """The record keys seen in one partition, compact for the common case of integer ids.
+
+    TM ids (task, project, history ids) are small non-negative integers, so they are kept
+    as bits of a growable bitmap: a project with 1.6 million tasks costs 200 KB instead of
+    about 100 MB as a Python set. Other keys go to a set.
+    """
+
+    #: Integer keys below this are kept as bits; 2**27 bits is a bitmap of 16 MiB at most.
+    BITMAP_LIMIT = 1 << 27
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+        self._others: set[Hashable] = set()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, key: Hashable) -> bool:
+        """Add ``key``; return False when it was already there."""
+        if type(key) is int and 0 <= key < self.BITMAP_LIMIT:
+            index, bit = key >> 3, 1 << (key & 7)
+            if index >= len(self._bits):
+                self._bits.extend(bytes(max(index + 1 - len(self._bits), len(self._bits))))
+            if self._bits[index] & bit:
+                return False
+            self._bits[index] |= bit
+        else:
+            if key in self._others:
+                return False
+            self._others.add(key)
+        self._size += 1
+        return True
+
+
 def extract_records(endpoint: Endpoint, body: Any) -> list[Any]:
     """Return the records of a response body.
 

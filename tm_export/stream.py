@@ -7,7 +7,7 @@ import itertools
 import logging
 import urllib.parse
 from collections import Counter
-from collections.abc import Hashable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from .progress import StreamProgress
 from .recipe import StreamSpec
 from .records import (
     PARTITION_KEY,
+    KeySet,
     ShapeError,
     encode_lines,
     extract_records,
@@ -88,7 +89,7 @@ class PartitionWalk:
         """True when another shard writes this partition and this one only reads it."""
         self.id = partition_id(partition)
         self.state = state
-        self.seen: set[Hashable] = set()
+        self.seen = KeySet()
         self.records = sum(page.records for page in state.pages.values())
         self.duplicates = sum(page.duplicates for page in state.pages.values())
         self.failed_pages: dict[int, RequestError | ShapeError] = {}
@@ -364,11 +365,9 @@ class StreamRunner:
         duplicates = 0
         for record in records:
             key = record_key(self.spec.endpoint.key, record)
-            if key is not None:
-                if key in walk.seen:
-                    duplicates += 1
-                    continue
-                walk.seen.add(key)
+            if key is not None and not walk.seen.add(key):
+                duplicates += 1
+                continue
             fresh.append(record)
 
         if walk.scout:
@@ -414,11 +413,9 @@ class StreamRunner:
                     if not self._drop_archived(walk, [record]):
                         continue
                     key = record_key(endpoint.key, record)
-                    if key is not None:
-                        if key in walk.seen:
-                            duplicates += 1
-                            continue
-                        walk.seen.add(key)
+                    if key is not None and not walk.seen.add(key):
+                        duplicates += 1
+                        continue
                     fresh += 1
                     out.write(encode_lines([record], walk.partition if self._partitioned else None))
                     if self._children:

@@ -1,0 +1,52 @@
+"""Records: keys, the compact key set, and line encoding with the partition key."""
+
+from __future__ import annotations
+
+import orjson
+
+from tm_export.records import KeySet, encode_lines, record_key, strip_partition
+
+
+def test_key_set_ints_and_others() -> None:
+    keys = KeySet()
+
+    added = [
+        keys.add(key) for key in (5, 5, 0, 2**30, 2**30, "mapper_ann", "mapper_ann", -1, 70_000)
+    ]
+
+    assert added == [True, False, True, True, False, True, False, True, True]
+    assert len(keys) == 6
+
+
+def test_key_set_large_bitmap_stays_small() -> None:
+    keys = KeySet()
+    for key in range(1_600_000):
+        assert keys.add(key)
+
+    assert not keys.add(1_599_999)
+    assert len(keys) == 1_600_000
+    assert len(keys._bits) < 500_000
+
+
+def test_encode_lines_splices_partition() -> None:
+    lines = encode_lines([{"a": 1}, {}, "Kenya"], {"project_id": 3})
+
+    assert lines == (
+        b'{"_partition":{"project_id":3},"a":1}\n'
+        b'{"_partition":{"project_id":3}}\n'
+        b'{"_partition":{"project_id":3},"value":"Kenya"}\n'
+    )
+    assert [strip_partition(orjson.loads(line)) for line in lines.splitlines()] == [
+        {"a": 1},
+        {},
+        "Kenya",
+    ]
+
+
+def test_record_key_paths() -> None:
+    feature = {"type": "Feature", "properties": {"taskId": 7}}
+
+    assert record_key("properties.taskId", feature) == 7
+    assert record_key("$", "Kenya") == "Kenya"
+    assert record_key(None, feature) is None
+    assert record_key("projectId", {"name": "x"}) is None

@@ -58,8 +58,9 @@ from .progress import Progress
 from .recipe import Recipe
 from .redact import Redactor
 from .sink import StreamFile
-from .stream import StreamRunner, StreamStats
+from .stream import StreamRunner
 from .verify import interrupted_bag_folder
+from .walk import StreamStats
 
 logger = logging.getLogger("tm_export.engine")
 

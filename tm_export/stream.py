@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import urllib.parse
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +34,19 @@ from .params import (
 from .progress import StreamProgress
 from .recipe import StreamSpec
 from .records import (
-    PARTITION_KEY,
-    KeySet,
     ShapeError,
     encode_lines,
     extract_records,
-    field_values,
     record_key,
     strip_partition,
+)
+from .walk import (
+    PageResult,
+    PartitionWalk,
+    StreamStats,
+    combinations,
+    pagination_facts,
+    with_partition,
 )
 
 logger = logging.getLogger("tm_export.stream")
@@ -55,52 +56,6 @@ CHILD_BUFFER = 1024
 
 #: Statuses that mean "this partition is not visible to us", recorded as skipped.
 SKIP_STATUSES = frozenset({403, 404})
-
-
-@dataclass(slots=True)
-class StreamStats:
-    """Counts of one stream for this session and the runs before it."""
-
-    partitions: Counter[str] = field(default_factory=Counter)
-    records: int = 0
-    duplicates: int = 0
-    pages: int = 0
-    skip_reasons: Counter[str] = field(default_factory=Counter)
-    problems: list[str] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class PageResult:
-    """What one page brought: its pagination facts and its new records."""
-
-    page_count: int | None
-    total: int | None
-    has_next: bool
-    new_records: int
-    duplicates: int
-
-
-class PartitionWalk:
-    """The state of one partition while its pages are fetched."""
-
-    def __init__(self, partition: Partition, state: PartitionState, scout: bool = False) -> None:
-        self.partition = partition
-        self.scout = scout
-        """True when another shard writes this partition and this one only reads it."""
-        self.id = partition_id(partition)
-        self.state = state
-        self.seen = KeySet()
-        self.records = sum(page.records for page in state.pages.values())
-        self.duplicates = sum(page.duplicates for page in state.pages.values())
-        self.failed_pages: dict[int, RequestError | ShapeError] = {}
-        self.problems: list[str] = []
-        self.stop = False
-        self.filtered = False
-        """True when an incremental run dropped records it already has, so totals differ."""
-
-    def stopped(self) -> bool:
-        """Tell whether the walk was stopped; a call, so type checkers re-read it after an await."""
-        return self.stop
 
 
 class StreamRunner:
@@ -358,7 +313,7 @@ class StreamRunner:
 
         received = extract_records(self.spec.endpoint, body)
         pagination = body.get("pagination") if isinstance(body, dict) else None
-        page_count, total, has_next = _pagination_facts(pagination)
+        page_count, total, has_next = pagination_facts(pagination)
         records = self._drop_archived(walk, received)
 
         fresh: list[Any] = []
@@ -381,7 +336,7 @@ class StreamRunner:
         if self._children:
             # Children see records as they are in the file, so a child can also read _partition.
             await self._offer_children(
-                [_with_partition(r, walk.partition) for r in fresh] if self._partitioned else fresh
+                [with_partition(r, walk.partition) for r in fresh] if self._partitioned else fresh
             )
         return PageResult(page_count, total, has_next, len(fresh), duplicates)
 
@@ -399,7 +354,7 @@ class StreamRunner:
         if endpoint.paginated:
             with spool.open("rb") as source:
                 for pagination in ijson.items(source, "pagination", use_float=True):
-                    page_count, total, has_next = _pagination_facts(pagination)
+                    page_count, total, has_next = pagination_facts(pagination)
 
         lines = spool.with_suffix(".lines")
         fresh = duplicates = received = 0
@@ -420,7 +375,7 @@ class StreamRunner:
                     out.write(encode_lines([record], walk.partition if self._partitioned else None))
                     if self._children:
                         child_records.append(
-                            _with_partition(record, walk.partition) if self._partitioned else record
+                            with_partition(record, walk.partition) if self._partitioned else record
                         )
         except (ijson.JSONError, ijson.IncompleteJSONError) as error:
             lines.unlink(missing_ok=True)
@@ -578,7 +533,7 @@ class StreamRunner:
         for fields, send in self._children:
             try:
                 for record in records:
-                    for values in _combinations(record, fields):
+                    for values in combinations(record, fields):
                         await send.send(values)
             except anyio.BrokenResourceError:
                 # The child stopped early, which only a fatal error elsewhere causes; that
@@ -688,29 +643,3 @@ def _names(spec: VaryingSpec) -> tuple[str, ...]:
 
 def _at_most(key: Any, newest: Any) -> bool:
     return isinstance(key, int) and key <= newest
-
-
-def _with_partition(record: Any, partition: Partition) -> Any:
-    if isinstance(record, dict):
-        return {PARTITION_KEY: partition, **record}
-    return {PARTITION_KEY: partition, "value": record}
-
-
-def _combinations(record: Any, fields: dict[str, str]) -> Iterator[dict[str, Scalar]]:
-    """Yield each combination of the values of ``fields`` in one record."""
-    choices = [field_values(record, path) for path in fields.values()]
-    for combination in itertools.product(*choices):
-        yield dict(zip(fields, combination, strict=True))
-
-
-def _pagination_facts(pagination: Any) -> tuple[int | None, int | None, bool]:
-    if not isinstance(pagination, dict):
-        return None, None, False
-    pages = pagination.get("pages")
-    total = pagination.get("total")
-    has_next = bool(pagination.get("hasNext"))
-    return (
-        pages if isinstance(pages, int) else None,
-        total if isinstance(total, int) else None,
-        has_next,
-    )

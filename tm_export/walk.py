@@ -1,0 +1,86 @@
+"""The state of one partition's walk over its pages, and the counts a stream keeps."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import RequestError
+from .manifest import PartitionState
+from .params import Partition, Scalar, partition_id
+from .records import PARTITION_KEY, KeySet, ShapeError, field_values
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """Counts of one stream for this session and the runs before it."""
+
+    partitions: Counter[str] = field(default_factory=Counter)
+    records: int = 0
+    duplicates: int = 0
+    pages: int = 0
+    skip_reasons: Counter[str] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class PageResult:
+    """What one page brought: its pagination facts and its new records."""
+
+    page_count: int | None
+    total: int | None
+    has_next: bool
+    new_records: int
+    duplicates: int
+
+
+class PartitionWalk:
+    """The state of one partition while its pages are fetched."""
+
+    def __init__(self, partition: Partition, state: PartitionState, scout: bool = False) -> None:
+        self.partition = partition
+        self.scout = scout
+        """True when another shard writes this partition and this one only reads it."""
+        self.id = partition_id(partition)
+        self.state = state
+        self.seen = KeySet()
+        self.records = sum(page.records for page in state.pages.values())
+        self.duplicates = sum(page.duplicates for page in state.pages.values())
+        self.failed_pages: dict[int, RequestError | ShapeError] = {}
+        self.problems: list[str] = []
+        self.stop = False
+        self.filtered = False
+        """True when an incremental run dropped records it already has, so totals differ."""
+
+    def stopped(self) -> bool:
+        """Tell whether the walk was stopped; a call, so type checkers re-read it after an await."""
+        return self.stop
+
+
+def with_partition(record: Any, partition: Partition) -> Any:
+    if isinstance(record, dict):
+        return {PARTITION_KEY: partition, **record}
+    return {PARTITION_KEY: partition, "value": record}
+
+
+def combinations(record: Any, fields: dict[str, str]) -> Iterator[dict[str, Scalar]]:
+    """Yield each combination of the values of ``fields`` in one record."""
+    choices = [field_values(record, path) for path in fields.values()]
+    for combination in itertools.product(*choices):
+        yield dict(zip(fields, combination, strict=True))
+
+
+def pagination_facts(pagination: Any) -> tuple[int | None, int | None, bool]:
+    if not isinstance(pagination, dict):
+        return None, None, False
+    pages = pagination.get("pages")
+    total = pagination.get("total")
+    has_next = bool(pagination.get("hasNext"))
+    return (
+        pages if isinstance(pages, int) else None,
+        total if isinstance(total, int) else None,
+        has_next,
+    )

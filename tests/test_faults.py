@@ -280,3 +280,25 @@ def test_empty_pages_stop(
         assert result.streams["projects"].problems == [
             f"{{}}: integrity: received 42 unique records where the server announced {public_count(server)}"
         ]
+
+
+def test_malformed_token_stops_run(tmp_path: Path, mock: MockServer) -> None:
+    """A token the server cannot even decode (400 Invalid auth credentials) is fatal, exit 1."""
+    recipe = write_recipe(tmp_path, TOKEN_RECIPE.replace("ACTIVE", "1"))
+
+    outcome = run_cli(
+        "run",
+        str(recipe),
+        "--base-url",
+        mock.api_url,
+        env={"TM_API_TOKEN": mock.tokens["admin"][:-1]},
+    )
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr.splitlines()[-1] == (
+        "tm-export: error: the server rejected the API token (400 Invalid auth credentials at "
+        f"{mock.api_url}/system/heartbeat/): the token in TM_API_TOKEN is missing, invalid or expired "
+        "(TM tokens last 7 days). Copy a new API key from your Tasking Manager settings, export "
+        "TM_API_TOKEN, and run the same command again to resume"
+    )
+    assert [r["path"] for r in mock.requests()] == ["/api/v2/system/heartbeat/"]

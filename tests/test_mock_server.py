@@ -20,7 +20,10 @@ import pytest
 from tm_export.mock import Dataset, FaultRule, MockServer, serve
 from tm_export.mock.generate import project_role
 
-SHAPE_CHECKER = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_mock_shapes.py"
+# The recordings and their checker live in the shared folder beside the repository (as CI
+# lays it out); TM_EXPORT_SHARED names another place for a clone elsewhere.
+SHARED = Path(os.environ.get("TM_EXPORT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SHAPE_CHECKER = SHARED / "tools" / "check_mock_shapes.py"
 
 PROJECT_NOT_FOUND_12 = {
     "error": {

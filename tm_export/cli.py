@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +35,18 @@ Exit codes:
   3    finished, but some partitions failed or an integrity check
        failed (or, with --strict, some were skipped)
   130  interrupted by SIGINT or SIGTERM; run again to resume"""
+
+CHECK_EXIT_CODES = """\b
+Exit codes:
+  0    the recipe is valid
+  2    the recipe is invalid; the message names file, line and key"""
+
+MERGE_EXIT_CODES = """\b
+Exit codes:
+  0    merged
+  1    the output folder is in use, or a write failed
+  2    a shard is missing, repeated, unfinished, of another recipe, or
+       overlaps another; nothing was written"""
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -119,7 +132,7 @@ def _fail(error: TmExportError | str, code: int) -> None:
     "--incremental",
     is_flag=True,
     help="Once the last run has finished, start a new run beside it that fetches only what changed "
-    "since it started (see docs/recipes.md).",
+    "since it started (see 'Incremental runs' in docs/design.md).",
 )
 @click.option(
     "--compression",
@@ -186,6 +199,8 @@ def run(
       tm-export run recipes/demo.yaml --base-url http://127.0.0.1:8080/api/v2
 
     Records go to OUTPUT/runs/NNNN/data/STREAM.jsonl; progress and the summary go to stderr.
+    The API token is read from the environment variable that the recipe's instance.token_env
+    names; it never appears in any output or file.
     """
     try:
         loaded = load_recipe(recipe)
@@ -254,7 +269,7 @@ def run(
     sys.exit(int(code))
 
 
-@main.command(context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES)
+@main.command(context_settings=CONTEXT_SETTINGS, epilog=CHECK_EXIT_CODES)
 @click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
 def validate(recipe: Path) -> None:
     """Check RECIPE and list the streams it defines; sends nothing and writes nothing.
@@ -265,7 +280,15 @@ def validate(recipe: Path) -> None:
     """
     try:
         loaded = load_recipe(recipe)
-        resolve_token(loaded)
+        variable = loaded.instance.token_env
+        needing = loaded.needs_token()
+        if variable and needing and not os.environ.get(variable, "").strip():
+            # The recipe is valid; only this shell lacks the token, which 'run' will need.
+            click.echo(
+                f"note: {variable} is not set; 'run' needs it for stream '{needing[0]}'", err=True
+            )
+        else:
+            resolve_token(loaded)
     except RecipeError as error:
         _fail(error, ExitCode.USAGE)
         return
@@ -379,7 +402,7 @@ def schema() -> None:
     click.echo(json.dumps(RECIPE_SCHEMA, indent=2))
 
 
-@main.command("merge", context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES)
+@main.command("merge", context_settings=CONTEXT_SETTINGS, epilog=MERGE_EXIT_CODES)
 @click.argument("output", type=click.Path(path_type=Path, file_okay=False))
 @click.argument(
     "shards", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False)

@@ -129,7 +129,7 @@ class Fetcher:
                 )
 
         error = self._status_error(response)
-        if status == 401:
+        if status == 401 or _malformed_token(response):
             self._fatal = TokenRejectedError(self._token_message(response, error))
             raise self._fatal
         if not is_retried(status):
@@ -153,8 +153,10 @@ class Fetcher:
 
     def _token_message(self, response: Response, error: HTTPStatusError) -> str:
         variable = self._token_env or "the token variable"
+        reason = error.sub_code or error.excerpt if response.status != 401 else error.sub_code
+        status = f"{response.status} {reason}" if reason else str(response.status)
         return (
-            f"the server rejected the API token (401{' ' + error.sub_code if error.sub_code else ''} "
+            f"the server rejected the API token ({status} "
             f"at {response.url}): the token in {variable} is missing, invalid or expired (TM tokens "
             f"last 7 days). Copy a new API key from your Tasking Manager settings, export "
             f"{variable}, and run the same command again to resume"
@@ -200,6 +202,20 @@ class Fetcher:
         if not text:
             return "(empty body)"
         return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 3] + "..."
+
+
+def _malformed_token(response: Response) -> bool:
+    """Tell whether the server rejected the Authorization header itself.
+
+    TM's authentication middleware answers 400 ``text/plain`` ``Invalid auth credentials`` to
+    every request whose header it cannot decode (a token cut short, bad base64), public
+    endpoints included, so no request can succeed until the token is fixed.
+    """
+    return (
+        response.status == 400
+        and response.content_type == "text/plain"
+        and response.body.strip() == b"Invalid auth credentials"
+    )
 
 
 def _sub_code(response: Response) -> str | None:

@@ -20,6 +20,7 @@ from . import __version__
 from .errors import RecipeError
 from .journal import Journal, fsync_folder, read_journal
 from .layout import MANIFEST_NAME, OutputLock, list_runs, next_run_folder, run_codec, stream_path
+from .runrecord import write_run_record
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,8 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
         run_folder = next_run_folder(output)
         (run_folder / "data").mkdir(parents=True)
         records = _write(run_folder, sorted(shards, key=lambda shard: shard.index))
+        # The merged run is finished, so it describes itself as a finished run does.
+        write_run_record(run_folder)
     return MergeResult(run_folder=run_folder, records=records)
 
 

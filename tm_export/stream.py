@@ -159,6 +159,8 @@ class StreamRunner:
                 seen.add(key)
                 for static in expand_static(self.spec.static):
                     await self._start_partition(group, slots, {**values, **static})
+        # Every parent value has arrived, so the number of partitions is known now.
+        self.partitions_known = len(seen) * count_static(self.spec.static)
 
     async def _start_partition(
         self, group: TaskGroup, slots: anyio.Semaphore, values: dict[str, Scalar]

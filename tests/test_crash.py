@@ -121,7 +121,9 @@ def test_sigkill_mid_run_resumes_exactly(tmp_path: Path, mock: MockServer) -> No
     assert again == []
 
 
-@pytest.mark.parametrize("point", ["after-data-fsync", "after-manifest-append", "mid-page-write"])
+@pytest.mark.parametrize(
+    "point", ["mid-page-write", "after-data-fsync", "mid-manifest-append", "after-manifest-append"]
+)
 def test_crash_point_resumes_exactly(tmp_path: Path, mock: MockServer, point: str) -> None:
     """A kill between data and manifest, after the manifest, or inside a page write loses nothing."""
     expected = reference(tmp_path, mock)

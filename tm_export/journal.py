@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
 
+from .crashpoints import crash_due
 from .errors import ManifestError, StorageError
 
 logger = logging.getLogger("tm_export.journal")
@@ -157,6 +159,9 @@ class Journal:
         data = b"".join(orjson.dumps(entry) + b"\n" for entry in entries)
         before = self._file.tell()
         try:
+            if crash_due("mid-manifest-append"):
+                self._file.write(data[: len(data) // 2])
+                os.kill(os.getpid(), signal.SIGKILL)
             view = memoryview(data)
             while view:
                 written = self._file.write(view)

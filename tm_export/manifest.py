@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 
 from .codec import Codec, compress, compress_file
+from .crashpoints import crash_due, crash_point
 from .errors import StorageError
 from .journal import Journal, JournalContents, read_journal
 from .sink import StreamFile
@@ -221,7 +222,7 @@ class Committer:
                         source.unlink(missing_ok=True)
             else:
                 data = compress(data, self._codec)
-                if _crash_due("mid-page-write"):
+                if crash_due("mid-page-write"):
                     self._files[stream].append(data[: len(data) // 2])
                     self._files[stream].flush()
                     os.kill(os.getpid(), signal.SIGKILL)
@@ -268,9 +269,9 @@ class Committer:
                 for file in dirty:
                     file.flush()
                 await anyio.to_thread.run_sync(_fsync_all, dirty)
-                _crash_point("after-data-fsync")
+                crash_point("after-data-fsync")
                 await anyio.to_thread.run_sync(self._journal.append, entries)
-                _crash_point("after-manifest-append")
+                crash_point("after-manifest-append")
             except StorageError as error:
                 self._broken = error
                 raise
@@ -288,31 +289,6 @@ class Committer:
 def _fsync_all(files: list[StreamFile]) -> None:
     for file in files:
         file.fsync()
-
-
-def _crash_due(name: str) -> bool:
-    """Count a pass through crash point ``name``; True when the test-only variable says to crash.
-
-    ``TM_EXPORT_CRASH_AT`` is ``NAME`` or ``NAME:N`` (crash on the N-th pass). Only the crash
-    tests set it; without it this returns False at once.
-    """
-    wanted = os.environ.get("TM_EXPORT_CRASH_AT")
-    if not wanted:
-        return False
-    point, _, count = wanted.partition(":")
-    if point != name:
-        return False
-    _CRASH_COUNTS[name] = _CRASH_COUNTS.get(name, 0) + 1
-    return _CRASH_COUNTS[name] == int(count or 1)
-
-
-def _crash_point(name: str) -> None:
-    """Kill this process with SIGKILL when ``_crash_due(name)``."""
-    if _crash_due(name):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-_CRASH_COUNTS: dict[str, int] = {}
 
 
 def load_state(

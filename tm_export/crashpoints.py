@@ -1,0 +1,32 @@
+"""Crash points: places where the crash tests kill the process, named by an environment variable.
+
+``TM_EXPORT_CRASH_AT`` is ``NAME`` or ``NAME:N``: the process kills itself with SIGKILL on the
+N-th pass through the crash point ``NAME``. Only the crash tests set it; without it every
+check returns at once. The points are ``mid-page-write``, ``after-data-fsync``,
+``mid-manifest-append`` and ``after-manifest-append``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_CRASH_COUNTS: dict[str, int] = {}
+
+
+def crash_due(name: str) -> bool:
+    """Count a pass through crash point ``name``; return True when the process must die here."""
+    wanted = os.environ.get("TM_EXPORT_CRASH_AT")
+    if not wanted:
+        return False
+    point, _, count = wanted.partition(":")
+    if point != name:
+        return False
+    _CRASH_COUNTS[name] = _CRASH_COUNTS.get(name, 0) + 1
+    return _CRASH_COUNTS[name] == int(count or 1)
+
+
+def crash_point(name: str) -> None:
+    """Kill this process with SIGKILL when ``crash_due(name)``."""
+    if crash_due(name):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -255,6 +255,39 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+#: Seconds ``wait_for_quiet`` may wait before one run, and over one bench invocation.
+QUIET_WAIT_PER_RUN_S = 10.0
+QUIET_WAIT_TOTAL_S = 120.0
+#: CPU use of other processes, in cores, under which the machine counts as quiet.
+QUIET_CORES = 0.3
+
+_quiet_waited = 0.0
+
+
+def wait_for_quiet() -> float:
+    """Wait until other processes use less than ``QUIET_CORES``, within a bounded time.
+
+    The machine may be shared, and another process's load slows the client and the
+    server. Between runs the benchmark's own servers are idle, so all CPU use measured
+    here is someone else's. Returns the load seen last, in cores. The run goes ahead
+    after the wait even when the machine is still busy, and its row shows the other load.
+    """
+    global _quiet_waited
+    started = time.monotonic()
+    while True:
+        before = machine_busy_seconds()
+        time.sleep(0.5)
+        load = (machine_busy_seconds() - before) / 0.5
+        waited = time.monotonic() - started
+        if (
+            load < QUIET_CORES
+            or waited >= QUIET_WAIT_PER_RUN_S
+            or _quiet_waited + waited >= QUIET_WAIT_TOTAL_S
+        ):
+            _quiet_waited += waited
+            return load
+
+
 # --- servers ---------------------------------------------------------------------------
 
 

@@ -106,6 +106,7 @@ class Peer:
 
     package: PeerPackage
     max_runs: int | None = 1
+    optional = True
     sequential = False
     """True for a peer without a concurrency setting; it then runs at one concurrency only."""
 

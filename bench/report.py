@@ -34,11 +34,11 @@ def render(results: dict[str, Any]) -> str:
     workloads = [results["workloads"][name] for name in ORDER if name in results["workloads"]]
     lines = [START, ""]
     lines += _machine(results)
-    lines += ["## Targets", "", "| target | wanted | measured | result |", "|---|---|---|---|"]
+    lines += ["## Targets", "", "| target | expected | measured | result |", "|---|---|---|---|"]
     for workload in workloads:
         for item in workload["targets"]:
             lines.append(
-                f"| {item['target']} | {item['wanted']} | {item['measured']} | {met_text(item['met'])} |"
+                f"| {item['target']} | {item['expected']} | {item['measured']} | {met_text(item['met'])} |"
             )
     lines.append("")
     for workload in workloads:

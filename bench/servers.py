@@ -2,7 +2,7 @@
 
 Run one per process: ``python bench/servers.py MODE --port 0 --ready-file FILE``. It listens
 on a loopback address only and writes ``{"base_url", "api_url"}`` to the ready file once it
-accepts connections. Every mode answers ``/api/v2/system/heartbeat/`` like TM does.
+accepts connections. Every mode responds to ``/api/v2/system/heartbeat/`` as TM does.
 
 Modes:
 

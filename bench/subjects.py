@@ -41,6 +41,8 @@ class Subject(Protocol):
     """Runs per workload at most (None: as many as the workload does)."""
     sequential: bool
     """True when the subject has no concurrency setting (it runs at one concurrency only)."""
+    optional: bool
+    """True when a failure of the subject is noted and the workload goes on without it."""
 
     def run(self, server: ServerProcess, concurrency: int, folder: Path) -> Delivery: ...
 
@@ -66,6 +68,7 @@ class TmExport:
     name = "tm-export"
     max_runs = None
     sequential = False
+    optional = False
 
     def run(self, server: ServerProcess, concurrency: int, folder: Path) -> Delivery:
         fresh_folder(folder)
@@ -89,6 +92,7 @@ class LimitScript:
     name = "limit.py"
     max_runs = None
     sequential = False
+    optional = False
 
     def run(self, server: ServerProcess, concurrency: int, folder: Path) -> Delivery:
         fresh_folder(folder)

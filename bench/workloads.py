@@ -20,6 +20,7 @@ from harness import (
     PYTHON,
     SOURCE,
     WORK,
+    CommandFailed,
     Measurement,
     ServerProcess,
     Spread,
@@ -27,6 +28,7 @@ from harness import (
     mock_server,
     run_measured,
     synthetic_server,
+    wait_for_quiet,
 )
 from servers import write_tasks_body
 from subjects import W1_RECIPE, W1_STREAMS, Delivery, LimitScript, Subject, TmExport, fresh_folder
@@ -67,9 +69,9 @@ class Settings:
         )
 
 
-def target(name: str, wanted: str, measured: str, met: bool | None) -> dict[str, Any]:
+def target(name: str, expected: str, measured: str, met: bool | None) -> dict[str, Any]:
     """Return a target as a dict: what was expected, what was measured, and whether it was met."""
-    return {"target": name, "wanted": wanted, "measured": measured, "met": met}
+    return {"target": name, "expected": expected, "measured": measured, "met": met}
 
 
 def row(label: str, deliveries: list[Delivery], **columns: Any) -> dict[str, Any]:
@@ -138,17 +140,35 @@ def measure_subjects(
     concurrency: int,
     runs: int,
     folder: Path,
+    notes: list[str],
 ) -> dict[str, list[Delivery]]:
-    """Run every subject ``runs`` times, interleaved, and count server-side requests."""
+    """Run every subject ``runs`` times, interleaved, and count server-side requests.
+
+    An optional subject (a peer) that fails is left out of later runs, with a note.
+    Any other failure raises ``CommandFailed``.
+    """
     deliveries: dict[str, list[Delivery]] = {subject.name: [] for subject in subjects}
+    failed: set[str] = set()
     for run_index in range(runs):
         for subject in subjects:
             if subject.max_runs is not None and run_index >= subject.max_runs:
                 continue
             if subject.sequential and concurrency != SEQUENTIAL_AT:
                 continue
+            if subject.name in failed:
+                continue
             server.post_json("/__mock__/reset-log")
-            delivery = subject.run(server, concurrency, folder / subject.name)
+            wait_for_quiet()
+            try:
+                delivery = subject.run(server, concurrency, folder / subject.name)
+            except CommandFailed as error:
+                if not subject.optional:
+                    raise
+                failed.add(subject.name)
+                first_line = str(error).splitlines()[0]
+                notes.append(f"{subject.name} failed at concurrency {concurrency}: {first_line}")
+                print(f"  {subject.name} c={concurrency}: failed: {first_line}", flush=True)
+                continue
             delivery.measurement.extra["requests"] = len(
                 server.get_json("/__mock__/requests")["requests"]
             )
@@ -193,6 +213,7 @@ def check_records(rows: list[dict[str, Any]], expected: dict[str, int]) -> list[
 def run_probe(server: ServerProcess, requests: int, concurrency: int, folder: Path) -> Delivery:
     """Run ``probe.py``: the same number of requests as tm-export sent, to the heartbeat."""
     fresh_folder(folder)
+    wait_for_quiet()
     command = [str(PYTHON), str(BENCH / "probe.py"), "--url", server.api_url + "/system/heartbeat/"]
     command += ["--requests", str(requests), "--concurrency", str(concurrency)]
     measurement = run_measured(
@@ -212,11 +233,14 @@ def w1_throughput(settings: Settings) -> dict[str, Any]:
         expected = expected_counts(server)
         # The mock computes each project's views on first use; one untimed pass warms it up.
         LimitScript().run(server, concurrency, folder / "warm-up")
-        deliveries = measure_subjects(subjects, server, concurrency, settings.runs, folder)
-        commands = [shown(deliveries[subject.name][0].command, server) for subject in subjects]
+        failures: list[str] = []
+        deliveries = measure_subjects(
+            subjects, server, concurrency, settings.runs, folder, failures
+        )
+        commands = [shown(runs[0].command, server) for runs in deliveries.values() if runs]
 
     rows = subject_rows(subjects, deliveries, concurrency=concurrency)
-    notes = check_records(rows, expected)
+    notes = failures + check_records(rows, expected)
     tm, limit = rows[0], rows[1]
     ratio = tm["records_per_s"]["median"] / limit["records_per_s"]["median"]
     cpu_ratio = limit["cpu_s"]["median"] / tm["cpu_s"]["median"]
@@ -236,7 +260,7 @@ def w1_throughput(settings: Settings) -> dict[str, Any]:
             target(
                 "W1 records/s ≥ 5 × fastest peer",
                 "≥ 5",
-                f"{peer_ratio:.1f} × {fastest['label']}",
+                f"{peer_ratio:.2f} × {fastest['label']}",
                 peer_ratio >= 5,
             )
         )
@@ -264,11 +288,14 @@ def w2_latency(settings: Settings) -> dict[str, Any]:
     latency = settings.w2_latency_ms
     rows: list[dict[str, Any]] = []
     commands: list[str] = []
+    failures: list[str] = []
     with mock_server(settings.w2_projects, latency, "w2") as server:
         expected = expected_counts(server)
         LimitScript().run(server, 32, folder / "warm-up")
         for concurrency in settings.w2_concurrency:
-            deliveries = measure_subjects(subjects, server, concurrency, settings.runs, folder)
+            deliveries = measure_subjects(
+                subjects, server, concurrency, settings.runs, folder, failures
+            )
             requests = deliveries[TmExport.name][0].measurement.extra["requests"]
             deliveries["probe.py"] = [
                 run_probe(server, requests, concurrency, folder / "probe")
@@ -288,7 +315,7 @@ def w2_latency(settings: Settings) -> dict[str, Any]:
                 rows.append(entry)
             commands += [shown(runs[0].command, server) for runs in deliveries.values() if runs]
 
-    notes = check_records([entry for entry in rows if not entry.get("probe")], expected)
+    notes = failures + check_records([e for e in rows if not e.get("probe")], expected)
     facts = []
     targets = []
     for concurrency in settings.w2_concurrency:
@@ -386,17 +413,17 @@ def project_id_of(path: str) -> int:
 
 def w5_resume(settings: Settings) -> dict[str, Any]:
     folder = WORK / "w5"
-    partitions, left_wanted = settings.w5_partitions, settings.w5_left
+    partitions, left_pending = settings.w5_partitions, settings.w5_left
     recipe = RANGE_RECIPE.format(concurrency=8, rate=100000, last=partitions)
     rows: list[dict[str, Any]] = []
     with synthetic_server("statistics", "w5") as server:
         # Build the state: run the recipe and kill it when the server receives the request
-        # for the partition `left_wanted` before the end. Partitions in flight or not yet
+        # for the partition `left_pending` before the end. Partitions in flight or not yet
         # committed at that moment stay pending too.
         build = fresh_folder(folder / "build")
         (build / "recipe.yaml").write_text(recipe)
         command = tm_export_run(build, server)
-        kill_rule = {"after": partitions - left_wanted}
+        kill_rule = {"after": partitions - left_pending}
         built = run_measured(
             held(command),
             cwd=build,
@@ -422,6 +449,7 @@ def w5_resume(settings: Settings) -> dict[str, Any]:
                 RANGE_RECIPE.format(concurrency=8, rate=100000, last=1)
             )
             server.post_json("/__bench__/reset")
+            wait_for_quiet()
             measurement = run_measured(
                 tm_export_run(fresh, server), cwd=fresh, log=fresh / "stderr.log"
             )
@@ -435,6 +463,7 @@ def w5_resume(settings: Settings) -> dict[str, Any]:
             shutil.rmtree(run, ignore_errors=True)
             shutil.copytree(build, run)
             server.post_json("/__bench__/reset")
+            wait_for_quiet()
             measurement = run_measured(tm_export_run(run, server), cwd=run, log=run / "stderr.log")
             log = server.get_json("/__bench__/requests")
             measurement.extra.update(first_request_s(log, measurement))
@@ -486,7 +515,7 @@ def w5_resume(settings: Settings) -> dict[str, Any]:
         "rows": rows,
         "facts": [
             f"State built by running the recipe and killing tm-export (SIGKILL from the server) "
-            f"when request {partitions - left_wanted:,} arrived, after {built.wall_s:.1f} s; "
+            f"when request {partitions - left_pending:,} arrived, after {built.wall_s:.1f} s; "
             f"{len(pending)} partitions were left pending (in flight or not yet committed).",
             f"Resume requests: {', '.join(str(m.extra['requests']) for m in resumes)} "
             f"(pending: {len(pending)}); committed partitions requested again: "
@@ -584,6 +613,7 @@ def w6_rate(settings: Settings) -> dict[str, Any]:
             run = fresh_folder(folder / f"run-{index}")
             (run / "recipe.yaml").write_text(recipe)
             server.post_json("/__bench__/reset")
+            wait_for_quiet()
             command = tm_export_run(run, server)
             measurement = run_measured(command, cwd=run, log=run / "stderr.log")
             log = server.get_json("/__bench__/requests")
@@ -670,6 +700,7 @@ def export_once(
 ) -> Delivery:
     """Run a fresh export of ``recipe``, count the lines of ``stream``, then delete the output."""
     fresh_folder(folder)
+    wait_for_quiet()
     (folder / "recipe.yaml").write_text(recipe)
     command = tm_export_run(folder, server)
     measurement = run_measured(

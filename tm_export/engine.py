@@ -194,6 +194,8 @@ def _finish_archive(recipe: Recipe, options: RunOptions, result: RunResult) -> N
         if bag:
             make_run_bag(result.run_folder)
         else:
+            # NOTE: the record verifies every file against the whole manifest, read into
+            # memory again; a run of 100,000 partitions peaked at about 600 MB here.
             write_run_record(result.run_folder, recipe, result)
     except TmExportError as error:
         result.fatal = error if isinstance(error, FatalError) else FatalError(str(error))

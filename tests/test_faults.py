@@ -48,7 +48,7 @@ def public_count(mock: MockServer) -> int:
 def test_gateway_html_errors(
     tmp_path: Path, mock: MockServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Page 2 answers 504 twice then 200; page 3 answers 502 always; page 3 ends missing."""
+    """Page 2 returns 504 twice, then 200; page 3 always returns 502 and ends missing."""
     mock.add_fault(path=SEARCH, query={"page": "2"}, times=2, html=504)
     mock.add_fault(path=SEARCH, query={"page": "3"}, html=502)
     recipe = write_recipe(tmp_path, PROJECTS_RECIPE)
@@ -267,7 +267,7 @@ def test_repeated_page_stall(tmp_path: Path, mock: MockServer) -> None:
 def test_empty_pages_stop(
     tmp_path: Path, mock: MockServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Pages 4 and later are empty but say hasNext: the walk stops at the first with a warning."""
+    """Pages 4 and later are empty with hasNext: the walk stops at the first, with a warning."""
     with MockServer(projects=120) as server:
         from_page_four(server, empty_page=True)
         recipe = write_recipe(tmp_path, PROJECTS_RECIPE)
@@ -276,7 +276,7 @@ def test_empty_pages_stop(
 
         lines = data_file(tmp_path / "out", "projects").read_bytes().splitlines()
         assert len(lines) == 42
-        assert any("is empty but the server says more pages follow" in m for m in caplog.messages)
+        assert any("is empty although its pagination reports more pages" in m for m in caplog.messages)
         assert result.streams["projects"].problems == [
             f"{{}}: integrity: received 42 unique records where the server announced {public_count(server)}"
         ]

@@ -21,7 +21,7 @@ OK = (200, {"content-type": "application/json"}, b'{"ok":true}')
 
 
 class ScriptedSession:
-    """Answers each path with the next scripted reply and records the clock at each request."""
+    """A session that returns the next scripted reply for each path and records the clock."""
 
     def __init__(self, clock: FakeClock, script: dict[str, list[object]]) -> None:
         self.clock = clock

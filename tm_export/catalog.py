@@ -44,7 +44,7 @@ class Endpoint:
     summary: str
     auth: Auth = "none"
     paginated: bool = False
-    """True when the endpoint takes ``page`` and answers with TM's ``pagination`` object."""
+    """True when the endpoint takes ``page`` and returns TM's ``pagination`` object."""
     query_params: frozenset[str] = frozenset()
     defaults: Mapping[str, str] = field(default_factory=dict)
     window: DateWindow | None = None

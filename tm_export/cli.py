@@ -210,7 +210,11 @@ def run(
         return
 
     redactor = Redactor([token] if token else [])
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    level = logging.INFO
+    if quiet:
+        level = logging.WARNING
+    elif verbose:
+        level = logging.DEBUG
     setup_logging(level=level, json_format=log_format == "json", redactor=redactor)
     live = not quiet and log_format == "text" and sys.stderr.isatty()
     reporter: Callable[[Progress], None] | None = None

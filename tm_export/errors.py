@@ -53,7 +53,7 @@ class FatalError(TmExportError):
 
 
 class TokenRejectedError(FatalError):
-    """The server answered 401: the token is missing, expired or invalid."""
+    """The server returned 401: the token is missing, expired or invalid."""
 
 
 class WaitTooLongError(FatalError):
@@ -87,7 +87,7 @@ class TransportError(RequestError):
 
 
 class HTTPStatusError(RequestError):
-    """The server answered with a status that is not a success."""
+    """The server returned a status that is not a success."""
 
     def __init__(
         self,

@@ -105,7 +105,7 @@ class Fetcher:
             await self._rate.wait_turn()
             await self._gate.wait_open()
             if self._fatal is not None:
-                # Another request hit a fatal answer while this one waited: send nothing more.
+                # Another request got a fatal response while this one waited, so send nothing more.
                 raise self._fatal
             self.requests_sent += 1
             try:
@@ -207,7 +207,7 @@ class Fetcher:
 def _malformed_token(response: Response) -> bool:
     """Tell whether the server rejected the Authorization header itself.
 
-    TM's authentication middleware answers 400 ``text/plain`` ``Invalid auth credentials`` to
+    TM's authentication middleware returns 400 ``text/plain`` ``Invalid auth credentials`` to
     every request whose header it cannot decode (a token cut short, bad base64), public
     endpoints included, so no request can succeed until the token is fixed.
     """

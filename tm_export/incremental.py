@@ -41,7 +41,7 @@ NEWEST_FIRST = frozenset({"project_activities"})
 
 @dataclass(slots=True)
 class Baseline:
-    """What the finished runs before an incremental run hold."""
+    """The contents of the finished runs that an incremental run builds on."""
 
     since: dt.datetime
     """Start of the previous run (UTC): anything updated after it may be missing from it."""

@@ -48,7 +48,7 @@ class PageRecord:
 
 @dataclass(slots=True)
 class PartitionState:
-    """What the manifest proves about one partition."""
+    """The state of one partition as the manifest proves it."""
 
     pages: dict[int, PageRecord] = field(default_factory=dict)
     page_count: int | None = None
@@ -63,11 +63,11 @@ class PartitionState:
 
 @dataclass(slots=True)
 class StreamState:
-    """What the manifest proves about one stream file."""
+    """The state of one stream file as the manifest proves it."""
 
     committed_end: int = 0
     last_page_start: int = 0
-    """Where the page that ends at ``committed_end`` starts."""
+    """Start offset of the page that ends at ``committed_end``."""
     pages: int = 0
     records: int = 0
     duplicates: int = 0

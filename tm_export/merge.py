@@ -39,7 +39,7 @@ class Shard:
 
 @dataclass(frozen=True, slots=True)
 class MergeResult:
-    """Where the merged run is and what it holds."""
+    """The merged run's folder and its record counts."""
 
     run_folder: Path
     records: dict[str, int]

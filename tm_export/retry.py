@@ -1,4 +1,4 @@
-"""Which responses are retried, how long to wait before the next attempt, and Retry-After."""
+"""Retry rules: the statuses that are retried, the backoff between attempts, and Retry-After."""
 
 from __future__ import annotations
 

@@ -280,7 +280,7 @@ class StreamRunner:
         return min(page_count, self.spec.max_pages)
 
     async def _follow_next(self, walk: PartitionWalk) -> None:
-        """Walk pages one by one while the server says there is a next page."""
+        """Walk pages one by one while the pagination object reports a next page."""
         number = max(walk.state.pages, default=1) + 1
         if walk.state.pages and not walk.state.pages[number - 1].has_next:
             return
@@ -488,7 +488,7 @@ class StreamRunner:
             walk.stop = True
         elif not received and has_next:
             logger.warning(
-                "%s %s: page %d is empty but the server says more pages follow; stopping this walk",
+                "%s %s: page %d is empty although its pagination reports more pages; stopping this walk",
                 self.spec.name,
                 walk.id,
                 number,

@@ -58,9 +58,9 @@ def read_journal(path: Path) -> JournalContents:
 
     end = data.rfind(b"\n") + 1
     complete, tail = data[:end], data[end:]
-    lines = complete.split(b"\n")[:-1]
-    entries = _parse_all(lines)
+    entries = _parse_all(complete)
     if entries is None:
+        lines = complete.split(b"\n")[:-1]
         entries = [
             _parse_line(path, number, line, recovery) for number, line in enumerate(lines, 1)
         ]
@@ -94,17 +94,21 @@ def _parse_line(path: Path, number: int, line: bytes, recovery: str) -> dict[str
     return entry
 
 
-def _parse_all(lines: list[bytes]) -> list[dict[str, Any]] | None:
+def _parse_all(complete: bytes) -> list[dict[str, Any]] | None:
     """Parse every line in one call, the fast path for a journal with no damage.
 
     Returns None when any line is not a manifest entry, so the caller parses line by line
     and names the damaged one.
     """
+    if not complete:
+        return None
+    count = complete.count(b"\n")
     try:
-        entries = orjson.loads(b"[" + b",".join(lines) + b"]")
+        # Whole lines end with a newline; turning the newlines into commas makes one array.
+        entries = orjson.loads(b"[" + complete[:-1].replace(b"\n", b",") + b"]")
     except orjson.JSONDecodeError:
         return None
-    if len(entries) != len(lines) or not all(isinstance(e, dict) and "t" in e for e in entries):
+    if len(entries) != count or not all(isinstance(e, dict) and "t" in e for e in entries):
         return None
     return entries  # type: ignore[no-any-return]
 

@@ -276,7 +276,9 @@ def test_empty_pages_stop(
 
         lines = data_file(tmp_path / "out", "projects").read_bytes().splitlines()
         assert len(lines) == 42
-        assert any("is empty although its pagination reports more pages" in m for m in caplog.messages)
+        assert any(
+            "is empty although its pagination reports more pages" in m for m in caplog.messages
+        )
         assert result.streams["projects"].problems == [
             f"{{}}: integrity: received 42 unique records where the server announced {public_count(server)}"
         ]

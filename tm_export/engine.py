@@ -20,6 +20,8 @@ from typing import Any
 import anyio
 
 from . import __version__
+from .bag import make_run_bag
+from .canonical import make_canonical
 from .catalog import TOKEN_CHECK_PATH
 from .clock import Clock, RealClock
 from .codec import Codec
@@ -55,8 +57,9 @@ from .manifest import (
 )
 from .params import FromStream
 from .progress import Progress
-from .recipe import Recipe
+from .recipe import BASE_URL_ENV, DEFAULT_BASE_URL, Recipe
 from .redact import Redactor
+from .runrecord import write_run_record
 from .sink import StreamFile
 from .stream import StreamRunner
 from .verify import interrupted_bag_folder
@@ -140,8 +143,6 @@ def resolve_base_url(
     recipe: Recipe, override: str | None, environ: dict[str, str] | None = None
 ) -> str:
     """Pick the base URL: the command line, then TM_EXPORT_BASE_URL, the recipe, the default."""
-    from .recipe import BASE_URL_ENV, DEFAULT_BASE_URL
-
     environ = dict(os.environ) if environ is None else environ
     chosen = override or environ.get(BASE_URL_ENV) or recipe.instance.base_url or DEFAULT_BASE_URL
     return chosen.rstrip("/")
@@ -172,10 +173,6 @@ def _finish_archive(recipe: Recipe, options: RunOptions, result: RunResult) -> N
     Runs in a worker thread while the output lock is held; every step verifies the files
     against the manifest first, so a mismatch stops it before anything is rewritten.
     """
-    from .bag import make_run_bag
-    from .canonical import make_canonical
-    from .runrecord import write_run_record
-
     canonical, bag = options.canonical, options.bag
     if result.failed_partitions and (canonical or bag):
         # Canonical files and bags take no more pages, and --retry-failed still has work.

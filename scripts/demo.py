@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "demo.yaml"
 OUTPUT = ROOT / "exports" / "demo"
 
-# Which count of the mock each stream of the demo recipe must match.
+# The mock's count that each stream of the demo recipe must match.
 EXPECTED = {
     "projects": "projects",
     "project_details": "project",

@@ -1,4 +1,4 @@
-"""The request pipeline: retries, Retry-After in every form, fatal answers, host-wide pauses."""
+"""The request pipeline: retries, Retry-After in every form, fatal statuses, host-wide pauses."""
 
 from __future__ import annotations
 

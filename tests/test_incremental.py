@@ -1,4 +1,4 @@
-"""Incremental runs: a new run beside the finished one holds exactly what changed since."""
+"""Incremental runs: a new run beside the finished one contains exactly what changed since."""
 
 from __future__ import annotations
 
@@ -45,13 +45,13 @@ def test_incremental_fetches_only_changes(tmp_path: Path, mock: MockServer) -> N
     since = dt.datetime.fromisoformat(header["started"].replace("Z", "+00:00"))
 
     later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=5)
-    touched, busy, gone = archived[1], archived[2], archived[3]
+    touched, busy, deleted_id = archived[1], archived[2], archived[3]
     mock.dataset.touch_project(touched, later)
     new_ids = [
         mock.dataset.add_activity(busy, task_id=1, when=later + dt.timedelta(seconds=s))
         for s in (1, 2)
     ]
-    mock.dataset.delete_project(gone)
+    mock.dataset.delete_project(deleted_id)
     mock.reset_log()
 
     outcome = run_cli(*args, "--incremental", env=env)
@@ -67,15 +67,17 @@ def test_incremental_fetches_only_changes(tmp_path: Path, mock: MockServer) -> N
     assert sorted(r["projectId"] for r in records(second / "data/projects.jsonl")) == changed
     activities = records(second / "data/activities.jsonl")
     assert sorted(r["historyId"] for r in activities) == sorted(new_ids)
-    asked = {r["path"] for r in mock.requests() if r["path"].endswith("/activities/")}
-    assert asked == {f"/api/v2/projects/{pid}/activities/" for pid in changed}
+    activity_paths = {r["path"] for r in mock.requests() if r["path"].endswith("/activities/")}
+    assert activity_paths == {f"/api/v2/projects/{pid}/activities/" for pid in changed}
     windows = {tuple(r["_partition"].values()) for r in records(second / "data/task_stats.jsonl")}  # type: ignore[union-attr]
     assert windows <= {("2026-12-01", "2026-12-31")}
-    stats_asked = [r["query"] for r in mock.requests() if r["path"] == "/api/v2/tasks/statistics/"]
-    assert stats_asked == ["startDate=2026-12-01&endDate=2026-12-31"]
+    stats_queries = [
+        r["query"] for r in mock.requests() if r["path"] == "/api/v2/tasks/statistics/"
+    ]
+    assert stats_queries == ["startDate=2026-12-01&endDate=2026-12-31"]
     deleted = [e for e in records(second / "manifest.jsonl") if e["t"] == "deleted"]
-    assert [e["project_id"] for e in deleted] == [gone]
-    assert f"deleted since the earlier runs: projects {gone}" in outcome.stderr
+    assert [e["project_id"] for e in deleted] == [deleted_id]
+    assert f"deleted since the earlier runs: projects {deleted_id}" in outcome.stderr
     assert {path: path.read_bytes() for path in first.rglob("*") if path.is_file()} == before
 
 

@@ -168,10 +168,10 @@ async def export(recipe: Recipe, options: RunOptions) -> RunResult:
 
 
 def _finish_archive(recipe: Recipe, options: RunOptions, result: RunResult) -> None:
-    """Describe a finished run: canonical order, run record and bag, as the options ask.
+    """Describe a finished run: canonical order, run record and bag, as the options request.
 
-    Runs in a worker thread while the output lock is held; every step verifies the files
-    against the manifest first, so a mismatch stops it before anything is rewritten.
+    Runs in a worker thread while the output lock is held. Every step first verifies the
+    files against the manifest, so a mismatch stops it before anything is rewritten.
     """
     canonical, bag = options.canonical, options.bag
     if result.failed_partitions and (canonical or bag):
@@ -446,9 +446,9 @@ class _Session:
     ) -> None:
         """Record the projects that earlier runs archived and that the server no longer has.
 
-        One search with ``omitMapResults=false`` lists every matching project id; each archived
-        id missing from it is checked on its detail page, and only a 404 counts as deleted
-        (a 403 means it became private or a draft).
+        One search with ``omitMapResults=false`` lists every matching project id. Each archived
+        id missing from that list is checked on its detail page, and only a 404 counts as
+        deleted, because a 403 means the project became private or a draft.
         """
         assert self.baseline is not None
         search = next(

@@ -3,7 +3,7 @@
 ``Fetcher.get_json`` returns a parsed 2xx body or raises:
 
 - ``TokenRejectedError`` on 401, at once and for every later call too;
-- ``WaitTooLongError`` when ``Retry-After`` asks for more than the recipe allows;
+- ``WaitTooLongError`` when ``Retry-After`` requests a longer wait than the recipe allows;
 - ``HTTPStatusError`` for a status that is not retried (403, 404, other 4xx), or for a
   retried status (429, 5xx) once the attempts are used up;
 - ``TransportError`` when the attempts are used up on connection errors, timeouts, cut
@@ -76,7 +76,7 @@ class Fetcher:
         """Return the response and its parsed JSON body; see the module docstring for errors.
 
         A successful body larger than the session's spool threshold is not parsed: the body
-        is then None and ``response.spool`` names the file that holds it, which the caller
+        is then None and ``response.spool`` names the file that contains it, which the caller
         reads as a stream and deletes.
         """
         url = self._base_url + path

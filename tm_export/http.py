@@ -1,7 +1,7 @@
 """The HTTP session: one aiohttp client per run, and the only module that imports aiohttp.
 
 Every aiohttp and timeout exception is translated here into ``TransportError``, so the
-rest of tm-export handles one exception tree and never sees aiohttp's.
+rest of tm-export handles one exception tree and never catches aiohttp's.
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ class HttpSession:
     ) -> None:
         self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
         if token:
-            # The TM settings page shows the key already base64-encoded; the header scheme is
-            # "Token". A value pasted with its scheme is sent as it is. An empty header is never
-            # sent, because the server answers 400 to every request that has one.
+            # The TM settings page shows the key already base64-encoded, and the header scheme
+            # is "Token". A value pasted with its scheme is sent as it is. An empty header is
+            # never sent, because the server returns 400 to every request that has one.
             self._headers["Authorization"] = (
                 token if token.startswith("Token ") else f"Token {token}"
             )

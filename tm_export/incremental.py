@@ -3,7 +3,7 @@
 ``run --incremental`` starts a new run folder beside the last finished run (which is never
 modified). Compared with a full run it:
 
-- asks the project search only for projects updated since the previous run started
+- requests from the project search only the projects updated since the previous run started
   (``lastUpdatedFrom`` on the server, then an exact ``lastUpdated`` check on each record),
   so streams that take their project ids from the search run for those projects only;
 - stops walking newest-first task history (``project_activities``) at the newest record

@@ -1,9 +1,10 @@
 """The manifest journal: an append-only JSON Lines file that proves what a run committed.
 
 Format: one JSON object per line. The first line is the run header (``"t": "run"``);
-later lines record settings, committed pages, finished partitions and run ends. A
-line is valid once its newline is on disk; the journal is fsynced after each append
-group, so every complete line refers only to data that was already fsynced.
+later lines record sessions, committed pages, finished partitions, run ends, deleted
+projects and canonical rewrites. A line is valid once its newline is on disk. Each group
+of lines is appended only after the data it refers to was fsynced, and the journal is
+fsynced after each group.
 
 Reading tolerates exactly one kind of damage: an unfinished last line (no newline), the
 normal result of a crash during an append, possibly padded with NUL bytes by the file

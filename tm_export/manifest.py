@@ -8,7 +8,7 @@ Commit protocol, for each group of pages:
    journal and the journal is fsynced.
 
 A page counts as committed once step 3 is durable. A crash before that leaves bytes
-past the committed end of a stream file, which the next run cuts off; a crash after it
+past the committed end of a stream file, and the next run cuts them off. A crash after it
 leaves nothing to repair. So a record is never both kept and fetched again, and a
 committed record is never lost. See ``docs/reliability.md``.
 """
@@ -186,29 +186,22 @@ class Committer:
         self._codec = codec
         self._files = files
         self._queue: list[dict[str, Any]] = []
-        self._pending_pages = 0
         self._dirty: set[str] = set()
         self._lock = anyio.Lock()
         self._broken: StorageError | None = None
         self.committed_ends: dict[str, int] = {name: f.size for name, f in files.items()}
         self.pages_committed = 0
         self.records_committed = 0
-        self.commits = 0
         self.on_queue: Callable[[], None] | None = None
         """Called after each queued entry, so a commit task can wake up."""
-
-    @property
-    def pending_pages(self) -> int:
-        """Pages written but not yet committed."""
-        return self._pending_pages
 
     def write_page(self, stream: str, data: bytes | Path, entry: dict[str, Any]) -> tuple[int, int]:
         """Append a page's lines to its stream file, queue its manifest entry, return its range.
 
-        ``data`` is the lines themselves, or a file that holds them (for a very large page).
+        ``data`` is the lines themselves, or a file that contains them (for a very large page).
 
         Raises:
-            StorageError: the write failed; the committer accepts nothing more.
+            StorageError: the write failed. The committer then rejects every later write.
         """
         if self._broken is not None:
             raise self._broken
@@ -231,7 +224,6 @@ class Committer:
             self._broken = error
             raise
         self._queue.append({"t": "page", "s": stream, **entry, "start": start, "end": end})
-        self._pending_pages += 1
         self._dirty.add(stream)
         if self.on_queue is not None:
             self.on_queue()
@@ -261,7 +253,6 @@ class Committer:
             if not self._queue:
                 return
             entries, self._queue = self._queue, []
-            self._pending_pages = 0
             dirty = [self._files[name] for name in sorted(self._dirty)]
             self._dirty = set()
 
@@ -283,7 +274,6 @@ class Committer:
                     )
                     self.pages_committed += 1
                     self.records_committed += entry["records"]
-            self.commits += 1
 
 
 def _fsync_all(files: list[StreamFile]) -> None:

@@ -23,8 +23,8 @@ class RateLimiter:
         now = self._clock.monotonic()
         slot = max(self._next_slot, now)
         self._next_slot = slot + self._interval
-        # Waits under a millisecond cost more in event-loop turns than they spread load;
-        # the slots stay spaced, so the rate over any second is still the budget.
+        # A wait under a millisecond costs an event-loop turn and spreads almost nothing.
+        # The slots stay spaced, so the rate over any second is still the budget.
         if slot - now > TOLERANCE:
             await self._clock.sleep(slot - now)
 

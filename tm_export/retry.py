@@ -34,7 +34,7 @@ class Backoff:
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """Return the wait a ``Retry-After`` header asks for, in seconds, or None.
+    """Return the wait a ``Retry-After`` header requests, in seconds, or None.
 
     An HTTP-date is measured against the response's own ``Date`` header, not the local
     clock, so a skewed local clock cannot stretch or skip the pause. A date in the past

@@ -44,7 +44,7 @@ class StreamFile:
 
         Raises:
             ManifestError: the file is shorter than the committed end, or the committed end
-                does not fall right after a whole JSON line; nothing is changed then.
+                does not fall right after a whole JSON line. Nothing is changed then.
             StorageError: the file cannot be opened or cut.
         """
         try:
@@ -126,21 +126,6 @@ class StreamFile:
             os.fsync(self._file.fileno())
         except OSError as error:
             raise StorageError(f"{self.path}: cannot sync to disk: {error.strerror}") from error
-
-    def cut_back(self, size: int) -> None:
-        """Drop everything after ``size``, e.g. after a failed write; best effort."""
-        try:
-            # Discard the Python buffer: it holds bytes that must not reach the file.
-            self._file.seek(size)
-            self._file.truncate(size)
-            self.size = size
-        except OSError as error:
-            logger.error(
-                "cannot cut %s back to byte %d (%s); the next run cuts it back",
-                self.path,
-                size,
-                error.strerror,
-            )
 
     def close(self) -> None:
         try:

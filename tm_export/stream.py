@@ -538,8 +538,8 @@ class StreamRunner:
                     for values in combinations(record, fields):
                         await send.send(values)
             except anyio.BrokenResourceError:
-                # The child stopped early, which only a fatal error elsewhere causes; that
-                # error ends the run, so the values it no longer takes are not needed.
+                # Only a fatal error elsewhere stops a child early. That error ends the run,
+                # so the child no longer needs these values.
                 continue
 
     async def _replay_committed_values(self) -> None:

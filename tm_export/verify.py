@@ -175,11 +175,6 @@ def find_runs(folder: Path) -> list[RunPaths]:
     return [locate_run(folder)]
 
 
-def newest_run(folder: Path) -> RunPaths:
-    """Return the run in a run folder, or the newest run of an output folder."""
-    return find_runs(folder)[-1]
-
-
 # --- what the journal proves --------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ class StreamStats:
 
 @dataclass(slots=True)
 class PageResult:
-    """What one page brought: its pagination facts and its new records."""
+    """The outcome of one page: its pagination facts and its count of new records."""
 
     page_count: int | None
     total: int | None

@@ -64,7 +64,8 @@ def parse_stacks(raw: Path) -> list[tuple[str, list[tuple[str, str]], int]]:
     """Read py-spy's raw format with ``--threads``: ``thread (ID): NAME;frame;... COUNT``.
 
     Returns (thread, frames outermost first, samples) per line. Samples of the main thread
-    start with ``_run_module_as_main``; the thread is named ``main`` for them.
+    are named ``MainThread`` by py-spy, or start with ``_run_module_as_main`` when it
+    cannot name the thread; the thread is named ``main`` for them.
     """
     stacks = []
     for line in raw.read_text().splitlines():
@@ -78,7 +79,7 @@ def parse_stacks(raw: Path) -> list[tuple[str, list[tuple[str, str]], int]]:
                 frames.append((match["function"], match["path"]))
             else:
                 frames.append((part.strip(), "<unknown>"))
-        if frames and frames[0][0] == "_run_module_as_main":
+        if thread == "MainThread" or (frames and frames[0][0] == "_run_module_as_main"):
             thread = "main"
         stacks.append((thread, frames, int(count)))
     return stacks
@@ -123,7 +124,7 @@ def summarise(raw: Path, top: int = 12) -> dict[str, Any]:
             other_threads[f"{function} ({path})"] += count
             continue
         main += count
-        if is_waiting(frames):
+        if not frames or is_waiting(frames):
             waiting += count
             continue
         by_package[package_of(frames[-1][1])] += count

@@ -61,7 +61,7 @@ class Fetcher:
         self._session = session
         self._base_url = base_url.rstrip("/")
         self._retries = retries
-        self._slots = anyio.CapacityLimiter(concurrency)
+        self._slots = anyio.Semaphore(concurrency, fast_acquire=True)
         self._rate = RateLimiter(rate_limit, clock)
         self._gate = HostGate(clock)
         self._clock = clock

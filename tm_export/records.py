@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Hashable, Iterable
 from typing import Any
 
-import jsonlines
 import orjson
 
 from .catalog import WHOLE_BODY, Endpoint
@@ -125,20 +123,17 @@ def encode_lines(records: Iterable[Any], partition: Partition | None) -> bytes:
     spliced in front of the encoded record rather than merged into a copy of it, which
     saves a dictionary per record on the hot path.
     """
-    buffer = io.BytesIO()
+    dumps = orjson.dumps
     if partition is None:
-        writer = jsonlines.Writer(buffer, dumps=orjson.dumps)
-    else:
-        prefix = b'{"' + PARTITION_KEY.encode() + b'":' + orjson.dumps(dict(partition))
+        return b"".join([dumps(record) + b"\n" for record in records])
 
-        def dumps(record: Any) -> bytes:
-            if isinstance(record, dict) and record:
-                return prefix + b"," + orjson.dumps(record)[1:]
-            if isinstance(record, dict):
-                return prefix + b"}"
-            return prefix + b',"value":' + orjson.dumps(record) + b"}"
-
-        writer = jsonlines.Writer(buffer, dumps=dumps)
+    prefix = b'{"' + PARTITION_KEY.encode() + b'":' + dumps(dict(partition))
+    lines = []
     for record in records:
-        writer.write(record)
-    return buffer.getvalue()
+        if isinstance(record, dict) and record:
+            lines.append(prefix + b"," + dumps(record)[1:] + b"\n")
+        elif isinstance(record, dict):
+            lines.append(prefix + b"}\n")
+        else:
+            lines.append(prefix + b',"value":' + dumps(record) + b"}\n")
+    return b"".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import urllib.parse
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,7 @@ class StreamRunner:
             await self._replay_committed_values()
             # Bound the partitions in flight per stream, so a parent blocked on a full child
             # buffer never holds the slots the child needs to drain it.
-            slots = anyio.Semaphore(max(2 * self._concurrency, 4))
+            slots = anyio.Semaphore(max(2 * self._concurrency, 4), fast_acquire=True)
             async with anyio.create_task_group() as group:
                 if self._parent_values is None:
                     for values in expand_static(self.spec.static):
@@ -152,7 +153,7 @@ class StreamRunner:
         assert self._parent_values is not None
         seen: set[str] = set()
         async with self._parent_values:
-            async for values in self._parent_values:
+            async for values in _drain(self._parent_values):
                 key = partition_id(values)
                 if key in seen:
                     continue
@@ -248,7 +249,7 @@ class StreamRunner:
         When a later page reports more pages than page 1 did (records were added during
         the walk), the walk goes on to the new last page.
         """
-        window = anyio.Semaphore(self._concurrency)
+        window = anyio.Semaphore(self._concurrency, fast_acquire=True)
         number = 2
 
         async def fetch(page: int) -> None:
@@ -300,6 +301,7 @@ class StreamRunner:
             number += 1
 
     async def _fetch_and_write(self, walk: PartitionWalk, number: int) -> PageResult:
+        await self._committer.wait_for_room()
         path, query = self._request(walk.partition, number)
         response, body = await self._fetcher.get_json(path, query)
         if response.spool is not None:
@@ -536,7 +538,12 @@ class StreamRunner:
             try:
                 for record in records:
                     for values in combinations(record, fields):
-                        await send.send(values)
+                        # The awaiting send costs an event-loop turn per value, so it is kept
+                        # for a full buffer, where the parent must wait for the child anyway.
+                        try:
+                            send.send_nowait(values)
+                        except anyio.WouldBlock:
+                            await send.send(values)
             except anyio.BrokenResourceError:
                 # Only a fatal error elsewhere stops a child early. That error ends the run,
                 # so the child no longer needs these values.
@@ -645,3 +652,22 @@ def _names(spec: VaryingSpec) -> tuple[str, ...]:
 
 def _at_most(key: Any, newest: Any) -> bool:
     return isinstance(key, int) and key <= newest
+
+
+async def _drain(
+    receive: MemoryObjectReceiveStream[dict[str, Scalar]],
+) -> AsyncIterator[dict[str, Scalar]]:
+    """Yield what ``receive`` holds without an event-loop turn per item, then wait for more.
+
+    Ends when every sender has closed and the buffer is empty.
+    """
+    while True:
+        try:
+            yield receive.receive_nowait()
+        except anyio.WouldBlock:
+            try:
+                yield await receive.receive()
+            except anyio.EndOfStream:
+                return
+        except anyio.EndOfStream:
+            return

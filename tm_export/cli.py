@@ -10,10 +10,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import anyio
 import click
 
-from . import __version__
+from . import __version__, loop
 from .catalog import CATALOG
 from .codec import CODECS, Codec
 from .engine import RunOptions, RunResult, export, resolve_base_url
@@ -241,9 +240,9 @@ def run(
     try:
         if isinstance(reporter, LiveReporter):
             with reporter:
-                result: RunResult = anyio.run(export, loaded, options, backend="asyncio")
+                result: RunResult = loop.run(export, loaded, options)
         else:
-            result = anyio.run(export, loaded, options, backend="asyncio")
+            result = loop.run(export, loaded, options)
     except TmExportError as error:
         _fail(redactor.redact(str(error)), error.exit_code)
         return

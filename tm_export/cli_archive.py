@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
-import anyio
 import click
 
+from . import loop
 from .bag import make_run_bag
 from .canonical import CHUNK_BYTES, make_canonical
 from .errors import ExitCode, RecipeError, TmExportError
@@ -146,11 +146,10 @@ def plan(recipe: Path, probe: bool, base_url: str | None, max_probes: int, as_js
         assert base_url is not None
         _setup_logging()
         try:
-            anyio.run(
+            loop.run(
                 lambda: probe_plan(
                     result, base_url=base_url.rstrip("/"), token=token, max_probes=max_probes
-                ),
-                backend="asyncio",
+                )
             )
         except TmExportError as error:
             _fail(error, error.exit_code)

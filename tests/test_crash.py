@@ -48,9 +48,14 @@ def start_held(args: list[str], env: dict[str, str] | None = None) -> subprocess
     )
 
 
+#: With at most this many pages uncommitted, a kill at the N-th request finds at least
+#: N - 8 - concurrency pages committed, on a machine of any speed.
+UNCOMMITTED = {"TM_EXPORT_MAX_UNCOMMITTED": "8"}
+
+
 def run_killed_at(mock: MockServer, args: list[str], request_number: int) -> int:
     """Run the CLI until the mock receives its ``request_number``-th export request; return the status."""
-    process = start_held(args)
+    process = start_held(args, UNCOMMITTED)
     mock.add_fault(path=r"^/api/v2/projects/", after=request_number - 1, times=1, kill=process.pid)
     process.communicate(b"go\n", timeout=120)
     mock.clear_faults()

@@ -11,6 +11,9 @@ A page counts as committed once step 3 is durable. A crash before that leaves by
 past the committed end of a stream file, and the next run cuts them off. A crash after it
 leaves nothing to repair. So a record is never both kept and fetched again, and a
 committed record is never lost. See ``docs/reliability.md``.
+
+At most ``MAX_UNCOMMITTED`` pages are written and not yet committed at any time: a request
+for a new page waits while that many are, so a crash never throws away more fetched work.
 """
 
 from __future__ import annotations
@@ -32,6 +35,20 @@ from .journal import Journal, JournalContents, read_journal
 from .sink import StreamFile
 
 logger = logging.getLogger("tm_export.manifest")
+
+#: Pages that may be written but not committed. A commit takes a few milliseconds, in which
+#: a fast server answers a few hundred requests; the bound is far above that.
+MAX_UNCOMMITTED = 1024
+
+
+def max_uncommitted() -> int:
+    """Return the bound on uncommitted pages, lowered by tests with ``TM_EXPORT_MAX_UNCOMMITTED``.
+
+    A low bound makes a kill at the N-th request find at least N - bound - concurrency
+    pages committed, however fast the commits of that machine are.
+    """
+    wanted = os.environ.get("TM_EXPORT_MAX_UNCOMMITTED", "")
+    return int(wanted) if wanted.isdigit() and int(wanted) > 0 else MAX_UNCOMMITTED
 
 
 @dataclass(slots=True)
@@ -189,6 +206,10 @@ class Committer:
         self._dirty: set[str] = set()
         self._lock = anyio.Lock()
         self._broken: StorageError | None = None
+        self._uncommitted = 0
+        """Pages written to their stream files whose entries are not durable yet."""
+        self._max_uncommitted = max_uncommitted()
+        self._room: anyio.Event | None = None
         self.committed_ends: dict[str, int] = {name: f.size for name, f in files.items()}
         self.pages_committed = 0
         self.records_committed = 0
@@ -222,8 +243,10 @@ class Committer:
                 start, end = self._files[stream].append(data)
         except StorageError as error:
             self._broken = error
+            self._make_room(0)
             raise
         self._queue.append({"t": "page", "s": stream, **entry, "start": start, "end": end})
+        self._uncommitted += 1
         self._dirty.add(stream)
         if self.on_queue is not None:
             self.on_queue()
@@ -234,6 +257,25 @@ class Committer:
         self._queue.append(entry)
         if self.on_queue is not None:
             self.on_queue()
+
+    async def wait_for_room(self) -> None:
+        """Wait while the bound of uncommitted pages is reached; call before fetching a page.
+
+        Raises:
+            StorageError: a commit failed, so no page can be committed any more.
+        """
+        while self._uncommitted >= self._max_uncommitted and self._broken is None:
+            if self._room is None:
+                self._room = anyio.Event()
+            await self._room.wait()
+        if self._broken is not None:
+            raise self._broken
+
+    def _make_room(self, pages: int) -> None:
+        self._uncommitted -= pages
+        if self._room is not None:
+            self._room.set()
+            self._room = None
 
     async def commit(self) -> None:
         """Make every queued entry durable, data first.
@@ -259,14 +301,16 @@ class Committer:
             try:
                 for file in dirty:
                     file.flush()
-                await anyio.to_thread.run_sync(_fsync_all, dirty)
-                crash_point("after-data-fsync")
-                await anyio.to_thread.run_sync(self._journal.append, entries)
-                crash_point("after-manifest-append")
+                # One trip to a worker thread, not two: under load the event loop holds the
+                # GIL, and each return from a thread can wait for the interpreter's switch
+                # interval (5 ms), which would delay every commit.
+                await anyio.to_thread.run_sync(self._make_durable, dirty, entries)
             except StorageError as error:
                 self._broken = error
+                self._make_room(0)
                 raise
 
+            pages = 0
             for entry in entries:
                 if entry["t"] == "page":
                     self.committed_ends[entry["s"]] = max(
@@ -274,11 +318,16 @@ class Committer:
                     )
                     self.pages_committed += 1
                     self.records_committed += entry["records"]
+                    pages += 1
+            self._make_room(pages)
 
-
-def _fsync_all(files: list[StreamFile]) -> None:
-    for file in files:
-        file.fsync()
+    def _make_durable(self, dirty: list[StreamFile], entries: list[dict[str, Any]]) -> None:
+        """Fsync the data files, then append and fsync the entries that describe them."""
+        for file in dirty:
+            file.fsync()
+        crash_point("after-data-fsync")
+        self._journal.append(entries)
+        crash_point("after-manifest-append")
 
 
 def load_state(

@@ -143,13 +143,15 @@ class ManifestState:
         for entry in iterator:
             kind = entry["t"]
             if kind == "page":
-                stream = streams.setdefault(entry["s"], StreamState())
+                # The hot loop of a resume: one pass per committed page of the run.
+                name, end = entry["s"], entry["end"]
+                stream = streams.get(name) or streams.setdefault(name, StreamState())
                 stream.pages += 1
                 stream.records += entry["records"]
                 stream.duplicates += entry.get("dups", 0)
-                if entry["end"] >= stream.committed_end:
-                    stream.committed_end, stream.last_page_start = entry["end"], entry["start"]
-                if (entry["s"], entry["p"]) in done:
+                if end >= stream.committed_end:
+                    stream.committed_end, stream.last_page_start = end, entry["start"]
+                if done and (name, entry["p"]) in done:
                     continue
                 part = stream.partition(entry["p"])
                 part.pages[entry["n"]] = PageRecord(
@@ -165,7 +167,7 @@ class ManifestState:
                 if entry.get("total") is not None:
                     part.total = entry["total"]
             elif kind == "part":
-                stream = streams.setdefault(entry["s"], StreamState())
+                stream = streams.get(entry["s"]) or streams.setdefault(entry["s"], StreamState())
                 if (entry["s"], entry["p"]) in done:
                     stream.done[entry["p"]] = entry
                 else:

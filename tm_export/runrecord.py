@@ -119,7 +119,7 @@ def build_run_record(check: RunCheck) -> dict[str, Any]:
     """Return the run record of a verified run, as JSON-ready data."""
     paths = check.paths
     header = check.state.header
-    status = run_status(paths)
+    status = run_status(paths, (check.state, check.contents))
     sessions = check.state.sessions
     last = sessions[-1] if sessions else {}
     text = str(header.get("recipe_text", ""))
@@ -185,11 +185,16 @@ def _partition_lists(check: RunCheck, stream: str) -> dict[str, list[dict[str, A
     skipped: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     problems: list[dict[str, Any]] = []
-    partitions = check.state.streams[stream].partitions
-    for partition_id, partition in partitions.items():
-        final = partition.final
-        if final is None:
-            continue
+    stream_state = check.state.streams[stream]
+    finals = [
+        (partition_id, partition.final)
+        for partition_id, partition in stream_state.partitions.items()
+        if partition.final is not None
+    ]
+    # Partitions that ended done are kept apart (verify.read_manifest); they can have problems.
+    finals += list(stream_state.done.items())
+    finals.sort(key=lambda item: item[0])
+    for partition_id, final in finals:
         values = orjson.loads(partition_id)
         if final["state"] == "skipped":
             skipped.append(

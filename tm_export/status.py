@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from .codec import Codec
+from .journal import JournalContents
 from .layout import run_codec
+from .manifest import ManifestState
 from .params import DateWindows, Each, IntRange, StaticSpec, Step, count_static
 from .verify import (
     RunPaths,
@@ -107,13 +109,18 @@ class RunStatus:
         return sum(stream.records for stream in self.streams)
 
 
-def run_status(paths: RunPaths) -> RunStatus:
+def run_status(
+    paths: RunPaths, manifest: tuple[ManifestState, JournalContents] | None = None
+) -> RunStatus:
     """Read a run's manifest and count its partitions and records, without writing anything.
+
+    ``manifest`` is the run's manifest as ``verify.read_manifest`` returned it, when the
+    caller has read it already.
 
     Raises:
         ManifestError: the manifest is damaged.
     """
-    state, contents = read_manifest(paths)
+    state, contents = manifest or read_manifest(paths)
     entries = contents.entries
     finished = session_finished(entries)
     layouts = stream_layouts(entries)
@@ -127,11 +134,11 @@ def run_status(paths: RunPaths) -> RunStatus:
             (spec["from"] for spec in description.get("varying", []) if "from" in spec), None
         )
         status = StreamStatus(name, parent)
+        status.records = stream_state.records
+        status.duplicates = stream_state.duplicates
+        status.partitions["done"] += len(stream_state.done)
         for partition in stream_state.partitions.values():
             status.partitions[partition.state] += 1
-            pages = partition.pages.values()
-            status.records += sum(page.records for page in pages)
-            status.duplicates += sum(page.duplicates for page in pages)
             final = partition.final or {}
             if partition.state == "skipped":
                 reason = f"{final.get('status')} {final.get('sub_code') or ''}".strip()

@@ -166,18 +166,21 @@ class StreamRunner:
     async def _start_partition(
         self, group: TaskGroup, slots: anyio.Semaphore, values: dict[str, Scalar]
     ) -> None:
-        partition = self._ordered(values)
-        if partition_id(partition) in self._finished_windows:
+        # The id sorts the keys, so it is the same before the values are put in order. A
+        # resume passes many finished partitions here, so the id is computed once.
+        key = partition_id(values)
+        if key in self._finished_windows:
             return
-        if not self._owns(partition_id(partition)):
+        if not self._owns(key):
             if self._children:
                 # Another shard writes this partition, but its records name child partitions
                 # that this shard may own: fetch it to read them, and write nothing.
                 await slots.acquire()
-                group.start_soon(self._run_partition, partition, PartitionState(), slots, True)
+                group.start_soon(
+                    self._run_partition, self._ordered(values), PartitionState(), slots, True
+                )
             return
 
-        key = partition_id(partition)
         done = self.state.done.get(key)
         if done is not None:
             self._count_final(done)
@@ -188,7 +191,7 @@ class StreamRunner:
             return
 
         await slots.acquire()
-        group.start_soon(self._run_partition, partition, state, slots)
+        group.start_soon(self._run_partition, self._ordered(values), state, slots)
 
     def _owns(self, partition: str) -> bool:
         """Tell whether this shard writes ``partition``; every shard owns a stable 1/N of them."""

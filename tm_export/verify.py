@@ -185,9 +185,18 @@ class Segment:
     start: int
     end: int
     lines: int
-    label: str
+    partition: str | None
+    """The partition id of a page, or None for a canonical rewrite."""
+    page: int = 0
     sha256: str | None = None
     """Set for a canonical rewrite, whose entry records the SHA-256 of bytes 0..end."""
+
+    @property
+    def label(self) -> str:
+        """Name the segment in a message (built only then: a run can have millions)."""
+        if self.partition is None:
+            return "canonical rewrite"
+        return f"page {self.page} of partition {self.partition}"
 
 
 @dataclass(slots=True)
@@ -215,13 +224,14 @@ def stream_layouts(entries: list[dict[str, Any]]) -> dict[str, StreamLayout]:
         kind = entry.get("t")
         if kind == "page":
             layout = layouts.setdefault(entry["s"], StreamLayout())
-            label = f"page {entry['n']} of partition {entry['p']}"
-            layout.segments.append(Segment(entry["start"], entry["end"], entry["records"], label))
+            layout.segments.append(
+                Segment(entry["start"], entry["end"], entry["records"], entry["p"], entry["n"])
+            )
             layout.canonical = None
         elif kind == "canonical":
             layout = layouts.setdefault(entry["s"], StreamLayout())
             layout.segments = [
-                Segment(0, entry["bytes"], entry["lines"], "canonical rewrite", entry["sha256"])
+                Segment(0, entry["bytes"], entry["lines"], None, sha256=entry["sha256"])
             ]
             layout.canonical = entry
     for layout in layouts.values():
@@ -556,7 +566,10 @@ def read_manifest(paths: RunPaths) -> tuple[ManifestState, JournalContents]:
     # The caller reports the dropped bytes itself, so the journal's warning would repeat it.
     journal_logger.setLevel(logging.ERROR)
     try:
-        return load_state(paths.manifest)
+        # Pages of finished partitions are counted, not kept: checks, status and run records
+        # need the stream totals, and a run of many partitions would otherwise take a lot
+        # of memory.
+        return load_state(paths.manifest, keep_done_pages=False)
     finally:
         journal_logger.setLevel(level)
 

@@ -142,7 +142,12 @@ class StreamRunner:
             async with anyio.create_task_group() as group:
                 if self._parent_values is None:
                     for values in expand_static(self.spec.static):
-                        await self._start_partition(group, slots, values)
+                        # The id sorts the keys, so it is the same before the values are put
+                        # in order. A resume skips finished partitions here without creating
+                        # a coroutine each: a long range is walked before its pending end.
+                        key = partition_id(values)
+                        if not self._settled(key):
+                            await self._start_partition(group, slots, values, key)
                 else:
                     await self._partitions_from_parent(group, slots)
         finally:
@@ -159,37 +164,48 @@ class StreamRunner:
                     continue
                 seen.add(key)
                 for static in expand_static(self.spec.static):
-                    await self._start_partition(group, slots, {**values, **static})
+                    partition = {**values, **static}
+                    key = partition_id(partition)
+                    if not self._settled(key):
+                        await self._start_partition(group, slots, partition, key)
         # Every parent value has arrived, so the number of partitions is known now.
         self.partitions_known = len(seen) * count_static(self.spec.static)
 
-    async def _start_partition(
-        self, group: TaskGroup, slots: anyio.Semaphore, values: dict[str, Scalar]
-    ) -> None:
-        # The id sorts the keys, so it is the same before the values are put in order. A
-        # resume passes many finished partitions here, so the id is computed once.
-        key = partition_id(values)
-        if key in self._finished_windows:
-            return
-        if not self._owns(key):
-            if self._children:
-                # Another shard writes this partition, but its records name child partitions
-                # that this shard may own: fetch it to read them, and write nothing.
-                await slots.acquire()
-                group.start_soon(
-                    self._run_partition, self._ordered(values), PartitionState(), slots, True
-                )
-            return
+    def _settled(self, key: str) -> bool:
+        """Tell whether partition ``key`` needs no request in this session, counting it if final.
 
+        True for a window that an earlier incremental run finished, a partition another
+        shard writes (unless its records feed child streams), and a partition whose final
+        state is not one this session retries.
+        """
+        if key in self._finished_windows:
+            return True
+        if not self._owns(key):
+            return not self._children
         done = self.state.done.get(key)
         if done is not None:
             self._count_final(done)
-            return
-        state = self.state.partition(key)
-        if state.final is not None and state.state not in self._retry_states:
+            return True
+        state = self.state.partitions.get(key)
+        if state is not None and state.final is not None and state.state not in self._retry_states:
             self._count_final(state.final)
+            return True
+        return False
+
+    async def _start_partition(
+        self, group: TaskGroup, slots: anyio.Semaphore, values: dict[str, Scalar], key: str
+    ) -> None:
+        """Start the walk of a partition that ``_settled`` found unsettled."""
+        if not self._owns(key):
+            # Another shard writes this partition, but its records name child partitions
+            # that this shard may own: fetch it to read them, and write nothing.
+            await slots.acquire()
+            group.start_soon(
+                self._run_partition, self._ordered(values), PartitionState(), slots, True
+            )
             return
 
+        state = self.state.partition(key)
         await slots.acquire()
         group.start_soon(self._run_partition, self._ordered(values), state, slots)
 

@@ -37,7 +37,7 @@ from .sink import StreamFile
 logger = logging.getLogger("tm_export.manifest")
 
 #: Pages that may be written but not committed. A commit takes a few milliseconds, in which
-#: a fast server answers a few hundred requests; the bound is far above that.
+#: a fast server serves a few hundred requests; the bound is far above that.
 MAX_UNCOMMITTED = 1024
 
 
@@ -47,8 +47,8 @@ def max_uncommitted() -> int:
     A low bound makes a kill at the N-th request find at least N - bound - concurrency
     pages committed, however fast the commits of that machine are.
     """
-    wanted = os.environ.get("TM_EXPORT_MAX_UNCOMMITTED", "")
-    return int(wanted) if wanted.isdigit() and int(wanted) > 0 else MAX_UNCOMMITTED
+    value = os.environ.get("TM_EXPORT_MAX_UNCOMMITTED", "")
+    return int(value) if value.isdigit() and int(value) > 0 else MAX_UNCOMMITTED
 
 
 @dataclass(slots=True)

@@ -6,7 +6,7 @@ process: the bundled mock Tasking Manager (W1, W2) and the synthetic servers of
 workload, so ``--only W3`` updates W3 and keeps the others, and the generated part of
 the page is rebuilt from that file.
 
-    .venv/bin/python bench/run.py                 # everything, about 15 minutes
+    .venv/bin/python bench/run.py                 # everything: 10 minutes, more while the peers install
     .venv/bin/python bench/run.py --only W1,W2    # a subset
     .venv/bin/python bench/run.py --quick         # small sizes, one run; writes nothing
 """

@@ -8,6 +8,7 @@ import pytest
 
 from tm_export.errors import ManifestError
 from tm_export.journal import Journal, read_journal
+from tm_export.manifest import ManifestState
 
 
 def make_journal(tmp_path: Path, entries: int = 2) -> Path:
@@ -107,3 +108,47 @@ def test_cut_short_keeps_whole_lines(tmp_path: Path) -> None:
     contents = read_journal(path)
 
     assert [e.get("n") for e in contents.entries[1:]] == [1, 2, 3, 4]
+
+
+def test_chunked_read_keeps_every_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tm_export.journal.CHUNK_BYTES", 64)
+    path = make_journal(tmp_path, entries=50)
+
+    contents = read_journal(path)
+
+    assert [e.get("n") for e in contents.entries] == [None, *range(1, 51)]
+    assert contents.valid_bytes == path.stat().st_size
+
+
+def test_chunked_read_names_damaged_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tm_export.journal.CHUNK_BYTES", 64)
+    path = make_journal(tmp_path, entries=50)
+    lines = path.read_bytes().split(b"\n")
+    lines[39] = b"{" * len(lines[39])
+    path.write_bytes(b"\n".join(lines))
+
+    with pytest.raises(ManifestError) as caught:
+        read_journal(path)
+
+    assert str(caught.value).startswith(f"{path}:40: manifest line 40 is damaged (not JSON).")
+
+
+def test_replay_drops_pages_of_done_partitions() -> None:
+    header = {"t": "run", "format": 1, "streams": {"s": {}}}
+    page = {"t": "page", "s": "s", "n": 1, "records": 2, "start": 0, "end": 10}
+    entries = iter(
+        [
+            header,
+            {**page, "p": "a"},
+            {**page, "p": "b", "start": 10, "end": 20},
+            {"t": "part", "s": "s", "p": "a", "state": "done"},
+        ]
+    )
+
+    state = ManifestState.replay(entries, keep_done_pages=False)
+
+    stream = state.streams["s"]
+    assert list(stream.done) == ["a"]
+    assert list(stream.partitions) == ["b"]
+    assert stream.partitions["b"].pages[1].end == 20
+    assert (stream.pages, stream.records, stream.committed_end) == (2, 4, 20)

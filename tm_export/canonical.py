@@ -223,7 +223,7 @@ def make_canonical(run_folder: Path, *, chunk_bytes: int = CHUNK_BYTES) -> list[
     require_verified(check, "nothing was rewritten")
 
     results: list[CanonicalResult] = []
-    journal = Journal.open(paths.manifest, valid_bytes=check.contents.valid_bytes)
+    journal = Journal.open(paths.manifest, valid_bytes=check.scan.extent.valid_bytes)
     try:
         for stream in check.streams:
             path = paths.stream_file(stream.stream, codec)

@@ -194,9 +194,9 @@ def _finish_archive(recipe: Recipe, options: RunOptions, result: RunResult) -> N
         if bag:
             make_run_bag(result.run_folder)
         else:
-            # NOTE: the record verifies every file against the whole manifest, read into
-            # memory again (without the pages of finished partitions); a run of 100,000
-            # partitions peaks at about 400 MB here, where the export itself needs less.
+            # NOTE: the record verifies every file against the manifest, read again a chunk
+            # at a time; its segment per committed page still grows with the run (a
+            # 100,000-partition run peaks at about 160 MB in all).
             write_run_record(result.run_folder, recipe, result)
     except TmExportError as error:
         result.fatal = error if isinstance(error, FatalError) else FatalError(str(error))
@@ -259,7 +259,7 @@ class _Session:
                 self.baseline = read_baseline(self.recipe, runs)
                 folder = next_run_folder(output)
             elif manifest.exists():
-                state, contents = load_state(manifest, keep_done_pages=False)
+                state, extent = load_state(manifest, keep_done_pages=False)
                 self._check_recipe(manifest, state)
                 if state.canonical and (self.options.retry_failed or self.options.retry_skipped):
                     raise ManifestError(
@@ -274,7 +274,7 @@ class _Session:
                         )
                     logger.info("resuming the run in %s", folder)
                     self._load_baseline(state, output)
-                    return folder, state, Journal.open(manifest, valid_bytes=contents.valid_bytes)
+                    return folder, state, Journal.open(manifest, valid_bytes=extent.valid_bytes)
                 self.baseline = read_baseline(self.recipe, runs)
                 folder = next_run_folder(output)
             elif interrupted_bag_folder(folder) is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -40,11 +41,38 @@ class JournalContents:
     dropped_bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class JournalExtent:
+    """The byte length of a journal's complete lines, and of the unfinished line after them."""
+
+    valid_bytes: int
+    dropped_bytes: int
+
+
+#: Bytes of journal parsed at once: large enough for orjson's one-call fast path, small
+#: enough that a journal of millions of entries is never held as dicts all at once.
+CHUNK_BYTES = 1 << 20
+
+
 def read_journal(path: Path) -> JournalContents:
     """Read and check every entry of the journal at ``path``.
 
     Raises:
         ManifestError: the journal is empty, has no valid header, or a complete line is damaged.
+    """
+    extent, entries = scan_journal(path)
+    return JournalContents(list(entries), extent.valid_bytes, extent.dropped_bytes)
+
+
+def scan_journal(path: Path) -> tuple[JournalExtent, Iterator[dict[str, Any]]]:
+    """Check the journal at ``path`` and return its extent and an iterator over its entries.
+
+    The entries are parsed a chunk at a time as the iterator advances, so memory holds one
+    chunk of them, not the whole journal.
+
+    Raises:
+        ManifestError: the journal is empty or has no complete line. The iterator raises
+            it for a missing header or a damaged complete line, naming the line.
     """
     data = path.read_bytes()
     recovery = (
@@ -58,27 +86,44 @@ def read_journal(path: Path) -> JournalContents:
         )
 
     end = data.rfind(b"\n") + 1
-    complete, tail = data[:end], data[end:]
-    entries = _parse_all(complete)
-    if entries is None:
-        lines = complete.split(b"\n")[:-1]
-        entries = [
-            _parse_line(path, number, line, recovery) for number, line in enumerate(lines, 1)
-        ]
-
-    if not entries or entries[0].get("t") != "run" or entries[0].get("format") != FORMAT:
-        raise ManifestError(
-            f"{path}:1: the manifest has no valid header, so it is damaged or not a "
-            f"tm-export manifest. {recovery}"
-        )
-
+    if end == 0:
+        raise _no_header(path, recovery)
+    tail = len(data) - end
     if tail:
         logger.warning(
             "dropped an unfinished last manifest entry of %d bytes (left by an interrupted "
             "write); its data is not counted as committed",
-            len(tail),
+            tail,
         )
-    return JournalContents(entries=entries, valid_bytes=end, dropped_bytes=len(tail))
+    return JournalExtent(valid_bytes=end, dropped_bytes=tail), _entries(path, data, end, recovery)
+
+
+def _entries(path: Path, data: bytes, end: int, recovery: str) -> Iterator[dict[str, Any]]:
+    """Yield the entries of ``data[:end]``, whole lines parsed a chunk at a time."""
+    start = 0
+    line_number = 0
+    while start < end:
+        stop = data.find(b"\n", min(start + CHUNK_BYTES, end) - 1) + 1
+        chunk = data[start:stop]
+        entries = _parse_all(chunk)
+        if entries is None:
+            lines = chunk.split(b"\n")[:-1]
+            entries = [
+                _parse_line(path, line_number + index, line, recovery)
+                for index, line in enumerate(lines, 1)
+            ]
+        if start == 0 and (entries[0].get("t") != "run" or entries[0].get("format") != FORMAT):
+            raise _no_header(path, recovery)
+        line_number += len(entries)
+        start = stop
+        yield from entries
+
+
+def _no_header(path: Path, recovery: str) -> ManifestError:
+    return ManifestError(
+        f"{path}:1: the manifest has no valid header, so it is damaged or not a "
+        f"tm-export manifest. {recovery}"
+    )
 
 
 def _parse_line(path: Path, number: int, line: bytes, recovery: str) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import anyio
 from .codec import Codec, compress, compress_file
 from .crashpoints import crash_due, crash_point
 from .errors import StorageError
-from .journal import Journal, JournalContents, read_journal
+from .journal import Journal, JournalExtent, scan_journal
 from .sink import StreamFile
 
 logger = logging.getLogger("tm_export.manifest")
@@ -63,6 +63,10 @@ class PageRecord:
     has_next: bool = False
 
 
+#: The final entry kept for every done partition without problems (see ``StreamState.done``).
+DONE: dict[str, Any] = {"t": "part", "state": "done"}
+
+
 @dataclass(slots=True)
 class PartitionState:
     """The state of one partition as the manifest proves it."""
@@ -92,7 +96,7 @@ class StreamState:
     partitions: dict[str, PartitionState] = field(default_factory=dict)
     done: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Final entries of partitions that ended done, when replayed with ``keep_done_pages=False``;
-    such partitions then have no ``PartitionState``."""
+    such partitions then have no ``PartitionState``. An entry without problems is ``DONE``."""
 
     def partition(self, partition_id: str) -> PartitionState:
         state = self.partitions.get(partition_id)
@@ -122,14 +126,11 @@ class ManifestState:
 
         With ``keep_done_pages=False`` the pages of partitions that ended ``done`` are
         counted but not kept: a resume never needs them, and a run with many thousands of
-        partitions then starts faster and smaller.
+        partitions then starts faster and smaller. The entries are read once, in order, so
+        they can come from ``journal.scan_journal`` without being held all at once. A
+        partition's pages come before its final entry, and a partition that ended done
+        gets no later pages or final entry, so its pages are dropped when ``done`` arrives.
         """
-        entries = list(entries)
-        done: set[tuple[str, str]] = set()
-        if not keep_done_pages:
-            finals = {(e["s"], e["p"]): e["state"] for e in entries if e["t"] == "part"}
-            done = {key for key, state in finals.items() if state == "done"}
-
         iterator = iter(entries)
         header = next(iterator)
         streams: dict[str, StreamState] = {
@@ -151,8 +152,6 @@ class ManifestState:
                 stream.duplicates += entry.get("dups", 0)
                 if end >= stream.committed_end:
                     stream.committed_end, stream.last_page_start = end, entry["start"]
-                if done and (name, entry["p"]) in done:
-                    continue
                 part = stream.partition(entry["p"])
                 part.pages[entry["n"]] = PageRecord(
                     entry["n"],
@@ -168,8 +167,11 @@ class ManifestState:
                     part.total = entry["total"]
             elif kind == "part":
                 stream = streams.get(entry["s"]) or streams.setdefault(entry["s"], StreamState())
-                if (entry["s"], entry["p"]) in done:
-                    stream.done[entry["p"]] = entry
+                if not keep_done_pages and entry["state"] == "done":
+                    stream.partitions.pop(entry["p"], None)
+                    # Only a final entry with problems says more than "done"; the others
+                    # share one dict, which keeps a run of millions of partitions small.
+                    stream.done[entry["p"]] = entry if entry.get("problems") else DONE
                 else:
                     stream.partition(entry["p"]).final = entry
             elif kind == "session":
@@ -332,9 +334,11 @@ class Committer:
         crash_point("after-manifest-append")
 
 
-def load_state(
-    path: Path, *, keep_done_pages: bool = True
-) -> tuple[ManifestState, JournalContents]:
-    """Read the journal at ``path`` and replay it (see ``ManifestState.replay``)."""
-    contents = read_journal(path)
-    return ManifestState.replay(contents.entries, keep_done_pages=keep_done_pages), contents
+def load_state(path: Path, *, keep_done_pages: bool = True) -> tuple[ManifestState, JournalExtent]:
+    """Read the journal at ``path`` and replay it (see ``ManifestState.replay``).
+
+    Raises:
+        ManifestError: the journal is damaged (see ``journal.scan_journal``).
+    """
+    extent, entries = scan_journal(path)
+    return ManifestState.replay(entries, keep_done_pages=keep_done_pages), extent

@@ -119,11 +119,11 @@ def build_run_record(check: RunCheck) -> dict[str, Any]:
     """Return the run record of a verified run, as JSON-ready data."""
     paths = check.paths
     header = check.state.header
-    status = run_status(paths, (check.state, check.contents))
+    status = run_status(paths, check.scan)
     sessions = check.state.sessions
     last = sessions[-1] if sessions else {}
     text = str(header.get("recipe_text", ""))
-    manifest_bytes = check.contents.valid_bytes
+    manifest_bytes = check.scan.extent.valid_bytes
     with paths.manifest.open("rb") as file:
         manifest_sha256 = hashlib.sha256(file.read(manifest_bytes)).hexdigest()
 

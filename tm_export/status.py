@@ -13,17 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from .codec import Codec
-from .journal import JournalContents
 from .layout import run_codec
-from .manifest import ManifestState
 from .params import DateWindows, Each, IntRange, StaticSpec, Step, count_static
 from .verify import (
+    ManifestScan,
     RunPaths,
     find_runs,
-    read_manifest,
     run_state_label,
-    session_finished,
-    stream_layouts,
+    scan_manifest,
 )
 
 #: Characters of a partition's error message shown in the text report.
@@ -109,21 +106,17 @@ class RunStatus:
         return sum(stream.records for stream in self.streams)
 
 
-def run_status(
-    paths: RunPaths, manifest: tuple[ManifestState, JournalContents] | None = None
-) -> RunStatus:
+def run_status(paths: RunPaths, scan: ManifestScan | None = None) -> RunStatus:
     """Read a run's manifest and count its partitions and records, without writing anything.
 
-    ``manifest`` is the run's manifest as ``verify.read_manifest`` returned it, when the
-    caller has read it already.
+    ``scan`` is the run's manifest as ``verify.scan_manifest`` returned it, when the caller
+    has read it already.
 
     Raises:
         ManifestError: the manifest is damaged.
     """
-    state, contents = manifest or read_manifest(paths)
-    entries = contents.entries
-    finished = session_finished(entries)
-    layouts = stream_layouts(entries)
+    scan = scan or scan_manifest(paths)
+    state, finished, layouts = scan.state, scan.finished, scan.layouts
     descriptions: dict[str, Any] = state.header.get("streams", {})
     codec = run_codec(state.header)
 
@@ -159,12 +152,9 @@ def run_status(
         status.file_bytes = path.stat().st_size if path.exists() else None
         streams.append(status)
 
-    for entry in entries:
-        if entry.get("t") == "part" and entry.get("state") == "failed" and "error" in entry:
-            stream = next((s for s in streams if s.name == entry["s"]), None)
-            if stream is not None:
-                stream.last_error = str(entry["error"])
-                stream.last_error_partition = str(entry["p"])
+    for stream in streams:
+        if stream.name in scan.last_errors:
+            stream.last_error, stream.last_error_partition = scan.last_errors[stream.name]
 
     canonical = [name for name, layout in layouts.items() if layout.canonical is not None]
     return RunStatus(
@@ -174,7 +164,7 @@ def run_status(
         sessions=state.sessions,
         ended=state.ends[-1].get("at") if finished else None,
         streams=streams,
-        dropped_bytes=contents.dropped_bytes,
+        dropped_bytes=scan.extent.dropped_bytes,
         canonical=canonical,
         codec=codec,
     )

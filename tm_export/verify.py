@@ -28,7 +28,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -38,9 +39,9 @@ import orjson
 
 from .codec import Codec, DecompressionError, range_lines
 from .errors import ExitCode, TmExportError
-from .journal import JournalContents
+from .journal import JournalContents, JournalExtent, read_journal, scan_journal
 from .layout import DATA_FOLDER, MANIFEST_NAME, list_runs, run_codec, runs_folder, stream_path
-from .manifest import ManifestState, load_state
+from .manifest import ManifestState
 
 logger = logging.getLogger("tm_export.verify")
 
@@ -218,25 +219,94 @@ class StreamLayout:
 
 def stream_layouts(entries: list[dict[str, Any]]) -> dict[str, StreamLayout]:
     """Return each stream's committed segments, from the journal entries in order."""
-    header = entries[0]
-    layouts = {name: StreamLayout() for name in header.get("streams", {})}
-    for entry in entries[1:]:
-        kind = entry.get("t")
-        if kind == "page":
-            layout = layouts.setdefault(entry["s"], StreamLayout())
-            layout.segments.append(
-                Segment(entry["start"], entry["end"], entry["records"], entry["p"], entry["n"])
-            )
-            layout.canonical = None
-        elif kind == "canonical":
-            layout = layouts.setdefault(entry["s"], StreamLayout())
-            layout.segments = [
-                Segment(0, entry["bytes"], entry["lines"], None, sha256=entry["sha256"])
-            ]
-            layout.canonical = entry
-    for layout in layouts.values():
-        layout.segments.sort(key=lambda segment: (segment.start, segment.end))
-    return layouts
+    reading = _JournalReading()
+    for _ in reading.observe(entries):
+        pass
+    return reading.sorted_layouts()
+
+
+class _JournalReading:
+    """Collects, in one pass over the entries, what a check needs besides the replayed state.
+
+    That is each stream's committed segments, whether the last session finished, and the
+    last error of each stream.
+    """
+
+    def __init__(self) -> None:
+        self.layouts: dict[str, StreamLayout] = {}
+        self.finished = False
+        self.last_errors: dict[str, tuple[str, str]] = {}
+        """Stream name to (error, partition id) of its last failed partition."""
+
+    def observe(self, entries: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Yield ``entries`` unchanged, noting each on the way."""
+        for entry in entries:
+            kind = entry.get("t")
+            if kind == "page":
+                layout = self._layout(entry["s"])
+                layout.segments.append(
+                    Segment(entry["start"], entry["end"], entry["records"], entry["p"], entry["n"])
+                )
+                layout.canonical = None
+            elif kind == "part":
+                if entry.get("state") == "failed" and "error" in entry:
+                    self.last_errors[entry["s"]] = (str(entry["error"]), str(entry["p"]))
+            elif kind == "canonical":
+                layout = self._layout(entry["s"])
+                layout.segments = [
+                    Segment(0, entry["bytes"], entry["lines"], None, sha256=entry["sha256"])
+                ]
+                layout.canonical = entry
+            elif kind == "session":
+                self.finished = False
+            elif kind == "end":
+                self.finished = True
+            elif kind == "run":
+                self.layouts = {name: StreamLayout() for name in entry.get("streams", {})}
+            yield entry
+
+    def _layout(self, stream: str) -> StreamLayout:
+        layout = self.layouts.get(stream)
+        if layout is None:
+            layout = self.layouts[stream] = StreamLayout()
+        return layout
+
+    def sorted_layouts(self) -> dict[str, StreamLayout]:
+        for layout in self.layouts.values():
+            layout.segments.sort(key=lambda segment: (segment.start, segment.end))
+        return self.layouts
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestScan:
+    """A run's manifest read in one pass: the replayed state and what checks need with it."""
+
+    state: ManifestState
+    extent: JournalExtent
+    finished: bool
+    """True when an ``end`` entry follows the last session (see ``session_finished``)."""
+    layouts: dict[str, StreamLayout]
+    last_errors: dict[str, tuple[str, str]]
+    """Stream name to (error, partition id) of its last failed partition."""
+
+
+def scan_manifest(paths: RunPaths) -> ManifestScan:
+    """Read a run's manifest without changing it, holding only a chunk of entries at a time.
+
+    The pages of finished partitions are counted, not kept, so memory grows with the
+    committed pages (a segment each) and not with the journal's text. An unfinished last
+    line is dropped quietly: the caller reports ``extent.dropped_bytes`` itself.
+
+    Raises:
+        ManifestError: the manifest is damaged (any damage other than an unfinished last line).
+    """
+    with _quiet_journal():
+        extent, entries = scan_journal(paths.manifest)
+        reading = _JournalReading()
+        state = ManifestState.replay(reading.observe(entries), keep_done_pages=False)
+    return ManifestScan(
+        state, extent, reading.finished, reading.sorted_layouts(), reading.last_errors
+    )
 
 
 def session_finished(entries: list[dict[str, Any]]) -> bool:
@@ -533,13 +603,19 @@ class RunCheck:
     """The result of verifying one run."""
 
     paths: RunPaths
-    state: ManifestState
-    contents: JournalContents
-    finished: bool
+    scan: ManifestScan
     streams: list[StreamCheck]
     problems: list[str] = field(default_factory=list)
     """Problems with files other than stream files: the run record and the bag."""
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> ManifestState:
+        return self.scan.state
+
+    @property
+    def finished(self) -> bool:
+        return self.scan.finished
 
     @property
     def codec(self) -> Codec:
@@ -556,20 +632,30 @@ class RunCheck:
 
 
 def read_manifest(paths: RunPaths) -> tuple[ManifestState, JournalContents]:
-    """Read a run's manifest without changing it; an unfinished last line is dropped quietly.
+    """Read a run's manifest without changing it, with every entry as a list.
+
+    For the steps that rewrite a finished run (``canonical``, ``bag``), which need the
+    entries themselves; ``scan_manifest`` reads a manifest with less memory.
 
     Raises:
         ManifestError: the manifest is damaged (any damage other than an unfinished last line).
     """
+    with _quiet_journal():
+        contents = read_journal(paths.manifest)
+    return ManifestState.replay(contents.entries, keep_done_pages=False), contents
+
+
+@contextmanager
+def _quiet_journal() -> Iterator[None]:
+    """Silence the journal's warning about an unfinished last line.
+
+    The callers report the dropped bytes themselves, so the warning would repeat it.
+    """
     journal_logger = logging.getLogger("tm_export.journal")
     level = journal_logger.level
-    # The caller reports the dropped bytes itself, so the journal's warning would repeat it.
     journal_logger.setLevel(logging.ERROR)
     try:
-        # Pages of finished partitions are counted, not kept: checks, status and run records
-        # need the stream totals, and a run of many partitions would otherwise take a lot
-        # of memory.
-        return load_state(paths.manifest, keep_done_pages=False)
+        yield
     finally:
         journal_logger.setLevel(level)
 
@@ -583,10 +669,9 @@ def check_run(paths: RunPaths, *, check_bag: bool = True) -> RunCheck:
     Raises:
         ManifestError: the manifest is damaged.
     """
-    state, contents = read_manifest(paths)
-    finished = session_finished(contents.entries)
-    layouts = stream_layouts(contents.entries)
-    codec = run_codec(state.header)
+    scan = scan_manifest(paths)
+    finished, layouts = scan.finished, scan.layouts
+    codec = run_codec(scan.state.header)
     streams = [
         check_stream(
             paths.stream_file(name, codec),
@@ -598,10 +683,10 @@ def check_run(paths: RunPaths, *, check_bag: bool = True) -> RunCheck:
         )
         for name, layout in layouts.items()
     ]
-    check = RunCheck(paths, state, contents, finished, streams)
-    if contents.dropped_bytes:
+    check = RunCheck(paths, scan, streams)
+    if scan.extent.dropped_bytes:
         check.notes.append(
-            f"{paths.shown(paths.manifest)}: an unfinished last line of {contents.dropped_bytes} "
+            f"{paths.shown(paths.manifest)}: an unfinished last line of {scan.extent.dropped_bytes} "
             "bytes was ignored (a session may be writing it)"
         )
     for stream in streams:
@@ -655,7 +740,7 @@ def _compare_record(paths: RunPaths, check: RunCheck) -> None:
     # canonical rewrite, a resumed session) that the record does not describe.
     manifest = record.get("manifest", {})
     recorded_bytes = manifest.get("bytes")
-    valid_bytes = check.contents.valid_bytes
+    valid_bytes = check.scan.extent.valid_bytes
     if isinstance(recorded_bytes, int) and recorded_bytes < valid_bytes:
         check.notes.append(
             f"{paths.shown(paths.manifest)} has grown since {shown} was written, so the "

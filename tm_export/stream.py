@@ -7,13 +7,12 @@ import logging
 import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import ijson
 import jsonlines
 import orjson
-from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .catalog import WHOLE_BODY
@@ -54,6 +53,11 @@ logger = logging.getLogger("tm_export.stream")
 
 #: Parent values buffered for a child stream before the parent waits (back-pressure).
 CHILD_BUFFER = 1024
+
+_Job = tuple[Partition, PartitionState, bool]
+"""A partition to walk: its values in recipe order, its state, and whether it is a scout."""
+
+T = TypeVar("T")
 
 #: Statuses that mean "this partition is not visible to us", recorded as skipped.
 SKIP_STATUSES = frozenset({403, 404})
@@ -133,28 +137,37 @@ class StreamRunner:
     # --- running -----------------------------------------------------------------
 
     async def run(self) -> None:
-        """Export every partition, then tell child streams that no more values come."""
+        """Export every partition, then tell child streams that no more values come.
+
+        A fixed pool of workers walks the partitions, which bounds the partitions in flight
+        per stream. A parent blocked on a full child buffer then never holds the workers
+        that the child needs to drain it. A pool, not a task per partition, because starting
+        an anyio task costs more than a short partition's own bookkeeping.
+        """
         try:
             await self._replay_committed_values()
-            # Bound the partitions in flight per stream, so a parent blocked on a full child
-            # buffer never holds the slots the child needs to drain it.
-            slots = anyio.Semaphore(max(2 * self._concurrency, 4), fast_acquire=True)
+            workers = max(2 * self._concurrency, 4)
+            send, receive = anyio.create_memory_object_stream[_Job](workers)
             async with anyio.create_task_group() as group:
-                if self._parent_values is None:
-                    for values in expand_static(self.spec.static):
-                        # The id sorts the keys, so it is the same before the values are put
-                        # in order. A resume skips finished partitions here without creating
-                        # a coroutine each: a long range is walked before its pending end.
-                        key = partition_id(values)
-                        if not self._settled(key):
-                            await self._start_partition(group, slots, values, key)
-                else:
-                    await self._partitions_from_parent(group, slots)
+                for _ in range(workers):
+                    group.start_soon(self._work, receive.clone())
+                receive.close()
+                async with send:
+                    if self._parent_values is None:
+                        for values in expand_static(self.spec.static):
+                            # The id sorts the keys, so it is the same before the values are
+                            # put in order. A resume skips finished partitions here without
+                            # a coroutine each: a long range is walked before its pending end.
+                            key = partition_id(values)
+                            if not self._settled(key):
+                                await _put(send, self._job(values, key))
+                    else:
+                        await self._partitions_from_parent(send)
         finally:
-            for _, send in self._children:
-                send.close()
+            for _, child in self._children:
+                child.close()
 
-    async def _partitions_from_parent(self, group: TaskGroup, slots: anyio.Semaphore) -> None:
+    async def _partitions_from_parent(self, jobs: MemoryObjectSendStream[_Job]) -> None:
         assert self._parent_values is not None
         seen: set[str] = set()
         async with self._parent_values:
@@ -167,9 +180,17 @@ class StreamRunner:
                     partition = {**values, **static}
                     key = partition_id(partition)
                     if not self._settled(key):
-                        await self._start_partition(group, slots, partition, key)
+                        await _put(jobs, self._job(partition, key))
         # Every parent value has arrived, so the number of partitions is known now.
         self.partitions_known = len(seen) * count_static(self.spec.static)
+
+    async def _work(self, jobs: MemoryObjectReceiveStream[_Job]) -> None:
+        """Walk partitions from ``jobs`` one at a time until the stream has no more."""
+        async with jobs:
+            async for partition, state, scout in _drain(jobs):
+                walk = PartitionWalk(partition, state, scout)
+                self._load_seen_keys(walk)
+                await self._walk(walk)
 
     def _settled(self, key: str) -> bool:
         """Tell whether partition ``key`` needs no request in this session, counting it if final.
@@ -192,22 +213,13 @@ class StreamRunner:
             return True
         return False
 
-    async def _start_partition(
-        self, group: TaskGroup, slots: anyio.Semaphore, values: dict[str, Scalar], key: str
-    ) -> None:
-        """Start the walk of a partition that ``_settled`` found unsettled."""
+    def _job(self, values: dict[str, Scalar], key: str) -> _Job:
+        """Return the walk to do for a partition that ``_settled`` found unsettled."""
         if not self._owns(key):
             # Another shard writes this partition, but its records name child partitions
             # that this shard may own: fetch it to read them, and write nothing.
-            await slots.acquire()
-            group.start_soon(
-                self._run_partition, self._ordered(values), PartitionState(), slots, True
-            )
-            return
-
-        state = self.state.partition(key)
-        await slots.acquire()
-        group.start_soon(self._run_partition, self._ordered(values), state, slots)
+            return self._ordered(values), PartitionState(), True
+        return self._ordered(values), self.state.partition(key), False
 
     def _owns(self, partition: str) -> bool:
         """Tell whether this shard writes ``partition``; every shard owns a stable 1/N of them."""
@@ -223,20 +235,6 @@ class StreamRunner:
         if len(ordered) < len(values):
             ordered.update({k: v for k, v in values.items() if k not in ordered})
         return ordered
-
-    async def _run_partition(
-        self,
-        partition: Partition,
-        state: PartitionState,
-        slots: anyio.Semaphore,
-        scout: bool = False,
-    ) -> None:
-        try:
-            walk = PartitionWalk(partition, state, scout)
-            self._load_seen_keys(walk)
-            await self._walk(walk)
-        finally:
-            slots.release()
 
     # --- one partition -------------------------------------------------------------
 
@@ -281,6 +279,14 @@ class StreamRunner:
                 window.release()
 
         while number <= self._last_page(walk) and not walk.stop:
+            if number == self._last_page(walk):
+                # One page left (most partitions have two or three): no task group for it.
+                if number not in walk.state.pages:
+                    await window.acquire()
+                    await fetch(number)
+                number += 1
+                continue
+
             async with anyio.create_task_group() as group:
                 while number <= self._last_page(walk) and not walk.stop:
                     if number not in walk.state.pages:
@@ -288,7 +294,15 @@ class StreamRunner:
                         if walk.stopped():
                             window.release()
                             break
-                        group.start_soon(fetch, number)
+                        if number == self._last_page(walk):
+                            # This task would only wait for the others, so it fetches the
+                            # last known page itself instead of starting a task for it. The
+                            # checkpoint lets the started tasks send first: pages go out in
+                            # order.
+                            await anyio.lowlevel.checkpoint()
+                            await fetch(number)
+                        else:
+                            group.start_soon(fetch, number)
                     number += 1
 
     def _last_page(self, walk: PartitionWalk) -> int:
@@ -557,12 +571,7 @@ class StreamRunner:
             try:
                 for record in records:
                     for values in combinations(record, fields):
-                        # The awaiting send costs an event-loop turn per value, so it is kept
-                        # for a full buffer, where the parent must wait for the child anyway.
-                        try:
-                            send.send_nowait(values)
-                        except anyio.WouldBlock:
-                            await send.send(values)
+                        await _put(send, values)
             except anyio.BrokenResourceError:
                 # Only a fatal error elsewhere stops a child early. That error ends the run,
                 # so the child no longer needs these values.
@@ -673,9 +682,19 @@ def _at_most(key: Any, newest: Any) -> bool:
     return isinstance(key, int) and key <= newest
 
 
-async def _drain(
-    receive: MemoryObjectReceiveStream[dict[str, Scalar]],
-) -> AsyncIterator[dict[str, Scalar]]:
+async def _put(send: MemoryObjectSendStream[T], item: T) -> None:
+    """Send ``item``, without an event-loop turn while the buffer has room.
+
+    The awaiting send costs a turn per item, so it is kept for a full buffer, where the
+    sender must wait for the receiver anyway.
+    """
+    try:
+        send.send_nowait(item)
+    except anyio.WouldBlock:
+        await send.send(item)
+
+
+async def _drain(receive: MemoryObjectReceiveStream[T]) -> AsyncIterator[T]:
     """Yield what ``receive`` holds without an event-loop turn per item, then wait for more.
 
     Ends when every sender has closed and the buffer is empty.

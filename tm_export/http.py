@@ -153,6 +153,11 @@ class HttpSession:
         project can be hundreds of megabytes). Error bodies are always kept in memory: they
         are small, and only an excerpt of them is used.
         """
+        length = reply.content_length
+        if length is not None and (length <= self._spool_over or not spoolable):
+            # The usual case: a body of known, small size is read in one call.
+            return await reply.read(), None
+
         chunks: list[bytes] = []
         size = 0
         spool_file: BinaryIO | None = None

@@ -104,6 +104,9 @@ class StreamRunner:
         self._children: list[tuple[dict[str, str], MemoryObjectSendStream[dict[str, Scalar]]]] = []
         self._parent_values: MemoryObjectReceiveStream[dict[str, Scalar]] | None = None
         self._partitioned = bool(spec.varying)
+        # Computed once: a request is built for every page.
+        self._fixed_query = {**spec.endpoint.defaults, **{c.name: c.value for c in spec.constants}}
+        self._path_params = spec.endpoint.path_params
         self._order = [name for spec_ in spec.varying for name in _names(spec_)]
         self.partitions_known = count_static(spec.static) if spec.parent is None else None
         """Partitions in all, when they do not depend on a parent stream."""
@@ -551,15 +554,14 @@ class StreamRunner:
 
     def _request(self, partition: Partition, page: int) -> tuple[str, dict[str, str]]:
         endpoint = self.spec.endpoint
-        values: dict[str, str] = dict(endpoint.defaults)
-        values.update({c.name: c.value for c in self.spec.constants})
+        values = dict(self._fixed_query)
         values.update({name: render(value) for name, value in partition.items()})
         if self._since is not None:
             # The server compares whole days; _drop_archived then checks the exact time.
             values.setdefault("lastUpdatedFrom", self._since.date().isoformat())
 
         path = endpoint.path
-        for name in endpoint.path_params:
+        for name in self._path_params:
             # A value from another stream's records (a username) may hold any character.
             path = path.replace("{" + name + "}", urllib.parse.quote(values.pop(name), safe=""))
         if endpoint.paginated:

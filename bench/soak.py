@@ -42,6 +42,8 @@ RECIPE = BENCH / "recipes" / "soak.yaml"
 STREAMS = ("projects", "details", "activities")
 PAGE = ROOT / "docs" / "reliability.md"
 HEADING = "## Measured"
+#: Markers around the generated part of the Measured section.
+START, END = "<!-- soak:start -->", "<!-- soak:end -->"
 
 
 def run_command(server: ServerProcess) -> list[str]:
@@ -145,7 +147,7 @@ def trial(
 
 
 def write_section(summary: dict[str, Any]) -> None:
-    """Replace (or append) the Measured section of docs/reliability.md."""
+    """Replace the generated part of the Measured section of docs/reliability.md, or add it."""
     text = PAGE.read_text()
     method = (
         f"`bench/soak.py` ran {summary['trials']} trials on {summary['date']} with tm-export "
@@ -160,8 +162,7 @@ def write_section(summary: dict[str, Any]) -> None:
         "lines, and the mock's request log showed whether it fetched a committed page again."
     )
     lines = [
-        HEADING,
-        "",
+        START,
         *textwrap.wrap(method, width=90),
         "",
         "| trials | killed by the rule | failures | records missing | records duplicated "
@@ -171,14 +172,16 @@ def write_section(summary: dict[str, Any]) -> None:
         f"| {summary['missing']} | {summary['duplicated']} | {summary['again']} "
         f"| {summary['resume_exits']} |",
         "",
+        END,
     ]
-    if HEADING in text:
-        before, _, after = text.partition(HEADING)
-        rest = after.split("\n## ", 1)
-        tail = "\n## " + rest[1] if len(rest) == 2 else ""
+    if START in text and END in text:
+        # Only the part between the markers is generated; the rest of the section (the
+        # kill series and the fault soak) is written by hand and kept.
+        before, _, after = text.partition(START)
+        _, _, tail = after.partition(END)
         PAGE.write_text(before + "\n".join(lines) + tail)
     else:
-        PAGE.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines))
+        PAGE.write_text(text.rstrip("\n") + f"\n\n{HEADING}\n\n" + "\n".join(lines) + "\n")
 
 
 def main() -> int:

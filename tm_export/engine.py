@@ -272,7 +272,14 @@ class _Session:
                             "the last run is unfinished: resuming it; --incremental starts a "
                             "new run once it has finished"
                         )
-                    logger.info("resuming the run in %s", folder)
+                    if state.finished:
+                        logger.info(
+                            "the run in %s is already finished: nothing is fetched again unless "
+                            "--retry-failed or --retry-skipped is given",
+                            folder,
+                        )
+                    else:
+                        logger.info("resuming the run in %s", folder)
                     self._load_baseline(state, output)
                     return folder, state, Journal.open(manifest, valid_bytes=extent.valid_bytes)
                 self.baseline = read_baseline(self.recipe, runs)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -149,51 +150,47 @@ class StreamRunner:
         """
         try:
             await self._replay_committed_values()
-            workers = max(2 * self._concurrency, 4)
-            send, receive = anyio.create_memory_object_stream[_Job](workers)
+            jobs = _Jobs(self)
             async with anyio.create_task_group() as group:
-                for _ in range(workers):
-                    group.start_soon(self._work, receive.clone())
-                receive.close()
-                async with send:
-                    if self._parent_values is None:
-                        for values in expand_static(self.spec.static):
-                            # The id sorts the keys, so it is the same before the values are
-                            # put in order. A resume skips finished partitions here without
-                            # a coroutine each: a long range is walked before its pending end.
-                            key = partition_id(values)
-                            if not self._settled(key):
-                                await _put(send, self._job(values, key))
-                    else:
-                        await self._partitions_from_parent(send)
+                for _ in range(max(2 * self._concurrency, 4)):
+                    group.start_soon(self._work, jobs)
         finally:
+            if self._parent_values is not None:
+                self._parent_values.close()
             for _, child in self._children:
                 child.close()
 
-    async def _partitions_from_parent(self, jobs: MemoryObjectSendStream[_Job]) -> None:
-        assert self._parent_values is not None
-        seen: set[str] = set()
-        async with self._parent_values:
-            async for values in _drain(self._parent_values):
-                key = partition_id(values)
-                if key in seen:
-                    continue
-                seen.add(key)
-                for static in expand_static(self.spec.static):
-                    partition = {**values, **static}
-                    key = partition_id(partition)
-                    if not self._settled(key):
-                        await _put(jobs, self._job(partition, key))
-        # Every parent value has arrived, so the number of partitions is known now.
-        self.partitions_known = len(seen) * count_static(self.spec.static)
+    def _static_jobs(self) -> Iterator[_Job]:
+        """Yield the walks of a stream whose partitions are known from the recipe."""
+        for values in expand_static(self.spec.static):
+            # The id sorts the keys, so it is the same before the values are put in order.
+            # A resume skips finished partitions here: a long range is walked before its
+            # pending end.
+            key = partition_id(values)
+            if not self._settled(key):
+                yield self._job(values, key)
 
-    async def _work(self, jobs: MemoryObjectReceiveStream[_Job]) -> None:
-        """Walk partitions from ``jobs`` one at a time until the stream has no more."""
-        async with jobs:
-            async for partition, state, scout in _drain(jobs):
-                walk = PartitionWalk(partition, state, scout)
-                self._load_seen_keys(walk)
-                await self._walk(walk)
+    def _jobs_of_parent_values(self, values: dict[str, Scalar], seen: set[str]) -> list[_Job]:
+        """Return the walks that one parent record's values start, once per distinct value."""
+        key = partition_id(values)
+        if key in seen:
+            return []
+        seen.add(key)
+        jobs = []
+        for static in expand_static(self.spec.static):
+            partition = {**values, **static}
+            key = partition_id(partition)
+            if not self._settled(key):
+                jobs.append(self._job(partition, key))
+        return jobs
+
+    async def _work(self, jobs: _Jobs) -> None:
+        """Walk partitions one at a time until the stream has no more."""
+        while (job := await jobs.next()) is not None:
+            partition, state, scout = job
+            walk = PartitionWalk(partition, state, scout)
+            self._load_seen_keys(walk)
+            await self._walk(walk)
 
     def _settled(self, key: str) -> bool:
         """Tell whether partition ``key`` needs no request in this session, counting it if final.
@@ -684,6 +681,65 @@ def _at_most(key: Any, newest: Any) -> bool:
     return isinstance(key, int) and key <= newest
 
 
+class _Jobs:
+    """Hands a stream's next partition to walk to whichever worker asks first.
+
+    A stream with a parent reads the parent's values here. One worker at a time waits for
+    them, and the others wait for it, so that the partitions of one value (a parent value
+    times the static parameters) go to every idle worker at once. No task sits between
+    parent and workers: a hand-off per partition would cost an event-loop turn.
+    """
+
+    def __init__(self, runner: StreamRunner) -> None:
+        self._runner = runner
+        self._static = runner._static_jobs() if runner._parent_values is None else None
+        self._queued: deque[_Job] = deque()
+        self._seen: set[str] = set()
+        self._reading = False
+        self._ended = False
+        self._changed: anyio.Event | None = None
+
+    async def next(self) -> _Job | None:
+        """Return the next partition to walk, or None once the stream has no more."""
+        if self._static is not None:
+            return next(self._static, None)
+
+        while not self._queued:
+            if self._ended:
+                return None
+            if self._reading:
+                if self._changed is None:
+                    self._changed = anyio.Event()
+                await self._changed.wait()
+                continue
+            self._reading = True
+            try:
+                await self._read()
+            finally:
+                self._reading = False
+                if self._changed is not None:
+                    self._changed.set()
+                    self._changed = None
+        return self._queued.popleft()
+
+    async def _read(self) -> None:
+        """Queue the partitions of the parent's next value, or note that no more come."""
+        runner = self._runner
+        values_stream = runner._parent_values
+        assert values_stream is not None
+        try:
+            try:
+                values = values_stream.receive_nowait()
+            except anyio.WouldBlock:
+                values = await values_stream.receive()
+        except anyio.EndOfStream:
+            self._ended = True
+            # Every parent value has arrived, so the number of partitions is known now.
+            runner.partitions_known = len(self._seen) * count_static(runner.spec.static)
+            return
+        self._queued.extend(runner._jobs_of_parent_values(values, self._seen))
+
+
 async def _put(send: MemoryObjectSendStream[T], item: T) -> None:
     """Send ``item``, without an event-loop turn while the buffer has room.
 
@@ -694,20 +750,3 @@ async def _put(send: MemoryObjectSendStream[T], item: T) -> None:
         send.send_nowait(item)
     except anyio.WouldBlock:
         await send.send(item)
-
-
-async def _drain(receive: MemoryObjectReceiveStream[T]) -> AsyncIterator[T]:
-    """Yield what ``receive`` holds without an event-loop turn per item, then wait for more.
-
-    Ends when every sender has closed and the buffer is empty.
-    """
-    while True:
-        try:
-            yield receive.receive_nowait()
-        except anyio.WouldBlock:
-            try:
-                yield await receive.receive()
-            except anyio.EndOfStream:
-                return
-        except anyio.EndOfStream:
-            return

@@ -13,13 +13,16 @@ import signal
 
 _CRASH_COUNTS: dict[str, int] = {}
 
+#: Read once: the check runs for every page, and the crash tests set the variable in the
+#: environment of the process they start, never later.
+_CRASH_AT = os.environ.get("TM_EXPORT_CRASH_AT", "")
+
 
 def crash_due(name: str) -> bool:
     """Count a pass through crash point ``name``; return True when the process must die here."""
-    wanted = os.environ.get("TM_EXPORT_CRASH_AT")
-    if not wanted:
+    if not _CRASH_AT:
         return False
-    point, _, count = wanted.partition(":")
+    point, _, count = _CRASH_AT.partition(":")
     if point != name:
         return False
     _CRASH_COUNTS[name] = _CRASH_COUNTS.get(name, 0) + 1

@@ -191,6 +191,10 @@ def _check_committed_end(path: Path, file: BinaryIO, actual: int, committed_end:
 
 _WRITES = 0
 
+#: Read once: the check runs for every append, and the disk-full tests set the variable in
+#: the environment of the process they start, never later.
+_DISK_FULL_AT = os.environ.get("TM_EXPORT_DISK_FULL_AT", "")
+
 
 def _inject_write_error(path: Path) -> None:
     """Fail the N-th append with ENOSPC when the test-only variable ``TM_EXPORT_DISK_FULL_AT=N`` is set.
@@ -198,9 +202,8 @@ def _inject_write_error(path: Path) -> None:
     Only the disk-full tests set it; a full disk cannot be had on demand in a test.
     """
     global _WRITES
-    wanted = os.environ.get("TM_EXPORT_DISK_FULL_AT")
-    if not wanted:
+    if not _DISK_FULL_AT:
         return
     _WRITES += 1
-    if _WRITES >= int(wanted):
+    if _WRITES >= int(_DISK_FULL_AT):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))

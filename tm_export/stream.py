@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import urllib.parse
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ from .codec import Codec, decompress, open_lines
 from .errors import HTTPStatusError, ManifestError, RequestError
 from .fetcher import Fetcher
 from .incremental import Baseline, updated_since
+from .jobs import JobSource
 from .manifest import Committer, PageRecord, PartitionState, StreamState
 from .params import (
     DateWindows,
@@ -150,7 +150,7 @@ class StreamRunner:
         """
         try:
             await self._replay_committed_values()
-            jobs = _Jobs(self)
+            jobs = self._job_source()
             async with anyio.create_task_group() as group:
                 for _ in range(max(2 * self._concurrency, 4)):
                     group.start_soon(self._work, jobs)
@@ -170,6 +170,23 @@ class StreamRunner:
             if not self._settled(key):
                 yield self._job(values, key)
 
+    def _job_source(self) -> JobSource[_Job, dict[str, Scalar]]:
+        """Return where the workers take partitions from: the recipe or the parent's values."""
+        if self._parent_values is None:
+            return JobSource(self._static_jobs())
+
+        seen: set[str] = set()
+
+        def parent_done() -> None:
+            # Every parent value has arrived, so the number of partitions is known now.
+            self.partitions_known = len(seen) * count_static(self.spec.static)
+
+        return JobSource(
+            values=self._parent_values,
+            expand=lambda values: self._jobs_of_parent_values(values, seen),
+            on_end=parent_done,
+        )
+
     def _jobs_of_parent_values(self, values: dict[str, Scalar], seen: set[str]) -> list[_Job]:
         """Return the walks that one parent record's values start, once per distinct value."""
         key = partition_id(values)
@@ -184,7 +201,7 @@ class StreamRunner:
                 jobs.append(self._job(partition, key))
         return jobs
 
-    async def _work(self, jobs: _Jobs) -> None:
+    async def _work(self, jobs: JobSource[_Job, dict[str, Scalar]]) -> None:
         """Walk partitions one at a time until the stream has no more."""
         while (job := await jobs.next()) is not None:
             partition, state, scout = job
@@ -679,65 +696,6 @@ def _names(spec: VaryingSpec) -> tuple[str, ...]:
 
 def _at_most(key: Any, newest: Any) -> bool:
     return isinstance(key, int) and key <= newest
-
-
-class _Jobs:
-    """Hands a stream's next partition to walk to whichever worker asks first.
-
-    A stream with a parent reads the parent's values here. One worker at a time waits for
-    them, and the others wait for it, so that the partitions of one value (a parent value
-    times the static parameters) go to every idle worker at once. No task sits between
-    parent and workers: a hand-off per partition would cost an event-loop turn.
-    """
-
-    def __init__(self, runner: StreamRunner) -> None:
-        self._runner = runner
-        self._static = runner._static_jobs() if runner._parent_values is None else None
-        self._queued: deque[_Job] = deque()
-        self._seen: set[str] = set()
-        self._reading = False
-        self._ended = False
-        self._changed: anyio.Event | None = None
-
-    async def next(self) -> _Job | None:
-        """Return the next partition to walk, or None once the stream has no more."""
-        if self._static is not None:
-            return next(self._static, None)
-
-        while not self._queued:
-            if self._ended:
-                return None
-            if self._reading:
-                if self._changed is None:
-                    self._changed = anyio.Event()
-                await self._changed.wait()
-                continue
-            self._reading = True
-            try:
-                await self._read()
-            finally:
-                self._reading = False
-                if self._changed is not None:
-                    self._changed.set()
-                    self._changed = None
-        return self._queued.popleft()
-
-    async def _read(self) -> None:
-        """Queue the partitions of the parent's next value, or note that no more come."""
-        runner = self._runner
-        values_stream = runner._parent_values
-        assert values_stream is not None
-        try:
-            try:
-                values = values_stream.receive_nowait()
-            except anyio.WouldBlock:
-                values = await values_stream.receive()
-        except anyio.EndOfStream:
-            self._ended = True
-            # Every parent value has arrived, so the number of partitions is known now.
-            runner.partitions_known = len(self._seen) * count_static(runner.spec.static)
-            return
-        self._queued.extend(runner._jobs_of_parent_values(values, self._seen))
 
 
 async def _put(send: MemoryObjectSendStream[T], item: T) -> None:

@@ -1,0 +1,63 @@
+"""Handing partitions to a stream's workers (``tm_export.jobs``)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from tm_export.jobs import JobSource
+
+
+def test_iterator_jobs_in_order() -> None:
+    source: JobSource[int, int] = JobSource(iter([1, 2, 3]))
+    jobs: list[int | None] = []
+
+    async def main() -> None:
+        for _ in range(4):
+            jobs.append(await source.next())
+
+    anyio.run(main)
+
+    assert jobs == [1, 2, 3, None]
+
+
+def test_one_value_feeds_idle_workers() -> None:
+    """Two jobs from one value go to two waiting workers, not both to the reader."""
+    send, receive = anyio.create_memory_object_stream[int](4)
+    ends: list[str] = []
+    source: JobSource[str, int] = JobSource(
+        values=receive,
+        expand=lambda value: [f"{value}a", f"{value}b"],
+        on_end=lambda: ends.append("end"),
+    )
+    got: dict[str, list[str]] = {"first": [], "second": []}
+    release = anyio.Event()
+
+    async def worker(name: str) -> None:
+        while (job := await source.next()) is not None:
+            got[name].append(job)
+            # Each worker keeps its job until released, so one worker cannot take both.
+            await release.wait()
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(worker, "first")
+            group.start_soon(worker, "second")
+            await anyio.wait_all_tasks_blocked()
+            await send.send(1)
+            await anyio.wait_all_tasks_blocked()
+            assert sorted(got.values()) == [["1a"], ["1b"]]
+            release.set()
+            send.close()
+        receive.close()
+
+    anyio.run(main)
+
+    assert ends == ["end"]
+
+
+def test_source_needs_jobs_or_values() -> None:
+    with pytest.raises(
+        ValueError, match="invalid job source: give either jobs or values, not both or neither"
+    ):
+        JobSource()

@@ -152,3 +152,18 @@ def test_replay_drops_pages_of_done_partitions() -> None:
     assert list(stream.partitions) == ["b"]
     assert stream.partitions["b"].pages[1].end == 20
     assert (stream.pages, stream.records, stream.committed_end) == (2, 4, 20)
+
+
+def test_replay_keeps_pages_of_failed_partitions() -> None:
+    header = {"t": "run", "format": 1, "streams": {"s": {}}}
+    page = {"t": "page", "s": "s", "p": "a", "records": 1, "start": 0, "end": 5, "pages": 3}
+    failed = {"t": "part", "s": "s", "p": "a", "state": "failed", "missing_pages": [3]}
+    entries = iter([header, {**page, "n": 1}, {**page, "n": 2, "start": 5, "end": 9}, failed])
+
+    state = ManifestState.replay(entries, keep_done_pages=False)
+
+    partition = state.streams["s"].partitions["a"]
+    assert sorted(partition.pages) == [1, 2]
+    assert partition.page_count == 3
+    assert partition.final == failed
+    assert state.streams["s"].done == {}

@@ -133,6 +133,7 @@ class ManifestState:
         """
         iterator = iter(entries)
         header = next(iterator)
+        unfinished: dict[tuple[str, str], list[dict[str, Any]]] = {}
         streams: dict[str, StreamState] = {
             name: StreamState() for name in header.get("streams", {})
         }
@@ -152,22 +153,21 @@ class ManifestState:
                 stream.duplicates += entry.get("dups", 0)
                 if end >= stream.committed_end:
                     stream.committed_end, stream.last_page_start = end, entry["start"]
-                part = stream.partition(entry["p"])
-                part.pages[entry["n"]] = PageRecord(
-                    entry["n"],
-                    entry["start"],
-                    entry["end"],
-                    entry["records"],
-                    entry.get("dups", 0),
-                    bool(entry.get("next")),
-                )
-                if entry.get("pages") is not None:
-                    part.page_count = entry["pages"]
-                if entry.get("total") is not None:
-                    part.total = entry["total"]
+                if keep_done_pages:
+                    _add_page(stream.partition(entry["p"]), entry)
+                else:
+                    # Most partitions end done, and then their pages are dropped: keep the
+                    # entries until the partition's end is known, and build the page
+                    # records only for those that are not done.
+                    waiting = unfinished.get((name, entry["p"]))
+                    if waiting is None:
+                        unfinished[(name, entry["p"])] = [entry]
+                    else:
+                        waiting.append(entry)
             elif kind == "part":
                 stream = streams.get(entry["s"]) or streams.setdefault(entry["s"], StreamState())
                 if not keep_done_pages and entry["state"] == "done":
+                    unfinished.pop((entry["s"], entry["p"]), None)
                     stream.partitions.pop(entry["p"], None)
                     # Only a final entry with problems says more than "done"; the others
                     # share one dict, which keeps a run of millions of partitions small.
@@ -182,6 +182,11 @@ class ManifestState:
                 deleted.append(entry)
             elif kind == "canonical":
                 canonical.append(entry)
+
+        for (name, partition_id), pages in unfinished.items():
+            part = streams[name].partition(partition_id)
+            for entry in pages:
+                _add_page(part, entry)
         return cls(
             header=header,
             streams=streams,
@@ -332,6 +337,22 @@ class Committer:
         crash_point("after-data-fsync")
         self._journal.append(entries)
         crash_point("after-manifest-append")
+
+
+def _add_page(part: PartitionState, entry: dict[str, Any]) -> None:
+    """Record a committed page entry in its partition's state."""
+    part.pages[entry["n"]] = PageRecord(
+        entry["n"],
+        entry["start"],
+        entry["end"],
+        entry["records"],
+        entry.get("dups", 0),
+        bool(entry.get("next")),
+    )
+    if entry.get("pages") is not None:
+        part.page_count = entry["pages"]
+    if entry.get("total") is not None:
+        part.total = entry["total"]
 
 
 def load_state(path: Path, *, keep_done_pages: bool = True) -> tuple[ManifestState, JournalExtent]:

@@ -175,8 +175,8 @@ def write_section(summary: dict[str, Any]) -> None:
         END,
     ]
     if START in text and END in text:
-        # Only the part between the markers is generated; the rest of the section (the
-        # kill series and the fault soak) is written by hand and kept.
+        # Only the part between the markers is generated. The rest of the section, the
+        # kill series and the fault soak, is written by hand and kept.
         before, _, after = text.partition(START)
         _, _, tail = after.partition(END)
         PAGE.write_text(before + "\n".join(lines) + tail)

@@ -195,8 +195,8 @@ def _finish_archive(recipe: Recipe, options: RunOptions, result: RunResult) -> N
             make_run_bag(result.run_folder)
         else:
             # NOTE: the record verifies every file against the manifest, read again a chunk
-            # at a time; its segment per committed page still grows with the run (a
-            # 100,000-partition run peaks at about 160 MB in all).
+            # at a time. It keeps a segment per committed page, so its memory still grows
+            # with the run: a 100,000-partition resume peaked at 158 MB in all.
             write_run_record(result.run_folder, recipe, result)
     except TmExportError as error:
         result.fatal = error if isinstance(error, FatalError) else FatalError(str(error))

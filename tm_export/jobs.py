@@ -22,7 +22,7 @@ V = TypeVar("V")
 
 
 class JobSource(Generic[J, V]):
-    """Hands out jobs from an iterator, or from values that each expand into jobs."""
+    """A source of jobs: an iterator, or values that each expand into jobs."""
 
     def __init__(
         self,

@@ -67,7 +67,7 @@ def read_journal(path: Path) -> JournalContents:
 def scan_journal(path: Path) -> tuple[JournalExtent, Iterator[dict[str, Any]]]:
     """Check the journal at ``path`` and return its extent and an iterator over its entries.
 
-    The entries are parsed a chunk at a time as the iterator advances, so memory holds one
+    The entries are parsed a chunk at a time as the iterator advances, so memory keeps one
     chunk of them, not the whole journal.
 
     Raises:

@@ -169,8 +169,8 @@ class ManifestState:
                 if not keep_done_pages and entry["state"] == "done":
                     unfinished.pop((entry["s"], entry["p"]), None)
                     stream.partitions.pop(entry["p"], None)
-                    # Only a final entry with problems says more than "done"; the others
-                    # share one dict, which keeps a run of millions of partitions small.
+                    # Only a final entry with problems adds to "done", so the others share
+                    # one dict, which keeps a run of millions of partitions small.
                     stream.done[entry["p"]] = entry if entry.get("problems") else DONE
                 else:
                     stream.partition(entry["p"]).final = entry

@@ -191,7 +191,8 @@ def _partition_lists(check: RunCheck, stream: str) -> dict[str, list[dict[str, A
         for partition_id, partition in stream_state.partitions.items()
         if partition.final is not None
     ]
-    # Partitions that ended done are kept apart (verify.read_manifest); they can have problems.
+    # Partitions that ended done are kept apart (see ``ManifestState.replay``), and they
+    # can have problems too.
     finals += list(stream_state.done.items())
     finals.sort(key=lambda item: item[0])
     for partition_id, final in finals:

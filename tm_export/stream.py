@@ -297,7 +297,7 @@ class StreamRunner:
 
         while number <= self._last_page(walk) and not walk.stop:
             if number == self._last_page(walk):
-                # One page left (most partitions have two or three): no task group for it.
+                # One page left, so no task group is needed for it.
                 if number not in walk.state.pages:
                     await window.acquire()
                     await fetch(number)

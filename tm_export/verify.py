@@ -219,16 +219,28 @@ class StreamLayout:
 
 def stream_layouts(entries: list[dict[str, Any]]) -> dict[str, StreamLayout]:
     """Return each stream's committed segments, from the journal entries in order."""
+    return _read_entries(entries).sorted_layouts()
+
+
+def session_finished(entries: list[dict[str, Any]]) -> bool:
+    """Return True when an ``end`` entry follows the last session: every partition is final.
+
+    A merged run (``tm-export merge``) has an ``end`` entry and no session entries.
+    """
+    return _read_entries(entries).finished
+
+
+def _read_entries(entries: list[dict[str, Any]]) -> _JournalReading:
     reading = _JournalReading()
     for _ in reading.observe(entries):
         pass
-    return reading.sorted_layouts()
+    return reading
 
 
 class _JournalReading:
-    """Collects, in one pass over the entries, what a check needs besides the replayed state.
+    """The facts a check needs besides the replayed state, collected in one pass.
 
-    That is each stream's committed segments, whether the last session finished, and the
+    They are each stream's committed segments, whether the last session finished, and the
     last error of each stream.
     """
 
@@ -307,20 +319,6 @@ def scan_manifest(paths: RunPaths) -> ManifestScan:
     return ManifestScan(
         state, extent, reading.finished, reading.sorted_layouts(), reading.last_errors
     )
-
-
-def session_finished(entries: list[dict[str, Any]]) -> bool:
-    """Return True when an ``end`` entry follows the last session: every partition is final.
-
-    A merged run (``tm-export merge``) has an ``end`` entry and no session entries.
-    """
-    last_session = last_end = -1
-    for index, entry in enumerate(entries):
-        if entry.get("t") == "session":
-            last_session = index
-        elif entry.get("t") == "end":
-            last_end = index
-    return last_end > last_session
 
 
 # --- checking one stream file ---------------------------------------------------------------

@@ -13,7 +13,6 @@ Every response carries ``server: uvicorn`` unless a fault set another server nam
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from aiohttp import web
@@ -24,6 +23,7 @@ from tm_export.mock.auth import Caller, TokenStore
 from tm_export.mock.context import CALLER, DATASET, Handler, Route, caller_of
 from tm_export.mock.controls import CONTROL_PREFIX, FAULTS, LOG, RequestLog, add_control_routes
 from tm_export.mock.dataset import Dataset
+from tm_export.mock.delay import Delays
 from tm_export.mock.faults import FaultSet, apply
 
 logger = logging.getLogger("tm_export.mock")
@@ -31,6 +31,7 @@ logger = logging.getLogger("tm_export.mock")
 API_PREFIX = "/api/v2"
 TOKENS = web.AppKey("tokens", TokenStore)
 LATENCY_MS = web.AppKey("latency_ms", float)
+DELAYS = web.AppKey("delays", Delays)
 FAULT_APPLIED = web.RequestKey("fault", str)
 """Name of the fault action applied to a request."""
 
@@ -49,12 +50,18 @@ def build_app(
     app[FAULTS] = faults
     app[LOG] = log
     app[LATENCY_MS] = float(latency_ms)
+    app[DELAYS] = Delays()
+    app.on_cleanup.append(_close_delays)
 
     for route in project_handlers.ROUTES + other_handlers.ROUTES:
         app.router.add_get(API_PREFIX + route.path, _guarded(route), allow_head=False)
     add_control_routes(app)
     app.on_response_prepare.append(_name_server)
     return app
+
+
+async def _close_delays(app: web.Application) -> None:
+    app[DELAYS].close()
 
 
 def _guarded(route: Route) -> Handler:
@@ -122,7 +129,7 @@ async def inject_faults(request: web.Request, handler: Handler) -> web.StreamRes
         return await handler(request)
     latency = request.app[LATENCY_MS]
     if latency:
-        await asyncio.sleep(latency / 1000)
+        await request.app[DELAYS].sleep(latency / 1000)
 
     rule = request.app[FAULTS].select(request.path, request.query)
     if rule is None:

@@ -154,7 +154,7 @@ def test_canonical_again_changes_nothing(tmp_path: Path, mock: MockServer) -> No
             f"sha256 {sha256(run / f'data/{stream}.jsonl')}"
             for stream in STREAMS
         ),
-        f"updated {run / 'run.json'}",
+        f"unchanged {run / 'run.json'}",
     ]
     assert (run / "manifest.jsonl").read_bytes() == journal
     assert (run / "run.json").read_bytes() == record

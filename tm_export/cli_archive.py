@@ -19,7 +19,7 @@ import click
 from . import loop
 from .bag import make_run_bag
 from .canonical import CHUNK_BYTES, make_canonical
-from .errors import ExitCode, RecipeError, TmExportError
+from .errors import ExitCode, RecipeError, StorageError, TmExportError
 from .layout import OutputLock, list_runs, runs_folder
 from .plan import DEFAULT_MAX_PROBES, format_plan, plan_json, plan_recipe, probe_plan
 from .recipe import load_recipe, resolve_token
@@ -254,16 +254,22 @@ def canonical(folder: Path, sort_memory: int) -> None:
     try:
         run_folder = _run_folder(folder)
         with _locked(run_folder):
+            paths = locate_run(run_folder)
+            record_before = paths.record.read_bytes() if paths.record.exists() else None
             results = make_canonical(run_folder, chunk_bytes=sort_memory << 20)
-        paths = locate_run(run_folder)
+            record_after = paths.record.read_bytes() if paths.record.exists() else None
     except TmExportError as error:
         _fail(error, error.exit_code)
+    except OSError as error:
+        unreadable = StorageError(f"{paths.record}: cannot read the run record: {error.strerror}")
+        _fail(unreadable, unreadable.exit_code)
+
     click.echo(f"{paths.folder}:")
     width = max((len(result.action) for result in results), default=0)
     for result in results:
         click.echo(f"  {result.action:<{width}}  {result.file}: sha256 {result.sha256}")
-    if paths.record.exists():
-        click.echo(f"updated {paths.record}")
+    if record_after is not None:
+        click.echo(f"{'unchanged' if record_after == record_before else 'updated'} {paths.record}")
 
 
 @click.command(context_settings=CONTEXT_SETTINGS, epilog=CHANGE_EXIT_CODES)

@@ -10,18 +10,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
-import ijson
 import jsonlines
 import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .catalog import WHOLE_BODY
-from .codec import Codec, decompress, open_lines
-from .errors import HTTPStatusError, ManifestError, RequestError
+from .codec import Codec, open_lines
+from .errors import HTTPStatusError, RequestError
 from .fetcher import Fetcher
-from .incremental import Baseline, updated_since
+from .incremental import Baseline
 from .jobs import JobSource
-from .manifest import Committer, PageRecord, PartitionState, StreamState
+from .manifest import Committer, PartitionState, StreamState
+from .pages import PageWriter
 from .params import (
     DateWindows,
     Partition,
@@ -36,18 +36,12 @@ from .progress import StreamProgress
 from .recipe import StreamSpec
 from .records import (
     ShapeError,
-    encode_lines,
-    extract_records,
-    record_key,
-    strip_partition,
 )
 from .walk import (
     PageResult,
     PartitionWalk,
     StreamStats,
     combinations,
-    pagination_facts,
-    with_partition,
 )
 
 logger = logging.getLogger("tm_export.stream")
@@ -104,7 +98,15 @@ class StreamRunner:
             self._retry_states.add("skipped")
         self._children: list[tuple[dict[str, str], MemoryObjectSendStream[dict[str, Scalar]]]] = []
         self._parent_values: MemoryObjectReceiveStream[dict[str, Scalar]] | None = None
-        self._partitioned = bool(spec.varying)
+        self._pages = PageWriter(
+            spec,
+            committer=committer,
+            stats=self.stats,
+            data_path=data_path,
+            codec=codec,
+            since=self._since,
+            stop_keys=self._stop_keys,
+        )
         # Computed once: a request is built for every page.
         self._fixed_query = {**spec.endpoint.defaults, **{c.name: c.value for c in spec.constants}}
         self._path_params = spec.endpoint.path_params
@@ -206,7 +208,7 @@ class StreamRunner:
         while (job := await jobs.next()) is not None:
             partition, state, scout = job
             walk = PartitionWalk(partition, state, scout)
-            self._load_seen_keys(walk)
+            self._pages.load_seen_keys(walk)
             await self._walk(walk)
 
     def _settled(self, key: str) -> bool:
@@ -354,217 +356,30 @@ class StreamRunner:
         await self._committer.wait_for_room()
         path, query = self._request(walk.partition, number)
         response, body = await self._fetcher.get_json(path, query)
-        if response.spool is not None:
+
+        for_children = bool(self._children)
+        if response.spool is None:
+            result, records = self._pages.write(walk, number, body, for_children=for_children)
+        else:
             try:
                 if self.spec.endpoint.records == WHOLE_BODY:
                     # NOTE: a whole-body record is one JSON object, so it is parsed in memory
                     # even when its response was spooled.
                     body = orjson.loads(response.spool.read_bytes())
+                    result, records = self._pages.write(
+                        walk, number, body, for_children=for_children
+                    )
                 else:
-                    return await self._write_spooled(walk, number, response.spool)
+                    result, records = await self._pages.write_spooled(
+                        walk, number, response.spool, for_children=for_children
+                    )
             finally:
                 response.spool.unlink(missing_ok=True)
 
-        received = extract_records(self.spec.endpoint, body)
-        pagination = body.get("pagination") if isinstance(body, dict) else None
-        page_count, total, has_next = pagination_facts(pagination)
-        records = self._drop_archived(walk, received)
-
-        fresh: list[Any] = []
-        duplicates = 0
-        for record in records:
-            key = record_key(self.spec.endpoint.key, record)
-            if key is not None and not walk.seen.add(key):
-                duplicates += 1
-                continue
-            fresh.append(record)
-
-        if walk.scout:
-            start = end = 0
-        else:
-            start, end = self._write(walk, number, fresh, duplicates, page_count, total, has_next)
-        self._after_page(
-            walk, number, start, end, len(fresh), duplicates, page_count, total, has_next
-        )
-        self._check_page(walk, number, len(received), len(records), len(fresh), has_next, total)
-        if self._children:
+        if records:
             # Children see records as they are in the file, so a child can also read _partition.
-            await self._offer_children(
-                [with_partition(r, walk.partition) for r in fresh] if self._partitioned else fresh
-            )
-        return PageResult(page_count, total, has_next, len(fresh), duplicates)
-
-    async def _write_spooled(self, walk: PartitionWalk, number: int, spool: Path) -> PageResult:
-        """Write a page whose body was spooled to disk, parsing it as a stream of records.
-
-        Memory stays flat: records go one by one from the spool file to a file of lines,
-        which is then appended to the stream file. Parsing runs in the event loop with a
-        checkpoint every few thousand records, so de-duplication stays race-free and other
-        requests keep going.
-        """
-        endpoint = self.spec.endpoint
-        page_count = total = None
-        has_next = False
-        if endpoint.paginated:
-            with spool.open("rb") as source:
-                for pagination in ijson.items(source, "pagination", use_float=True):
-                    page_count, total, has_next = pagination_facts(pagination)
-
-        lines = spool.with_suffix(".lines")
-        fresh = duplicates = received = 0
-        child_records: list[Any] = []
-        try:
-            with spool.open("rb") as source, lines.open("wb") as out:
-                for record in ijson.items(source, f"{endpoint.records}.item", use_float=True):
-                    received += 1
-                    if received % 5000 == 0:
-                        await anyio.lowlevel.checkpoint()
-                    if not self._drop_archived(walk, [record]):
-                        continue
-                    key = record_key(endpoint.key, record)
-                    if key is not None and not walk.seen.add(key):
-                        duplicates += 1
-                        continue
-                    fresh += 1
-                    out.write(encode_lines([record], walk.partition if self._partitioned else None))
-                    if self._children:
-                        child_records.append(
-                            with_partition(record, walk.partition) if self._partitioned else record
-                        )
-        except (ijson.JSONError, ijson.IncompleteJSONError) as error:
-            lines.unlink(missing_ok=True)
-            raise ShapeError(f"the response body is not valid JSON: {error}") from error
-
-        try:
-            if not walk.scout:
-                start, end = self._committer.write_page(
-                    self.spec.name,
-                    lines,
-                    {
-                        "p": walk.id,
-                        "n": number,
-                        "records": fresh,
-                        "dups": duplicates,
-                        "pages": page_count,
-                        "total": total,
-                        "next": has_next,
-                    },
-                )
-            else:
-                start = end = 0
-        finally:
-            lines.unlink(missing_ok=True)
-        self._after_page(walk, number, start, end, fresh, duplicates, page_count, total, has_next)
-        self._check_page(walk, number, received, received, fresh, has_next, total)
-        if child_records:
-            await self._offer_children(child_records)
-        return PageResult(page_count, total, has_next, fresh, duplicates)
-
-    def _after_page(
-        self,
-        walk: PartitionWalk,
-        number: int,
-        start: int,
-        end: int,
-        fresh: int,
-        duplicates: int,
-        page_count: int | None,
-        total: int | None,
-        has_next: bool,
-    ) -> None:
-        """Record a written page in the walk, the partition state and the stream's counts."""
-        walk.state.pages[number] = PageRecord(number, start, end, fresh, duplicates, has_next)
-        if page_count is not None and page_count > (walk.state.page_count or 0):
-            walk.state.page_count = page_count
-        if total is not None:
-            walk.state.total = total
-        walk.records += fresh
-        walk.duplicates += duplicates
-        if not walk.scout:
-            self.stats.records += fresh
-            self.stats.duplicates += duplicates
-            self.stats.pages += 1
-
-    def _write(
-        self,
-        walk: PartitionWalk,
-        number: int,
-        fresh: list[Any],
-        duplicates: int,
-        page_count: int | None,
-        total: int | None,
-        has_next: bool,
-    ) -> tuple[int, int]:
-        data = encode_lines(fresh, walk.partition if self._partitioned else None)
-        return self._committer.write_page(
-            self.spec.name,
-            data,
-            {
-                "p": walk.id,
-                "n": number,
-                "records": len(fresh),
-                "dups": duplicates,
-                "pages": page_count,
-                "total": total,
-                "next": has_next,
-            },
-        )
-
-    def _check_page(
-        self,
-        walk: PartitionWalk,
-        number: int,
-        received: int,
-        records: int,
-        fresh: int,
-        has_next: bool,
-        total: int | None,
-    ) -> None:
-        """Stop the walk on a stall, an empty page that claims more, or once ``total`` is in.
-
-        The counts are of the page's records as received, as kept (an incremental run
-        drops what it already has) and as new to the partition.
-        """
-        if not self.spec.endpoint.paginated:
-            return
-        if records and not fresh:
-            walk.problems.append(
-                f"pagination stall: page {number} repeated records already received"
-            )
-            logger.warning(
-                "%s %s: page %d repeats records already received; stopping this walk",
-                self.spec.name,
-                walk.id,
-                number,
-            )
-            walk.stop = True
-        elif not received and has_next:
-            logger.warning(
-                "%s %s: page %d is empty although its pagination reports more pages; stopping this walk",
-                self.spec.name,
-                walk.id,
-                number,
-            )
-            walk.stop = True
-        elif total is not None and walk.records >= total and not walk.filtered:
-            walk.stop = True
-
-    def _drop_archived(self, walk: PartitionWalk, records: list[Any]) -> list[Any]:
-        """In an incremental run, drop the records that earlier runs already hold."""
-        kept = records
-        if self._since is not None:
-            since = self._since
-            kept = [record for record in kept if updated_since(record, since)]
-        newest = self._stop_keys.get(walk.id)
-        if newest is not None:
-            newer = [r for r in kept if not _at_most(record_key(self.spec.endpoint.key, r), newest)]
-            if len(newer) < len(kept):
-                # Newest first: past the first archived record, everything is archived.
-                walk.stop = True
-            kept = newer
-        if len(kept) < len(records):
-            walk.filtered = True
-        return kept
+            await self._offer_children(records)
+        return result
 
     def _request(self, partition: Partition, page: int) -> tuple[str, dict[str, str]]:
         endpoint = self.spec.endpoint
@@ -603,36 +418,6 @@ class StreamRunner:
         ):
             for record in reader:
                 await self._offer_children([record])
-
-    def _load_seen_keys(self, walk: PartitionWalk) -> None:
-        """Rebuild the keys of records committed for this partition by earlier sessions."""
-        if not walk.state.pages or self.spec.endpoint.key is None:
-            return
-        with self._data_path.open("rb") as file:
-            for page in sorted(walk.state.pages.values(), key=lambda p: p.start):
-                file.seek(page.start)
-                for line in self._committed_lines(file.read(page.end - page.start), page):
-                    record = strip_partition(orjson.loads(line))
-                    key = record_key(self.spec.endpoint.key, record)
-                    if key is not None:
-                        walk.seen.add(key)
-
-    def _committed_lines(self, data: bytes, page: PageRecord) -> list[bytes]:
-        """Return the lines of a committed page read back from the file.
-
-        Raises:
-            ManifestError: the bytes do not decompress or parse, so the file changed.
-        """
-        try:
-            lines = decompress(data, self._codec).splitlines()
-            for line in lines:
-                orjson.loads(line)
-        except Exception as error:  # zlib, gzip, zstandard and orjson raise unrelated types
-            raise ManifestError(
-                f"{self._data_path}: committed bytes {page.start}..{page.end} are damaged ({error}); "
-                f"run 'tm-export verify' on the run folder, and restore the file or use --start-over"
-            ) from None
-        return lines
 
     # --- bookkeeping --------------------------------------------------------------
 
@@ -692,10 +477,6 @@ def _names(spec: VaryingSpec) -> tuple[str, ...]:
     if isinstance(spec, DateWindows):
         return (spec.start_param, spec.end_param)
     return (spec.name,)
-
-
-def _at_most(key: Any, newest: Any) -> bool:
-    return isinstance(key, int) and key <= newest
 
 
 async def _put(send: MemoryObjectSendStream[T], item: T) -> None:

@@ -1,5 +1,5 @@
 """Allow ``python -m tm_export``."""
 
-from .cli import main
+from .cli import console_main
 
-main()
+console_main()

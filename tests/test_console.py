@@ -1,0 +1,52 @@
+"""The console entry point: exit codes and complete output when the process ends."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli, run_process
+
+
+def test_process_output_matches_in_process() -> None:
+    in_process = run_cli("endpoints")
+
+    child = run_process("endpoints")
+
+    assert child.returncode == 0
+    assert child.stdout == in_process.stdout
+    assert child.stderr == ""
+
+
+def test_process_keeps_usage_exit_code(tmp_path: Path) -> None:
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text('{"a":\n', encoding="utf-8")
+
+    child = run_process("validate", str(recipe))
+
+    assert child.returncode == 2
+    assert child.stdout == ""
+    assert child.stderr == (
+        f"tm-export: error: {recipe}:1: invalid YAML: the '{{' at column 1 is never closed; "
+        "close it with '}'\n"
+    )
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("argument", ["endpoints", "--version"])
+def test_full_standard_output_exits_1(argument: str) -> None:
+    with open("/dev/full", "w") as full:
+        child = subprocess.run(
+            [sys.executable, "-m", "tm_export", argument],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+
+    assert child.returncode == 1
+    assert child.stderr == "tm-export: error: cannot write the output: No space left on device\n"

@@ -62,7 +62,7 @@ def use_source(revision: str | None) -> Source:
     if revision is None:
         compile_package(ROOT)
         SOURCE.command, SOURCE.env = [str(TM_EXPORT)], {}
-        SOURCE.label = f"work tree at {git_commit()}"
+        SOURCE.label = f"{git_commit()} (work tree)"
         return SOURCE
     sha = subprocess.run(
         ["git", "rev-parse", "--verify", revision + "^{commit}"],

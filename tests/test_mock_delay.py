@@ -26,8 +26,9 @@ def test_sleepers_wake_in_deadline_order() -> None:
         woken.append(name)
 
     async def main() -> None:
+        # 30 ms apart, so that a stall between the three calls cannot reorder the deadlines.
         await asyncio.gather(
-            sleeper("third", 0.03), sleeper("first", 0.01), sleeper("second", 0.02)
+            sleeper("third", 0.09), sleeper("first", 0.03), sleeper("second", 0.06)
         )
 
     try:

@@ -34,15 +34,8 @@ from .params import (
 )
 from .progress import StreamProgress
 from .recipe import StreamSpec
-from .records import (
-    ShapeError,
-)
-from .walk import (
-    PageResult,
-    PartitionWalk,
-    StreamStats,
-    combinations,
-)
+from .records import ShapeError
+from .walk import PageResult, PartitionWalk, StreamStats, combinations
 
 logger = logging.getLogger("tm_export.stream")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import orjson
@@ -304,3 +305,23 @@ def test_malformed_token_stops_run(tmp_path: Path, mock: MockServer) -> None:
         "TM_API_TOKEN, and run the same command again to resume"
     )
     assert [r["path"] for r in mock.requests()] == ["/api/v2/system/heartbeat/"]
+
+
+def test_server_refusing_connections_stops_run(tmp_path: Path) -> None:
+    """A base URL where nothing listens stops the run at the pre-flight request, with exit 1."""
+    recipe = write_recipe(tmp_path, PROJECTS_RECIPE.replace("attempts: 3", "attempts: 1"))
+    with socket.socket() as bound:
+        # Bound but not listening: connections to the port are refused, and no other
+        # process can take the port while the test runs.
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        api_url = f"http://127.0.0.1:{port}/api/v2"
+
+        outcome = run_cli("run", str(recipe), "--base-url", api_url)
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr.splitlines()[-1] == (
+        f"tm-export: error: cannot reach the Tasking Manager at {api_url}: GET "
+        f"{api_url}/system/heartbeat/ failed: cannot connect to 127.0.0.1:{port} "
+        "(Connection refused); check the base URL and the network, then run again to resume"
+    )

@@ -99,7 +99,8 @@ class CanonicalResult:
     stream: str
     file: str
     action: str
-    """``rewritten``, ``already canonical`` or ``finished`` (an interrupted rewrite)."""
+    """``rewritten``, ``already in order`` (rewritten with the same bytes), ``already
+    canonical`` or ``finished`` (an interrupted rewrite)."""
     sha256: str
 
 
@@ -245,9 +246,8 @@ def make_canonical(run_folder: Path, *, chunk_bytes: int = CHUNK_BYTES) -> list[
             entry = _rewrite(
                 path, codec, key_path, chunk_bytes, journal, stream.stream, stream.sha256
             )
-            results.append(
-                CanonicalResult(stream.stream, stream.file, "rewritten", entry["sha256"])
-            )
+            action = "already in order" if entry["sha256"] == stream.sha256 else "rewritten"
+            results.append(CanonicalResult(stream.stream, stream.file, action, entry["sha256"]))
     finally:
         journal.close()
 

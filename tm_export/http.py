@@ -49,6 +49,20 @@ class Response:
         return self.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def _connect_failure(error: aiohttp.ClientConnectorError) -> str:
+    """Describe a failed connection by its address and the system's reason.
+
+    aiohttp's own text names the TLS setting even for plain HTTP ("ssl:default"), and its
+    reason for a refused connection repeats the address.
+    """
+    cause = error.os_error
+    if isinstance(cause, ConnectionError) and cause.errno:
+        reason = os.strerror(cause.errno)
+    else:
+        reason = cause.strerror or str(cause) or type(cause).__name__
+    return f"cannot connect to {error.host}:{error.port} ({reason})"
+
+
 class HttpSession:
     """An aiohttp client session with explicit timeouts and the run's fixed headers."""
 
@@ -124,6 +138,9 @@ class HttpSession:
             raise TransportError(
                 f"GET {shown}: the response body was cut short", url=shown
             ) from error
+        except aiohttp.ClientConnectorError as error:
+            reason = self._redactor.redact(_connect_failure(error))
+            raise TransportError(f"GET {shown} failed: {reason}", url=shown) from error
         except aiohttp.ClientError as error:
             reason = self._redactor.redact(str(error) or type(error).__name__)
             raise TransportError(f"GET {shown} failed: {reason}", url=shown) from error

@@ -111,8 +111,8 @@ def test_canonical_output_and_journal(tmp_path: Path, mock: MockServer) -> None:
 
     assert outcome.exit_code == 0, outcome.stderr
     after = {stream: sha256(run / f"data/{stream}.jsonl") for stream in STREAMS}
-    # A file whose lines arrived in canonical order keeps its bytes, and which ones did
-    # depends on the order of the responses. Activities come newest first, so never.
+    # A file whose lines arrived in canonical order keeps its bytes. Which files did depends
+    # on the order of the responses, but activities come newest first, so theirs never does.
     actions = {
         stream: "already in order" if after[stream] == before[stream] else "rewritten"
         for stream in STREAMS

@@ -50,7 +50,7 @@ class Response:
 
 
 def _connect_failure(error: aiohttp.ClientConnectorError) -> str:
-    """Describe a failed connection by its address and the system's reason.
+    """Return the address and the system's reason for a failed connection.
 
     aiohttp's own text names the TLS setting even for plain HTTP ("ssl:default"), and its
     reason for a refused connection repeats the address.

@@ -142,7 +142,7 @@ def test_crash_point_resumes_exactly(tmp_path: Path, mock: MockServer, point: st
         timeout=120,
         env={**os.environ, "TM_EXPORT_CRASH_AT": f"{point}:3"},
     )
-    assert process.returncode == -signal.SIGKILL
+    assert process.returncode == -signal.SIGKILL, process.stderr.decode(errors="replace")
 
     outcome = run_cli(*args)
 

@@ -24,24 +24,8 @@ from tm_export.mock import MockServer
 from .conftest import run_cli, write_recipe
 from .test_crash import RECIPE as CRASH_RECIPE
 from .test_crash import run_killed_at
+from .test_verify import RECIPE, STREAMS  # the streams of verify's plain-file tests
 
-RECIPE = """\
-version: 1
-instance: {concurrency: 4, rate_limit: 10000/s}
-output: OUT
-streams:
-  projects:
-    endpoint: projects
-    params: {projectStatuses: [PUBLISHED, ARCHIVED]}
-  contributions:
-    endpoint: project_contributions
-    params: {project_id: {each: [1, 4, 5, 9]}}
-  summaries:
-    endpoint: project_summary
-    params: {project_id: {from: projects.projectId}}
-"""
-
-STREAMS = ("projects", "contributions", "summaries")
 SUFFIX = {"gzip": ".gz", "zstd": ".zst"}
 CODECS = ["gzip", "zstd"]
 

@@ -251,7 +251,7 @@ class PageWriter:
     ) -> None:
         """Stop the walk on a stall, an empty page that claims more, or once ``total`` is in.
 
-        The counts are of the page's records as received, as child_records (an incremental run
+        The counts are of the page's records as received, as kept (an incremental run
         drops what it already has) and as new to the partition.
         """
         if not self._spec.endpoint.paginated:
@@ -280,24 +280,22 @@ class PageWriter:
 
     def _drop_archived(self, walk: PartitionWalk, records: list[Any]) -> list[Any]:
         """In an incremental run, drop the records that earlier runs already hold."""
-        child_records = records
+        kept = records
         if self._since is not None:
             since = self._since
-            child_records = [record for record in child_records if updated_since(record, since)]
+            kept = [record for record in kept if updated_since(record, since)]
         newest = self._stop_keys.get(walk.id)
         if newest is not None:
             newer = [
-                r
-                for r in child_records
-                if not _at_most(record_key(self._spec.endpoint.key, r), newest)
+                r for r in kept if not _at_most(record_key(self._spec.endpoint.key, r), newest)
             ]
-            if len(newer) < len(child_records):
+            if len(newer) < len(kept):
                 # Newest first: past the first archived record, everything is archived.
                 walk.stop = True
-            child_records = newer
-        if len(child_records) < len(records):
+            kept = newer
+        if len(kept) < len(records):
             walk.filtered = True
-        return child_records
+        return kept
 
 
 def _at_most(key: Any, newest: Any) -> bool:

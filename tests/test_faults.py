@@ -307,9 +307,18 @@ def test_malformed_token_stops_run(tmp_path: Path, mock: MockServer) -> None:
     assert [r["path"] for r in mock.requests()] == ["/api/v2/system/heartbeat/"]
 
 
-def test_server_refusing_connections_stops_run(tmp_path: Path) -> None:
-    """A base URL where nothing listens stops the run at the pre-flight request, with exit 1."""
-    recipe = write_recipe(tmp_path, PROJECTS_RECIPE.replace("attempts: 3", "attempts: 1"))
+@pytest.mark.parametrize(
+    ("token_env", "authenticated"), [("", "no"), ("TM_API_TOKEN", "not checked")]
+)
+def test_server_refusing_connections_stops_run(
+    tmp_path: Path, token_env: str, authenticated: str
+) -> None:
+    """A base URL where nothing listens stops the run at the pre-flight request, with exit 1.
+
+    A given token was never shown to a server, so the summary says so rather than "no".
+    """
+    instance = "attempts: 1}" + (f"\n  token_env: {token_env}" if token_env else "")
+    recipe = write_recipe(tmp_path, PROJECTS_RECIPE.replace("attempts: 3}", instance))
     with socket.socket() as bound:
         # Bound but not listening: connections to the port are refused, and no other
         # process can take the port while the test runs.
@@ -317,11 +326,13 @@ def test_server_refusing_connections_stops_run(tmp_path: Path) -> None:
         port = bound.getsockname()[1]
         api_url = f"http://127.0.0.1:{port}/api/v2"
 
-        outcome = run_cli("run", str(recipe), "--base-url", api_url)
+        outcome = run_cli("run", str(recipe), "--base-url", api_url, env={"TM_API_TOKEN": "abc"})
 
     assert outcome.exit_code == 1
-    assert outcome.stderr.splitlines()[-1] == (
+    assert outcome.stderr.splitlines()[-3:] == [
+        f"requests: 1, retries: 0, authenticated: {authenticated}, TM release: unknown",
+        "result: stopped by a fatal error; run the same command again to resume (exit 1)",
         f"tm-export: error: cannot reach the Tasking Manager at {api_url}: GET "
         f"{api_url}/system/heartbeat/ failed: cannot connect to 127.0.0.1:{port} "
-        "(Connection refused); check the base URL and the network, then run again to resume"
-    )
+        "(Connection refused); check the base URL and the network, then run again to resume",
+    ]

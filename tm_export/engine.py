@@ -104,7 +104,9 @@ class RunResult:
 
     run_folder: Path
     streams: dict[str, StreamStats]
-    authenticated: bool = False
+    authenticated: bool | None = None
+    """Whether the server accepted the token; None when a token was given but the run
+    stopped before it could be checked."""
     tm_release: str | None = None
     requests: int = 0
     retries: int = 0
@@ -431,6 +433,9 @@ class _Session:
         An expired token is served anonymously on endpoints where login is optional, so
         without this check an archive could silently shrink to the public part.
         """
+        if not self.options.token:
+            result.authenticated = False
+
         try:
             _, body = await fetcher.get_json("/system/heartbeat/", {})
             release = body.get("release") if isinstance(body, dict) else None
@@ -447,6 +452,7 @@ class _Session:
             try:
                 await fetcher.get_json(TOKEN_CHECK_PATH, {})
             except RequestError as error:
+                result.authenticated = False
                 logger.warning("the token check did not complete (%s); going on", error)
             else:
                 result.authenticated = True
@@ -517,7 +523,7 @@ class _Session:
             "at": _now(),
             "version": __version__,
             "settings": settings,
-            "authenticated": result.authenticated,
+            "authenticated": result.authenticated is True,
             "tm_release": result.tm_release,
             "retry_failed": self.options.retry_failed,
             "retry_skipped": self.options.retry_skipped,

@@ -15,6 +15,9 @@ OUTCOMES = {
     ExitCode.INTERRUPTED: "interrupted; run the same command again to resume",
 }
 
+# None: a token was given, but the run stopped before the server could be asked about it.
+AUTHENTICATED = {True: "yes", False: "no", None: "not checked"}
+
 
 def format_summary(recipe: Recipe, result: RunResult, code: ExitCode) -> str:
     """Return the summary table and totals as text."""
@@ -58,7 +61,7 @@ def format_summary(recipe: Recipe, result: RunResult, code: ExitCode) -> str:
         lines.append(f"deleted since the earlier runs: projects {shown}{more}")
     lines.append(
         f"requests: {result.requests}, retries: {result.retries}, authenticated: "
-        f"{'yes' if result.authenticated else 'no'}, TM release: {result.tm_release or 'unknown'}"
+        f"{AUTHENTICATED[result.authenticated]}, TM release: {result.tm_release or 'unknown'}"
     )
     lines.append(f"result: {OUTCOMES[code]} (exit {int(code)})")
     return "\n".join(lines)

@@ -59,6 +59,13 @@ def ok_line(run: Path, stream: str, prefix: str = "data", canonical: bool = Fals
     )
 
 
+@pytest.fixture(params=[None, 16], ids=["default-blocks", "16-byte-blocks"])
+def read_block(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read stream files in the default blocks, or in blocks far shorter than a line."""
+    if request.param is not None:
+        monkeypatch.setattr("tm_export.verify.HASH_BLOCK", request.param)
+
+
 def flip_byte(path: Path, offset: int) -> None:
     """Change the byte at ``offset`` to another letter, keeping the file's size."""
     data = bytearray(path.read_bytes())
@@ -66,7 +73,7 @@ def flip_byte(path: Path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_verify_complete_run(tmp_path: Path, mock: MockServer) -> None:
+def test_verify_complete_run(tmp_path: Path, mock: MockServer, read_block: None) -> None:
     """Every file of a complete run matches; the report names each with its hash."""
     run = export(tmp_path, mock)
 
@@ -114,7 +121,7 @@ def test_verify_json(tmp_path: Path, mock: MockServer) -> None:
     }
 
 
-def test_verify_invalid_json_line(tmp_path: Path, mock: MockServer) -> None:
+def test_verify_invalid_json_line(tmp_path: Path, mock: MockServer, read_block: None) -> None:
     """A byte that breaks a line's JSON mismatches the JSON check and the run record's hash."""
     run = export(tmp_path, mock)
     path = run / "data/contributions.jsonl"
@@ -136,7 +143,7 @@ def test_verify_invalid_json_line(tmp_path: Path, mock: MockServer) -> None:
     )
 
 
-def test_verify_truncated_and_extended(tmp_path: Path, mock: MockServer) -> None:
+def test_verify_truncated_and_extended(tmp_path: Path, mock: MockServer, read_block: None) -> None:
     """A cut file and bytes after a finished run's committed end are mismatches."""
     run = export(tmp_path, mock)
     summaries = run / "data/summaries.jsonl"
@@ -160,7 +167,9 @@ def test_verify_truncated_and_extended(tmp_path: Path, mock: MockServer) -> None
     ) in lines
 
 
-def test_verify_lines_moved_between_pages(tmp_path: Path, mock: MockServer) -> None:
+def test_verify_lines_moved_between_pages(
+    tmp_path: Path, mock: MockServer, read_block: None
+) -> None:
     """Swapping lines of two pages keeps every count but breaks the page ranges and the hash."""
     run = export(tmp_path, mock)
     path = run / "data/projects.jsonl"

@@ -17,7 +17,6 @@ from typing import NoReturn
 import click
 
 from . import loop
-from .bag import make_run_bag
 from .canonical import CHUNK_BYTES, make_canonical
 from .errors import ExitCode, RecipeError, StorageError, TmExportError
 from .layout import OutputLock, list_runs, runs_folder
@@ -285,6 +284,9 @@ def bag(folder: Path) -> None:
     Example:
       tm-export bag exports/demo
     """
+    # Imported here: bagit is needed by this command only, and every command loads this module.
+    from .bag import make_run_bag
+
     _setup_logging()
     try:
         run_folder = _run_folder(folder)

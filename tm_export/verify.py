@@ -28,13 +28,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from bisect import bisect_left, bisect_right
+from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import accumulate
+from operator import add
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import bagit  # type: ignore[import-untyped]
 import orjson
 
 from .codec import Codec, DecompressionError, range_lines
@@ -422,53 +425,43 @@ def _tiling_problems(layout: StreamLayout) -> list[str]:
 
 
 def _scan(path: Path, check: StreamCheck, layout: StreamLayout) -> None:
-    """Hash, count and parse the committed lines, and count each segment's lines."""
-    committed_end = check.committed_end
+    """Hash, count and parse the committed lines, and count each segment's lines.
+
+    The file is read a block of whole lines at a time, so that splitting, parsing and
+    hashing run in C, and the Python loops run once per segment rather than once per line.
+    """
     segments = layout.segments
     counts = [0] * len(segments)
-    index = 0
-    crossed: str | None = None
+    marks = sorted({s.end for s in segments if s.sha256 is not None and s.end > 0})
+    walk = _SegmentWalk(segments, counts)
     bad_lines: list[int] = []
     hasher = hashlib.sha256()
     offset = 0
 
     with path.open("rb") as file:
-        for line in _lines(file, committed_end):
-            line_end = offset + len(line)
-            hasher.update(line)
-            check.lines += 1
-            if not line.endswith(b"\n"):
+        for chunk in _line_blocks(file, check.committed_end):
+            prefixes = _hash_chunk(hasher, chunk, offset, marks)
+
+            lines = chunk.split(b"\n")
+            if chunk.endswith(b"\n"):
+                lines.pop()
+            else:
                 check.problems.append(
-                    f"the committed bytes end inside a line at byte {line_end} "
+                    f"the committed bytes end inside a line at byte {offset + len(chunk)} "
                     "(the file was cut or changed)"
                 )
-            try:
-                orjson.loads(line)
-            except orjson.JSONDecodeError:
-                bad_lines.append(check.lines)
-            else:
-                check.records += 1
+            bad_lines.extend(check.lines + 1 + index for index in _invalid_json(lines))
+            check.lines += len(lines)
 
-            while index < len(segments) and segments[index].end <= offset:
-                index += 1
-            if index < len(segments) and crossed is None:
-                segment = segments[index]
-                if line_end > segment.end:
-                    crossed = (
-                        f"the line at bytes {offset}..{line_end} crosses the end of "
-                        f"{segment.label} at byte {segment.end}"
-                    )
-                else:
-                    counts[index] += 1
-                    if segment.sha256 is not None and line_end == segment.end:
-                        _compare_canonical(check, segment, hasher.copy().hexdigest())
-            offset = line_end
+            walk.advance(offset, _line_ends(lines, offset, chunk), check, prefixes)
+            offset += len(chunk)
 
+    check.records = check.lines - len(bad_lines)
     check.sha256 = hasher.hexdigest()
     # A canonical prefix followed by later pages is verified, but the file is not canonical.
     check.canonical = check.canonical and layout.canonical is not None
-    if crossed is not None:
-        check.problems.append(crossed)
+    if walk.crossed is not None:
+        check.problems.append(walk.crossed)
     else:
         for segment, count in zip(segments, counts, strict=True):
             if segment.sha256 is not None and segment.end == 0:
@@ -480,10 +473,126 @@ def _scan(path: Path, check: StreamCheck, layout: StreamLayout) -> None:
                 )
     if bad_lines:
         check.problems.append(_bad_lines_problem(bad_lines))
-    if offset >= committed_end and check.lines != check.expected_records:
+    if offset >= check.committed_end and check.lines != check.expected_records:
         check.problems.append(
             f"{check.lines} committed lines, but the manifest records {check.expected_records}"
         )
+
+
+def _line_blocks(file: BinaryIO, limit: int) -> Iterator[bytes]:
+    """Yield bytes 0..limit of ``file`` in blocks that each end after a newline.
+
+    Only the last block may end inside a line, where the file or the limit cut it. A line
+    longer than a block is joined from its parts once its newline arrives.
+    """
+    parts: list[bytes] = []
+    remaining = limit
+    while remaining > 0:
+        block = file.read(min(HASH_BLOCK, remaining))
+        if not block:
+            break
+        remaining -= len(block)
+
+        cut = block.rfind(b"\n") + 1
+        if cut == 0:
+            parts.append(block)
+            continue
+        parts.append(block if cut == len(block) else block[:cut])
+        yield b"".join(parts)
+        parts = [block[cut:]] if cut < len(block) else []
+    if parts:
+        yield b"".join(parts)
+
+
+def _hash_chunk(hasher: Any, chunk: bytes, offset: int, marks: list[int]) -> dict[int, str]:
+    """Add ``chunk``, which starts at byte ``offset``, to ``hasher``.
+
+    Returns the SHA-256 of bytes 0..mark for each of the sorted ``marks`` inside the chunk.
+    """
+    prefixes = {}
+    position = 0
+    view = memoryview(chunk)
+    for mark in marks[bisect_right(marks, offset) : bisect_right(marks, offset + len(chunk))]:
+        hasher.update(view[position : mark - offset])
+        position = mark - offset
+        prefixes[mark] = hasher.copy().hexdigest()
+    hasher.update(view[position:])
+    return prefixes
+
+
+def _invalid_json(lines: list[bytes]) -> list[int]:
+    """Return the indexes of the lines that do not parse as JSON."""
+    try:
+        # Parsed and dropped one by one: a block's records are never all in memory.
+        deque(map(orjson.loads, lines), maxlen=0)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        return []
+
+    invalid = []
+    for index, line in enumerate(lines):
+        try:
+            orjson.loads(line)
+        except orjson.JSONDecodeError:
+            invalid.append(index)
+    return invalid
+
+
+def _line_ends(lines: list[bytes], offset: int, chunk: bytes) -> list[int]:
+    """Return the byte position after each of ``chunk``'s lines, ``chunk`` starting at ``offset``.
+
+    ``lines`` are the chunk's lines without their newlines; the last line of a chunk that does
+    not end with a newline has none.
+    """
+    # The end of line k is offset + (lengths of lines 0..k) + (k + 1 newlines).
+    ends = list(map(add, accumulate(map(len, lines)), range(offset + 1, offset + 1 + len(lines))))
+    if ends and not chunk.endswith(b"\n"):
+        ends[-1] -= 1
+    return ends
+
+
+class _SegmentWalk:
+    """Gives each line, in file order, to the segment it starts in.
+
+    A line belongs to the first segment that ends after the line starts. The first line that
+    ends past the end of its segment is reported in ``crossed``, and no line is counted after
+    it. The walk keeps its place between blocks.
+    """
+
+    def __init__(self, segments: list[Segment], counts: list[int]) -> None:
+        self.segments = segments
+        self.counts = counts
+        self.index = 0
+        self.crossed: str | None = None
+
+    def advance(
+        self, offset: int, ends: list[int], check: StreamCheck, prefixes: dict[int, str]
+    ) -> None:
+        """Count the lines of one block, which starts at byte ``offset`` and ends at ``ends``."""
+        if not ends or self.crossed is not None:
+            return
+        starts = [offset, *ends[:-1]]
+        first = 0  # the first line of the block that no segment has taken yet
+
+        while first < len(ends) and self.index < len(self.segments):
+            segment = self.segments[self.index]
+            last = bisect_left(starts, segment.end, first)  # lines first..last-1 start in it
+            if last > first:
+                line_end = ends[last - 1]
+                if line_end > segment.end:
+                    self.crossed = (
+                        f"the line at bytes {starts[last - 1]}..{line_end} crosses the end of "
+                        f"{segment.label} at byte {segment.end}"
+                    )
+                    return
+                self.counts[self.index] += last - first
+                if segment.sha256 is not None and line_end == segment.end:
+                    _compare_canonical(check, segment, prefixes[segment.end])
+                first = last
+            if last == len(ends):
+                return  # the segment may go on in the next block
+            self.index += 1
 
 
 def _scan_compressed(path: Path, check: StreamCheck, layout: StreamLayout, codec: Codec) -> None:
@@ -571,17 +680,6 @@ def _compare_canonical(check: StreamCheck, segment: Segment, actual: str) -> Non
         f"records {segment.sha256}"
     )
     check.problems.append(problem)
-
-
-def _lines(file: Any, limit: int) -> Iterator[bytes]:
-    """Yield the lines of ``file`` up to byte ``limit``; the last may be cut there."""
-    remaining = limit
-    while remaining > 0:
-        line = file.readline(remaining)
-        if not line:
-            return
-        remaining -= len(line)
-        yield line
 
 
 def file_sha256(path: Path) -> str:
@@ -781,6 +879,9 @@ def _compare_record(paths: RunPaths, check: RunCheck) -> None:
 
 def _compare_bag(paths: RunPaths, check: RunCheck) -> None:
     """Check the bag's completeness and SHA-256 manifests, reusing the stream files' hashes."""
+    # Imported here: only bagged runs need it, and every run imports this module for its record.
+    import bagit  # type: ignore[import-untyped]
+
     try:
         bag = bagit.Bag(str(paths.folder))
         bag.validate(completeness_only=True)

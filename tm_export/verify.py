@@ -553,7 +553,7 @@ def _line_ends(lines: list[bytes], offset: int, chunk: bytes) -> list[int]:
 
 
 class _SegmentWalk:
-    """Gives each line, in file order, to the segment it starts in.
+    """A pass over a file's lines, in file order, that gives each to the segment it starts in.
 
     A line belongs to the first segment that ends after the line starts. The first line that
     ends past the end of its segment is reported in ``crossed``, and no line is counted after
@@ -569,7 +569,7 @@ class _SegmentWalk:
     def advance(
         self, offset: int, ends: list[int], check: StreamCheck, prefixes: dict[int, str]
     ) -> None:
-        """Count the lines of one block, which starts at byte ``offset`` and ends at ``ends``."""
+        """Count the lines of one block, which starts at byte ``offset``; ``ends`` are its line ends."""
         if not ends or self.crossed is not None:
             return
         starts = [offset, *ends[:-1]]

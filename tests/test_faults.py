@@ -315,7 +315,7 @@ def test_server_refusing_connections_stops_run(
 ) -> None:
     """A base URL where nothing listens stops the run at the pre-flight request, with exit 1.
 
-    A given token was never shown to a server, so the summary says so rather than "no".
+    A given token was never sent to a server, so the summary reports "not checked", not "no".
     """
     instance = "attempts: 1}" + (f"\n  token_env: {token_env}" if token_env else "")
     recipe = write_recipe(tmp_path, PROJECTS_RECIPE.replace("attempts: 3}", instance))

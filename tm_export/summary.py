@@ -15,7 +15,7 @@ OUTCOMES = {
     ExitCode.INTERRUPTED: "interrupted; run the same command again to resume",
 }
 
-# None: a token was given, but the run stopped before the server could be asked about it.
+# None: a token was given, but the run stopped before the server could check it.
 AUTHENTICATED = {True: "yes", False: "no", None: "not checked"}
 
 

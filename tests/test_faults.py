@@ -206,6 +206,9 @@ def test_preflight_rejects_token(tmp_path: Path, mock: MockServer) -> None:
         "/api/v2/system/heartbeat/",
         "/api/v2/users/queries/tasks/locked/",
     ]
+    assert outcome.stderr.splitlines()[-3] == (
+        "requests: 2, retries: 0, authenticated: no, TM release: v5.5.2"
+    )
     assert outcome.stderr.splitlines()[-1] == (
         "tm-export: error: the server rejected the API token (401 InvalidToken at "
         f"{mock.api_url}/users/queries/tasks/locked/): the token in TM_API_TOKEN is missing, invalid or "
@@ -298,6 +301,9 @@ def test_malformed_token_stops_run(tmp_path: Path, mock: MockServer) -> None:
     )
 
     assert outcome.exit_code == 1
+    assert outcome.stderr.splitlines()[-3] == (
+        "requests: 1, retries: 0, authenticated: no, TM release: unknown"
+    )
     assert outcome.stderr.splitlines()[-1] == (
         "tm-export: error: the server rejected the API token (400 Invalid auth credentials at "
         f"{mock.api_url}/system/heartbeat/): the token in TM_API_TOKEN is missing, invalid or expired "

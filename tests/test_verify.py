@@ -134,7 +134,7 @@ def test_verify_invalid_json_line(tmp_path: Path, mock: MockServer, read_block: 
 
     assert outcome.exit_code == 3
     assert [line for line in outcome.stdout.splitlines() if "MISMATCH" in line] == [
-        "  MISMATCH  data/contributions.jsonl: 1 committed lines are not valid JSON (line 3)",
+        "  MISMATCH  data/contributions.jsonl: 1 committed line is not valid JSON (line 3)",
         f"  MISMATCH  data/contributions.jsonl: the SHA-256 is {sha256(path)}, "
         f"but run.json records {recorded}",
     ]

@@ -31,6 +31,7 @@ from .errors import (
     RequestError,
     StorageError,
     TmExportError,
+    TokenRejectedError,
     TransportError,
 )
 from .fetcher import Fetcher
@@ -440,6 +441,10 @@ class _Session:
             _, body = await fetcher.get_json("/system/heartbeat/", {})
             release = body.get("release") if isinstance(body, dict) else None
             result.tm_release = release.get("version") if isinstance(release, dict) else None
+        except TokenRejectedError:
+            # A token the server cannot decode is rejected on any path, the heartbeat too.
+            result.authenticated = False
+            raise
         except TransportError as error:
             raise FatalError(
                 f"cannot reach the Tasking Manager at {self.options.base_url}: {error}; "
@@ -451,6 +456,9 @@ class _Session:
         if self.options.token:
             try:
                 await fetcher.get_json(TOKEN_CHECK_PATH, {})
+            except TokenRejectedError:
+                result.authenticated = False
+                raise
             except RequestError as error:
                 result.authenticated = False
                 logger.warning("the token check did not complete (%s); going on", error)

@@ -211,7 +211,7 @@ def _sessions_line(status: RunStatus) -> str:
     if not sessions and merged_from:
         return f"sessions: none; merged from {len(merged_from)} shards: {', '.join(merged_from)}"
     if not sessions:
-        return "sessions: none yet (the first session stopped before its first request)"
+        return "sessions: none yet (the first session stopped before its first export request)"
     last = sessions[-1]
     base_url = last.get("settings", {}).get("base_url", "unknown")
     authenticated = "yes" if last.get("authenticated") else "no"

@@ -666,9 +666,11 @@ def _hash_prefix(file: BinaryIO, end: int, marks: set[int]) -> tuple[str, dict[i
 def _bad_lines_problem(bad_lines: list[int]) -> str:
     listed = ", ".join(str(number) for number in bad_lines[:LISTED_BAD_LINES])
     more = len(bad_lines) - LISTED_BAD_LINES
-    return f"{len(bad_lines)} committed lines are not valid JSON (line {listed}" + (
-        f" and {more} more)" if more > 0 else ")"
-    )
+    if more > 0:
+        listed += f" and {more} more"
+    if len(bad_lines) == 1:
+        return f"1 committed line is not valid JSON (line {listed})"
+    return f"{len(bad_lines)} committed lines are not valid JSON (line {listed})"
 
 
 def _compare_canonical(check: StreamCheck, segment: Segment, actual: str) -> None:

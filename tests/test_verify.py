@@ -121,6 +121,24 @@ def test_verify_json(tmp_path: Path, mock: MockServer) -> None:
     }
 
 
+def test_verify_notes_missing_run_record(tmp_path: Path, mock: MockServer) -> None:
+    """Without run.json a byte changed inside a line goes unnoticed, so verify says so."""
+    run = export(tmp_path, mock)
+    (run / "run.json").unlink()
+    flip_byte(run / "data/projects.jsonl", 40)
+
+    outcome = run_cli("verify", str(run))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stdout.splitlines() == [
+        f"{run}: complete; 3 stream files",
+        *(ok_line(run, stream) for stream in STREAMS),
+        f"  note      run.json is missing, so no SHA-256 was compared with a record; "
+        f"'tm-export record {run}' writes one from the files as they are now",
+        "verified 1 run: 3 stream files match the manifest",
+    ]
+
+
 def test_verify_invalid_json_line(tmp_path: Path, mock: MockServer, read_block: None) -> None:
     """A byte that breaks a line's JSON mismatches the JSON check and the run record's hash."""
     run = export(tmp_path, mock)

@@ -196,7 +196,7 @@ def verify(folder: Path, as_json: bool) -> None:
       tm-export verify exports/demo
     """
     try:
-        checks = [check_run(paths) for paths in find_runs(folder)]
+        checks = [check_run(paths, expect_record=True) for paths in find_runs(folder)]
     except TmExportError as error:
         _fail(error, error.exit_code)
     if as_json:

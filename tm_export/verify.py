@@ -758,11 +758,13 @@ def _quiet_journal() -> Iterator[None]:
         journal_logger.setLevel(level)
 
 
-def check_run(paths: RunPaths, *, check_bag: bool = True) -> RunCheck:
+def check_run(paths: RunPaths, *, check_bag: bool = True, expect_record: bool = False) -> RunCheck:
     """Verify every stream file of a run, then its run record and bag when it has them.
 
     A run record is compared only while the manifest is as the record describes it.
     Later entries (a canonical rewrite, a resumed session) make it out of date, not wrong.
+    With ``expect_record``, a finished run without a record gets a note, because without
+    one a changed byte inside a line goes unnoticed.
 
     Raises:
         ManifestError: the manifest is damaged.
@@ -792,6 +794,11 @@ def check_run(paths: RunPaths, *, check_bag: bool = True) -> RunCheck:
     _note_other_files(paths, layouts, check)
     if paths.record.exists():
         _compare_record(paths, check)
+    elif expect_record and finished:
+        check.notes.append(
+            f"{paths.shown(paths.record)} is missing, so no SHA-256 was compared with a record; "
+            f"'tm-export record {paths.folder}' writes one from the files as they are now"
+        )
     if paths.bagged and check_bag:
         _compare_bag(paths, check)
     return check

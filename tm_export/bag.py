@@ -42,8 +42,7 @@ from .verify import (
     fsync_path,
     interrupted_bag_folder,
     locate_run,
-    read_manifest,
-    session_finished,
+    scan_manifest,
 )
 
 logger = logging.getLogger("tm_export.bag")
@@ -76,8 +75,9 @@ def make_run_bag(run_folder: Path) -> RunPaths:
         raise RunStateError(
             f"{run_folder}: the run is already a bag; 'tm-export verify {run_folder}' checks it"
         )
-    state, contents = read_manifest(paths)
-    if not session_finished(contents.entries):
+    scan = scan_manifest(paths)
+    state = scan.state
+    if not scan.finished:
         raise RunStateError(
             f"{run_folder}: the run is unfinished; finish it (run the same 'tm-export run' "
             "command again) before making it a bag"

@@ -34,7 +34,7 @@ Commit protocol, per stream file:
 3. the copy is renamed over ``data/NAME.jsonl`` and the folder fsynced.
 
 The committed history is never changed: page entries stay, and the canonical entry
-supersedes their byte ranges (``verify.stream_layouts``). A crash after step 2 leaves the
+supersedes their byte ranges (``verify.StreamLayout``). A crash after step 2 leaves the
 entry and the sorted copy. The next ``tm-export canonical`` finishes the rename, and
 ``tm-export verify`` reports that it is needed. A crash before step 2 leaves only a temporary file,
 which the next ``tm-export canonical`` removes.
@@ -66,14 +66,13 @@ from .runrecord import require_verified, write_run_record
 from .verify import (
     RunPaths,
     RunStateError,
+    StreamLayout,
     canonical_temporary_path,
     check_run,
     file_sha256,
     fsync_path,
     locate_run,
-    read_manifest,
-    session_finished,
-    stream_layouts,
+    scan_manifest,
 )
 
 logger = logging.getLogger("tm_export.canonical")
@@ -210,15 +209,16 @@ def make_canonical(run_folder: Path, *, chunk_bytes: int = CHUNK_BYTES) -> list[
             f"{run_folder}: the run is a bag, and rewriting its files would make the bag "
             "invalid; make files canonical before 'tm-export bag'"
         )
-    state, contents = read_manifest(paths)
-    if not session_finished(contents.entries):
+    scan = scan_manifest(paths)
+    state = scan.state
+    if not scan.finished:
         raise RunStateError(
             f"{run_folder}: the run is unfinished; finish it (run the same 'tm-export run' "
             "command again) before making its files canonical"
         )
 
     codec = run_codec(state.header)
-    finished = _finish_interrupted(paths, contents.entries, codec)
+    finished = _finish_interrupted(paths, scan.layouts, codec)
     remove_leftovers(paths)
     check = check_run(paths, check_bag=False)
     require_verified(check, "nothing was rewritten")
@@ -318,10 +318,12 @@ def _rename(temporary: Path, path: Path) -> None:
         ) from error
 
 
-def _finish_interrupted(paths: RunPaths, entries: list[dict[str, Any]], codec: Codec) -> set[str]:
+def _finish_interrupted(
+    paths: RunPaths, layouts: dict[str, StreamLayout], codec: Codec
+) -> set[str]:
     """Rename the sorted copies whose canonical entry is committed; return their streams."""
     finished: set[str] = set()
-    for name, layout in stream_layouts(entries).items():
+    for name, layout in layouts.items():
         entry = layout.canonical
         path = paths.stream_file(name, codec)
         temporary = canonical_temporary_path(path)

@@ -42,7 +42,7 @@ import orjson
 
 from .codec import Codec, DecompressionError, range_lines
 from .errors import ExitCode, TmExportError
-from .journal import JournalContents, JournalExtent, read_journal, scan_journal
+from .journal import JournalExtent, scan_journal
 from .layout import DATA_FOLDER, MANIFEST_NAME, list_runs, run_codec, runs_folder, stream_path
 from .manifest import ManifestState
 
@@ -220,26 +220,6 @@ class StreamLayout:
         return sum(segment.lines for segment in self.segments)
 
 
-def stream_layouts(entries: list[dict[str, Any]]) -> dict[str, StreamLayout]:
-    """Return each stream's committed segments, from the journal entries in order."""
-    return _read_entries(entries).sorted_layouts()
-
-
-def session_finished(entries: list[dict[str, Any]]) -> bool:
-    """Return True when an ``end`` entry follows the last session: every partition is final.
-
-    A merged run (``tm-export merge``) has an ``end`` entry and no session entries.
-    """
-    return _read_entries(entries).finished
-
-
-def _read_entries(entries: list[dict[str, Any]]) -> _JournalReading:
-    reading = _JournalReading()
-    for _ in reading.observe(entries):
-        pass
-    return reading
-
-
 class _JournalReading:
     """The facts a check needs besides the replayed state, collected in one pass.
 
@@ -299,7 +279,9 @@ class ManifestScan:
     state: ManifestState
     extent: JournalExtent
     finished: bool
-    """True when an ``end`` entry follows the last session (see ``session_finished``)."""
+    """True when an ``end`` entry follows the last session, so every partition is final.
+
+    A merged run (``tm-export merge``) has an ``end`` entry and no session entries."""
     layouts: dict[str, StreamLayout]
     last_errors: dict[str, tuple[str, str]]
     """Stream name to (error, partition id) of its last failed partition."""
@@ -727,20 +709,6 @@ class RunCheck:
     @property
     def mismatches(self) -> int:
         return len(self.problems) + sum(len(stream.problems) for stream in self.streams)
-
-
-def read_manifest(paths: RunPaths) -> tuple[ManifestState, JournalContents]:
-    """Read a run's manifest without changing it, with every entry as a list.
-
-    For the steps that rewrite a finished run (``canonical``, ``bag``), which need the
-    entries themselves; ``scan_manifest`` reads a manifest with less memory.
-
-    Raises:
-        ManifestError: the manifest is damaged (any damage other than an unfinished last line).
-    """
-    with _quiet_journal():
-        contents = read_journal(paths.manifest)
-    return ManifestState.replay(contents.entries, keep_done_pages=False), contents
 
 
 @contextmanager

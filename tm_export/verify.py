@@ -414,7 +414,7 @@ def _scan(path: Path, check: StreamCheck, layout: StreamLayout) -> None:
     """
     segments = layout.segments
     counts = [0] * len(segments)
-    marks = sorted({s.end for s in segments if s.sha256 is not None and s.end > 0})
+    marks = sorted({seg.end for seg in segments if seg.sha256 is not None and seg.end > 0})
     walk = _SegmentWalk(segments, counts)
     bad_lines: list[int] = []
     hasher = hashlib.sha256()

@@ -414,7 +414,8 @@ def _scan(path: Path, check: StreamCheck, layout: StreamLayout) -> None:
     """
     segments = layout.segments
     counts = [0] * len(segments)
-    marks = sorted({seg.end for seg in segments if seg.sha256 is not None and seg.end > 0})
+    # Canonical entries record the SHA-256 of bytes 0..end: the hash is taken at each such end.
+    marks = sorted({segment.end for segment in segments if segment.sha256 and segment.end > 0})
     walk = _SegmentWalk(segments, counts)
     bad_lines: list[int] = []
     hasher = hashlib.sha256()

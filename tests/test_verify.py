@@ -122,7 +122,7 @@ def test_verify_json(tmp_path: Path, mock: MockServer) -> None:
 
 
 def test_verify_notes_missing_run_record(tmp_path: Path, mock: MockServer) -> None:
-    """Without run.json a byte changed inside a line goes unnoticed, so verify says so."""
+    """Without run.json a byte changed inside a line goes unnoticed, so verify adds a note."""
     run = export(tmp_path, mock)
     (run / "run.json").unlink()
     flip_byte(run / "data/projects.jsonl", 40)

@@ -220,7 +220,7 @@ def make_canonical(run_folder: Path, *, chunk_bytes: int = CHUNK_BYTES) -> list[
     codec = run_codec(state.header)
     finished = _finish_interrupted(paths, scan.layouts, codec)
     remove_leftovers(paths)
-    check = check_run(paths, check_bag=False)
+    check = check_run(paths, check_bag=False, scan=scan)
     require_verified(check, "nothing was rewritten")
 
     results: list[CanonicalResult] = []

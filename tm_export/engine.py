@@ -106,8 +106,8 @@ class RunResult:
     run_folder: Path
     streams: dict[str, StreamStats]
     authenticated: bool | None = None
-    """Whether the server accepted the token; None when a token was given but the run
-    stopped before it could be checked."""
+    """Whether the server accepted the token. None when a token was given but the run
+    stopped before the server could check it."""
     tm_release: str | None = None
     requests: int = 0
     retries: int = 0

@@ -414,7 +414,7 @@ def _scan(path: Path, check: StreamCheck, layout: StreamLayout) -> None:
     """
     segments = layout.segments
     counts = [0] * len(segments)
-    # Canonical entries record the SHA-256 of bytes 0..end: the hash is taken at each such end.
+    # Canonical entries record the SHA-256 of bytes 0..end, so the hash is also taken there.
     marks = sorted({segment.end for segment in segments if segment.sha256 and segment.end > 0})
     walk = _SegmentWalk(segments, counts)
     bad_lines: list[int] = []
@@ -506,7 +506,8 @@ def _hash_chunk(hasher: Any, chunk: bytes, offset: int, marks: list[int]) -> dic
 def _invalid_json(lines: list[bytes]) -> list[int]:
     """Return the indexes of the lines that do not parse as JSON."""
     try:
-        # Parsed and dropped one by one: a block's records are never all in memory.
+        # A deque of length 0 drops each record once parsed, so a block's records are never
+        # all in memory.
         deque(map(orjson.loads, lines), maxlen=0)
     except orjson.JSONDecodeError:
         pass
@@ -523,10 +524,10 @@ def _invalid_json(lines: list[bytes]) -> list[int]:
 
 
 def _line_ends(lines: list[bytes], offset: int, chunk: bytes) -> list[int]:
-    """Return the byte position after each of ``chunk``'s lines, ``chunk`` starting at ``offset``.
+    """Return the byte position after each line of ``chunk``, which starts at byte ``offset``.
 
-    ``lines`` are the chunk's lines without their newlines; the last line of a chunk that does
-    not end with a newline has none.
+    ``lines`` are the chunk's lines without their newlines. When the chunk does not end with a
+    newline, its last line had none to remove.
     """
     # The end of line k is offset + (lengths of lines 0..k) + (k + 1 newlines).
     ends = list(map(add, accumulate(map(len, lines)), range(offset + 1, offset + 1 + len(lines))))
@@ -552,7 +553,7 @@ class _SegmentWalk:
     def advance(
         self, offset: int, ends: list[int], check: StreamCheck, prefixes: dict[int, str]
     ) -> None:
-        """Count the lines of one block, which starts at byte ``offset``; ``ends`` are its line ends."""
+        """Count the lines of the block that starts at byte ``offset`` and whose lines end at ``ends``."""
         if not ends or self.crossed is not None:
             return
         starts = [offset, *ends[:-1]]
@@ -727,18 +728,25 @@ def _quiet_journal() -> Iterator[None]:
         journal_logger.setLevel(level)
 
 
-def check_run(paths: RunPaths, *, check_bag: bool = True, expect_record: bool = False) -> RunCheck:
+def check_run(
+    paths: RunPaths,
+    *,
+    check_bag: bool = True,
+    expect_record: bool = False,
+    scan: ManifestScan | None = None,
+) -> RunCheck:
     """Verify every stream file of a run, then its run record and bag when it has them.
 
     A run record is compared only while the manifest is as the record describes it.
     Later entries (a canonical rewrite, a resumed session) make it out of date, not wrong.
     With ``expect_record``, a finished run without a record gets a note, because without
-    one a changed byte inside a line goes unnoticed.
+    one a changed byte inside a line goes unnoticed. ``scan`` is the run's manifest as
+    ``scan_manifest`` returned it, when the caller has read it already.
 
     Raises:
         ManifestError: the manifest is damaged.
     """
-    scan = scan_manifest(paths)
+    scan = scan or scan_manifest(paths)
     finished, layouts = scan.finished, scan.layouts
     codec = run_codec(scan.state.header)
     streams = [

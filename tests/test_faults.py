@@ -167,7 +167,7 @@ def test_token_rejected_mid_run(tmp_path: Path, mock: MockServer) -> None:
     assert isinstance(result.fatal, TokenRejectedError)
     assert str(result.fatal) == (
         f"the server rejected the API token (401 InvalidToken at {mock.api_url}/projects/{project}/activities/"
-        "?page=11): the token in TM_API_TOKEN is missing, invalid or expired (TM tokens last 7 days). "
+        "?page=11): the token in TM_API_TOKEN is invalid or expired (TM tokens last 7 days). "
         "Copy a new API key from your Tasking Manager settings, export TM_API_TOKEN, and run the same "
         "command again to resume"
     )
@@ -211,10 +211,55 @@ def test_preflight_rejects_token(tmp_path: Path, mock: MockServer) -> None:
     )
     assert outcome.stderr.splitlines()[-1] == (
         "tm-export: error: the server rejected the API token (401 InvalidToken at "
-        f"{mock.api_url}/users/queries/tasks/locked/): the token in TM_API_TOKEN is missing, invalid or "
-        "expired (TM tokens last 7 days). Copy a new API key from your Tasking Manager settings, export "
+        f"{mock.api_url}/users/queries/tasks/locked/): the token in TM_API_TOKEN is invalid or expired "
+        "(TM tokens last 7 days). Copy a new API key from your Tasking Manager settings, export "
         "TM_API_TOKEN, and run the same command again to resume"
     )
+
+
+@pytest.mark.parametrize(
+    ("instance", "because"),
+    [
+        (
+            "{token_env: TM_API_TOKEN}",
+            "TM_API_TOKEN is not set. Copy an API key from your Tasking "
+            "Manager settings, export TM_API_TOKEN, and run the same command again to resume",
+        ),
+        (
+            "{}",
+            "the recipe sets no instance.token_env. Set it to the name of the environment "
+            "variable that holds your TM API key, export that variable, and run the same command "
+            "again to resume",
+        ),
+    ],
+)
+def test_token_asked_for_without_one(
+    tmp_path: Path, mock: MockServer, instance: str, because: str
+) -> None:
+    """A 401 on a stream taken for public, with no token sent, says that none was sent."""
+    recipe = write_recipe(
+        tmp_path,
+        TOKEN_RECIPE.replace("ACTIVE", "1").replace(
+            "{token_env: TM_API_TOKEN, concurrency: 1, rate_limit: 10000/s}", instance
+        ),
+    )
+    mock.add_fault(
+        path=r"^/api/v2/projects/1/activities/$",
+        status=401,
+        body={"Error": "Only admins can read this"},
+    )
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": ""})
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr.splitlines()[-1] == (
+        "tm-export: error: the server requires an API token (401 at "
+        f"{mock.api_url}/projects/1/activities/?page=1), and none was sent because {because}"
+    )
+    assert [r["path"] for r in mock.requests()] == [
+        "/api/v2/system/heartbeat/",
+        "/api/v2/projects/1/activities/",
+    ]
 
 
 def test_token_variable_unset(tmp_path: Path, mock: MockServer) -> None:
@@ -306,7 +351,7 @@ def test_malformed_token_stops_run(tmp_path: Path, mock: MockServer) -> None:
     )
     assert outcome.stderr.splitlines()[-1] == (
         "tm-export: error: the server rejected the API token (400 Invalid auth credentials at "
-        f"{mock.api_url}/system/heartbeat/): the token in TM_API_TOKEN is missing, invalid or expired "
+        f"{mock.api_url}/system/heartbeat/): the token in TM_API_TOKEN is invalid or expired "
         "(TM tokens last 7 days). Copy a new API key from your Tasking Manager settings, export "
         "TM_API_TOKEN, and run the same command again to resume"
     )

@@ -23,6 +23,8 @@ OK = (200, {"content-type": "application/json"}, b'{"ok":true}')
 class ScriptedSession:
     """A session that returns the next scripted reply for each path and records the clock."""
 
+    sends_token = True
+
     def __init__(self, clock: FakeClock, script: dict[str, list[object]]) -> None:
         self.clock = clock
         self.script = {path: list(replies) for path, replies in script.items()}

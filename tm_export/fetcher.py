@@ -152,14 +152,31 @@ class Fetcher:
         )
 
     def _token_message(self, response: Response, error: HTTPStatusError) -> str:
-        variable = self._token_env or "the token variable"
         reason = error.sub_code or error.excerpt if response.status != 401 else error.sub_code
         status = f"{response.status} {reason}" if reason else str(response.status)
+        detail = f"({status} at {response.url})"
+
+        if not self._session.sends_token:
+            # Only streams not marked as needing a token get here (by the catalog or by
+            # `auth: required`), because the others stop before the run without a token.
+            if self._token_env is None:
+                return (
+                    f"the server requires an API token {detail}, and none was sent because the "
+                    "recipe sets no instance.token_env. Set it to the name of the environment "
+                    "variable that holds your TM API key, export that variable, and run the same "
+                    "command again to resume"
+                )
+            return (
+                f"the server requires an API token {detail}, and none was sent because "
+                f"{self._token_env} is not set. Copy an API key from your Tasking Manager "
+                f"settings, export {self._token_env}, and run the same command again to resume"
+            )
+
+        variable = self._token_env or "the token variable"
         return (
-            f"the server rejected the API token ({status} "
-            f"at {response.url}): the token in {variable} is missing, invalid or expired (TM tokens "
-            f"last 7 days). Copy a new API key from your Tasking Manager settings, export "
-            f"{variable}, and run the same command again to resume"
+            f"the server rejected the API token {detail}: the token in {variable} is invalid or "
+            f"expired (TM tokens last 7 days). Copy a new API key from your Tasking Manager "
+            f"settings, export {variable}, and run the same command again to resume"
         )
 
     async def _wait_before_retry(self, failure: RequestError, attempt: int, attempts: int) -> None:

@@ -202,6 +202,11 @@ class HttpSession:
             spool_file.close()
         return b"".join(chunks), spool
 
+    @property
+    def sends_token(self) -> bool:
+        """Whether each request carries an Authorization header."""
+        return "Authorization" in self._headers
+
     def shown_headers(self) -> str:
         """Return the request headers as text, with the Authorization value hidden."""
         return ", ".join(

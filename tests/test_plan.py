@@ -257,7 +257,12 @@ def test_plan_probe_token_rejected(tmp_path: Path, mock: MockServer) -> None:
     outcome = run_cli("plan", str(recipe), "--probe", "--base-url", mock.api_url)
 
     assert outcome.exit_code == 1
-    assert outcome.stderr.startswith("tm-export: error: the server rejected the API token (401")
+    assert outcome.stderr.startswith("tm-export: error: the server requires an API token (401 ")
+    assert outcome.stderr.endswith(
+        "and none was sent because the recipe sets no instance.token_env. Set it to the name of "
+        "the environment variable that holds your TM API key, export that variable, and run the "
+        "same command again to resume\n"
+    )
 
 
 def test_plan_invalid_recipe(tmp_path: Path) -> None:

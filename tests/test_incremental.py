@@ -7,6 +7,7 @@ from pathlib import Path
 
 import orjson
 
+from tm_export.incremental import updated_since
 from tm_export.mock import MockServer
 
 from .conftest import run_cli, write_recipe
@@ -95,3 +96,11 @@ def test_incremental_resumes_unfinished_run(tmp_path: Path, mock: MockServer) ->
     assert outcome.exit_code == 0, outcome.stderr
     assert "the last run is unfinished: resuming it" in outcome.stderr
     assert not (tmp_path / "out/runs/0002").exists()
+
+
+def test_updated_in_the_start_second() -> None:
+    """A project updated in the second the previous run started may have changed after it."""
+    since = dt.datetime(2026, 12, 5, 3, 1, 44, tzinfo=dt.UTC)
+
+    assert updated_since({"lastUpdated": "2026-12-05T03:01:44.000000Z"}, since) is True
+    assert updated_since({"lastUpdated": "2026-12-05T03:01:43.999999Z"}, since) is False

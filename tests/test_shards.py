@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 from pathlib import Path
 
@@ -36,8 +37,10 @@ def lines(run_folder: Path) -> dict[str, Counter[bytes]]:
     }
 
 
-def export_shards(tmp_path: Path, mock: MockServer, count: int) -> list[Path]:
-    recipe = write_recipe(tmp_path, RECIPE)
+def export_shards(
+    tmp_path: Path, mock: MockServer, count: int, *options: str, recipe_text: str = RECIPE
+) -> list[Path]:
+    recipe = write_recipe(tmp_path, recipe_text)
     folders = []
     for index in range(1, count + 1):
         folder = tmp_path / f"shard-{index}"
@@ -50,10 +53,19 @@ def export_shards(tmp_path: Path, mock: MockServer, count: int) -> list[Path]:
             f"{index}/{count}",
             "--output",
             str(folder),
+            *options,
         )
         assert outcome.exit_code == 0, outcome.stderr
         folders.append(folder)
     return folders
+
+
+def header(run_folder: Path) -> dict[str, object]:
+    manifest = run_folder / "manifest.jsonl"
+    if not manifest.exists():
+        manifest = run_folder / "data/manifest.jsonl"
+    first: dict[str, object] = orjson.loads(manifest.read_bytes().splitlines()[0])
+    return first
 
 
 def test_merged_shards_equal_one_run(tmp_path: Path, mock: MockServer) -> None:
@@ -159,3 +171,129 @@ def test_invalid_shard_is_usage_error(tmp_path: Path) -> None:
 
     assert outcome.exit_code == 2
     assert "'4/3' is not K/N with 1 <= K <= N, e.g. 2/4" in outcome.stderr
+
+
+def test_merge_refuses_canonical_shard(tmp_path: Path, mock: MockServer) -> None:
+    """A shard sorted by 'canonical' no longer matches its pages, so merge writes nothing."""
+    shards = export_shards(tmp_path, mock, 2)
+    assert run_cli("canonical", str(shards[1])).exit_code == 0
+
+    outcome = run_cli("merge", str(tmp_path / "merged"), *map(str, shards))
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr == (
+        f"tm-export: error: {shards[1] / 'runs/0001'}: the files of shard 2/2 were made canonical "
+        "(activities, projects, stats), which moves lines out of the pages that the merge copies; "
+        "merge shards as their runs wrote them, then run 'tm-export canonical' on the merged run\n"
+    )
+    assert not (tmp_path / "merged").exists()
+
+
+def test_merge_reads_bagged_shard(tmp_path: Path, mock: MockServer) -> None:
+    """A shard made a bag is merged from the bag's payload, and the merged run verifies."""
+    shards = export_shards(tmp_path, mock, 2)
+    expected = [lines(folder / "runs/0001") for folder in shards]
+    assert run_cli("bag", str(shards[1])).exit_code == 0
+
+    outcome = run_cli("merge", str(tmp_path / "merged"), *map(str, shards))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    merged = lines(tmp_path / "merged/runs/0001")
+    for name in STREAMS:
+        assert merged[name] == expected[0][name] + expected[1][name]
+    assert run_cli("verify", str(tmp_path / "merged")).exit_code == 0
+
+
+def backdate(run_folder: Path, hours: int) -> str:
+    """Move a run's start back, as for a matrix job that started before the others."""
+    manifest = run_folder / "manifest.jsonl"
+    first, rest = manifest.read_bytes().split(b"\n", 1)
+    entry = orjson.loads(first)
+    started = dt.datetime.fromisoformat(entry["started"].replace("Z", "+00:00"))
+    entry["started"] = (started - dt.timedelta(hours=hours)).isoformat().replace("+00:00", "Z")
+    manifest.write_bytes(orjson.dumps(entry) + b"\n" + rest)
+    return str(entry["started"])
+
+
+def test_merged_run_record_keeps_sessions(tmp_path: Path, mock: MockServer) -> None:
+    """The merged run starts with its earliest shard and cites the shards' sessions."""
+    shards = export_shards(tmp_path, mock, 3)
+    shard_runs = [folder / "runs/0001" for folder in shards]
+    started = backdate(shard_runs[1], hours=1)
+
+    assert run_cli("merge", str(tmp_path / "merged"), *map(str, shards)).exit_code == 0
+
+    run = tmp_path / "merged/runs/0001"
+    record = orjson.loads((run / "run.json").read_bytes())
+    assert record["started"] == started
+    assert record["base_url"] == mock.api_url
+    assert record["tm_release"] == "v5.5.2"
+    assert record["authenticated"] is False
+    assert [session["base_url"] for session in record["sessions"]] == [mock.api_url] * 3
+    assert "merged_at" in header(run)
+    status = run_cli("status", str(run))
+    assert f"; merged from 3 shards: {', '.join(map(str, shard_runs))}" in status.stdout
+
+
+INCREMENTAL_RECIPE = """\
+version: 1
+instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s}
+output: OUT
+streams:
+  projects:
+    endpoint: projects
+    params: {projectStatuses: [PUBLISHED, ARCHIVED]}
+  details:
+    endpoint: project
+    params: {project_id: {from: projects.projectId}}
+"""
+
+
+def test_merge_starts_at_first_shard(tmp_path: Path, mock: MockServer) -> None:
+    """A change after the first shard started and before the merge is in the next run."""
+    shards = export_shards(tmp_path, mock, 2, recipe_text=INCREMENTAL_RECIPE)
+    started = backdate(shards[1] / "runs/0001", hours=1)
+    touched = sorted(mock.dataset.public_project_ids())[0]
+    moment = dt.datetime.fromisoformat(started.replace("Z", "+00:00")).replace(tzinfo=None)
+    mock.dataset.touch_project(touched, moment + dt.timedelta(minutes=1))
+    assert run_cli("merge", str(tmp_path / "merged"), *map(str, shards)).exit_code == 0
+    recipe = tmp_path / "recipe.yaml"
+
+    outcome = run_cli(
+        "run",
+        str(recipe),
+        "--base-url",
+        mock.api_url,
+        "--incremental",
+        "-o",
+        str(tmp_path / "merged"),
+    )
+
+    assert outcome.exit_code == 0, outcome.stderr
+    second = tmp_path / "merged/runs/0002"
+    baseline = header(second)["incremental"]
+    assert baseline == {"since": started.replace("Z", "+00:00"), "previous": ["0001"]}
+    projects = [
+        orjson.loads(line) for line in (second / "data/projects.jsonl").read_bytes().splitlines()
+    ]
+    assert touched in [record["projectId"] for record in projects]
+
+
+def test_merged_incremental_shards_keep_deleted(tmp_path: Path, mock: MockServer) -> None:
+    """Incremental shards each record a deleted project; the merged run lists it once."""
+    shards = export_shards(tmp_path, mock, 2, recipe_text=INCREMENTAL_RECIPE)
+    deleted_id = sorted(mock.dataset.public_project_ids())[1]
+    mock.dataset.delete_project(deleted_id)
+    export_shards(tmp_path, mock, 2, "--incremental", recipe_text=INCREMENTAL_RECIPE)
+
+    assert run_cli("merge", str(tmp_path / "merged"), *map(str, shards)).exit_code == 0
+
+    run = tmp_path / "merged/runs/0001"
+    record = orjson.loads((run / "run.json").read_bytes())
+    assert record["deleted_projects"] == [deleted_id]
+    assert record["incremental"]["previous"] == [
+        str(shards[0] / "runs/0001"),
+        str(shards[1] / "runs/0001"),
+    ]
+    firsts = [header(folder / "runs/0002")["incremental"]["since"] for folder in shards]  # type: ignore[index]
+    assert record["incremental"]["since"] == min(firsts)

@@ -48,8 +48,8 @@ MERGE_EXIT_CODES = """\b
 Exit codes:
   0    merged
   1    the output folder is in use, or a write failed
-  2    a shard is missing, repeated, unfinished, of another recipe, or
-       overlaps another; nothing was written"""
+  2    a shard is missing, repeated, unfinished, of another recipe, made
+       canonical, or overlaps another; nothing was written"""
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -418,7 +418,8 @@ def merge_command(output: Path, shards: tuple[Path, ...]) -> None:
     """Merge the output folders of 'run --shard K/N' jobs into one run under OUTPUT.
 
     Every shard 1..N must be given once, finished, and made by the same recipe; shards
-    that overlap are refused. Nothing in the shard folders changes.
+    that overlap or whose files were made canonical are refused, and a shard made a bag
+    is read from its payload. Nothing in the shard folders changes.
 
     \b
     Example:

@@ -89,12 +89,16 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
 
 
 def updated_since(record: Any, since: dt.datetime) -> bool:
-    """Tell whether a project search record was updated after ``since``."""
+    """Tell whether a project search record was updated at or after ``since``.
+
+    ``since`` is cut to whole seconds, so a project updated in that second may have changed
+    after the previous run read it, and is fetched again.
+    """
     value = record.get("lastUpdated") if isinstance(record, dict) else None
     if not isinstance(value, str):
         return True
     try:
-        return _parse_time(value) > since
+        return _parse_time(value) >= since
     except ValueError:
         return True
 

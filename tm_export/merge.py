@@ -1,10 +1,15 @@
 """Merging the shards of a CI job matrix into one run with one manifest.
 
-Each shard is an output folder written by ``run --shard K/N``. The merge checks that the
-shards belong to one recipe, that shards 1..N are all there exactly once and finished, and
-that no partition was committed by two shards. It then writes a new run folder whose
-stream files are the shards' files one after another, and whose manifest holds every
-shard's page entries with their byte ranges moved to the new offsets.
+A shard is given as the output folder of a ``run --shard K/N`` job (its last run is
+merged) or as a run folder, also one made a bag. The merge checks that the shards belong to one recipe, that shards
+1..N are all there exactly once and finished, that no partition was committed by two
+shards, and that no shard file was made canonical (sorting moves lines across the page
+ranges that the merge copies). It then writes a new run folder whose stream files are the
+shards' files one after another, and whose manifest holds every shard's sessions, deleted
+projects and page entries, with the byte ranges moved to the new offsets.
+
+The merged run starts when the earliest shard started, so that an incremental run after it
+requests everything updated since then, and ends when the last shard ended.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from typing import Any
 from . import __version__
 from .errors import RecipeError
 from .journal import Journal, fsync_folder, read_journal
-from .layout import MANIFEST_NAME, OutputLock, list_runs, next_run_folder, run_codec, stream_path
+from .layout import MANIFEST_NAME, OutputLock, next_run_folder, run_codec, stream_path
 from .runrecord import write_run_record
+from .verify import find_runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +34,9 @@ class Shard:
     """One shard's finished run, read from its manifest."""
 
     folder: Path
+    """The run folder, as messages name it."""
+    root: Path
+    """The folder that contains the manifest and ``data/``: the run folder, or a bag's payload."""
     index: int
     count: int
     entries: list[dict[str, Any]]
@@ -65,13 +74,9 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
 
 
 def _read_shard(source: Path) -> Shard:
-    runs = list_runs(source)
-    folder = runs[-1] if runs else source
-    manifest = folder / MANIFEST_NAME
-    if not manifest.is_file():
-        raise RecipeError(f"{source}: no tm-export run found (expected runs/NNNN/{MANIFEST_NAME})")
-
-    entries = read_journal(manifest).entries
+    paths = find_runs(source)[-1]
+    folder = paths.folder
+    entries = read_journal(paths.manifest).entries
     shard = entries[0].get("shard")
     if not shard:
         raise RecipeError(
@@ -82,7 +87,15 @@ def _read_shard(source: Path) -> Shard:
         raise RecipeError(
             f"{folder}: shard {shard[0]}/{shard[1]} has not finished; run it to the end first"
         )
-    return Shard(folder=folder, index=shard[0], count=shard[1], entries=entries)
+    canonical = sorted({entry["s"] for entry in entries if entry["t"] == "canonical"})
+    if canonical:
+        raise RecipeError(
+            f"{folder}: the files of shard {shard[0]}/{shard[1]} were made canonical "
+            f"({', '.join(canonical)}), which moves lines out of the pages that the merge "
+            "copies; merge shards as their runs wrote them, then run 'tm-export canonical' "
+            "on the merged run"
+        )
+    return Shard(folder=folder, root=paths.root, index=shard[0], count=shard[1], entries=entries)
 
 
 def _check(shards: list[Shard]) -> None:
@@ -135,15 +148,24 @@ def _write(run_folder: Path, shards: list[Shard]) -> dict[str, int]:
     header = {
         key: value for key, value in shards[0].header.items() if key not in ("t", "format", "shard")
     }
+    # Start times are ISO 8601 UTC text of one layout, so the least string is the earliest.
     header.update(
-        started=_now(), merged_from=[str(shard.folder) for shard in shards], version=__version__
+        started=min(shard.header["started"] for shard in shards),
+        merged_at=_now(),
+        merged_from=[str(shard.folder) for shard in shards],
+        version=__version__,
     )
+    incremental = _merged_baseline(shards)
+    if incremental is not None:
+        header["incremental"] = incremental
     journal = Journal.create(run_folder / MANIFEST_NAME, header)
 
     streams = list(header["streams"])
     offsets = dict.fromkeys(streams, 0)
     records = dict.fromkeys(streams, 0)
     outcome = "complete"
+    ended = ""
+    deleted: set[int] = set()
     with_entries: list[dict[str, Any]] = []
     codec = run_codec(shards[0].header)
     targets = {name: stream_path(run_folder, name, codec).open("wb") for name in streams}
@@ -151,7 +173,7 @@ def _write(run_folder: Path, shards: list[Shard]) -> dict[str, int]:
         for shard in shards:
             for name in streams:
                 # Members and frames may follow one another, so compressed files concatenate.
-                source = stream_path(shard.folder, name, codec)
+                source = stream_path(shard.root, name, codec)
                 if source.exists():
                     with source.open("rb") as file:
                         shutil.copyfileobj(file, targets[name], 1 << 20)
@@ -164,10 +186,16 @@ def _write(run_folder: Path, shards: list[Shard]) -> dict[str, int]:
                     )
                     with_entries.append(moved)
                     records[entry["s"]] += entry["records"]
-                elif entry["t"] == "part":
+                elif entry["t"] in ("part", "session"):
                     with_entries.append(entry)
-                elif entry["t"] == "end" and entry.get("outcome") != "complete":
-                    outcome = "failures"
+                elif entry["t"] == "deleted" and entry["project_id"] not in deleted:
+                    # Every shard of an incremental run checks the same archived projects.
+                    deleted.add(entry["project_id"])
+                    with_entries.append(entry)
+                elif entry["t"] == "end":
+                    ended = max(ended, str(entry.get("at", "")))
+                    if entry.get("outcome") != "complete":
+                        outcome = "failures"
             for name in streams:
                 offsets[name] = targets[name].tell()
         for target in targets.values():
@@ -178,10 +206,31 @@ def _write(run_folder: Path, shards: list[Shard]) -> dict[str, int]:
             target.close()
     fsync_folder(run_folder / "data")
 
-    with_entries.append({"t": "end", "at": _now(), "outcome": outcome, "merged": len(shards)})
+    end = {"t": "end", "at": ended or _now(), "outcome": outcome, "merged": len(shards)}
+    with_entries.append(end)
     journal.append(with_entries)
     journal.close()
     return records
+
+
+def _merged_baseline(shards: list[Shard]) -> dict[str, Any] | None:
+    """Return the incremental baseline of merged incremental shards, or None.
+
+    Each shard built on earlier runs in its own output folder, so the merged header names
+    those runs by path, and takes the earliest ``since``.
+    """
+    baselines = [(shard, shard.header.get("incremental")) for shard in shards]
+    if not any(baseline for _, baseline in baselines):
+        return None
+    return {
+        "since": min(baseline["since"] for _, baseline in baselines if baseline),
+        "previous": [
+            str(shard.folder.parent / name)
+            for shard, baseline in baselines
+            if baseline
+            for name in baseline["previous"]
+        ],
+    }
 
 
 def _now() -> str:

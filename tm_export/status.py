@@ -215,10 +215,13 @@ def _sessions_line(status: RunStatus) -> str:
     last = sessions[-1]
     base_url = last.get("settings", {}).get("base_url", "unknown")
     authenticated = "yes" if last.get("authenticated") else "no"
-    return (
+    line = (
         f"sessions: {len(sessions)}, the last started {last.get('at')}; base URL {base_url}; "
         f"authenticated: {authenticated}; TM release: {last.get('tm_release') or 'unknown'}"
     )
+    if merged_from:
+        line += f"; merged from {len(merged_from)} shards: {', '.join(merged_from)}"
+    return line
 
 
 def _state_line(status: RunStatus) -> str:

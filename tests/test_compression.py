@@ -67,9 +67,16 @@ def test_compression_must_match(tmp_path: Path, mock: MockServer) -> None:
 
     assert outcome.exit_code == 1
     assert (
-        "this run's files are compressed with gzip, but this command asks for zstd"
-        in outcome.stderr
-    )
+        "this run's files are compressed with gzip, but this command asks for zstd. Nothing "
+        "was changed. Leave out --compression to go on with the run's own, or use --start-over\n"
+    ) in outcome.stderr
+    plain = run_cli(*args, "--start-over")
+    assert plain.exit_code == 0, plain.stderr
+
+    again = run_cli(*args, "--compression", "gzip")
+
+    assert again.exit_code == 1
+    assert "this run's files are not compressed, but this command asks for gzip." in again.stderr
 
 
 def test_damaged_compressed_tail_refused(tmp_path: Path, mock: MockServer) -> None:

@@ -78,6 +78,40 @@ def test_bag_seals_run(tmp_path: Path, mock: MockServer) -> None:
     assert (tmp_path / "out/runs/0002/data/projects.jsonl").read_bytes() == b""
 
 
+def test_incremental_after_bag_keeps_compression(tmp_path: Path, mock: MockServer) -> None:
+    """An incremental run after a gzip bag writes gzip too when no --compression is given."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, "--compression", "gzip", "--bag").exit_code == 0
+
+    outcome = run_cli(*args, "--incremental")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert sorted(path.name for path in (tmp_path / "out/runs/0002/data").iterdir()) == [
+        "activities.jsonl.gz",
+        "projects.jsonl.gz",
+    ]
+
+
+def test_incremental_after_bag_of_other_recipe(tmp_path: Path, mock: MockServer) -> None:
+    """A bag of another recipe is refused like an unsealed run, before a new run starts."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url, "--bag").exit_code == 0
+    other = write_recipe(
+        tmp_path,
+        RECIPE.replace("endpoint: projects", "endpoint: projects\n    params: {orderBy: id}"),
+    )
+
+    outcome = run_cli("run", str(other), "--base-url", mock.api_url, "--incremental")
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr.startswith(
+        f"tm-export: error: {tmp_path / 'out/runs/0001/data/manifest.jsonl'}: this run was started "
+        "by a recipe that exports something else"
+    )
+    assert sorted(path.name for path in (tmp_path / "out/runs").iterdir()) == ["0001"]
+
+
 def test_canonical_waits_for_retries(tmp_path: Path, mock: MockServer) -> None:
     """With failed partitions the files stay as they are, so --retry-failed can still add pages."""
     recipe = write_recipe(

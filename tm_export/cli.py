@@ -141,7 +141,8 @@ def _fail(error: TmExportError | str, code: int) -> None:
     "--compression",
     type=click.Choice(CODECS),
     help="Compress a new run's stream files (STREAM.jsonl.gz or .zst), one gzip member or zstd "
-    "frame per page [default: none; a resumed run keeps its own].",
+    "frame per page [default: none; a resumed run keeps its own, and an incremental run takes "
+    "the last run's].",
 )
 @click.option(
     "--canonical",

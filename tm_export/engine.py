@@ -37,8 +37,9 @@ from .errors import (
 from .fetcher import Fetcher
 from .http import SPOOL_OVER, HttpSession
 from .incremental import Baseline, read_baseline
-from .journal import Journal
+from .journal import Journal, scan_journal
 from .layout import (
+    DATA_FOLDER,
     MANIFEST_NAME,
     SPOOL_FOLDER,
     OutputLock,
@@ -259,11 +260,14 @@ class _Session:
                         f"{folder}: the last run is a BagIt bag, so it is sealed and nothing more is "
                         "written to it; use --incremental to fetch what changed since, or --start-over"
                     )
+                # The bag's payload contains the run's manifest; only its header is read here.
+                sealed = folder / DATA_FOLDER / MANIFEST_NAME
+                self._check_recipe(sealed, next(scan_journal(sealed)[1]))
                 self.baseline = read_baseline(self.recipe, runs)
                 folder = next_run_folder(output)
             elif manifest.exists():
                 state, extent = load_state(manifest, keep_done_pages=False)
-                self._check_recipe(manifest, state)
+                self._check_recipe(manifest, state.header)
                 if state.canonical and (self.options.retry_failed or self.options.retry_skipped):
                     raise ManifestError(
                         f"{folder}: the run's files were rewritten in canonical order, so pages cannot "
@@ -325,8 +329,13 @@ class _Session:
             runs = [output / "runs" / name for name in described["previous"]]
             self.baseline = read_baseline(self.recipe, runs)
 
-    def _check_recipe(self, manifest: Path, state: ManifestState) -> None:
-        recorded = state.header.get("recipe_hash")
+    def _check_recipe(self, manifest: Path, header: dict[str, Any]) -> None:
+        """Raise ManifestError for a run of another recipe, compression or shard.
+
+        The next session or incremental run takes the run's compression when the command
+        gives none.
+        """
+        recorded = header.get("recipe_hash")
         if recorded != self.recipe.export_hash():
             raise ManifestError(
                 f"{manifest}: this run was started by a recipe that exports something else "
@@ -334,15 +343,23 @@ class _Session:
                 f"{self.recipe.export_hash()[:12]}). Nothing was changed. Use --start-over to begin a "
                 "new run beside it, or choose another output folder"
             )
-        recorded_codec = run_codec(state.header)
+        recorded_codec = run_codec(header)
         if self.options.compression not in (None, recorded_codec):
+            recorded_files = (
+                "are not compressed"
+                if recorded_codec == "none"
+                else f"are compressed with {recorded_codec}"
+            )
+            requested_files = (
+                "no compression" if self.options.compression == "none" else self.options.compression
+            )
             raise ManifestError(
-                f"{manifest}: this run's files are compressed with {recorded_codec}, but this command "
-                f"asks for {self.options.compression}. Nothing was changed. Leave out --compression to "
-                "resume, or use --start-over"
+                f"{manifest}: this run's files {recorded_files}, but this command asks for "
+                f"{requested_files}. Nothing was changed. Leave out --compression to go on with the "
+                "run's own, or use --start-over"
             )
         self.codec = recorded_codec
-        recorded_shard = state.header.get("shard")
+        recorded_shard = header.get("shard")
         wanted = list(self.options.shard) if self.options.shard else None
         if recorded_shard != wanted:
 

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from .codec import Codec, open_lines
+from .errors import ManifestError
 from .layout import MANIFEST_NAME, is_bag, run_codec, stream_path
 from .manifest import ManifestState, load_state
 from .recipe import Recipe
@@ -58,7 +59,11 @@ class Baseline:
 
 
 def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
-    """Read the finished runs ``runs`` (oldest first) of the same recipe."""
+    """Read the finished runs ``runs`` (oldest first) of the same recipe.
+
+    Raises:
+        ManifestError: none of ``runs`` is a finished run of this recipe.
+    """
     states = []
     for folder in runs:
         # A run made a BagIt bag keeps its manifest and data under the bag's data/ folder.
@@ -69,6 +74,11 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
         state = load_state(manifest)[0]
         if state.header.get("recipe_hash") == recipe.export_hash() and state.finished:
             states.append((run, state))
+    if not states:
+        raise ManifestError(
+            f"{runs[-1].parent}: no finished run of this recipe to build on; run without "
+            "--incremental first"
+        )
     since = _parse_time(states[-1][1].header["started"])
     previous = [(run.parent if run.name == "data" else run).name for run, _ in states]
     baseline = Baseline(since=since, previous=previous)

@@ -320,7 +320,12 @@ EXPECTED: dict[str, str] = {
     ),
     "stream_without_body": (
         "4: streams.projects: invalid value null (an empty value); expected a mapping with "
-        "endpoint (a catalog name) or path (a raw path), and optional params"
+        "endpoint (a catalog name) or path (a raw path), and optional params; if its entries "
+        "follow on the next lines, indent them under it"
+    ),
+    "streams_not_indented": (
+        "3: streams: invalid value null (an empty value); expected a mapping of stream names "
+        "to streams, at least one; if its entries follow on the next lines, indent them under it"
     ),
     "stream_without_endpoint": (
         "4: streams.projects.endpoint: missing key; expected endpoint (a name that 'tm-export"

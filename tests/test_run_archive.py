@@ -125,7 +125,7 @@ def test_canonical_waits_for_retries(tmp_path: Path, mock: MockServer) -> None:
 
     assert first.exit_code == 3
     assert (
-        "1 partitions failed, so the run was not made canonical; run again with --retry-failed"
+        "1 partition failed, so the run was not made canonical; run again with --retry-failed"
         in first.stderr
     )
     manifest = tmp_path / "out/runs/0001/manifest.jsonl"

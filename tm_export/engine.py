@@ -178,10 +178,12 @@ def _finish_archive(recipe: Recipe, options: RunOptions, result: RunResult) -> N
     canonical, bag = options.canonical, options.bag
     if result.failed_partitions and (canonical or bag):
         # Canonical files and bags take no more pages, and --retry-failed still has work.
+        failed = result.failed_partitions
         logger.warning(
-            "%d partitions failed, so the run was not %s; run again with --retry-failed, and "
+            "%d partition%s failed, so the run was not %s; run again with --retry-failed, and "
             "the finished run gets it then",
-            result.failed_partitions,
+            failed,
+            "s" if failed != 1 else "",
             " nor ".join(
                 word for word, on in (("made canonical", canonical), ("bagged", bag)) if on
             ),

@@ -290,7 +290,8 @@ def format_plan(plan: Plan) -> str:
     if plan.base_url is None:
         sent = "nothing was sent"
     else:
-        sent = f"probed {plan.base_url} with {plan.probe_requests} requests"
+        sent = f"probed {plan.base_url} with {plan.probe_requests} request"
+        sent += "s" if plan.probe_requests != 1 else ""
     lines = [f"plan for {plan.recipe.path}: {count} stream{'s' if count != 1 else ''}; {sent}"]
 
     rows: list[tuple[str, ...]] = [("stream", "endpoint", "partitions", "requests")]

@@ -297,7 +297,11 @@ def explain(error: jsonschema.ValidationError) -> tuple[tuple[Any, ...], str]:
             "not starting with a digit"
         )
     if kind == "type":
-        return keys, f"invalid value {describe_value(instance)}; {expected or _types(schema)}"
+        message = f"invalid value {describe_value(instance)}; {expected or _types(schema)}"
+        if instance is None and "object" in str(schema.get("type")):
+            # YAML reads a key whose entries were not indented under it as an empty value.
+            message += "; if its entries follow on the next lines, indent them under it"
+        return keys, message
     if kind == "const":
         return keys, _explain_version(instance)
     if kind == "pattern":

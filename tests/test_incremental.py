@@ -104,3 +104,25 @@ def test_updated_in_the_start_second() -> None:
 
     assert updated_since({"lastUpdated": "2026-12-05T03:01:44.000000Z"}, since) is True
     assert updated_since({"lastUpdated": "2026-12-05T03:01:43.999999Z"}, since) is False
+
+
+def test_incremental_warns_of_other_server(tmp_path: Path, mock: MockServer) -> None:
+    """An incremental run against another API URL than the run before it says so."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url, env=env).exit_code == 0
+
+    with MockServer(projects=3) as other:
+        env = {"TM_API_TOKEN": other.tokens["admin"]}
+        outcome = run_cli("run", str(recipe), "--base-url", other.api_url, "--incremental", env=env)
+        same = run_cli("run", str(recipe), "--base-url", other.api_url, "--incremental", env=env)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    warning = (
+        f"the previous run read from {mock.api_url} and this incremental run reads from "
+        f"{other.api_url}; only what changed since the previous run is fetched, so use "
+        "--start-over if this is another Tasking Manager"
+    )
+    assert warning in outcome.stderr
+    assert same.exit_code == 0, same.stderr
+    assert "the previous run read from" not in same.stderr

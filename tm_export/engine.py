@@ -320,9 +320,28 @@ class _Session:
             "compression": self.codec,
             "incremental": self.baseline.header() if self.baseline else None,
         }
+        self._warn_other_server()
         journal = Journal.create(folder / MANIFEST_NAME, header)
         logger.info("starting a new run in %s", folder)
         return folder, ManifestState.replay([{"t": "run", **header}]), journal
+
+    def _warn_other_server(self) -> None:
+        """Warn when an incremental run reads from another API URL than the run before it.
+
+        Only what changed on the earlier server is fetched, so a server with other data
+        would leave the archive incomplete. The same server may have several URLs, so this
+        is a warning and not an error.
+        """
+        previous = self.baseline.base_url if self.baseline else None
+        if previous is None or previous.rstrip("/") == self.options.base_url.rstrip("/"):
+            return
+        logger.warning(
+            "the previous run read from %s and this incremental run reads from %s; only what "
+            "changed since the previous run is fetched, so use --start-over if this is another "
+            "Tasking Manager",
+            previous,
+            self.options.base_url,
+        )
 
     def _load_baseline(self, state: ManifestState, output: Path) -> None:
         """Rebuild the baseline of an incremental run being resumed."""

@@ -47,6 +47,8 @@ class Baseline:
     since: dt.datetime
     """Start of the previous run (UTC): anything updated after it may be missing from it."""
     previous: list[str]
+    base_url: str | None = None
+    """The API URL that the previous run's last session read from."""
     project_ids: set[int] = field(default_factory=set)
     newest: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per stream and partition id, the largest record key archived (newest-first endpoints)."""
@@ -79,9 +81,11 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
             f"{runs[-1].parent}: no finished run of this recipe to build on; run without "
             "--incremental first"
         )
-    since = _parse_time(states[-1][1].header["started"])
+    last = states[-1][1]
+    since = _parse_time(last.header["started"])
     previous = [(run.parent if run.name == "data" else run).name for run, _ in states]
-    baseline = Baseline(since=since, previous=previous)
+    base_url = last.sessions[-1].get("settings", {}).get("base_url") if last.sessions else None
+    baseline = Baseline(since=since, previous=previous, base_url=base_url)
 
     for run, state in states:
         codec = run_codec(state.header)

@@ -722,6 +722,28 @@ def test_request_log_roles_no_tokens() -> None:
         assert server.request_count == 3
 
 
+def test_data_changes_over_http() -> None:
+    """Touching, adding history to and deleting a project change what the API serves."""
+    with MockServer(projects=20) as server:
+        before = api(server, "/projects/1/").json()["lastUpdated"]
+
+        touched = fetch(server, "/__mock__/projects/1/touch", method="POST").json()
+        added = fetch(server, "/__mock__/projects/1/activities", method="POST").json()
+        newest = api(server, "/projects/1/activities/").json()["activity"][0]
+        deleted = fetch(server, "/__mock__/projects/1", method="DELETE").json()
+        unknown = fetch(server, "/__mock__/projects/999/touch", method="POST")
+
+        assert sorted(touched) == ["lastUpdated", "projectId"]
+        assert touched["projectId"] == 1
+        assert touched["lastUpdated"] > before
+        assert added == {"projectId": 1, "historyId": newest["historyId"]}
+        assert deleted == {"deleted": 1}
+        assert api(server, "/projects/1/").status == 404
+        assert unknown.status == 404
+        assert unknown.json() == {"error": "project 999 not found"}
+        assert server.requests()[-1]["path"] == "/api/v2/projects/1/"
+
+
 # -- fault rules ---------------------------------------------------------------------------------
 
 

@@ -381,6 +381,14 @@ def mock_server(
 
     It prints its API URL and three tokens (admin, a mapper on the private
     projects' allow-list, another mapper), and runs until Ctrl-C.
+
+    To try an incremental run, change the data between two runs with a POST to
+    /__mock__/projects/ID/touch (an edit) or /__mock__/projects/ID/activities (new task
+    history), or a DELETE of /__mock__/projects/ID, below the base URL.
+
+    \b
+    Example:
+      curl -X POST http://127.0.0.1:8080/__mock__/projects/3/activities
     """
     from .mock import serve
 

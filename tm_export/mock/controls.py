@@ -8,12 +8,20 @@
 ``DELETE /__mock__/faults``    remove every rule
 ``POST /__mock__/reset-log``   empty the request log (``total`` keeps counting)
 
-Control requests are neither logged nor subject to fault rules.
+Changes to the data, for trying incremental runs; each one takes effect now (UTC):
+
+``POST /__mock__/projects/ID/touch``       set the project's ``lastUpdated``, as an edit would
+``POST /__mock__/projects/ID/activities``  add a task history entry to the project's task 1
+``DELETE /__mock__/projects/ID``           delete the project; its id stays unused
+
+Each returns a JSON object, or 404 for an unknown project id. Control requests are
+neither logged nor subject to fault rules.
 """
 
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -108,6 +116,47 @@ async def reset_log(request: web.Request) -> web.StreamResponse:
     return json_response({"removed": request.app[LOG].clear()})
 
 
+def _now() -> datetime:
+    """Return the current time as the dataset keeps times: naive, in UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _project_id(request: web.Request) -> int | None:
+    """Return the request's project id, or None when the dataset has no such project."""
+    text = request.match_info["project_id"]
+    project_id = int(text) if text.isdigit() else None
+    return project_id if project_id in request.app[DATASET].projects else None
+
+
+def _unknown_project(request: web.Request) -> web.StreamResponse:
+    return json_response({"error": f"project {request.match_info['project_id']} not found"}, 404)
+
+
+async def touch_project(request: web.Request) -> web.StreamResponse:
+    project_id = _project_id(request)
+    if project_id is None:
+        return _unknown_project(request)
+    when = _now()
+    request.app[DATASET].touch_project(project_id, when)
+    return json_response({"projectId": project_id, "lastUpdated": when.isoformat() + "Z"})
+
+
+async def add_activity(request: web.Request) -> web.StreamResponse:
+    project_id = _project_id(request)
+    if project_id is None:
+        return _unknown_project(request)
+    history_id = request.app[DATASET].add_activity(project_id, when=_now())
+    return json_response({"projectId": project_id, "historyId": history_id})
+
+
+async def delete_project(request: web.Request) -> web.StreamResponse:
+    project_id = _project_id(request)
+    if project_id is None:
+        return _unknown_project(request)
+    request.app[DATASET].delete_project(project_id)
+    return json_response({"deleted": project_id})
+
+
 def add_control_routes(app: web.Application) -> None:
     app.router.add_get(CONTROL_PREFIX + "counts", counts, allow_head=False)
     app.router.add_get(CONTROL_PREFIX + "requests", requests, allow_head=False)
@@ -115,3 +164,7 @@ def add_control_routes(app: web.Application) -> None:
     app.router.add_post(CONTROL_PREFIX + "faults", add_faults)
     app.router.add_delete(CONTROL_PREFIX + "faults", clear_faults)
     app.router.add_post(CONTROL_PREFIX + "reset-log", reset_log)
+    project = CONTROL_PREFIX + "projects/{project_id}"
+    app.router.add_post(project + "/touch", touch_project)
+    app.router.add_post(project + "/activities", add_activity)
+    app.router.add_delete(project, delete_project)

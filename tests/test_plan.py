@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 
 from tm_export.mock import MockServer
+from tm_export.plan import describe_probe, plan_recipe
+from tm_export.recipe import load_recipe
 
 from .conftest import run_cli, write_recipe
 
@@ -173,6 +175,9 @@ def test_plan_probe(tmp_path: Path, mock: MockServer) -> None:
     outcome = run_cli("plan", str(recipe), "--probe", "--base-url", mock.api_url)
 
     assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stderr == (
+        "tm-export: probing page 1 of 6 partitions, at most 10000 requests a second\n"
+    )
     assert outcome.stdout.splitlines() == [
         f"plan for {recipe}: 4 streams; probed {mock.api_url} with 6 requests",
         "stream      endpoint            partitions     requests",
@@ -257,8 +262,9 @@ def test_plan_probe_token_rejected(tmp_path: Path, mock: MockServer) -> None:
     outcome = run_cli("plan", str(recipe), "--probe", "--base-url", mock.api_url)
 
     assert outcome.exit_code == 1
-    assert outcome.stderr.startswith("tm-export: error: the server requires an API token (401 ")
-    assert outcome.stderr.endswith(
+    error = outcome.stderr.splitlines()[-1] + "\n"
+    assert error.startswith("tm-export: error: the server requires an API token (401 ")
+    assert error.endswith(
         "and none was sent because the recipe sets no instance.token_env. Set it to the name of "
         "the environment variable that holds your TM API key, export that variable, and run the "
         "same command again to resume\n"
@@ -273,3 +279,18 @@ def test_plan_invalid_recipe(tmp_path: Path) -> None:
 
     assert outcome.exit_code == 2
     assert outcome.stderr.startswith(f"tm-export: error: {recipe}:")
+
+
+def test_probe_line_gives_least_time(tmp_path: Path, mock: MockServer) -> None:
+    """A probe at a polite rate says how long it takes at least, before it starts."""
+    recipe = write_recipe(
+        tmp_path, STATIC_RECIPE.replace("rate_limit: 10000/s", "rate_limit: 0.5/s")
+    )
+    plan = plan_recipe(load_recipe(recipe), token_set=False)
+
+    assert describe_probe(plan) == (
+        "probing page 1 of 6 partitions, at most 0.5 requests a second: 12 s or more"
+    )
+    assert describe_probe(plan, max_probes=1) == (
+        "probing page 1 of 2 partitions, at most 0.5 requests a second"
+    )

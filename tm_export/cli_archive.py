@@ -20,7 +20,14 @@ from . import loop
 from .canonical import CHUNK_BYTES, make_canonical
 from .errors import ExitCode, RecipeError, StorageError, TmExportError
 from .layout import OutputLock, list_runs, runs_folder
-from .plan import DEFAULT_MAX_PROBES, format_plan, plan_json, plan_recipe, probe_plan
+from .plan import (
+    DEFAULT_MAX_PROBES,
+    describe_probe,
+    format_plan,
+    plan_json,
+    plan_recipe,
+    probe_plan,
+)
 from .recipe import load_recipe, resolve_token
 from .runrecord import write_run_record
 from .status import format_status, status_json, status_of
@@ -144,6 +151,8 @@ def plan(recipe: Path, probe: bool, base_url: str | None, max_probes: int, as_js
     if probe:
         assert base_url is not None
         _setup_logging()
+        # A probe of many partitions at a polite rate takes minutes, and prints nothing else.
+        click.echo(f"tm-export: {describe_probe(result, max_probes)}", err=True)
         try:
             loop.run(
                 lambda: probe_plan(

@@ -127,6 +127,27 @@ def plan_recipe(recipe: Recipe, *, token_set: bool) -> Plan:
     return Plan(recipe, streams, preflight=2 if token_set else 1, dependent=dependent)
 
 
+def probe_requests(plan: Plan, max_probes: int = DEFAULT_MAX_PROBES) -> int:
+    """Return how many page-1 requests ``probe_plan`` sends, before retries."""
+    return sum(
+        min(stream.partitions or 0, max_probes)
+        for stream in plan.streams
+        if stream.paginated and stream.parent is None
+    )
+
+
+def describe_probe(plan: Plan, max_probes: int = DEFAULT_MAX_PROBES) -> str:
+    """Return a line that says what a probe sends and the least time it takes at the rate."""
+    count = probe_requests(plan, max_probes)
+    rate = plan.recipe.instance.rate_limit
+    line = (
+        f"probing page 1 of {count:,} partition{'s' if count != 1 else ''}, at most "
+        f"{rate:g} requests a second"
+    )
+    seconds = count / rate
+    return f"{line}: {seconds:,.0f} s or more" if seconds >= 10 else line
+
+
 async def probe_plan(
     plan: Plan,
     *,

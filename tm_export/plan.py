@@ -137,7 +137,7 @@ def probe_requests(plan: Plan, max_probes: int = DEFAULT_MAX_PROBES) -> int:
 
 
 def describe_probe(plan: Plan, max_probes: int = DEFAULT_MAX_PROBES) -> str:
-    """Return a line that says what a probe sends and the least time it takes at the rate."""
+    """Return a line naming the requests a probe sends and the least time they take at the rate."""
     count = probe_requests(plan, max_probes)
     rate = plan.recipe.instance.rate_limit
     line = (

@@ -46,6 +46,7 @@ def test_killed_compressed_run_resumes(tmp_path: Path, mock: MockServer, codec: 
     outcome = run_cli(*args)
 
     assert outcome.exit_code == 0, outcome.stderr
+    assert f"run folder: {tmp_path / 'out/runs/0001'} (resumed)\n" in outcome.stderr
     data = tmp_path / "out/runs/0001/data"
     assert sorted(p.name for p in data.iterdir()) == sorted(
         f"{name}.jsonl{SUFFIX[codec]}" for name in STREAMS

@@ -111,6 +111,7 @@ def test_rerun_requests_nothing(tmp_path: Path, mock: MockServer) -> None:
     second = run_cli("run", str(recipe), "--base-url", mock.api_url, env=env)
 
     assert second.exit_code == 0, second.stderr
+    assert f"run folder: {tmp_path / 'out/runs/0001'} (already finished)\n" in second.stderr
     assert (
         f"the run in {tmp_path / 'out/runs/0001'} is already finished: nothing is fetched "
         "again unless --retry-failed or --retry-skipped is given" in second.stderr

@@ -113,6 +113,8 @@ class RunResult:
     requests: int = 0
     retries: int = 0
     resumed: bool = False
+    finished_before: bool = False
+    """True when the run had already finished and this session was not asked to retry."""
     fatal: FatalError | None = None
     interrupted: bool = False
     deleted: list[int] = field(default_factory=list)
@@ -230,7 +232,13 @@ class _Session:
             sum(stream.records for stream in state.streams.values()),
         )
         files: dict[str, StreamFile] = {}
-        result = RunResult(run_folder=run_folder, streams={}, resumed=len(state.sessions) > 0)
+        result = RunResult(
+            run_folder=run_folder,
+            streams={},
+            resumed=len(state.sessions) > 0,
+            finished_before=state.finished
+            and not (self.options.retry_failed or self.options.retry_skipped),
+        )
         try:
             for name in self.recipe.streams:
                 end = state.streams.setdefault(name, StreamState()).committed_end

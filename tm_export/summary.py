@@ -42,7 +42,13 @@ def format_summary(recipe: Recipe, result: RunResult, code: ExitCode) -> str:
         for row in rows
     ]
 
-    lines.insert(0, f"run folder: {result.run_folder}{' (resumed)' if result.resumed else ''}")
+    if result.finished_before:
+        how = " (already finished)"
+    elif result.resumed:
+        how = " (resumed)"
+    else:
+        how = ""
+    lines.insert(0, f"run folder: {result.run_folder}{how}")
     reasons: dict[str, int] = {}
     for stats in result.streams.values():
         for reason, count in stats.skip_reasons.items():

@@ -126,3 +126,23 @@ def test_incremental_warns_of_other_server(tmp_path: Path, mock: MockServer) -> 
     assert warning in outcome.stderr
     assert same.exit_code == 0, same.stderr
     assert "the previous run read from" not in same.stderr
+
+
+def test_deleted_project_reported_once(tmp_path: Path, mock: MockServer) -> None:
+    """The run that finds a project deleted reports it; the runs after it do not."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    archived = [r["projectId"] for r in records(tmp_path / "out/runs/0001/data/projects.jsonl")]
+    mock.dataset.delete_project(archived[0])
+
+    second = run_cli(*args, "--incremental", env=env)
+    third = run_cli(*args, "--incremental", env=env)
+
+    assert second.exit_code == 0, second.stderr
+    assert third.exit_code == 0, third.stderr
+    assert f"deleted since the earlier runs: projects {archived[0]}" in second.stderr
+    assert "deleted since the earlier runs" not in third.stderr
+    entries = records(tmp_path / "out/runs/0003/manifest.jsonl")
+    assert [e for e in entries if e["t"] == "deleted"] == []

@@ -184,7 +184,8 @@ def test_merge_refuses_canonical_shard(tmp_path: Path, mock: MockServer) -> None
     assert outcome.stderr == (
         f"tm-export: error: {shards[1] / 'runs/0001'}: the files of shard 2/2 were made canonical "
         "(activities, projects, stats), which moves lines out of the pages that the merge copies; "
-        "merge shards as their runs wrote them, then run 'tm-export canonical' on the merged run\n"
+        "merge shards as their runs wrote them (run this shard again with --start-over), then run "
+        "'tm-export canonical' on the merged run\n"
     )
     assert not (tmp_path / "merged").exists()
 
@@ -212,6 +213,9 @@ def backdate(run_folder: Path, hours: int) -> str:
     started = dt.datetime.fromisoformat(entry["started"].replace("Z", "+00:00"))
     entry["started"] = (started - dt.timedelta(hours=hours)).isoformat().replace("+00:00", "Z")
     manifest.write_bytes(orjson.dumps(entry) + b"\n" + rest)
+    # The record describes the old header, so it is written again for the new one.
+    (run_folder / "run.json").unlink()
+    assert run_cli("record", str(run_folder)).exit_code == 0
     return str(entry["started"])
 
 
@@ -297,3 +301,64 @@ def test_merged_incremental_shards_keep_deleted(tmp_path: Path, mock: MockServer
     ]
     firsts = [header(folder / "runs/0002")["incremental"]["since"] for folder in shards]  # type: ignore[index]
     assert record["incremental"]["since"] == min(firsts)
+
+
+def test_merge_refuses_damaged_shard(tmp_path: Path, mock: MockServer) -> None:
+    """A byte changed inside a shard's value is caught by its run record; nothing is merged."""
+    shards = export_shards(tmp_path, mock, 2)
+    path = shards[1] / "runs/0001/data/stats.jsonl"
+    data = path.read_bytes()
+    at = data.index(b'"totalTasks":') + len(b'"totalTasks":')
+    digit = b"1" if data[at : at + 1] != b"1" else b"2"
+    path.write_bytes(data[:at] + digit + data[at + 1 :])
+
+    outcome = run_cli("merge", str(tmp_path / "merged"), *map(str, shards))
+
+    assert outcome.exit_code == 3
+    assert outcome.stderr.startswith(
+        f"tm-export: error: {shards[1] / 'runs/0001'}: 1 mismatch with the manifest, so no shard "
+        "was merged: data/stats.jsonl: "
+    )
+    assert not (tmp_path / "merged").exists()
+
+
+def test_merge_refuses_full_and_incremental(tmp_path: Path, mock: MockServer) -> None:
+    """An incremental shard beside full shards would leave most records out."""
+    shards = export_shards(tmp_path, mock, 2)
+    recipe = tmp_path / "recipe.yaml"
+    later = run_cli(
+        "run",
+        str(recipe),
+        "--base-url",
+        mock.api_url,
+        "--shard",
+        "1/2",
+        "--incremental",
+        "--output",
+        str(shards[0]),
+    )
+    assert later.exit_code == 0, later.stderr
+
+    outcome = run_cli("merge", str(tmp_path / "merged"), *map(str, shards))
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr == (
+        f"tm-export: error: {shards[1] / 'runs/0001'}: this shard is a full run, but "
+        f"{shards[0] / 'runs/0002'} is an incremental run; give the runs of one night, whose "
+        "shards are all full or all incremental\n"
+    )
+    assert not (tmp_path / "merged").exists()
+
+
+def test_merge_never_writes_into_shard(tmp_path: Path, mock: MockServer) -> None:
+    shards = export_shards(tmp_path, mock, 2)
+
+    outcome = run_cli("merge", str(shards[0]), *map(str, shards))
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr == (
+        f"tm-export: error: {shards[0]}: this output folder contains shard "
+        f"{shards[0] / 'runs/0001'}, and a merge never writes into a shard; give another output "
+        "folder\n"
+    )
+    assert sorted(path.name for path in (shards[0] / "runs").iterdir()) == ["0001"]

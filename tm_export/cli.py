@@ -32,8 +32,8 @@ Exit codes:
   0    complete (partitions skipped for 403/404 are allowed and counted)
   1    stopped by a fatal error (token rejected, disk full, a wait
        longer than allowed, server unreachable, damaged manifest,
-       output folder in use, standard output not writable); run again
-       to resume
+       output folder in use, a command that does not fit the run in
+       the folder, standard output not writable); run again to resume
   2    invalid recipe or usage; nothing was sent
   3    finished, but some partitions failed or an integrity check
        failed (or, with --strict, some were skipped)
@@ -48,8 +48,10 @@ MERGE_EXIT_CODES = """\b
 Exit codes:
   0    merged
   1    the output folder is in use, or a write failed
-  2    a shard is missing, repeated, unfinished, of another recipe, made
-       canonical, or overlaps another; nothing was written"""
+  2    a shard is missing, repeated, unfinished, of another recipe or kind,
+       made canonical, inside OUTPUT, or overlaps another; nothing was written
+  3    a shard's files do not match its manifest, run record or bag;
+       nothing was written"""
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 

@@ -50,6 +50,7 @@ class Baseline:
     base_url: str | None = None
     """The API URL that the previous run's last session read from."""
     project_ids: set[int] = field(default_factory=set)
+    """Projects that earlier runs archived and did not find deleted since."""
     newest: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per stream and partition id, the largest record key archived (newest-first endpoints)."""
     finished_windows: dict[str, set[str]] = field(default_factory=dict)
@@ -93,6 +94,8 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
             path = stream_path(run, name, codec)
             if spec.endpoint.name == "projects" and path.exists():
                 baseline.project_ids |= _project_ids(path, codec)
+                # A project that a run found deleted is reported once, by that run.
+                baseline.project_ids -= {int(entry["project_id"]) for entry in state.deleted}
             if spec.endpoint.name in NEWEST_FIRST and path.exists():
                 _newest_keys(path, codec, spec.endpoint.key, baseline.newest.setdefault(name, {}))
             if any(hasattr(v, "start_param") for v in spec.varying):

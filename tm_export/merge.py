@@ -2,9 +2,11 @@
 
 A shard is given as the output folder of a ``run --shard K/N`` job (its last run is
 merged) or as a run folder, also one made a bag. The merge checks that the shards belong to one recipe, that shards
-1..N are all there exactly once and finished, that no partition was committed by two
-shards, and that no shard file was made canonical (sorting moves lines across the page
-ranges that the merge copies). It then writes a new run folder whose stream files are the
+1..N are all there exactly once, finished and of one kind (full or incremental), that
+their files match their manifests (and run records and bags), that no partition was
+committed by two shards, and that no shard file was made canonical (sorting moves lines
+across the page ranges that the merge copies). The output folder must not contain a
+shard. It then writes a new run folder whose stream files are the
 shards' files one after another, and whose manifest holds every shard's sessions, deleted
 projects and page entries, with the byte ranges moved to the new offsets.
 
@@ -25,8 +27,8 @@ from . import __version__
 from .errors import RecipeError
 from .journal import Journal, fsync_folder, read_journal
 from .layout import MANIFEST_NAME, OutputLock, next_run_folder, run_codec, stream_path
-from .runrecord import write_run_record
-from .verify import find_runs
+from .runrecord import require_verified, write_run_record
+from .verify import check_run, find_runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +60,18 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
     """Merge the shard output folders ``sources`` into a new run under ``output``.
 
     Raises:
-        RecipeError: a shard is missing, repeated, unfinished, of another recipe, or two
-            shards committed the same partition; nothing is written then.
+        RecipeError: a shard is missing, repeated, unfinished, of another recipe or kind,
+            made canonical, inside ``output``, or two shards committed the same partition;
+            nothing is written then.
+        RunDamagedError: a shard's files do not match its manifest, run record or bag;
+            nothing is written then.
     """
     shards = [_read_shard(source) for source in sources]
     _check(shards)
+    _check_output(output, shards)
+    for shard in shards:
+        # Copying a damaged shard would give it a new, matching SHA-256 in the merged run.
+        require_verified(check_run(find_runs(shard.folder)[-1]), "so no shard was merged")
 
     with OutputLock(output):
         run_folder = next_run_folder(output)
@@ -92,8 +101,8 @@ def _read_shard(source: Path) -> Shard:
         raise RecipeError(
             f"{folder}: the files of shard {shard[0]}/{shard[1]} were made canonical "
             f"({', '.join(canonical)}), which moves lines out of the pages that the merge "
-            "copies; merge shards as their runs wrote them, then run 'tm-export canonical' "
-            "on the merged run"
+            "copies; merge shards as their runs wrote them (run this shard again with "
+            "--start-over), then run 'tm-export canonical' on the merged run"
         )
     return Shard(folder=folder, root=paths.root, index=shard[0], count=shard[1], entries=entries)
 
@@ -112,6 +121,18 @@ def _check(shards: list[Shard]) -> None:
             raise RecipeError(
                 f"{shard.folder}: this shard's files are compressed with {run_codec(shard.header)}, but "
                 f"{first.folder} uses {run_codec(first.header)}; make every shard with the same --compression"
+            )
+        if bool(shard.header.get("incremental")) != bool(first.header.get("incremental")):
+            kinds = {True: "an incremental run", False: "a full run"}
+            raise RecipeError(
+                f"{shard.folder}: this shard is {kinds[bool(shard.header.get('incremental'))]}, "
+                f"but {first.folder} is {kinds[bool(first.header.get('incremental'))]}; give the "
+                "runs of one night, whose shards are all full or all incremental"
+            )
+        if _earlier_runs(shard) != _earlier_runs(first):
+            raise RecipeError(
+                f"{shard.folder}: this shard builds on {_earlier_runs(shard)} earlier runs, but "
+                f"{first.folder} on {_earlier_runs(first)}; give the runs of one night"
             )
         if shard.count != first.count:
             raise RecipeError(
@@ -142,6 +163,22 @@ def _check(shards: list[Shard]) -> None:
                     f"shard {owner[key]}/{shard.count}; shards overlap, so they cannot be merged"
                 )
             owner[key] = shard.index
+
+
+def _earlier_runs(shard: Shard) -> int:
+    baseline = shard.header.get("incremental")
+    return len(baseline["previous"]) if baseline else 0
+
+
+def _check_output(output: Path, shards: list[Shard]) -> None:
+    target = output.resolve()
+    for shard in shards:
+        folder = shard.folder.resolve()
+        if target == folder or target in folder.parents:
+            raise RecipeError(
+                f"{output}: this output folder contains shard {shard.folder}, and a merge never "
+                "writes into a shard; give another output folder"
+            )
 
 
 def _write(run_folder: Path, shards: list[Shard]) -> dict[str, int]:

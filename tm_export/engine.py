@@ -291,8 +291,8 @@ class _Session:
                         )
                     if state.finished:
                         logger.info(
-                            "the run in %s is already finished: nothing is fetched again unless "
-                            "--retry-failed or --retry-skipped is given",
+                            "the run in %s is already finished: nothing is sent or written "
+                            "unless --retry-failed or --retry-skipped is given",
                             folder,
                         )
                     else:
@@ -435,10 +435,17 @@ class _Session:
             runners = self._runners(state, committer, fetcher, run_folder)
             result.streams = {name: runner.stats for name, runner in runners.items()}
             try:
-                await self._preflight(fetcher, result)
-                committer.record(self._session_entry(state, result))
-                if self.baseline is not None:
-                    await self._find_deleted(fetcher, state, committer, result)
+                if result.finished_before:
+                    # Every partition is final, so the walk sends nothing. Recording no session
+                    # keeps the manifest, and so the run record and its end time, as they are.
+                    last = state.sessions[-1] if state.sessions else {}
+                    result.authenticated = last.get("authenticated")
+                    result.tm_release = last.get("tm_release")
+                else:
+                    await self._preflight(fetcher, result)
+                    committer.record(self._session_entry(state, result))
+                    if self.baseline is not None:
+                        await self._find_deleted(fetcher, state, committer, result)
                 await self._run_streams(runners, committer, fetcher, result)
             except* FatalError as group:
                 result.fatal = _first(group)
@@ -646,7 +653,7 @@ class _Session:
         if isinstance(result.fatal, StorageError):
             return
         finished = result.fatal is None and not result.interrupted
-        if finished:
+        if finished and not result.finished_before:
             outcome = (
                 "complete" if not (result.failed_partitions or result.problems) else "failures"
             )

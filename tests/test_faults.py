@@ -262,6 +262,30 @@ def test_token_asked_for_without_one(
     ]
 
 
+@pytest.mark.parametrize(
+    ("instance", "warned"), [("{token_env: TM_API_TOKEN}", True), ("{}", False)]
+)
+def test_unset_token_variable_warns(
+    tmp_path: Path, mock: MockServer, instance: str, warned: bool
+) -> None:
+    """A recipe that names a token variable warns when the run goes on without it."""
+    recipe = write_recipe(
+        tmp_path,
+        TOKEN_RECIPE.replace("ACTIVE", "1").replace(
+            "{token_env: TM_API_TOKEN, concurrency: 1, rate_limit: 10000/s}", instance
+        ),
+    )
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": ""})
+
+    assert outcome.exit_code == 0, outcome.stderr
+    warning = (
+        "tm-export: WARNING: TM_API_TOKEN is not set, so this run is anonymous: private and "
+        "draft projects, and data only logged-in users see, are left out\n"
+    )
+    assert (warning in outcome.stderr) is warned
+
+
 def test_token_variable_unset(tmp_path: Path, mock: MockServer) -> None:
     """A stream that needs a token with the variable unset fails before any request, exit 2."""
     recipe = write_recipe(

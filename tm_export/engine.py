@@ -487,8 +487,17 @@ class _Session:
         An expired token is served anonymously on endpoints where login is optional, so
         without this check an archive could silently shrink to the public part.
         """
+        variable = self.recipe.instance.token_env
         if not self.options.token:
             result.authenticated = False
+            if variable:
+                # The recipe names a token, so an unset variable is more likely a slip (a
+                # cron job without it) than a choice to export only what is public.
+                logger.warning(
+                    "%s is not set, so this run is anonymous: private and draft projects, "
+                    "and data only logged-in users see, are left out",
+                    variable,
+                )
 
         try:
             _, body = await fetcher.get_json("/system/heartbeat/", {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 from pathlib import Path
 
 from tm_export.mock import MockServer
@@ -267,7 +268,7 @@ def test_plan_probe_token_rejected(tmp_path: Path, mock: MockServer) -> None:
     assert error.endswith(
         "and none was sent because the recipe sets no instance.token_env. Set it to the name of "
         "the environment variable that holds your TM API key, export that variable, and run the "
-        "same command again to resume\n"
+        "plan again\n"
     )
 
 
@@ -293,4 +294,25 @@ def test_probe_line_gives_least_time(tmp_path: Path, mock: MockServer) -> None:
     )
     assert describe_probe(plan, max_probes=1) == (
         "probing page 1 of 2 partitions, at most 0.5 requests a second"
+    )
+
+
+def test_plan_probe_unreachable(tmp_path: Path) -> None:
+    """A server that refuses connections stops the probe with exit 1, as it stops a run."""
+    recipe = write_recipe(
+        tmp_path, STATIC_RECIPE.replace("instance: {", "instance: {retries: {attempts: 1}, ")
+    )
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api/v2"
+
+    outcome = run_cli("plan", str(recipe), "--probe", "--base-url", url)
+
+    assert outcome.exit_code == 1
+    assert outcome.stdout == ""
+    assert outcome.stderr.splitlines()[-1] == (
+        f"tm-export: error: cannot reach the Tasking Manager at {url}: GET {url}/projects/?"
+        f"{SEARCH_QUERY} failed: cannot connect to 127.0.0.1:{port} (Connection refused); "
+        "check the base URL and the network, then run the plan again"
     )

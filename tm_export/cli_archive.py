@@ -42,6 +42,13 @@ from .verify import (
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
+PLAN_EXIT_CODES = """\b
+Exit codes:
+  0  the plan was printed
+  1  with --probe: the server rejected the token, asked for too long a
+     wait, or could not be reached
+  2  invalid recipe or usage; nothing was sent"""
+
 READ_EXIT_CODES = """\b
 Exit codes:
   0  the report was printed
@@ -104,7 +111,7 @@ def _locked(run_folder: Path) -> Iterator[None]:
         yield
 
 
-@click.command(context_settings=CONTEXT_SETTINGS)
+@click.command(context_settings=CONTEXT_SETTINGS, epilog=PLAN_EXIT_CODES)
 @click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
     "--probe",

@@ -57,6 +57,7 @@ class Fetcher:
         redactor: Redactor,
         token_env: str | None,
         rng: random.Random | None = None,
+        rerun: str = "run the same command again to resume",
     ) -> None:
         self._session = session
         self._base_url = base_url.rstrip("/")
@@ -68,6 +69,8 @@ class Fetcher:
         self._backoff = Backoff(retries, rng)
         self._redactor = redactor
         self._token_env = token_env
+        self._rerun = rerun
+        """The advice that ends a message about the token, after the fix."""
         self._fatal: FatalError | None = None
         self.requests_sent = 0
         self.retries_done = 0
@@ -163,20 +166,19 @@ class Fetcher:
                 return (
                     f"the server requires an API token {detail}, and none was sent because the "
                     "recipe sets no instance.token_env. Set it to the name of the environment "
-                    "variable that holds your TM API key, export that variable, and run the same "
-                    "command again to resume"
+                    f"variable that holds your TM API key, export that variable, and {self._rerun}"
                 )
             return (
                 f"the server requires an API token {detail}, and none was sent because "
                 f"{self._token_env} is not set. Copy an API key from your Tasking Manager "
-                f"settings, export {self._token_env}, and run the same command again to resume"
+                f"settings, export {self._token_env}, and {self._rerun}"
             )
 
         variable = self._token_env or "the token variable"
         return (
             f"the server rejected the API token {detail}: the token in {variable} is invalid or "
             f"expired (TM tokens last 7 days). Copy a new API key from your Tasking Manager "
-            f"settings, export {variable}, and run the same command again to resume"
+            f"settings, export {variable}, and {self._rerun}"
         )
 
     async def _wait_before_retry(self, failure: RequestError, attempt: int, attempts: int) -> None:

@@ -18,7 +18,7 @@ import anyio
 
 from . import __version__
 from .clock import Clock, RealClock
-from .errors import FatalError, HTTPStatusError, RequestError
+from .errors import FatalError, HTTPStatusError, RequestError, TransportError
 from .fetcher import Fetcher
 from .http import HttpSession
 from .params import Partition, count_static, expand_static, render
@@ -162,7 +162,8 @@ async def probe_plan(
     not kept, so the run fetches them again.
 
     Raises:
-        FatalError: the server rejected the token or asked for too long a wait.
+        FatalError: the server rejected the token, asked for too long a wait, or sent no
+            response to a probe after every retry.
     """
     recipe = plan.recipe
     instance = recipe.instance
@@ -188,18 +189,26 @@ async def probe_plan(
             clock=clock or RealClock(),
             redactor=redactor,
             token_env=instance.token_env,
+            rerun="run the plan again",
         )
         for stream in plan.streams:
             spec = recipe.streams[stream.name]
             if stream.paginated and stream.parent is None:
-                await _probe_stream(fetcher, spec, stream, max_probes, instance.concurrency)
+                await _probe_stream(
+                    fetcher, spec, stream, max_probes, instance.concurrency, base_url
+                )
         plan.probe_requests = fetcher.requests_sent
     plan.base_url = base_url
     return plan
 
 
 async def _probe_stream(
-    fetcher: Fetcher, spec: StreamSpec, stream: StreamPlan, max_probes: int, concurrency: int
+    fetcher: Fetcher,
+    spec: StreamSpec,
+    stream: StreamPlan,
+    max_probes: int,
+    concurrency: int,
+    base_url: str,
 ) -> None:
     counts = ProbeCounts()
     requests = 0
@@ -220,6 +229,12 @@ async def _probe_stream(
             requests += 1
             exact = False
             return
+        except TransportError as error:
+            # No response after every retry: the counts would only say that nothing answered.
+            raise FatalError(
+                f"cannot reach the Tasking Manager at {base_url}: {error}; check the base URL "
+                "and the network, then run the plan again"
+            ) from error
         except RequestError:
             counts.failed += 1
             requests += 1

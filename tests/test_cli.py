@@ -136,3 +136,16 @@ def test_locked_output_refused(tmp_path: Path, mock: MockServer) -> None:
         "wait for it to finish, or choose another output folder\n"
     )
     assert mock.requests() == []
+
+
+def test_incremental_and_start_over_refused(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    outcome = run_cli("run", str(recipe), "--incremental", "--start-over")
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr == (
+        "tm-export: error: --incremental and --start-over exclude each other: --start-over "
+        "begins a full run, --incremental one that fetches what changed since the last; give one\n"
+    )
+    assert not (tmp_path / "out").exists()

@@ -208,6 +208,13 @@ def run(
     The API token is read from the environment variable that the recipe's instance.token_env
     names; it never appears in any output or file.
     """
+    if incremental and start_over:
+        _fail(
+            "--incremental and --start-over exclude each other: --start-over begins a full "
+            "run, --incremental one that fetches what changed since the last; give one",
+            ExitCode.USAGE,
+        )
+        return
     try:
         loaded = load_recipe(recipe)
         token = resolve_token(loaded)

@@ -87,6 +87,7 @@ def test_record_content(tmp_path: Path, mock: MockServer) -> None:
         "manifest": {"file": "manifest.jsonl", "bytes": len(manifest), "sha256": sha256(manifest)},
         "incremental": None,
         "deleted_projects": [],
+        "merged_from": None,
         "streams": {
             "contributions": {
                 "file": "data/contributions.jsonl",

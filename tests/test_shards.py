@@ -10,7 +10,7 @@ import orjson
 
 from tm_export.mock import MockServer
 
-from .conftest import run_cli, write_recipe
+from .conftest import PROJECTS, run_cli, write_recipe
 
 RECIPE = """\
 version: 1
@@ -362,3 +362,35 @@ def test_merge_never_writes_into_shard(tmp_path: Path, mock: MockServer) -> None
         "folder\n"
     )
     assert sorted(path.name for path in (shards[0] / "runs").iterdir()) == ["0001"]
+
+
+def test_merge_warns_of_other_servers(tmp_path: Path, mock: MockServer) -> None:
+    """Shards read from two API URLs are merged with a warning that names both."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    with MockServer(projects=PROJECTS) as other:
+        for index, server in ((1, mock), (2, other)):
+            outcome = run_cli(
+                "run",
+                str(recipe),
+                "--base-url",
+                server.api_url,
+                "--shard",
+                f"{index}/2",
+                "--output",
+                str(tmp_path / f"shard-{index}"),
+            )
+            assert outcome.exit_code == 0, outcome.stderr
+        urls = sorted([(mock.api_url, 1), (other.api_url, 2)])
+
+    outcome = run_cli(
+        "merge", str(tmp_path / "merged"), *(str(tmp_path / f"shard-{i}") for i in (1, 2))
+    )
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stderr == (
+        "tm-export: WARNING: the shards read from different API URLs: "
+        f"{urls[0][0]} (shard {urls[0][1]}); {urls[1][0]} (shard {urls[1][1]}); merge them only "
+        "if these are one Tasking Manager\n"
+    )
+    record = orjson.loads((tmp_path / "merged/runs/0001/run.json").read_bytes())
+    assert record["merged_from"] == [str(tmp_path / f"shard-{i}/runs/0001") for i in (1, 2)]

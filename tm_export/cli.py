@@ -445,6 +445,7 @@ def merge_command(output: Path, shards: tuple[Path, ...]) -> None:
     """
     from .merge import describe, merge
 
+    setup_logging(level=logging.WARNING, json_format=False, redactor=Redactor([]))
     try:
         result = merge(output, list(shards))
     except RecipeError as error:

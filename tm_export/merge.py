@@ -17,6 +17,7 @@ requests everything updated since then, and ends when the last shard ended.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from .journal import Journal, fsync_folder, read_journal
 from .layout import MANIFEST_NAME, OutputLock, next_run_folder, run_codec, stream_path
 from .runrecord import require_verified, write_run_record
 from .verify import check_run, find_runs
+
+logger = logging.getLogger("tm_export.merge")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,7 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
     shards = [_read_shard(source) for source in sources]
     _check(shards)
     _check_output(output, shards)
+    _warn_other_servers(shards)
     for shard in shards:
         # Copying a damaged shard would give it a new, matching SHA-256 in the merged run.
         require_verified(check_run(find_runs(shard.folder)[-1]), "so no shard was merged")
@@ -163,6 +167,26 @@ def _check(shards: list[Shard]) -> None:
                     f"shard {owner[key]}/{shard.count}; shards overlap, so they cannot be merged"
                 )
             owner[key] = shard.index
+
+
+def _warn_other_servers(shards: list[Shard]) -> None:
+    """Warn when the shards read from different API URLs, which one server may have."""
+    urls: dict[str, list[int]] = {}
+    for shard in shards:
+        for entry in shard.entries:
+            if entry["t"] == "session":
+                url = str(entry.get("settings", {}).get("base_url", "")).rstrip("/")
+                urls.setdefault(url, []).append(shard.index)
+    if len(urls) > 1:
+        shown = "; ".join(
+            f"{url} (shard {', '.join(map(str, sorted(set(indexes))))})"
+            for url, indexes in sorted(urls.items())
+        )
+        logger.warning(
+            "the shards read from different API URLs: %s; merge them only if these are one "
+            "Tasking Manager",
+            shown,
+        )
 
 
 def _earlier_runs(shard: Shard) -> int:

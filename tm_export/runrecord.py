@@ -176,6 +176,7 @@ def build_run_record(check: RunCheck) -> dict[str, Any]:
         "manifest": {"file": MANIFEST_NAME, "bytes": manifest_bytes, "sha256": manifest_sha256},
         "incremental": header.get("incremental"),
         "deleted_projects": sorted({int(entry["project_id"]) for entry in check.state.deleted}),
+        "merged_from": header.get("merged_from"),
         "streams": streams,
     }
 

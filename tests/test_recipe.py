@@ -208,8 +208,8 @@ EXPECTED: dict[str, str] = {
         "{from: STREAM.FIELD} or {start: YYYY-MM-DD, end: YYYY-MM-DD, step: '1 month'}"
     ),
     "param_null": (
-        "7: streams.projects.params.textSearch: the value is empty (null); give a value or "
-        "remove the parameter"
+        "7: streams.projects.params.textSearch: the value is empty (null); give a value, "
+        "indent the value's keys (such as from:) under the parameter, or remove it"
     ),
     "param_page": (
         "7: streams.projects.params.page: the tool sets 'page' itself on a paginated "

@@ -355,7 +355,10 @@ def _explain_param_value(
 ) -> tuple[tuple[Any, ...], str]:
     value = error.instance
     if value is None:
-        return keys, "the value is empty (null); give a value or remove the parameter"
+        return keys, (
+            "the value is empty (null); give a value, indent the value's keys (such as from:) "
+            "under the parameter, or remove it"
+        )
     if isinstance(value, list):
         if not value:
             return keys, "an empty list sends nothing; give at least one value or remove the key"

@@ -177,7 +177,8 @@ def test_plan_probe(tmp_path: Path, mock: MockServer) -> None:
 
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.stderr == (
-        "tm-export: probing page 1 of 6 partitions, at most 10000 requests a second\n"
+        f"tm-export: probing {mock.api_url}: page 1 of 6 partitions, at most 10000 requests a "
+        "second\n"
     )
     assert outcome.stdout.splitlines() == [
         f"plan for {recipe}: 4 streams; probed {mock.api_url} with 6 requests",
@@ -289,11 +290,12 @@ def test_probe_line_gives_least_time(tmp_path: Path, mock: MockServer) -> None:
     )
     plan = plan_recipe(load_recipe(recipe), token_set=False)
 
-    assert describe_probe(plan) == (
-        "probing page 1 of 6 partitions, at most 0.5 requests a second: 12 s or more"
+    assert describe_probe(plan, mock.api_url) == (
+        f"probing {mock.api_url}: page 1 of 6 partitions, at most 0.5 requests a second: 12 s or "
+        "more"
     )
-    assert describe_probe(plan, max_probes=1) == (
-        "probing page 1 of 2 partitions, at most 0.5 requests a second"
+    assert describe_probe(plan, mock.api_url, max_probes=1) == (
+        f"probing {mock.api_url}: page 1 of 2 partitions, at most 0.5 requests a second"
     )
 
 

@@ -159,12 +159,11 @@ def plan(recipe: Path, probe: bool, base_url: str | None, max_probes: int, as_js
         assert base_url is not None
         _setup_logging()
         # A probe of many partitions at a polite rate takes minutes, and prints nothing else.
-        click.echo(f"tm-export: {describe_probe(result, max_probes)}", err=True)
+        base_url = base_url.rstrip("/")
+        click.echo(f"tm-export: {describe_probe(result, base_url, max_probes)}", err=True)
         try:
             loop.run(
-                lambda: probe_plan(
-                    result, base_url=base_url.rstrip("/"), token=token, max_probes=max_probes
-                )
+                lambda: probe_plan(result, base_url=base_url, token=token, max_probes=max_probes)
             )
         except TmExportError as error:
             _fail(error, error.exit_code)

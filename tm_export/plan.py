@@ -136,13 +136,13 @@ def probe_requests(plan: Plan, max_probes: int = DEFAULT_MAX_PROBES) -> int:
     )
 
 
-def describe_probe(plan: Plan, max_probes: int = DEFAULT_MAX_PROBES) -> str:
+def describe_probe(plan: Plan, base_url: str, max_probes: int = DEFAULT_MAX_PROBES) -> str:
     """Return a line naming the requests a probe sends and the least time they take at the rate."""
     count = probe_requests(plan, max_probes)
     rate = plan.recipe.instance.rate_limit
     line = (
-        f"probing page 1 of {count:,} partition{'s' if count != 1 else ''}, at most "
-        f"{rate:g} requests a second"
+        f"probing {base_url}: page 1 of {count:,} partition{'s' if count != 1 else ''}, at "
+        f"most {rate:g} requests a second"
     )
     seconds = count / rate
     return f"{line}: {seconds:,.0f} s or more" if seconds >= 10 else line

@@ -144,5 +144,9 @@ def test_deleted_project_reported_once(tmp_path: Path, mock: MockServer) -> None
     assert third.exit_code == 0, third.stderr
     assert f"deleted since the earlier runs: projects {archived[0]}" in second.stderr
     assert "deleted since the earlier runs" not in third.stderr
+    shown = run_cli("status", str(tmp_path / "out/runs/0002"))
+    assert f"\ndeleted since the earlier runs: projects {archived[0]}\n" in shown.stdout
+    status = orjson.loads(run_cli("status", str(tmp_path / "out/runs/0002"), "--json").stdout)
+    assert status["deleted_projects"] == [archived[0]]
     entries = records(tmp_path / "out/runs/0003/manifest.jsonl")
     assert [e for e in entries if e["t"] == "deleted"] == []

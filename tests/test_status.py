@@ -133,6 +133,7 @@ def test_status_stopped_run_json(tmp_path: Path, mock: MockServer) -> None:
             }
         },
         "canonical": [],
+        "deleted_projects": [],
         "manifest_dropped_bytes": 0,
         "runs": [
             {

@@ -100,6 +100,8 @@ class RunStatus:
     """Streams whose last committed change is a canonical rewrite."""
     codec: Codec
     """The compression of the stream files; their bytes are compressed bytes."""
+    deleted: list[int] = field(default_factory=list)
+    """Projects that this incremental run found deleted since the earlier runs."""
 
     @property
     def records(self) -> int:
@@ -167,6 +169,7 @@ def run_status(paths: RunPaths, scan: ManifestScan | None = None) -> RunStatus:
         dropped_bytes=scan.extent.dropped_bytes,
         canonical=canonical,
         codec=codec,
+        deleted=sorted({int(entry["project_id"]) for entry in state.deleted}),
     )
 
 
@@ -287,6 +290,9 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
             lines.append(f"{stream.name}: {uncommitted} uncommitted bytes after the committed end")
     if status.canonical:
         lines.append(f"canonical files: {', '.join(status.canonical)}")
+    if status.deleted:
+        shown = ", ".join(map(str, status.deleted))
+        lines.append(f"deleted since the earlier runs: projects {shown}")
     if status.dropped_bytes:
         lines.append(
             f"manifest: an unfinished last line of {status.dropped_bytes} bytes was ignored "
@@ -346,6 +352,7 @@ def status_json(status: RunStatus, history: list[RunStatus]) -> dict[str, Any]:
         "tm_release": last.get("tm_release"),
         "streams": {stream.name: _stream_json(stream) for stream in status.streams},
         "canonical": status.canonical,
+        "deleted_projects": status.deleted,
         "manifest_dropped_bytes": status.dropped_bytes,
         "runs": [
             {

@@ -249,7 +249,10 @@ def test_plan_probe_needs_base_url(tmp_path: Path) -> None:
     base_url = run_cli("plan", str(recipe), "--base-url", "http://127.0.0.1:9/api/v2")
 
     assert probe.exit_code == 2
-    assert probe.stderr == "tm-export: error: --probe sends requests, so it needs --base-url URL\n"
+    assert probe.stderr == (
+        "tm-export: error: --probe sends requests, so it needs --base-url URL; it does not read "
+        "TM_EXPORT_BASE_URL or the recipe's base_url\n"
+    )
     assert base_url.exit_code == 2
     assert base_url.stderr == (
         "tm-export: error: --base-url is used only with --probe; add --probe or remove it\n"

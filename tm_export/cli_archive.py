@@ -145,7 +145,10 @@ def plan(recipe: Path, probe: bool, base_url: str | None, max_probes: int, as_js
     try:
         loaded = load_recipe(recipe)
         if probe and not base_url:
-            raise RecipeError("--probe sends requests, so it needs --base-url URL")
+            raise RecipeError(
+                "--probe sends requests, so it needs --base-url URL; it does not read "
+                "TM_EXPORT_BASE_URL or the recipe's base_url"
+            )
         if base_url and not probe:
             raise RecipeError("--base-url is used only with --probe; add --probe or remove it")
         token = resolve_token(loaded) if probe else None

@@ -147,6 +147,13 @@ streams:
 """
 
 
+def project_one_recipe(instance: str) -> str:
+    """Return TOKEN_RECIPE for project 1 with another ``instance`` mapping."""
+    return TOKEN_RECIPE.replace("ACTIVE", "1").replace(
+        "{token_env: TM_API_TOKEN, concurrency: 1, rate_limit: 10000/s}", instance
+    )
+
+
 def test_token_rejected_mid_run(tmp_path: Path, mock: MockServer) -> None:
     """Pages 1-10 succeed, then 401: nothing retried, nothing sent after, rerun completes."""
     project = 1
@@ -237,12 +244,7 @@ def test_token_asked_for_without_one(
     tmp_path: Path, mock: MockServer, instance: str, because: str
 ) -> None:
     """A 401 on a stream taken for public, with no token sent, says that none was sent."""
-    recipe = write_recipe(
-        tmp_path,
-        TOKEN_RECIPE.replace("ACTIVE", "1").replace(
-            "{token_env: TM_API_TOKEN, concurrency: 1, rate_limit: 10000/s}", instance
-        ),
-    )
+    recipe = write_recipe(tmp_path, project_one_recipe(instance))
     mock.add_fault(
         path=r"^/api/v2/projects/1/activities/$",
         status=401,
@@ -269,12 +271,7 @@ def test_unset_token_variable_warns(
     tmp_path: Path, mock: MockServer, instance: str, warned: bool
 ) -> None:
     """A recipe that names a token variable warns when the run goes on without it."""
-    recipe = write_recipe(
-        tmp_path,
-        TOKEN_RECIPE.replace("ACTIVE", "1").replace(
-            "{token_env: TM_API_TOKEN, concurrency: 1, rate_limit: 10000/s}", instance
-        ),
-    )
+    recipe = write_recipe(tmp_path, project_one_recipe(instance))
 
     outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": ""})
 

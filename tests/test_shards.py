@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tm_export.mock import MockServer
 
@@ -283,14 +284,18 @@ def test_merge_starts_at_first_shard(tmp_path: Path, mock: MockServer) -> None:
     assert touched in [record["projectId"] for record in projects]
 
 
-def test_merged_incremental_shards_keep_deleted(tmp_path: Path, mock: MockServer) -> None:
+def test_merged_incremental_shards_keep_deleted(
+    tmp_path: Path, mock: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Incremental shards each record a deleted project; the merged run lists it once."""
     shards = export_shards(tmp_path, mock, 2, recipe_text=INCREMENTAL_RECIPE)
     deleted_id = sorted(mock.dataset.public_project_ids())[1]
     mock.dataset.delete_project(deleted_id)
     export_shards(tmp_path, mock, 2, "--incremental", recipe_text=INCREMENTAL_RECIPE)
 
-    assert run_cli("merge", str(tmp_path / "merged"), *map(str, shards)).exit_code == 0
+    # Relative shard paths, as a CI job gives them: the header keeps absolute ones.
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("merge", "merged", "shard-1", "shard-2").exit_code == 0
 
     run = tmp_path / "merged/runs/0001"
     record = orjson.loads((run / "run.json").read_bytes())
@@ -301,6 +306,17 @@ def test_merged_incremental_shards_keep_deleted(tmp_path: Path, mock: MockServer
     ]
     firsts = [header(folder / "runs/0002")["incremental"]["since"] for folder in shards]  # type: ignore[index]
     assert record["incremental"]["since"] == min(firsts)
+    # A new session on the merged run reads the shards' earlier runs where the header says.
+    retried = run_cli(
+        "run",
+        str(tmp_path / "recipe.yaml"),
+        "--base-url",
+        mock.api_url,
+        "--retry-failed",
+        "-o",
+        str(tmp_path / "merged"),
+    )
+    assert retried.exit_code == 0, retried.stderr
 
 
 def test_merge_refuses_damaged_shard(tmp_path: Path, mock: MockServer) -> None:

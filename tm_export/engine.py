@@ -355,6 +355,7 @@ class _Session:
         """Rebuild the baseline of an incremental run being resumed."""
         described = state.header.get("incremental")
         if described:
+            # A merged run names its shards' earlier runs by absolute path, which the join keeps.
             runs = [output / "runs" / name for name in described["previous"]]
             self.baseline = read_baseline(self.recipe, runs)
 

@@ -1,12 +1,12 @@
 """Merging the shards of a CI job matrix into one run with one manifest.
 
 A shard is given as the output folder of a ``run --shard K/N`` job (its last run is
-merged) or as a run folder, also one made a bag. The merge checks that the shards belong to one recipe, that shards
-1..N are all there exactly once, finished and of one kind (full or incremental), that
-their files match their manifests (and run records and bags), that no partition was
-committed by two shards, and that no shard file was made canonical (sorting moves lines
-across the page ranges that the merge copies). The output folder must not contain a
-shard. It then writes a new run folder whose stream files are the
+merged) or as a run folder, also one made a bag. The merge checks that the shards belong
+to one recipe, that shards 1..N are all there exactly once, finished and of one kind
+(full or incremental), that their files match their manifests (and run records and bags),
+that no partition was committed by two shards, and that no shard file was made canonical
+(sorting moves lines across the page ranges that the merge copies). The output folder
+must not contain a shard. It then writes a new run folder whose stream files are the
 shards' files one after another, and whose manifest holds every shard's sessions, deleted
 projects and page entries, with the byte ranges moved to the new offsets.
 
@@ -278,7 +278,8 @@ def _merged_baseline(shards: list[Shard]) -> dict[str, Any] | None:
     """Return the incremental baseline of merged incremental shards, or None.
 
     Each shard built on earlier runs in its own output folder, so the merged header names
-    those runs by path, and takes the earliest ``since``.
+    those runs by absolute path (a resume of the merged run finds them there), and takes
+    the earliest ``since``.
     """
     baselines = [(shard, shard.header.get("incremental")) for shard in shards]
     if not any(baseline for _, baseline in baselines):
@@ -286,7 +287,7 @@ def _merged_baseline(shards: list[Shard]) -> dict[str, Any] | None:
     return {
         "since": min(baseline["since"] for _, baseline in baselines if baseline),
         "previous": [
-            str(shard.folder.parent / name)
+            str((shard.folder.parent / name).resolve())
             for shard, baseline in baselines
             if baseline
             for name in baseline["previous"]

@@ -100,10 +100,16 @@ def test_changed_recipe_refused(tmp_path: Path, mock: MockServer) -> None:
 
 def test_settings_change_recorded(tmp_path: Path, mock: MockServer) -> None:
     """Concurrency may change between sessions; each session entry records the settings."""
-    recipe = write_recipe(tmp_path, RECIPE)
-    run_cli("run", str(recipe), "--base-url", mock.api_url, "--concurrency", "2")
+    recipe = write_recipe(
+        tmp_path,
+        RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, retries: {attempts: 1}}"),
+    )
+    mock.add_fault(path=r"^/api/v2/projects/2/statistics/$", status=500)
+    first = run_cli("run", str(recipe), "--base-url", mock.api_url, "--concurrency", "2")
+    assert first.exit_code == 3, first.stderr
+    mock.clear_faults()
 
-    # A finished run gets a new session only when it is asked to retry something.
+    # A finished run gets a new session only when it has something to retry.
     outcome = run_cli(
         "run", str(recipe), "--base-url", mock.api_url, "--concurrency", "5", "--retry-failed"
     )

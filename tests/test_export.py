@@ -121,6 +121,18 @@ def test_rerun_requests_nothing(tmp_path: Path, mock: MockServer) -> None:
     assert mock.requests()[sent:] == []
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
+    nothing_skipped = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, "--retry-skipped", env=env
+    )
+
+    assert nothing_skipped.exit_code == 0, nothing_skipped.stderr
+    assert (
+        f"the run in {tmp_path / 'out/runs/0001'} is already finished and has no skipped "
+        "partitions: nothing is sent or written" in nothing_skipped.stderr
+    )
+    assert mock.requests()[sent:] == []
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
 
 SKIP_RECIPE = """\
 version: 1

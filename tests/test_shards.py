@@ -410,3 +410,28 @@ def test_merge_warns_of_other_servers(tmp_path: Path, mock: MockServer) -> None:
     )
     record = orjson.loads((tmp_path / "merged/runs/0001/run.json").read_bytes())
     assert record["merged_from"] == [str(tmp_path / f"shard-{i}/runs/0001") for i in (1, 2)]
+
+
+def test_finished_shard_rerun_sends_nothing(tmp_path: Path, mock: MockServer) -> None:
+    """A finished shard run again reads no parent page and leaves every file as it was."""
+    shards = export_shards(tmp_path, mock, 2)
+    run = shards[1] / "runs/0001"
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+    sent = len(mock.requests())
+
+    outcome = run_cli(
+        "run",
+        str(tmp_path / "recipe.yaml"),
+        "--base-url",
+        mock.api_url,
+        "--shard",
+        "2/2",
+        "--output",
+        str(shards[1]),
+    )
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert mock.requests()[sent:] == []
+    assert {
+        p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()
+    } == before

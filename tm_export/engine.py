@@ -114,7 +114,7 @@ class RunResult:
     retries: int = 0
     resumed: bool = False
     finished_before: bool = False
-    """True when the run had already finished and this session was not asked to retry."""
+    """True when the run had already finished and this session had nothing to retry."""
     fatal: FatalError | None = None
     interrupted: bool = False
     deleted: list[int] = field(default_factory=list)
@@ -221,6 +221,8 @@ class _Session:
         self.rate_limit = options.rate_limit or recipe.instance.rate_limit
         self.baseline: Baseline | None = None
         self.codec: Codec = options.compression or "none"
+        self.finished_before = False
+        """True when the run had finished and this session has nothing to retry."""
 
     async def run(self) -> RunResult:
         run_folder, state, journal = self._open_run()
@@ -236,8 +238,7 @@ class _Session:
             run_folder=run_folder,
             streams={},
             resumed=len(state.sessions) > 0,
-            finished_before=state.finished
-            and not (self.options.retry_failed or self.options.retry_skipped),
+            finished_before=self.finished_before,
         )
         try:
             for name in self.recipe.streams:
@@ -290,11 +291,7 @@ class _Session:
                             "new run once it has finished"
                         )
                     if state.finished:
-                        logger.info(
-                            "the run in %s is already finished: nothing is sent or written "
-                            "unless --retry-failed or --retry-skipped is given",
-                            folder,
-                        )
+                        self._note_finished(folder, state)
                     else:
                         logger.info("resuming the run in %s", folder)
                     self._load_baseline(state, output)
@@ -350,6 +347,35 @@ class _Session:
             previous,
             self.options.base_url,
         )
+
+    def _note_finished(self, folder: Path, state: ManifestState) -> None:
+        """Decide whether this session on a finished run has anything to retry, and say so."""
+        requested = {"failed"} if self.options.retry_failed else set()
+        if self.options.retry_skipped:
+            requested.add("skipped")
+        present = {
+            partition.final["state"]
+            for stream in state.streams.values()
+            for partition in stream.partitions.values()
+            if partition.final is not None
+        }
+        if requested & present:
+            return
+
+        self.finished_before = True
+        if requested:
+            logger.info(
+                "the run in %s is already finished and has no %s partitions: nothing is sent "
+                "or written",
+                folder,
+                " or ".join(sorted(requested)),
+            )
+        else:
+            logger.info(
+                "the run in %s is already finished: nothing is sent or written unless "
+                "--retry-failed or --retry-skipped is given",
+                folder,
+            )
 
     def _load_baseline(self, state: ManifestState, output: Path) -> None:
         """Rebuild the baseline of an incremental run being resumed."""
@@ -437,17 +463,20 @@ class _Session:
             result.streams = {name: runner.stats for name, runner in runners.items()}
             try:
                 if result.finished_before:
-                    # Every partition is final, so the walk sends nothing. Recording no session
-                    # keeps the manifest, and so the run record and its end time, as they are.
+                    # Nothing is walked, since a shard would read its parents' pages again.
+                    # Recording no session keeps the manifest, and so the run record and its
+                    # end time, as they are.
                     last = state.sessions[-1] if state.sessions else {}
                     result.authenticated = last.get("authenticated")
                     result.tm_release = last.get("tm_release")
+                    for runner in runners.values():
+                        runner.count_finished()
                 else:
                     await self._preflight(fetcher, result)
                     committer.record(self._session_entry(state, result))
                     if self.baseline is not None:
                         await self._find_deleted(fetcher, state, committer, result)
-                await self._run_streams(runners, committer, fetcher, result)
+                    await self._run_streams(runners, committer, fetcher, result)
             except* FatalError as group:
                 result.fatal = _first(group)
             finally:

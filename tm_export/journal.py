@@ -192,7 +192,9 @@ class Journal:
         try:
             # Unbuffered, so a failed write leaves nothing behind in a Python buffer.
             file = path.open("r+b", buffering=0)
-            file.truncate(valid_bytes)
+            # Only when needed: a truncate to the same size still changes the file's times.
+            if os.fstat(file.fileno()).st_size != valid_bytes:
+                file.truncate(valid_bytes)
             file.seek(valid_bytes)
         except OSError as error:
             raise StorageError(f"{path}: cannot open the manifest: {error.strerror}") from error

@@ -98,7 +98,9 @@ def write_run_record(
     require_verified(check, "no run record was written")
 
     data = orjson.dumps(build_run_record(check), option=orjson.OPT_INDENT_2) + b"\n"
-    write_atomically(paths.record, data)
+    # A record with the same bytes stays as it is, file times included.
+    if not (paths.record.is_file() and paths.record.read_bytes() == data):
+        write_atomically(paths.record, data)
     return paths.record
 
 

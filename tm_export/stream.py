@@ -150,10 +150,13 @@ class StreamRunner:
                 for _ in range(max(2 * self._concurrency, 4)):
                     group.start_soon(self._work, jobs)
         finally:
-            if self._parent_values is not None:
-                self._parent_values.close()
-            for _, child in self._children:
-                child.close()
+            self._close_feeds()
+
+    def _close_feeds(self) -> None:
+        if self._parent_values is not None:
+            self._parent_values.close()
+        for _, child in self._children:
+            child.close()
 
     def _static_jobs(self) -> Iterator[_Job]:
         """Yield the walks of a stream whose partitions are known from the recipe."""
@@ -456,6 +459,15 @@ class StreamRunner:
         self._committer.record(entry)
         state.final = entry
         self._count_final(entry)
+
+    def count_finished(self) -> None:
+        """Count the final partitions of a finished run, in place of walking them."""
+        for final in self.state.done.values():
+            self._count_final(final)
+        for partition in self.state.partitions.values():
+            if partition.final is not None:
+                self._count_final(partition.final)
+        self._close_feeds()
 
     def _count_final(self, final: dict[str, Any]) -> None:
         self.stats.partitions[final["state"]] += 1

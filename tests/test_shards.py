@@ -367,17 +367,51 @@ def test_merge_refuses_full_and_incremental(tmp_path: Path, mock: MockServer) ->
 
 
 def test_merge_never_writes_into_shard(tmp_path: Path, mock: MockServer) -> None:
+    """An output folder that is, contains or lies inside a shard's folder is refused."""
     shards = export_shards(tmp_path, mock, 2)
 
-    outcome = run_cli("merge", str(shards[0]), *map(str, shards))
+    for output in (shards[0], tmp_path, shards[1] / "merged"):
+        outcome = run_cli("merge", str(output), *map(str, shards))
 
-    assert outcome.exit_code == 2
-    assert outcome.stderr == (
-        f"tm-export: error: {shards[0]}: this output folder contains shard "
-        f"{shards[0] / 'runs/0001'}, and a merge never writes into a shard; give another output "
-        "folder\n"
-    )
+        assert outcome.exit_code == 2
+        overlapped = shards[1] if output == shards[1] / "merged" else shards[0]
+        assert outcome.stderr == (
+            f"tm-export: error: {output}: this output folder overlaps shard "
+            f"{overlapped / 'runs/0001'}, and a merge never writes into a shard; give another "
+            "output folder\n"
+        )
     assert sorted(path.name for path in (shards[0] / "runs").iterdir()) == ["0001"]
+    assert not (shards[1] / "merged").exists()
+
+
+def test_merge_beside_unfinished_or_other_run(tmp_path: Path, mock: MockServer) -> None:
+    """A merged run never hides an unfinished run, nor joins runs of another recipe."""
+    shards = export_shards(tmp_path, mock, 2)
+    (tmp_path / "other").mkdir()
+    other = write_recipe(tmp_path / "other", RECIPE.replace("[1, 30]", "[1, 31]"))
+    assert run_cli("run", str(other), "--base-url", mock.api_url).exit_code == 0
+    unfinished = tmp_path / "unfinished/runs/0001"
+    unfinished.mkdir(parents=True)
+    header = (shards[0] / "runs/0001/manifest.jsonl").read_bytes().splitlines()[0]
+    (unfinished / "manifest.jsonl").write_bytes(header + b"\n")
+
+    beside_other = run_cli("merge", str(tmp_path / "other/out"), *map(str, shards))
+    beside_unfinished = run_cli("merge", str(tmp_path / "unfinished"), *map(str, shards))
+
+    assert beside_other.exit_code == 2
+    assert beside_other.stderr == (
+        f"tm-export: error: {tmp_path / 'other/out'}: the runs in this output folder were made "
+        "by another recipe than the shards, so an incremental run could not build on the "
+        "merged run; give another output folder\n"
+    )
+    assert beside_unfinished.exit_code == 2
+    assert beside_unfinished.stderr == (
+        f"tm-export: error: {unfinished}: this run is unfinished, and a merged run beside it "
+        "would hide it from the next run of its command; finish it first, or give another "
+        "output folder\n"
+    )
+    assert sorted(path.name for path in (tmp_path / "other/out/runs").iterdir()) == ["0001"]
+    assert sorted(path.name for path in (tmp_path / "unfinished/runs").iterdir()) == ["0001"]
 
 
 def test_merge_warns_of_other_servers(tmp_path: Path, mock: MockServer) -> None:
@@ -435,3 +469,30 @@ def test_finished_shard_rerun_sends_nothing(tmp_path: Path, mock: MockServer) ->
     assert {
         p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()
     } == before
+
+
+def test_merge_refuses_mixed_compression(tmp_path: Path, mock: MockServer) -> None:
+    shards = export_shards(tmp_path, mock, 2)
+    again = run_cli(
+        "run",
+        str(tmp_path / "recipe.yaml"),
+        "--base-url",
+        mock.api_url,
+        "--shard",
+        "1/2",
+        "--start-over",
+        "--compression",
+        "gzip",
+        "--output",
+        str(shards[0]),
+    )
+    assert again.exit_code == 0, again.stderr
+
+    outcome = run_cli("merge", str(tmp_path / "merged"), *map(str, shards))
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr == (
+        f"tm-export: error: {shards[1] / 'runs/0001'}: this shard's files are not compressed, "
+        f"but those of {shards[0] / 'runs/0002'} are compressed with gzip; make every shard "
+        "with the same --compression\n"
+    )

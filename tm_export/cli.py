@@ -49,7 +49,8 @@ Exit codes:
   0    merged
   1    the output folder is in use, or a write failed
   2    a shard is missing, repeated, unfinished, of another recipe or kind,
-       made canonical, inside OUTPUT, or overlaps another; nothing was written
+       made canonical, overlaps OUTPUT or another shard, or the last run
+       in OUTPUT is unfinished or of another recipe; nothing was written
   3    a shard's files do not match its manifest, run record or bag;
        nothing was written"""
 

@@ -28,6 +28,11 @@ _GZIP_LEVEL = 6
 _ZSTD_LEVEL = 3
 
 
+def describe_codec(codec: Codec) -> str:
+    """Return how files of ``codec`` are described in messages, such as ``compressed with gzip``."""
+    return "not compressed" if codec == "none" else f"compressed with {codec}"
+
+
 def compress(data: bytes, codec: Codec) -> bytes:
     """Return ``data`` as one member (gzip) or frame (zstd); unchanged for ``none``."""
     if codec == "gzip":

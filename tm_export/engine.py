@@ -22,7 +22,7 @@ import anyio
 from . import __version__
 from .catalog import TOKEN_CHECK_PATH
 from .clock import Clock, RealClock
-from .codec import Codec
+from .codec import Codec, describe_codec
 from .errors import (
     ExitCode,
     FatalError,
@@ -401,11 +401,7 @@ class _Session:
             )
         recorded_codec = run_codec(header)
         if self.options.compression not in (None, recorded_codec):
-            recorded_files = (
-                "are not compressed"
-                if recorded_codec == "none"
-                else f"are compressed with {recorded_codec}"
-            )
+            recorded_files = f"are {describe_codec(recorded_codec)}"
             requested_files = (
                 "no compression" if self.options.compression == "none" else self.options.compression
             )

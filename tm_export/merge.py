@@ -6,7 +6,7 @@ to one recipe, that shards 1..N are all there exactly once, finished and of one 
 (full or incremental), that their files match their manifests (and run records and bags),
 that no partition was committed by two shards, and that no shard file was made canonical
 (sorting moves lines across the page ranges that the merge copies). The output folder
-must not contain a shard. It then writes a new run folder whose stream files are the
+must not overlap a shard, and its last run, if any, must be a finished run of the recipe. It then writes a new run folder whose stream files are the
 shards' files one after another, and whose manifest holds every shard's sessions, deleted
 projects and page entries, with the byte ranges moved to the new offsets.
 
@@ -25,11 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .codec import describe_codec
 from .errors import RecipeError
 from .journal import Journal, fsync_folder, read_journal
-from .layout import MANIFEST_NAME, OutputLock, next_run_folder, run_codec, stream_path
+from .layout import (
+    MANIFEST_NAME,
+    OutputLock,
+    list_runs,
+    next_run_folder,
+    run_codec,
+    stream_path,
+)
 from .runrecord import require_verified, write_run_record
-from .verify import check_run, find_runs
+from .verify import check_run, find_runs, scan_manifest
 
 logger = logging.getLogger("tm_export.merge")
 
@@ -64,8 +72,9 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
 
     Raises:
         RecipeError: a shard is missing, repeated, unfinished, of another recipe or kind,
-            made canonical, inside ``output``, or two shards committed the same partition;
-            nothing is written then.
+            made canonical, overlaps ``output``, or two shards committed the same partition;
+            or the last run in ``output`` is unfinished or of another recipe. Nothing is
+            written then.
         RunDamagedError: a shard's files do not match its manifest, run record or bag;
             nothing is written then.
     """
@@ -123,8 +132,9 @@ def _check(shards: list[Shard]) -> None:
             )
         if run_codec(shard.header) != run_codec(first.header):
             raise RecipeError(
-                f"{shard.folder}: this shard's files are compressed with {run_codec(shard.header)}, but "
-                f"{first.folder} uses {run_codec(first.header)}; make every shard with the same --compression"
+                f"{shard.folder}: this shard's files are {describe_codec(run_codec(shard.header))}, "
+                f"but those of {first.folder} are {describe_codec(run_codec(first.header))}; make "
+                "every shard with the same --compression"
             )
         if bool(shard.header.get("incremental")) != bool(first.header.get("incremental")):
             kinds = {True: "an incremental run", False: "a full run"}
@@ -195,14 +205,32 @@ def _earlier_runs(shard: Shard) -> int:
 
 
 def _check_output(output: Path, shards: list[Shard]) -> None:
+    """Refuse an output folder that overlaps a shard, or whose last run the merge would hide."""
     target = output.resolve()
     for shard in shards:
-        folder = shard.folder.resolve()
-        if target == folder or target in folder.parents:
+        paths = find_runs(shard.folder)[-1]
+        home = (paths.output or paths.folder).resolve()
+        if target == home or target in home.parents or home in target.parents:
             raise RecipeError(
-                f"{output}: this output folder contains shard {shard.folder}, and a merge never "
+                f"{output}: this output folder overlaps shard {shard.folder}, and a merge never "
                 "writes into a shard; give another output folder"
             )
+
+    runs = find_runs(output) if list_runs(output) else []
+    if not runs:
+        return
+    last = scan_manifest(runs[-1])
+    if last.state.header.get("recipe_hash") != shards[0].header["recipe_hash"]:
+        raise RecipeError(
+            f"{output}: the runs in this output folder were made by another recipe than the "
+            "shards, so an incremental run could not build on the merged run; give another "
+            "output folder"
+        )
+    if not last.finished:
+        raise RecipeError(
+            f"{runs[-1].folder}: this run is unfinished, and a merged run beside it would hide "
+            "it from the next run of its command; finish it first, or give another output folder"
+        )
 
 
 def _write(run_folder: Path, shards: list[Shard]) -> dict[str, int]:
@@ -302,7 +330,10 @@ def _now() -> str:
 def describe(result: MergeResult) -> str:
     """Return a short text report of a merge."""
     lines = [f"merged run: {result.run_folder}"]
-    lines += [f"  {name}: {count} records" for name, count in result.records.items()]
+    lines += [
+        f"  {name}: {count} record{'s' if count != 1 else ''}"
+        for name, count in result.records.items()
+    ]
     return "\n".join(lines)
 
 

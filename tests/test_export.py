@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import orjson
@@ -122,7 +123,7 @@ def test_rerun_requests_nothing(tmp_path: Path, mock: MockServer) -> None:
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
     nothing_skipped = run_cli(
-        "run", str(recipe), "--base-url", mock.api_url, "--retry-skipped", env=env
+        "run", str(recipe), "--base-url", mock.api_url, "--retry-skipped", "--json", env=env
     )
 
     assert nothing_skipped.exit_code == 0, nothing_skipped.stderr
@@ -130,6 +131,8 @@ def test_rerun_requests_nothing(tmp_path: Path, mock: MockServer) -> None:
         f"the run in {tmp_path / 'out/runs/0001'} is already finished and has no skipped "
         "partitions: nothing is sent or written" in nothing_skipped.stderr
     )
+    summary = json.loads(nothing_skipped.stdout)
+    assert (summary["resumed"], summary["already_finished"], summary["requests"]) == (True, True, 0)
     assert mock.requests()[sent:] == []
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 

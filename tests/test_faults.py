@@ -229,7 +229,7 @@ def test_preflight_rejects_token(tmp_path: Path, mock: MockServer) -> None:
     [
         (
             "{token_env: TM_API_TOKEN}",
-            "TM_API_TOKEN is not set. Copy an API key from your Tasking "
+            "TM_API_TOKEN is not set or empty. Copy an API key from your Tasking "
             "Manager settings, export TM_API_TOKEN, and run the same command again to resume",
         ),
         (
@@ -277,7 +277,7 @@ def test_unset_token_variable_warns(
 
     assert outcome.exit_code == 0, outcome.stderr
     warning = (
-        "tm-export: WARNING: TM_API_TOKEN is not set, so this run is anonymous: private and "
+        "tm-export: WARNING: TM_API_TOKEN is not set or empty, so this run is anonymous: private and "
         "draft projects, and data only logged-in users see, are left out\n"
     )
     assert (warning in outcome.stderr) is warned

@@ -520,7 +520,7 @@ class _Session:
                 # The recipe names a token, so an unset variable is more likely a slip (a
                 # cron job without it) than a choice to export only what is public.
                 logger.warning(
-                    "%s is not set, so this run is anonymous: private and draft projects, "
+                    "%s is not set or empty, so this run is anonymous: private and draft projects, "
                     "and data only logged-in users see, are left out",
                     variable,
                 )

@@ -170,7 +170,7 @@ class Fetcher:
                 )
             return (
                 f"the server requires an API token {detail}, and none was sent because "
-                f"{self._token_env} is not set. Copy an API key from your Tasking Manager "
+                f"{self._token_env} is not set or empty. Copy an API key from your Tasking Manager "
                 f"settings, export {self._token_env}, and {self._rerun}"
             )
 

@@ -80,6 +80,7 @@ def summary_json(result: RunResult, code: ExitCode) -> dict[str, Any]:
         "exit_code": int(code),
         "outcome": OUTCOMES[code],
         "resumed": result.resumed,
+        "already_finished": result.finished_before,
         "authenticated": result.authenticated,
         "tm_release": result.tm_release,
         "requests": result.requests,

@@ -230,7 +230,7 @@ async def _probe_stream(
             exact = False
             return
         except TransportError as error:
-            # No response after every retry: the counts would only say that nothing answered.
+            # No response after every retry, so a plan of these counts would only be a guess.
             raise FatalError(
                 f"cannot reach the Tasking Manager at {base_url}: {error}; check the base URL "
                 "and the network, then run the plan again"

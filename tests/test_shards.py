@@ -496,3 +496,52 @@ def test_merge_refuses_mixed_compression(tmp_path: Path, mock: MockServer) -> No
         f"but those of {shards[0] / 'runs/0002'} are compressed with gzip; make every shard "
         "with the same --compression\n"
     )
+
+
+def test_merge_names_failed_partitions(tmp_path: Path, mock: MockServer) -> None:
+    """Partitions that failed in a shard are named, and --retry-failed on the merge fetches them."""
+    text = RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, retries: {attempts: 1}}")
+    recipe = write_recipe(tmp_path, text)
+    mock.add_fault(path=r"^/api/v2/projects/(7|8)/statistics/$", status=500)
+    for index in (1, 2):
+        outcome = run_cli(
+            "run",
+            str(recipe),
+            "--base-url",
+            mock.api_url,
+            "--shard",
+            f"{index}/2",
+            "--output",
+            str(tmp_path / f"shard-{index}"),
+        )
+        assert outcome.exit_code in (0, 3), outcome.stderr
+    mock.clear_faults()
+
+    merged = run_cli(
+        "merge", str(tmp_path / "merged"), *(str(tmp_path / f"shard-{i}") for i in (1, 2))
+    )
+
+    assert merged.exit_code == 0, merged.stderr
+    assert "stats: last error, partition" in run_cli("status", str(tmp_path / "merged")).stdout
+    assert merged.stdout.splitlines()[-1] == "  2 failed partitions (2 of stats)"
+    assert merged.stderr == (
+        "tm-export: WARNING: the shards left 2 failed partitions (2 of stats); run the recipe "
+        f"with --retry-failed --output {tmp_path / 'merged'} to fetch them again\n"
+    )
+    retried = run_cli(
+        "run",
+        str(recipe),
+        "--base-url",
+        mock.api_url,
+        "--retry-failed",
+        "--output",
+        str(tmp_path / "merged"),
+    )
+    assert retried.exit_code == 0, retried.stderr
+    assert sorted(r["path"] for r in mock.requests()[-2:]) == [
+        "/api/v2/projects/7/statistics/",
+        "/api/v2/projects/8/statistics/",
+    ]
+    shown = run_cli("status", str(tmp_path / "merged"))
+    assert "state: complete" in shown.stdout
+    assert "last error" not in shown.stdout

@@ -46,7 +46,8 @@ Exit codes:
 
 MERGE_EXIT_CODES = """\b
 Exit codes:
-  0    merged
+  0    merged; a warning names partitions that failed in the shards, which
+       'run --retry-failed' on OUTPUT fetches again
   1    the output folder is in use, or a write failed
   2    a shard is missing, repeated, unfinished, of another recipe or kind,
        made canonical, overlaps OUTPUT or another shard, or the last run

@@ -61,10 +61,12 @@ class Shard:
 
 @dataclass(frozen=True, slots=True)
 class MergeResult:
-    """The merged run's folder and its record counts."""
+    """The merged run's folder, its record counts and its failed partitions."""
 
     run_folder: Path
     records: dict[str, int]
+    failed: dict[str, int]
+    """Per stream, the partitions whose final state in their shard is failed."""
 
 
 def merge(output: Path, sources: list[Path]) -> MergeResult:
@@ -92,7 +94,34 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
         records = _write(run_folder, sorted(shards, key=lambda shard: shard.index))
         # The merged run is finished, so it describes itself as a finished run does.
         write_run_record(run_folder)
-    return MergeResult(run_folder=run_folder, records=records)
+    failed = _failed_partitions(shards)
+    if failed:
+        logger.warning(
+            "the shards left %s; run the recipe with --retry-failed --output %s to fetch them "
+            "again",
+            _failed_text(failed),
+            output,
+        )
+    return MergeResult(run_folder=run_folder, records=records, failed=failed)
+
+
+def _failed_partitions(shards: list[Shard]) -> dict[str, int]:
+    final: dict[tuple[str, str], str] = {}
+    for shard in shards:
+        for entry in shard.entries:
+            if entry["t"] == "part":
+                final[(entry["s"], entry["p"])] = entry["state"]
+    failed: dict[str, int] = {}
+    for (stream, _), state in final.items():
+        if state == "failed":
+            failed[stream] = failed.get(stream, 0) + 1
+    return dict(sorted(failed.items()))
+
+
+def _failed_text(failed: dict[str, int]) -> str:
+    parts = [f"{count} of {stream}" for stream, count in failed.items()]
+    total = sum(failed.values())
+    return f"{total} failed partition{'s' if total != 1 else ''} ({', '.join(parts)})"
 
 
 def _read_shard(source: Path) -> Shard:
@@ -334,6 +363,8 @@ def describe(result: MergeResult) -> str:
         f"  {name}: {count} record{'s' if count != 1 else ''}"
         for name, count in result.records.items()
     ]
+    if result.failed:
+        lines.append(f"  {_failed_text(result.failed)}")
     return "\n".join(lines)
 
 

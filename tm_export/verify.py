@@ -230,8 +230,9 @@ class _JournalReading:
     def __init__(self) -> None:
         self.layouts: dict[str, StreamLayout] = {}
         self.finished = False
-        self.last_errors: dict[str, tuple[str, str]] = {}
-        """Stream name to (error, partition id) of its last failed partition."""
+        self.failures: dict[str, dict[str, str]] = {}
+        """Per stream, partition id to error of the partitions whose last entry is a failure,
+        in the order they failed."""
 
     def observe(self, entries: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Yield ``entries`` unchanged, noting each on the way."""
@@ -244,8 +245,11 @@ class _JournalReading:
                 )
                 layout.canonical = None
             elif kind == "part":
+                # A partition that failed and then ended otherwise (a retry) has no error now.
+                failures = self.failures.setdefault(entry["s"], {})
+                failures.pop(entry["p"], None)
                 if entry.get("state") == "failed" and "error" in entry:
-                    self.last_errors[entry["s"]] = (str(entry["error"]), str(entry["p"]))
+                    failures[entry["p"]] = str(entry["error"])
             elif kind == "canonical":
                 layout = self._layout(entry["s"])
                 layout.segments = [
@@ -259,6 +263,16 @@ class _JournalReading:
             elif kind == "run":
                 self.layouts = {name: StreamLayout() for name in entry.get("streams", {})}
             yield entry
+
+    @property
+    def last_errors(self) -> dict[str, tuple[str, str]]:
+        """Stream name to (error, partition id) of its last partition that is still failed."""
+        last = {}
+        for stream, failures in self.failures.items():
+            if failures:
+                partition_id = next(reversed(failures))
+                last[stream] = (failures[partition_id], partition_id)
+        return last
 
     def _layout(self, stream: str) -> StreamLayout:
         layout = self.layouts.get(stream)

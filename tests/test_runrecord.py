@@ -195,7 +195,7 @@ def test_record_rejects_damaged_file(tmp_path: Path, mock: MockServer) -> None:
 
     assert outcome.exit_code == 3
     assert outcome.stderr.startswith(
-        f"tm-export: error: {run}: 1 mismatch with the manifest, no run record was written: "
+        f"tm-export: error: {run}: 1 mismatch in its files, no run record was written: "
         "data/summaries.jsonl: 3 bytes follow the committed end"
     )
     assert not (run / "run.json").exists()

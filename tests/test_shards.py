@@ -332,7 +332,7 @@ def test_merge_refuses_damaged_shard(tmp_path: Path, mock: MockServer) -> None:
 
     assert outcome.exit_code == 3
     assert outcome.stderr.startswith(
-        f"tm-export: error: {shards[1] / 'runs/0001'}: 1 mismatch with the manifest, so no shard "
+        f"tm-export: error: {shards[1] / 'runs/0001'}: 1 mismatch in its files, so no shard "
         "was merged: data/stats.jsonl: "
     )
     assert not (tmp_path / "merged").exists()

@@ -111,7 +111,7 @@ def require_verified(check: RunCheck, consequence: str) -> None:
     problems = [f"{s.file}: {p}" for s in check.streams for p in s.problems] + check.problems
     raise RunDamagedError(
         f"{check.paths.folder}: {len(problems)} mismatch{'es' if len(problems) != 1 else ''} "
-        f"with the manifest, {consequence}: {'; '.join(problems[:5])}"
+        f"in its files, {consequence}: {'; '.join(problems[:5])}"
         + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         + f". Run 'tm-export verify {check.paths.folder}' for the full report"
     )

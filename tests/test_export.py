@@ -132,7 +132,11 @@ def test_rerun_requests_nothing(tmp_path: Path, mock: MockServer) -> None:
         "partitions: nothing is sent or written" in nothing_skipped.stderr
     )
     summary = json.loads(nothing_skipped.stdout)
-    assert (summary["resumed"], summary["already_finished"], summary["requests"]) == (True, True, 0)
+    assert (summary["resumed"], summary["already_finished"], summary["requests"]) == (
+        False,
+        True,
+        0,
+    )
     assert mock.requests()[sent:] == []
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 

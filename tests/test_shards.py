@@ -523,10 +523,11 @@ def test_merge_names_failed_partitions(tmp_path: Path, mock: MockServer) -> None
 
     assert merged.exit_code == 0, merged.stderr
     assert "stats: last error, partition" in run_cli("status", str(tmp_path / "merged")).stdout
-    assert merged.stdout.splitlines()[-1] == "  2 failed partitions (2 of stats)"
+    failed = '2 failed partitions: stats {"project_id":7}, {"project_id":8}'
+    assert merged.stdout.splitlines()[-1] == f"  {failed}"
     assert merged.stderr == (
-        "tm-export: WARNING: the shards left 2 failed partitions (2 of stats); run the recipe "
-        f"with --retry-failed --output {tmp_path / 'merged'} to fetch them again\n"
+        f"tm-export: WARNING: the shards left {failed}; to fetch them again, run: tm-export run "
+        f"{recipe} --base-url {mock.api_url} --retry-failed --output {tmp_path / 'merged'}\n"
     )
     retried = run_cli(
         "run",

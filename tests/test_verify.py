@@ -139,6 +139,21 @@ def test_verify_notes_missing_run_record(tmp_path: Path, mock: MockServer) -> No
     ]
 
 
+def test_missing_record_note_on_damage(tmp_path: Path, mock: MockServer) -> None:
+    """With a mismatch found, the note does not offer record, which would refuse the run."""
+    run = export(tmp_path, mock)
+    (run / "run.json").unlink()
+    path = run / "data/projects.jsonl"
+    path.write_bytes(path.read_bytes()[:-1])
+
+    outcome = run_cli("verify", str(run))
+
+    assert outcome.exit_code == 3
+    assert "  note      run.json is missing, so no SHA-256 was compared with a record" in (
+        outcome.stdout.splitlines()
+    )
+
+
 def test_verify_invalid_json_line(tmp_path: Path, mock: MockServer, read_block: None) -> None:
     """A byte that breaks a line's JSON mismatches the JSON check and the run record's hash."""
     run = export(tmp_path, mock)

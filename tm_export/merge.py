@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +66,8 @@ class MergeResult:
 
     run_folder: Path
     records: dict[str, int]
-    failed: dict[str, int]
-    """Per stream, the partitions whose final state in their shard is failed."""
+    failed: dict[str, list[str]]
+    """Per stream, the ids of the partitions whose final state in their shard is failed."""
 
 
 def merge(output: Path, sources: list[Path]) -> MergeResult:
@@ -97,31 +98,45 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
     failed = _failed_partitions(shards)
     if failed:
         logger.warning(
-            "the shards left %s; run the recipe with --retry-failed --output %s to fetch them "
-            "again",
+            "the shards left %s; to fetch them again, run: %s",
             _failed_text(failed),
-            output,
+            _retry_command(shards, output),
         )
     return MergeResult(run_folder=run_folder, records=records, failed=failed)
 
 
-def _failed_partitions(shards: list[Shard]) -> dict[str, int]:
+def _failed_partitions(shards: list[Shard]) -> dict[str, list[str]]:
     final: dict[tuple[str, str], str] = {}
     for shard in shards:
         for entry in shard.entries:
             if entry["t"] == "part":
                 final[(entry["s"], entry["p"])] = entry["state"]
-    failed: dict[str, int] = {}
-    for (stream, _), state in final.items():
+    failed: dict[str, list[str]] = {}
+    for (stream, partition_id), state in sorted(final.items()):
         if state == "failed":
-            failed[stream] = failed.get(stream, 0) + 1
-    return dict(sorted(failed.items()))
+            failed.setdefault(stream, []).append(partition_id)
+    return failed
 
 
-def _failed_text(failed: dict[str, int]) -> str:
-    parts = [f"{count} of {stream}" for stream, count in failed.items()]
-    total = sum(failed.values())
-    return f"{total} failed partition{'s' if total != 1 else ''} ({', '.join(parts)})"
+def _failed_text(failed: dict[str, list[str]], shown: int = 5) -> str:
+    """Name failed partitions, at most ``shown`` a stream, such as ``stats {"project_id":7}``."""
+    total = sum(len(ids) for ids in failed.values())
+    parts = []
+    for stream, ids in failed.items():
+        more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+        parts.append(f"{stream} {', '.join(ids[:shown])}{more}")
+    return f"{total} failed partition{'s' if total != 1 else ''}: {'; '.join(parts)}"
+
+
+def _retry_command(shards: list[Shard], output: Path) -> str:
+    header = shards[-1].header
+    sessions = [entry for entry in shards[-1].entries if entry["t"] == "session"]
+    base_url = sessions[-1].get("settings", {}).get("base_url") if sessions else None
+    words = ["tm-export", "run", str(header.get("recipe_path", "RECIPE"))]
+    if base_url:
+        words += ["--base-url", str(base_url)]
+    words += ["--retry-failed", "--output", str(output)]
+    return shlex.join(words)
 
 
 def _read_shard(source: Path) -> Shard:

@@ -79,7 +79,7 @@ def summary_json(result: RunResult, code: ExitCode) -> dict[str, Any]:
         "run_folder": str(result.run_folder),
         "exit_code": int(code),
         "outcome": OUTCOMES[code],
-        "resumed": result.resumed,
+        "resumed": result.resumed and not result.finished_before,
         "already_finished": result.finished_before,
         "authenticated": result.authenticated,
         "tm_release": result.tm_release,

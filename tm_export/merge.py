@@ -118,13 +118,13 @@ def _failed_partitions(shards: list[Shard]) -> dict[str, list[str]]:
     return failed
 
 
-def _failed_text(failed: dict[str, list[str]], shown: int = 5) -> str:
-    """Name failed partitions, at most ``shown`` a stream, such as ``stats {"project_id":7}``."""
+def _failed_text(failed: dict[str, list[str]], limit: int = 5) -> str:
+    """Name failed partitions, at most ``limit`` a stream, such as ``stats {"project_id":7}``."""
     total = sum(len(ids) for ids in failed.values())
     parts = []
     for stream, ids in failed.items():
-        more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
-        parts.append(f"{stream} {', '.join(ids[:shown])}{more}")
+        more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
+        parts.append(f"{stream} {', '.join(ids[:limit])}{more}")
     return f"{total} failed partition{'s' if total != 1 else ''}: {'; '.join(parts)}"
 
 
@@ -232,14 +232,14 @@ def _warn_other_servers(shards: list[Shard]) -> None:
                 url = str(entry.get("settings", {}).get("base_url", "")).rstrip("/")
                 urls.setdefault(url, []).append(shard.index)
     if len(urls) > 1:
-        shown = "; ".join(
+        listing = "; ".join(
             f"{url} (shard {', '.join(map(str, sorted(set(indexes))))})"
             for url, indexes in sorted(urls.items())
         )
         logger.warning(
             "the shards read from different API URLs: %s; merge them only if these are one "
             "Tasking Manager",
-            shown,
+            listing,
         )
 
 

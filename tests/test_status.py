@@ -110,6 +110,7 @@ def test_status_stopped_run_json(tmp_path: Path, mock: MockServer) -> None:
     assert json.loads(outcome.stdout) == {
         "run": str(run),
         "bagged": False,
+        "shard": None,
         "state": "unfinished",
         "complete": False,
         "started": started,

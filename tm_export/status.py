@@ -238,8 +238,11 @@ def _state_line(status: RunStatus) -> str:
 
 def format_status(status: RunStatus, history: list[RunStatus]) -> str:
     """Return the report of ``tm-export status`` as text."""
+    shard = status.header.get("shard")
     lines = [
-        f"run: {status.paths.folder}" + (" (a bag)" if status.paths.bagged else ""),
+        f"run: {status.paths.folder}"
+        + (f" (shard {shard[0]}/{shard[1]})" if shard else "")
+        + (" (a bag)" if status.paths.bagged else ""),
         _state_line(status),
         f"started: {status.header.get('started')}",
         _sessions_line(status),
@@ -342,6 +345,7 @@ def status_json(status: RunStatus, history: list[RunStatus]) -> dict[str, Any]:
     return {
         "run": str(status.paths.folder),
         "bagged": status.paths.bagged,
+        "shard": status.header.get("shard"),
         "state": status.state,
         "complete": status.state == "complete",
         "started": status.header.get("started"),

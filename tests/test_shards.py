@@ -204,6 +204,8 @@ def test_merge_reads_bagged_shard(tmp_path: Path, mock: MockServer) -> None:
     for name in STREAMS:
         assert merged[name] == expected[0][name] + expected[1][name]
     assert run_cli("verify", str(tmp_path / "merged")).exit_code == 0
+    shown = run_cli("status", str(shards[1]))
+    assert shown.stdout.splitlines()[0] == f"run: {shards[1] / 'runs/0001'} (shard 2/2) (a bag)"
 
 
 def backdate(run_folder: Path, hours: int) -> str:

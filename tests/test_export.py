@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -218,3 +219,75 @@ def test_retry_skipped_with_token(tmp_path: Path, mock: MockServer) -> None:
         "project_contributions", project_id=9
     )
     assert len(records(data_file(tmp_path / "out", "contributions"))) == expected
+
+
+WINDOW_RECIPE = """\
+version: 1
+instance: {rate_limit: 10000/s}
+output: OUT
+streams:
+  windows:
+    endpoint: projects
+    params:
+      projectStatuses: [PUBLISHED, ARCHIVED]
+      window: {start: 2026-06-01, end: 2026-07-31, step: 1 month, bind: [FROM, TO]}
+"""
+
+
+def window_ends(recipe: Path, mock: MockServer, end_param: str) -> dict[int, str]:
+    """Run ``recipe`` and return each project's window, as its last day."""
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+    assert outcome.exit_code == 0, outcome.stderr
+    written = records(data_file(recipe.parent / "out", "windows"))
+    ends: dict[int, str] = {}
+    for record in written:
+        partition = record["_partition"]
+        assert isinstance(partition, dict)
+        ends[int(str(record["projectId"]))] = str(partition[end_param])
+    assert len(ends) == len(written)
+    return ends
+
+
+def test_created_windows_keep_last_day(tmp_path: Path, mock: MockServer) -> None:
+    """A project created during a window's last day is in that window, not lost."""
+    public = sorted(mock.dataset.public_project_ids())
+    late = public[0]
+    mock.dataset.projects[late].created = dt.datetime(2026, 6, 30, 9, 34, 32)
+    mock.dataset.touch_project(late, mock.dataset.projects[late].last_updated)
+    text = WINDOW_RECIPE.replace("FROM", "createdFrom").replace("TO]", "createdTo]")
+    recipe = write_recipe(tmp_path, text)
+
+    ends = window_ends(recipe, mock, "createdTo")
+
+    assert ends[late] == "2026-06-30"
+    expected = [
+        pid
+        for pid in public
+        if dt.datetime(2026, 6, 1) <= mock.dataset.projects[pid].created < dt.datetime(2026, 8, 1)
+    ]
+    assert sorted(ends) == expected
+    queries = [r["query"] for r in mock.requests() if r["path"] == "/api/v2/projects/"]
+    assert {q.split("createdTo=")[1].split("&")[0] for q in queries} == {"2026-07-01", "2026-08-01"}
+
+
+def test_updated_windows_split_at_midnight(tmp_path: Path, mock: MockServer) -> None:
+    """A project updated at the midnight between two windows is written by the later one only."""
+    public = sorted(mock.dataset.public_project_ids())
+    late, midnight = public[0], public[1]
+    mock.dataset.touch_project(late, dt.datetime(2026, 6, 30, 23, 59, 59))
+    mock.dataset.touch_project(midnight, dt.datetime(2026, 7, 1))
+    text = WINDOW_RECIPE.replace("FROM", "lastUpdatedFrom").replace("TO]", "lastUpdatedTo]")
+    recipe = write_recipe(tmp_path, text)
+
+    ends = window_ends(recipe, mock, "lastUpdatedTo")
+
+    assert ends[late] == "2026-06-30"
+    assert ends[midnight] == "2026-07-31"
+    expected = [
+        pid
+        for pid in public
+        if dt.datetime(2026, 6, 1)
+        <= mock.dataset.projects[pid].last_updated
+        < dt.datetime(2026, 8, 1)
+    ]
+    assert sorted(ends) == expected

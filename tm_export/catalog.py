@@ -65,6 +65,14 @@ class Endpoint:
         return frozenset(names)
 
 
+#: Project search parameters whose upper bound the server compares with midnight at the
+#: start of the given day, and the record field each one bounds. A date window bound to
+#: one of them sends the day after its last day, and drops the records of that next day's
+#: first instant, which the next window holds.
+#: NOTE: search results carry no creation time (``creationDate`` is null), so a project
+#: created at the very midnight between two ``createdTo`` windows is written by both.
+DAY_START_UPPER_BOUNDS = {"createdTo": "created", "lastUpdatedTo": "lastUpdated"}
+
 _PROJECT_SEARCH_PARAMS = frozenset(
     {
         "action",

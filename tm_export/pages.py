@@ -51,6 +51,7 @@ class PageWriter:
         self._since = since
         self._stop_keys = stop_keys
         self._partitioned = bool(spec.varying)
+        self._day_bounds = spec.day_bounds
 
     def write(
         self, walk: PartitionWalk, number: int, body: Any, *, for_children: bool
@@ -279,8 +280,12 @@ class PageWriter:
             walk.stop = True
 
     def _drop_archived(self, walk: PartitionWalk, records: list[Any]) -> list[Any]:
-        """In an incremental run, drop the records that earlier runs already hold."""
+        """Drop the records that earlier runs already hold (in an incremental run), and those
+        after a date window's last day (``StreamSpec.day_bounds``)."""
         kept = records
+        for end_param, field in self._day_bounds.items():
+            last_day = str(walk.partition[end_param])
+            kept = [record for record in kept if not _after_day(record, field, last_day)]
         if self._since is not None:
             since = self._since
             kept = [record for record in kept if updated_since(record, since)]
@@ -296,6 +301,12 @@ class PageWriter:
         if len(kept) < len(records):
             walk.filtered = True
         return kept
+
+
+def _after_day(record: Any, field: str, day: str) -> bool:
+    """Tell whether a record's ISO 8601 timestamp ``field`` falls after the date ``day``."""
+    value = record.get(field) if isinstance(record, dict) else None
+    return isinstance(value, str) and value[:10] > day
 
 
 def _at_most(key: Any, newest: Any) -> bool:

@@ -184,6 +184,13 @@ class DateWindows:
             yield {self.start_param: first.isoformat(), self.end_param: last.isoformat()}
 
 
+def next_day_bounds(values: dict[str, str], bounds: Mapping[str, str]) -> None:
+    """Replace each of ``bounds``' parameters in ``values`` with the day after its date."""
+    for name in bounds:
+        if name in values:
+            values[name] = (dt.date.fromisoformat(values[name]) + dt.timedelta(days=1)).isoformat()
+
+
 @dataclass(frozen=True, slots=True)
 class FromStream:
     """A parameter that takes each distinct value of a field of another stream's records."""

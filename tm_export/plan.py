@@ -21,7 +21,7 @@ from .clock import Clock, RealClock
 from .errors import FatalError, HTTPStatusError, RequestError, TransportError
 from .fetcher import Fetcher
 from .http import HttpSession
-from .params import Partition, count_static, expand_static, render
+from .params import Partition, count_static, expand_static, next_day_bounds, render
 from .recipe import Recipe, StreamSpec
 from .redact import Redactor
 from .stream import SKIP_STATUSES
@@ -292,6 +292,7 @@ def request_for(spec: StreamSpec, partition: Partition, *, page: int) -> tuple[s
     values: dict[str, str] = dict(endpoint.defaults)
     values.update({constant.name: constant.value for constant in spec.constants})
     values.update({name: render(value) for name, value in partition.items()})
+    next_day_bounds(values, spec.day_bounds)
     path = endpoint.path
     for name in endpoint.path_params:
         path = path.replace("{" + name + "}", values.pop(name))

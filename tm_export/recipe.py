@@ -21,9 +21,9 @@ from typing import Any
 
 import orjson
 
-from .catalog import Endpoint
+from .catalog import DAY_START_UPPER_BOUNDS, Endpoint
 from .errors import RecipeError
-from .params import Constant, Each, FromStream, IntRange, StaticSpec, VaryingSpec
+from .params import Constant, DateWindows, Each, FromStream, IntRange, StaticSpec, VaryingSpec
 from .recipe_yaml import KeyLocator, parse_yaml, read_text, to_plain
 
 DEFAULT_BASE_URL = "https://tasking-manager-production-api.hotosm.org/api/v2"
@@ -96,9 +96,21 @@ class StreamSpec:
         """The varying parameters whose values are known before the run starts."""
         return tuple(spec for spec in self.varying if not isinstance(spec, FromStream))
 
+    @property
+    def day_bounds(self) -> dict[str, str]:
+        """End parameters of this stream's date windows that the server reads as the start
+        of their day, each with the record field it bounds (see ``DAY_START_UPPER_BOUNDS``)."""
+        if self.endpoint.name != "projects":
+            return {}
+        return {
+            spec.end_param: DAY_START_UPPER_BOUNDS[spec.end_param]
+            for spec in self.varying
+            if isinstance(spec, DateWindows) and spec.end_param in DAY_START_UPPER_BOUNDS
+        }
+
     def describe(self) -> dict[str, Any]:
         """Return what this stream exports, as plain data for hashing and the manifest."""
-        return {
+        described = {
             "path": self.endpoint.path,
             "records": self.endpoint.records,
             "key": self.endpoint.key,
@@ -108,6 +120,10 @@ class StreamSpec:
             "constants": {c.name: c.value for c in self.constants},
             "varying": [_describe_spec(spec) for spec in self.varying],
         }
+        if self.day_bounds:
+            # Runs before the next-day bound sent other queries, so they cannot be resumed.
+            described["day_bounds"] = self.day_bounds
+        return described
 
 
 def _describe_spec(spec: VaryingSpec) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from .params import (
     VaryingSpec,
     count_static,
     expand_static,
+    next_day_bounds,
     partition_id,
     render,
 )
@@ -381,6 +382,7 @@ class StreamRunner:
         endpoint = self.spec.endpoint
         values = dict(self._fixed_query)
         values.update({name: render(value) for name, value in partition.items()})
+        next_day_bounds(values, self.spec.day_bounds)
         if self._since is not None:
             # The server compares whole days; _drop_archived then checks the exact time.
             values.setdefault("lastUpdatedFrom", self._since.date().isoformat())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tm_export import __version__
 from tm_export.catalog import CATALOG
 from tm_export.cli import main
@@ -155,3 +157,50 @@ def test_incremental_and_start_over_refused(tmp_path: Path) -> None:
         "begins a full run, --incremental one that fetches what changed since the last; give one\n"
     )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "source", "url", "reason"),
+    [
+        (
+            ["--base-url", "http://127.0.0.1:9/api/v2?x=1"],
+            {},
+            "--base-url",
+            "http://127.0.0.1:9/api/v2?x=1",
+            "it has a query or a fragment; put query parameters under a stream's params",
+        ),
+        (
+            [],
+            {"TM_EXPORT_BASE_URL": "http://127.0.0.1:99999/api/v2"},
+            "TM_EXPORT_BASE_URL",
+            "http://127.0.0.1:99999/api/v2",
+            "the port is not a number from 0 to 65535",
+        ),
+    ],
+)
+def test_invalid_base_url_refused(
+    tmp_path: Path, args: list[str], env: dict[str, str], source: str, url: str, reason: str
+) -> None:
+    """A base URL from the command line or the environment is checked as the recipe's is."""
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    outcome = run_cli("run", str(recipe), *args, env=env)
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr == (
+        f"tm-export: error: {source}: invalid URL {url!r}: {reason}; expected the API root, "
+        "such as https://tasking-manager-production-api.hotosm.org/api/v2\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_probe_url_refused(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    outcome = run_cli("plan", str(recipe), "--probe", "--base-url", "http://127.0.0.1:9/api/v2#top")
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr.startswith(
+        "tm-export: error: --base-url: invalid URL 'http://127.0.0.1:9/api/v2#top': it has a "
+        "query or a fragment"
+    )

@@ -220,6 +220,7 @@ def run(
     try:
         loaded = load_recipe(recipe)
         token = resolve_token(loaded)
+        chosen_url = resolve_base_url(loaded, base_url)
     except RecipeError as error:
         _fail(error, ExitCode.USAGE)
         return
@@ -236,7 +237,7 @@ def run(
     if not quiet:
         reporter = LiveReporter(sys.stderr) if live else PlainReporter()
     options = RunOptions(
-        base_url=resolve_base_url(loaded, base_url),
+        base_url=chosen_url,
         output=output or Path(loaded.output),
         token=token,
         concurrency=concurrency,

@@ -29,6 +29,7 @@ from .plan import (
     probe_plan,
 )
 from .recipe import load_recipe, resolve_token
+from .recipe_check import base_url_problem
 from .runrecord import write_run_record
 from .status import format_status, status_json, status_of
 from .verify import (
@@ -151,6 +152,9 @@ def plan(recipe: Path, probe: bool, base_url: str | None, max_probes: int, as_js
             )
         if base_url and not probe:
             raise RecipeError("--base-url is used only with --probe; add --probe or remove it")
+        problem = base_url_problem(base_url) if base_url else None
+        if problem is not None:
+            raise RecipeError(f"--base-url: {problem}")
         token = resolve_token(loaded) if probe else None
     except RecipeError as error:
         _fail(error, ExitCode.USAGE)

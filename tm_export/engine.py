@@ -28,6 +28,7 @@ from .errors import (
     FatalError,
     HTTPStatusError,
     ManifestError,
+    RecipeError,
     RequestError,
     StorageError,
     TmExportError,
@@ -146,10 +147,22 @@ class RunResult:
 def resolve_base_url(
     recipe: Recipe, override: str | None, environ: dict[str, str] | None = None
 ) -> str:
-    """Pick the base URL: the command line, then TM_EXPORT_BASE_URL, the recipe, the default."""
+    """Pick the base URL: the command line, then TM_EXPORT_BASE_URL, the recipe, the default.
+
+    Raises:
+        RecipeError: the URL from the command line or the environment is not an API root
+            (the recipe's own was checked when it was loaded).
+    """
+    from .recipe_check import base_url_problem
+
     environ = dict(os.environ) if environ is None else environ
-    chosen = override or environ.get(BASE_URL_ENV) or recipe.instance.base_url or DEFAULT_BASE_URL
-    return chosen.rstrip("/")
+    for source, url in (("--base-url", override), (BASE_URL_ENV, environ.get(BASE_URL_ENV))):
+        if url:
+            problem = base_url_problem(url)
+            if problem is not None:
+                raise RecipeError(f"{source}: {problem}")
+            return url.rstrip("/")
+    return (recipe.instance.base_url or DEFAULT_BASE_URL).rstrip("/")
 
 
 async def export(recipe: Recipe, options: RunOptions) -> RunResult:

@@ -121,6 +121,13 @@ def _build_instance(where: KeyLocator, raw: dict[str, Any]) -> Instance:
 
 
 def _check_base_url(where: KeyLocator, keys: tuple[Any, ...], url: str) -> None:
+    problem = base_url_problem(url)
+    if problem is not None:
+        raise where.error(keys, problem)
+
+
+def base_url_problem(url: str) -> str | None:
+    """Return why ``url`` cannot be an API root, as a message, or None when it can be."""
     expected = f"expected the API root, such as {DEFAULT_BASE_URL}"
     try:
         parts = urlsplit(url)
@@ -128,7 +135,7 @@ def _check_base_url(where: KeyLocator, keys: tuple[Any, ...], url: str) -> None:
     except ValueError as error:
         # urlsplit rejects a bad [IPv6] host, and .port rejects a port outside 0-65535.
         reason = "the port is not a number from 0 to 65535" if "Port" in str(error) else error
-        raise where.error(keys, f"invalid URL {url!r}: {reason}; {expected}") from None
+        return f"invalid URL {url!r}: {reason}; {expected}"
     if any(char.isspace() for char in url):
         reason = "it contains a space"
     elif not parts.hostname:
@@ -136,8 +143,8 @@ def _check_base_url(where: KeyLocator, keys: tuple[Any, ...], url: str) -> None:
     elif parts.query or parts.fragment:
         reason = "it has a query or a fragment; put query parameters under a stream's params"
     else:
-        return
-    raise where.error(keys, f"invalid URL {url!r}: {reason}; {expected}")
+        return None
+    return f"invalid URL {url!r}: {reason}; {expected}"
 
 
 def _check_contact(where: KeyLocator, keys: tuple[Any, ...], contact: str) -> None:

@@ -291,3 +291,31 @@ def test_updated_windows_split_at_midnight(tmp_path: Path, mock: MockServer) -> 
         < dt.datetime(2026, 8, 1)
     ]
     assert sorted(ends) == expected
+
+
+def test_from_field_never_found_warns(tmp_path: Path, mock: MockServer) -> None:
+    """A from: field that no parent record has (a typo) leaves the child empty, with a warning."""
+    recipe = write_recipe(
+        tmp_path,
+        """\
+        version: 1
+        instance: {rate_limit: 10000/s}
+        output: OUT
+        streams:
+          projects:
+            endpoint: projects
+          summaries:
+            endpoint: project_summary
+            params: {project_id: {from: projects.projectID}}
+        """,
+    )
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    count = len(records(data_file(tmp_path / "out", "projects")))
+    assert (
+        f"tm-export: WARNING: summaries: none of the {count} records of projects has "
+        "projectID, so summaries has no partitions; check the field in its from: parameter\n"
+    ) in outcome.stderr
+    assert data_file(tmp_path / "out", "summaries").read_bytes() == b""

@@ -91,6 +91,10 @@ class StreamRunner:
         if retry_skipped:
             self._retry_states.add("skipped")
         self._children: list[tuple[dict[str, str], MemoryObjectSendStream[dict[str, Scalar]]]] = []
+        self._child_names: list[str] = []
+        self._values_sent: list[int] = []
+        """Values sent to each child, in the order of ``_children``."""
+        self._records_offered = 0
         self._parent_values: MemoryObjectReceiveStream[dict[str, Scalar]] | None = None
         self._pages = PageWriter(
             spec,
@@ -132,6 +136,8 @@ class StreamRunner:
         """
         send, receive = anyio.create_memory_object_stream[dict[str, Scalar]](CHILD_BUFFER)
         self._children.append((fields, send))
+        self._child_names.append(child.spec.name)
+        self._values_sent.append(0)
         child._parent_values = receive
 
     # --- running -----------------------------------------------------------------
@@ -150,8 +156,27 @@ class StreamRunner:
             async with anyio.create_task_group() as group:
                 for _ in range(max(2 * self._concurrency, 4)):
                     group.start_soon(self._work, jobs)
+            self._warn_of_empty_feeds()
         finally:
             self._close_feeds()
+
+    def _warn_of_empty_feeds(self) -> None:
+        """Warn of a child stream whose fields no record of this stream has, such as a typo."""
+        if not self._records_offered:
+            return
+        for (fields, _), child, sent in zip(
+            self._children, self._child_names, self._values_sent, strict=True
+        ):
+            if sent == 0:
+                logger.warning(
+                    "%s: none of the %d records of %s has %s, so %s has no partitions; check "
+                    "the field in its from: parameter",
+                    child,
+                    self._records_offered,
+                    self.spec.name,
+                    " with ".join(fields.values()),
+                    child,
+                )
 
     def _close_feeds(self) -> None:
         if self._parent_values is not None:
@@ -396,10 +421,12 @@ class StreamRunner:
         return path, values
 
     async def _offer_children(self, records: list[Any]) -> None:
-        for fields, send in self._children:
+        self._records_offered += len(records)
+        for index, (fields, send) in enumerate(self._children):
             try:
                 for record in records:
                     for values in combinations(record, fields):
+                        self._values_sent[index] += 1
                         await _put(send, values)
             except anyio.BrokenResourceError:
                 # Only a fatal error elsewhere stops a child early. That error ends the run,

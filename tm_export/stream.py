@@ -83,6 +83,7 @@ class StreamRunner:
         self._shard = shard
         self._codec = codec
         self._since = baseline.since if baseline and spec.endpoint.name == "projects" else None
+        self._day_bounds = spec.day_bounds
         self._stop_keys = baseline.newest.get(spec.name, {}) if baseline else {}
         self._finished_windows = (
             baseline.finished_windows.get(spec.name, set()) if baseline else set()
@@ -407,7 +408,7 @@ class StreamRunner:
         endpoint = self.spec.endpoint
         values = dict(self._fixed_query)
         values.update({name: render(value) for name, value in partition.items()})
-        next_day_bounds(values, self.spec.day_bounds)
+        next_day_bounds(values, self._day_bounds)
         if self._since is not None:
             # The server compares whole days; _drop_archived then checks the exact time.
             values.setdefault("lastUpdatedFrom", self._since.date().isoformat())

@@ -243,7 +243,7 @@ def test_preflight_rejects_token(tmp_path: Path, mock: MockServer) -> None:
 def test_token_asked_for_without_one(
     tmp_path: Path, mock: MockServer, instance: str, because: str
 ) -> None:
-    """A 401 on a stream taken for public, with no token sent, says that none was sent."""
+    """A 401 to a run that sent no token names the variable to set."""
     recipe = write_recipe(tmp_path, project_one_recipe(instance))
     mock.add_fault(
         path=r"^/api/v2/projects/1/activities/$",

@@ -107,7 +107,7 @@ def test_updated_in_the_start_second() -> None:
 
 
 def test_incremental_warns_of_other_server(tmp_path: Path, mock: MockServer) -> None:
-    """An incremental run against another API URL than the run before it says so."""
+    """An incremental run against another API URL than the run before it warns."""
     recipe = write_recipe(tmp_path, RECIPE)
     env = {"TM_API_TOKEN": mock.tokens["admin"]}
     assert run_cli("run", str(recipe), "--base-url", mock.api_url, env=env).exit_code == 0
@@ -144,8 +144,8 @@ def test_deleted_project_reported_once(tmp_path: Path, mock: MockServer) -> None
     assert third.exit_code == 0, third.stderr
     assert f"deleted since the earlier runs: projects {archived[0]}" in second.stderr
     assert "deleted since the earlier runs" not in third.stderr
-    shown = run_cli("status", str(tmp_path / "out/runs/0002"))
-    assert f"\ndeleted since the earlier runs: projects {archived[0]}\n" in shown.stdout
+    report = run_cli("status", str(tmp_path / "out/runs/0002"))
+    assert f"\ndeleted since the earlier runs: projects {archived[0]}\n" in report.stdout
     status = orjson.loads(run_cli("status", str(tmp_path / "out/runs/0002"), "--json").stdout)
     assert status["deleted_projects"] == [archived[0]]
     entries = records(tmp_path / "out/runs/0003/manifest.jsonl")

@@ -287,7 +287,7 @@ def test_plan_invalid_recipe(tmp_path: Path) -> None:
 
 
 def test_probe_line_gives_least_time(tmp_path: Path, mock: MockServer) -> None:
-    """A probe at a polite rate says how long it takes at least, before it starts."""
+    """A probe at a polite rate prints its least duration before it starts."""
     recipe = write_recipe(
         tmp_path, STATIC_RECIPE.replace("rate_limit: 10000/s", "rate_limit: 0.5/s")
     )

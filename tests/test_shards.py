@@ -11,7 +11,7 @@ import pytest
 
 from tm_export.mock import MockServer
 
-from .conftest import PROJECTS, run_cli, write_recipe
+from .conftest import PROJECTS, Outcome, run_cli, write_recipe
 
 RECIPE = """\
 version: 1
@@ -38,6 +38,21 @@ def lines(run_folder: Path) -> dict[str, Counter[bytes]]:
     }
 
 
+def run_shard(recipe: Path, api_url: str, shard: str, output: Path, *options: str) -> Outcome:
+    """Run ``recipe`` as shard ``K/N`` into ``output``."""
+    return run_cli(
+        "run",
+        str(recipe),
+        "--base-url",
+        api_url,
+        "--shard",
+        shard,
+        "--output",
+        str(output),
+        *options,
+    )
+
+
 def export_shards(
     tmp_path: Path, mock: MockServer, count: int, *options: str, recipe_text: str = RECIPE
 ) -> list[Path]:
@@ -45,17 +60,7 @@ def export_shards(
     folders = []
     for index in range(1, count + 1):
         folder = tmp_path / f"shard-{index}"
-        outcome = run_cli(
-            "run",
-            str(recipe),
-            "--base-url",
-            mock.api_url,
-            "--shard",
-            f"{index}/{count}",
-            "--output",
-            str(folder),
-            *options,
-        )
+        outcome = run_shard(recipe, mock.api_url, f"{index}/{count}", folder, *options)
         assert outcome.exit_code == 0, outcome.stderr
         folders.append(folder)
     return folders
@@ -204,8 +209,8 @@ def test_merge_reads_bagged_shard(tmp_path: Path, mock: MockServer) -> None:
     for name in STREAMS:
         assert merged[name] == expected[0][name] + expected[1][name]
     assert run_cli("verify", str(tmp_path / "merged")).exit_code == 0
-    shown = run_cli("status", str(shards[1]))
-    assert shown.stdout.splitlines()[0] == f"run: {shards[1] / 'runs/0001'} (shard 2/2) (a bag)"
+    status = run_cli("status", str(shards[1]))
+    assert status.stdout.splitlines()[0] == f"run: {shards[1] / 'runs/0001'} (shard 2/2) (a bag)"
 
 
 def backdate(run_folder: Path, hours: int) -> str:
@@ -308,7 +313,7 @@ def test_merged_incremental_shards_keep_deleted(
     ]
     firsts = [header(folder / "runs/0002")["incremental"]["since"] for folder in shards]  # type: ignore[index]
     assert record["incremental"]["since"] == min(firsts)
-    # A new session on the merged run reads the shards' earlier runs where the header says.
+    # A new session on the merged run reads the shards' earlier runs at the header's paths.
     retried = run_cli(
         "run",
         str(tmp_path / "recipe.yaml"),
@@ -344,17 +349,7 @@ def test_merge_refuses_full_and_incremental(tmp_path: Path, mock: MockServer) ->
     """An incremental shard beside full shards would leave most records out."""
     shards = export_shards(tmp_path, mock, 2)
     recipe = tmp_path / "recipe.yaml"
-    later = run_cli(
-        "run",
-        str(recipe),
-        "--base-url",
-        mock.api_url,
-        "--shard",
-        "1/2",
-        "--incremental",
-        "--output",
-        str(shards[0]),
-    )
+    later = run_shard(recipe, mock.api_url, "1/2", shards[0], "--incremental")
     assert later.exit_code == 0, later.stderr
 
     outcome = run_cli("merge", str(tmp_path / "merged"), *map(str, shards))
@@ -421,16 +416,7 @@ def test_merge_warns_of_other_servers(tmp_path: Path, mock: MockServer) -> None:
     recipe = write_recipe(tmp_path, RECIPE)
     with MockServer(projects=PROJECTS) as other:
         for index, server in ((1, mock), (2, other)):
-            outcome = run_cli(
-                "run",
-                str(recipe),
-                "--base-url",
-                server.api_url,
-                "--shard",
-                f"{index}/2",
-                "--output",
-                str(tmp_path / f"shard-{index}"),
-            )
+            outcome = run_shard(recipe, server.api_url, f"{index}/2", tmp_path / f"shard-{index}")
             assert outcome.exit_code == 0, outcome.stderr
         urls = sorted([(mock.api_url, 1), (other.api_url, 2)])
 
@@ -455,16 +441,7 @@ def test_finished_shard_rerun_sends_nothing(tmp_path: Path, mock: MockServer) ->
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
     sent = len(mock.requests())
 
-    outcome = run_cli(
-        "run",
-        str(tmp_path / "recipe.yaml"),
-        "--base-url",
-        mock.api_url,
-        "--shard",
-        "2/2",
-        "--output",
-        str(shards[1]),
-    )
+    outcome = run_shard(tmp_path / "recipe.yaml", mock.api_url, "2/2", shards[1])
 
     assert outcome.exit_code == 0, outcome.stderr
     assert mock.requests()[sent:] == []
@@ -475,18 +452,14 @@ def test_finished_shard_rerun_sends_nothing(tmp_path: Path, mock: MockServer) ->
 
 def test_merge_refuses_mixed_compression(tmp_path: Path, mock: MockServer) -> None:
     shards = export_shards(tmp_path, mock, 2)
-    again = run_cli(
-        "run",
-        str(tmp_path / "recipe.yaml"),
-        "--base-url",
+    again = run_shard(
+        tmp_path / "recipe.yaml",
         mock.api_url,
-        "--shard",
         "1/2",
+        shards[0],
         "--start-over",
         "--compression",
         "gzip",
-        "--output",
-        str(shards[0]),
     )
     assert again.exit_code == 0, again.stderr
 
@@ -506,16 +479,7 @@ def test_merge_names_failed_partitions(tmp_path: Path, mock: MockServer) -> None
     recipe = write_recipe(tmp_path, text)
     mock.add_fault(path=r"^/api/v2/projects/(7|8)/statistics/$", status=500)
     for index in (1, 2):
-        outcome = run_cli(
-            "run",
-            str(recipe),
-            "--base-url",
-            mock.api_url,
-            "--shard",
-            f"{index}/2",
-            "--output",
-            str(tmp_path / f"shard-{index}"),
-        )
+        outcome = run_shard(recipe, mock.api_url, f"{index}/2", tmp_path / f"shard-{index}")
         assert outcome.exit_code in (0, 3), outcome.stderr
     mock.clear_faults()
 
@@ -545,6 +509,6 @@ def test_merge_names_failed_partitions(tmp_path: Path, mock: MockServer) -> None
         "/api/v2/projects/7/statistics/",
         "/api/v2/projects/8/statistics/",
     ]
-    shown = run_cli("status", str(tmp_path / "merged"))
-    assert "state: complete" in shown.stdout
-    assert "last error" not in shown.stdout
+    status = run_cli("status", str(tmp_path / "merged"))
+    assert "state: complete" in status.stdout
+    assert "last error" not in status.stdout

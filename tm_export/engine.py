@@ -362,7 +362,7 @@ class _Session:
         )
 
     def _note_finished(self, folder: Path, state: ManifestState) -> None:
-        """Decide whether this session on a finished run has anything to retry, and say so."""
+        """Decide whether this session on a finished run has anything to retry, and log it."""
         requested = {"failed"} if self.options.retry_failed else set()
         if self.options.retry_skipped:
             requested.add("skipped")

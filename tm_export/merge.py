@@ -2,13 +2,14 @@
 
 A shard is given as the output folder of a ``run --shard K/N`` job (its last run is
 merged) or as a run folder, also one made a bag. The merge checks that the shards belong
-to one recipe, that shards 1..N are all there exactly once, finished and of one kind
-(full or incremental), that their files match their manifests (and run records and bags),
-that no partition was committed by two shards, and that no shard file was made canonical
-(sorting moves lines across the page ranges that the merge copies). The output folder
-must not overlap a shard, and its last run, if any, must be a finished run of the recipe. It then writes a new run folder whose stream files are the
-shards' files one after another, and whose manifest holds every shard's sessions, deleted
-projects and page entries, with the byte ranges moved to the new offsets.
+to one recipe, that shards 1..N are all there exactly once, finished and of one kind (full
+or incremental), that their files match their manifests (and run records and bags), that
+no partition was committed by two shards, and that no shard file was made canonical
+(sorting moves lines across the page ranges that the merge copies). The output folder must
+not overlap a shard, and its last run, if any, must be a finished run of the recipe. It
+then writes a new run folder whose stream files are the shards' files one after another,
+and whose manifest contains every shard's sessions, deleted projects and page entries,
+with the byte ranges moved to the new offsets.
 
 The merged run starts when the earliest shard started, so that an incremental run after it
 requests everything updated since then, and ends when the last shard ended.
@@ -38,7 +39,7 @@ from .layout import (
     stream_path,
 )
 from .runrecord import require_verified, write_run_record
-from .verify import check_run, find_runs, scan_manifest
+from .verify import RunPaths, check_run, find_runs, scan_manifest
 
 logger = logging.getLogger("tm_export.merge")
 
@@ -47,13 +48,15 @@ logger = logging.getLogger("tm_export.merge")
 class Shard:
     """One shard's finished run, read from its manifest."""
 
-    folder: Path
-    """The run folder, as messages name it."""
-    root: Path
-    """The folder that contains the manifest and ``data/``: the run folder, or a bag's payload."""
+    paths: RunPaths
     index: int
     count: int
     entries: list[dict[str, Any]]
+
+    @property
+    def folder(self) -> Path:
+        """The run folder, as messages name it."""
+        return self.paths.folder
 
     @property
     def header(self) -> dict[str, Any]:
@@ -87,7 +90,7 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
     _warn_other_servers(shards)
     for shard in shards:
         # Copying a damaged shard would give it a new, matching SHA-256 in the merged run.
-        require_verified(check_run(find_runs(shard.folder)[-1]), "so no shard was merged")
+        require_verified(check_run(shard.paths), "so no shard was merged")
 
     with OutputLock(output):
         run_folder = next_run_folder(output)
@@ -161,7 +164,7 @@ def _read_shard(source: Path) -> Shard:
             "copies; merge shards as their runs wrote them (run this shard again with "
             "--start-over), then run 'tm-export canonical' on the merged run"
         )
-    return Shard(folder=folder, root=paths.root, index=shard[0], count=shard[1], entries=entries)
+    return Shard(paths=paths, index=shard[0], count=shard[1], entries=entries)
 
 
 def _check(shards: list[Shard]) -> None:
@@ -252,8 +255,7 @@ def _check_output(output: Path, shards: list[Shard]) -> None:
     """Refuse an output folder that overlaps a shard, or whose last run the merge would hide."""
     target = output.resolve()
     for shard in shards:
-        paths = find_runs(shard.folder)[-1]
-        home = (paths.output or paths.folder).resolve()
+        home = (shard.paths.output or shard.folder).resolve()
         if target == home or target in home.parents or home in target.parents:
             raise RecipeError(
                 f"{output}: this output folder overlaps shard {shard.folder}, and a merge never "
@@ -306,7 +308,7 @@ def _write(run_folder: Path, shards: list[Shard]) -> dict[str, int]:
         for shard in shards:
             for name in streams:
                 # Members and frames may follow one another, so compressed files concatenate.
-                source = stream_path(shard.root, name, codec)
+                source = shard.paths.stream_file(name, codec)
                 if source.exists():
                     with source.open("rb") as file:
                         shutil.copyfileobj(file, targets[name], 1 << 20)

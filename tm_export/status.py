@@ -294,8 +294,8 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
     if status.canonical:
         lines.append(f"canonical files: {', '.join(status.canonical)}")
     if status.deleted:
-        shown = ", ".join(map(str, status.deleted))
-        lines.append(f"deleted since the earlier runs: projects {shown}")
+        projects = ", ".join(map(str, status.deleted))
+        lines.append(f"deleted since the earlier runs: projects {projects}")
     if status.dropped_bytes:
         lines.append(
             f"manifest: an unfinished last line of {status.dropped_bytes} bytes was ignored "

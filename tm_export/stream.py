@@ -6,6 +6,7 @@ import hashlib
 import logging
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,6 +53,17 @@ T = TypeVar("T")
 SKIP_STATUSES = frozenset({403, 404})
 
 
+@dataclass(slots=True)
+class _ChildFeed:
+    """A child stream's channel: the fields it takes and the values sent to it so far."""
+
+    name: str
+    fields: dict[str, str]
+    """Parameter name to the dotted field path of this stream's records."""
+    send: MemoryObjectSendStream[dict[str, Scalar]]
+    sent: int = 0
+
+
 class StreamRunner:
     """Runs every partition of one stream and feeds its records' values to child streams."""
 
@@ -91,10 +103,7 @@ class StreamRunner:
         self._retry_states = {"failed"} if retry_failed else set()
         if retry_skipped:
             self._retry_states.add("skipped")
-        self._children: list[tuple[dict[str, str], MemoryObjectSendStream[dict[str, Scalar]]]] = []
-        self._child_names: list[str] = []
-        self._values_sent: list[int] = []
-        """Values sent to each child, in the order of ``_children``."""
+        self._children: list[_ChildFeed] = []
         self._records_offered = 0
         self._parent_values: MemoryObjectReceiveStream[dict[str, Scalar]] | None = None
         self._pages = PageWriter(
@@ -136,9 +145,7 @@ class StreamRunner:
         and a task id that belong together.
         """
         send, receive = anyio.create_memory_object_stream[dict[str, Scalar]](CHILD_BUFFER)
-        self._children.append((fields, send))
-        self._child_names.append(child.spec.name)
-        self._values_sent.append(0)
+        self._children.append(_ChildFeed(child.spec.name, fields, send))
         child._parent_values = receive
 
     # --- running -----------------------------------------------------------------
@@ -165,25 +172,23 @@ class StreamRunner:
         """Warn of a child stream whose fields no record of this stream has, such as a typo."""
         if not self._records_offered:
             return
-        for (fields, _), child, sent in zip(
-            self._children, self._child_names, self._values_sent, strict=True
-        ):
-            if sent == 0:
+        for feed in self._children:
+            if feed.sent == 0:
                 logger.warning(
                     "%s: none of the %d records of %s has %s, so %s has no partitions; check "
                     "the field in its from: parameter",
-                    child,
+                    feed.name,
                     self._records_offered,
                     self.spec.name,
-                    " with ".join(fields.values()),
-                    child,
+                    " with ".join(feed.fields.values()),
+                    feed.name,
                 )
 
     def _close_feeds(self) -> None:
         if self._parent_values is not None:
             self._parent_values.close()
-        for _, child in self._children:
-            child.close()
+        for feed in self._children:
+            feed.send.close()
 
     def _static_jobs(self) -> Iterator[_Job]:
         """Yield the walks of a stream whose partitions are known from the recipe."""
@@ -423,12 +428,12 @@ class StreamRunner:
 
     async def _offer_children(self, records: list[Any]) -> None:
         self._records_offered += len(records)
-        for index, (fields, send) in enumerate(self._children):
+        for feed in self._children:
             try:
                 for record in records:
-                    for values in combinations(record, fields):
-                        self._values_sent[index] += 1
-                        await _put(send, values)
+                    for values in combinations(record, feed.fields):
+                        feed.sent += 1
+                        await _put(feed.send, values)
             except anyio.BrokenResourceError:
                 # Only a fatal error elsewhere stops a child early. That error ends the run,
                 # so the child no longer needs these values.

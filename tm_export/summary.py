@@ -43,12 +43,12 @@ def format_summary(recipe: Recipe, result: RunResult, code: ExitCode) -> str:
     ]
 
     if result.finished_before:
-        how = " (already finished)"
+        opened_as = " (already finished)"
     elif result.resumed:
-        how = " (resumed)"
+        opened_as = " (resumed)"
     else:
-        how = ""
-    lines.insert(0, f"run folder: {result.run_folder}{how}")
+        opened_as = ""
+    lines.insert(0, f"run folder: {result.run_folder}{opened_as}")
     reasons: dict[str, int] = {}
     for stats in result.streams.values():
         for reason, count in stats.skip_reasons.items():

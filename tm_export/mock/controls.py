@@ -20,6 +20,7 @@ neither logged nor subject to fault rules.
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +31,8 @@ from aiohttp import web
 from tm_export.mock.context import DATASET
 from tm_export.mock.errors import json_response
 from tm_export.mock.faults import FaultRule, FaultSet
+
+logger = logging.getLogger("tm_export.mock")
 
 CONTROL_PREFIX = "/__mock__/"
 FAULTS = web.AppKey("faults", FaultSet)
@@ -129,7 +132,9 @@ def _project_id(request: web.Request) -> int | None:
 
 
 def _unknown_project(request: web.Request) -> web.StreamResponse:
-    return json_response({"error": f"project {request.match_info['project_id']} not found"}, 404)
+    project_id = request.match_info["project_id"]
+    logger.warning("%s %s: project %s not found", request.method, request.path, project_id)
+    return json_response({"error": f"project {project_id} not found"}, 404)
 
 
 async def touch_project(request: web.Request) -> web.StreamResponse:

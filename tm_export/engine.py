@@ -34,6 +34,7 @@ from .errors import (
     TmExportError,
     TokenRejectedError,
     TransportError,
+    unreachable,
 )
 from .fetcher import Fetcher
 from .http import SPOOL_OVER, HttpSession
@@ -547,10 +548,7 @@ class _Session:
             result.authenticated = False
             raise
         except TransportError as error:
-            raise FatalError(
-                f"cannot reach the Tasking Manager at {self.options.base_url}: {error}; "
-                "check the base URL and the network, then run again to resume"
-            ) from error
+            raise unreachable(self.options.base_url, error, "run again to resume") from error
         except RequestError as error:
             logger.warning("could not read the server's release: %s", error)
 

@@ -52,6 +52,14 @@ class FatalError(TmExportError):
     exit_code = ExitCode.FATAL
 
 
+def unreachable(base_url: str, error: Exception, again: str) -> FatalError:
+    """Return the error for a server that sent no response after every retry."""
+    return FatalError(
+        f"cannot reach the Tasking Manager at {base_url}: {error}; check the base URL and the "
+        f"network, then {again}"
+    )
+
+
 class TokenRejectedError(FatalError):
     """The server returned 401: the token is missing, expired or invalid."""
 

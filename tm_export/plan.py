@@ -18,7 +18,7 @@ import anyio
 
 from . import __version__
 from .clock import Clock, RealClock
-from .errors import FatalError, HTTPStatusError, RequestError, TransportError
+from .errors import FatalError, HTTPStatusError, RequestError, TransportError, unreachable
 from .fetcher import Fetcher
 from .http import HttpSession
 from .params import Partition, count_static, expand_static, next_day_bounds, render
@@ -231,10 +231,7 @@ async def _probe_stream(
             return
         except TransportError as error:
             # No response after every retry, so a plan of these counts would only be a guess.
-            raise FatalError(
-                f"cannot reach the Tasking Manager at {base_url}: {error}; check the base URL "
-                "and the network, then run the plan again"
-            ) from error
+            raise unreachable(base_url, error, "run the plan again") from error
         except RequestError:
             counts.failed += 1
             requests += 1

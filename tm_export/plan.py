@@ -21,7 +21,8 @@ from .clock import Clock, RealClock
 from .errors import FatalError, HTTPStatusError, RequestError, TransportError, unreachable
 from .fetcher import Fetcher
 from .http import HttpSession
-from .params import Partition, count_static, expand_static, next_day_bounds, render
+from .params import Partition, count_static, expand_static
+from .query import QueryBuilder
 from .recipe import Recipe, StreamSpec
 from .redact import Redactor
 from .stream import SKIP_STATUSES
@@ -214,11 +215,12 @@ async def _probe_stream(
     requests = 0
     exact = True
     slots = anyio.Semaphore(concurrency)
+    queries = QueryBuilder(spec)
 
     async def probe_one(partition: Partition) -> None:
         nonlocal requests, exact
         try:
-            path, query = request_for(spec, partition, page=1)
+            path, query = queries.build(partition, page=1)
             _, body = await fetcher.get_json(path, query)
         except HTTPStatusError as error:
             if error.status in SKIP_STATUSES:
@@ -281,21 +283,6 @@ def _first_fatal(group: BaseExceptionGroup[BaseException]) -> FatalError | None:
             if nested is not None:
                 return nested
     return None
-
-
-def request_for(spec: StreamSpec, partition: Partition, *, page: int) -> tuple[str, dict[str, str]]:
-    """Return the path and query of one page of a partition, as the run sends them."""
-    endpoint = spec.endpoint
-    values: dict[str, str] = dict(endpoint.defaults)
-    values.update({constant.name: constant.value for constant in spec.constants})
-    values.update({name: render(value) for name, value in partition.items()})
-    next_day_bounds(values, spec.day_bounds)
-    path = endpoint.path
-    for name in endpoint.path_params:
-        path = path.replace("{" + name + "}", values.pop(name))
-    if endpoint.paginated:
-        values["page"] = str(page)
-    return path, values
 
 
 def _page_facts(body: Any) -> tuple[int | None, bool]:

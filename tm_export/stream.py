@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +29,10 @@ from .params import (
     VaryingSpec,
     count_static,
     expand_static,
-    next_day_bounds,
     partition_id,
-    render,
 )
 from .progress import StreamProgress
+from .query import QueryBuilder
 from .recipe import StreamSpec
 from .records import ShapeError
 from .walk import PageResult, PartitionWalk, StreamStats, combinations
@@ -95,7 +93,6 @@ class StreamRunner:
         self._shard = shard
         self._codec = codec
         self._since = baseline.since if baseline and spec.endpoint.name == "projects" else None
-        self._day_bounds = spec.day_bounds
         self._stop_keys = baseline.newest.get(spec.name, {}) if baseline else {}
         self._finished_windows = (
             baseline.finished_windows.get(spec.name, set()) if baseline else set()
@@ -115,9 +112,7 @@ class StreamRunner:
             since=self._since,
             stop_keys=self._stop_keys,
         )
-        # Computed once: a request is built for every page.
-        self._fixed_query = {**spec.endpoint.defaults, **{c.name: c.value for c in spec.constants}}
-        self._path_params = spec.endpoint.path_params
+        self._queries = QueryBuilder(spec, since=self._since)
         self._order = [name for spec_ in spec.varying for name in _names(spec_)]
         self.partitions_known = count_static(spec.static) if spec.parent is None else None
         """Partitions in all, when they do not depend on a parent stream."""
@@ -382,7 +377,7 @@ class StreamRunner:
 
     async def _fetch_and_write(self, walk: PartitionWalk, number: int) -> PageResult:
         await self._committer.wait_for_room()
-        path, query = self._request(walk.partition, number)
+        path, query = self._queries.build(walk.partition, number)
         response, body = await self._fetcher.get_json(path, query)
 
         for_children = bool(self._children)
@@ -408,23 +403,6 @@ class StreamRunner:
             # Children see records as they are in the file, so a child can also read _partition.
             await self._offer_children(records)
         return result
-
-    def _request(self, partition: Partition, page: int) -> tuple[str, dict[str, str]]:
-        endpoint = self.spec.endpoint
-        values = dict(self._fixed_query)
-        values.update({name: render(value) for name, value in partition.items()})
-        next_day_bounds(values, self._day_bounds)
-        if self._since is not None:
-            # The server compares whole days; _drop_archived then checks the exact time.
-            values.setdefault("lastUpdatedFrom", self._since.date().isoformat())
-
-        path = endpoint.path
-        for name in self._path_params:
-            # A value from another stream's records (a username) may hold any character.
-            path = path.replace("{" + name + "}", urllib.parse.quote(values.pop(name), safe=""))
-        if endpoint.paginated:
-            values["page"] = str(page)
-        return path, values
 
     async def _offer_children(self, records: list[Any]) -> None:
         self._records_offered += len(records)

@@ -474,10 +474,11 @@ def test_merge_refuses_mixed_compression(tmp_path: Path, mock: MockServer) -> No
 
 
 def test_merge_names_failed_partitions(tmp_path: Path, mock: MockServer) -> None:
-    """Partitions that failed in a shard are named, and --retry-failed on the merge fetches them."""
+    """Partitions that failed in a shard are named in the order of their values (8 before 10),
+    and --retry-failed on the merge fetches them."""
     text = RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, retries: {attempts: 1}}")
     recipe = write_recipe(tmp_path, text)
-    mock.add_fault(path=r"^/api/v2/projects/(7|8)/statistics/$", status=500)
+    mock.add_fault(path=r"^/api/v2/projects/(8|10)/statistics/$", status=500)
     for index in (1, 2):
         outcome = run_shard(recipe, mock.api_url, f"{index}/2", tmp_path / f"shard-{index}")
         assert outcome.exit_code in (0, 3), outcome.stderr
@@ -489,7 +490,7 @@ def test_merge_names_failed_partitions(tmp_path: Path, mock: MockServer) -> None
 
     assert merged.exit_code == 0, merged.stderr
     assert "stats: last error, partition" in run_cli("status", str(tmp_path / "merged")).stdout
-    failed = '2 failed partitions: stats {"project_id":7}, {"project_id":8}'
+    failed = '2 failed partitions: stats {"project_id":8}, {"project_id":10}'
     assert merged.stdout.splitlines()[-1] == f"  {failed}"
     assert merged.stderr == (
         f"tm-export: WARNING: the shards left {failed}; to fetch them again, run: tm-export run "
@@ -506,7 +507,7 @@ def test_merge_names_failed_partitions(tmp_path: Path, mock: MockServer) -> None
     )
     assert retried.exit_code == 0, retried.stderr
     assert sorted(r["path"] for r in mock.requests()[-2:]) == [
-        "/api/v2/projects/7/statistics/",
+        "/api/v2/projects/10/statistics/",
         "/api/v2/projects/8/statistics/",
     ]
     status = run_cli("status", str(tmp_path / "merged"))

@@ -209,7 +209,7 @@ EXPECTED: dict[str, str] = {
     ),
     "param_null": (
         "7: streams.projects.params.textSearch: the value is empty (null); give a value, "
-        "indent the value's keys (such as from:) under the parameter, or remove it"
+        "indent the value's keys (such as from: or start:) under the parameter, or remove it"
     ),
     "param_page": (
         "7: streams.projects.params.page: the tool sets 'page' itself on a paginated "

@@ -356,8 +356,8 @@ def _explain_param_value(
     value = error.instance
     if value is None:
         return keys, (
-            "the value is empty (null); give a value, indent the value's keys (such as from:) "
-            "under the parameter, or remove it"
+            "the value is empty (null); give a value, indent the value's keys "
+            "(such as from: or start:) under the parameter, or remove it"
         )
     if isinstance(value, list):
         if not value:

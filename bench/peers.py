@@ -24,9 +24,10 @@ from subjects import W1_STREAMS, Delivery, fresh_folder
 PEERS_FOLDER = BENCH / ".peers"
 CONFIGS = BENCH / "peers"
 
-#: Seconds one peer run may take before it is killed. A full W1 run of the Singer tap took
-#: 440 s on the 2-core benchmark machine, which is too long for ``make bench``. A stopped
-#: run is reported with the records it delivered by then and its rate over that time.
+#: Seconds one peer run may take before it is killed, so that a slow peer cannot hold up
+#: ``make bench``. The slowest full run, the Singer tap's W2 run with one request at a time,
+#: takes under 90 s on the 2-core benchmark machine. A stopped run is reported with the
+#: records it delivered by then and its rate over that time.
 PEER_TIMEOUT = 120.0
 
 

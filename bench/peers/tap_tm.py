@@ -38,6 +38,19 @@ class TmStream(RESTStream):
         return str(self.config["api_url"]).rstrip("/")
 
 
+class ProjectChild(TmStream):
+    """A stream read once per project of the ``projects`` stream.
+
+    The SDK keeps one state bookmark per parent record by default, and each STATE message
+    lists all of them, so the output grows with the square of the projects: a W1 run wrote
+    1.1 GB of messages in 440 s. These streams have no replication key, so per-project
+    bookmarks hold nothing to resume from. An empty ``state_partitioning_keys`` keeps one
+    bookmark per stream (the SDK's docstring of that property says so).
+    """
+
+    state_partitioning_keys = ()
+
+
 class Projects(TmStream):
     name = "projects"
     path = "/projects/"
@@ -61,7 +74,7 @@ class Projects(TmStream):
         return {"project_id": record["projectId"]}
 
 
-class Details(TmStream):
+class Details(ProjectChild):
     name = "details"
     path = "/projects/{project_id}/"
     parent_stream_type = Projects
@@ -73,7 +86,7 @@ class Details(TmStream):
         return {"abbreviated": "true"}
 
 
-class Contributions(TmStream):
+class Contributions(ProjectChild):
     name = "contributions"
     path = "/projects/{project_id}/contributions/"
     parent_stream_type = Projects
@@ -82,7 +95,7 @@ class Contributions(TmStream):
     schema = schema_with_key("username")
 
 
-class Activities(TmStream):
+class Activities(ProjectChild):
     name = "activities"
     path = "/projects/{project_id}/activities/"
     parent_stream_type = Projects

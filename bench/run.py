@@ -62,7 +62,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="small sizes and one run each, to check the harness; writes no results "
         "unless --write is given",
     )
-    parser.add_argument("--runs", type=int, help="runs of each subject (default 3, quick 1)")
+    parser.add_argument("--runs", type=int, help="runs of each subject (default 5, quick 1)")
     parser.add_argument(
         "--write",
         action="store_true",

@@ -38,7 +38,7 @@ from subjects import W1_RECIPE, W1_STREAMS, Delivery, LimitScript, Subject, TmEx
 class Settings:
     """Sizes and repetitions of one bench invocation."""
 
-    runs: int = 3
+    runs: int = 5
     quick: bool = False
     peers: Sequence[Subject] = ()
     w1_projects: int = 3000

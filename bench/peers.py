@@ -56,7 +56,8 @@ PACKAGES = (DLT, AIRBYTE, SINGER)
 #: Note on the Airbyte packages: the one that was not found, with the error pip reported.
 AIRBYTE_NOTE = (
     "airbyte-cdk ships the `source-declarative-manifest` command; the separate "
-    "`source-declarative-manifest` package is not on the package index used here (pip: "
+    "`source-declarative-manifest` package is not on the package index used here (pip, "
+    "when it was tried while the bench was set up: "
     "`ERROR: Could not find a version that satisfies the requirement "
     "source-declarative-manifest (from versions: none)`)."
 )

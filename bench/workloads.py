@@ -173,8 +173,9 @@ def measure_subjects(
                 server.get_json("/__mock__/requests")["requests"]
             )
             deliveries[subject.name].append(delivery)
+            shown_concurrency = 1 if subject.sequential else concurrency
             print(
-                f"  {subject.name} c={concurrency}: {delivery.measurement.wall_s:.2f} s, "
+                f"  {subject.name} c={shown_concurrency}: {delivery.measurement.wall_s:.2f} s, "
                 f"{sum(delivery.records.values())} records",
                 flush=True,
             )
@@ -745,7 +746,7 @@ def w3_huge_response(settings: Settings) -> dict[str, Any]:
             "square task polygons from disk for /api/v2/projects/1/tasks/.",
             f"Exit codes: {', '.join(str(code) for code in entry['exit_codes'])}; records "
             f"written: {entry['records']:,} of {features:,}.",
-            f"Peak RSS is {peak / size_mb:.1f} × the body size.",
+            f"Peak RSS is {peak / size_mb:.2f} × the body size.",
         ],
         "commands": [shown(deliveries[0].command, server) + "    # recipe below"],
         "targets": [

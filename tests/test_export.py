@@ -293,6 +293,42 @@ def test_updated_windows_split_at_midnight(tmp_path: Path, mock: MockServer) -> 
     assert sorted(ends) == expected
 
 
+def test_from_path_through_object_list(tmp_path: Path, mock: MockServer) -> None:
+    """A from: path through a list of objects takes the field of each: every manager's name."""
+    ids = sorted(mock.dataset.organisations)
+    recipe = write_recipe(
+        tmp_path,
+        f"""\
+        version: 1
+        instance: {{token_env: TM_API_TOKEN, rate_limit: 10000/s}}
+        output: OUT
+        streams:
+          orgs:
+            endpoint: organisation
+            params: {{organisation_id: {{each: {ids}}}}}
+          managers:
+            endpoint: user_statistics
+            params: {{username: {{from: orgs.managers.username}}}}
+        """,
+    )
+    names = sorted(
+        {
+            mock.dataset.users[user_id].username
+            for org in mock.dataset.organisations.values()
+            for user_id in org.manager_ids
+        }
+    )
+
+    outcome = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["admin"]}
+    )
+
+    assert outcome.exit_code == 0, outcome.stderr
+    written = records(data_file(tmp_path / "out", "managers"))
+    assert sorted(str(record["_partition"]["username"]) for record in written) == names
+    assert len(names) >= 2
+
+
 def test_from_field_never_found_warns(tmp_path: Path, mock: MockServer) -> None:
     """A from: field that no parent record has (a typo) leaves the child empty, with a warning."""
     recipe = write_recipe(

@@ -1,10 +1,10 @@
-"""Records: keys, the compact key set, and line encoding with the partition key."""
+"""Records: keys, field values, the compact key set, and line encoding with the partition key."""
 
 from __future__ import annotations
 
 import orjson
 
-from tm_export.records import KeySet, encode_lines, record_key, strip_partition
+from tm_export.records import KeySet, encode_lines, field_values, record_key, strip_partition
 
 
 def test_key_set_ints_and_others() -> None:
@@ -50,3 +50,30 @@ def test_record_key_paths() -> None:
     assert record_key("$", "Kenya") == "Kenya"
     assert record_key(None, feature) is None
     assert record_key("projectId", {"name": "x"}) is None
+
+
+ORGANISATION = {
+    "organisationId": 2,
+    "managers": [{"username": "pm_alice"}, {"username": "tm_admin"}, {"pictureUrl": None}],
+    "teams": [],
+    "projects": [7, 9, True, None],
+    "slug": "hml",
+}
+
+
+def test_field_values_scalar_and_list() -> None:
+    """A scalar gives one value; a list at the end gives each scalar item, not true or null."""
+    assert field_values(ORGANISATION, "organisationId") == [2]
+    assert field_values(ORGANISATION, "projects") == [7, 9]
+
+
+def test_field_values_through_object_list() -> None:
+    """A list of objects on the path gives the field of each object that has it."""
+    assert field_values(ORGANISATION, "managers.username") == ["pm_alice", "tm_admin"]
+    assert field_values(ORGANISATION, "teams.teamId") == []
+
+
+def test_field_values_missing_path() -> None:
+    assert field_values(ORGANISATION, "slug.name") == []
+    assert field_values(ORGANISATION, "owner.username") == []
+    assert field_values([ORGANISATION], "organisationId") == [2]

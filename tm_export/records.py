@@ -91,14 +91,25 @@ def record_key(key_path: str | None, record: Any) -> Hashable | None:
 
 
 def field_values(record: Any, field_path: str) -> list[Any]:
-    """Return the scalar values at a dotted path; a list at the end yields each item."""
-    value = record
+    """Return the scalar values at a dotted path.
+
+    A list on the way yields the values of each of its items, so ``managers.username``
+    gives the username of every manager, and a list at the end yields each item.
+    """
+    values = [record]
     for part in field_path.split("."):
-        if not isinstance(value, dict):
-            return []
-        value = value.get(part)
-    items = value if isinstance(value, list) else [value]
-    return [item for item in items if isinstance(item, int | str) and not isinstance(item, bool)]
+        values = [
+            item[part]
+            for value in values
+            for item in (value if isinstance(value, list) else [value])
+            if isinstance(item, dict) and part in item
+        ]
+    return [
+        item
+        for value in values
+        for item in (value if isinstance(value, list) else [value])
+        if isinstance(item, int | str) and not isinstance(item, bool)
+    ]
 
 
 def strip_partition(line_record: Any) -> Any:

@@ -329,6 +329,33 @@ def test_from_path_through_object_list(tmp_path: Path, mock: MockServer) -> None
     assert len(names) >= 2
 
 
+def test_raw_path_featured_projects(tmp_path: Path, mock: MockServer) -> None:
+    """The raw-path example of docs/recipes.md runs against the mock: its featured projects."""
+    recipe = write_recipe(
+        tmp_path,
+        """\
+        version: 1
+        instance: {rate_limit: 10000/s}
+        output: OUT
+        streams:
+          featured:
+            path: /projects/queries/featured/
+            records: results
+            key: projectId
+            paginated: false
+            auth: optional
+        """,
+    )
+    expected = [project.id for project in mock.dataset.featured_projects()]
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    written = records(data_file(tmp_path / "out", "featured"))
+    assert [record["projectId"] for record in written] == expected
+    assert len(expected) >= 2
+
+
 def test_from_field_never_found_warns(tmp_path: Path, mock: MockServer) -> None:
     """A from: field that no parent record has (a typo) leaves the child empty, with a warning."""
     recipe = write_recipe(

@@ -291,6 +291,24 @@ class Dataset:
                 if project.status in _PUBLIC_STATUSES and not project.private
             )
 
+    def featured_projects(self) -> list[Project]:
+        """Return the featured projects: published, not private, with an id that ends in 3.
+
+        The generated data has no featured flag, so this fixed rule replaces the
+        choice that managers make on the genuine server.
+        """
+        with self.lock:
+            return sorted(
+                (
+                    project
+                    for project in self.projects.values()
+                    if project.status == "PUBLISHED"
+                    and not project.private
+                    and project.id % 10 == 3
+                ),
+                key=lambda project: project.id,
+            )
+
     def private_project_ids(self) -> list[int]:
         with self.lock:
             return sorted(project.id for project in self.projects.values() if project.private)

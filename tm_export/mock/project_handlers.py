@@ -48,6 +48,13 @@ async def search_projects(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def featured_projects(request: web.Request) -> web.StreamResponse:
+    """``/projects/queries/featured/``: every featured project in one response, unpaginated."""
+    ds = dataset_of(request)
+    results = [views.search_item(ds, project) for project in ds.featured_projects()]
+    return json_response({"mapResults": [], "results": results, "pagination": None})
+
+
 async def my_projects(request: web.Request) -> web.StreamResponse:
     """``/projects/queries/myself/owner/``: the caller's own projects, for managers only."""
     ds = dataset_of(request)
@@ -208,6 +215,7 @@ async def project_statistics(request: web.Request) -> web.StreamResponse:
 ROUTES = (
     Route("/projects/", search_projects, "optional"),
     Route("/projects/queries/myself/owner/", my_projects, "required"),
+    Route("/projects/queries/featured/", featured_projects),
     Route("/projects/{project_id}/", project_detail, "optional"),
     Route("/projects/{project_id}/queries/summary/", project_summary, "optional"),
     Route("/projects/{project_id}/queries/aoi/", project_aoi),

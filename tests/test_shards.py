@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -513,3 +514,51 @@ def test_merge_names_failed_partitions(tmp_path: Path, mock: MockServer) -> None
     status = run_cli("status", str(tmp_path / "merged"))
     assert "state: complete" in status.stdout
     assert "last error" not in status.stdout
+
+
+def test_unread_parent_page_fails_shard(tmp_path: Path, mock: MockServer) -> None:
+    """A shard that cannot read a parent page another shard writes exits 1, and a rerun
+    fetches the children that page names, so no record is lost without a word."""
+    text = RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, retries: {attempts: 1}}")
+    recipe = write_recipe(tmp_path, text)
+    owner = int.from_bytes(hashlib.sha256(b"projects\n{}").digest()[:8], "big") % 3 + 1
+    index = owner % 3 + 1  # a shard that reads the project list but does not write it
+    shard = f"{index}/3"
+    mock.add_fault(path=r"^/api/v2/projects/$", status=500, after=1, times=1)
+
+    first = run_shard(recipe, mock.api_url, shard, tmp_path / "shard")
+
+    assert first.exit_code == 1, first.stderr
+    query = "omitMapResults=true&orderBy=id&orderByType=ASC&projectStatuses=PUBLISHED,ARCHIVED"
+    assert first.stderr.endswith(
+        f"tm-export: error: shard {shard} could not read 1 partition that another shard writes "
+        f"(first: projects {{}}: GET {mock.api_url}/projects/?{query}&page=2: 500 Internal "
+        'Server Error (application/json): {"detail":"Internal Server Error"}), so the child '
+        "partitions named by their records are unknown; the run is left unfinished: run the "
+        "same command again to resume\n"
+    )
+
+    again = run_shard(recipe, mock.api_url, shard, tmp_path / "shard")
+
+    assert again.exit_code == 0, again.stderr
+    status = run_cli("status", str(tmp_path / "shard"), "--json")
+    assert orjson.loads(status.stdout)["state"] == "complete"
+    whole = run_cli("run", str(recipe), "--base-url", mock.api_url, "--output", str(tmp_path / "w"))
+    assert whole.exit_code == 0, whole.stderr
+    activities = lines(tmp_path / "w/runs/0001")["activities"]
+    written = lines(tmp_path / "shard/runs/0001")["activities"]
+    owned = Counter(
+        {
+            line: count
+            for line, count in activities.items()
+            if _owned_by(index, orjson.loads(line)["_partition"])
+        }
+    )
+    assert written == owned
+    assert sum(written.values()) > 0
+
+
+def _owned_by(index: int, partition: dict[str, object]) -> bool:
+    key = orjson.dumps(partition, option=orjson.OPT_SORT_KEYS).decode()
+    digest = hashlib.sha256(f"activities\n{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 3 == index - 1

@@ -487,6 +487,7 @@ class _Session:
                     if self.baseline is not None:
                         await self._find_deleted(fetcher, state, committer, result)
                     await self._run_streams(runners, committer, fetcher, result)
+                    self._check_parents_read(runners)
             except* FatalError as group:
                 result.fatal = _first(group)
             finally:
@@ -564,6 +565,30 @@ class _Session:
             else:
                 result.authenticated = True
                 logger.info("the API token was accepted")
+
+    def _check_parents_read(self, runners: dict[str, StreamRunner]) -> None:
+        """Stop a shard that could not read a partition another shard writes.
+
+        The child partitions named by that partition's records are unknown, so the run is
+        left unfinished. The next session reads every such partition again.
+
+        Raises:
+            FatalError: a partition could not be read after every retry.
+        """
+        unread = [(name, runner.unread_parents) for name, runner in runners.items()]
+        unread = [(name, partitions) for name, partitions in unread if partitions]
+        if not unread or self.options.shard is None:
+            return
+        index, count = self.options.shard
+        name, partitions = unread[0]
+        partition, error = partitions[0]
+        total = sum(len(partitions) for _, partitions in unread)
+        raise FatalError(
+            f"shard {index}/{count} could not read {total} partition{'s' if total != 1 else ''} "
+            f"that another shard writes (first: {name} {partition}: {error}), so the child "
+            "partitions named by their records are unknown; the run is left unfinished: run the "
+            "same command again to resume"
+        )
 
     async def _find_deleted(
         self, fetcher: Fetcher, state: ManifestState, committer: Committer, result: RunResult

@@ -102,6 +102,9 @@ class StreamRunner:
             self._retry_states.add("skipped")
         self._children: list[_ChildFeed] = []
         self._records_offered = 0
+        self.unread_parents: list[tuple[str, str]] = []
+        """Partitions another shard writes that this shard failed to read, with their first
+        error: the child partitions their records name are unknown to this shard."""
         self._parent_values: MemoryObjectReceiveStream[dict[str, Scalar]] | None = None
         self._pages = PageWriter(
             spec,
@@ -434,6 +437,15 @@ class StreamRunner:
         self, walk: PartitionWalk, outcome: str, skipped_by: HTTPStatusError | None = None
     ) -> None:
         if walk.scout:
+            if walk.failed_pages:
+                first = walk.failed_pages[min(walk.failed_pages)]
+                self.unread_parents.append((walk.id, str(first)))
+                logger.error(
+                    "%s %s could not be read for its child streams: %s",
+                    self.spec.name,
+                    walk.id,
+                    first,
+                )
             return
         state = walk.state
         entry: dict[str, Any] = {

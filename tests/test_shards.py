@@ -562,3 +562,29 @@ def _owned_by(index: int, partition: dict[str, object]) -> bool:
     key = orjson.dumps(partition, option=orjson.OPT_SORT_KEYS).decode()
     digest = hashlib.sha256(f"activities\n{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % 3 == index - 1
+
+
+def test_retry_command_from_other_folder(
+    tmp_path: Path, mock: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Merged elsewhere, the retry command names the output absolutely and says where the
+    relative recipe path holds."""
+    text = RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, retries: {attempts: 1}}")
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "merge").mkdir()
+    write_recipe(tmp_path / "jobs", text)
+    mock.add_fault(path=r"^/api/v2/projects/8/statistics/$", status=500)
+    monkeypatch.chdir(tmp_path / "jobs")
+    for index in (1, 2):
+        outcome = run_shard(Path("recipe.yaml"), mock.api_url, f"{index}/2", Path(f"s{index}"))
+        assert outcome.exit_code in (0, 3), outcome.stderr
+    monkeypatch.chdir(tmp_path / "merge")
+
+    merged = run_cli("merge", "../merged", "../jobs/s1", "../jobs/s2")
+
+    assert merged.exit_code == 0, merged.stderr
+    assert merged.stderr.endswith(
+        f"run: tm-export run recipe.yaml --base-url {mock.api_url} --retry-failed --output "
+        f"{tmp_path / 'merged'} (in the folder the shards ran in: the recipe path "
+        "recipe.yaml is relative to it)\n"
+    )

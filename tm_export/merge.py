@@ -145,14 +145,23 @@ def _failed_text(failed: dict[str, list[str]], limit: int = 5) -> str:
 
 
 def _retry_command(shards: list[Shard], output: Path) -> str:
+    """Return the command that fetches the shards' failed partitions on the merged run.
+
+    The output folder is absolute, so the command also works from the folder the shards ran
+    in, which is where a relative recipe path that is not found from here must be read.
+    """
     header = shards[-1].header
     sessions = [entry for entry in shards[-1].entries if entry["t"] == "session"]
     base_url = sessions[-1].get("settings", {}).get("base_url") if sessions else None
-    words = ["tm-export", "run", str(header.get("recipe_path", "RECIPE"))]
+    recipe = str(header.get("recipe_path", "RECIPE"))
+    words = ["tm-export", "run", recipe]
     if base_url:
         words += ["--base-url", str(base_url)]
-    words += ["--retry-failed", "--output", str(output)]
-    return shlex.join(words)
+    words += ["--retry-failed", "--output", os.path.abspath(output)]
+    command = shlex.join(words)
+    if not Path(recipe).is_absolute() and not Path(recipe).exists():
+        command += f" (in the folder the shards ran in: the recipe path {recipe} is relative to it)"
+    return command
 
 
 def _read_shard(source: Path) -> Shard:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tm_export.mock import MockServer
 
@@ -329,6 +330,48 @@ def test_from_path_through_object_list(tmp_path: Path, mock: MockServer) -> None
     assert len(names) >= 2
 
 
+MANAGERS_RECIPE = """\
+version: 1
+instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s}
+output: OUT
+streams:
+  orgs:
+    endpoint: organisation
+    params: {organisation_id: {each: IDS}}
+  managers:
+    endpoint: user_statistics
+    params: {username: {from: orgs.PATH}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "found"),
+    [
+        ("managers", "their managers holds only empty lists, null, true/false or objects"),
+        ("managers.usrname", "none of their managers has usrname"),
+        ("manager.username", "none of them has manager"),
+    ],
+)
+def test_from_warning_names_missing_part(
+    tmp_path: Path, mock: MockServer, path: str, found: str
+) -> None:
+    """The warning for a from: path that gives no value says which part no record has."""
+    ids = sorted(mock.dataset.organisations)
+    text = MANAGERS_RECIPE.replace("IDS", str(ids)).replace("PATH", path)
+    recipe = write_recipe(tmp_path, text)
+
+    outcome = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["admin"]}
+    )
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert (
+        f"tm-export: WARNING: managers: no string or integer value for {path} in the {len(ids)} "
+        f"records of orgs ({found}), so managers has no partitions; check the field in its "
+        "from: parameter\n"
+    ) in outcome.stderr
+
+
 def test_raw_path_featured_projects(tmp_path: Path, mock: MockServer) -> None:
     """The raw-path example of docs/recipes.md runs against the mock: its featured projects."""
     recipe = write_recipe(
@@ -378,7 +421,8 @@ def test_from_field_never_found_warns(tmp_path: Path, mock: MockServer) -> None:
     assert outcome.exit_code == 0, outcome.stderr
     count = len(records(data_file(tmp_path / "out", "projects")))
     assert (
-        f"tm-export: WARNING: summaries: none of the {count} records of projects has "
-        "projectID, so summaries has no partitions; check the field in its from: parameter\n"
+        f"tm-export: WARNING: summaries: no string or integer value for projectID in the {count} "
+        "records of projects (none of them has projectID), so summaries has no partitions; "
+        "check the field in its from: parameter\n"
     ) in outcome.stderr
     assert data_file(tmp_path / "out", "summaries").read_bytes() == b""

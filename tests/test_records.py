@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import orjson
 
-from tm_export.records import KeySet, encode_lines, field_values, record_key, strip_partition
+from tm_export.records import (
+    KeySet,
+    encode_lines,
+    field_values,
+    found_depth,
+    record_key,
+    strip_partition,
+)
 
 
 def test_key_set_ints_and_others() -> None:
@@ -77,3 +84,10 @@ def test_field_values_missing_path() -> None:
     assert field_values(ORGANISATION, "slug.name") == []
     assert field_values(ORGANISATION, "owner.username") == []
     assert field_values([ORGANISATION], "organisationId") == [2]
+
+
+def test_found_depth_counts_parts() -> None:
+    assert found_depth(ORGANISATION, "managers.username") == 2
+    assert found_depth(ORGANISATION, "managers.usrname") == 1
+    assert found_depth(ORGANISATION, "teams.teamId") == 1
+    assert found_depth(ORGANISATION, "owner.username") == 0

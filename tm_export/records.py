@@ -112,6 +112,23 @@ def field_values(record: Any, field_path: str) -> list[Any]:
     ]
 
 
+def found_depth(record: Any, field_path: str) -> int:
+    """Return how many leading parts of a dotted path exist in a record, through lists."""
+    values = [record]
+    depth = 0
+    for part in field_path.split("."):
+        values = [
+            item[part]
+            for value in values
+            for item in (value if isinstance(value, list) else [value])
+            if isinstance(item, dict) and part in item
+        ]
+        if not values:
+            break
+        depth += 1
+    return depth
+
+
 def strip_partition(line_record: Any) -> Any:
     """Return the record as the server sent it, without the ``_partition`` key."""
     if not isinstance(line_record, dict) or PARTITION_KEY not in line_record:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,7 +34,7 @@ from .params import (
 from .progress import StreamProgress
 from .query import QueryBuilder
 from .recipe import StreamSpec
-from .records import ShapeError
+from .records import ShapeError, found_depth
 from .walk import PageResult, PartitionWalk, StreamStats, combinations
 
 logger = logging.getLogger("tm_export.stream")
@@ -60,6 +60,9 @@ class _ChildFeed:
     """Parameter name to the dotted field path of this stream's records."""
     send: MemoryObjectSendStream[dict[str, Scalar]]
     sent: int = 0
+    depths: dict[str, int] = field(default_factory=dict)
+    """Per field path, the most leading parts found in one record, kept while none is sent,
+    so that the warning of an empty feed names the part of the path that no record has."""
 
 
 class StreamRunner:
@@ -167,20 +170,31 @@ class StreamRunner:
             self._close_feeds()
 
     def _warn_of_empty_feeds(self) -> None:
-        """Warn of a child stream whose fields no record of this stream has, such as a typo."""
+        """Warn of a child stream that got no value from this stream's records, such as for a
+        typo in its field, naming the part of the field path that no record has."""
         if not self._records_offered:
             return
         for feed in self._children:
-            if feed.sent == 0:
-                logger.warning(
-                    "%s: none of the %d records of %s has %s, so %s has no partitions; check "
-                    "the field in its from: parameter",
-                    feed.name,
-                    self._records_offered,
-                    self.spec.name,
-                    " with ".join(feed.fields.values()),
-                    feed.name,
-                )
+            if feed.sent:
+                continue
+            path, depth = min(feed.depths.items(), key=lambda item: item[1])
+            parts = path.split(".")
+            if depth == 0:
+                found = f"none of them has {parts[0]}"
+            elif depth < len(parts):
+                found = f"none of their {'.'.join(parts[:depth])} has {parts[depth]}"
+            else:
+                found = f"their {path} holds only empty lists, null, true/false or objects"
+            logger.warning(
+                "%s: no string or integer value for %s in the %d records of %s (%s), so %s has "
+                "no partitions; check the field in its from: parameter",
+                feed.name,
+                path,
+                self._records_offered,
+                self.spec.name,
+                found,
+                feed.name,
+            )
 
     def _close_feeds(self) -> None:
         if self._parent_values is not None:
@@ -415,6 +429,10 @@ class StreamRunner:
                     for values in combinations(record, feed.fields):
                         feed.sent += 1
                         await _put(feed.send, values)
+                    if not feed.sent:
+                        for path in feed.fields.values():
+                            depth = found_depth(record, path)
+                            feed.depths[path] = max(feed.depths.get(path, 0), depth)
             except anyio.BrokenResourceError:
                 # Only a fatal error elsewhere stops a child early. That error ends the run,
                 # so the child no longer needs these values.

@@ -302,6 +302,24 @@ def test_probe_line_gives_least_time(tmp_path: Path, mock: MockServer) -> None:
     )
 
 
+def test_probe_line_without_paginated_partitions(tmp_path: Path, mock: MockServer) -> None:
+    """A recipe with nothing to probe says so, where it announced page 1 of 0 partitions."""
+    text = """\
+    version: 1
+    output: OUT
+    streams:
+      stats:
+        endpoint: project_statistics
+        params: {project_id: {range: [1, 6]}}
+    """
+    plan = plan_recipe(load_recipe(write_recipe(tmp_path, text)), token_set=False)
+
+    assert describe_probe(plan, mock.api_url) == (
+        f"nothing to probe at {mock.api_url}: no partition is both paginated and known before "
+        "the run"
+    )
+
+
 def test_plan_probe_unreachable(tmp_path: Path) -> None:
     """A server that refuses connections stops the probe with exit 1, as it stops a run."""
     recipe = write_recipe(

@@ -140,6 +140,11 @@ def probe_requests(plan: Plan, max_probes: int = DEFAULT_MAX_PROBES) -> int:
 def describe_probe(plan: Plan, base_url: str, max_probes: int = DEFAULT_MAX_PROBES) -> str:
     """Return a line naming the requests a probe sends and the least time they take at the rate."""
     count = probe_requests(plan, max_probes)
+    if count == 0:
+        return (
+            f"nothing to probe at {base_url}: no partition is both paginated and known before "
+            "the run"
+        )
     rate = plan.recipe.instance.rate_limit
     line = (
         f"probing {base_url}: page 1 of {count:,} partition{'s' if count != 1 else ''}, at "

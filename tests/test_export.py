@@ -345,19 +345,42 @@ streams:
 
 
 @pytest.mark.parametrize(
-    ("path", "found"),
+    ("path", "ids", "reason"),
     [
-        ("managers", "their managers holds only empty lists, null, true/false or objects"),
-        ("managers.usrname", "none of their managers has usrname"),
-        ("manager.username", "none of them has manager"),
+        (
+            "managers",
+            None,
+            "their managers contains objects), so managers has no partitions; name a field of "
+            "those objects, such as managers.username",
+        ),
+        (
+            "managers.usrname",
+            None,
+            "none of their managers has usrname), so managers has no partitions; check the "
+            "field in its from: parameter",
+        ),
+        (
+            "manager.username",
+            None,
+            "none of them has manager), so managers has no partitions; check the field in its "
+            "from: parameter",
+        ),
+        (
+            "managers.username",
+            "without managers",
+            "their managers is empty or null in each), so managers has no partitions",
+        ),
     ],
 )
 def test_from_warning_names_missing_part(
-    tmp_path: Path, mock: MockServer, path: str, found: str
+    tmp_path: Path, mock: MockServer, path: str, ids: str | None, reason: str
 ) -> None:
-    """The warning for a from: path that gives no value says which part no record has."""
-    ids = sorted(mock.dataset.organisations)
-    text = MANAGERS_RECIPE.replace("IDS", str(ids)).replace("PATH", path)
+    """The warning for a from: path that gives no value says where the path stops, and asks
+    to check the field only when the path is likely wrong."""
+    chosen = sorted(mock.dataset.organisations)
+    if ids == "without managers":
+        chosen = [i for i in chosen if not mock.dataset.organisations[i].manager_ids][:1]
+    text = MANAGERS_RECIPE.replace("IDS", str(chosen)).replace("PATH", path)
     recipe = write_recipe(tmp_path, text)
 
     outcome = run_cli(
@@ -365,10 +388,10 @@ def test_from_warning_names_missing_part(
     )
 
     assert outcome.exit_code == 0, outcome.stderr
+    records_text = "1 record" if len(chosen) == 1 else f"{len(chosen)} records"
     assert (
-        f"tm-export: WARNING: managers: no string or integer value for {path} in the {len(ids)} "
-        f"records of orgs ({found}), so managers has no partitions; check the field in its "
-        "from: parameter\n"
+        f"tm-export: WARNING: managers: no string or integer value for {path} in the "
+        f"{records_text} of orgs ({reason}\n"
     ) in outcome.stderr
 
 

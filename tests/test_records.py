@@ -6,9 +6,10 @@ import orjson
 
 from tm_export.records import (
     KeySet,
+    PathReach,
     encode_lines,
     field_values,
-    found_depth,
+    path_reach,
     record_key,
     strip_partition,
 )
@@ -86,8 +87,9 @@ def test_field_values_missing_path() -> None:
     assert field_values([ORGANISATION], "organisationId") == [2]
 
 
-def test_found_depth_counts_parts() -> None:
-    assert found_depth(ORGANISATION, "managers.username") == 2
-    assert found_depth(ORGANISATION, "managers.usrname") == 1
-    assert found_depth(ORGANISATION, "teams.teamId") == 1
-    assert found_depth(ORGANISATION, "owner.username") == 0
+def test_path_reach_stops_where_path_ends() -> None:
+    assert path_reach(ORGANISATION, "managers.username") == PathReach(2, False)
+    assert path_reach(ORGANISATION, "managers") == PathReach(1, True, "username")
+    assert path_reach(ORGANISATION, "managers.usrname") == PathReach(1, True)
+    assert path_reach(ORGANISATION, "teams.teamId") == PathReach(1, False)
+    assert path_reach(ORGANISATION, "owner.username") == PathReach(0, True)

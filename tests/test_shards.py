@@ -584,7 +584,7 @@ def test_retry_command_from_other_folder(
 
     assert merged.exit_code == 0, merged.stderr
     assert merged.stderr.endswith(
-        f"run: tm-export run recipe.yaml --base-url {mock.api_url} --retry-failed --output "
-        f"{tmp_path / 'merged'} (in the folder the shards ran in: the recipe path "
-        "recipe.yaml is relative to it)\n"
+        "to fetch it again, run in the folder the shards ran in, since the recipe path "
+        f"recipe.yaml is relative to it: tm-export run recipe.yaml --base-url {mock.api_url} "
+        f"--retry-failed --output {tmp_path / 'merged'}\n"
     )

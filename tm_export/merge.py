@@ -102,9 +102,11 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
         write_run_record(run_folder)
     failed = _failed_partitions(shards)
     if failed:
+        total = sum(len(ids) for ids in failed.values())
         logger.warning(
-            "the shards left %s; to fetch them again, run: %s",
+            "the shards left %s; to fetch %s again, run%s",
             _failed_text(failed),
+            "it" if total == 1 else "them",
             _retry_command(shards, output),
         )
     return MergeResult(run_folder=run_folder, records=records, failed=failed)
@@ -145,7 +147,8 @@ def _failed_text(failed: dict[str, list[str]], limit: int = 5) -> str:
 
 
 def _retry_command(shards: list[Shard], output: Path) -> str:
-    """Return the command that fetches the shards' failed partitions on the merged run.
+    """Return ``: COMMAND``, the command that fetches the shards' failed partitions on the
+    merged run, preceded by where to run it when the recipe path is not found from here.
 
     The output folder is absolute, so the command also works from the folder the shards ran
     in, which is where a relative recipe path that is not found from here must be read.
@@ -160,8 +163,8 @@ def _retry_command(shards: list[Shard], output: Path) -> str:
     words += ["--retry-failed", "--output", os.path.abspath(output)]
     command = shlex.join(words)
     if not Path(recipe).is_absolute() and not Path(recipe).exists():
-        command += f" (in the folder the shards ran in: the recipe path {recipe} is relative to it)"
-    return command
+        return f" in the folder the shards ran in, since the recipe path {recipe} is relative to it: {command}"
+    return f": {command}"
 
 
 def _read_shard(source: Path) -> Shard:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -98,35 +99,45 @@ def field_values(record: Any, field_path: str) -> list[Any]:
     """
     values = [record]
     for part in field_path.split("."):
-        values = [
-            item[part]
-            for value in values
-            for item in (value if isinstance(value, list) else [value])
-            if isinstance(item, dict) and part in item
-        ]
+        values = [item[part] for item in _items(values) if isinstance(item, dict) and part in item]
     return [
         item
-        for value in values
-        for item in (value if isinstance(value, list) else [value])
+        for item in _items(values)
         if isinstance(item, int | str) and not isinstance(item, bool)
     ]
 
 
-def found_depth(record: Any, field_path: str) -> int:
-    """Return how many leading parts of a dotted path exist in a record, through lists."""
+@dataclass(frozen=True, slots=True)
+class PathReach:
+    """How far a dotted field path goes into a record, for a path that gives no value."""
+
+    depth: int
+    """Leading parts of the path that the record has."""
+    objects: bool
+    """Whether there were objects to look up the next part in; at the end of the path,
+    whether the values there are objects."""
+    sample_key: str | None = None
+    """A key of the first object at the end of the path."""
+
+
+def path_reach(record: Any, field_path: str) -> PathReach:
+    """Return how far a dotted path goes into a record, through lists."""
+    parts = field_path.split(".")
     values = [record]
-    depth = 0
-    for part in field_path.split("."):
-        values = [
-            item[part]
-            for value in values
-            for item in (value if isinstance(value, list) else [value])
-            if isinstance(item, dict) and part in item
-        ]
+    for depth, part in enumerate(parts):
+        objects = [item for item in _items(values) if isinstance(item, dict)]
+        values = [item[part] for item in objects if part in item]
         if not values:
-            break
-        depth += 1
-    return depth
+            return PathReach(depth, bool(objects))
+
+    ends = [item for item in _items(values) if isinstance(item, dict)]
+    sample_key = next(iter(ends[0]), None) if ends else None
+    return PathReach(len(parts), bool(ends), sample_key)
+
+
+def _items(values: list[Any]) -> list[Any]:
+    """Return the values with each list replaced by its items."""
+    return [item for value in values for item in (value if isinstance(value, list) else [value])]
 
 
 def strip_partition(line_record: Any) -> Any:

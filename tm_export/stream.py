@@ -34,7 +34,7 @@ from .params import (
 from .progress import StreamProgress
 from .query import QueryBuilder
 from .recipe import StreamSpec
-from .records import ShapeError, found_depth
+from .records import PathReach, ShapeError, path_reach
 from .walk import PageResult, PartitionWalk, StreamStats, combinations
 
 logger = logging.getLogger("tm_export.stream")
@@ -60,9 +60,29 @@ class _ChildFeed:
     """Parameter name to the dotted field path of this stream's records."""
     send: MemoryObjectSendStream[dict[str, Scalar]]
     sent: int = 0
-    depths: dict[str, int] = field(default_factory=dict)
-    """Per field path, the most leading parts found in one record, kept while none is sent,
+    reaches: dict[str, PathReach] = field(default_factory=dict)
+    """Per field path, the farthest it went into one record, kept while no value is sent,
     so that the warning of an empty feed names the part of the path that no record has."""
+
+
+def _empty_feed_reason(path: str, reach: PathReach) -> tuple[str, str | None]:
+    """Return where a field path that gives no value stops in the records, and what to do
+    about it when the path is likely wrong."""
+    parts = path.split(".")
+    check = "check the field in its from: parameter"
+    if reach.depth == 0:
+        return f"none of them has {parts[0]}", check
+    prefix = ".".join(parts[: reach.depth])
+    if reach.depth < len(parts) and reach.objects:
+        return f"none of their {prefix} has {parts[reach.depth]}", check
+    if reach.depth < len(parts):
+        return f"their {prefix} is empty or null in each", None
+    if reach.objects:
+        return (
+            f"their {path} contains objects",
+            f"name a field of those objects, such as {path}.{reach.sample_key}",
+        )
+    return f"their {path} contains only empty lists, null or true/false", None
 
 
 class StreamRunner:
@@ -177,24 +197,15 @@ class StreamRunner:
         for feed in self._children:
             if feed.sent:
                 continue
-            path, depth = min(feed.depths.items(), key=lambda item: item[1])
-            parts = path.split(".")
-            if depth == 0:
-                found = f"none of them has {parts[0]}"
-            elif depth < len(parts):
-                found = f"none of their {'.'.join(parts[:depth])} has {parts[depth]}"
-            else:
-                found = f"their {path} holds only empty lists, null, true/false or objects"
-            logger.warning(
-                "%s: no string or integer value for %s in the %d records of %s (%s), so %s has "
-                "no partitions; check the field in its from: parameter",
-                feed.name,
-                path,
-                self._records_offered,
-                self.spec.name,
-                found,
-                feed.name,
+            path, reach = min(feed.reaches.items(), key=lambda item: item[1].depth)
+            count = self._records_offered
+            fact, advice = _empty_feed_reason(path, reach)
+            message = (
+                f"{feed.name}: no string or integer value for {path} in the {count} "
+                f"record{'' if count == 1 else 's'} of {self.spec.name} ({fact}), so "
+                f"{feed.name} has no partitions"
             )
+            logger.warning("%s", f"{message}; {advice}" if advice else message)
 
     def _close_feeds(self) -> None:
         if self._parent_values is not None:
@@ -431,8 +442,13 @@ class StreamRunner:
                         await _put(feed.send, values)
                     if not feed.sent:
                         for path in feed.fields.values():
-                            depth = found_depth(record, path)
-                            feed.depths[path] = max(feed.depths.get(path, 0), depth)
+                            reach = path_reach(record, path)
+                            known = feed.reaches.get(path)
+                            if known is None or (reach.depth, reach.objects) > (
+                                known.depth,
+                                known.objects,
+                            ):
+                                feed.reaches[path] = reach
             except anyio.BrokenResourceError:
                 # Only a fatal error elsewhere stops a child early. That error ends the run,
                 # so the child no longer needs these values.

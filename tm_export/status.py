@@ -269,8 +269,9 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
 
     if any(not stream.pending_final for stream in status.streams):
         lines.append(
-            "pending: partitions known so far; N+ marks a dependent stream, which learns more "
-            "from its parent's records"
+            "pending: partitions known so far; N+ marks a count that can still grow: a "
+            "dependent stream learns partitions from its parent's records, and a shard or an "
+            "incremental run counts only those it has seen"
         )
     for stream in status.streams:
         if stream.parent is not None:

@@ -538,6 +538,14 @@ def test_unread_parent_page_fails_shard(tmp_path: Path, mock: MockServer) -> Non
         "same command again to resume\n"
     )
 
+    early = run_cli("merge", str(tmp_path / "merged"), str(tmp_path / "shard"))
+    assert early.exit_code == 2
+    assert early.stderr == (
+        f"tm-export: error: {tmp_path / 'shard/runs/0001'}: shard {shard} has not finished; run "
+        f"it to the end first, with the command that made it: tm-export run {recipe} "
+        f"--base-url {mock.api_url} --shard {shard} --output {tmp_path / 'shard'}\n"
+    )
+
     again = run_shard(recipe, mock.api_url, shard, tmp_path / "shard")
 
     assert again.exit_code == 0, again.stderr

@@ -147,23 +147,29 @@ def _failed_text(failed: dict[str, list[str]], limit: int = 5) -> str:
 
 
 def _retry_command(shards: list[Shard], output: Path) -> str:
-    """Return ``: COMMAND``, the command that fetches the shards' failed partitions on the
-    merged run, preceded by where to run it when the recipe path is not found from here.
+    """Return the command that fetches the shards' failed partitions on the merged run."""
+    options = ["--retry-failed", "--output", os.path.abspath(output)]
+    return _run_command(shards[-1].entries, options, "the shards ran in")
 
-    The output folder is absolute, so the command also works from the folder the shards ran
-    in, which is where a relative recipe path that is not found from here must be read.
+
+def _run_command(entries: list[dict[str, Any]], options: list[str], where: str) -> str:
+    """Return ``: COMMAND``, a ``tm-export run`` of the recipe and base URL of a run's
+    manifest, preceded by where to run it when the recipe path is not found from here.
+
+    Output folders in ``options`` should be absolute, so the command also works from the
+    folder ``where`` names, where a relative recipe path that is not found from here holds.
     """
-    header = shards[-1].header
-    sessions = [entry for entry in shards[-1].entries if entry["t"] == "session"]
+    sessions = [entry for entry in entries if entry["t"] == "session"]
     base_url = sessions[-1].get("settings", {}).get("base_url") if sessions else None
-    recipe = str(header.get("recipe_path", "RECIPE"))
+    recipe = str(entries[0].get("recipe_path", "RECIPE"))
     words = ["tm-export", "run", recipe]
     if base_url:
         words += ["--base-url", str(base_url)]
-    words += ["--retry-failed", "--output", os.path.abspath(output)]
-    command = shlex.join(words)
+    command = shlex.join(words + options)
     if not Path(recipe).is_absolute() and not Path(recipe).exists():
-        return f" in the folder the shards ran in, since the recipe path {recipe} is relative to it: {command}"
+        return (
+            f" in the folder {where}, since the recipe path {recipe} is relative to it: {command}"
+        )
     return f": {command}"
 
 
@@ -178,8 +184,11 @@ def _read_shard(source: Path) -> Shard:
         )
     ends = [entry for entry in entries if entry["t"] == "end"]
     if not ends:
+        options = ["--shard", f"{shard[0]}/{shard[1]}", "--output", os.path.abspath(source)]
+        command = _run_command(entries, options, "the shard ran in")
         raise RecipeError(
-            f"{folder}: shard {shard[0]}/{shard[1]} has not finished; run it to the end first"
+            f"{folder}: shard {shard[0]}/{shard[1]} has not finished; run it to the end "
+            f"first, with the command that made it{command}"
         )
     canonical = sorted({entry["s"] for entry in entries if entry["t"] == "canonical"})
     if canonical:

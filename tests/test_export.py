@@ -350,25 +350,31 @@ streams:
         (
             "managers",
             None,
-            "their managers contains objects), so managers has no partitions; name a field of "
-            "those objects, such as managers.username",
+            "managers holds objects), so managers has no partitions; name one of their "
+            "fields, such as managers.username",
         ),
         (
             "managers.usrname",
             None,
-            "none of their managers has usrname), so managers has no partitions; check the "
-            "field in its from: parameter",
+            "no object in managers has usrname), so managers has no partitions; did you mean "
+            "managers.username?",
         ),
         (
             "manager.username",
             None,
-            "none of them has manager), so managers has no partitions; check the field in its "
-            "from: parameter",
+            "no record has manager), so managers has no partitions; did you mean "
+            "managers.username?",
+        ),
+        (
+            "slug.name",
+            None,
+            "slug holds text, numbers or true/false, which have no name), so managers has no "
+            "partitions; check the field in its from: parameter",
         ),
         (
             "managers.username",
             "without managers",
-            "their managers is empty or null in each), so managers has no partitions",
+            "managers is empty or null in every record), so managers has no partitions",
         ),
     ],
 )
@@ -445,7 +451,7 @@ def test_from_field_never_found_warns(tmp_path: Path, mock: MockServer) -> None:
     count = len(records(data_file(tmp_path / "out", "projects")))
     assert (
         f"tm-export: WARNING: summaries: no string or integer value for projectID in the {count} "
-        "records of projects (none of them has projectID), so summaries has no partitions; "
-        "check the field in its from: parameter\n"
+        "records of projects (no record has projectID), so summaries has no partitions; did "
+        "you mean projectId?\n"
     ) in outcome.stderr
     assert data_file(tmp_path / "out", "summaries").read_bytes() == b""

@@ -88,8 +88,8 @@ def test_field_values_missing_path() -> None:
 
 
 def test_path_reach_stops_where_path_ends() -> None:
-    assert path_reach(ORGANISATION, "managers.username") == PathReach(2, False)
-    assert path_reach(ORGANISATION, "managers") == PathReach(1, True, "username")
-    assert path_reach(ORGANISATION, "managers.usrname") == PathReach(1, True)
-    assert path_reach(ORGANISATION, "teams.teamId") == PathReach(1, False)
-    assert path_reach(ORGANISATION, "owner.username") == PathReach(0, True)
+    assert path_reach(ORGANISATION, "managers") == PathReach(1, "objects", ("username",))
+    assert path_reach(ORGANISATION, "managers.usrname") == PathReach(1, "objects", ("username",))
+    assert path_reach(ORGANISATION, "teams.teamId") == PathReach(1, "empty")
+    assert path_reach(ORGANISATION, "slug.name") == PathReach(1, "values")
+    assert path_reach(ORGANISATION, "owner") == PathReach(0, "objects", tuple(ORGANISATION))

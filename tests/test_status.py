@@ -254,9 +254,9 @@ def test_status_dependent_pending(tmp_path: Path, mock: MockServer) -> None:
         f"summaries  {done:>4}  {f'{pending}+':>7}        0       0  {done:>7}  {size:>5}" in lines
     )
     assert (
-        "pending: partitions known so far; N+ marks a count that can still grow: a dependent "
+        "pending: partitions known and not finished; N+ marks a lower bound: a dependent "
         "stream learns partitions from its parent's records, and a shard or an incremental "
-        "run counts only those it has seen"
+        "run counts only the partitions it has started"
     ) in lines
     assert "summaries: one partition per value of projects.projectId" in lines
 

@@ -113,11 +113,11 @@ class PathReach:
 
     depth: int
     """Leading parts of the path that the record has."""
-    objects: bool
-    """Whether there were objects to look up the next part in; at the end of the path,
-    whether the values there are objects."""
-    sample_key: str | None = None
-    """A key of the first object at the end of the path."""
+    found: str
+    """The kind of value where the path stops: ``objects``, ``values`` (text, numbers, true
+    or false) or ``empty`` (empty lists, null or nothing)."""
+    keys: tuple[str, ...] = ()
+    """The keys of the first object where the path stops."""
 
 
 def path_reach(record: Any, field_path: str) -> PathReach:
@@ -125,14 +125,19 @@ def path_reach(record: Any, field_path: str) -> PathReach:
     parts = field_path.split(".")
     values = [record]
     for depth, part in enumerate(parts):
-        objects = [item for item in _items(values) if isinstance(item, dict)]
+        items = [item for item in _items(values) if item is not None]
+        objects = [item for item in items if isinstance(item, dict)]
         values = [item[part] for item in objects if part in item]
         if not values:
-            return PathReach(depth, bool(objects))
+            return _reach(depth, items, objects)
+    items = [item for item in _items(values) if item is not None]
+    return _reach(len(parts), items, [item for item in items if isinstance(item, dict)])
 
-    ends = [item for item in _items(values) if isinstance(item, dict)]
-    sample_key = next(iter(ends[0]), None) if ends else None
-    return PathReach(len(parts), bool(ends), sample_key)
+
+def _reach(depth: int, items: list[Any], objects: list[dict[str, Any]]) -> PathReach:
+    if objects:
+        return PathReach(depth, "objects", tuple(objects[0]))
+    return PathReach(depth, "values" if items else "empty")
 
 
 def _items(values: list[Any]) -> list[Any]:

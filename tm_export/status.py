@@ -269,9 +269,9 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
 
     if any(not stream.pending_final for stream in status.streams):
         lines.append(
-            "pending: partitions known so far; N+ marks a count that can still grow: a "
-            "dependent stream learns partitions from its parent's records, and a shard or an "
-            "incremental run counts only those it has seen"
+            "pending: partitions known and not finished; N+ marks a lower bound: a dependent "
+            "stream learns partitions from its parent's records, and a shard or an "
+            "incremental run counts only the partitions it has started"
         )
     for stream in status.streams:
         if stream.parent is not None:

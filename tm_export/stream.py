@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 from collections.abc import Iterator
@@ -65,24 +66,39 @@ class _ChildFeed:
     so that the warning of an empty feed names the part of the path that no record has."""
 
 
+#: Rank of what a path reach found, at equal depth: objects give their keys for a hint.
+_FOUND_ORDER = {"empty": 0, "values": 1, "objects": 2}
+
+
+def _further(reach: PathReach, known: PathReach) -> bool:
+    """Return True when ``reach`` goes further into the records than ``known``, or found
+    something of a higher rank at the same depth."""
+    return (reach.depth, _FOUND_ORDER[reach.found]) > (known.depth, _FOUND_ORDER[known.found])
+
+
 def _empty_feed_reason(path: str, reach: PathReach) -> tuple[str, str | None]:
     """Return where a field path that gives no value stops in the records, and what to do
     about it when the path is likely wrong."""
     parts = path.split(".")
     check = "check the field in its from: parameter"
-    if reach.depth == 0:
-        return f"none of them has {parts[0]}", check
-    prefix = ".".join(parts[: reach.depth])
-    if reach.depth < len(parts) and reach.objects:
-        return f"none of their {prefix} has {parts[reach.depth]}", check
+    done = ".".join(parts[: reach.depth])
     if reach.depth < len(parts):
-        return f"their {prefix} is empty or null in each", None
-    if reach.objects:
-        return (
-            f"their {path} contains objects",
-            f"name a field of those objects, such as {path}.{reach.sample_key}",
-        )
-    return f"their {path} contains only empty lists, null or true/false", None
+        part = parts[reach.depth]
+        if reach.found == "objects":
+            fact = f"no record has {part}" if not done else f"no object in {done} has {part}"
+            close = difflib.get_close_matches(part, reach.keys, n=1)
+            if close:
+                suggested = [*parts[: reach.depth], close[0], *parts[reach.depth + 1 :]]
+                return fact, f"did you mean {'.'.join(suggested)}?"
+            return fact, check
+        if reach.found == "values":
+            where = done or "the records"
+            return f"{where} holds text, numbers or true/false, which have no {part}", check
+        return f"{done} is empty or null in every record", None
+    if reach.found == "objects":
+        sample = f"{path}.{reach.keys[0]}" if reach.keys else f"{path}.FIELD"
+        return f"{path} holds objects", f"name one of their fields, such as {sample}"
+    return f"{path} is empty, null or true/false in every record", None
 
 
 class StreamRunner:
@@ -444,10 +460,7 @@ class StreamRunner:
                         for path in feed.fields.values():
                             reach = path_reach(record, path)
                             known = feed.reaches.get(path)
-                            if known is None or (reach.depth, reach.objects) > (
-                                known.depth,
-                                known.objects,
-                            ):
+                            if known is None or _further(reach, known):
                                 feed.reaches[path] = reach
             except anyio.BrokenResourceError:
                 # Only a fatal error elsewhere stops a child early. That error ends the run,

@@ -566,9 +566,10 @@ def test_unread_parent_page_fails_shard(tmp_path: Path, mock: MockServer) -> Non
     assert sum(written.values()) > 0
 
 
-def _owned_by(index: int, partition: dict[str, object]) -> bool:
+def _owned_by(index: int, partition: dict[str, object], stream: str = "activities") -> bool:
+    """Tell whether shard ``index`` of 3 writes ``partition``, by the rule docs/design.md gives."""
     key = orjson.dumps(partition, option=orjson.OPT_SORT_KEYS).decode()
-    digest = hashlib.sha256(f"activities\n{key}".encode()).digest()
+    digest = hashlib.sha256(f"{stream}\n{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % 3 == index - 1
 
 
@@ -596,3 +597,26 @@ def test_retry_command_from_other_folder(
         f"recipe.yaml is relative to it: tm-export run recipe.yaml --base-url {mock.api_url} "
         f"--retry-failed --output {tmp_path / 'merged'}\n"
     )
+
+
+def test_status_counts_shard_pending(tmp_path: Path, mock: MockServer) -> None:
+    """status of a stopped shard counts the static partitions the shard owns as pending,
+    exactly, where it showed 0+."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    owned = [pid for pid in range(1, 31) if _owned_by(1, {"project_id": pid}, "stats")]
+    mock.add_fault(
+        path=rf"^/api/v2/projects/{owned[0]}/statistics/$",
+        status=429,
+        headers={"Retry-After": "99999"},
+    )
+
+    stopped = run_shard(recipe, mock.api_url, "1/3", tmp_path / "shard")
+
+    assert stopped.exit_code == 1, stopped.stderr
+    status = orjson.loads(run_cli("status", str(tmp_path / "shard"), "--json").stdout)
+    stats = status["streams"]["stats"]
+    finals = stats["partitions"]["done"] + stats["partitions"]["skipped"]
+    finals += stats["partitions"]["failed"]
+    assert stats["partitions"]["pending"] == len(owned) - finals
+    assert stats["partitions"]["pending"] >= 1
+    assert stats["pending_final"] is True

@@ -255,8 +255,8 @@ def test_status_dependent_pending(tmp_path: Path, mock: MockServer) -> None:
     )
     assert (
         "pending: partitions known and not finished; N+ marks a lower bound: a dependent "
-        "stream learns partitions from its parent's records, and a shard or an incremental "
-        "run counts only the partitions it has started"
+        "stream learns partitions from its parent's records, and an incremental run counts "
+        "only the partitions it has started"
     ) in lines
     assert "summaries: one partition per value of projects.projectId" in lines
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import hashlib
 import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,17 @@ def render(value: object) -> str:
 def partition_id(partition: Partition) -> str:
     """Return the canonical text that identifies a partition in the manifest."""
     return orjson.dumps(dict(partition), option=orjson.OPT_SORT_KEYS).decode()
+
+
+def shard_owns(shard: tuple[int, int], stream: str, partition: str) -> bool:
+    """Tell whether shard ``(K, N)`` writes partition id ``partition`` of ``stream``.
+
+    Every shard owns a stable 1/N of a stream's partitions: the one whose index K − 1 is the
+    SHA-256 of the stream name and partition id, modulo N.
+    """
+    index, count = shard
+    digest = hashlib.sha256(f"{stream}\n{partition}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count == index - 1
 
 
 @dataclass(frozen=True, slots=True)

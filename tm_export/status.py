@@ -14,7 +14,17 @@ from typing import Any
 
 from .codec import Codec
 from .layout import run_codec
-from .params import DateWindows, Each, IntRange, StaticSpec, Step, count_static
+from .params import (
+    DateWindows,
+    Each,
+    IntRange,
+    StaticSpec,
+    Step,
+    count_static,
+    expand_static,
+    partition_id,
+    shard_owns,
+)
 from .verify import (
     ManifestScan,
     RunPaths,
@@ -138,12 +148,18 @@ def run_status(paths: RunPaths, scan: ManifestScan | None = None) -> RunStatus:
             if partition.state == "skipped":
                 reason = f"{final.get('status')} {final.get('sub_code') or ''}".strip()
                 status.skip_reasons[reason] += 1
-        # A shard owns an unknown share of the static partitions, and an incremental run
-        # skips the date windows that earlier runs finished, so count what the run has seen.
-        seen_only = state.header.get("shard") or state.header.get("incremental")
-        specs = None if seen_only else static_specs(description)
+        # An incremental run skips the date windows that earlier runs finished, so it counts
+        # what the run has seen. A shard counts the static partitions it owns.
+        shard = state.header.get("shard")
+        specs = None if state.header.get("incremental") else static_specs(description)
         if specs is not None:
-            known = count_static(specs)
+            if shard:
+                owner = (int(shard[0]), int(shard[1]))
+                known = sum(
+                    shard_owns(owner, name, partition_id(values)) for values in expand_static(specs)
+                )
+            else:
+                known = count_static(specs)
             finals = sum(status.partitions[state_name] for state_name in FINAL_STATES)
             status.partitions["pending"] = known - finals
         else:
@@ -270,8 +286,8 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
     if any(not stream.pending_final for stream in status.streams):
         lines.append(
             "pending: partitions known and not finished; N+ marks a lower bound: a dependent "
-            "stream learns partitions from its parent's records, and a shard or an "
-            "incremental run counts only the partitions it has started"
+            "stream learns partitions from its parent's records, and an incremental run "
+            "counts only the partitions it has started"
         )
     for stream in status.streams:
         if stream.parent is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from .params import (
     count_static,
     expand_static,
     partition_id,
+    shard_owns,
 )
 from .progress import StreamProgress
 from .query import QueryBuilder
@@ -309,11 +309,7 @@ class StreamRunner:
 
     def _owns(self, partition: str) -> bool:
         """Tell whether this shard writes ``partition``; every shard owns a stable 1/N of them."""
-        if self._shard is None:
-            return True
-        index, count = self._shard
-        digest = hashlib.sha256(f"{self.spec.name}\n{partition}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") % count == index - 1
+        return self._shard is None or shard_owns(self._shard, self.spec.name, partition)
 
     def _ordered(self, values: dict[str, Scalar]) -> Partition:
         """Put a partition's values in the order the recipe gives its parameters."""

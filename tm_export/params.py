@@ -43,8 +43,8 @@ def partition_id(partition: Partition) -> str:
 def shard_owns(shard: tuple[int, int], stream: str, partition: str) -> bool:
     """Tell whether shard ``(K, N)`` writes partition id ``partition`` of ``stream``.
 
-    Every shard owns a stable 1/N of a stream's partitions: the one whose index K − 1 is the
-    SHA-256 of the stream name and partition id, modulo N.
+    Every shard owns a stable 1/N of a stream's partitions. A partition belongs to shard K
+    when the SHA-256 of the stream name and partition id, taken modulo N, is K − 1.
     """
     index, count = shard
     digest = hashlib.sha256(f"{stream}\n{partition}".encode()).digest()

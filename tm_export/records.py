@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +139,41 @@ def _reach(depth: int, items: list[Any], objects: list[dict[str, Any]]) -> PathR
     if objects:
         return PathReach(depth, "objects", tuple(objects[0]))
     return PathReach(depth, "values" if items else "empty")
+
+
+#: Rank of what a path reach found, at equal depth: objects give their keys for a hint.
+_FOUND_ORDER = {"empty": 0, "values": 1, "objects": 2}
+
+
+def reaches_further(reach: PathReach, known: PathReach) -> bool:
+    """Return True when ``reach`` goes further into the records than ``known``, or found
+    something of a higher rank at the same depth."""
+    return (reach.depth, _FOUND_ORDER[reach.found]) > (known.depth, _FOUND_ORDER[known.found])
+
+
+def empty_path_reason(path: str, reach: PathReach) -> tuple[str, str | None]:
+    """Return where a field path that gives no value stops in the records, and what to do
+    about it when the path is likely wrong."""
+    parts = path.split(".")
+    check = "check the field in its from: parameter"
+    done = ".".join(parts[: reach.depth])
+    if reach.depth < len(parts):
+        part = parts[reach.depth]
+        if reach.found == "objects":
+            fact = f"no record has {part}" if not done else f"no object in {done} has {part}"
+            close = difflib.get_close_matches(part, reach.keys, n=1)
+            if close:
+                suggested = [*parts[: reach.depth], close[0], *parts[reach.depth + 1 :]]
+                return fact, f"did you mean {'.'.join(suggested)}?"
+            return fact, check
+        where = done or "the records"
+        if reach.found == "values":
+            return f"{where} holds text, numbers or true/false, which have no {part}", check
+        return f"{where} is empty or null in every record", None
+    if reach.found == "objects":
+        sample = f"{path}.{reach.keys[0]}" if reach.keys else f"{path}.FIELD"
+        return f"{path} holds objects", f"name one of their fields, such as {sample}"
+    return f"{path} is empty, null or true/false in every record", None
 
 
 def _items(values: list[Any]) -> list[Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from .params import (
 from .progress import StreamProgress
 from .query import QueryBuilder
 from .recipe import StreamSpec
-from .records import PathReach, ShapeError, path_reach
+from .records import PathReach, ShapeError, empty_path_reason, path_reach, reaches_further
 from .walk import PageResult, PartitionWalk, StreamStats, combinations
 
 logger = logging.getLogger("tm_export.stream")
@@ -64,41 +63,6 @@ class _ChildFeed:
     reaches: dict[str, PathReach] = field(default_factory=dict)
     """Per field path, the farthest it went into one record, kept while no value is sent,
     so that the warning of an empty feed names the part of the path that no record has."""
-
-
-#: Rank of what a path reach found, at equal depth: objects give their keys for a hint.
-_FOUND_ORDER = {"empty": 0, "values": 1, "objects": 2}
-
-
-def _further(reach: PathReach, known: PathReach) -> bool:
-    """Return True when ``reach`` goes further into the records than ``known``, or found
-    something of a higher rank at the same depth."""
-    return (reach.depth, _FOUND_ORDER[reach.found]) > (known.depth, _FOUND_ORDER[known.found])
-
-
-def _empty_feed_reason(path: str, reach: PathReach) -> tuple[str, str | None]:
-    """Return where a field path that gives no value stops in the records, and what to do
-    about it when the path is likely wrong."""
-    parts = path.split(".")
-    check = "check the field in its from: parameter"
-    done = ".".join(parts[: reach.depth])
-    if reach.depth < len(parts):
-        part = parts[reach.depth]
-        if reach.found == "objects":
-            fact = f"no record has {part}" if not done else f"no object in {done} has {part}"
-            close = difflib.get_close_matches(part, reach.keys, n=1)
-            if close:
-                suggested = [*parts[: reach.depth], close[0], *parts[reach.depth + 1 :]]
-                return fact, f"did you mean {'.'.join(suggested)}?"
-            return fact, check
-        if reach.found == "values":
-            where = done or "the records"
-            return f"{where} holds text, numbers or true/false, which have no {part}", check
-        return f"{done} is empty or null in every record", None
-    if reach.found == "objects":
-        sample = f"{path}.{reach.keys[0]}" if reach.keys else f"{path}.FIELD"
-        return f"{path} holds objects", f"name one of their fields, such as {sample}"
-    return f"{path} is empty, null or true/false in every record", None
 
 
 class StreamRunner:
@@ -211,11 +175,11 @@ class StreamRunner:
         if not self._records_offered:
             return
         for feed in self._children:
-            if feed.sent:
+            if feed.sent or not feed.reaches:
                 continue
             path, reach = min(feed.reaches.items(), key=lambda item: item[1].depth)
             count = self._records_offered
-            fact, advice = _empty_feed_reason(path, reach)
+            fact, advice = empty_path_reason(path, reach)
             message = (
                 f"{feed.name}: no string or integer value for {path} in the {count} "
                 f"record{'' if count == 1 else 's'} of {self.spec.name} ({fact}), so "
@@ -456,7 +420,7 @@ class StreamRunner:
                         for path in feed.fields.values():
                             reach = path_reach(record, path)
                             known = feed.reaches.get(path)
-                            if known is None or _further(reach, known):
+                            if known is None or reaches_further(reach, known):
                                 feed.reaches[path] = reach
             except anyio.BrokenResourceError:
                 # Only a fatal error elsewhere stops a child early. That error ends the run,

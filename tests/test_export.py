@@ -345,46 +345,46 @@ streams:
 
 
 @pytest.mark.parametrize(
-    ("path", "ids", "reason"),
+    ("path", "without_managers", "reason"),
     [
         (
             "managers",
-            None,
+            False,
             "managers holds objects), so managers has no partitions; name one of their "
             "fields, such as managers.username",
         ),
         (
             "managers.usrname",
-            None,
+            False,
             "no object in managers has usrname), so managers has no partitions; did you mean "
             "managers.username?",
         ),
         (
             "manager.username",
-            None,
+            False,
             "no record has manager), so managers has no partitions; did you mean "
             "managers.username?",
         ),
         (
             "slug.name",
-            None,
+            False,
             "slug holds text, numbers or true/false, which have no name), so managers has no "
             "partitions; check the field in its from: parameter",
         ),
         (
             "managers.username",
-            "without managers",
+            True,
             "managers is empty or null in every record), so managers has no partitions",
         ),
     ],
 )
 def test_from_warning_names_missing_part(
-    tmp_path: Path, mock: MockServer, path: str, ids: str | None, reason: str
+    tmp_path: Path, mock: MockServer, path: str, without_managers: bool, reason: str
 ) -> None:
-    """The warning for a from: path that gives no value says where the path stops, and asks
-    to check the field only when the path is likely wrong."""
+    """The warning for a from: path that gives no value names where the path stops, and
+    advises a check of the field only when the path is likely wrong."""
     chosen = sorted(mock.dataset.organisations)
-    if ids == "without managers":
+    if without_managers:
         chosen = [i for i in chosen if not mock.dataset.organisations[i].manager_ids][:1]
     text = MANAGERS_RECIPE.replace("IDS", str(chosen)).replace("PATH", path)
     recipe = write_recipe(tmp_path, text)

@@ -303,7 +303,7 @@ def test_probe_line_gives_least_time(tmp_path: Path, mock: MockServer) -> None:
 
 
 def test_probe_line_without_paginated_partitions(tmp_path: Path, mock: MockServer) -> None:
-    """A recipe with nothing to probe says so, where it announced page 1 of 0 partitions."""
+    """A recipe with no paginated static partition gets a line without a partition count."""
     text = """\
     version: 1
     output: OUT

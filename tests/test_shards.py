@@ -576,8 +576,8 @@ def _owned_by(index: int, partition: dict[str, object], stream: str = "activitie
 def test_retry_command_from_other_folder(
     tmp_path: Path, mock: MockServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Merged elsewhere, the retry command names the output absolutely and says where the
-    relative recipe path holds."""
+    """Merged elsewhere, the retry command names the output by its absolute path, and the
+    folder where the relative recipe path is valid."""
     text = RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, retries: {attempts: 1}}")
     (tmp_path / "jobs").mkdir()
     (tmp_path / "merge").mkdir()
@@ -600,8 +600,8 @@ def test_retry_command_from_other_folder(
 
 
 def test_status_counts_shard_pending(tmp_path: Path, mock: MockServer) -> None:
-    """status of a stopped shard counts the static partitions the shard owns as pending,
-    exactly, where it showed 0+."""
+    """status of a stopped shard counts as pending exactly the static partitions that the
+    shard owns and has not finished."""
     recipe = write_recipe(tmp_path, RECIPE)
     owned = [pid for pid in range(1, 31) if _owned_by(1, {"project_id": pid}, "stats")]
     mock.add_fault(

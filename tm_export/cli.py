@@ -30,11 +30,11 @@ from .summary import format_summary, summary_json
 EXIT_CODES = """\b
 Exit codes:
   0    complete (partitions skipped for 403/404 are allowed and counted)
-  1    stopped by a fatal error (token rejected, disk full, a wait
-       longer than allowed, server unreachable, a parent page that a
-       shard could not read, damaged manifest, output folder in use,
-       a command that does not fit the run in the folder, standard
-       output not writable); run again to resume
+  1    stopped by a fatal error; run again to resume. The causes:
+       token rejected, disk full, a wait longer than allowed, server
+       unreachable, a parent page that a shard could not read,
+       damaged manifest, output folder in use, a command that does
+       not fit the run in the folder, standard output not writable
   2    invalid recipe or usage; nothing was sent
   3    finished, but some partitions failed or an integrity check
        failed (or, with --strict, some were skipped)

@@ -60,6 +60,7 @@ from .manifest import (
 from .params import FromStream
 from .progress import Progress
 from .recipe import BASE_URL_ENV, DEFAULT_BASE_URL, Recipe
+from .recipe_check import base_url_problem
 from .redact import Redactor
 from .runrecord import write_run_record
 from .sink import StreamFile
@@ -154,8 +155,6 @@ def resolve_base_url(
         RecipeError: the URL from the command line or the environment is not an API root
             (the recipe's own was checked when it was loaded).
     """
-    from .recipe_check import base_url_problem
-
     environ = dict(os.environ) if environ is None else environ
     for source, url in (("--base-url", override), (BASE_URL_ENV, environ.get(BASE_URL_ENV))):
         if url:
@@ -575,14 +574,19 @@ class _Session:
         Raises:
             FatalError: a partition could not be read after every retry.
         """
-        unread = [(name, runner.unread_parents) for name, runner in runners.items()]
-        unread = [(name, partitions) for name, partitions in unread if partitions]
-        if not unread or self.options.shard is None:
+        unread = [
+            (name, partition, error)
+            for name, runner in runners.items()
+            for partition, error in runner.unread_parents
+        ]
+        if not unread:
             return
+
+        # Only a shard reads partitions that it does not write.
+        assert self.options.shard is not None
         index, count = self.options.shard
-        name, partitions = unread[0]
-        partition, error = partitions[0]
-        total = sum(len(partitions) for _, partitions in unread)
+        name, partition, error = unread[0]
+        total = len(unread)
         raise FatalError(
             f"shard {index}/{count} could not read {total} partition{'s' if total != 1 else ''} "
             f"that another shard writes (first: {name} {partition}: {error}), so the child "

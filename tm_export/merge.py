@@ -156,8 +156,8 @@ def _run_command(entries: list[dict[str, Any]], options: list[str], where: str) 
     """Return ``: COMMAND``, a ``tm-export run`` of the recipe and base URL of a run's
     manifest, preceded by where to run it when the recipe path is not found from here.
 
-    Output folders in ``options`` should be absolute, so the command also works from the
-    folder ``where`` names, where a relative recipe path that is not found from here holds.
+    Output folders in ``options`` should be absolute, so that the command also works from
+    the folder that ``where`` names, where a relative recipe path is valid.
     """
     sessions = [entry for entry in entries if entry["t"] == "session"]
     base_url = sessions[-1].get("settings", {}).get("base_url") if sessions else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -108,15 +108,19 @@ def field_values(record: Any, field_path: str) -> list[Any]:
     ]
 
 
+#: What a field path finds where it stops: objects, values (text, numbers, true or false),
+#: or nothing (empty lists, null or a missing key).
+Found = Literal["objects", "values", "empty"]
+
+
 @dataclass(frozen=True, slots=True)
 class PathReach:
     """How far a dotted field path goes into a record, for a path that gives no value."""
 
     depth: int
     """Leading parts of the path that the record has."""
-    found: str
-    """The kind of value where the path stops: ``objects``, ``values`` (text, numbers, true
-    or false) or ``empty`` (empty lists, null or nothing)."""
+    found: Found
+    """The kind of value where the path stops."""
     keys: tuple[str, ...] = ()
     """The keys of the first object where the path stops."""
 
@@ -136,13 +140,14 @@ def path_reach(record: Any, field_path: str) -> PathReach:
 
 
 def _reach(depth: int, items: list[Any], objects: list[dict[str, Any]]) -> PathReach:
+    """Return the reach at ``depth``, given the non-null items and the objects found there."""
     if objects:
         return PathReach(depth, "objects", tuple(objects[0]))
     return PathReach(depth, "values" if items else "empty")
 
 
 #: Rank of what a path reach found, at equal depth: objects give their keys for a hint.
-_FOUND_ORDER = {"empty": 0, "values": 1, "objects": 2}
+_FOUND_ORDER: dict[Found, int] = {"empty": 0, "values": 1, "objects": 2}
 
 
 def reaches_further(reach: PathReach, known: PathReach) -> bool:

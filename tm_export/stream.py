@@ -64,6 +64,14 @@ class _ChildFeed:
     """Per field path, the farthest it went into one record, kept while no value is sent,
     so that the warning of an empty feed names the part of the path that no record has."""
 
+    def note_reaches(self, record: Any) -> None:
+        """Keep how far each field path goes into ``record``, when it goes further than before."""
+        for path in self.fields.values():
+            reach = path_reach(record, path)
+            known = self.reaches.get(path)
+            if known is None or reaches_further(reach, known):
+                self.reaches[path] = reach
+
 
 class StreamRunner:
     """Runs every partition of one stream and feeds its records' values to child streams."""
@@ -417,11 +425,7 @@ class StreamRunner:
                         feed.sent += 1
                         await _put(feed.send, values)
                     if not feed.sent:
-                        for path in feed.fields.values():
-                            reach = path_reach(record, path)
-                            known = feed.reaches.get(path)
-                            if known is None or reaches_further(reach, known):
-                                feed.reaches[path] = reach
+                        feed.note_reaches(record)
             except anyio.BrokenResourceError:
                 # Only a fatal error elsewhere stops a child early. That error ends the run,
                 # so the child no longer needs these values.

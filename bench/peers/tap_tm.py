@@ -45,7 +45,7 @@ class ProjectChild(TmStream):
     lists all of them, so the output grows with the square of the projects: a W1 run wrote
     1.1 GB of messages in 440 s. These streams have no replication key, so per-project
     bookmarks hold nothing to resume from. An empty ``state_partitioning_keys`` keeps one
-    bookmark per stream (the SDK's docstring of that property says so).
+    bookmark per stream, as the SDK's docstring of that property documents.
     """
 
     state_partitioning_keys = ()

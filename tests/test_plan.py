@@ -241,22 +241,65 @@ def test_plan_probe_limit(tmp_path: Path, mock: MockServer) -> None:
     assert len(mock.requests()) == 3
 
 
-def test_plan_probe_needs_base_url(tmp_path: Path) -> None:
-    """--probe without --base-url, and --base-url without --probe, exit 2 and send nothing."""
+def test_plan_base_url_needs_probe(tmp_path: Path) -> None:
+    """--base-url without --probe exits 2 and sends nothing."""
     recipe = write_recipe(tmp_path, RECIPE)
 
-    probe = run_cli("plan", str(recipe), "--probe")
-    base_url = run_cli("plan", str(recipe), "--base-url", "http://127.0.0.1:9/api/v2")
+    outcome = run_cli("plan", str(recipe), "--base-url", "http://127.0.0.1:9/api/v2")
 
-    assert probe.exit_code == 2
-    assert probe.stderr == (
-        "tm-export: error: --probe sends requests, so it needs --base-url URL; it does not read "
-        "TM_EXPORT_BASE_URL or the recipe's base_url\n"
-    )
-    assert base_url.exit_code == 2
-    assert base_url.stderr == (
+    assert outcome.exit_code == 2
+    assert outcome.stderr == (
         "tm-export: error: --base-url is used only with --probe; add --probe or remove it\n"
     )
+
+
+def test_plan_probe_environment_url(tmp_path: Path, mock: MockServer) -> None:
+    """Without --base-url, --probe sends to TM_EXPORT_BASE_URL, as a run does."""
+    recipe = write_recipe(tmp_path, STATIC_RECIPE)
+
+    outcome = run_cli("plan", str(recipe), "--probe", env={"TM_EXPORT_BASE_URL": mock.api_url})
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stderr == (
+        f"tm-export: probing {mock.api_url}: page 1 of 6 partitions, at most 10000 requests a "
+        "second\n"
+    )
+    assert len(mock.requests()) == 6
+
+
+def test_plan_probe_recipe_url(tmp_path: Path, mock: MockServer) -> None:
+    """Without --base-url or TM_EXPORT_BASE_URL, --probe sends to the recipe's base_url."""
+    recipe = write_recipe(
+        tmp_path, STATIC_RECIPE.replace("instance: {", f"instance: {{base_url: '{mock.api_url}/', ")
+    )
+
+    outcome = run_cli("plan", str(recipe), "--probe", env={"TM_EXPORT_BASE_URL": ""})
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stdout.splitlines()[0] == (
+        f"plan for {recipe}: 3 streams; probed {mock.api_url} with 6 requests"
+    )
+    assert len(mock.requests()) == 6
+
+
+def test_plan_probe_option_over_environment(tmp_path: Path, mock: MockServer) -> None:
+    """--base-url wins over TM_EXPORT_BASE_URL, and an invalid variable is exit 2."""
+    recipe = write_recipe(tmp_path, STATIC_RECIPE)
+    unused = {"TM_EXPORT_BASE_URL": "http://127.0.0.1:9/api/v2"}
+    invalid = {"TM_EXPORT_BASE_URL": "http://127.0.0.1:9/api/v2?page=1"}
+
+    chosen = run_cli("plan", str(recipe), "--probe", "--base-url", mock.api_url, env=unused)
+    rejected = run_cli("plan", str(recipe), "--probe", env=invalid)
+
+    assert chosen.exit_code == 0, chosen.stderr
+    assert len(mock.requests()) == 6
+    assert rejected.exit_code == 2
+    assert rejected.stderr == (
+        "tm-export: error: TM_EXPORT_BASE_URL: invalid URL 'http://127.0.0.1:9/api/v2?page=1': "
+        "it has a query or a fragment; put query parameters under a stream's params; expected "
+        "the API root, such as https://tasking-manager-production-api.hotosm.org/api/v2\n"
+    )
+    assert rejected.stdout == ""
 
 
 def test_plan_probe_token_rejected(tmp_path: Path, mock: MockServer) -> None:

@@ -18,6 +18,7 @@ import click
 
 from . import loop
 from .canonical import CHUNK_BYTES, make_canonical
+from .engine import resolve_base_url
 from .errors import ExitCode, RecipeError, StorageError, TmExportError
 from .layout import OutputLock, list_runs, runs_folder
 from .plan import (
@@ -29,7 +30,6 @@ from .plan import (
     probe_plan,
 )
 from .recipe import load_recipe, resolve_token
-from .recipe_check import base_url_problem
 from .runrecord import write_run_record
 from .status import format_status, status_json, status_of
 from .verify import (
@@ -117,12 +117,14 @@ def _locked(run_folder: Path) -> Iterator[None]:
 @click.option(
     "--probe",
     is_flag=True,
-    help="Fetch page 1 of each paginated partition to learn its page count; needs --base-url.",
+    help="Fetch page 1 of each paginated partition to learn its page count, from the "
+    "server a run would use.",
 )
 @click.option(
     "--base-url",
     metavar="URL",
-    help="API root to probe, e.g. http://127.0.0.1:8080/api/v2. Used only with --probe.",
+    help="API root to probe, e.g. http://127.0.0.1:8080/api/v2. Overrides "
+    "TM_EXPORT_BASE_URL and the recipe's instance.base_url; used only with --probe.",
 )
 @click.option(
     "--max-probes",
@@ -136,7 +138,9 @@ def plan(recipe: Path, probe: bool, base_url: str | None, max_probes: int, as_js
     """Count the partitions and requests of RECIPE without running it.
 
     Nothing is written. Without --probe nothing is sent either: paginated streams then
-    count one request per partition, as a lower bound.
+    count one request per partition, as a lower bound. --probe sends its requests to the
+    server that `tm-export run` would use: --base-url, else TM_EXPORT_BASE_URL, else the
+    recipe's instance.base_url, else the production API.
 
     \b
     Example:
@@ -145,16 +149,10 @@ def plan(recipe: Path, probe: bool, base_url: str | None, max_probes: int, as_js
     """
     try:
         loaded = load_recipe(recipe)
-        if probe and not base_url:
-            raise RecipeError(
-                "--probe sends requests, so it needs --base-url URL; it does not read "
-                "TM_EXPORT_BASE_URL or the recipe's base_url"
-            )
         if base_url and not probe:
             raise RecipeError("--base-url is used only with --probe; add --probe or remove it")
-        problem = base_url_problem(base_url) if base_url else None
-        if problem is not None:
-            raise RecipeError(f"--base-url: {problem}")
+        # Probe the server that `tm-export run` would use with the same options and environment.
+        chosen_url = resolve_base_url(loaded, base_url) if probe else None
         token = resolve_token(loaded) if probe else None
     except RecipeError as error:
         _fail(error, ExitCode.USAGE)
@@ -162,15 +160,13 @@ def plan(recipe: Path, probe: bool, base_url: str | None, max_probes: int, as_js
     variable = loaded.instance.token_env
     token_set = bool(token) or bool(variable and os.environ.get(variable, "").strip())
     result = plan_recipe(loaded, token_set=token_set)
-    if probe:
-        assert base_url is not None
+    if chosen_url is not None:
         _setup_logging()
         # A probe of many partitions at a polite rate takes minutes, and prints nothing else.
-        base_url = base_url.rstrip("/")
-        click.echo(f"tm-export: {describe_probe(result, base_url, max_probes)}", err=True)
+        click.echo(f"tm-export: {describe_probe(result, chosen_url, max_probes)}", err=True)
         try:
             loop.run(
-                lambda: probe_plan(result, base_url=base_url, token=token, max_probes=max_probes)
+                lambda: probe_plan(result, base_url=chosen_url, token=token, max_probes=max_probes)
             )
         except TmExportError as error:
             _fail(error, error.exit_code)

@@ -13,7 +13,7 @@ import orjson
 
 from tm_export.mock import MockServer
 
-from .conftest import run_process, write_recipe
+from .conftest import run_cli, run_process, write_recipe
 
 RECIPE = """\
 version: 1
@@ -126,3 +126,48 @@ def test_json_log_lines(tmp_path: Path, mock: MockServer) -> None:
     assert summary["event"] == "summary"
     assert summary["summary"]["exit_code"] == 0
     assert summary["summary"]["streams"]["stats"]["records"] == 5
+
+
+def test_json_log_recipe_error(tmp_path: Path) -> None:
+    """--log-format json: an invalid recipe is one JSON error line with its exit code."""
+    recipe = write_recipe(tmp_path, RECIPE.replace("endpoint: projects", "endpoint: projets"))
+    url = "http://127.0.0.1:9/api/v2"
+
+    plain = run_cli("run", str(recipe), "--base-url", url)
+    outcome = run_cli("run", str(recipe), "--base-url", url, "--log-format", "json")
+
+    assert plain.exit_code == 2
+    assert outcome.exit_code == 2
+    assert outcome.stdout == ""
+    lines = outcome.stderr.splitlines()
+    assert len(lines) == 1
+    line = orjson.loads(lines[0])
+    assert set(line) == {"time", "level", "logger", "message", "event", "exit_code"}
+    assert line["level"] == "error"
+    assert line["logger"] == "tm_export"
+    assert line["event"] == "error"
+    assert line["exit_code"] == 2
+    assert line["message"] == plain.stderr.removeprefix("tm-export: error: ").removesuffix("\n")
+
+
+def test_json_log_fatal_error(tmp_path: Path, mock: MockServer) -> None:
+    """--log-format json: the error that stops a run follows the summary as a JSON line."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    mock.add_fault(path=r"^/api/v2/projects/3/statistics/$", status=401)
+
+    process = run_process(
+        "run", str(recipe), "--base-url", mock.api_url, "--log-format", "json", "--quiet"
+    )
+
+    assert process.returncode == 1
+    lines = [orjson.loads(line) for line in process.stderr.splitlines()]
+    assert [line.get("event") for line in lines[-2:]] == ["summary", "error"]
+    assert lines[-2]["summary"]["exit_code"] == 1
+    assert lines[-1]["level"] == "error"
+    assert lines[-1]["exit_code"] == 1
+    assert lines[-1]["message"] == (
+        "the server requires an API token (401 Unauthorized at "
+        f"{mock.api_url}/projects/3/statistics/), and none was sent because the recipe sets "
+        "no instance.token_env. Set it to the name of the environment variable that holds "
+        "your TM API key, export that variable, and run the same command again to resume"
+    )

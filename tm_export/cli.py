@@ -84,8 +84,15 @@ class ShardParam(click.ParamType):  # type: ignore[type-arg]
         return int(index), int(count)
 
 
-def _fail(error: TmExportError | str, code: int) -> None:
-    click.echo(f"tm-export: error: {error}", err=True)
+def _fail(error: TmExportError | str, code: int, *, json_logs: bool = False) -> None:
+    """Print ``error`` on stderr and exit with ``code``: a JSON log line with ``json_logs``."""
+    if json_logs:
+        line = json_line(
+            time.time(), "error", "tm_export", str(error), event="error", exit_code=int(code)
+        )
+        click.echo(line, err=True)
+    else:
+        click.echo(f"tm-export: error: {error}", err=True)
     sys.exit(code)
 
 
@@ -172,7 +179,8 @@ def _fail(error: TmExportError | str, code: int) -> None:
     type=click.Choice(["text", "json"]),
     default="text",
     show_default=True,
-    help="Log lines as text, or as one JSON object per line (fields: time, level, logger, message, event).",
+    help="Log lines and errors as text, or as one JSON object per line (fields: time, level, "
+    "logger, message, event).",
 )
 @click.option(
     "--progress-interval",
@@ -211,11 +219,14 @@ def run(
     The API token is read from the environment variable that the recipe's instance.token_env
     names; it never appears in any output or file.
     """
+    # With --log-format json, the errors found before the run starts are JSON lines too.
+    json_logs = log_format == "json"
     if incremental and start_over:
         _fail(
             "--incremental and --start-over exclude each other: --start-over begins a full "
             "run, --incremental one that fetches what changed since the last; give one",
             ExitCode.USAGE,
+            json_logs=json_logs,
         )
         return
     try:
@@ -223,7 +234,7 @@ def run(
         token = resolve_token(loaded)
         chosen_url = resolve_base_url(loaded, base_url)
     except RecipeError as error:
-        _fail(error, ExitCode.USAGE)
+        _fail(error, ExitCode.USAGE, json_logs=json_logs)
         return
 
     redactor = Redactor([token] if token else [])
@@ -232,8 +243,8 @@ def run(
         level = logging.WARNING
     elif verbose:
         level = logging.DEBUG
-    setup_logging(level=level, json_format=log_format == "json", redactor=redactor)
-    live = not quiet and log_format == "text" and sys.stderr.isatty()
+    setup_logging(level=level, json_format=json_logs, redactor=redactor)
+    live = not quiet and not json_logs and sys.stderr.isatty()
     reporter: Callable[[Progress], None] | None = None
     if not quiet:
         reporter = LiveReporter(sys.stderr) if live else PlainReporter()
@@ -262,12 +273,12 @@ def run(
         else:
             result = loop.run(export, loaded, options)
     except TmExportError as error:
-        _fail(redactor.redact(str(error)), error.exit_code)
+        _fail(redactor.redact(str(error)), error.exit_code, json_logs=json_logs)
         return
 
     code = result.exit_code(strict=strict)
     summary = summary_json(result, code)
-    if log_format == "json":
+    if json_logs:
         # Machine-read logs stay one JSON object per line, the summary included; it is
         # printed even with --quiet, as the text summary is.
         line = json_line(
@@ -280,7 +291,9 @@ def run(
         )
         click.echo(redactor.redact(line), err=True)
         if result.fatal is not None:
-            logging.getLogger("tm_export").error("%s", result.fatal)
+            logging.getLogger("tm_export").error(
+                "%s", result.fatal, extra={"event": "error", "exit_code": int(code)}
+            )
     else:
         click.echo(redactor.redact(format_summary(loaded, result, code)), err=True)
         if result.fatal is not None:

@@ -1,9 +1,10 @@
 """Log output on stderr: plain text for people, or one JSON object per line for machines.
 
 JSON lines have the fields ``time`` (UTC, ISO 8601), ``level`` (lower case), ``logger``,
-``message``, and for structured events ``event`` (``progress`` or ``summary``) with the
-event's own fields: ``elapsed`` (seconds), ``requests``, ``requests_per_second``, ``retries``
-and ``streams`` for progress; ``summary`` (the object ``run --json`` prints) for the summary.
+``message``, and for structured events ``event`` (``progress``, ``summary`` or ``error``)
+with the event's own fields: ``elapsed`` (seconds), ``requests``, ``requests_per_second``,
+``retries`` and ``streams`` for progress; ``summary`` (the object ``run --json`` prints) for
+the summary; ``exit_code`` for the error that ends a run.
 Secrets are masked before either format sees a message.
 """
 
@@ -27,6 +28,7 @@ EXTRA_FIELDS = (
     "retries",
     "streams",
     "summary",
+    "exit_code",
 )
 
 

@@ -99,6 +99,7 @@ def test_plan_json(tmp_path: Path) -> None:
     assert plan["probed"] is False
     assert plan["base_url"] is None
     assert plan["probe_requests"] == 0
+    assert plan["shard"] is None
     assert plan["streams"] == [
         {
             "name": "projects",
@@ -106,6 +107,7 @@ def test_plan_json(tmp_path: Path) -> None:
             "paginated": True,
             "parent": None,
             "partitions": 1,
+            "partitions_read_only": 0,
             "partitions_per_parent_value": None,
             "requests": 1,
             "requests_exact": False,
@@ -117,6 +119,7 @@ def test_plan_json(tmp_path: Path) -> None:
             "paginated": True,
             "parent": None,
             "partitions": 5,
+            "partitions_read_only": 0,
             "partitions_per_parent_value": None,
             "requests": 5,
             "requests_exact": False,
@@ -128,6 +131,7 @@ def test_plan_json(tmp_path: Path) -> None:
             "paginated": False,
             "parent": "projects.projectId",
             "partitions": None,
+            "partitions_read_only": 0,
             "partitions_per_parent_value": 1,
             "requests": None,
             "requests_exact": False,
@@ -139,6 +143,7 @@ def test_plan_json(tmp_path: Path) -> None:
             "paginated": False,
             "parent": None,
             "partitions": 6,
+            "partitions_read_only": 0,
             "partitions_per_parent_value": None,
             "requests": 6,
             "requests_exact": True,
@@ -381,4 +386,71 @@ def test_plan_probe_unreachable(tmp_path: Path) -> None:
         f"tm-export: error: cannot reach the Tasking Manager at {url}: GET {url}/projects/?"
         f"{SEARCH_QUERY} failed: cannot connect to 127.0.0.1:{port} (Connection refused); "
         "check the base URL and the network, then run the plan again"
+    )
+
+
+def test_plan_shard_probe_equals_run(tmp_path: Path, mock: MockServer) -> None:
+    """Each shard's probed total is exactly what 'run --shard K/2' then sends."""
+    recipe = write_recipe(tmp_path, STATIC_RECIPE)
+    whole = json.loads(run_cli("plan", str(recipe), "--json").stdout)
+    planned = []
+    sent = []
+
+    for index in (1, 2):
+        shard = f"{index}/2"
+        outcome = run_cli(
+            "plan", str(recipe), "--probe", "--base-url", mock.api_url, "--shard", shard, "--json"
+        )
+        assert outcome.exit_code == 0, outcome.stderr
+        planned.append(json.loads(outcome.stdout))
+        mock.reset_log()
+        output = str(tmp_path / f"shard-{index}")
+        ran = run_cli(
+            "run", str(recipe), "--base-url", mock.api_url, "--shard", shard, "-o", output, "-q"
+        )
+        assert ran.exit_code == 0, ran.stderr
+        sent.append(len(mock.requests()))
+        mock.reset_log()
+
+    assert [plan["shard"] for plan in planned] == ["1/2", "2/2"]
+    assert [plan["total"]["exact"] for plan in planned] == [True, True]
+    assert [plan["total"]["requests"] for plan in planned] == sent
+    for number, stream in enumerate(whole["streams"]):
+        parts = [plan["streams"][number]["partitions"] for plan in planned]
+        assert sum(parts) == stream["partitions"]
+
+
+def test_plan_shard_reads_parent(tmp_path: Path) -> None:
+    """A shard that does not write the parent stream's partition still reads it."""
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    notes = []
+    for index in (1, 2):
+        outcome = run_cli("plan", str(recipe), "--shard", f"{index}/2")
+        assert outcome.exit_code == 0, outcome.stderr
+        lines = outcome.stdout.splitlines()
+        assert lines[0] == f"plan for {recipe} (shard {index}/2): 4 streams; nothing was sent"
+        notes += [line for line in lines if line.startswith(("projects: shard", "stats: shard"))]
+
+    writer = 1 if "projects: shard 1/2 writes 1 of 1 partition" in notes else 2
+    reader = 3 - writer
+    assert f"projects: shard {writer}/2 writes 1 of 1 partition" in notes
+    assert (
+        f"projects: shard {reader}/2 writes 0 of 1 partition, and reads 1 that another shard "
+        "writes, for the values of its child streams"
+    ) in notes
+    stats = sorted(int(line.split()[4]) for line in notes if line.startswith("stats"))
+    assert sum(stats) == 6
+    assert len(stats) == 2
+
+
+def test_plan_shard_invalid(tmp_path: Path) -> None:
+    """A shard that is not K/N with 1 <= K <= N is a usage error."""
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    outcome = run_cli("plan", str(recipe), "--shard", "3/2")
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr.splitlines()[-1] == (
+        "Error: Invalid value for '--shard': '3/2' is not K/N with 1 <= K <= N, e.g. 2/4"
     )

@@ -16,6 +16,7 @@ import click
 
 from . import __version__, loop
 from .catalog import CATALOG
+from .cli_options import CONTEXT_SETTINGS, ShardParam
 from .codec import CODECS, Codec
 from .engine import RunOptions, RunResult, export, resolve_base_url
 from .errors import ExitCode, RecipeError, TmExportError
@@ -56,8 +57,6 @@ Exit codes:
   3    a shard's files do not match its manifest, run record or bag;
        nothing was written"""
 
-CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
 
 @click.group(context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="tm-export")
@@ -66,22 +65,6 @@ def main() -> None:
 
     A YAML recipe names the streams to pull; see docs/recipes.md.
     """
-
-
-class ShardParam(click.ParamType):  # type: ignore[type-arg]
-    """A shard written as K/N, with 1 <= K <= N."""
-
-    name = "shard"
-
-    def convert(
-        self, value: object, param: click.Parameter | None, ctx: click.Context | None
-    ) -> tuple[int, int]:
-        if isinstance(value, tuple):
-            return value
-        index, _, count = str(value).partition("/")
-        if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
-            self.fail(f"{value!r} is not K/N with 1 <= K <= N, e.g. 2/4", param, ctx)
-        return int(index), int(count)
 
 
 def _fail(error: TmExportError | str, code: int, *, json_logs: bool = False) -> None:

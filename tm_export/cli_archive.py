@@ -18,6 +18,7 @@ import click
 
 from . import loop
 from .canonical import CHUNK_BYTES, make_canonical
+from .cli_options import CONTEXT_SETTINGS, ShardParam
 from .engine import resolve_base_url
 from .errors import ExitCode, RecipeError, StorageError, TmExportError
 from .layout import OutputLock, list_runs, runs_folder
@@ -40,8 +41,6 @@ from .verify import (
     format_checks,
     locate_run,
 )
-
-CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 PLAN_EXIT_CODES = """\b
 Exit codes:
@@ -133,8 +132,21 @@ def _locked(run_folder: Path) -> Iterator[None]:
     show_default=True,
     help="Partitions probed per stream at most; the rest count one request each.",
 )
+@click.option(
+    "--shard",
+    type=ShardParam(),
+    metavar="K/N",
+    help="Count what 'run --shard K/N' sends: the partitions shard K writes, and those it reads.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(recipe: Path, probe: bool, base_url: str | None, max_probes: int, as_json: bool) -> None:
+def plan(
+    recipe: Path,
+    probe: bool,
+    base_url: str | None,
+    max_probes: int,
+    shard: tuple[int, int] | None,
+    as_json: bool,
+) -> None:
     """Count the partitions and requests of RECIPE without running it.
 
     Nothing is written. Without --probe nothing is sent either: paginated streams then
@@ -146,6 +158,7 @@ def plan(recipe: Path, probe: bool, base_url: str | None, max_probes: int, as_js
     Example:
       tm-export plan recipes/demo.yaml
       tm-export plan recipes/demo.yaml --probe --base-url http://127.0.0.1:8080/api/v2
+      tm-export plan recipes/demo.yaml --shard 2/3
     """
     try:
         loaded = load_recipe(recipe)
@@ -159,7 +172,7 @@ def plan(recipe: Path, probe: bool, base_url: str | None, max_probes: int, as_js
 
     variable = loaded.instance.token_env
     token_set = bool(token) or bool(variable and os.environ.get(variable, "").strip())
-    result = plan_recipe(loaded, token_set=token_set)
+    result = plan_recipe(loaded, token_set=token_set, shard=shard)
     if chosen_url is not None:
         _setup_logging()
         # A probe of many partitions at a polite rate takes minutes, and prints nothing else.

@@ -7,10 +7,15 @@ paginated partition costs at least one (page 1), so ``--probe`` fetches page 1 o
 learn the page count the server reports. A dependent stream (a ``from`` parameter)
 gets one partition per distinct value of its parent's field, which is known only once
 the parent runs. Retries are never counted.
+
+A plan for a shard counts what ``run --shard K/N`` sends: the partitions the shard writes,
+and, for a stream that feeds child streams, the other partitions too, which the shard reads
+for the values its own child partitions come from.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +26,7 @@ from .clock import Clock, RealClock
 from .errors import FatalError, HTTPStatusError, RequestError, TransportError, unreachable
 from .fetcher import Fetcher
 from .http import HttpSession
-from .params import Partition, count_static, expand_static
+from .params import Partition, count_static, expand_static, partition_id, shard_owns
 from .query import QueryBuilder
 from .recipe import Recipe, StreamSpec
 from .redact import Redactor
@@ -64,6 +69,13 @@ class StreamPlan:
     exact: bool
     """False when ``requests`` is a lower bound."""
     probe: ProbeCounts | None = None
+    read_only: int = 0
+    """Partitions another shard writes that this shard fetches for its child streams' values."""
+
+    @property
+    def fetched(self) -> int:
+        """Count of the partitions whose pages are requested: those written and those only read."""
+        return (self.partitions or 0) + self.read_only
 
 
 @dataclass(slots=True)
@@ -76,6 +88,8 @@ class Plan:
     """Requests sent before any export request: the heartbeat, and the token check."""
     base_url: str | None = None
     """The server probed, when ``--probe`` was given."""
+    shard: tuple[int, int] | None = None
+    """(K, N) when the plan is for ``run --shard K/N``."""
     probe_requests: int = 0
     dependent: list[str] = field(default_factory=list)
 
@@ -89,10 +103,11 @@ class Plan:
         return not self.dependent and all(stream.exact for stream in self.streams)
 
 
-def plan_recipe(recipe: Recipe, *, token_set: bool) -> Plan:
+def plan_recipe(recipe: Recipe, *, token_set: bool, shard: tuple[int, int] | None = None) -> Plan:
     """Count each stream's partitions and requests without sending anything.
 
     ``token_set`` is True when the run will have a token, which adds the token check.
+    ``shard`` (K, N) counts only what ``run --shard K/N`` sends.
     """
     streams = []
     for name, spec in recipe.streams.items():
@@ -112,26 +127,50 @@ def plan_recipe(recipe: Recipe, *, token_set: bool) -> Plan:
                 )
             )
             continue
+
+        written = per_value
+        if shard is not None:
+            written = sum(1 for values in expand_static(spec.static) if _owns(shard, name, values))
+        read_only = per_value - written if _feeds_children(recipe, name) else 0
         streams.append(
             StreamPlan(
                 name,
                 spec.endpoint.name,
                 spec.endpoint.paginated,
                 None,
+                written,
                 per_value,
-                per_value,
-                per_value,
+                written + read_only,
                 exact=not spec.endpoint.paginated,
+                read_only=read_only,
             )
         )
     dependent = [stream.name for stream in streams if stream.parent is not None]
-    return Plan(recipe, streams, preflight=2 if token_set else 1, dependent=dependent)
+    preflight = 2 if token_set else 1
+    return Plan(recipe, streams, preflight=preflight, dependent=dependent, shard=shard)
+
+
+def _owns(shard: tuple[int, int], stream: str, partition: Partition) -> bool:
+    return shard_owns(shard, stream, partition_id(partition))
+
+
+def _feeds_children(recipe: Recipe, name: str) -> bool:
+    return any(
+        spec.parent is not None and spec.parent.stream == name for spec in recipe.streams.values()
+    )
+
+
+def _fetched_partitions(plan: Plan, spec: StreamSpec, stream: StreamPlan) -> Iterator[Partition]:
+    """Yield the partitions of a static stream whose pages the run requests, in recipe order."""
+    for partition in expand_static(spec.static):
+        if plan.shard is None or stream.read_only or _owns(plan.shard, stream.name, partition):
+            yield partition
 
 
 def probe_requests(plan: Plan, max_probes: int = DEFAULT_MAX_PROBES) -> int:
     """Return how many page-1 requests ``probe_plan`` sends, before retries."""
     return sum(
-        min(stream.partitions or 0, max_probes)
+        min(stream.fetched, max_probes)
         for stream in plan.streams
         if stream.paginated and stream.parent is None
     )
@@ -200,8 +239,9 @@ async def probe_plan(
         for stream in plan.streams:
             spec = recipe.streams[stream.name]
             if stream.paginated and stream.parent is None:
+                partitions = _fetched_partitions(plan, spec, stream)
                 await _probe_stream(
-                    fetcher, spec, stream, max_probes, instance.concurrency, base_url
+                    fetcher, spec, stream, partitions, max_probes, instance.concurrency, base_url
                 )
         plan.probe_requests = fetcher.requests_sent
     plan.base_url = base_url
@@ -212,6 +252,7 @@ async def _probe_stream(
     fetcher: Fetcher,
     spec: StreamSpec,
     stream: StreamPlan,
+    partitions: Iterator[Partition],
     max_probes: int,
     concurrency: int,
     base_url: str,
@@ -258,9 +299,9 @@ async def _probe_stream(
 
     try:
         async with anyio.create_task_group() as group:
-            for number, partition in enumerate(expand_static(spec.static)):
+            for number, partition in enumerate(partitions):
                 if number >= max_probes:
-                    counts.not_probed = (stream.partitions or 0) - max_probes
+                    counts.not_probed = stream.fetched - max_probes
                     requests += counts.not_probed
                     exact = False
                     break
@@ -318,7 +359,9 @@ def format_plan(plan: Plan) -> str:
     else:
         sent = f"probed {plan.base_url} with {plan.probe_requests} request"
         sent += "s" if plan.probe_requests != 1 else ""
-    lines = [f"plan for {plan.recipe.path}: {count} stream{'s' if count != 1 else ''}; {sent}"]
+    shard = f" (shard {plan.shard[0]}/{plan.shard[1]})" if plan.shard else ""
+    streams = f"{count} stream{'s' if count != 1 else ''}"
+    lines = [f"plan for {plan.recipe.path}{shard}: {streams}; {sent}"]
 
     rows: list[tuple[str, ...]] = [("stream", "endpoint", "partitions", "requests")]
     for stream in plan.streams:
@@ -338,7 +381,7 @@ def format_plan(plan: Plan) -> str:
         lines.append("  ".join(cells).rstrip())
 
     for stream in plan.streams:
-        lines.extend(_stream_notes(stream))
+        lines.extend(_stream_notes(stream, plan.shard))
     if plan.dependent:
         lines.append(
             f"total: without the requests of {', '.join(plan.dependent)}, known only once "
@@ -352,8 +395,20 @@ def format_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def _stream_notes(stream: StreamPlan) -> list[str]:
+def _stream_notes(stream: StreamPlan, shard: tuple[int, int] | None) -> list[str]:
     notes = []
+    if shard is not None and stream.parent is None:
+        total = stream.per_parent_value
+        note = (
+            f"{stream.name}: shard {shard[0]}/{shard[1]} writes {stream.partitions} of {total} "
+            f"partition{'s' if total != 1 else ''}"
+        )
+        if stream.read_only:
+            note += (
+                f", and reads {stream.read_only} that another shard writes, for the values of "
+                "its child streams"
+            )
+        notes.append(note)
     if stream.parent is not None:
         per_value = "" if stream.per_parent_value == 1 else f"{stream.per_parent_value} "
         plural = "s" if stream.per_parent_value != 1 else ""
@@ -390,6 +445,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "probed": plan.base_url is not None,
         "base_url": plan.base_url,
         "probe_requests": plan.probe_requests,
+        "shard": None if plan.shard is None else f"{plan.shard[0]}/{plan.shard[1]}",
         "streams": [
             {
                 "name": stream.name,
@@ -397,6 +453,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                 "paginated": stream.paginated,
                 "parent": stream.parent,
                 "partitions": stream.partitions,
+                "partitions_read_only": stream.read_only,
                 "partitions_per_parent_value": stream.per_parent_value
                 if stream.parent is not None
                 else None,

@@ -1,0 +1,23 @@
+"""Settings and option types that the commands of ``cli.py`` and ``cli_archive.py`` share."""
+
+from __future__ import annotations
+
+import click
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class ShardParam(click.ParamType):  # type: ignore[type-arg]
+    """A shard written as K/N, with 1 <= K <= N."""
+
+    name = "shard"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        index, _, count = str(value).partition("/")
+        if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+            self.fail(f"{value!r} is not K/N with 1 <= K <= N, e.g. 2/4", param, ctx)
+        return int(index), int(count)

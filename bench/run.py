@@ -126,12 +126,16 @@ def main(argv: list[str] | None = None) -> int:
         result["duration_s"] = round(time.monotonic() - began, 1)
         results["workloads"][name] = result
         for item in result["targets"]:
-            print(f"  {item['target']}: {item['measured']} ({report.met_text(item['met'])})")
+            verdict = report.met_text(item["met"]).strip("*")
+            print(f"  {item['target']}: {item['measured']} ({verdict})")
         print(f"{name}: done in {result['duration_s']:.0f} s", flush=True)
     print(f"all done in {time.monotonic() - started:.0f} s")
 
     if settings.quick and not options.write:
-        print("quick mode: results not written (add --write to write them)")
+        print(
+            "quick mode: small sizes and one run, so the verdicts above do not compare with the "
+            "page's; results not written (add --write to write them)"
+        )
         return 0
     RESULTS.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
     report.write_page(options.page, report.render(results), TEMPLATE)

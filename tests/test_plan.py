@@ -454,3 +454,32 @@ def test_plan_shard_invalid(tmp_path: Path) -> None:
     assert outcome.stderr.splitlines()[-1] == (
         "Error: Invalid value for '--shard': '3/2' is not K/N with 1 <= K <= N, e.g. 2/4"
     )
+
+
+def test_plan_probe_nothing_needs_no_token(tmp_path: Path) -> None:
+    """A probe with no paginated partition sends nothing, so a missing token is no error."""
+    recipe = write_recipe(
+        tmp_path,
+        """\
+version: 1
+instance: {token_env: TM_API_TOKEN}
+output: OUT
+streams:
+  task_stats:
+    endpoint: tasks_statistics
+    params:
+      dates: {start: 2024-01-01, end: 2024-03-31, step: 1 month}
+""",
+    )
+    url = "http://127.0.0.1:9/api/v2"
+
+    outcome = run_cli("plan", str(recipe), "--probe", "--base-url", url, env={"TM_API_TOKEN": ""})
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stderr == (
+        f"tm-export: nothing to probe at {url}: no partition is both paginated and known before "
+        "the run\n"
+    )
+    assert outcome.stdout.splitlines()[0] == (
+        f"plan for {recipe}: 1 stream; probed {url} with 0 requests"
+    )

@@ -29,6 +29,7 @@ from .plan import (
     plan_json,
     plan_recipe,
     probe_plan,
+    probe_requests,
 )
 from .recipe import load_recipe, resolve_token
 from .runrecord import write_run_record
@@ -166,13 +167,15 @@ def plan(
             raise RecipeError("--base-url is used only with --probe; add --probe or remove it")
         # Probe the server that `tm-export run` would use with the same options and environment.
         chosen_url = resolve_base_url(loaded, base_url) if probe else None
-        token = resolve_token(loaded) if probe else None
+        variable = loaded.instance.token_env
+        token_set = bool(variable and os.environ.get(variable, "").strip())
+        result = plan_recipe(loaded, token_set=token_set, shard=shard)
+        # A probe with nothing to probe sends nothing, so it needs no token.
+        sends = chosen_url is not None and probe_requests(result, max_probes) > 0
+        token = resolve_token(loaded) if sends else None
     except RecipeError as error:
         _fail(error, ExitCode.USAGE)
 
-    variable = loaded.instance.token_env
-    token_set = bool(token) or bool(variable and os.environ.get(variable, "").strip())
-    result = plan_recipe(loaded, token_set=token_set, shard=shard)
     if chosen_url is not None:
         _setup_logging()
         # A probe of many partitions at a polite rate takes minutes, and prints nothing else.

@@ -12,7 +12,7 @@ from tm_export.cli import main
 from tm_export.layout import OutputLock
 from tm_export.mock import MockServer
 
-from .conftest import run_cli, run_process, write_recipe
+from .conftest import PROJECTS, run_cli, run_process, write_recipe
 
 RECIPE = """\
 version: 1
@@ -98,6 +98,29 @@ def test_changed_recipe_refused(tmp_path: Path, mock: MockServer) -> None:
         1 for pid in mock.dataset.deleted_project_ids() if pid <= 4
     )
     assert manifest.read_bytes() == before
+
+
+def test_base_url_change_warns(tmp_path: Path, mock: MockServer) -> None:
+    """A session against another server than the last one warns, even with --quiet."""
+    recipe = write_recipe(
+        tmp_path,
+        RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, retries: {attempts: 1}}"),
+    )
+    mock.add_fault(path=r"^/api/v2/projects/2/statistics/$", status=500)
+    first = run_cli("run", str(recipe), "--base-url", mock.api_url)
+    assert first.exit_code == 3, first.stderr
+
+    with MockServer(projects=PROJECTS) as other:
+        outcome = run_cli(
+            "run", str(recipe), "--base-url", other.api_url, "--retry-failed", "--quiet"
+        )
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stderr.splitlines()[0] == (
+        f"tm-export: WARNING: base_url changed since the last session: {mock.api_url} -> "
+        f"{other.api_url}; this run now contains records from both servers (--start-over "
+        "begins a new run)"
+    )
 
 
 def test_settings_change_recorded(tmp_path: Path, mock: MockServer) -> None:
@@ -203,4 +226,32 @@ def test_invalid_probe_url_refused(tmp_path: Path) -> None:
     assert outcome.stderr.startswith(
         "tm-export: error: --base-url: invalid URL 'http://127.0.0.1:9/api/v2#top': it has a "
         "query or a fragment"
+    )
+
+
+@pytest.mark.parametrize("rate", ["5000", "5000/s", " 5000 / s "])
+def test_rate_limit_forms(tmp_path: Path, mock: MockServer, rate: str) -> None:
+    """--rate-limit takes a number with or without /s, as instance.rate_limit does."""
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--rate-limit", rate, "-q")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    manifest = (tmp_path / "out/runs/0001/manifest.jsonl").read_text()
+    assert '"rate_limit":5000.0' in manifest
+
+
+@pytest.mark.parametrize("rate", ["0/s", "abc", "10/min", "-1"])
+def test_rate_limit_invalid(tmp_path: Path, rate: str) -> None:
+    """A --rate-limit that is not a rate greater than 0 is a usage error that names the forms."""
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    outcome = run_cli(
+        "run", str(recipe), "--base-url", "http://127.0.0.1:9/api/v2", "--rate-limit", rate
+    )
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr.splitlines()[-1] == (
+        f"Error: Invalid value for '--rate-limit': {rate!r} is not a rate greater than 0, "
+        "such as 10 or 2.5/s"
     )

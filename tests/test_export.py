@@ -185,7 +185,9 @@ def test_skipped_strict_exits_3(tmp_path: Path, mock: MockServer) -> None:
     outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--strict")
 
     assert outcome.exit_code == 3
-    assert "result: finished with failures (exit 3)" in outcome.stderr
+    assert outcome.stderr.splitlines()[-1] == (
+        "result: finished with skipped partitions (--strict) (exit 3)"
+    )
 
 
 def test_retry_skipped_with_token(tmp_path: Path, mock: MockServer) -> None:

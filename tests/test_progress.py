@@ -171,3 +171,23 @@ def test_json_log_fatal_error(tmp_path: Path, mock: MockServer) -> None:
         "no instance.token_env. Set it to the name of the environment variable that holds "
         "your TM API key, export that variable, and run the same command again to resume"
     )
+
+
+def test_json_log_usage_error(tmp_path: Path) -> None:
+    """--log-format json: a usage error that click finds is one JSON error line too."""
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    shard = run_cli("run", str(recipe), "--log-format", "json", "--shard", "4/3")
+    missing = run_cli("run", "--log-format=json")
+
+    for outcome in (shard, missing):
+        assert outcome.exit_code == 2
+        assert outcome.stdout == ""
+        assert len(outcome.stderr.splitlines()) == 1
+    shard_line = orjson.loads(shard.stderr)
+    assert shard_line["event"] == "error"
+    assert shard_line["exit_code"] == 2
+    assert shard_line["message"] == (
+        "Invalid value for '--shard': '4/3' is not K/N with 1 <= K <= N, e.g. 2/4"
+    )
+    assert orjson.loads(missing.stderr)["message"] == "Missing argument 'RECIPE'."

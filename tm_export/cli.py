@@ -16,7 +16,7 @@ import click
 
 from . import __version__, loop
 from .catalog import CATALOG
-from .cli_options import CONTEXT_SETTINGS, ShardParam
+from .cli_options import CONTEXT_SETTINGS, RateParam, ShardParam
 from .codec import CODECS, Codec
 from .engine import RunOptions, RunResult, export, resolve_base_url
 from .errors import ExitCode, RecipeError, TmExportError
@@ -79,7 +79,27 @@ def _fail(error: TmExportError | str, code: int, *, json_logs: bool = False) -> 
     sys.exit(code)
 
 
-@main.command(context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES)
+class RunCommand(click.Command):
+    """The ``run`` command, whose usage errors are JSON lines too under --log-format json."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        arguments = list(args)  # the parser consumes ``args``
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as error:
+            if not _asks_json_logs(arguments):
+                raise
+            _fail(error.format_message(), ExitCode.USAGE, json_logs=True)
+            raise AssertionError("unreachable: _fail exits") from error
+
+
+def _asks_json_logs(args: list[str]) -> bool:
+    """Tell whether command-line ``args`` choose --log-format json."""
+    pairs = zip(args, [*args[1:], ""], strict=True)
+    return "--log-format=json" in args or ("--log-format", "json") in pairs
+
+
+@main.command(cls=RunCommand, context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES)
 @click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
     "--base-url",
@@ -100,9 +120,10 @@ def _fail(error: TmExportError | str, code: int, *, json_logs: bool = False) -> 
 )
 @click.option(
     "--rate-limit",
-    type=click.FloatRange(min=0, min_open=True),
+    type=RateParam(),
     metavar="PER_SECOND",
-    help="Request budget in requests per second. Overrides instance.rate_limit.",
+    help="Request budget in requests per second, such as 10 or 2.5/s. Overrides "
+    "instance.rate_limit.",
 )
 @click.option(
     "--retry-failed",
@@ -163,7 +184,7 @@ def _fail(error: TmExportError | str, code: int, *, json_logs: bool = False) -> 
     default="text",
     show_default=True,
     help="Log lines and errors as text, or as one JSON object per line (fields: time, level, "
-    "logger, message, event).",
+    "logger, message; event on progress, summary and error lines).",
 )
 @click.option(
     "--progress-interval",

@@ -647,7 +647,16 @@ class _Session:
         if state.sessions:
             previous = state.sessions[-1].get("settings", {})
             for key, value in settings.items():
-                if previous.get(key) != value:
+                if previous.get(key) != value and key == "base_url":
+                    # The run then contains records from two servers, which a researcher
+                    # must know even with --quiet.
+                    logger.warning(
+                        "base_url changed since the last session: %s -> %s; this run now "
+                        "contains records from both servers (--start-over begins a new run)",
+                        previous.get(key),
+                        value,
+                    )
+                elif previous.get(key) != value:
                     logger.info(
                         "setting %s changed since the last session: %s -> %s",
                         key,

@@ -15,6 +15,9 @@ OUTCOMES = {
     ExitCode.INTERRUPTED: "interrupted; run the same command again to resume",
 }
 
+#: The outcome of a run that exits 3 only because ``--strict`` counts skipped partitions.
+STRICT_SKIPPED = "finished with skipped partitions (--strict)"
+
 # None: a token was given, but the run stopped before the server could check it.
 AUTHENTICATED = {True: "yes", False: "no", None: "not checked"}
 
@@ -69,8 +72,15 @@ def format_summary(recipe: Recipe, result: RunResult, code: ExitCode) -> str:
         f"requests: {result.requests}, retries: {result.retries}, authenticated: "
         f"{AUTHENTICATED[result.authenticated]}, TM release: {result.tm_release or 'unknown'}"
     )
-    lines.append(f"result: {OUTCOMES[code]} (exit {int(code)})")
+    lines.append(f"result: {outcome_text(result, code)} (exit {int(code)})")
     return "\n".join(lines)
+
+
+def outcome_text(result: RunResult, code: ExitCode) -> str:
+    """Return the outcome of ``result`` in words, for the summary's result line and JSON."""
+    if code == ExitCode.FAILURES and not result.failed_partitions and not result.problems:
+        return STRICT_SKIPPED
+    return OUTCOMES[code]
 
 
 def summary_json(result: RunResult, code: ExitCode) -> dict[str, Any]:
@@ -78,7 +88,7 @@ def summary_json(result: RunResult, code: ExitCode) -> dict[str, Any]:
     return {
         "run_folder": str(result.run_folder),
         "exit_code": int(code),
-        "outcome": OUTCOMES[code],
+        "outcome": outcome_text(result, code),
         "resumed": result.resumed and not result.finished_before,
         "already_finished": result.finished_before,
         "authenticated": result.authenticated,

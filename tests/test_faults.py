@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -222,6 +223,31 @@ def test_preflight_rejects_token(tmp_path: Path, mock: MockServer) -> None:
         "(TM tokens last 7 days). Copy a new API key from your Tasking Manager settings, export "
         "TM_API_TOKEN, and run the same command again to resume"
     )
+
+
+def test_rerun_after_rejected_token(tmp_path: Path, mock: MockServer) -> None:
+    """A rerun after a rejected token does not call itself a resume: nothing was exported."""
+    recipe = write_recipe(tmp_path, TOKEN_RECIPE.replace("ACTIVE", "1"))
+    rejected = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": "bm90LXZhbGlk"}
+    )
+    assert rejected.exit_code == 1
+
+    outcome = run_cli(
+        "run",
+        str(recipe),
+        "--base-url",
+        mock.api_url,
+        "--json",
+        env={"TM_API_TOKEN": mock.tokens["admin"]},
+    )
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stderr.splitlines()[0] == (
+        f"tm-export: INFO: continuing the run in {tmp_path / 'out/runs/0001'}: no earlier "
+        "session got past the server and token check"
+    )
+    assert json.loads(outcome.stdout)["resumed"] is False
 
 
 @pytest.mark.parametrize(

@@ -305,8 +305,16 @@ class _Session:
                         )
                     if state.finished:
                         self._note_finished(folder, state)
-                    else:
+                    elif state.sessions:
                         logger.info("resuming the run in %s", folder)
+                    else:
+                        # A session records its entry once the preflight passes, so the
+                        # sessions before this one stopped at the preflight.
+                        logger.info(
+                            "continuing the run in %s: no earlier session got past the server "
+                            "and token check",
+                            folder,
+                        )
                     self._load_baseline(state, output)
                     return folder, state, Journal.open(manifest, valid_bytes=extent.valid_bytes)
                 self.baseline = read_baseline(self.recipe, runs)

@@ -234,9 +234,9 @@ streams:
 
 
 def test_status_dependent_pending(tmp_path: Path, mock: MockServer) -> None:
-    """A dependent stream of an unfinished run counts only the partitions known so far."""
+    """A dependent stream whose parent stopped early counts only the partitions known so far."""
     recipe = write_recipe(tmp_path, DEPENDENT_RECIPE)
-    mock.add_fault(path=r"^/api/v2/projects/\d+/queries/summary/$", after=5, status=401)
+    mock.add_fault(path=r"^/api/v2/projects/$", query={"page": "3"}, status=401)
     outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet")
     assert outcome.exit_code == 1, outcome.stderr
     run = tmp_path / "out/runs/0001"
@@ -249,13 +249,14 @@ def test_status_dependent_pending(tmp_path: Path, mock: MockServer) -> None:
     status = run_cli("status", str(run))
 
     lines = status.stdout.splitlines()
-    assert done == 5
+    assert done > 0
     assert (
         f"summaries  {done:>4}  {f'{pending}+':>7}        0       0  {done:>7}  {size:>5}" in lines
     )
     assert (
         "pending: partitions known and not finished; N+ marks a lower bound: a dependent "
-        "stream learns partitions from its parent's records, and an incremental run counts "
+        "stream learns partitions from its parent's records until the parent has finished, "
+        "and an incremental run counts "
         "only the partitions it has started"
     ) in lines
     assert "summaries: one partition per value of projects.projectId" in lines
@@ -289,3 +290,44 @@ def test_status_damaged_manifest(tmp_path: Path, mock: MockServer) -> None:
     assert f"tm-export: error: {manifest}:2: manifest line 2 is damaged (not JSON)" in (
         outcome.stderr
     )
+
+
+def test_status_dependent_known(tmp_path: Path, mock: MockServer) -> None:
+    """Once the parent has finished, a dependent stream's pending count is exact."""
+    recipe = write_recipe(tmp_path, DEPENDENT_RECIPE)
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet").exit_code == 0
+    run = tmp_path / "out/runs/0001"
+    manifest = run / "manifest.jsonl"
+    lines = manifest.read_bytes().splitlines(keepends=True)
+    known = [orjson.loads(line) for line in lines if b'"t":"known"' in line]
+    finals = [i for i, line in enumerate(lines) if b'"t":"part","s":"summaries"' in line]
+    # A session that stopped before its end: its last 3 summaries have no final entry.
+    kept = [
+        line for i, line in enumerate(lines) if i not in finals[-3:] and b'"t":"end"' not in line
+    ]
+    manifest.write_bytes(b"".join(kept))
+    session = next(line for line in lines if b'"t":"session"' in line)
+
+    exact = run_cli("status", str(run)).stdout.splitlines()
+    manifest.write_bytes(b"".join(kept) + session)
+    stale = run_cli("status", str(run)).stdout.splitlines()
+
+    assert known == [{"t": "known", "s": "summaries", "partitions": len(finals)}]
+    assert len(finals) == (run / "data/projects.jsonl").read_bytes().count(b"\n")
+    row = next(line for line in exact if line.startswith("summaries"))
+    assert row.split()[:3] == ["summaries", str(len(finals) - 3), "3"]
+    assert not any(line.startswith("pending: ") for line in exact)
+    row = next(line for line in stale if line.startswith("summaries"))
+    assert row.split()[:3] == ["summaries", str(len(finals) - 3), "3+"]
+    assert any(line.startswith("pending: ") for line in stale)
+
+
+def test_known_needs_finished_parent(tmp_path: Path, mock: MockServer) -> None:
+    """A parent stream stopped before its end gives its child no partition count."""
+    recipe = write_recipe(tmp_path, DEPENDENT_RECIPE)
+    mock.add_fault(path=r"^/api/v2/projects/$", query={"page": "2"}, status=401)
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet")
+
+    assert outcome.exit_code == 1, outcome.stderr
+    assert [e for e in entries(tmp_path / "out/runs/0001") if e["t"] == "known"] == []

@@ -97,6 +97,9 @@ class StreamState:
     done: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Final entries of partitions that ended done, when replayed with ``keep_done_pages=False``;
     such partitions then have no ``PartitionState``. An entry without problems is ``DONE``."""
+    known: tuple[int, int] | None = None
+    """For a dependent stream, from its last ``known`` entry: the count of partitions that the
+    parent's records gave this run, and the count of session entries before that entry."""
 
     def partition(self, partition_id: str) -> PartitionState:
         state = self.partitions.get(partition_id)
@@ -182,6 +185,9 @@ class ManifestState:
                 deleted.append(entry)
             elif kind == "canonical":
                 canonical.append(entry)
+            elif kind == "known":
+                stream = streams.get(entry["s"]) or streams.setdefault(entry["s"], StreamState())
+                stream.known = (entry["partitions"], len(sessions))
 
         for (name, partition_id), pages in unfinished.items():
             part = streams[name].partition(partition_id)

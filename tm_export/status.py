@@ -162,6 +162,14 @@ def run_status(paths: RunPaths, scan: ManifestScan | None = None) -> RunStatus:
                 known = count_static(specs)
             finals = sum(status.partitions[state_name] for state_name in FINAL_STATES)
             status.partitions["pending"] = known - finals
+        elif stream_state.known is not None and not finished:
+            # The run recorded how many partitions the parent's records gave. A later
+            # session may retry parent partitions that add more, so the count is exact only
+            # when the last session recorded it.
+            count, sessions = stream_state.known
+            finals = sum(status.partitions[state_name] for state_name in FINAL_STATES)
+            status.partitions["pending"] = max(count - finals, 0)
+            status.pending_final = sessions == len(state.sessions)
         else:
             status.pending_final = finished
         layout = layouts.get(name)
@@ -286,8 +294,8 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
     if any(not stream.pending_final for stream in status.streams):
         lines.append(
             "pending: partitions known and not finished; N+ marks a lower bound: a dependent "
-            "stream learns partitions from its parent's records, and an incremental run "
-            "counts only the partitions it has started"
+            "stream learns partitions from its parent's records until the parent has "
+            "finished, and an incremental run counts only the partitions it has started"
         )
     for stream in status.streams:
         if stream.parent is not None:

@@ -55,7 +55,7 @@ SKIP_STATUSES = frozenset({403, 404})
 class _ChildFeed:
     """A child stream's channel: the fields it takes and the values sent to it so far."""
 
-    name: str
+    child: StreamRunner
     fields: dict[str, str]
     """Parameter name to the dotted field path of this stream's records."""
     send: MemoryObjectSendStream[dict[str, Scalar]]
@@ -63,6 +63,10 @@ class _ChildFeed:
     reaches: dict[str, PathReach] = field(default_factory=dict)
     """Per field path, the farthest it went into one record, kept while no value is sent,
     so that the warning of an empty feed names the part of the path that no record has."""
+
+    @property
+    def name(self) -> str:
+        return self.child.spec.name
 
     def note_reaches(self, record: Any) -> None:
         """Keep how far each field path goes into ``record``, when it goes further than before."""
@@ -117,6 +121,11 @@ class StreamRunner:
         """Partitions another shard writes that this shard failed to read, with their first
         error: the child partitions their records name are unknown to this shard."""
         self._parent_values: MemoryObjectReceiveStream[dict[str, Scalar]] | None = None
+        self.parent_finished = False
+        """True once the parent stream has walked all its partitions, so the values it sent
+        are all that its records give, not the values of a run stopped early."""
+        self._partitions_due = 0
+        """Count of the partitions this run writes among those the parent's values gave so far."""
         self._pages = PageWriter(
             spec,
             committer=committer,
@@ -154,7 +163,7 @@ class StreamRunner:
         and a task id that belong together.
         """
         send, receive = anyio.create_memory_object_stream[dict[str, Scalar]](CHILD_BUFFER)
-        self._children.append(_ChildFeed(child.spec.name, fields, send))
+        self._children.append(_ChildFeed(child, fields, send))
         child._parent_values = receive
 
     # --- running -----------------------------------------------------------------
@@ -173,6 +182,8 @@ class StreamRunner:
             async with anyio.create_task_group() as group:
                 for _ in range(max(2 * self._concurrency, 4)):
                     group.start_soon(self._work, jobs)
+            for feed in self._children:
+                feed.child.parent_finished = True
             self._warn_of_empty_feeds()
         finally:
             self._close_feeds()
@@ -221,6 +232,11 @@ class StreamRunner:
         def parent_done() -> None:
             # Every parent value has arrived, so the number of partitions is known now.
             self.partitions_known = len(seen) * count_static(self.spec.static)
+            if self.parent_finished:
+                # Record the count for `status`, which reads only the manifest.
+                self._committer.record(
+                    {"t": "known", "s": self.spec.name, "partitions": self._partitions_due}
+                )
 
         return JobSource(
             values=self._parent_values,
@@ -238,6 +254,8 @@ class StreamRunner:
         for static in expand_static(self.spec.static):
             partition = {**values, **static}
             key = partition_id(partition)
+            if key not in self._finished_windows and self._owns(key):
+                self._partitions_due += 1
             if not self._settled(key):
                 jobs.append(self._job(partition, key))
         return jobs

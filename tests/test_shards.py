@@ -620,3 +620,29 @@ def test_status_counts_shard_pending(tmp_path: Path, mock: MockServer) -> None:
     assert stats["partitions"]["pending"] == len(owned) - finals
     assert stats["partitions"]["pending"] >= 1
     assert stats["pending_final"] is True
+
+
+def test_shard_progress_counts_own_partitions(tmp_path: Path, mock: MockServer) -> None:
+    """A shard's progress and known entries count the partitions it writes, not all of them."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    known = {}
+
+    for index in (1, 2):
+        output = tmp_path / f"shard-{index}"
+        outcome = run_shard(recipe, mock.api_url, f"{index}/2", output, "--log-format", "json")
+        assert outcome.exit_code == 0, outcome.stderr
+        events = [orjson.loads(line) for line in outcome.stderr.splitlines()]
+        last = [event for event in events if event.get("event") == "progress"][-1]
+        manifest = (output / "runs/0001/manifest.jsonl").read_bytes().splitlines()
+        entries = [orjson.loads(line) for line in manifest]
+        finals = Counter(entry["s"] for entry in entries if entry["t"] == "part")
+        for name in ("activities", "stats"):
+            assert last["streams"][name]["known"] == finals[name]
+            assert last["streams"][name]["partitions"] == finals[name]
+        known[index] = [entry for entry in entries if entry["t"] == "known"]
+        assert known[index] == [
+            {"t": "known", "s": "activities", "partitions": finals["activities"]}
+        ]
+
+    published = mock.counts()["projects"]
+    assert known[1][0]["partitions"] + known[2][0]["partitions"] == published

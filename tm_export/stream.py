@@ -137,8 +137,10 @@ class StreamRunner:
         )
         self._queries = QueryBuilder(spec, since=self._since)
         self._order = [name for spec_ in spec.varying for name in _names(spec_)]
-        self.partitions_known = count_static(spec.static) if spec.parent is None else None
-        """Partitions in all, when they do not depend on a parent stream."""
+        self.partitions_known = self._count_static_due() if spec.parent is None else None
+        """Partitions this run writes, when they do not depend on a parent stream: for a
+        shard, those it owns, and for an incremental run, not the windows earlier runs
+        finished."""
 
     # --- wiring ------------------------------------------------------------------
 
@@ -231,7 +233,7 @@ class StreamRunner:
 
         def parent_done() -> None:
             # Every parent value has arrived, so the number of partitions is known now.
-            self.partitions_known = len(seen) * count_static(self.spec.static)
+            self.partitions_known = self._partitions_due
             if self.parent_finished:
                 # Record the count for `status`, which reads only the manifest.
                 self._committer.record(
@@ -242,6 +244,16 @@ class StreamRunner:
             values=self._parent_values,
             expand=lambda values: self._jobs_of_parent_values(values, seen),
             on_end=parent_done,
+        )
+
+    def _count_static_due(self) -> int:
+        """Count the partitions of a stream without a parent that this run writes."""
+        if self._shard is None and not self._finished_windows:
+            return count_static(self.spec.static)
+        return sum(
+            1
+            for values in expand_static(self.spec.static)
+            if (key := partition_id(values)) not in self._finished_windows and self._owns(key)
         )
 
     def _jobs_of_parent_values(self, values: dict[str, Scalar], seen: set[str]) -> list[_Job]:

@@ -1,6 +1,7 @@
 """Split tm-export's W1 CPU time into its own work and the HTTP exchange, measured apart.
 
-Three subjects run in this process, in turn, against one mock server with W1's data:
+Three subjects run in this process, one after another, against one mock server with W1's
+data; each round starts with the next subject:
 
 - **network**: the W1 export as ``tm-export run`` does it (manifest, fsyncs, run record);
 - **replayed**: the same export with every response taken from memory, recorded from the
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import anyio
-from harness import WORK, ServerProcess, mock_server, process_cpu_seconds
+from harness import WORK, ServerProcess, machine_busy_seconds, mock_server, process_cpu_seconds
 from subjects import W1_RECIPE
 
 from tm_export import loop
@@ -59,11 +60,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One subject's run: CPU seconds of this process, wall seconds, server CPU seconds."""
+    """One subject's run: CPU seconds of this process, wall seconds, server CPU seconds, and
+    the CPU seconds every other process on the machine used meanwhile."""
 
     cpu_s: float
     wall_s: float
     server_cpu_s: float
+    other_cpu_s: float
 
 
 @contextmanager
@@ -86,6 +89,8 @@ def record_responses(
 
     async def recording(session: HttpSession, url: str, params: Mapping[str, str]) -> Response:
         response = await original(session, url, params)
+        # The engine deletes a spool file once read, so a replay could not read it again.
+        assert response.spool is None, f"{url}: a spooled response cannot be replayed"
         responses[(url, tuple(params.items()))] = response
         return response
 
@@ -118,17 +123,17 @@ def replay(responses: dict[Key, Response], yields: int) -> Get:
 async def exchange(requests: list[Key], concurrency: int, spool: Path) -> int:
     """Send ``requests`` through a session set up as the engine sets up its own.
 
-    Returns the number of responses whose status was not 2xx.
+    Returns the number of responses with a 2xx status.
     """
     timeouts = load_recipe(W1_RECIPE).instance.timeouts
     pending = iter(requests)
-    failed = 0
+    succeeded = 0
 
     async def worker(session: HttpSession) -> None:
-        nonlocal failed
+        nonlocal succeeded
         for url, params in pending:
             response = await session.get(url, dict(params))
-            failed += not 200 <= response.status < 300
+            succeeded += 200 <= response.status < 300
 
     async with (
         HttpSession(
@@ -145,20 +150,26 @@ async def exchange(requests: list[Key], concurrency: int, spool: Path) -> int:
     ):
         for _ in range(concurrency):
             group.start_soon(worker, session)
-    return failed
+    return succeeded
 
 
 def measure(server: ServerProcess, function: Callable[..., T], *args: object) -> tuple[Sample, T]:
     """Run ``function(*args)`` and return what it cost, with its result."""
-    server_cpu = process_cpu_seconds(server.pid)
+    server_cpu, busy = process_cpu_seconds(server.pid), machine_busy_seconds()
     cpu, wall = time.process_time(), time.perf_counter()
     result = function(*args)
-    sample = Sample(
-        time.process_time() - cpu,
-        time.perf_counter() - wall,
-        process_cpu_seconds(server.pid) - server_cpu,
-    )
-    return sample, result
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    server_cpu = process_cpu_seconds(server.pid) - server_cpu
+    other = machine_busy_seconds() - busy - cpu - server_cpu
+    return Sample(cpu, wall, server_cpu, max(other, 0.0)), result
+
+
+def replayed_run(
+    server: ServerProcess, responses: dict[Key, Response], options: argparse.Namespace, out: Path
+) -> tuple[Sample, dict[str, int]]:
+    """Measure the W1 export with every response replayed from ``responses``."""
+    with session_get(replay(responses, options.yields)):
+        return measure(server, run_export, server.api_url, out / "replayed", options.concurrency)
 
 
 def report(results: dict[str, list[Sample]]) -> None:
@@ -168,11 +179,12 @@ def report(results: dict[str, list[Sample]]) -> None:
         cpu = [sample.cpu_s for sample in samples]
         wall = [sample.wall_s for sample in samples]
         share = statistics.median(sample.server_cpu_s / sample.wall_s for sample in samples)
+        other = statistics.median(sample.other_cpu_s / sample.wall_s for sample in samples)
         medians[name] = statistics.median(cpu)
         print(
             f"  {name:9s} CPU {medians[name]:.2f} s ({min(cpu):.2f}-{max(cpu):.2f}), "
             f"wall {statistics.median(wall):.2f} s ({min(wall):.2f}-{max(wall):.2f}), "
-            f"server CPU {share:.0%}"
+            f"server CPU {share:.0%}, other load {other:.1f} cores"
         )
     apart = medians["replayed"] + medians["exchange"]
     print(
@@ -181,20 +193,26 @@ def report(results: dict[str, list[Sample]]) -> None:
     )
 
 
-def positive(text: str) -> int:
-    """Parse a whole number of at least 1, for argparse."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return int(text)
+def whole(least: int) -> Callable[[str], int]:
+    """Return an argparse type that takes a whole number of at least ``least``."""
+
+    def parse(text: str) -> int:
+        if not text.isascii() or not text.isdigit() or int(text) < least:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least {least}")
+        return int(text)
+
+    return parse
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=positive, default=5, help="runs of each subject")
-    parser.add_argument("--projects", type=int, default=3000, help="mock projects (W1: 3000)")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
+    parser.add_argument("--rounds", type=whole(1), default=5, help="runs of each subject")
+    parser.add_argument("--projects", type=whole(1), default=3000, help="mock projects (W1: 3000)")
     parser.add_argument(
-        "--yields", type=int, default=0, help="event-loop turns before each replayed response"
+        "--concurrency", type=whole(1), default=8, help="requests in flight at once"
+    )
+    parser.add_argument(
+        "--yields", type=whole(0), default=0, help="event-loop turns before each replayed response"
     )
     options = parser.parse_args()
     folder = WORK / "decompose"
@@ -208,24 +226,27 @@ def main() -> int:
         )
         gc.freeze()
         requests = list(responses)
+        subjects: dict[str, Callable[[Path], tuple[Sample, object]]] = {
+            "network": lambda out: measure(
+                server, run_export, server.api_url, out / "network", options.concurrency
+            ),
+            "replayed": lambda out: replayed_run(server, responses, options, out),
+            "exchange": lambda out: measure(
+                server, loop.run, exchange, requests, options.concurrency, out / "spool"
+            ),
+        }
         for number in range(options.rounds):
             out = folder / f"round-{number}"
-            network, records = measure(
-                server, run_export, server.api_url, out / "network", options.concurrency
-            )
-            assert records == expected, f"network run wrote {records}, not {expected}"
-            with session_get(replay(responses, options.yields)):
-                replayed, records = measure(
-                    server, run_export, server.api_url, out / "replayed", options.concurrency
-                )
-            assert records == expected, f"replayed run wrote {records}, not {expected}"
-            exchanged, failed = measure(
-                server, loop.run, exchange, requests, options.concurrency, out / "spool"
-            )
-            assert failed == 0, f"{failed} responses of the exchange were not 2xx"
-            results["network"].append(network)
-            results["replayed"].append(replayed)
-            results["exchange"].append(exchanged)
+            # A different subject goes first in each round, so that none gains from its place.
+            first = number % len(SUBJECTS)
+            order = SUBJECTS[first:] + SUBJECTS[:first]
+            for name in order:
+                sample, outcome = subjects[name](out)
+                if name == "exchange":
+                    assert outcome == len(requests), f"{outcome} of {len(requests)} were 2xx"
+                else:
+                    assert outcome == expected, f"{name} run wrote {outcome}, not {expected}"
+                results[name].append(sample)
             shutil.rmtree(out)
 
     total = sum(expected.values())

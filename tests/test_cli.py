@@ -229,7 +229,7 @@ def test_invalid_probe_url_refused(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("rate", ["5000", "5000/s", " 5000 / s "])
+@pytest.mark.parametrize("rate", ["5000", "5000/s", " 5000 / s ", "5e3", "5000.0"])
 def test_rate_limit_forms(tmp_path: Path, mock: MockServer, rate: str) -> None:
     """--rate-limit takes a number with or without /s, as instance.rate_limit does."""
     recipe = write_recipe(tmp_path, RECIPE)
@@ -241,7 +241,7 @@ def test_rate_limit_forms(tmp_path: Path, mock: MockServer, rate: str) -> None:
     assert '"rate_limit":5000.0' in manifest
 
 
-@pytest.mark.parametrize("rate", ["0/s", "abc", "10/min", "-1"])
+@pytest.mark.parametrize("rate", ["0/s", "abc", "10/min", "-1", "inf"])
 def test_rate_limit_invalid(tmp_path: Path, rate: str) -> None:
     """A --rate-limit that is not a rate greater than 0 is a usage error that names the forms."""
     recipe = write_recipe(tmp_path, RECIPE)

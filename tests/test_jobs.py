@@ -61,3 +61,71 @@ def test_source_needs_jobs_or_values() -> None:
         ValueError, match="invalid job source: give either jobs or values, not both or neither"
     ):
         JobSource()
+
+
+def test_drain_queues_buffered_values() -> None:
+    """After the sender closes, drain expands every buffered value and ends at once."""
+    send, receive = anyio.create_memory_object_stream[int](4)
+    expanded: list[int] = []
+    ends: list[int] = []
+
+    def expand(value: int) -> list[int]:
+        expanded.append(value)
+        return [value]
+
+    source: JobSource[int, int] = JobSource(
+        values=receive, expand=expand, on_end=lambda: ends.append(len(expanded))
+    )
+    jobs: list[int | None] = []
+
+    async def main() -> None:
+        for value in (1, 2, 3):
+            send.send_nowait(value)
+        send.close()
+        source.drain()
+        assert ends == [3]
+        for _ in range(4):
+            jobs.append(await source.next())
+        receive.close()
+
+    anyio.run(main)
+
+    assert jobs == [1, 2, 3, None]
+    assert ends == [3]
+
+
+def test_drain_waits_for_the_reader() -> None:
+    """A worker that holds the last value when drain runs queues it before the end counts."""
+    send, receive = anyio.create_memory_object_stream[int](4)
+    ends: list[list[int]] = []
+    expanded: list[int] = []
+
+    def expand(value: int) -> list[int]:
+        expanded.append(value)
+        return [value]
+
+    source: JobSource[int, int] = JobSource(
+        values=receive, expand=expand, on_end=lambda: ends.append(list(expanded))
+    )
+    jobs: list[int | None] = []
+
+    async def worker() -> None:
+        while (job := await source.next()) is not None:
+            jobs.append(job)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(worker)
+            await anyio.wait_all_tasks_blocked()
+            send.send_nowait(1)  # handed to the waiting worker, which has not run yet
+            send.send_nowait(2)  # buffered
+            send.close()
+            source.drain()
+            assert ends == []
+        receive.close()
+
+    anyio.run(main)
+
+    # The drained value is queued first, and the worker's own value after it.
+    assert jobs == [2, 1]
+    assert ends == [[2, 1]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 from pathlib import Path
 
@@ -448,12 +449,13 @@ def test_plan_shard_invalid(tmp_path: Path) -> None:
     """A shard that is not K/N with 1 <= K <= N is a usage error."""
     recipe = write_recipe(tmp_path, RECIPE)
 
-    outcome = run_cli("plan", str(recipe), "--shard", "3/2")
+    for shard in ("3/2", "\u00b9/2", "0/2", "1/"):
+        outcome = run_cli("plan", str(recipe), "--shard", shard)
 
-    assert outcome.exit_code == 2
-    assert outcome.stderr.splitlines()[-1] == (
-        "Error: Invalid value for '--shard': '3/2' is not K/N with 1 <= K <= N, e.g. 2/4"
-    )
+        assert outcome.exit_code == 2
+        assert outcome.stderr.splitlines()[-1] == (
+            f"Error: Invalid value for '--shard': {shard!r} is not K/N with 1 <= K <= N, e.g. 2/4"
+        )
 
 
 def test_plan_probe_nothing_needs_no_token(tmp_path: Path) -> None:
@@ -483,3 +485,37 @@ streams:
     assert outcome.stdout.splitlines()[0] == (
         f"plan for {recipe}: 1 stream; probed {url} with 0 requests"
     )
+
+
+FEEDING_RECIPE = """\
+version: 1
+instance: {concurrency: 4, rate_limit: 10000/s}
+output: OUT
+streams:
+  details:
+    endpoint: project
+    params: {project_id: {each: [1, 2, 3, 4, 5]}}
+  summaries:
+    endpoint: project_summary
+    params: {project_id: {from: details.projectId}}
+"""
+
+
+def test_plan_shard_reads_what_run_reads(tmp_path: Path, mock: MockServer) -> None:
+    """A shard's plan counts every partition of a stream that feeds another, as the run
+    fetches them all: those it writes and those it reads for their values."""
+    recipe = write_recipe(tmp_path, FEEDING_RECIPE)
+
+    for index in (1, 2):
+        planned = run_cli("plan", str(recipe), "--shard", f"{index}/2", "--json")
+        plan = json.loads(planned.stdout)
+        details = plan["streams"][0]
+        mock.reset_log()
+        output = str(tmp_path / f"shard-{index}")
+        ran = run_cli(
+            "run", str(recipe), "--base-url", mock.api_url, "--shard", f"{index}/2", "-o", output
+        )
+        assert ran.exit_code == 0, ran.stderr
+        sent = [r for r in mock.requests() if re.fullmatch(r"/api/v2/projects/\d+/", r["path"])]
+        assert details["partitions"] + details["partitions_read_only"] == 5
+        assert details["requests"] == len(sent) == 5

@@ -191,3 +191,17 @@ def test_json_log_usage_error(tmp_path: Path) -> None:
         "Invalid value for '--shard': '4/3' is not K/N with 1 <= K <= N, e.g. 2/4"
     )
     assert orjson.loads(missing.stderr)["message"] == "Missing argument 'RECIPE'."
+
+
+def test_json_log_usage_error_last_choice(tmp_path: Path) -> None:
+    """The last --log-format counts, as click takes it: text after json gives plain text."""
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    outcome = run_cli(
+        "run", str(recipe), "--log-format", "json", "--log-format", "text", "--shard", "4/3"
+    )
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr.splitlines()[-1] == (
+        "Error: Invalid value for '--shard': '4/3' is not K/N with 1 <= K <= N, e.g. 2/4"
+    )

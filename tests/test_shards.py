@@ -537,6 +537,9 @@ def test_unread_parent_page_fails_shard(tmp_path: Path, mock: MockServer) -> Non
         "partitions named by their records are unknown; the run is left unfinished: run the "
         "same command again to resume\n"
     )
+    # Without that page, the child partitions are not all known, so none are counted.
+    manifest = tmp_path / "shard/runs/0001/manifest.jsonl"
+    assert b'"t":"known"' not in manifest.read_bytes()
 
     early = run_cli("merge", str(tmp_path / "merged"), str(tmp_path / "shard"))
     assert early.exit_code == 2

@@ -331,3 +331,63 @@ def test_known_needs_finished_parent(tmp_path: Path, mock: MockServer) -> None:
 
     assert outcome.exit_code == 1, outcome.stderr
     assert [e for e in entries(tmp_path / "out/runs/0001") if e["t"] == "known"] == []
+
+
+CHAIN_RECIPE = """\
+version: 1
+instance: {rate_limit: 10000/s}
+output: OUT
+streams:
+  projects:
+    endpoint: projects
+    params: {projectStatuses: [PUBLISHED, ARCHIVED]}
+  details:
+    endpoint: project
+    params: {project_id: {from: projects.projectId}}
+  organisations:
+    endpoint: organisation
+    params: {organisation_id: {from: details.organisation}}
+"""
+
+
+def test_known_counts_a_chain(tmp_path: Path, mock: MockServer) -> None:
+    """Each dependent stream of a chain records the distinct values its parent gave."""
+    recipe = write_recipe(tmp_path, CHAIN_RECIPE)
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    run = tmp_path / "out/runs/0001"
+    details = [
+        orjson.loads(line) for line in (run / "data/details.jsonl").read_bytes().splitlines()
+    ]
+    projects = (run / "data/projects.jsonl").read_bytes().count(b"\n")
+    organisations = {record["organisation"] for record in details}
+    assert len(organisations) > 1
+    assert [e for e in entries(run) if e["t"] == "known"] == [
+        {"t": "known", "s": "details", "partitions": projects},
+        {"t": "known", "s": "organisations", "partitions": len(organisations)},
+    ]
+
+
+def test_known_written_when_parent_ends(tmp_path: Path, mock: MockServer) -> None:
+    """The count is recorded once the parent has finished, while child partitions still wait,
+    so a run stopped then shows an exact pending count."""
+    recipe = write_recipe(tmp_path, DEPENDENT_RECIPE)
+    # One request at a time: the 3 project pages go out among the first summaries.
+    mock.add_fault(path=r"^/api/v2/projects/\d+/queries/summary/$", after=20, status=401)
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet")
+    assert outcome.exit_code == 1, outcome.stderr
+    run = tmp_path / "out/runs/0001"
+    projects = (run / "data/projects.jsonl").read_bytes().count(b"\n")
+    done = sum(1 for e in entries(run) if e["t"] == "part" and e["s"] == "summaries")
+
+    status = run_cli("status", str(run), "--json")
+
+    assert [e for e in entries(run) if e["t"] == "known"] == [
+        {"t": "known", "s": "summaries", "partitions": projects}
+    ]
+    assert done == 20
+    summaries = orjson.loads(status.stdout)["streams"]["summaries"]
+    assert summaries["partitions"]["pending"] == projects - 20
+    assert summaries["pending_final"] is True

@@ -94,9 +94,14 @@ class RunCommand(click.Command):
 
 
 def _asks_json_logs(args: list[str]) -> bool:
-    """Tell whether command-line ``args`` choose --log-format json."""
-    pairs = zip(args, [*args[1:], ""], strict=True)
-    return "--log-format=json" in args or ("--log-format", "json") in pairs
+    """Tell whether command-line ``args`` choose --log-format json; the last choice counts."""
+    chosen = "text"
+    for number, arg in enumerate(args):
+        if arg.startswith("--log-format="):
+            chosen = arg.removeprefix("--log-format=")
+        elif arg == "--log-format" and number + 1 < len(args):
+            chosen = args[number + 1]
+    return chosen == "json"
 
 
 @main.command(cls=RunCommand, context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES)

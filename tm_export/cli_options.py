@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import click
@@ -19,10 +20,10 @@ class ShardParam(click.ParamType):  # type: ignore[type-arg]
     ) -> tuple[int, int]:
         if isinstance(value, tuple):
             return value
-        index, _, count = str(value).partition("/")
-        if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+        match = re.fullmatch(r"([0-9]+)/([0-9]+)", str(value))
+        if match is None or not 1 <= int(match.group(1)) <= int(match.group(2)):
             self.fail(f"{value!r} is not K/N with 1 <= K <= N, e.g. 2/4", param, ctx)
-        return int(index), int(count)
+        return int(match.group(1)), int(match.group(2))
 
 
 class RateParam(click.ParamType):  # type: ignore[type-arg]
@@ -30,14 +31,17 @@ class RateParam(click.ParamType):  # type: ignore[type-arg]
 
     name = "rate"
 
-    _FORM = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(?:/\s*s)?\s*$")
-
     def convert(
         self, value: object, param: click.Parameter | None, ctx: click.Context | None
     ) -> float:
         if isinstance(value, float):
             return value
-        match = self._FORM.match(str(value))
-        if match is None or float(match.group(1)) <= 0:
+        text = str(value).strip()
+        per_second = re.fullmatch(r"(.*?)\s*/\s*s", text)
+        try:
+            rate = float(per_second.group(1) if per_second else text)
+        except ValueError:
+            rate = math.nan
+        if not (math.isfinite(rate) and rate > 0):
             self.fail(f"{value!r} is not a rate greater than 0, such as 10 or 2.5/s", param, ctx)
-        return float(match.group(1))
+        return rate

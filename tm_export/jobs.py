@@ -45,6 +45,9 @@ class JobSource(Generic[J, V]):
         self._queued: deque[J] = deque()
         self._reading = False
         self._ended = False
+        self._end_found = False
+        """Set when ``drain`` found the end while a worker was reading: that worker may hold
+        a last value, so the end counts only once it has queued that value's jobs."""
         self._changed: anyio.Event | None = None
 
     async def next(self) -> J | None:
@@ -66,10 +69,34 @@ class JobSource(Generic[J, V]):
                 await self._read()
             finally:
                 self._reading = False
+                if self._end_found:
+                    self._end()
                 if self._changed is not None:
                     self._changed.set()
                     self._changed = None
         return self._queued.popleft()
+
+    def drain(self) -> None:
+        """Queue the jobs of every value left, once the sender has closed its end.
+
+        The values then wait in the buffer, except one that a reading worker may hold
+        already, so none is awaited. ``on_end`` runs as soon as every value is queued,
+        rather than when the workers reach the last one.
+        """
+        assert self._values is not None and self._expand is not None
+        while not self._ended:
+            try:
+                value = self._values.receive_nowait()
+            except anyio.EndOfStream:
+                if self._reading:
+                    self._end_found = True
+                    return
+                self._end()
+            except anyio.WouldBlock:
+                # The sender is still open: only a closed sender makes the values final.
+                return
+            else:
+                self._queued.extend(self._expand(value))
 
     async def _read(self) -> None:
         """Queue the jobs of the next value, or note that no more values come."""
@@ -80,8 +107,14 @@ class JobSource(Generic[J, V]):
             except anyio.WouldBlock:
                 value = await self._values.receive()
         except anyio.EndOfStream:
-            self._ended = True
-            if self._on_end is not None:
-                self._on_end()
+            self._end()
             return
         self._queued.extend(self._expand(value))
+
+    def _end(self) -> None:
+        # A worker waiting for a value and ``drain`` can both find the end; it counts once.
+        if self._ended:
+            return
+        self._ended = True
+        if self._on_end is not None:
+            self._on_end()

@@ -121,9 +121,11 @@ class StreamRunner:
         """Partitions another shard writes that this shard failed to read, with their first
         error: the child partitions their records name are unknown to this shard."""
         self._parent_values: MemoryObjectReceiveStream[dict[str, Scalar]] | None = None
+        self._jobs: JobSource[_Job, dict[str, Scalar]] | None = None
         self.parent_finished = False
-        """True once the parent stream has walked all its partitions, so the values it sent
-        are all that its records give, not the values of a run stopped early."""
+        """True once the parent stream has walked all its partitions and has all its own
+        values, so the values it sent are all that its records give, not the values of a run
+        stopped early or of a shard that could not read a parent page."""
         self._partitions_due = 0
         """Count of the partitions this run writes among those the parent's values gave so far."""
         self._pages = PageWriter(
@@ -180,15 +182,35 @@ class StreamRunner:
         """
         try:
             await self._replay_committed_values()
-            jobs = self._job_source()
+            self._jobs = self._job_source()
+            if self.parent_finished:
+                self._jobs.drain()
             async with anyio.create_task_group() as group:
                 for _ in range(max(2 * self._concurrency, 4)):
-                    group.start_soon(self._work, jobs)
-            for feed in self._children:
-                feed.child.parent_finished = True
+                    group.start_soon(self._work, self._jobs)
+            # The values sent are all there are only when this stream got all of its own
+            # and, as a shard, read every parent page it needed.
+            complete = (self._parent_values is None or self.parent_finished) and not (
+                self.unread_parents
+            )
             self._warn_of_empty_feeds()
         finally:
             self._close_feeds()
+
+        # Reached only when every worker ended without an error.
+        for feed in self._children:
+            feed.child.parent_ended(complete=complete)
+
+    def parent_ended(self, *, complete: bool) -> None:
+        """Take note that the parent stream has sent its last value.
+
+        With ``complete``, the parent sent every value its records give, so this stream's
+        partitions are all known: the values still buffered are expanded at once, and the
+        count is recorded for ``status`` now rather than when the workers reach them.
+        """
+        self.parent_finished = complete
+        if complete and self._jobs is not None:
+            self._jobs.drain()
 
     def _warn_of_empty_feeds(self) -> None:
         """Warn of a child stream that got no value from this stream's records, such as for a

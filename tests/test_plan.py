@@ -483,7 +483,7 @@ streams:
         "the run\n"
     )
     assert outcome.stdout.splitlines()[0] == (
-        f"plan for {recipe}: 1 stream; probed {url} with 0 requests"
+        f"plan for {recipe}: 1 stream; nothing was sent: nothing to probe at {url}"
     )
 
 

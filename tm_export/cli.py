@@ -420,8 +420,9 @@ def mock_server(
     To try an incremental run, change the data between two runs with a POST to
     /__mock__/projects/ID/touch (an edit) or /__mock__/projects/ID/activities (new task
     history), or a DELETE of /__mock__/projects/ID, below the base URL. POST a JSON rule
-    to /__mock__/faults to make requests fail, and read /__mock__/requests for the
-    requests served (docs/ci.md).
+    to /__mock__/faults to make requests fail, read /__mock__/requests for the requests
+    served, and /__mock__/counts for the records per endpoint (?role=admin for the
+    admin token's view; docs/ci.md).
 
     \b
     Example:

@@ -356,6 +356,8 @@ def format_plan(plan: Plan) -> str:
     count = len(plan.streams)
     if plan.base_url is None:
         sent = "nothing was sent"
+    elif plan.probe_requests == 0:
+        sent = f"nothing was sent: nothing to probe at {plan.base_url}"
     else:
         sent = f"probed {plan.base_url} with {plan.probe_requests} request"
         sent += "s" if plan.probe_requests != 1 else ""

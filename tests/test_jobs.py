@@ -95,7 +95,7 @@ def test_drain_queues_buffered_values() -> None:
 
 
 def test_drain_waits_for_the_reader() -> None:
-    """A worker that holds the last value when drain runs queues it before the end counts."""
+    """A worker that has received the last value when drain runs queues it before the end."""
     send, receive = anyio.create_memory_object_stream[int](4)
     ends: list[list[int]] = []
     expanded: list[int] = []

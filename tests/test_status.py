@@ -302,14 +302,14 @@ def test_status_dependent_known(tmp_path: Path, mock: MockServer) -> None:
     known = [orjson.loads(line) for line in lines if b'"t":"known"' in line]
     finals = [i for i, line in enumerate(lines) if b'"t":"part","s":"summaries"' in line]
     # A session that stopped before its end: its last 3 summaries have no final entry.
-    kept = [
+    unfinished = [
         line for i, line in enumerate(lines) if i not in finals[-3:] and b'"t":"end"' not in line
     ]
-    manifest.write_bytes(b"".join(kept))
+    manifest.write_bytes(b"".join(unfinished))
     session = next(line for line in lines if b'"t":"session"' in line)
 
     exact = run_cli("status", str(run)).stdout.splitlines()
-    manifest.write_bytes(b"".join(kept) + session)
+    manifest.write_bytes(b"".join(unfinished) + session)
     stale = run_cli("status", str(run)).stdout.splitlines()
 
     assert known == [{"t": "known", "s": "summaries", "partitions": len(finals)}]

@@ -16,7 +16,7 @@ import click
 
 from . import __version__, loop
 from .catalog import CATALOG
-from .cli_options import CONTEXT_SETTINGS, RateParam, ShardParam
+from .cli_options import CONTEXT_SETTINGS, RateParam, ShardParam, fail
 from .codec import CODECS, Codec
 from .engine import RunOptions, RunResult, export, resolve_base_url
 from .errors import ExitCode, RecipeError, TmExportError
@@ -67,18 +67,6 @@ def main() -> None:
     """
 
 
-def _fail(error: TmExportError | str, code: int, *, json_logs: bool = False) -> None:
-    """Print ``error`` on stderr and exit with ``code``: a JSON log line with ``json_logs``."""
-    if json_logs:
-        line = json_line(
-            time.time(), "error", "tm_export", str(error), event="error", exit_code=int(code)
-        )
-        click.echo(line, err=True)
-    else:
-        click.echo(f"tm-export: error: {error}", err=True)
-    sys.exit(code)
-
-
 class RunCommand(click.Command):
     """The ``run`` command, whose usage errors are JSON lines too under --log-format json."""
 
@@ -89,8 +77,7 @@ class RunCommand(click.Command):
         except click.UsageError as error:
             if not _asks_json_logs(arguments):
                 raise
-            _fail(error.format_message(), ExitCode.USAGE, json_logs=True)
-            raise AssertionError("unreachable: _fail exits") from error
+            fail(error.format_message(), ExitCode.USAGE, json_logs=True)
 
 
 def _asks_json_logs(args: list[str]) -> bool:
@@ -231,20 +218,18 @@ def run(
     # With --log-format json, the errors found before the run starts are JSON lines too.
     json_logs = log_format == "json"
     if incremental and start_over:
-        _fail(
+        fail(
             "--incremental and --start-over exclude each other: --start-over begins a full "
             "run, --incremental one that fetches what changed since the last; give one",
             ExitCode.USAGE,
             json_logs=json_logs,
         )
-        return
     try:
         loaded = load_recipe(recipe)
         token = resolve_token(loaded)
         chosen_url = resolve_base_url(loaded, base_url)
     except RecipeError as error:
-        _fail(error, ExitCode.USAGE, json_logs=json_logs)
-        return
+        fail(error, ExitCode.USAGE, json_logs=json_logs)
 
     redactor = Redactor([token] if token else [])
     level = logging.INFO
@@ -282,8 +267,7 @@ def run(
         else:
             result = loop.run(export, loaded, options)
     except TmExportError as error:
-        _fail(redactor.redact(str(error)), error.exit_code, json_logs=json_logs)
-        return
+        fail(redactor.redact(str(error)), error.exit_code, json_logs=json_logs)
 
     code = result.exit_code(strict=strict)
     summary = summary_json(result, code)
@@ -333,8 +317,7 @@ def validate(recipe: Path) -> None:
         else:
             resolve_token(loaded)
     except RecipeError as error:
-        _fail(error, ExitCode.USAGE)
-        return
+        fail(error, ExitCode.USAGE)
 
     count = len(loaded.streams)
     click.echo(f"{recipe}: valid recipe with {count} stream{'' if count == 1 else 's'}")
@@ -440,7 +423,7 @@ def mock_server(
             ready_file=ready_file,
         )
     except ValueError as error:
-        _fail(str(error), ExitCode.USAGE)
+        fail(str(error), ExitCode.USAGE)
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
@@ -478,11 +461,9 @@ def merge_command(output: Path, shards: tuple[Path, ...]) -> None:
     try:
         result = merge(output, list(shards))
     except RecipeError as error:
-        _fail(error, ExitCode.USAGE)
-        return
+        fail(error, ExitCode.USAGE)
     except TmExportError as error:
-        _fail(error, error.exit_code)
-        return
+        fail(error, error.exit_code)
     click.echo(describe(result))
 
 

@@ -12,13 +12,12 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
 from . import loop
 from .canonical import CHUNK_BYTES, make_canonical
-from .cli_options import CONTEXT_SETTINGS, ShardParam
+from .cli_options import CONTEXT_SETTINGS, ShardParam, fail
 from .engine import resolve_base_url
 from .errors import ExitCode, RecipeError, StorageError, TmExportError
 from .layout import OutputLock, list_runs, runs_folder
@@ -73,11 +72,6 @@ Exit codes:
 DIR_ARGUMENT = click.argument(
     "folder", metavar="DIR", type=click.Path(path_type=Path, file_okay=False)
 )
-
-
-def _fail(error: TmExportError | str, code: int) -> NoReturn:
-    click.echo(f"tm-export: error: {error}", err=True)
-    sys.exit(code)
 
 
 def _setup_logging() -> None:
@@ -174,7 +168,7 @@ def plan(
         sends = chosen_url is not None and probe_requests(result, max_probes) > 0
         token = resolve_token(loaded) if sends else None
     except RecipeError as error:
-        _fail(error, ExitCode.USAGE)
+        fail(error, ExitCode.USAGE)
 
     if chosen_url is not None:
         _setup_logging()
@@ -185,7 +179,7 @@ def plan(
                 lambda: probe_plan(result, base_url=chosen_url, token=token, max_probes=max_probes)
             )
         except TmExportError as error:
-            _fail(error, error.exit_code)
+            fail(error, error.exit_code)
     if as_json:
         click.echo(json.dumps(plan_json(result), indent=2))
     else:
@@ -208,7 +202,7 @@ def status(folder: Path, as_json: bool) -> None:
     try:
         chosen, history = status_of(folder)
     except TmExportError as error:
-        _fail(error, error.exit_code)
+        fail(error, error.exit_code)
     if as_json:
         click.echo(json.dumps(status_json(chosen, history), indent=2))
     else:
@@ -232,7 +226,7 @@ def verify(folder: Path, as_json: bool) -> None:
     try:
         checks = [check_run(paths, expect_record=True) for paths in find_runs(folder)]
     except TmExportError as error:
-        _fail(error, error.exit_code)
+        fail(error, error.exit_code)
     if as_json:
         click.echo(json.dumps(checks_json(checks), indent=2))
     else:
@@ -257,7 +251,7 @@ def record(folder: Path) -> None:
         with _locked(run_folder):
             written = write_run_record(run_folder)
     except TmExportError as error:
-        _fail(error, error.exit_code)
+        fail(error, error.exit_code)
     click.echo(f"wrote {written}")
 
 
@@ -292,10 +286,10 @@ def canonical(folder: Path, sort_memory: int) -> None:
             results = make_canonical(run_folder, chunk_bytes=sort_memory << 20)
             record_after = paths.record.read_bytes() if paths.record.exists() else None
     except TmExportError as error:
-        _fail(error, error.exit_code)
+        fail(error, error.exit_code)
     except OSError as error:
         unreadable = StorageError(f"{paths.record}: cannot read the run record: {error.strerror}")
-        _fail(unreadable, unreadable.exit_code)
+        fail(unreadable, unreadable.exit_code)
 
     click.echo(f"{paths.folder}:")
     width = max((len(result.action) for result in results), default=0)
@@ -327,7 +321,7 @@ def bag(folder: Path) -> None:
         with _locked(run_folder):
             bagged = make_run_bag(run_folder)
     except TmExportError as error:
-        _fail(error, error.exit_code)
+        fail(error, error.exit_code)
     click.echo(f"{bagged.folder}: a BagIt bag; the run is now in {bagged.root}")
 
 

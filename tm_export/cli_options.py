@@ -1,13 +1,31 @@
-"""Settings and option types that the commands of ``cli.py`` and ``cli_archive.py`` share."""
+"""Settings, option types and the error exit that ``cli.py`` and ``cli_archive.py`` share."""
 
 from __future__ import annotations
 
 import math
 import re
+import sys
+import time
+from typing import NoReturn
 
 import click
 
+from .errors import TmExportError
+from .logs import json_line
+
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def fail(error: TmExportError | str, code: int, *, json_logs: bool = False) -> NoReturn:
+    """Print ``error`` on stderr and exit with ``code``: a JSON log line with ``json_logs``."""
+    if json_logs:
+        line = json_line(
+            time.time(), "error", "tm_export", str(error), event="error", exit_code=int(code)
+        )
+        click.echo(line, err=True)
+    else:
+        click.echo(f"tm-export: error: {error}", err=True)
+    sys.exit(code)
 
 
 class ShardParam(click.ParamType):  # type: ignore[type-arg]

@@ -46,8 +46,8 @@ class JobSource(Generic[J, V]):
         self._reading = False
         self._ended = False
         self._end_found = False
-        """Set when ``drain`` found the end while a worker was reading: that worker may hold
-        a last value, so the end counts only once it has queued that value's jobs."""
+        """Set when ``drain`` found the end while a worker was reading. That worker may have
+        received a last value, so the end counts only once it has queued that value's jobs."""
         self._changed: anyio.Event | None = None
 
     async def next(self) -> J | None:
@@ -79,8 +79,8 @@ class JobSource(Generic[J, V]):
     def drain(self) -> None:
         """Queue the jobs of every value left, once the sender has closed its end.
 
-        The values then wait in the buffer, except one that a reading worker may hold
-        already, so none is awaited. ``on_end`` runs as soon as every value is queued,
+        The values then wait in the buffer, except one that a reading worker may have
+        received already, so none is awaited. ``on_end`` runs as soon as every value is queued,
         rather than when the workers reach the last one.
         """
         assert self._values is not None and self._expand is not None

@@ -11,7 +11,7 @@ import calendar
 import datetime as dt
 import hashlib
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -249,3 +249,24 @@ def count_static(specs: tuple[StaticSpec, ...], limit: int | None = None) -> int
         if limit is not None and total > limit:
             return total
     return total
+
+
+def count_written(
+    specs: tuple[StaticSpec, ...],
+    stream: str,
+    shard: tuple[int, int] | None,
+    skip: Collection[str] = (),
+) -> int:
+    """Count the partitions of ``specs`` that a run of ``stream`` writes.
+
+    A shard writes only the partitions it owns, and no run writes a partition whose id is
+    in ``skip`` (the date windows that earlier incremental runs finished).
+    """
+    if shard is None and not skip:
+        return count_static(specs)
+    return sum(
+        1
+        for values in expand_static(specs)
+        if (key := partition_id(values)) not in skip
+        and (shard is None or shard_owns(shard, stream, key))
+    )

@@ -26,7 +26,14 @@ from .clock import Clock, RealClock
 from .errors import FatalError, HTTPStatusError, RequestError, TransportError, unreachable
 from .fetcher import Fetcher
 from .http import HttpSession
-from .params import Partition, count_static, expand_static, partition_id, shard_owns
+from .params import (
+    Partition,
+    count_static,
+    count_written,
+    expand_static,
+    partition_id,
+    shard_owns,
+)
 from .query import QueryBuilder
 from .recipe import Recipe, StreamSpec
 from .redact import Redactor
@@ -128,9 +135,7 @@ def plan_recipe(recipe: Recipe, *, token_set: bool, shard: tuple[int, int] | Non
             )
             continue
 
-        written = per_value
-        if shard is not None:
-            written = sum(1 for values in expand_static(spec.static) if _owns(shard, name, values))
+        written = count_written(spec.static, name, shard)
         read_only = per_value - written if _feeds_children(recipe, name) else 0
         streams.append(
             StreamPlan(
@@ -150,10 +155,6 @@ def plan_recipe(recipe: Recipe, *, token_set: bool, shard: tuple[int, int] | Non
     return Plan(recipe, streams, preflight=preflight, dependent=dependent, shard=shard)
 
 
-def _owns(shard: tuple[int, int], stream: str, partition: Partition) -> bool:
-    return shard_owns(shard, stream, partition_id(partition))
-
-
 def _feeds_children(recipe: Recipe, name: str) -> bool:
     return any(
         spec.parent is not None and spec.parent.stream == name for spec in recipe.streams.values()
@@ -163,7 +164,11 @@ def _feeds_children(recipe: Recipe, name: str) -> bool:
 def _fetched_partitions(plan: Plan, spec: StreamSpec, stream: StreamPlan) -> Iterator[Partition]:
     """Yield the partitions of a static stream whose pages the run requests, in recipe order."""
     for partition in expand_static(spec.static):
-        if plan.shard is None or stream.read_only or _owns(plan.shard, stream.name, partition):
+        if (
+            plan.shard is None
+            or stream.read_only
+            or shard_owns(plan.shard, stream.name, partition_id(partition))
+        ):
             yield partition
 
 

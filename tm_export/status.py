@@ -20,10 +20,7 @@ from .params import (
     IntRange,
     StaticSpec,
     Step,
-    count_static,
-    expand_static,
-    partition_id,
-    shard_owns,
+    count_written,
 )
 from .verify import (
     ManifestScan,
@@ -153,13 +150,8 @@ def run_status(paths: RunPaths, scan: ManifestScan | None = None) -> RunStatus:
         shard = state.header.get("shard")
         specs = None if state.header.get("incremental") else static_specs(description)
         if specs is not None:
-            if shard:
-                owner = (int(shard[0]), int(shard[1]))
-                known = sum(
-                    shard_owns(owner, name, partition_id(values)) for values in expand_static(specs)
-                )
-            else:
-                known = count_static(specs)
+            owner = (int(shard[0]), int(shard[1])) if shard else None
+            known = count_written(specs, name, owner)
             finals = sum(status.partitions[state_name] for state_name in FINAL_STATES)
             status.partitions["pending"] = known - finals
         elif stream_state.known is not None and not finished:

@@ -26,7 +26,7 @@ from .params import (
     Partition,
     Scalar,
     VaryingSpec,
-    count_static,
+    count_written,
     expand_static,
     partition_id,
     shard_owns,
@@ -123,9 +123,9 @@ class StreamRunner:
         self._parent_values: MemoryObjectReceiveStream[dict[str, Scalar]] | None = None
         self._jobs: JobSource[_Job, dict[str, Scalar]] | None = None
         self.parent_finished = False
-        """True once the parent stream has walked all its partitions and has all its own
-        values, so the values it sent are all that its records give, not the values of a run
-        stopped early or of a shard that could not read a parent page."""
+        """True once the parent stream has walked all its partitions with all of its own values.
+        The values it sent are then all that its records give. A parent that stopped early, or a
+        shard that could not read a parent page, leaves this False."""
         self._partitions_due = 0
         """Count of the partitions this run writes among those the parent's values gave so far."""
         self._pages = PageWriter(
@@ -139,7 +139,11 @@ class StreamRunner:
         )
         self._queries = QueryBuilder(spec, since=self._since)
         self._order = [name for spec_ in spec.varying for name in _names(spec_)]
-        self.partitions_known = self._count_static_due() if spec.parent is None else None
+        self.partitions_known = (
+            count_written(spec.static, spec.name, shard, self._finished_windows)
+            if spec.parent is None
+            else None
+        )
         """Partitions this run writes, when they do not depend on a parent stream: for a
         shard, those it owns, and for an incremental run, not the windows earlier runs
         finished."""
@@ -188,7 +192,7 @@ class StreamRunner:
             async with anyio.create_task_group() as group:
                 for _ in range(max(2 * self._concurrency, 4)):
                     group.start_soon(self._work, self._jobs)
-            # The values sent are all there are only when this stream got all of its own
+            # Children got every value only if this stream received all of its own values
             # and, as a shard, read every parent page it needed.
             complete = (self._parent_values is None or self.parent_finished) and not (
                 self.unread_parents
@@ -243,8 +247,9 @@ class StreamRunner:
             # A resume skips finished partitions here: a long range is walked before its
             # pending end.
             key = partition_id(values)
-            if not self._settled(key):
-                yield self._job(values, key)
+            owned = self._owns(key)
+            if not self._settled(key, owned):
+                yield self._job(values, key, owned)
 
     def _job_source(self) -> JobSource[_Job, dict[str, Scalar]]:
         """Return where the workers take partitions from: the recipe or the parent's values."""
@@ -268,16 +273,6 @@ class StreamRunner:
             on_end=parent_done,
         )
 
-    def _count_static_due(self) -> int:
-        """Count the partitions of a stream without a parent that this run writes."""
-        if self._shard is None and not self._finished_windows:
-            return count_static(self.spec.static)
-        return sum(
-            1
-            for values in expand_static(self.spec.static)
-            if (key := partition_id(values)) not in self._finished_windows and self._owns(key)
-        )
-
     def _jobs_of_parent_values(self, values: dict[str, Scalar], seen: set[str]) -> list[_Job]:
         """Return the walks that one parent record's values start, once per distinct value."""
         key = partition_id(values)
@@ -288,10 +283,11 @@ class StreamRunner:
         for static in expand_static(self.spec.static):
             partition = {**values, **static}
             key = partition_id(partition)
-            if key not in self._finished_windows and self._owns(key):
+            owned = self._owns(key)
+            if owned and key not in self._finished_windows:
                 self._partitions_due += 1
-            if not self._settled(key):
-                jobs.append(self._job(partition, key))
+            if not self._settled(key, owned):
+                jobs.append(self._job(partition, key, owned))
         return jobs
 
     async def _work(self, jobs: JobSource[_Job, dict[str, Scalar]]) -> None:
@@ -302,16 +298,16 @@ class StreamRunner:
             self._pages.load_seen_keys(walk)
             await self._walk(walk)
 
-    def _settled(self, key: str) -> bool:
+    def _settled(self, key: str, owned: bool) -> bool:
         """Tell whether partition ``key`` needs no request in this session, counting it if final.
 
-        True for a window that an earlier incremental run finished, a partition another
+        ``owned`` is ``_owns(key)``. True for a window that an earlier incremental run finished, a partition another
         shard writes (unless its records feed child streams), and a partition whose final
         state is not one this session retries.
         """
         if key in self._finished_windows:
             return True
-        if not self._owns(key):
+        if not owned:
             return not self._children
         done = self.state.done.get(key)
         if done is not None:
@@ -323,9 +319,9 @@ class StreamRunner:
             return True
         return False
 
-    def _job(self, values: dict[str, Scalar], key: str) -> _Job:
+    def _job(self, values: dict[str, Scalar], key: str, owned: bool) -> _Job:
         """Return the walk to do for a partition that ``_settled`` found unsettled."""
-        if not self._owns(key):
+        if not owned:
             # Another shard writes this partition, but its records name child partitions
             # that this shard may own: fetch it to read them, and write nothing.
             return self._ordered(values), PartitionState(), True

@@ -200,6 +200,39 @@ def test_token_never_written(tmp_path: Path, mock: MockServer) -> None:
             assert form not in text, f"the token appears in {where}"
 
 
+def test_token_in_error_detail_redacted(tmp_path: Path, mock: MockServer) -> None:
+    """A 403 whose `detail` echoes the token is kept with the token masked in every file."""
+    token = mock.tokens["admin"]
+    recipe = write_recipe(tmp_path, TOKEN_RECIPE)
+    mock.add_fault(
+        path=r"^/api/v2/projects/2/tasks/$",
+        status=403,
+        body={"detail": f"Authorization Token {token} may not read this project"},
+    )
+
+    process = subprocess.run(
+        [sys.executable, "-m", "tm_export", "run", str(recipe), "--base-url", mock.api_url],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "TM_API_TOKEN": token},
+    )
+
+    assert process.returncode == 0, process.stderr
+    skipped = [
+        e
+        for e in map(orjson.loads, manifest(tmp_path / "out").read_bytes().splitlines())
+        if e["t"] == "part" and e["state"] == "skipped"
+    ]
+    assert len(skipped) == 1
+    assert skipped[0]["sub_code"] == "Authorization Token *** may not read this project"
+    assert token not in process.stderr
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert token not in path.read_bytes().decode("utf-8", "replace"), path
+
+
 def overlapping_pages(server: MockServer) -> list[dict[str, object]]:
     """Three search pages announcing 30 projects: page 2 repeats two of page 1, two never appear."""
     import urllib.request

@@ -142,6 +142,10 @@ class Fetcher:
     def _status_error(self, response: Response) -> HTTPStatusError:
         excerpt = self.excerpt(response)
         sub_code = _sub_code(response)
+        if sub_code is not None:
+            # A `detail` is free text that may echo the request, token included, and it is
+            # written to the manifest and the run record.
+            sub_code = self._shorten(self._redactor.redact(" ".join(sub_code.split())))
         code = f" {sub_code}" if sub_code else ""
         return HTTPStatusError(
             f"GET {response.url}: {response.status}{code} ({response.content_type or 'no content type'}): "
@@ -220,6 +224,10 @@ class Fetcher:
         text = self._redactor.redact(" ".join(text.split()))
         if not text:
             return "(empty body)"
+        return self._shorten(text)
+
+    @staticmethod
+    def _shorten(text: str) -> str:
         return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 3] + "..."
 
 

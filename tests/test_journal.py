@@ -154,6 +154,25 @@ def test_replay_drops_pages_of_done_partitions() -> None:
     assert (stream.pages, stream.records, stream.committed_end) == (2, 4, 20)
 
 
+def test_replay_keeps_largest_page_count() -> None:
+    """A later page that reports fewer pages does not shrink the walk, as in a running session."""
+    header = {"t": "run", "format": 1, "streams": {"s": {}}}
+    page = {"t": "page", "s": "s", "p": "a", "records": 1, "start": 0, "end": 5}
+    entries = iter(
+        [
+            header,
+            {**page, "n": 1, "pages": 3, "total": 30},
+            {**page, "n": 2, "start": 5, "end": 9, "pages": 2, "total": 20},
+        ]
+    )
+
+    state = ManifestState.replay(entries, keep_done_pages=False)
+
+    partition = state.streams["s"].partitions["a"]
+    assert partition.page_count == 3
+    assert partition.total == 20
+
+
 def test_replay_keeps_pages_of_failed_partitions() -> None:
     header = {"t": "run", "format": 1, "streams": {"s": {}}}
     page = {"t": "page", "s": "s", "p": "a", "records": 1, "start": 0, "end": 5, "pages": 3}

@@ -356,7 +356,8 @@ def _add_page(part: PartitionState, entry: dict[str, Any]) -> None:
         bool(entry.get("next")),
     )
     if entry.get("pages") is not None:
-        part.page_count = entry["pages"]
+        # The largest count any page reported, as the walk keeps it while it runs.
+        part.page_count = max(part.page_count or 0, entry["pages"])
     if entry.get("total") is not None:
         part.total = entry["total"]
 

@@ -87,8 +87,10 @@ def record_responses(
     responses: dict[Key, Response] = {}
     original = HttpSession.get
 
-    async def recording(session: HttpSession, url: str, params: Mapping[str, str]) -> Response:
-        response = await original(session, url, params)
+    async def recording(
+        session: HttpSession, url: str, params: Mapping[str, str], *, spool: bool = True
+    ) -> Response:
+        response = await original(session, url, params, spool=spool)
         # The engine deletes a spool file once read, so a replay could not read it again.
         assert response.spool is None, f"{url}: a spooled response cannot be replayed"
         responses[(url, tuple(params.items()))] = response
@@ -112,7 +114,9 @@ def run_export(api_url: str, folder: Path, concurrency: int) -> dict[str, int]:
 def replay(responses: dict[Key, Response], yields: int) -> Get:
     """Return a ``get`` that looks each request up in ``responses``, with no network."""
 
-    async def replayed(session: HttpSession, url: str, params: Mapping[str, str]) -> Response:
+    async def replayed(
+        session: HttpSession, url: str, params: Mapping[str, str], *, spool: bool = True
+    ) -> Response:
         for _ in range(yields):
             await asyncio.sleep(0)
         return responses[(url, tuple(params.items()))]

@@ -30,7 +30,7 @@ class ScriptedSession:
         self.script = {path: list(replies) for path, replies in script.items()}
         self.sent: list[tuple[str, float]] = []
 
-    async def get(self, url: str, params: Mapping[str, str]) -> Response:
+    async def get(self, url: str, params: Mapping[str, str], *, spool: bool = True) -> Response:
         path = url.removeprefix(BASE)
         self.sent.append((path, self.clock.now))
         reply = self.script[path].pop(0)

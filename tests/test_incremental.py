@@ -10,7 +10,7 @@ import orjson
 from tm_export.incremental import updated_since
 from tm_export.mock import MockServer
 
-from .conftest import run_cli, write_recipe
+from .conftest import export_here, run_cli, write_recipe
 
 RECIPE = """\
 version: 1
@@ -150,3 +150,24 @@ def test_deleted_project_reported_once(tmp_path: Path, mock: MockServer) -> None
     assert status["deleted_projects"] == [archived[0]]
     entries = records(tmp_path / "out/runs/0003/manifest.jsonl")
     assert [e for e in entries if e["t"] == "deleted"] == []
+
+
+def test_incremental_spooled_pages(tmp_path: Path, mock: MockServer) -> None:
+    """With every page spooled, an edited project whose pages hold only archived records is
+    complete, and the deletion check reads the project list whole and leaves no spool file."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    token = mock.tokens["admin"]
+    assert export_here(recipe, mock, token=token, spool_over=200).exit_code() == 0
+    archived = [r["projectId"] for r in records(tmp_path / "out/runs/0001/data/projects.jsonl")]
+    later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=5)
+    mock.dataset.touch_project(archived[1], later)
+    mock.reset_log()
+
+    second = export_here(recipe, mock, token=token, incremental=True, spool_over=200)
+
+    assert second.exit_code() == 0
+    assert [p for stats in second.streams.values() for p in stats.problems] == []
+    assert second.streams["projects"].records == 1
+    assert second.streams["activities"].records == 0
+    assert [r for r in mock.requests() if "abbreviated=true" in r["query"]] == []
+    assert list((tmp_path / "out/runs/0002/.spool").glob("*")) == []

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
+import pytest
+
 from tm_export.errors import ExitCode
 from tm_export.mock import MockServer
 
@@ -73,3 +76,60 @@ def test_spooled_page_deduplicates(tmp_path: Path, mock: MockServer) -> None:
     lines = data_file(tmp_path / "out", "tasks").read_bytes().splitlines()
     assert len(lines) == len(body["features"]) - 1
     assert result.streams["tasks"].duplicates == 1
+
+
+HTML = "<html><body>" + "down for maintenance " * 20 + "</body></html>"
+SEARCH_RECIPE = """\
+version: 1
+instance: {rate_limit: 10000/s, retries: {attempts: 2, wait_initial: 0.01, wait_jitter: 0}}
+output: OUT
+streams:
+  projects:
+    endpoint: projects
+    params: {projectStatuses: [PUBLISHED, ARCHIVED]}
+  details:
+    endpoint: project
+    params: {project_id: {each: [1, 2]}}
+"""
+
+
+def test_spooled_html_page_retried(tmp_path: Path, mock: MockServer) -> None:
+    """A spooled 200 that is an HTML page is retried, as a small one is, and the run completes."""
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "spooled").mkdir()
+    export_here(write_recipe(tmp_path / "memory", SEARCH_RECIPE), mock)
+    page = {"status": 200, "body": HTML, "content_type": "text/html", "times": 1}
+    mock.add_fault(path=r"^/api/v2/projects/$", query={"page": "2"}, **page)
+    mock.add_fault(path=r"^/api/v2/projects/1/$", **page)
+    mock.reset_log()
+
+    result = export_here(write_recipe(tmp_path / "spooled", SEARCH_RECIPE), mock, spool_over=200)
+
+    assert result.exit_code() == ExitCode.COMPLETE
+    assert result.retries == 2
+    for stream in ("projects", "details"):
+        expected = sorted(data_file(tmp_path / "memory/out", stream).read_bytes().splitlines())
+        actual = sorted(data_file(tmp_path / "spooled/out", stream).read_bytes().splitlines())
+        assert actual == expected, stream
+    assert not any((tmp_path / "spooled/out/runs/0001/.spool").glob("*"))
+
+
+@pytest.mark.parametrize(
+    ("path", "query"), [(r"^/api/v2/projects/$", {"page": "2"}), (r"^/api/v2/projects/1/$", None)]
+)
+def test_spooled_malformed_json_fails_page(
+    tmp_path: Path, mock: MockServer, path: str, query: dict[str, str] | None
+) -> None:
+    """A spooled 200 that starts like JSON but is cut short fails its partition, no traceback."""
+    body = '{"pagination": {"hasNext": true, "pages": 3}, "results": [{"projectId": 1}' + " " * 300
+    mock.add_fault(path=path, query=query, status=200, body=body, content_type="application/json")
+
+    result = export_here(write_recipe(tmp_path, SEARCH_RECIPE), mock, spool_over=200)
+
+    assert result.exit_code() == ExitCode.FAILURES
+    assert result.failed_partitions == 1
+    manifest = (tmp_path / "out/runs/0001/manifest.jsonl").read_bytes().splitlines()
+    failed = [e for e in map(orjson.loads, manifest) if e.get("state") == "failed"]
+    assert len(failed) == 1
+    assert "the response body is not valid JSON" in failed[0]["error"]
+    assert not any((tmp_path / "out/runs/0001/.spool").glob("*"))

@@ -548,7 +548,7 @@ class _Session:
                 )
 
         try:
-            _, body = await fetcher.get_json("/system/heartbeat/", {})
+            _, body = await fetcher.get_json("/system/heartbeat/", {}, spool=False)
             release = body.get("release") if isinstance(body, dict) else None
             result.tm_release = release.get("version") if isinstance(release, dict) else None
         except TokenRejectedError:
@@ -562,7 +562,7 @@ class _Session:
 
         if self.options.token:
             try:
-                await fetcher.get_json(TOKEN_CHECK_PATH, {})
+                await fetcher.get_json(TOKEN_CHECK_PATH, {}, spool=False)
             except TokenRejectedError:
                 result.authenticated = False
                 raise
@@ -622,13 +622,16 @@ class _Session:
 
         params = {**search.endpoint.defaults, **{c.name: c.value for c in search.constants}}
         params.update(omitMapResults="false", page="1")
-        _, body = await fetcher.get_json(search.endpoint.path, params)
+        # Read whole: a list of every project on the map can pass the spool threshold.
+        _, body = await fetcher.get_json(search.endpoint.path, params, spool=False)
         features = body.get("mapResults", {}).get("features", []) if isinstance(body, dict) else []
         current = {f["properties"]["projectId"] for f in features if isinstance(f, dict)}
 
         for project_id in sorted(self.baseline.project_ids - current - known):
             try:
-                await fetcher.get_json(f"/projects/{project_id}/", {"abbreviated": "true"})
+                await fetcher.get_json(
+                    f"/projects/{project_id}/", {"abbreviated": "true"}, spool=False
+                )
             except HTTPStatusError as error:
                 if error.status == 404:
                     committer.record({"t": "deleted", "project_id": project_id, "at": _now()})

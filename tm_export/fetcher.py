@@ -75,18 +75,21 @@ class Fetcher:
         self.requests_sent = 0
         self.retries_done = 0
 
-    async def get_json(self, path: str, params: Mapping[str, str]) -> tuple[Response, Any]:
+    async def get_json(
+        self, path: str, params: Mapping[str, str], *, spool: bool = True
+    ) -> tuple[Response, Any]:
         """Return the response and its parsed JSON body; see the module docstring for errors.
 
         A successful body larger than the session's spool threshold is not parsed: the body
         is then None and ``response.spool`` names the file that contains it, which the caller
-        reads as a stream and deletes.
+        reads as a stream and deletes. With ``spool=False`` every body is read into memory
+        and parsed, for callers that need the whole body at once.
         """
         url = self._base_url + path
         attempts = self._retries.attempts
 
         for attempt in range(1, attempts + 1):
-            response, failure = await self._attempt(url, params)
+            response, failure = await self._attempt(url, params, spool)
             if response is not None:
                 body, failure = self._classify(response)
                 if failure is None:
@@ -101,7 +104,7 @@ class Fetcher:
         raise AssertionError("unreachable: the loop returns or raises")
 
     async def _attempt(
-        self, url: str, params: Mapping[str, str]
+        self, url: str, params: Mapping[str, str], spool: bool
     ) -> tuple[Response | None, RequestError | None]:
         await self._gate.wait_open()
         async with self._slots:
@@ -112,7 +115,7 @@ class Fetcher:
                 raise self._fatal
             self.requests_sent += 1
             try:
-                return await self._session.get(url, params), None
+                return await self._session.get(url, params, spool=spool), None
             except TransportError as error:
                 return None, error
 
@@ -120,16 +123,18 @@ class Fetcher:
         status = response.status
         if 200 <= status < 300:
             if response.spool is not None:
-                # Parsed as a stream by the caller; a malformed body shows up there.
-                return None, None
+                # Parsed as a stream by the caller, which fails the page on malformed JSON.
+                # A body that does not even start like JSON (a proxy's HTML page) is retried
+                # here, as a small one is.
+                head = response.body.lstrip()[:1]
+                if head in (b"", b"{", b"["):
+                    return None, None
+                response.spool.unlink(missing_ok=True)
+                return None, self._not_json(response)
             try:
                 return orjson.loads(response.body), None
             except orjson.JSONDecodeError:
-                return None, TransportError(
-                    f"GET {response.url}: {status} with a body that is not JSON "
-                    f"({response.content_type or 'no content type'}): {self.excerpt(response)}",
-                    url=response.url,
-                )
+                return None, self._not_json(response)
 
         error = self._status_error(response)
         if status == 401 or _malformed_token(response):
@@ -138,6 +143,13 @@ class Fetcher:
         if not is_retried(status):
             raise error
         return None, error
+
+    def _not_json(self, response: Response) -> TransportError:
+        return TransportError(
+            f"GET {response.url}: {response.status} with a body that is not JSON "
+            f"({response.content_type or 'no content type'}): {self.excerpt(response)}",
+            url=response.url,
+        )
 
     def _status_error(self, response: Response) -> HTTPStatusError:
         excerpt = self.excerpt(response)

@@ -118,8 +118,8 @@ class HttpSession:
             await self._session.close()
             self._session = None
 
-    async def get(self, url: str, params: Mapping[str, str]) -> Response:
-        """Send one GET and read the whole body.
+    async def get(self, url: str, params: Mapping[str, str], *, spool: bool = True) -> Response:
+        """Send one GET and read the whole body; with ``spool=False`` always into memory.
 
         Raises:
             TransportError: no complete response arrived (connection, timeout, cut body).
@@ -131,7 +131,7 @@ class HttpSession:
             async with self._session.get(url, params=params, allow_redirects=False) as reply:
                 status = reply.status
                 headers = {name.lower(): value for name, value in reply.headers.items()}
-                body, spool = await self._read_body(reply, 200 <= status < 300)
+                body, spooled = await self._read_body(reply, spool and 200 <= status < 300)
         except (TimeoutError, aiohttp.ServerTimeoutError) as error:
             raise TransportError(f"GET {shown} timed out", url=shown) from error
         except aiohttp.ClientPayloadError as error:
@@ -156,10 +156,10 @@ class HttpSession:
                 shown,
                 status,
                 elapsed_ms,
-                spool.stat().st_size if spool else len(body),
+                spooled.stat().st_size if spooled else len(body),
                 self.shown_headers(),
             )
-        return Response(url=shown, status=status, headers=headers, body=body, spool=spool)
+        return Response(url=shown, status=status, headers=headers, body=body, spool=spooled)
 
     async def _read_body(
         self, reply: aiohttp.ClientResponse, spoolable: bool

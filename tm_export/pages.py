@@ -107,15 +107,15 @@ class PageWriter:
         endpoint = self._spec.endpoint
         page_count = total = None
         has_next = False
-        if endpoint.paginated:
-            with spool.open("rb") as source:
-                for pagination in ijson.items(source, "pagination", use_float=True):
-                    page_count, total, has_next = pagination_facts(pagination)
-
         lines = spool.with_suffix(".lines")
-        fresh = duplicates = received = 0
+        fresh = duplicates = received = kept = 0
         child_records: list[Any] = []
         try:
+            if endpoint.paginated:
+                with spool.open("rb") as source:
+                    for pagination in ijson.items(source, "pagination", use_float=True):
+                        page_count, total, has_next = pagination_facts(pagination)
+
             with spool.open("rb") as source, lines.open("wb") as out:
                 for record in ijson.items(source, f"{endpoint.records}.item", use_float=True):
                     received += 1
@@ -123,6 +123,7 @@ class PageWriter:
                         await anyio.lowlevel.checkpoint()
                     if not self._drop_archived(walk, [record]):
                         continue
+                    kept += 1
                     key = record_key(endpoint.key, record)
                     if key is not None and not walk.seen.add(key):
                         duplicates += 1
@@ -157,7 +158,7 @@ class PageWriter:
         finally:
             lines.unlink(missing_ok=True)
         self._record_page(walk, number, start, end, fresh, duplicates, page_count, total, has_next)
-        self._check(walk, number, received, received, fresh, has_next, total)
+        self._check(walk, number, received, kept, fresh, has_next, total)
         return PageResult(page_count, total, has_next, fresh, duplicates), child_records
 
     def load_seen_keys(self, walk: PartitionWalk) -> None:

@@ -272,7 +272,7 @@ async def _probe_stream(
         nonlocal requests, exact
         try:
             path, query = queries.build(partition, page=1)
-            _, body = await fetcher.get_json(path, query)
+            _, body = await fetcher.get_json(path, query, spool=False)
         except HTTPStatusError as error:
             if error.status in SKIP_STATUSES:
                 counts.skipped += 1

@@ -448,7 +448,10 @@ class StreamRunner:
                 if self.spec.endpoint.records == WHOLE_BODY:
                     # NOTE: a whole-body record is one JSON object, so it is parsed in memory
                     # even when its response was spooled.
-                    body = orjson.loads(response.spool.read_bytes())
+                    try:
+                        body = orjson.loads(response.spool.read_bytes())
+                    except orjson.JSONDecodeError as error:
+                        raise ShapeError(f"the response body is not valid JSON: {error}") from error
                     result, records = self._pages.write(
                         walk, number, body, for_children=for_children
                     )

@@ -340,7 +340,8 @@ EXPECTED: dict[str, str] = {
         "than 0 to wait for the next data"
     ),
     "token_env_set_to_a_key": (
-        "4: instance.token_env: invalid environment variable name 'TVRJek5EVTIuWmsxZ0ZR=='; "
+        "4: instance.token_env: invalid environment variable name (22 characters, not shown "
+        "because it may be the API key); "
         "expected the name of the environment variable that contains the API key, such as "
         "TM_API_TOKEN. Put the variable's name here, never the key itself"
     ),

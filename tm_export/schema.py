@@ -338,9 +338,10 @@ def _explain_pattern(keys: tuple[Any, ...], value: str, expected: str) -> str:
             f"invalid URL {short_repr(value)}: it must start with http:// or https://; {expected}"
         )
     if last == "token_env":
+        # The value is not shown: a user who pasted the key here would see it in a CI log.
         return (
-            f"invalid environment variable name {short_repr(value)}; {expected}. "
-            "Put the variable's name here, never the key itself"
+            f"invalid environment variable name ({len(value)} characters, not shown because it "
+            f"may be the API key); {expected}. Put the variable's name here, never the key itself"
         )
     if last == "path":
         return f"invalid path {short_repr(value)}: it must start with /; {expected}"

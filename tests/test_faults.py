@@ -434,3 +434,19 @@ def test_server_refusing_connections_stops_run(
         f"{api_url}/system/heartbeat/ failed: cannot connect to 127.0.0.1:{port} "
         "(Connection refused); check the base URL and the network, then run again to resume",
     ]
+
+
+def test_base_url_without_api_prefix_stops_run(tmp_path: Path, mock: MockServer) -> None:
+    """A base URL whose heartbeat is a 404 is no API root: exit 1 before any export request."""
+    recipe = write_recipe(tmp_path, PROJECTS_RECIPE)
+    mock.reset_log()
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.base_url)
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr.splitlines()[-1] == (
+        f"tm-export: error: {mock.base_url}/system/heartbeat/ was not found (404), so "
+        f"{mock.base_url} is not the root of a Tasking Manager API; give the URL that ends in "
+        "/api/v2, then run again"
+    )
+    assert [r["path"] for r in mock.requests()] == ["/system/heartbeat/"]

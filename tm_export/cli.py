@@ -33,7 +33,8 @@ Exit codes:
   0    complete (partitions skipped for 403/404 are allowed and counted)
   1    stopped by a fatal error; run again to resume. The causes:
        token rejected, disk full, a wait longer than allowed, server
-       unreachable, a parent page that a shard could not read,
+       unreachable, a base URL that is not an API root (no
+       /api/v2), a parent page that a shard could not read,
        damaged manifest, output folder in use, a command that does
        not fit the run in the folder, standard output not writable
   2    invalid recipe or usage; nothing was sent

@@ -557,6 +557,18 @@ class _Session:
             raise
         except TransportError as error:
             raise unreachable(self.options.base_url, error, "run again to resume") from error
+        except HTTPStatusError as error:
+            if error.status != 404:
+                logger.warning("could not read the server's release: %s", error)
+            else:
+                # Every TM API has this path, so a 404 means the URL is not an API root, and
+                # each export request would be a 404 too, recorded as a skipped partition.
+                base_url = self.options.base_url
+                raise FatalError(
+                    f"{base_url}/system/heartbeat/ was not found (404), so {base_url} is not "
+                    "the root of a Tasking Manager API; give the URL that ends in /api/v2, "
+                    "then run again"
+                ) from error
         except RequestError as error:
             logger.warning("could not read the server's release: %s", error)
 

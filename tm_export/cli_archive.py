@@ -69,6 +69,13 @@ Exit codes:
   2  invalid usage: DIR is not a run folder, or the run is unfinished or a bag
   3  a file does not match the manifest, so nothing was changed"""
 
+RECORD_EXIT_CODES = """\b
+Exit codes:
+  0  done; an unfinished run gets a record too, with no outcome
+  1  a manifest is damaged, the output folder is in use, or a write failed
+  2  invalid usage: DIR is not a run folder, or the run is a bag
+  3  a file does not match the manifest, so nothing was changed"""
+
 DIR_ARGUMENT = click.argument(
     "folder", metavar="DIR", type=click.Path(path_type=Path, file_okay=False)
 )
@@ -234,7 +241,7 @@ def verify(folder: Path, as_json: bool) -> None:
     sys.exit(0 if all(check.ok for check in checks) else int(ExitCode.FAILURES))
 
 
-@click.command(context_settings=CONTEXT_SETTINGS, epilog=CHANGE_EXIT_CODES)
+@click.command(context_settings=CONTEXT_SETTINGS, epilog=RECORD_EXIT_CODES)
 @DIR_ARGUMENT
 def record(folder: Path) -> None:
     """Verify a run and write its run record, run.json, beside its manifest.

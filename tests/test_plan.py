@@ -519,3 +519,31 @@ def test_plan_shard_reads_what_run_reads(tmp_path: Path, mock: MockServer) -> No
         sent = [r for r in mock.requests() if re.fullmatch(r"/api/v2/projects/\d+/", r["path"])]
         assert details["partitions"] + details["partitions_read_only"] == 5
         assert details["requests"] == len(sent) == 5
+
+
+def test_plan_two_from_fields(tmp_path: Path) -> None:
+    """A stream with two from: parameters gets a partition per combination in one record."""
+    recipe = write_recipe(
+        tmp_path,
+        """\
+        version: 1
+        output: OUT
+        streams:
+          grid:
+            endpoint: project_tasks
+            params: {project_id: {range: [1, 2]}}
+          tasks:
+            endpoint: task
+            params:
+              project_id: {from: grid._partition.project_id}
+              task_id: {from: grid.properties.taskId}
+        """,
+    )
+
+    outcome = run_cli("plan", str(recipe))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert (
+        "tasks: one partition per distinct combination of grid._partition.project_id and "
+        "grid.properties.taskId in one record, known only once grid runs"
+    ) in outcome.stdout.splitlines()

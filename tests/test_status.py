@@ -259,7 +259,7 @@ def test_status_dependent_pending(tmp_path: Path, mock: MockServer) -> None:
         "and an incremental run counts "
         "only the partitions it has started"
     ) in lines
-    assert "summaries: one partition per value of projects.projectId" in lines
+    assert "summaries: one partition per distinct value of projects.projectId" in lines
 
 
 def test_status_not_a_run_folder(tmp_path: Path) -> None:
@@ -391,3 +391,33 @@ def test_known_written_when_parent_ends(tmp_path: Path, mock: MockServer) -> Non
     summaries = orjson.loads(status.stdout)["streams"]["summaries"]
     assert summaries["partitions"]["pending"] == projects - 20
     assert summaries["pending_final"] is True
+
+
+def test_status_two_from_fields(tmp_path: Path, mock: MockServer) -> None:
+    """The note of a stream with two from: parameters names both fields."""
+    recipe = write_recipe(
+        tmp_path,
+        """\
+        version: 1
+        instance: {rate_limit: 10000/s}
+        output: OUT
+        streams:
+          grid:
+            endpoint: project_tasks
+            params: {project_id: {each: [1]}}
+          tasks:
+            endpoint: task
+            params:
+              project_id: {from: grid._partition.project_id}
+              task_id: {from: grid.properties.taskId}
+        """,
+    )
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet").exit_code == 0
+
+    status = run_cli("status", str(tmp_path / "out"))
+
+    assert status.exit_code == 0, status.stderr
+    assert (
+        "tasks: one partition per distinct combination of grid._partition.project_id and "
+        "grid.properties.taskId in one record"
+    ) in status.stdout.splitlines()

@@ -11,7 +11,7 @@ import calendar
 import datetime as dt
 import hashlib
 import itertools
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -210,6 +210,14 @@ class FromStream:
     name: str
     stream: str
     field: str
+
+
+def feed_text(sources: Sequence[str]) -> str:
+    """Name what gives a dependent stream one partition: ``STREAM.FIELD`` paths of its
+    ``from`` parameters, whose values are combined within each parent record."""
+    if len(sources) == 1:
+        return f"distinct value of {sources[0]}"
+    return f"distinct combination of {', '.join(sources[:-1])} and {sources[-1]} in one record"
 
 
 StaticSpec = Each | IntRange | DateWindows

@@ -27,10 +27,12 @@ from .errors import FatalError, HTTPStatusError, RequestError, TransportError, u
 from .fetcher import Fetcher
 from .http import HttpSession
 from .params import (
+    FromStream,
     Partition,
     count_static,
     count_written,
     expand_static,
+    feed_text,
     partition_id,
     shard_owns,
 )
@@ -78,6 +80,8 @@ class StreamPlan:
     probe: ProbeCounts | None = None
     read_only: int = 0
     """Partitions another shard writes that this shard fetches for its child streams' values."""
+    sources: tuple[str, ...] = ()
+    """``STREAM.FIELD`` of each ``from`` parameter of a dependent stream."""
 
     @property
     def fetched(self) -> int:
@@ -131,6 +135,11 @@ def plan_recipe(recipe: Recipe, *, token_set: bool, shard: tuple[int, int] | Non
                     per_value,
                     None,
                     exact=False,
+                    sources=tuple(
+                        f"{spec.stream}.{spec.field}"
+                        for spec in spec.varying
+                        if isinstance(spec, FromStream)
+                    ),
                 )
             )
             continue
@@ -421,8 +430,8 @@ def _stream_notes(stream: StreamPlan, shard: tuple[int, int] | None) -> list[str
         plural = "s" if stream.per_parent_value != 1 else ""
         parent = stream.parent.split(".")[0]
         notes.append(
-            f"{stream.name}: {per_value or 'one '}partition{plural} per distinct value of "
-            f"{stream.parent}, known only once {parent} runs"
+            f"{stream.name}: {per_value or 'one '}partition{plural} per "
+            f"{feed_text(stream.sources)}, known only once {parent} runs"
         )
     elif stream.paginated and stream.probe is None:
         notes.append(

@@ -21,6 +21,7 @@ from .params import (
     StaticSpec,
     Step,
     count_written,
+    feed_text,
 )
 from .verify import (
     ManifestScan,
@@ -78,6 +79,8 @@ class StreamStatus:
     name: str
     parent: str | None
     """``STREAM.FIELD`` of a dependent stream, whose partitions come from its parent."""
+    sources: tuple[str, ...] = ()
+    """``STREAM.FIELD`` of each ``from`` parameter of a dependent stream."""
     partitions: Counter[str] = field(default_factory=Counter)
     """Counts by state: done, skipped, failed and pending (known so far)."""
     pending_final: bool = True
@@ -132,10 +135,8 @@ def run_status(paths: RunPaths, scan: ManifestScan | None = None) -> RunStatus:
     streams = []
     for name, stream_state in state.streams.items():
         description = descriptions.get(name, {})
-        parent = next(
-            (spec["from"] for spec in description.get("varying", []) if "from" in spec), None
-        )
-        status = StreamStatus(name, parent)
+        sources = tuple(spec["from"] for spec in description.get("varying", []) if "from" in spec)
+        status = StreamStatus(name, sources[0] if sources else None, sources=sources)
         status.records = stream_state.records
         status.duplicates = stream_state.duplicates
         status.partitions["done"] += len(stream_state.done)
@@ -291,7 +292,7 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
         )
     for stream in status.streams:
         if stream.parent is not None:
-            lines.append(f"{stream.name}: one partition per value of {stream.parent}")
+            lines.append(f"{stream.name}: one partition per {feed_text(stream.sources)}")
     for stream in status.streams:
         if stream.skip_reasons:
             detail = ", ".join(

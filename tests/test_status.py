@@ -118,6 +118,7 @@ def test_status_stopped_run_json(tmp_path: Path, mock: MockServer) -> None:
         "sessions": 1,
         "base_url": mock.api_url,
         "authenticated": False,
+        "authenticated_sessions": 0,
         "tm_release": "v5.5.2",
         "streams": {
             "contributions": {
@@ -421,3 +422,39 @@ def test_status_two_from_fields(tmp_path: Path, mock: MockServer) -> None:
         "tasks: one partition per distinct combination of grid._partition.project_id and "
         "grid.properties.taskId in one record"
     ) in status.stdout.splitlines()
+
+
+def test_status_sessions_partly_authenticated(tmp_path: Path, mock: MockServer) -> None:
+    """An anonymous session, then one with a token: status says how many sessions had one."""
+    recipe = write_recipe(
+        tmp_path,
+        """\
+        version: 1
+        instance:
+          token_env: TM_API_TOKEN
+          rate_limit: 10000/s
+          retries: {attempts: 2, max_retry_after: 5}
+        output: OUT
+        streams:
+          projects:
+            endpoint: projects
+            params: {projectStatuses: [PUBLISHED, ARCHIVED]}
+        """,
+    )
+    args = ("run", str(recipe), "--base-url", mock.api_url, "--quiet")
+    mock.add_fault(
+        path=r"^/api/v2/projects/$",
+        query={"page": "1"},
+        times=1,
+        status=429,
+        headers={"Retry-After": "3600"},
+    )
+    assert run_cli(*args, env={"TM_API_TOKEN": ""}).exit_code == 1
+    assert run_cli(*args, env={"TM_API_TOKEN": mock.tokens["admin"]}).exit_code == 0
+
+    status = run_cli("status", str(tmp_path / "out"))
+    data = orjson.loads(run_cli("status", str(tmp_path / "out"), "--json").stdout)
+
+    line = next(x for x in status.stdout.splitlines() if x.startswith("sessions: 2"))
+    assert "; authenticated: yes (in 1 of 2 sessions); " in line
+    assert (data["authenticated"], data["authenticated_sessions"]) == (True, 1)

@@ -235,6 +235,10 @@ def _sessions_line(status: RunStatus) -> str:
     last = sessions[-1]
     base_url = last.get("settings", {}).get("base_url", "unknown")
     authenticated = "yes" if last.get("authenticated") else "no"
+    with_token = sum(1 for session in sessions if session.get("authenticated"))
+    if 0 < with_token < len(sessions):
+        # The run record calls a run authenticated only when every session was.
+        authenticated += f" (in {with_token} of {len(sessions)} sessions)"
     line = (
         f"sessions: {len(sessions)}, the last started {last.get('at')}; base URL {base_url}; "
         f"authenticated: {authenticated}; TM release: {last.get('tm_release') or 'unknown'}"
@@ -371,6 +375,7 @@ def status_json(status: RunStatus, history: list[RunStatus]) -> dict[str, Any]:
         "sessions": len(status.sessions),
         "base_url": last.get("settings", {}).get("base_url"),
         "authenticated": last.get("authenticated"),
+        "authenticated_sessions": sum(1 for s in status.sessions if s.get("authenticated")),
         "tm_release": last.get("tm_release"),
         "streams": {stream.name: _stream_json(stream) for stream in status.streams},
         "canonical": status.canonical,

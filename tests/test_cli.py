@@ -24,6 +24,11 @@ streams:
     params: {project_id: {range: [1, 3]}}
 """
 
+#: The recipe's instance with a loopback base URL where nothing listens (port 9).
+LOOPBACK_RECIPE = RECIPE.replace(
+    "{rate_limit", "{base_url: 'http://127.0.0.1:9/api/v2', rate_limit"
+)
+
 
 def test_help_lists_exit_codes() -> None:
     outcome = run_cli("run", "--help")
@@ -199,13 +204,29 @@ def test_incremental_and_start_over_refused(tmp_path: Path) -> None:
             "http://127.0.0.1:99999/api/v2",
             "the port is not a number from 0 to 65535",
         ),
+        (["--base-url", ""], {}, "--base-url", "", "it is empty"),
+        (
+            ["--base-url", "ftp://127.0.0.1:9/api/v2"],
+            {},
+            "--base-url",
+            "ftp://127.0.0.1:9/api/v2",
+            "it must start with http:// or https://",
+        ),
+        (
+            ["--base-url", "file:///etc/hosts"],
+            {},
+            "--base-url",
+            "file:///etc/hosts",
+            "it must start with http:// or https://",
+        ),
     ],
 )
 def test_invalid_base_url_refused(
     tmp_path: Path, args: list[str], env: dict[str, str], source: str, url: str, reason: str
 ) -> None:
     """A base URL from the command line or the environment is checked as the recipe's is."""
-    recipe = write_recipe(tmp_path, RECIPE)
+    # Were a URL taken as unset, the run would go to the recipe's loopback URL, not production.
+    recipe = write_recipe(tmp_path, LOOPBACK_RECIPE)
 
     outcome = run_cli("run", str(recipe), *args, env=env)
 
@@ -213,6 +234,21 @@ def test_invalid_base_url_refused(
     assert outcome.stderr == (
         f"tm-export: error: {source}: invalid URL {url!r}: {reason}; expected the API root, "
         "such as https://tasking-manager-production-api.hotosm.org/api/v2\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_base_url_variable_refused(tmp_path: Path) -> None:
+    """An empty TM_EXPORT_BASE_URL is an error, never a fall back to the production server."""
+    recipe = write_recipe(tmp_path, LOOPBACK_RECIPE)
+
+    outcome = run_cli("run", str(recipe), env={"TM_EXPORT_BASE_URL": ""})
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr == (
+        "tm-export: error: TM_EXPORT_BASE_URL: invalid URL '': it is empty; expected the API "
+        "root, such as https://tasking-manager-production-api.hotosm.org/api/v2; or unset it to "
+        "use the recipe's base URL\n"
     )
     assert not (tmp_path / "out").exists()
 

@@ -157,8 +157,12 @@ def resolve_base_url(
     """
     environ = dict(os.environ) if environ is None else environ
     for source, url in (("--base-url", override), (BASE_URL_ENV, environ.get(BASE_URL_ENV))):
-        if url:
+        # An empty value is an error, not "unset": in CI it is usually a variable that was
+        # never filled in, and falling back would export from the production server.
+        if url is not None:
             problem = base_url_problem(url)
+            if problem is not None and source == BASE_URL_ENV and not url.strip():
+                problem += "; or unset it to use the recipe's base URL"
             if problem is not None:
                 raise RecipeError(f"{source}: {problem}")
             return url.rstrip("/")

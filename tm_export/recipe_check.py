@@ -136,8 +136,12 @@ def base_url_problem(url: str) -> str | None:
         # urlsplit rejects a bad [IPv6] host, and .port rejects a port outside 0-65535.
         reason = "the port is not a number from 0 to 65535" if "Port" in str(error) else error
         return f"invalid URL {url!r}: {reason}; {expected}"
-    if any(char.isspace() for char in url):
+    if not url.strip():
+        reason = "it is empty"
+    elif any(char.isspace() for char in url):
         reason = "it contains a space"
+    elif parts.scheme.lower() not in ("http", "https"):
+        reason = "it must start with http:// or https://"
     elif not parts.hostname:
         reason = "it has no host name"
     elif parts.query or parts.fragment:

@@ -52,6 +52,16 @@ def test_search_page_query(tmp_path: Path) -> None:
     }
 
 
+def test_open_ended_window_sends_no_bound(tmp_path: Path) -> None:
+    """A window ending 9999-12-31 has no next day, so its bound is not sent."""
+    partition = {"createdFrom": "2026-06-01", "createdTo": "9999-12-31"}
+
+    _, query = builders(tmp_path)["windows"].build(partition, 1)
+
+    assert "createdTo" not in query
+    assert query["createdFrom"] == "2026-06-01"
+
+
 def test_path_parameter_leaves_query(tmp_path: Path) -> None:
     path, query = builders(tmp_path)["activities"].build({"project_id": 7}, 2)
 

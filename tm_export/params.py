@@ -197,10 +197,19 @@ class DateWindows:
 
 
 def next_day_bounds(values: dict[str, str], bounds: Mapping[str, str]) -> None:
-    """Replace each of ``bounds``' parameters in ``values`` with the day after its date."""
+    """Replace each of ``bounds``' parameters in ``values`` with the day after its date.
+
+    A window that ends on the last representable day (9999-12-31, a common way to write
+    "open-ended") has no day after it, so its bound is left out: the server then applies none.
+    """
     for name in bounds:
-        if name in values:
-            values[name] = (dt.date.fromisoformat(values[name]) + dt.timedelta(days=1)).isoformat()
+        if name not in values:
+            continue
+        day = dt.date.fromisoformat(values[name])
+        if day == dt.date.max:
+            del values[name]
+        else:
+            values[name] = (day + dt.timedelta(days=1)).isoformat()
 
 
 @dataclass(frozen=True, slots=True)

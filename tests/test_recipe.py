@@ -345,6 +345,11 @@ EXPECTED: dict[str, str] = {
         "expected the name of the environment variable that contains the API key, such as "
         "TM_API_TOKEN. Put the variable's name here, never the key itself"
     ),
+    "token_env_key_shaped_name": (
+        "4: instance.token_env: the value (48 characters, not shown) looks like an API key, not "
+        "the name of an environment variable: it decodes to a user id and a token. Put the key "
+        "in a variable, such as TM_API_TOKEN, and its name here"
+    ),
     "token_env_unset": (
         "5: streams.users.endpoint: endpoint 'users' needs an API token, but "
         "instance.token_env is not set; set instance.token_env to the name of the environment"

@@ -8,6 +8,7 @@ the output folder.
 
 from __future__ import annotations
 
+import base64
 import difflib
 import math
 import re
@@ -94,6 +95,14 @@ def _build_instance(where: KeyLocator, raw: dict[str, Any]) -> Instance:
     contact = raw.get("contact")
     if contact is not None:
         _check_contact(where, keys + ("contact",), contact)
+    token_env = raw.get("token_env")
+    if token_env is not None and looks_like_api_key(token_env):
+        raise where.error(
+            keys + ("token_env",),
+            f"the value ({len(token_env)} characters, not shown) looks like an API key, not the "
+            "name of an environment variable: it decodes to a user id and a token. Put the key "
+            "in a variable, such as TM_API_TOKEN, and its name here",
+        )
 
     timeouts = Timeouts(**{name: float(value) for name, value in raw.get("timeouts", {}).items()})
     retry_settings = raw.get("retries", {})
@@ -149,6 +158,20 @@ def base_url_problem(url: str) -> str | None:
     else:
         return None
     return f"invalid URL {url!r}: {reason}; {expected}"
+
+
+def looks_like_api_key(value: str) -> bool:
+    """Tell whether ``value`` decodes as a TM API key does: base64 of ``USER_ID.TOKEN``.
+
+    Such a value can also be a valid variable name (no ``=``, ``+`` or ``/``), and a
+    variable name never decodes to that shape.
+    """
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        return False
+    user, dot, token = decoded.partition(".")
+    return bool(dot) and user.isdigit() and len(token) >= 8 and token.isprintable()
 
 
 def _check_contact(where: KeyLocator, keys: tuple[Any, ...], contact: str) -> None:

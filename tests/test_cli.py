@@ -291,3 +291,29 @@ def test_rate_limit_invalid(tmp_path: Path, rate: str) -> None:
         f"Error: Invalid value for '--rate-limit': {rate!r} is not a rate greater than 0, "
         "such as 10 or 2.5/s"
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("", "the folder name is empty; choose a folder path, such as exports/demo"),
+        (
+            "notes.txt/out",
+            "'notes.txt' is an existing file, so 'notes.txt/out' cannot be a folder below it; "
+            "choose another folder path",
+        ),
+    ],
+)
+def test_invalid_output_option_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, problem: str
+) -> None:
+    """--output is checked as the recipe's output is: exit 2, nothing written."""
+    recipe = write_recipe(tmp_path, LOOPBACK_RECIPE)
+    (tmp_path / "notes.txt").write_text("notes\n")
+    monkeypatch.chdir(tmp_path)
+
+    outcome = run_cli("run", str(recipe), "--output", value)
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr == f"tm-export: error: --output: {problem}\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt", "recipe.yaml"]

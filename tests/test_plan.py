@@ -8,6 +8,8 @@ import re
 import socket
 from pathlib import Path
 
+import pytest
+
 from tm_export.mock import MockServer
 from tm_export.plan import describe_probe, plan_recipe
 from tm_export.recipe import load_recipe
@@ -273,13 +275,16 @@ def test_plan_probe_environment_url(tmp_path: Path, mock: MockServer) -> None:
     assert len(mock.requests()) == 6
 
 
-def test_plan_probe_recipe_url(tmp_path: Path, mock: MockServer) -> None:
+def test_plan_probe_recipe_url(
+    tmp_path: Path, mock: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without --base-url or TM_EXPORT_BASE_URL, --probe sends to the recipe's base_url."""
     recipe = write_recipe(
         tmp_path, STATIC_RECIPE.replace("instance: {", f"instance: {{base_url: '{mock.api_url}/', ")
     )
+    monkeypatch.delenv("TM_EXPORT_BASE_URL", raising=False)
 
-    outcome = run_cli("plan", str(recipe), "--probe", env={"TM_EXPORT_BASE_URL": ""})
+    outcome = run_cli("plan", str(recipe), "--probe")
 
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.stdout.splitlines()[0] == (

@@ -23,6 +23,7 @@ from .errors import ExitCode, RecipeError, TmExportError
 from .logs import json_line, setup_logging
 from .progress import Progress
 from .recipe import load_recipe, resolve_token
+from .recipe_check import output_problem
 from .redact import Redactor
 from .reporting import LiveReporter, PlainReporter
 from .schema import RECIPE_SCHEMA
@@ -103,7 +104,8 @@ def _asks_json_logs(args: list[str]) -> bool:
 @click.option(
     "--output",
     "-o",
-    type=click.Path(path_type=Path, file_okay=False),
+    # A string, not a Path: Path("") is the current folder, and an empty value is an error.
+    metavar="DIRECTORY",
     help="Output folder. Overrides the recipe's output.",
 )
 @click.option(
@@ -188,7 +190,7 @@ def _asks_json_logs(args: list[str]) -> bool:
 def run(
     recipe: Path,
     base_url: str | None,
-    output: Path | None,
+    output: str | None,
     concurrency: int | None,
     rate_limit: float | None,
     retry_failed: bool,
@@ -231,6 +233,8 @@ def run(
         chosen_url = resolve_base_url(loaded, base_url)
     except RecipeError as error:
         fail(error, ExitCode.USAGE, json_logs=json_logs)
+    if output is not None and (problem := output_problem(output)) is not None:
+        fail(f"--output: {problem}", ExitCode.USAGE, json_logs=json_logs)
 
     redactor = Redactor([token] if token else [])
     level = logging.INFO
@@ -245,7 +249,7 @@ def run(
         reporter = LiveReporter(sys.stderr) if live else PlainReporter()
     options = RunOptions(
         base_url=chosen_url,
-        output=output or Path(loaded.output),
+        output=Path(output if output is not None else loaded.output),
         token=token,
         concurrency=concurrency,
         rate_limit=rate_limit,

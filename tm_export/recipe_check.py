@@ -450,23 +450,29 @@ def _check_token_env(
 
 
 def _check_output(where: KeyLocator, output: str) -> None:
-    keys = ("output",)
+    problem = output_problem(output)
+    if problem is not None:
+        raise where.error(("output",), problem)
+
+
+def output_problem(output: str) -> str | None:
+    """Return why ``output`` cannot be an output folder, as a message, or None when it can be."""
+    if not output.strip():
+        return "the folder name is empty; choose a folder path, such as exports/demo"
     if "\0" in output:
-        raise where.error(keys, "invalid folder name: it contains a NUL character")
+        return "invalid folder name: it contains a NUL character"
     path = Path(output)
     for candidate in (path, *path.parents):
         try:
             is_file = candidate.exists() and not candidate.is_dir()
         except OSError:
-            return  # not readable here: creating the folder reports the real error
+            return None  # not readable here: creating the folder reports the real error
         if not is_file:
             continue
         if candidate == path:
-            raise where.error(
-                keys, f"'{output}' is an existing file, not a folder; choose a folder path"
-            )
-        raise where.error(
-            keys,
+            return f"'{output}' is an existing file, not a folder; choose a folder path"
+        return (
             f"'{candidate}' is an existing file, so '{output}' cannot be a folder below it; "
-            "choose another folder path",
+            "choose another folder path"
         )
+    return None

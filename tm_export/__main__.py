@@ -1,5 +1,5 @@
 """Allow ``python -m tm_export``."""
 
-from .cli import console_main
+from .entry import console_main
 
 console_main()

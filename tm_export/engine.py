@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from . import __version__
 from .catalog import TOKEN_CHECK_PATH
@@ -184,15 +186,88 @@ async def export(recipe: Recipe, options: RunOptions) -> RunResult:
         session = _Session(recipe, options)
         result = await session.run()
         if result.fatal is None and not result.interrupted:
-            await anyio.to_thread.run_sync(_finish_archive, recipe, options, result)
+            await _describe_run(recipe, options, result)
         return result
 
 
-def _finish_archive(recipe: Recipe, options: RunOptions, result: RunResult) -> None:
+async def _watch_signals(
+    on_signal: Callable[[str], None], *, task_status: anyio.abc.TaskStatus[None]
+) -> None:
+    """Call ``on_signal`` with the name of the first SIGINT or SIGTERM, then return.
+
+    Started with ``TaskGroup.start``, so the handlers are in place before the caller goes on.
+    """
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for received in signals:
+            on_signal(signal.Signals(received).name)
+            return
+
+
+class _ArchiveSteps:
+    """The steps that describe a finished run, and a stop that a signal requests between two."""
+
+    def __init__(self) -> None:
+        # The steps run in a worker thread and the signal arrives in the event loop's.
+        self._lock = threading.Lock()
+        self._stopped = False
+        self.current: str | None = None
+
+    def begin(self, step: str) -> bool:
+        """Mark ``step`` as in progress; return False when a stop was requested before it."""
+        with self._lock:
+            if self._stopped:
+                return False
+            self.current = step
+            return True
+
+    def end(self) -> None:
+        with self._lock:
+            self.current = None
+
+    def stop(self) -> str | None:
+        """Request a stop before the next step; return the step in progress, if any."""
+        with self._lock:
+            self._stopped = True
+            return self.current
+
+
+async def _describe_run(recipe: Recipe, options: RunOptions, result: RunResult) -> None:
+    """Run ``_finish_archive`` in a worker thread, stopping between two steps on a signal.
+
+    A step stopped halfway would leave work that only another command finishes (an
+    interrupted bag is put back by 'tm-export bag'), so the step in progress completes.
+    The steps after it are left to the next run of the same command, which finds the run
+    finished and does them without sending a request.
+    """
+    steps = _ArchiveSteps()
+
+    def on_signal(name: str) -> None:
+        step = steps.stop()
+        if step is None:
+            logger.warning("received %s: stopping; committed pages are kept", name)
+        else:
+            logger.warning(
+                "received %s: stopping once the %s in progress is done; committed pages are kept",
+                name,
+                step,
+            )
+
+    async with anyio.create_task_group() as group:
+        if options.handle_signals:
+            await group.start(_watch_signals, on_signal)
+        await anyio.to_thread.run_sync(_finish_archive, recipe, options, result, steps)
+        group.cancel_scope.cancel()
+
+
+def _finish_archive(
+    recipe: Recipe, options: RunOptions, result: RunResult, steps: _ArchiveSteps
+) -> None:
     """Describe a finished run: canonical order, run record and bag, as the options request.
 
     Runs in a worker thread while the output lock is held. Every step first verifies the
-    files against the manifest, so a mismatch stops it before anything is rewritten.
+    files against the manifest, so a mismatch stops it before anything is rewritten. A
+    step that ``steps`` stops before it starts marks the result interrupted.
     """
     canonical, bag = options.canonical, options.bag
     if result.failed_partitions and (canonical or bag):
@@ -213,16 +288,25 @@ def _finish_archive(recipe: Recipe, options: RunOptions, result: RunResult) -> N
     from .bag import make_run_bag
     from .canonical import make_canonical
 
+    folder = result.run_folder
+    planned: list[tuple[str, Callable[[], object]]] = []
+    if canonical:
+        planned.append(("canonical rewrite", lambda: make_canonical(folder)))
+    if bag:
+        planned.append(("bag", lambda: make_run_bag(folder)))
+    else:
+        # NOTE: the record verifies every file against the manifest, read again a chunk
+        # at a time. It keeps a segment per committed page, so its memory still grows
+        # with the run: a 100,000-partition resume peaked at 158 MB in all.
+        planned.append(("run record", lambda: write_run_record(folder, recipe, result)))
+
     try:
-        if canonical:
-            make_canonical(result.run_folder)
-        if bag:
-            make_run_bag(result.run_folder)
-        else:
-            # NOTE: the record verifies every file against the manifest, read again a chunk
-            # at a time. It keeps a segment per committed page, so its memory still grows
-            # with the run: a 100,000-partition resume peaked at 158 MB in all.
-            write_run_record(result.run_folder, recipe, result)
+        for step, run_step in planned:
+            if not steps.begin(step):
+                result.interrupted = True
+                return
+            run_step()
+            steps.end()
     except TmExportError as error:
         result.fatal = error if isinstance(error, FatalError) else FatalError(str(error))
 
@@ -493,11 +577,7 @@ class _Session:
                     for runner in runners.values():
                         runner.count_finished()
                 else:
-                    await self._preflight(fetcher, result)
-                    committer.record(self._session_entry(state, result))
-                    if self.baseline is not None:
-                        await self._find_deleted(fetcher, state, committer, result)
-                    await self._run_streams(runners, committer, fetcher, result)
+                    await self._fetch(state, committer, fetcher, runners, result)
                     self._check_parents_read(runners)
             except* FatalError as group:
                 result.fatal = _first(group)
@@ -506,6 +586,36 @@ class _Session:
                 result.retries = fetcher.retries_done
 
         await self._close(committer, result)
+
+    async def _fetch(
+        self,
+        state: ManifestState,
+        committer: Committer,
+        fetcher: Fetcher,
+        runners: dict[str, StreamRunner],
+        result: RunResult,
+    ) -> None:
+        """Preflight, deletion check and streams: every request of the session.
+
+        One watcher covers them all, since the preflight and the deletion check can wait
+        through retries and backoff as long as a stream can. A signal cancels the whole
+        phase; what was recorded so far is committed by ``_close``.
+        """
+
+        def on_signal(name: str) -> None:
+            logger.warning("received %s: stopping; committed pages are kept", name)
+            result.interrupted = True
+            group.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as group:
+            if self.options.handle_signals:
+                await group.start(_watch_signals, on_signal)
+            await self._preflight(fetcher, result)
+            committer.record(self._session_entry(state, result))
+            if self.baseline is not None:
+                await self._find_deleted(fetcher, state, committer, result)
+            await self._run_streams(runners, committer, fetcher)
+            group.cancel_scope.cancel()
 
     def _runners(
         self, state: ManifestState, committer: Committer, fetcher: Fetcher, run_folder: Path
@@ -706,7 +816,6 @@ class _Session:
         runners: dict[str, StreamRunner],
         committer: Committer,
         fetcher: Fetcher,
-        result: RunResult,
     ) -> None:
         wake = anyio.Event()
 
@@ -717,17 +826,6 @@ class _Session:
                 # Pages written while this commit waits for its fsyncs form the next group.
                 wake = anyio.Event()
                 await committer.commit()
-
-        async def watch_signals(scope: anyio.CancelScope) -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for received in signals:
-                    logger.warning(
-                        "received %s: stopping; committed pages are kept",
-                        signal.Signals(received).name,
-                    )
-                    result.interrupted = True
-                    scope.cancel()
-                    return
 
         started = time.monotonic()
 
@@ -750,8 +848,6 @@ class _Session:
             outer.start_soon(commit_loop)
             if self.options.on_progress is not None:
                 outer.start_soon(report_progress)
-            if self.options.handle_signals:
-                outer.start_soon(watch_signals, outer.cancel_scope)
             async with anyio.create_task_group() as streams:
                 for runner in runners.values():
                     streams.start_soon(runner.run)

@@ -384,6 +384,7 @@ def test_status_compressed_json(tmp_path: Path, mock: MockServer, codec: str) ->
         "skip_reasons": {"403 PrivateProject": 1},
         "last_error": None,
         "last_error_partition": None,
+        "problems": [],
     }
     for stream in STREAMS:
         described = report["streams"][stream]

@@ -332,6 +332,12 @@ def test_from_path_through_object_list(tmp_path: Path, mock: MockServer) -> None
     assert len(names) >= 2
 
 
+#: The advice that ends the problem message of a from: field without values.
+FEED_FIX = (
+    "Fix the field in the recipe, then run it with --start-over, which begins a new run: "
+    "this run rejects the fixed recipe"
+)
+
 MANAGERS_RECIPE = """\
 version: 1
 instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s}
@@ -353,7 +359,7 @@ streams:
             "managers",
             False,
             "managers holds objects), so managers has no partitions; name one of their "
-            "fields, such as managers.username",
+            "fields, such as managers.username.",
         ),
         (
             "managers.usrname",
@@ -371,7 +377,7 @@ streams:
             "slug.name",
             False,
             "slug holds text, numbers or true/false, which have no name), so managers has no "
-            "partitions; check the field in its from: parameter",
+            "partitions; check the field in its from: parameter.",
         ),
         (
             "managers.username",
@@ -384,7 +390,8 @@ def test_from_warning_names_missing_part(
     tmp_path: Path, mock: MockServer, path: str, without_managers: bool, reason: str
 ) -> None:
     """The warning for a from: path that gives no value names where the path stops, and
-    advises a check of the field only when the path is likely wrong."""
+    advises a check of the field only when the path is likely wrong, which is then a
+    problem (exit 3)."""
     chosen = sorted(mock.dataset.organisations)
     if without_managers:
         chosen = [i for i in chosen if not mock.dataset.organisations[i].manager_ids][:1]
@@ -395,11 +402,12 @@ def test_from_warning_names_missing_part(
         "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["admin"]}
     )
 
-    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.exit_code == (0 if without_managers else 3), outcome.stderr
     records_text = "1 record" if len(chosen) == 1 else f"{len(chosen)} records"
+    fix = "" if without_managers else f" {FEED_FIX}"
     assert (
         f"tm-export: WARNING: managers: no string or integer value for {path} in the "
-        f"{records_text} of orgs ({reason}\n"
+        f"{records_text} of orgs ({reason}{fix}\n"
     ) in outcome.stderr
 
 
@@ -430,30 +438,129 @@ def test_raw_path_featured_projects(tmp_path: Path, mock: MockServer) -> None:
     assert len(expected) >= 2
 
 
-def test_from_field_never_found_warns(tmp_path: Path, mock: MockServer) -> None:
-    """A from: field that no parent record has (a typo) leaves the child empty, with a warning."""
-    recipe = write_recipe(
-        tmp_path,
-        """\
-        version: 1
-        instance: {rate_limit: 10000/s}
-        output: OUT
-        streams:
-          projects:
-            endpoint: projects
-          summaries:
-            endpoint: project_summary
-            params: {project_id: {from: projects.projectID}}
-        """,
+TYPO_RECIPE = """\
+version: 1
+instance: {rate_limit: 10000/s}
+output: OUT
+streams:
+  projects:
+    endpoint: projects
+  summaries:
+    endpoint: project_summary
+    params: {project_id: {from: projects.FIELD}}
+"""
+
+
+def typo_problem(count: int) -> str:
+    return (
+        f"no string or integer value for projectID in the {count} records of projects "
+        "(no record has projectID), so summaries has no partitions; did you mean projectId? "
+        + FEED_FIX
     )
+
+
+def test_from_typo_is_stream_problem(tmp_path: Path, mock: MockServer) -> None:
+    """A from: field that no parent record has (a typo) leaves the child empty, and the run
+    ends with a problem of the child stream in the manifest, the run record and the summary."""
+    recipe = write_recipe(tmp_path, TYPO_RECIPE.replace("FIELD", "projectID"))
 
     outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
 
-    assert outcome.exit_code == 0, outcome.stderr
-    count = len(records(data_file(tmp_path / "out", "projects")))
-    assert (
-        f"tm-export: WARNING: summaries: no string or integer value for projectID in the {count} "
-        "records of projects (no record has projectID), so summaries has no partitions; did "
-        "you mean projectId?\n"
-    ) in outcome.stderr
+    assert outcome.exit_code == 3, outcome.stderr
+    problem = typo_problem(len(records(data_file(tmp_path / "out", "projects"))))
+    assert f"tm-export: WARNING: summaries: {problem}\n" in outcome.stderr
+    assert f"problem in summaries: {problem}\n" in outcome.stderr
+    assert "result: finished with failures (exit 3)" in outcome.stderr
     assert data_file(tmp_path / "out", "summaries").read_bytes() == b""
+    run = tmp_path / "out" / "runs" / "0001"
+    entries = [orjson.loads(line) for line in (run / "manifest.jsonl").read_bytes().splitlines()]
+    assert [e for e in entries if e["t"] == "feed"] == [
+        {"t": "feed", "s": "summaries", "problem": problem}
+    ]
+    assert entries[-1]["t"] == "end"
+    assert entries[-1]["outcome"] == "failures"
+    record = json.loads((run / "run.json").read_text())
+    assert record["outcome"] == "failures"
+    assert record["streams"]["summaries"]["problems"] == [{"partition": None, "problem": problem}]
+    assert record["streams"]["projects"]["problems"] == []
+
+
+def test_from_typo_rerun_exits_3(tmp_path: Path, mock: MockServer) -> None:
+    """A rerun of a finished run with a from: field problem sends nothing and exits 3 again,
+    and status shows the problem."""
+    recipe = write_recipe(tmp_path, TYPO_RECIPE.replace("FIELD", "projectID"))
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args).exit_code == 3
+    problem = typo_problem(len(records(data_file(tmp_path / "out", "projects"))))
+    manifest = tmp_path / "out" / "runs" / "0001" / "manifest.jsonl"
+    before = manifest.read_bytes()
+    sent = len(mock.requests())
+
+    rerun = run_cli(*args, "--json")
+    status = run_cli("status", str(tmp_path / "out"))
+    status_json = run_cli("status", str(tmp_path / "out"), "--json")
+
+    assert rerun.exit_code == 3, rerun.stderr
+    assert json.loads(rerun.stdout)["streams"]["summaries"]["problems"] == [problem]
+    assert len(mock.requests()) == sent
+    assert manifest.read_bytes() == before
+    assert status.exit_code == 0, status.stderr
+    assert "state: finished with failures" in status.stdout
+    assert f"\nsummaries: {problem}\n" in status.stdout
+    assert json.loads(status_json.stdout)["streams"]["summaries"]["problems"] == [problem]
+
+
+def test_from_typo_recorded_once_on_retry(tmp_path: Path, mock: MockServer) -> None:
+    """A --retry-failed session reads the parent's records again and finds the same from:
+    field problem, which the manifest and the run record keep once."""
+    text = TYPO_RECIPE.replace("FIELD", "projectID").replace(
+        "{rate_limit: 10000/s}", "{rate_limit: 10000/s, retries: {attempts: 1}}"
+    )
+    text += (
+        "  stats:\n    endpoint: project_statistics\n    params: {project_id: {range: [1, 2]}}\n"
+    )
+    recipe = write_recipe(tmp_path, text)
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    mock.add_fault(path=r"^/api/v2/projects/2/statistics/$", status=500)
+    first = run_cli(*args)
+    mock.clear_faults()
+
+    retried = run_cli(*args, "--retry-failed")
+
+    assert first.exit_code == 3, first.stderr
+    assert 'stats {"project_id":2} failed' in first.stderr
+    assert retried.exit_code == 3, retried.stderr
+    problem = typo_problem(len(records(data_file(tmp_path / "out", "projects"))))
+    assert f"tm-export: WARNING: summaries: {problem}\n" in retried.stderr
+    assert f"problem in summaries: {problem}\n" in retried.stderr
+    assert "problem in summaries: ... and" not in retried.stderr
+    run = tmp_path / "out" / "runs" / "0001"
+    entries = [orjson.loads(line) for line in (run / "manifest.jsonl").read_bytes().splitlines()]
+    assert len([e for e in entries if e["t"] == "session"]) == 2
+    assert [e for e in entries if e["t"] == "feed"] == [
+        {"t": "feed", "s": "summaries", "problem": problem}
+    ]
+    record = json.loads((run / "run.json").read_text())
+    assert record["streams"]["stats"]["failed"] == []
+    assert record["streams"]["summaries"]["problems"] == [{"partition": None, "problem": problem}]
+
+
+def test_from_empty_field_is_complete(tmp_path: Path, mock: MockServer) -> None:
+    """A from: field that every record has, empty, is data and not a mistake: the run warns
+    and is complete."""
+    chosen = [i for i, o in sorted(mock.dataset.organisations.items()) if not o.manager_ids][:1]
+    text = MANAGERS_RECIPE.replace("IDS", str(chosen)).replace("PATH", "managers.username")
+    recipe = write_recipe(tmp_path, text)
+
+    outcome = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["admin"]}
+    )
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "so managers has no partitions\n" in outcome.stderr
+    run = tmp_path / "out" / "runs" / "0001"
+    entries = [orjson.loads(line) for line in (run / "manifest.jsonl").read_bytes().splitlines()]
+    assert [e for e in entries if e["t"] == "feed"] == []
+    record = json.loads((run / "run.json").read_text())
+    assert record["outcome"] == "complete"
+    assert record["streams"]["managers"]["problems"] == []

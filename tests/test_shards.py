@@ -649,3 +649,32 @@ def test_shard_progress_counts_own_partitions(tmp_path: Path, mock: MockServer) 
 
     published = mock.counts()["projects"]
     assert known[1][0]["partitions"] + known[2][0]["partitions"] == published
+
+
+def test_merge_keeps_feed_problem_once(tmp_path: Path, mock: MockServer) -> None:
+    """Every shard reads the parent's records, so each finds the same from: field without
+    a value. The merged run keeps that problem once and is not complete."""
+    recipe = write_recipe(tmp_path, RECIPE.replace("projects.projectId", "projects.projectID"))
+    shards = [tmp_path / "shard-1", tmp_path / "shard-2"]
+    for index, folder in enumerate(shards, start=1):
+        outcome = run_shard(recipe, mock.api_url, f"{index}/2", folder)
+        assert outcome.exit_code == 3, outcome.stderr
+
+    outcome = run_cli("merge", str(tmp_path / "merged"), *map(str, shards))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    run = tmp_path / "merged/runs/0001"
+    entries = [orjson.loads(line) for line in (run / "manifest.jsonl").read_bytes().splitlines()]
+    feeds = [entry for entry in entries if entry["t"] == "feed"]
+    assert [entry["s"] for entry in feeds] == ["activities"]
+    assert feeds[0]["problem"].startswith("no string or integer value for projectID in the ")
+    assert entries[-1]["outcome"] == "failures"
+    record = orjson.loads((run / "run.json").read_bytes())
+    assert record["outcome"] == "failures"
+    assert record["streams"]["activities"]["problems"] == [
+        {"partition": None, "problem": feeds[0]["problem"]}
+    ]
+    rerun = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, "--output", str(tmp_path / "merged")
+    )
+    assert rerun.exit_code == 3, rerun.stderr

@@ -132,6 +132,7 @@ def test_status_stopped_run_json(tmp_path: Path, mock: MockServer) -> None:
                 "skip_reasons": {"403 PrivateProject": 1},
                 "last_error": None,
                 "last_error_partition": None,
+                "problems": [],
             }
         },
         "canonical": [],

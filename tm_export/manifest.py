@@ -100,6 +100,9 @@ class StreamState:
     known: tuple[int, int] | None = None
     """For a dependent stream, from its last ``known`` entry: the count of partitions that the
     parent's records gave this run, and the count of session entries before that entry."""
+    problems: list[str] = field(default_factory=list)
+    """Problems of the stream as a whole, from its ``feed`` entries, each message once: a
+    ``from:`` field that names no value in any record of the parent stream."""
 
     def partition(self, partition_id: str) -> PartitionState:
         state = self.partitions.get(partition_id)
@@ -188,6 +191,11 @@ class ManifestState:
             elif kind == "known":
                 stream = streams.get(entry["s"]) or streams.setdefault(entry["s"], StreamState())
                 stream.known = (entry["partitions"], len(sessions))
+            elif kind == "feed":
+                # Each message counts once, should an entry ever be written twice.
+                stream = streams.get(entry["s"]) or streams.setdefault(entry["s"], StreamState())
+                if entry["problem"] not in stream.problems:
+                    stream.problems.append(entry["problem"])
 
         for (name, partition_id), pages in unfinished.items():
             part = streams[name].partition(partition_id)

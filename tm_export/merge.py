@@ -8,8 +8,8 @@ no partition was committed by two shards, and that no shard file was made canoni
 (sorting moves lines across the page ranges that the merge copies). The output folder must
 not overlap a shard, and its last run, if any, must be a finished run of the recipe. It
 then writes a new run folder whose stream files are the shards' files one after another,
-and whose manifest contains every shard's sessions, deleted projects and page entries,
-with the byte ranges moved to the new offsets.
+and whose manifest contains every shard's sessions, deleted projects, stream problems and
+page entries, with the byte ranges moved to the new offsets.
 
 The merged run starts when the earliest shard started, so that an incremental run after it
 requests everything updated since then, and ends when the last shard ended.
@@ -335,6 +335,7 @@ def _write(run_folder: Path, shards: list[Shard]) -> dict[str, int]:
     outcome = "complete"
     ended = ""
     deleted: set[int] = set()
+    feed_problems: set[tuple[str, str]] = set()
     with_entries: list[dict[str, Any]] = []
     codec = run_codec(shards[0].header)
     targets = {name: stream_path(run_folder, name, codec).open("wb") for name in streams}
@@ -360,6 +361,11 @@ def _write(run_folder: Path, shards: list[Shard]) -> dict[str, int]:
                 elif entry["t"] == "deleted" and entry["project_id"] not in deleted:
                     # Every shard of an incremental run checks the same archived projects.
                     deleted.add(entry["project_id"])
+                    with_entries.append(entry)
+                elif entry["t"] == "feed" and (entry["s"], entry["problem"]) not in feed_problems:
+                    # Every shard reads every record of the parent stream, so each one finds
+                    # the same from: field without a value.
+                    feed_problems.add((entry["s"], entry["problem"]))
                     with_entries.append(entry)
                 elif entry["t"] == "end":
                     ended = max(ended, str(entry.get("at", "")))

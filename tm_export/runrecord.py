@@ -27,14 +27,16 @@ Format (``"format": 1``)::
                  "skipped": [{"partition": {...}, "status": 404, "sub_code": "..."}],
                  "failed": [{"partition": {...}, "status": 500, "error": "...",
                              "missing_pages": [2]}],
-                 "problems": [{"partition": {...}, "problem": "..."}]}
+                 "problems": [{"partition": {...} or null, "problem": "..."}]}
       }
     }
 
 ``authenticated`` is true only when every session's token was accepted. ``outcome`` is
 ``complete``, ``failures`` or null while the run is unfinished. In a compressed run,
 ``file`` ends in ``.gz`` or ``.zst``, ``bytes`` and ``sha256`` are those of the compressed
-file, and ``records`` counts its decompressed lines.
+file, and ``records`` counts its decompressed lines. A problem with ``"partition": null``
+belongs to the stream as a whole, such as a ``from:`` field that names no value in any
+record of the parent stream.
 """
 
 from __future__ import annotations
@@ -184,11 +186,16 @@ def build_run_record(check: RunCheck) -> dict[str, Any]:
 
 
 def _partition_lists(check: RunCheck, stream: str) -> dict[str, list[dict[str, Any]]]:
-    """Return the skipped and failed partitions of a stream, and the problems of any."""
+    """Return the skipped and failed partitions of a stream, and the problems of any.
+
+    Problems of the stream as a whole come first, with ``"partition": null``.
+    """
     skipped: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
-    problems: list[dict[str, Any]] = []
     stream_state = check.state.streams[stream]
+    problems: list[dict[str, Any]] = [
+        {"partition": None, "problem": problem} for problem in stream_state.problems
+    ]
     finals = [
         (partition_id, partition.final)
         for partition_id, partition in stream_state.partitions.items()

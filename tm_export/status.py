@@ -92,6 +92,8 @@ class StreamStatus:
     last_error: str | None = None
     last_error_partition: str | None = None
     skip_reasons: Counter[str] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+    """Problems of the stream as a whole, such as a ``from:`` field that gives no value."""
 
 
 @dataclass(slots=True)
@@ -139,6 +141,7 @@ def run_status(paths: RunPaths, scan: ManifestScan | None = None) -> RunStatus:
         status = StreamStatus(name, sources[0] if sources else None, sources=sources)
         status.records = stream_state.records
         status.duplicates = stream_state.duplicates
+        status.problems = list(stream_state.problems)
         status.partitions["done"] += len(stream_state.done)
         for partition in stream_state.partitions.values():
             status.partitions[partition.state] += 1
@@ -310,6 +313,8 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
             lines.append(
                 f"{stream.name}: last error, partition {stream.last_error_partition}: {error}"
             )
+        for problem in stream.problems:
+            lines.append(f"{stream.name}: {problem}")
         uncommitted = (stream.file_bytes or 0) - stream.committed_bytes
         if uncommitted > 0:
             lines.append(f"{stream.name}: {uncommitted} uncommitted bytes after the committed end")
@@ -358,6 +363,7 @@ def _stream_json(stream: StreamStatus) -> dict[str, Any]:
         "skip_reasons": dict(sorted(stream.skip_reasons.items())),
         "last_error": stream.last_error,
         "last_error_partition": stream.last_error_partition,
+        "problems": stream.problems,
     }
 
 

@@ -50,6 +50,14 @@ T = TypeVar("T")
 #: Statuses that mean "this partition is not visible to us", recorded as skipped.
 SKIP_STATUSES = frozenset({403, 404})
 
+#: The advice that ends the problem of a ``from:`` field that gives no value. The fixed
+#: recipe exports something else, so the run with the problem rejects it (see
+#: ``_Session._check_recipe`` in engine.py).
+FEED_FIX = (
+    "Fix the field in the recipe, then run it with --start-over, which begins a new run: "
+    "this run rejects the fixed recipe"
+)
+
 
 @dataclass(slots=True)
 class _ChildFeed:
@@ -101,6 +109,8 @@ class StreamRunner:
         self.stats.records = state.records
         self.stats.duplicates = state.duplicates
         self.stats.pages = state.pages
+        # A problem of the stream as a whole stays with the run, in every later session.
+        self.stats.problems.extend(state.problems)
         self._committer = committer
         self._fetcher = fetcher
         self._data_path = data_path
@@ -197,7 +207,7 @@ class StreamRunner:
             complete = (self._parent_values is None or self.parent_finished) and not (
                 self.unread_parents
             )
-            self._warn_of_empty_feeds()
+            self._warn_of_empty_feeds(complete=complete)
         finally:
             self._close_feeds()
 
@@ -216,9 +226,14 @@ class StreamRunner:
         if complete and self._jobs is not None:
             self._jobs.drain()
 
-    def _warn_of_empty_feeds(self) -> None:
+    def _warn_of_empty_feeds(self, *, complete: bool) -> None:
         """Warn of a child stream that got no value from this stream's records, such as for a
-        typo in its field, naming the part of the field path that no record has."""
+        typo in its field, naming the part of the field path that no record has.
+
+        When the path is likely wrong and ``complete`` is True (the child got every value there
+        is), the warning is also a problem of the child, kept in the manifest: a wrong field
+        must not end as a complete run with an empty stream.
+        """
         if not self._records_offered:
             return
         for feed in self._children:
@@ -228,11 +243,33 @@ class StreamRunner:
             count = self._records_offered
             fact, advice = empty_path_reason(path, reach)
             message = (
-                f"{feed.name}: no string or integer value for {path} in the {count} "
+                f"no string or integer value for {path} in the {count} "
                 f"record{'' if count == 1 else 's'} of {self.spec.name} ({fact}), so "
                 f"{feed.name} has no partitions"
             )
-            logger.warning("%s", f"{message}; {advice}" if advice else message)
+            if advice is None:
+                # The field is there but empty in every record, which the data can be.
+                logger.warning("%s: %s", feed.name, message)
+                continue
+            problem = f"{message}; {_sentence(advice)} {FEED_FIX}"
+            logger.warning("%s: %s", feed.name, problem)
+            if complete:
+                feed.child.add_feed_problem(problem)
+
+    def add_feed_problem(self, problem: str) -> None:
+        """Record that this stream's ``from:`` field gives no value, as a problem of the stream.
+
+        A resumed session finds the same problem again, and it is recorded once.
+
+        NOTE: the message counts the parent's records. A --retry-failed session that
+        fetches parent pages which failed before counts more, and its problem is kept
+        beside the earlier one.
+        """
+        if problem in self.state.problems:
+            return
+        self.state.problems.append(problem)
+        self.stats.problems.append(problem)
+        self._committer.record({"t": "feed", "s": self.spec.name, "problem": problem})
 
     def _close_feeds(self) -> None:
         if self._parent_values is not None:
@@ -563,6 +600,11 @@ class StreamRunner:
             self.stats.skip_reasons[reason] += 1
         for problem in final.get("problems", []):
             self.stats.problems.append(f"{final['p']}: {problem}")
+
+
+def _sentence(advice: str) -> str:
+    """Return ``advice`` ending as a sentence, so that another can follow it."""
+    return advice if advice.endswith(("?", ".")) else f"{advice}."
 
 
 def _names(spec: VaryingSpec) -> tuple[str, ...]:

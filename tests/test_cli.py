@@ -12,7 +12,7 @@ from tm_export.cli import main
 from tm_export.layout import OutputLock
 from tm_export.mock import MockServer
 
-from .conftest import PROJECTS, run_cli, run_process, write_recipe
+from .conftest import PROJECTS, data_file, run_cli, run_process, write_recipe
 
 RECIPE = """\
 version: 1
@@ -317,3 +317,36 @@ def test_invalid_output_option_refused(
     assert outcome.exit_code == 2
     assert outcome.stderr == f"tm-export: error: --output: {problem}\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt", "recipe.yaml"]
+
+
+def test_unstarted_run_takes_fixed_recipe(tmp_path: Path, mock: MockServer) -> None:
+    """A run that never got past the server check is started again with a changed recipe."""
+    recipe = write_recipe(
+        tmp_path, LOOPBACK_RECIPE.replace("10000/s", "10000/s, retries: {attempts: 1}")
+    )
+    unreachable = run_cli("run", str(recipe))
+    assert unreachable.exit_code == 1
+    write_recipe(tmp_path, RECIPE.replace("range: [1, 3]", "range: [1, 2]"))
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    out = tmp_path / "out"
+    assert (
+        f"starting the run in {out / 'runs/0001'} again with this command's recipe and options: "
+        "no earlier session got past the server and token check, so it has nothing to keep"
+    ) in outcome.stderr
+    assert sorted(path.name for path in (out / "runs").iterdir()) == ["0001"]
+    assert len(data_file(out, "stats").read_bytes().splitlines()) == 2
+
+
+def test_started_run_refuses_changed_recipe(tmp_path: Path, mock: MockServer) -> None:
+    """Once a session got past the server check, a changed recipe is refused (exit 1)."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
+    write_recipe(tmp_path, RECIPE.replace("range: [1, 3]", "range: [1, 2]"))
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 1
+    assert "this run was started by a recipe that exports something else" in outcome.stderr

@@ -379,34 +379,37 @@ class _Session:
                 folder = next_run_folder(output)
             elif manifest.exists():
                 state, extent = load_state(manifest, keep_done_pages=False)
-                self._check_recipe(manifest, state.header)
-                if state.canonical and (self.options.retry_failed or self.options.retry_skipped):
-                    raise ManifestError(
-                        f"{folder}: the run's files were rewritten in canonical order, so pages cannot "
-                        "be added to them; use --incremental or --start-over to fetch again in a new run"
-                    )
-                if not (self.options.incremental and state.finished):
-                    if self.options.incremental:
-                        logger.info(
-                            "the last run is unfinished: resuming it; --incremental starts a "
-                            "new run once it has finished"
+                if not self._restart_unstarted(folder, state):
+                    self._check_recipe(manifest, state.header)
+                    if state.canonical and (
+                        self.options.retry_failed or self.options.retry_skipped
+                    ):
+                        raise ManifestError(
+                            f"{folder}: the run's files were rewritten in canonical order, so pages cannot "
+                            "be added to them; use --incremental or --start-over to fetch again in a new run"
                         )
-                    if state.finished:
-                        self._note_finished(folder, state)
-                    elif state.sessions:
-                        logger.info("resuming the run in %s", folder)
-                    else:
-                        # A session records its entry once the preflight passes, so the
-                        # sessions before this one stopped at the preflight.
-                        logger.info(
-                            "continuing the run in %s: no earlier session got past the server "
-                            "and token check",
-                            folder,
-                        )
-                    self._load_baseline(state, output)
-                    return folder, state, Journal.open(manifest, valid_bytes=extent.valid_bytes)
-                self.baseline = read_baseline(self.recipe, runs)
-                folder = next_run_folder(output)
+                    if not (self.options.incremental and state.finished):
+                        if self.options.incremental:
+                            logger.info(
+                                "the last run is unfinished: resuming it; --incremental starts a "
+                                "new run once it has finished"
+                            )
+                        if state.finished:
+                            self._note_finished(folder, state)
+                        elif state.sessions:
+                            logger.info("resuming the run in %s", folder)
+                        else:
+                            # A session records its entry once the preflight passes, so the
+                            # sessions before this one stopped at the preflight.
+                            logger.info(
+                                "continuing the run in %s: no earlier session got past the server "
+                                "and token check",
+                                folder,
+                            )
+                        self._load_baseline(state, output)
+                        return folder, state, Journal.open(manifest, valid_bytes=extent.valid_bytes)
+                    self.baseline = read_baseline(self.recipe, runs)
+                    folder = next_run_folder(output)
             elif interrupted_bag_folder(folder) is not None:
                 raise ManifestError(
                     f"{folder}: making this run a BagIt bag was interrupted; run "
@@ -438,6 +441,45 @@ class _Session:
         journal = Journal.create(folder / MANIFEST_NAME, header)
         logger.info("starting a new run in %s", folder)
         return folder, ManifestState.replay([{"t": "run", **header}]), journal
+
+    def _restart_unstarted(self, folder: Path, state: ManifestState) -> bool:
+        """Start the run in ``folder`` again when this command does not fit it and it has
+        recorded nothing but its header; return True when it is started again.
+
+        A first attempt that stopped at the server and token check (a wrong URL, a server
+        that was down) committed nothing, so there is nothing to protect from a fixed recipe,
+        and the user need not pass --start-over to leave an empty run folder behind. The new
+        header replaces the manifest atomically after the empty data files are removed, so a
+        crash in between leaves the old manifest, which this check finds again.
+        """
+        nothing_recorded = (
+            not state.sessions
+            and not state.header.get("merged_from")
+            and not state.header.get("incremental")
+            and all(stream.pages == 0 for stream in state.streams.values())
+        )
+        if not nothing_recorded:
+            return False
+        try:
+            self._check_recipe(folder / MANIFEST_NAME, state.header)
+        except ManifestError:
+            logger.info(
+                "starting the run in %s again with this command's recipe and options: no "
+                "earlier session got past the server and token check, so it has nothing to keep",
+                folder,
+            )
+        else:
+            return False
+
+        data = folder / DATA_FOLDER
+        try:
+            for path in data.iterdir() if data.is_dir() else ():
+                path.unlink()
+        except OSError as error:
+            raise StorageError(
+                f"{data}: cannot remove an empty stream file: {error.strerror}"
+            ) from error
+        return True
 
     def _warn_other_server(self) -> None:
         """Warn when an incremental run reads from another API URL than the run before it.

@@ -795,6 +795,20 @@ def test_token_with_line_break_rejected(tmp_path: Path) -> None:
     )
 
 
+def test_token_not_ascii_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, TOKEN_RECIPE)
+
+    with pytest.raises(RecipeError) as caught:
+        resolve_token(load_recipe(path), {"TM_API_TOKEN": "a-test-k\u00e9y"})
+
+    assert str(caught.value) == (
+        f"{path}:5: instance.token_env: the environment variable TM_API_TOKEN contains a "
+        "character that is not ASCII, which an API key never has; copy the key again from "
+        "your Tasking Manager settings"
+    )
+    assert "k\u00e9y" not in str(caught.value)
+
+
 def test_token_optional_when_unneeded(tmp_path: Path) -> None:
     text = TOKEN_RECIPE.replace("  users:\n    endpoint: users\n", "")
     recipe = load_recipe(write(tmp_path, text))

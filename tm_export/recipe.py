@@ -192,7 +192,8 @@ def resolve_token(recipe: Recipe, environ: Mapping[str, str] = os.environ) -> st
 
     Raises:
         RecipeError: a stream needs a token and the variable is unset or empty, or the
-            value contains a control character such as a line break.
+            value contains a control character such as a line break, or a character that
+            is not ASCII.
     """
     variable = recipe.instance.token_env
     value = environ.get(variable, "").strip() if variable else ""
@@ -202,6 +203,14 @@ def resolve_token(recipe: Recipe, environ: Mapping[str, str] = os.environ) -> st
             raise RecipeError(
                 f"{prefix}: the environment variable {variable} contains a line break or "
                 "another control character; it must contain only the API key, on one line"
+            )
+        if not value.isascii():
+            # A TM key is base64 text, and a header with other characters is not sent as
+            # the server reads it: every request would fail, not only the token check.
+            raise RecipeError(
+                f"{prefix}: the environment variable {variable} contains a character that is "
+                "not ASCII, which an API key never has; copy the key again from your Tasking "
+                "Manager settings"
             )
         return value
 

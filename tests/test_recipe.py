@@ -60,6 +60,14 @@ EXPECTED: dict[str, str] = {
         "9: streams.task_stats.params.dates.start: invalid date '2025/01/01'; expected "
         "YYYY-MM-DD, such as 2025-01-31"
     ),
+    "date_constant_bad_format": (
+        "10: streams.task_stats.params.endDate: invalid date 'not-a-date'; expected "
+        "YYYY-MM-DD, such as 2025-01-31"
+    ),
+    "date_constant_not_in_calendar": (
+        "9: streams.task_stats.params.startDate: invalid date '2026-13-01': there is no month "
+        "13; expected a real date as YYYY-MM-DD"
+    ),
     "date_constants_too_long": (
         "10: streams.task_stats.params.endDate: startDate..endDate covers 731 days, more than"
         " the 366 that endpoint 'tasks_statistics' accepts in one request; use dates: {start:"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import difflib
+import re
 from typing import Any
 
 from . import schema
@@ -241,6 +242,20 @@ def _date(where: KeyLocator, keys: tuple[Any, ...], text: str) -> dt.date:
     raise where.error(keys, f"invalid date {text!r}: {reason}; expected a real date as YYYY-MM-DD")
 
 
+def _check_date_constant(where: KeyLocator, keys: tuple[Any, ...], text: str) -> None:
+    """Reject a date constant that the server would answer with 400 InvalidDateValue.
+
+    TM parses these parameters with ``strptime("%Y-%m-%d")``, which also takes a month or
+    day of one digit, so the same parse decides here.
+    """
+    try:
+        dt.datetime.strptime(text, "%Y-%m-%d")
+    except ValueError:
+        if re.fullmatch(r"\d{4}-\d{1,2}-\d{1,2}", text):
+            _date(where, keys, text)  # names what is wrong: no month 13, no February 30
+        raise where.error(keys, f"invalid date {text!r}; expected YYYY-MM-DD, such as 2025-01-31") from None
+
+
 def check_constant_dates(
     where: KeyLocator, keys: tuple[Any, ...], endpoint: Endpoint, constants: tuple[Constant, ...]
 ) -> None:
@@ -249,6 +264,9 @@ def check_constant_dates(
     if window is None:
         return
     values = {constant.name: constant.value for constant in constants}
+    for name in (window.start_param, window.end_param):
+        if name in values:
+            _check_date_constant(where, keys + ("params", name), str(values[name]))
     try:
         start = dt.date.fromisoformat(values[window.start_param])
         end = dt.date.fromisoformat(values[window.end_param])

@@ -322,6 +322,10 @@ EXPECTED: dict[str, str] = {
         "4: instance.retries.wait_initial: wait_initial (60 s) is longer than wait_max (30 "
         "s); expected wait_initial <= wait_max"
     ),
+    "stream_name_too_long": (
+        f"4: streams.{'s' * 120}: invalid stream name: 120 characters (it becomes the file "
+        "name STREAM.jsonl); expected at most 100"
+    ),
     "stream_name_with_dash": (
         "4: streams.all-projects: invalid stream name 'all-projects' (it becomes the file "
         "name STREAM.jsonl); expected letters, digits and _, not starting with a digit"

@@ -253,7 +253,9 @@ def _check_date_constant(where: KeyLocator, keys: tuple[Any, ...], text: str) ->
     except ValueError:
         if re.fullmatch(r"\d{4}-\d{1,2}-\d{1,2}", text):
             _date(where, keys, text)  # names what is wrong: no month 13, no February 30
-        raise where.error(keys, f"invalid date {text!r}; expected YYYY-MM-DD, such as 2025-01-31") from None
+        raise where.error(
+            keys, f"invalid date {text!r}; expected YYYY-MM-DD, such as 2025-01-31"
+        ) from None
 
 
 def check_constant_dates(

@@ -21,6 +21,8 @@ _SCALAR: dict[str, Any] = {"type": ["string", "integer", "number", "boolean"]}
 _STEP_PATTERN = r"^\s*[1-9][0-9]*\s+(day|week|month|year)s?\s*$"
 _DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 _NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+#: The longest stream name: STREAM.jsonl.zst then stays far below a file name's 255 bytes.
+STREAM_NAME_MAX = 100
 _RATE_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*/\s*s\s*$"
 _FROM_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[^.\s]+)+$"
 
@@ -246,7 +248,8 @@ RECIPE_SCHEMA: dict[str, Any] = {
             "type": "object",
             "minProperties": 1,
             "description": "a mapping of stream names to streams, at least one",
-            "propertyNames": {"pattern": _NAME_PATTERN},
+            # A name becomes a file name, which most file systems cap at 255 bytes.
+            "propertyNames": {"pattern": _NAME_PATTERN, "maxLength": STREAM_NAME_MAX},
             "additionalProperties": _STREAM,
         },
     },
@@ -292,6 +295,11 @@ def explain(error: jsonschema.ValidationError) -> tuple[tuple[Any, ...], str]:
         name = instance
         what = "stream name" if keys == ("streams",) else "name"
         reason = " (it becomes the file name STREAM.jsonl)" if keys == ("streams",) else ""
+        if error.validator == "maxLength":
+            return keys + (name,), (
+                f"invalid {what}: {len(name)} characters{reason}; expected at most "
+                f"{STREAM_NAME_MAX}"
+            )
         return keys + (name,), (
             f"invalid {what} {short_repr(name)}{reason}; expected letters, digits and _, "
             "not starting with a digit"

@@ -120,6 +120,10 @@ EXPECTED: dict[str, str] = {
         "9: streams.task_stats.params.dates: 'dates' takes a date window; expected {start: "
         "YYYY-MM-DD, end: YYYY-MM-DD, step: '1 month'}"
     ),
+    "document_marker_only": (
+        "2: (top level): the file contains no value (null), not a mapping; a recipe is a YAML "
+        "mapping with the keys version, output and streams"
+    ),
     "duplicate_param": (
         "9: streams.projects.params.projectStatuses: duplicate key; it is first defined on "
         "line 7, so remove one of them or rename it"
@@ -275,8 +279,8 @@ EXPECTED: dict[str, str] = {
         "step] with a step of 1 or more"
     ),
     "range_too_many_partitions": (
-        "6: streams.details.params: the parameters make more than 1,000,000 partitions; "
-        "narrow the ranges, lists or date windows"
+        "6: streams.details.params: the parameters make more than 1,000,000 partitions "
+        "(project_id: 20,000,000); narrow the ranges, lists or date windows"
     ),
     "rate_limit_infinite": "3: instance.rate_limit: invalid number inf; expected a finite number",
     "rate_limit_word": (

@@ -82,7 +82,9 @@ class OutputLock:
             self._file = self._path.open("a+b")
         except OSError as error:
             raise StorageError(
-                f"{self._path.parent}: cannot create the output folder: {error.strerror}"
+                f"{self._path.parent}: cannot create or write the output folder: "
+                f"{error.strerror}; choose a folder you can write to, with --output or the "
+                "recipe's output"
             ) from error
         try:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

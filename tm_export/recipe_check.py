@@ -19,7 +19,15 @@ from urllib.parse import urlsplit
 
 from . import schema
 from .catalog import CATALOG, Auth, Endpoint
-from .params import Constant, DateWindows, FromStream, ParamSpec, VaryingSpec, count_static
+from .params import (
+    Constant,
+    DateWindows,
+    FromStream,
+    ParamSpec,
+    StaticSpec,
+    VaryingSpec,
+    count_static,
+)
 from .recipe import (
     DEFAULT_BASE_URL,
     MAX_PARTITIONS,
@@ -370,11 +378,22 @@ def _check_partition_count(
 ) -> None:
     static = tuple(spec for spec in varying if not isinstance(spec, FromStream))
     if count_static(static, limit=MAX_PARTITIONS) > MAX_PARTITIONS:
+        sizes = " × ".join(_partition_size(spec) for spec in static)
         raise where.error(
             keys + ("params",),
-            f"the parameters make more than {MAX_PARTITIONS:,} partitions; narrow the ranges, "
-            "lists or date windows",
+            f"the parameters make more than {MAX_PARTITIONS:,} partitions ({sizes}); "
+            "narrow the ranges, lists or date windows",
         )
+
+
+def _partition_size(spec: StaticSpec) -> str:
+    """Describe how many values one varying parameter gives, for the partition-count error."""
+    if isinstance(spec, DateWindows):
+        # Windows are counted one by one, so the count stops just past the limit.
+        count = count_static((spec,), limit=MAX_PARTITIONS)
+        size = f"more than {MAX_PARTITIONS:,}" if count > MAX_PARTITIONS else f"{count:,}"
+        return f"{spec.start_param}..{spec.end_param}: {size}"
+    return f"{spec.name}: {count_static((spec,)):,}"
 
 
 def _check_references(where: KeyLocator, streams: Mapping[str, StreamSpec]) -> None:

@@ -97,7 +97,12 @@ def parse_yaml(path: Path, text: str) -> Any:
 
     if not isinstance(tree, dict):
         line = node.start_mark.line + 1
-        found = "a list" if isinstance(tree, list) else f"the value {schema.short_repr(str(tree))}"
+        if isinstance(tree, list):
+            found = "a list"
+        elif tree is None:
+            found = "no value (null)"
+        else:
+            found = f"the value {schema.short_repr(str(tree))}"
         raise RecipeError(
             f"{path}:{line}: (top level): the file contains {found}, not a mapping; {_RECIPE_SHAPE}"
         )

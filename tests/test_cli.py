@@ -350,3 +350,21 @@ def test_started_run_refuses_changed_recipe(tmp_path: Path, mock: MockServer) ->
 
     assert outcome.exit_code == 1
     assert "this run was started by a recipe that exports something else" in outcome.stderr
+
+
+def test_ctrl_c_while_opening_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C before the signal watch starts exits 130 with one line, no traceback."""
+    from tm_export import engine
+
+    def interrupted(self: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine._Session, "_open_run", interrupted)
+    recipe = write_recipe(tmp_path, LOOPBACK_RECIPE)
+
+    outcome = run_cli("run", str(recipe))
+
+    assert outcome.exit_code == 130
+    assert outcome.stderr == (
+        "tm-export: error: interrupted; run the same command again to resume\n"
+    )

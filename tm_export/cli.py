@@ -273,6 +273,14 @@ def run(
             result = loop.run(export, loaded, options)
     except TmExportError as error:
         fail(redactor.redact(str(error)), error.exit_code, json_logs=json_logs)
+    except KeyboardInterrupt:
+        # A Ctrl-C outside the engine's signal watch: while the run folder opens (a long
+        # manifest is read), or while it closes. Both are as safe to stop as a kill.
+        fail(
+            "interrupted; run the same command again to resume",
+            ExitCode.INTERRUPTED,
+            json_logs=json_logs,
+        )
 
     code = result.exit_code(strict=strict)
     summary = summary_json(result, code)

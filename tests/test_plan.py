@@ -154,7 +154,12 @@ def test_plan_json(tmp_path: Path) -> None:
         },
     ]
     assert plan["preflight_requests"] == 1
-    assert plan["total"] == {"requests": 13, "exact": False, "dependent_streams": ["summaries"]}
+    assert plan["total"] == {
+        "requests": 13,
+        "exact": False,
+        "dependent_streams": ["summaries"],
+        "min_seconds": 0.0,
+    }
 
 
 def test_plan_token_check_counted(tmp_path: Path) -> None:
@@ -552,3 +557,17 @@ def test_plan_two_from_fields(tmp_path: Path) -> None:
         "tasks: one partition per distinct combination of grid._partition.project_id and "
         "grid.properties.taskId in one record, known only once grid runs"
     ) in outcome.stdout.splitlines()
+
+
+def test_plan_time_at_rate_limit(tmp_path: Path) -> None:
+    """The time line divides the counted requests by the recipe's rate_limit."""
+    recipe = write_recipe(tmp_path, RECIPE.replace("rate_limit: 10000/s", "rate_limit: 0.01/s"))
+
+    outcome = run_cli("plan", str(recipe), "--json")
+    text = run_cli("plan", str(recipe))
+
+    assert json.loads(outcome.stdout)["total"]["min_seconds"] == 1300.0
+    assert text.stdout.splitlines()[-1] == (
+        "time: at least 21 min 40 s for the requests counted above, at the recipe's "
+        "rate_limit of 0.01/s; retries and the server's response times add to it"
+    )

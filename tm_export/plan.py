@@ -113,6 +113,11 @@ class Plan:
     def exact(self) -> bool:
         return not self.dependent and all(stream.exact for stream in self.streams)
 
+    @property
+    def min_seconds(self) -> float:
+        """Seconds the requests take at least, at the recipe's request budget."""
+        return self.requests / self.recipe.instance.rate_limit
+
 
 def plan_recipe(recipe: Recipe, *, token_set: bool, shard: tuple[int, int] | None = None) -> Plan:
     """Count each stream's partitions and requests without sending anything.
@@ -408,7 +413,29 @@ def format_plan(plan: Plan) -> str:
         + (", and one token check" if plan.preflight == 2 else "")
         + "; retries are not counted"
     )
+    if plan.min_seconds >= 1:
+        # Below a second the budget says nothing about how long the run takes.
+        lines.append(
+            f"time: at least {_duration(plan.min_seconds)} for the requests counted above, at the "
+            f"recipe's rate_limit of {plan.recipe.instance.rate_limit:g}/s; retries and the "
+            "server's response times add to it"
+        )
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    """Return ``seconds`` as the two largest units that matter, such as ``2 h 5 min``."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, secs = divmod(whole, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s"
 
 
 def _stream_notes(stream: StreamPlan, shard: tuple[int, int] | None) -> list[str]:
@@ -492,5 +519,6 @@ def plan_json(plan: Plan) -> dict[str, Any]:
             "requests": plan.requests,
             "exact": plan.exact,
             "dependent_streams": plan.dependent,
+            "min_seconds": round(plan.min_seconds, 1),
         },
     }

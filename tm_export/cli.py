@@ -340,7 +340,13 @@ def validate(recipe: Path) -> None:
         click.echo(f"  {name}: {spec.endpoint.name}{source}")
 
 
-@main.command(context_settings=CONTEXT_SETTINGS)
+ENDPOINTS_EXIT_CODES = """\b
+Exit codes:
+  0    the catalog was printed
+  2    invalid usage, such as an unknown option"""
+
+
+@main.command(context_settings=CONTEXT_SETTINGS, epilog=ENDPOINTS_EXIT_CODES)
 @click.option("--json", "as_json", is_flag=True, help="Print the catalog as JSON.")
 def endpoints(as_json: bool) -> None:
     """List the endpoint catalog: the names a recipe's 'endpoint' key accepts."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tm_export import __version__
@@ -368,3 +369,19 @@ def test_ctrl_c_while_opening_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert outcome.stderr == (
         "tm-export: error: interrupted; run the same command again to resume\n"
     )
+
+
+def test_unstarted_run_takes_command_compression(tmp_path: Path, mock: MockServer) -> None:
+    """A run started again after a failed server check takes this command's compression."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    first = run_cli(
+        "run", str(recipe), "--base-url", mock.base_url, "--compression", "gzip", "--shard", "1/2"
+    )
+    assert first.exit_code == 1
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--shard", "2/2")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    manifest = tmp_path / "out/runs/0001/manifest.jsonl"
+    header = orjson.loads(manifest.read_bytes().splitlines()[0])
+    assert (header["compression"], header["shard"]) == ("none", [2, 2])

@@ -171,3 +171,23 @@ def test_incremental_spooled_pages(tmp_path: Path, mock: MockServer) -> None:
     assert second.streams["activities"].records == 0
     assert [r for r in mock.requests() if "abbreviated=true" in r["query"]] == []
     assert list((tmp_path / "out/runs/0002/.spool").glob("*")) == []
+
+
+def test_deletion_check_failure_is_fatal(tmp_path: Path, mock: MockServer) -> None:
+    """A deletion check whose search fails stops the incremental run with one error line."""
+    recipe = write_recipe(tmp_path, RECIPE.replace("10000/s", "10000/s, retries: {attempts: 1}"))
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url, "--quiet"]
+    assert run_cli(*args, env=env).exit_code == 0
+    mock.add_fault(path=r"^/api/v2/projects/$", query={"omitMapResults": "false"}, status=400)
+
+    outcome = run_cli(*args, "--incremental", env=env)
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr.splitlines()[-1] == (
+        "tm-export: error: the check for projects deleted since the last run failed: GET "
+        f"{mock.api_url}/projects/?omitMapResults=false&orderBy=id&orderByType=ASC&"
+        "projectStatuses=PUBLISHED,ARCHIVED&page=1: 400 Bad Request (application/json): "
+        '{"detail":"Bad Request"}; run the same command again to resume'
+    )
+    assert "Traceback" not in outcome.stderr

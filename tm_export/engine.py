@@ -471,6 +471,9 @@ class _Session:
         else:
             return False
 
+        # A failed check may have taken the run's compression already; the new run takes
+        # the command's, as any new run does.
+        self.codec = self.options.compression or "none"
         data = folder / DATA_FOLDER
         try:
             for path in data.iterdir() if data.is_dir() else ():
@@ -626,6 +629,8 @@ class _Session:
             finally:
                 result.requests = fetcher.requests_sent
                 result.retries = fetcher.retries_done
+                for runner in runners.values():
+                    runner.close_channels()
 
         await self._close(committer, result)
 
@@ -790,8 +795,11 @@ class _Session:
 
         params = {**search.endpoint.defaults, **{c.name: c.value for c in search.constants}}
         params.update(omitMapResults="false", page="1")
-        # Read whole: a list of every project on the map can pass the spool threshold.
-        _, body = await fetcher.get_json(search.endpoint.path, params, spool=False)
+        try:
+            # Read whole: a list of every project on the map can pass the spool threshold.
+            _, body = await fetcher.get_json(search.endpoint.path, params, spool=False)
+        except RequestError as error:
+            raise _deletion_check_failed(error) from error
         features = body.get("mapResults", {}).get("features", []) if isinstance(body, dict) else []
         current = {f["properties"]["projectId"] for f in features if isinstance(f, dict)}
 
@@ -801,10 +809,13 @@ class _Session:
                     f"/projects/{project_id}/", {"abbreviated": "true"}, spool=False
                 )
             except HTTPStatusError as error:
+                # Any other status leaves the project counted as present, which loses nothing.
                 if error.status == 404:
                     committer.record({"t": "deleted", "project_id": project_id, "at": _now()})
                     result.deleted.append(project_id)
                     logger.info("project %d was archived before and is deleted now", project_id)
+            except RequestError as error:
+                raise _deletion_check_failed(error) from error
 
     def _session_entry(self, state: ManifestState, result: RunResult) -> dict[str, Any]:
         instance = self.recipe.instance
@@ -948,6 +959,14 @@ def _leaves(group: BaseExceptionGroup[FatalError]) -> Iterator[FatalError]:
             yield from _leaves(error)
         else:
             yield error
+
+
+def _deletion_check_failed(error: RequestError) -> FatalError:
+    """Return the fatal error for a check of deleted projects that got no usable answer."""
+    return FatalError(
+        f"the check for projects deleted since the last run failed: {error}; run the same "
+        "command again to resume"
+    )
 
 
 def _now() -> str:

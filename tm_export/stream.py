@@ -209,7 +209,7 @@ class StreamRunner:
             )
             self._warn_of_empty_feeds(complete=complete)
         finally:
-            self._close_feeds()
+            self.close_channels()
 
         # Reached only when every worker ended without an error.
         for feed in self._children:
@@ -271,7 +271,12 @@ class StreamRunner:
         self.stats.problems.append(problem)
         self._committer.record({"t": "feed", "s": self.spec.name, "problem": problem})
 
-    def _close_feeds(self) -> None:
+    def close_channels(self) -> None:
+        """Close the value channels from the parent stream and to the child streams.
+
+        Closing twice does nothing, so a session that stops before its streams run (a
+        failed deletion check) can close what they would have.
+        """
         if self._parent_values is not None:
             self._parent_values.close()
         for feed in self._children:
@@ -591,7 +596,7 @@ class StreamRunner:
         for partition in self.state.partitions.values():
             if partition.final is not None:
                 self._count_final(partition.final)
-        self._close_feeds()
+        self.close_channels()
 
     def _count_final(self, final: dict[str, Any]) -> None:
         self.stats.partitions[final["state"]] += 1

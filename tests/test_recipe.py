@@ -68,6 +68,11 @@ EXPECTED: dict[str, str] = {
         "9: streams.task_stats.params.startDate: invalid date '2026-13-01': there is no month "
         "13; expected a real date as YYYY-MM-DD"
     ),
+    "date_constants_one_digit_too_long": (
+        "10: streams.task_stats.params.endDate: startDate..endDate covers 731 days, more than"
+        " the 366 that endpoint 'tasks_statistics' accepts in one request; use dates: {start:"
+        " 2024-01-01, end: 2025-12-31} in place of both, and the tool splits it"
+    ),
     "date_constants_too_long": (
         "10: streams.task_stats.params.endDate: startDate..endDate covers 731 days, more than"
         " the 366 that endpoint 'tasks_statistics' accepts in one request; use dates: {start:"
@@ -360,6 +365,11 @@ EXPECTED: dict[str, str] = {
         "because it may be the API key); "
         "expected the name of the environment variable that contains the API key, such as "
         "TM_API_TOKEN. Put the variable's name here, never the key itself"
+    ),
+    "token_env_tm_key": (
+        "4: instance.token_env: the value (52 characters, not shown) looks like an API key, not "
+        "the name of an environment variable: it decodes to a user id and a token. Put the key "
+        "in a variable, such as TM_API_TOKEN, and its name here"
     ),
     "token_env_key_shaped_name": (
         "4: instance.token_env: the value (48 characters, not shown) looks like an API key, not "

@@ -169,17 +169,30 @@ def base_url_problem(url: str) -> str | None:
 
 
 def looks_like_api_key(value: str) -> bool:
-    """Tell whether ``value`` decodes as a TM API key does: base64 of ``USER_ID.TOKEN``.
+    """Tell whether ``value`` decodes as a TM API key does.
 
-    Such a value can also be a valid variable name (no ``=``, ``+`` or ``/``), and a
-    variable name never decodes to that shape.
+    A key is the base64 of a session token. TM makes the token with itsdangerous: three
+    base64url parts joined by dots, the first of them the user's id as JSON. The mock
+    server's tokens are simpler: the user id, a dot and a random token. Either shape can
+    also be a valid variable name (no ``=``, ``+`` or ``/``); a variable name never
+    decodes to one.
     """
     try:
         decoded = base64.b64decode(value, validate=True).decode("ascii")
     except (ValueError, UnicodeDecodeError):
         return False
-    user, dot, token = decoded.partition(".")
-    return bool(dot) and user.isdigit() and len(token) >= 8 and token.isprintable()
+    parts = decoded.split(".")
+    if len(parts) == 2:
+        user, token = parts
+        return user.isdigit() and len(token) >= 8 and token.isprintable()
+    if len(parts) == 3 and all(re.fullmatch(r"[A-Za-z0-9_-]+", part) for part in parts):
+        first = parts[0]
+        try:
+            payload = base64.urlsafe_b64decode(first + "=" * (-len(first) % 4)).decode("ascii")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return payload.isdigit()
+    return False
 
 
 def _check_contact(where: KeyLocator, keys: tuple[Any, ...], contact: str) -> None:

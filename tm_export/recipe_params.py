@@ -270,10 +270,11 @@ def check_constant_dates(
         if name in values:
             _check_date_constant(where, keys + ("params", name), str(values[name]))
     try:
-        start = dt.date.fromisoformat(values[window.start_param])
-        end = dt.date.fromisoformat(values[window.end_param])
-    except (KeyError, ValueError):
-        return  # not both set, or not plain dates: the server judges them
+        # Parsed as the server parses them, so 2025-1-5 counts as a date too.
+        start = dt.datetime.strptime(str(values[window.start_param]), "%Y-%m-%d").date()
+        end = dt.datetime.strptime(str(values[window.end_param]), "%Y-%m-%d").date()
+    except KeyError:
+        return  # not both set
     end_keys = keys + ("params", window.end_param)
     if end < start:
         raise where.error(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import orjson
@@ -385,3 +387,57 @@ def test_unstarted_run_takes_command_compression(tmp_path: Path, mock: MockServe
     manifest = tmp_path / "out/runs/0001/manifest.jsonl"
     header = orjson.loads(manifest.read_bytes().splitlines()[0])
     assert (header["compression"], header["shard"]) == ("none", [2, 2])
+
+
+def test_signal_while_reading_recipe(
+    tmp_path: Path, mock: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGINT before the run starts is kept, and the run then stops before sending anything."""
+    from tm_export import cli
+
+    real_load = cli.load_recipe
+
+    def load_then_interrupt(path: Path) -> object:
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_load(path)
+
+    monkeypatch.setattr(cli, "load_recipe", load_then_interrupt)
+    recipe = write_recipe(tmp_path, RECIPE)
+    mock.reset_log()
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 130
+    assert outcome.stderr == (
+        "tm-export: error: received SIGINT before the run started; nothing was sent or written\n"
+    )
+    assert mock.requests() == []
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_signal_while_opening_run(
+    tmp_path: Path, mock: MockServer, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """A signal while the run folder opens stops the run before its first request."""
+    from tm_export import engine
+
+    real_open = engine._Session._open_run
+
+    def open_then_signal(self: engine._Session) -> object:
+        os.kill(os.getpid(), getattr(signal, name))
+        return real_open(self)
+
+    monkeypatch.setattr(engine._Session, "_open_run", open_then_signal)
+    recipe = write_recipe(tmp_path, RECIPE)
+    mock.reset_log()
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 130
+    lines = outcome.stderr.splitlines()
+    assert f"tm-export: WARNING: received {name}: stopping; committed pages are kept" in lines
+    assert lines[-1] == "result: interrupted; run the same command again to resume (exit 130)"
+    assert mock.requests() == []
+    monkeypatch.undo()
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0

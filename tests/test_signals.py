@@ -238,16 +238,18 @@ def test_signal_during_canonical_skips_bag(
     assert verified.exit_code == 0, verified.stdout + verified.stderr
 
 
-def test_ctrl_c_while_importing(tmp_path: Path) -> None:
-    """Ctrl-C while the command line is imported exits 130 with one line and no traceback."""
-    # A finder that raises KeyboardInterrupt where the import of the command line starts,
-    # as a Ctrl-C in the first part of a second would.
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_signal_while_importing(tmp_path: Path, name: str) -> None:
+    """A signal while the command line is imported exits 130 with one line and no traceback."""
+    # A finder that sends the signal where the import of the command line starts, as a
+    # Ctrl-C or a job's timeout in the first part of a second would.
     program = (
-        "import sys\n"
+        "import os, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "class Interrupt:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name == 'tm_export.cli':\n"
-        "            raise KeyboardInterrupt\n"
+        f"            os.kill(os.getpid(), signal.{name})\n"
         "sys.meta_path.insert(0, Interrupt())\n"
         "from tm_export.entry import console_main\n"
         "console_main()\n"

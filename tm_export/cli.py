@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import click
 
-from . import __version__, loop
+from . import __version__, interrupts, loop
 from .catalog import CATALOG
 from .cli_options import CONTEXT_SETTINGS, RateParam, ShardParam, fail
 from .codec import CODECS, Codec
@@ -218,6 +218,9 @@ def run(
     The API token is read from the environment variable that the recipe's instance.token_env
     names; it never appears in any output or file.
     """
+    # A signal before the engine watches for one is noted, and the engine stops on it as
+    # soon as it watches (see tm_export/interrupts.py); click ends the block with the command.
+    click.get_current_context().with_resource(interrupts.deferred())
     # With --log-format json, the errors found before the run starts are JSON lines too.
     json_logs = log_format == "json"
     if incremental and start_over:
@@ -265,6 +268,12 @@ def run(
         progress_interval=progress_interval or (1.0 if live else 10.0),
     )
 
+    if interrupts.pending() is not None:
+        fail(
+            f"received {interrupts.pending()} before the run started; nothing was sent or written",
+            ExitCode.INTERRUPTED,
+            json_logs=json_logs,
+        )
     try:
         if isinstance(reporter, LiveReporter):
             with reporter:

@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import __version__
+from . import __version__, interrupts
 from .catalog import TOKEN_CHECK_PATH
 from .clock import Clock, RealClock
 from .codec import Codec, describe_codec
@@ -196,12 +196,27 @@ async def _watch_signals(
     """Call ``on_signal`` with the name of the first SIGINT or SIGTERM, then return.
 
     Started with ``TaskGroup.start``, so the handlers are in place before the caller goes on.
+    A signal noted before the watch began (see ``interrupts``) counts as the first.
     """
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        task_status.started()
-        async for received in signals:
-            on_signal(signal.Signals(received).name)
-            return
+    acted = False
+    try:
+        with anyio.open_signal_receiver(*interrupts.STOP_SIGNALS) as signals:
+            task_status.started()
+            earlier = interrupts.take_pending()
+            if earlier is not None:
+                acted = True
+                on_signal(earlier)
+                return
+            async for received in signals:
+                acted = True
+                on_signal(signal.Signals(received).name)
+                return
+    finally:
+        # Leaving the receiver puts Python's default handling back. Until the next watch a
+        # signal is noted again, unless this watch acted on one: a second Ctrl-C then stops
+        # the process at once, as a user who presses it twice expects.
+        if not acted:
+            interrupts.resume_deferring()
 
 
 class _ArchiveSteps:

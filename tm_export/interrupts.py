@@ -1,0 +1,72 @@
+"""Signals that arrive while no part of a run watches for them, kept until one does.
+
+The engine watches SIGINT and SIGTERM while it sends requests and while it describes a
+finished run. Outside those phases (reading the recipe, opening a long manifest, the step
+between the two phases) Python's default handling would act at once and at any point:
+a KeyboardInterrupt inside the event loop's start-up can be swallowed as a cancellation,
+and SIGTERM ends the process. ``deferred`` replaces that handling with a note of the
+first signal, which the next watch acts on as soon as it starts.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+#: The signals a run stops on.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+_pending: str | None = None
+_active = False
+
+
+def _note(number: int, frame: FrameType | None) -> None:
+    global _pending
+    if _pending is None:
+        _pending = signal.Signals(number).name
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Note SIGINT and SIGTERM in place of acting on them, for the ``with`` block.
+
+    The handlers in place before are put back at the end, so a command run in-process (as
+    the tests do) leaves its caller's handling as it was.
+    """
+    global _pending, _active
+    _pending = None
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    for number in STOP_SIGNALS:
+        signal.signal(number, _note)
+    _active = True
+    try:
+        yield
+    finally:
+        _active = False
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        _pending = None
+
+
+def resume_deferring() -> None:
+    """Note signals again after a watch ended without one (its handlers were removed).
+
+    Does nothing outside ``deferred``, where the default handling stays.
+    """
+    if _active:
+        for number in STOP_SIGNALS:
+            signal.signal(number, _note)
+
+
+def take_pending() -> str | None:
+    """Return the name of a signal noted since ``deferred`` began, and forget it."""
+    global _pending
+    name, _pending = _pending, None
+    return name
+
+
+def pending() -> str | None:
+    """Return the name of a signal noted since ``deferred`` began, if any."""
+    return _pending

@@ -1,8 +1,8 @@
 """The ``tm-export`` command's entry point, which imports the command line itself.
 
-Importing the command line (click, aiohttp, the engine) took about 0.35 s when measured,
-and a Ctrl-C in that time would otherwise end the process with a KeyboardInterrupt
-traceback, and a SIGTERM (a CI job's timeout) would end it by the signal. This module
+Importing the command line (click, aiohttp, the engine) took about 0.35 s when measured.
+A Ctrl-C in that time would otherwise end the process with a KeyboardInterrupt traceback,
+and a SIGTERM (a CI job's timeout) would end it by the signal. This module
 imports nothing heavy of its own, so only the interpreter's start-up (about 10 ms,
 measured the same way) comes before the handlers below.
 """

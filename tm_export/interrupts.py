@@ -2,10 +2,10 @@
 
 The engine watches SIGINT and SIGTERM while it sends requests and while it describes a
 finished run. Outside those phases (reading the recipe, opening a long manifest, the step
-between the two phases) Python's default handling would act at once and at any point:
-a KeyboardInterrupt inside the event loop's start-up can be swallowed as a cancellation,
-and SIGTERM ends the process. ``deferred`` replaces that handling with a note of the
-first signal, which the next watch acts on as soon as it starts.
+between the two phases), Python's default handling would act at once, wherever the
+program is. Under the event loop a Ctrl-C can then be taken for a cancellation and
+ignored, and a SIGTERM ends the process. ``deferred`` replaces that handling with a note
+of the first signal, which the next watch acts on as soon as it starts.
 """
 
 from __future__ import annotations

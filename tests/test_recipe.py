@@ -371,6 +371,11 @@ EXPECTED: dict[str, str] = {
         "the name of an environment variable: it decodes to a user id and a token. Put the key "
         "in a variable, such as TM_API_TOKEN, and its name here"
     ),
+    "token_env_key_unpadded": (
+        "4: instance.token_env: the value (50 characters, not shown) looks like an API key, not "
+        "the name of an environment variable: it decodes to a user id and a token. Put the key "
+        "in a variable, such as TM_API_TOKEN, and its name here"
+    ),
     "token_env_key_shaped_name": (
         "4: instance.token_env: the value (48 characters, not shown) looks like an API key, not "
         "the name of an environment variable: it decodes to a user id and a token. Put the key "

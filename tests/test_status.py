@@ -459,3 +459,45 @@ def test_status_sessions_partly_authenticated(tmp_path: Path, mock: MockServer) 
     line = next(x for x in status.stdout.splitlines() if x.startswith("sessions: 2"))
     assert "; authenticated: yes (in 1 of 2 sessions); " in line
     assert (data["authenticated"], data["authenticated_sessions"]) == (True, 1)
+
+
+def test_status_shows_partition_problems(tmp_path: Path, mock: MockServer) -> None:
+    """A partition that ended done with an integrity problem shows it in status."""
+    import urllib.request
+
+    query = "omitMapResults=true&orderBy=id&orderByType=ASC&projectStatuses=PUBLISHED,ARCHIVED"
+    number, pages = 1, 1
+    while number <= pages:
+        # Every page announces one project more than the search has.
+        with urllib.request.urlopen(f"{mock.api_url}/projects/?{query}&page={number}") as reply:
+            page = orjson.loads(reply.read())
+        pages = page["pagination"]["pages"]
+        announced = page["pagination"]["total"] + 1
+        page["pagination"]["total"] = announced
+        mock.add_fault(
+            path=r"^/api/v2/projects/$", query={"page": str(number)}, status=200, body=page
+        )
+        number += 1
+    recipe = write_recipe(
+        tmp_path,
+        """\
+        version: 1
+        instance: {rate_limit: 10000/s}
+        output: OUT
+        streams:
+          projects:
+            endpoint: projects
+            params: {projectStatuses: [PUBLISHED, ARCHIVED]}
+        """,
+    )
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet").exit_code == 3
+
+    status = run_cli("status", str(tmp_path / "out"))
+    data = orjson.loads(run_cli("status", str(tmp_path / "out"), "--json").stdout)
+
+    problem = (
+        f"{{}}: integrity: received {announced - 1} unique records where the server "
+        f"announced {announced}"
+    )
+    assert f"projects: {problem}" in status.stdout.splitlines()
+    assert data["streams"]["projects"]["problems"] == [problem]

@@ -38,7 +38,7 @@ Exit codes:
        /api/v2), a parent page that a shard could not read,
        damaged manifest, output folder in use, a command that does
        not fit the run in the folder, standard output not writable
-  2    invalid recipe or usage; nothing was sent
+  2    invalid recipe or usage; nothing was sent or written
   3    finished, but some partitions failed or an integrity check
        failed (or, with --strict, some were skipped)
   130  interrupted by SIGINT or SIGTERM; run again to resume"""

@@ -178,7 +178,9 @@ def looks_like_api_key(value: str) -> bool:
     decodes to one.
     """
     try:
-        decoded = base64.b64decode(value, validate=True).decode("ascii")
+        # A key copied without its trailing = is still the key.
+        padded = value + "=" * (-len(value) % 4)
+        decoded = base64.b64decode(padded, validate=True).decode("ascii")
     except (ValueError, UnicodeDecodeError):
         return False
     parts = decoded.split(".")

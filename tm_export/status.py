@@ -33,6 +33,8 @@ from .verify import (
 
 #: Characters of a partition's error message shown in the text report.
 ERROR_CHARS = 160
+#: Problems listed per stream in the text report; --json gives every one.
+PROBLEMS_SHOWN = 5
 
 FINAL_STATES = ("done", "skipped", "failed")
 
@@ -142,10 +144,14 @@ def run_status(paths: RunPaths, scan: ManifestScan | None = None) -> RunStatus:
         status.records = stream_state.records
         status.duplicates = stream_state.duplicates
         status.problems = list(stream_state.problems)
+        for partition_id, final in stream_state.done.items():
+            # A done partition keeps its own final entry only when it had problems.
+            status.problems.extend(f"{partition_id}: {p}" for p in final.get("problems", []))
         status.partitions["done"] += len(stream_state.done)
-        for partition in stream_state.partitions.values():
+        for partition_id, partition in stream_state.partitions.items():
             status.partitions[partition.state] += 1
             final = partition.final or {}
+            status.problems.extend(f"{partition_id}: {p}" for p in final.get("problems", []))
             if partition.state == "skipped":
                 reason = f"{final.get('status')} {final.get('sub_code') or ''}".strip()
                 status.skip_reasons[reason] += 1
@@ -313,8 +319,11 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
             lines.append(
                 f"{stream.name}: last error, partition {stream.last_error_partition}: {error}"
             )
-        for problem in stream.problems:
+        for problem in stream.problems[:PROBLEMS_SHOWN]:
             lines.append(f"{stream.name}: {problem}")
+        if len(stream.problems) > PROBLEMS_SHOWN:
+            more = len(stream.problems) - PROBLEMS_SHOWN
+            lines.append(f"{stream.name}: {more} more problems; --json lists them all")
         uncommitted = (stream.file_bytes or 0) - stream.committed_bytes
         if uncommitted > 0:
             lines.append(f"{stream.name}: {uncommitted} uncommitted bytes after the committed end")

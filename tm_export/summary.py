@@ -10,7 +10,10 @@ from .recipe import Recipe
 
 OUTCOMES = {
     ExitCode.COMPLETE: "complete",
-    ExitCode.FATAL: "stopped by a fatal error; run the same command again to resume",
+    # The error follows the summary and says what to fix: a wrong URL fails again as it is.
+    ExitCode.FATAL: (
+        "stopped by the error below; once its cause is fixed, run the same command again to resume"
+    ),
     ExitCode.FAILURES: "finished with failures",
     ExitCode.INTERRUPTED: "interrupted; run the same command again to resume",
 }

@@ -117,8 +117,9 @@ def test_rerun_requests_nothing(tmp_path: Path, mock: MockServer) -> None:
     assert second.exit_code == 0, second.stderr
     assert f"run folder: {tmp_path / 'out/runs/0001'} (already finished)\n" in second.stderr
     assert (
-        f"the run in {tmp_path / 'out/runs/0001'} is already finished: nothing is sent or "
-        "written unless --retry-failed or --retry-skipped is given" in second.stderr
+        f"the run in {tmp_path / 'out/runs/0001'} is already finished: no request is sent "
+        "unless --retry-failed or --retry-skipped is given; only the steps that describe it "
+        "(run record, --canonical, --bag) are done if they are missing" in second.stderr
     )
     assert "requests: 0, retries: 0, authenticated: yes, TM release: v5.5.2\n" in second.stderr
     assert mock.requests()[sent:] == []
@@ -131,7 +132,7 @@ def test_rerun_requests_nothing(tmp_path: Path, mock: MockServer) -> None:
     assert nothing_skipped.exit_code == 0, nothing_skipped.stderr
     assert (
         f"the run in {tmp_path / 'out/runs/0001'} is already finished and has no skipped "
-        "partitions: nothing is sent or written" in nothing_skipped.stderr
+        "partitions: no request is sent" in nothing_skipped.stderr
     )
     summary = json.loads(nothing_skipped.stdout)
     assert (summary["resumed"], summary["already_finished"], summary["requests"]) == (

@@ -534,15 +534,15 @@ class _Session:
         self.finished_before = True
         if requested:
             logger.info(
-                "the run in %s is already finished and has no %s partitions: nothing is sent "
-                "or written",
+                "the run in %s is already finished and has no %s partitions: no request is sent",
                 folder,
                 " or ".join(sorted(requested)),
             )
         else:
             logger.info(
-                "the run in %s is already finished: nothing is sent or written unless "
-                "--retry-failed or --retry-skipped is given",
+                "the run in %s is already finished: no request is sent unless --retry-failed "
+                "or --retry-skipped is given; only the steps that describe it (run record, "
+                "--canonical, --bag) are done if they are missing",
                 folder,
             )
 

@@ -424,8 +424,11 @@ def format_plan(plan: Plan) -> str:
 
 
 def _duration(seconds: float) -> str:
-    """Return ``seconds`` as the two largest units that matter, such as ``2 h 5 min``."""
-    whole = round(seconds)
+    """Return ``seconds`` as the two largest units that matter, such as ``2 h 5 min``.
+
+    Rounded down, because the figure is a lower bound.
+    """
+    whole = int(seconds)
     if whole < 60:
         return f"{whole} s"
     minutes, secs = divmod(whole, 60)

@@ -441,3 +441,30 @@ def test_signal_while_opening_run(
     assert mock.requests() == []
     monkeypatch.undo()
     assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
+
+
+def test_signal_as_streams_end(
+    tmp_path: Path, mock: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGINT the loop reads only after the streams ended stops the steps that follow."""
+    from tm_export import engine
+
+    real_run_streams = engine._Session._run_streams
+
+    async def run_then_signal(self: engine._Session, *args: object) -> None:
+        await real_run_streams(self, *args)  # type: ignore[arg-type]
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(engine._Session, "_run_streams", run_then_signal)
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 130
+    lines = outcome.stderr.splitlines()
+    assert "tm-export: WARNING: received SIGINT: stopping; committed pages are kept" in lines
+    assert lines[-1] == "result: interrupted; run the same command again to resume (exit 130)"
+    assert not (tmp_path / "out/runs/0001/run.json").exists()
+    monkeypatch.undo()
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
+    assert (tmp_path / "out/runs/0001/run.json").exists()

@@ -280,6 +280,9 @@ def run(
                 result: RunResult = loop.run(export, loaded, options)
         else:
             result = loop.run(export, loaded, options)
+        # Closing the loop put back Python's own handling; a signal during the summary is
+        # noted and left, since the run has ended.
+        interrupts.resume_deferring()
     except TmExportError as error:
         fail(redactor.redact(str(error)), error.exit_code, json_logs=json_logs)
     except KeyboardInterrupt:

@@ -10,16 +10,15 @@ import logging
 import os
 import random
 import shutil
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.abc
 
 from . import __version__, interrupts
 from .catalog import TOKEN_CHECK_PATH
@@ -190,35 +189,6 @@ async def export(recipe: Recipe, options: RunOptions) -> RunResult:
         return result
 
 
-async def _watch_signals(
-    on_signal: Callable[[str], None], *, task_status: anyio.abc.TaskStatus[None]
-) -> None:
-    """Call ``on_signal`` with the name of the first SIGINT or SIGTERM, then return.
-
-    Started with ``TaskGroup.start``, so the handlers are in place before the caller goes on.
-    A signal noted before the watch began (see ``interrupts``) counts as the first.
-    """
-    acted = False
-    try:
-        with anyio.open_signal_receiver(*interrupts.STOP_SIGNALS) as signals:
-            task_status.started()
-            earlier = interrupts.take_pending()
-            if earlier is not None:
-                acted = True
-                on_signal(earlier)
-                return
-            async for received in signals:
-                acted = True
-                on_signal(signal.Signals(received).name)
-                return
-    finally:
-        # Leaving the receiver puts Python's default handling back. Until the next watch a
-        # signal is noted again, unless this watch acted on one: a second Ctrl-C then stops
-        # the process at once, as a user who presses it twice expects.
-        if not acted:
-            interrupts.resume_deferring()
-
-
 class _ArchiveSteps:
     """The steps that describe a finished run, and a stop that a signal requests between two."""
 
@@ -268,11 +238,8 @@ async def _describe_run(recipe: Recipe, options: RunOptions, result: RunResult) 
                 step,
             )
 
-    async with anyio.create_task_group() as group:
-        if options.handle_signals:
-            await group.start(_watch_signals, on_signal)
+    with interrupts.watch(on_signal) if options.handle_signals else nullcontext():
         await anyio.to_thread.run_sync(_finish_archive, recipe, options, result, steps)
-        group.cancel_scope.cancel()
 
 
 def _finish_archive(
@@ -667,17 +634,15 @@ class _Session:
         def on_signal(name: str) -> None:
             logger.warning("received %s: stopping; committed pages are kept", name)
             result.interrupted = True
-            group.cancel_scope.cancel()
+            scope.cancel()
 
-        async with anyio.create_task_group() as group:
-            if self.options.handle_signals:
-                await group.start(_watch_signals, on_signal)
+        watching = interrupts.watch(on_signal) if self.options.handle_signals else nullcontext()
+        with anyio.CancelScope() as scope, watching:
             await self._preflight(fetcher, result)
             committer.record(self._session_entry(state, result))
             if self.baseline is not None:
                 await self._find_deleted(fetcher, state, committer, result)
             await self._run_streams(runners, committer, fetcher)
-            group.cancel_scope.cancel()
 
     def _runners(
         self, state: ManifestState, committer: Committer, fetcher: Fetcher, run_folder: Path

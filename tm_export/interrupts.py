@@ -10,8 +10,9 @@ of the first signal, which the next watch acts on as soon as it starts.
 
 from __future__ import annotations
 
+import asyncio
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -51,7 +52,7 @@ def deferred() -> Iterator[None]:
 
 
 def resume_deferring() -> None:
-    """Note signals again after a watch ended without one (its handlers were removed).
+    """Note signals again once the event loop has closed, which put back the defaults.
 
     Does nothing outside ``deferred``, where the default handling stays.
     """
@@ -70,3 +71,55 @@ def take_pending() -> str | None:
 def pending() -> str | None:
     """Return the name of a signal noted since ``deferred`` began, if any."""
     return _pending
+
+
+@contextmanager
+def watch(on_signal: Callable[[str], None]) -> Iterator[None]:
+    """Call ``on_signal`` with the name of the first SIGINT or SIGTERM while the block runs.
+
+    Must run in the event loop's thread. A signal noted before the block (see ``deferred``)
+    is passed on at once. The loop's handlers stay in place after the block, and note a
+    signal that arrives between two blocks, or that the loop reads only after a block
+    ended, for the next block. After the first signal that a block acts on, Python's
+    default handling is back, so a second Ctrl-C stops the process at once, as a user who
+    presses it twice expects.
+    """
+    global _target
+    loop = asyncio.get_running_loop()
+    for number in STOP_SIGNALS:
+        loop.add_signal_handler(number, _dispatch, loop, number)
+
+    earlier = take_pending()
+    if earlier is not None:
+        _stop_watching(loop)
+        on_signal(earlier)
+        yield
+        return
+
+    _target = on_signal
+    try:
+        yield
+    finally:
+        _target = None
+
+
+#: What the loop's handlers call while a ``watch`` block runs.
+_target: Callable[[str], None] | None = None
+
+
+def _dispatch(loop: asyncio.AbstractEventLoop, number: int) -> None:
+    global _target, _pending
+    name = signal.Signals(number).name
+    target, _target = _target, None
+    if target is None:
+        if _pending is None:
+            _pending = name
+        return
+    _stop_watching(loop)
+    target(name)
+
+
+def _stop_watching(loop: asyncio.AbstractEventLoop) -> None:
+    """Give the stop signals Python's default handling, so that the next one acts at once."""
+    for number in STOP_SIGNALS:
+        loop.remove_signal_handler(number)

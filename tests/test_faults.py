@@ -429,7 +429,7 @@ def test_server_refusing_connections_stops_run(
     assert outcome.exit_code == 1
     assert outcome.stderr.splitlines()[-3:] == [
         f"requests: 1, retries: 0, authenticated: {authenticated}, TM release: unknown",
-        "result: stopped by the error below; once its cause is fixed, run the same command "
+        "result: stopped by a fatal error; once its cause is fixed, run the same command "
         "again to resume (exit 1)",
         f"tm-export: error: cannot reach the Tasking Manager at {api_url}: GET "
         f"{api_url}/system/heartbeat/ failed: cannot connect to 127.0.0.1:{port} "

@@ -323,7 +323,8 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
             lines.append(f"{stream.name}: {problem}")
         if len(stream.problems) > PROBLEMS_SHOWN:
             more = len(stream.problems) - PROBLEMS_SHOWN
-            lines.append(f"{stream.name}: {more} more problems; --json lists them all")
+            noun = "problem" if more == 1 else "problems"
+            lines.append(f"{stream.name}: {more} more {noun}; --json lists them all")
         uncommitted = (stream.file_bytes or 0) - stream.committed_bytes
         if uncommitted > 0:
             lines.append(f"{stream.name}: {uncommitted} uncommitted bytes after the committed end")

@@ -10,9 +10,9 @@ from .recipe import Recipe
 
 OUTCOMES = {
     ExitCode.COMPLETE: "complete",
-    # The error follows the summary and says what to fix: a wrong URL fails again as it is.
+    # The error says what to fix: a wrong URL fails again as it is.
     ExitCode.FATAL: (
-        "stopped by the error below; once its cause is fixed, run the same command again to resume"
+        "stopped by a fatal error; once its cause is fixed, run the same command again to resume"
     ),
     ExitCode.FAILURES: "finished with failures",
     ExitCode.INTERRUPTED: "interrupted; run the same command again to resume",

@@ -1,11 +1,12 @@
-"""Signals that arrive while no part of a run watches for them, kept until one does.
+"""How a run stops on SIGINT and SIGTERM, whenever they come.
 
-The engine watches SIGINT and SIGTERM while it sends requests and while it describes a
-finished run. Outside those phases (reading the recipe, opening a long manifest, the step
-between the two phases), Python's default handling would act at once, wherever the
-program is. Under the event loop a Ctrl-C can then be taken for a cancellation and
-ignored, and a SIGTERM ends the process. ``deferred`` replaces that handling with a note
-of the first signal, which the next watch acts on as soon as it starts.
+The engine acts on them in two blocks (``watch``): while it sends requests, and while it
+describes a finished run. Outside those blocks (reading the recipe, opening a long
+manifest, the step between the two), Python's default handling would act at once,
+wherever the program is. Under the event loop a Ctrl-C can then be taken for a
+cancellation and ignored, and a SIGTERM ends the process. So the run command notes the
+first signal in place of that (``deferred``), and the next block acts on it as soon as it
+starts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from types import FrameType
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _pending: str | None = None
+"""The first signal noted while no block watched, by name."""
 _active = False
+"""True inside ``deferred``."""
+_target: Callable[[str], None] | None = None
+"""What the loop's handlers call while a ``watch`` block runs."""
 
 
 def _note(number: int, frame: FrameType | None) -> None:
@@ -101,10 +106,6 @@ def watch(on_signal: Callable[[str], None]) -> Iterator[None]:
         yield
     finally:
         _target = None
-
-
-#: What the loop's handlers call while a ``watch`` block runs.
-_target: Callable[[str], None] | None = None
 
 
 def _dispatch(loop: asyncio.AbstractEventLoop, number: int) -> None:

@@ -94,8 +94,10 @@ def watch(on_signal: Callable[[str], None]) -> Iterator[None]:
     for number in STOP_SIGNALS:
         loop.add_signal_handler(number, _dispatch, loop, number)
 
+    # Outside ``deferred`` (the engine used as a library) a note can only be left over from
+    # an earlier run in this process, so it is dropped.
     earlier = take_pending()
-    if earlier is not None:
+    if earlier is not None and _active:
         _stop_watching(loop)
         on_signal(earlier)
         yield

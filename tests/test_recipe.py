@@ -249,6 +249,14 @@ EXPECTED: dict[str, str] = {
     "param_yaml_tag": (
         "7: streams.details.params.project_id: unsupported YAML tag '!id'; remove the tag"
     ),
+    "path_id_boolean": (
+        "7: streams.details.params.project_id: invalid id 'true'; expected a whole number of "
+        "0 or more, such as 42"
+    ),
+    "path_id_each_fraction": (
+        "7: streams.details.params.project_id.each[1]: invalid id '1.5'; expected a whole "
+        "number of 0 or more, such as 42"
+    ),
     "path_param_list": (
         "7: streams.details.params.project_id: a path parameter takes one value, not a list; "
         "use {each: [...]} for one partition per value"

@@ -61,11 +61,12 @@ def build_param(
             )
         constant = Constant(name, render(value))
         if is_path_param:
-            _check_path_value(where, keys, constant.value)
+            _check_path_value(where, keys, constant.value, _is_id(name, endpoint))
         return constant
 
     if "each" in value:
-        return _build_each(where, keys, name, value["each"], is_path_param)
+        path_kind = None if not is_path_param else _is_id(name, endpoint)
+        return _build_each(where, keys, name, value["each"], path_kind)
     if "range" in value:
         return _build_range(where, keys + ("range",), name, value["range"])
     stream, _, field_path = value["from"].partition(".")
@@ -90,7 +91,17 @@ def _check_param_name(
     )
 
 
-def _check_path_value(where: KeyLocator, keys: tuple[Any, ...], value: str) -> None:
+def _is_id(name: str, endpoint: Endpoint) -> bool:
+    """Tell whether path parameter ``name`` of a catalog endpoint is a numeric TM id."""
+    return not is_raw(endpoint) and name.endswith("_id")
+
+
+def _check_path_value(where: KeyLocator, keys: tuple[Any, ...], value: str, is_id: bool) -> None:
+    if is_id and not value.isdigit():
+        # The server answers 404 to any other value, which the run would count as skipped.
+        raise where.error(
+            keys, f"invalid id {value!r}; expected a whole number of 0 or more, such as 42"
+        )
     if value and not any(char in value for char in "/?#"):
         return
     raise where.error(
@@ -101,8 +112,14 @@ def _check_path_value(where: KeyLocator, keys: tuple[Any, ...], value: str) -> N
 
 
 def _build_each(
-    where: KeyLocator, keys: tuple[Any, ...], name: str, raw_values: list[Any], is_path_param: bool
+    where: KeyLocator,
+    keys: tuple[Any, ...],
+    name: str,
+    raw_values: list[Any],
+    path_kind: bool | None,
 ) -> Each:
+    """Build an ``each`` parameter; ``path_kind`` is None for a query parameter, else
+    whether the path parameter is a numeric id."""
     values: list[Scalar] = []
     seen: dict[str, int] = {}
     for index, raw in enumerate(raw_values):
@@ -115,8 +132,8 @@ def _build_each(
                 f"duplicate value {raw!r} (item {seen[text] + 1} already has it); "
                 "list each value once",
             )
-        if is_path_param:
-            _check_path_value(where, item_keys, text)
+        if path_kind is not None:
+            _check_path_value(where, item_keys, text, path_kind)
         seen[text] = index
         values.append(value)
     return Each(name, tuple(values))

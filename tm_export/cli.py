@@ -218,8 +218,8 @@ def run(
     The API token is read from the environment variable that the recipe's instance.token_env
     names; it never appears in any output or file.
     """
-    # A signal before the engine watches for one is noted, and the engine stops on it as
-    # soon as it watches (see tm_export/interrupts.py); click ends the block with the command.
+    # A signal that comes before the engine watches for one is noted, and the engine stops
+    # on it once it watches (see tm_export/interrupts.py). Click ends the block with the run.
     click.get_current_context().with_resource(interrupts.deferred())
     # With --log-format json, the errors found before the run starts are JSON lines too.
     json_logs = log_format == "json"

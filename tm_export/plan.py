@@ -414,7 +414,7 @@ def format_plan(plan: Plan) -> str:
         + "; retries are not counted"
     )
     if plan.min_seconds >= 1:
-        # Below a second the budget says nothing about how long the run takes.
+        # Below a second the budget tells nothing about how long the run takes.
         lines.append(
             f"time: at least {_duration(plan.min_seconds)} for the requests counted above, at the "
             f"recipe's rate_limit of {plan.recipe.instance.rate_limit:g}/s; retries and the "

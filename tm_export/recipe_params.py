@@ -98,7 +98,7 @@ def _is_id(name: str, endpoint: Endpoint) -> bool:
 
 def _check_path_value(where: KeyLocator, keys: tuple[Any, ...], value: str, is_id: bool) -> None:
     if is_id and not value.isdigit():
-        # The server answers 404 to any other value, which the run would count as skipped.
+        # The server returns 404 for any other value, which the run would count as skipped.
         raise where.error(
             keys, f"invalid id {value!r}; expected a whole number of 0 or more, such as 42"
         )
@@ -260,7 +260,7 @@ def _date(where: KeyLocator, keys: tuple[Any, ...], text: str) -> dt.date:
 
 
 def _check_date_constant(where: KeyLocator, keys: tuple[Any, ...], text: str) -> None:
-    """Reject a date constant that the server would answer with 400 InvalidDateValue.
+    """Reject a date constant for which the server would return 400 InvalidDateValue.
 
     TM parses these parameters with ``strptime("%Y-%m-%d")``, which also takes a month or
     day of one digit, so the same parse decides here.

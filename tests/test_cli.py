@@ -241,8 +241,8 @@ def test_invalid_base_url_refused(
     assert not (tmp_path / "out").exists()
 
 
-def test_empty_base_url_variable_refused(tmp_path: Path) -> None:
-    """An empty TM_EXPORT_BASE_URL is an error, never a fall back to the production server."""
+def test_empty_base_url_variable_rejected(tmp_path: Path) -> None:
+    """An empty TM_EXPORT_BASE_URL is an error, never a fallback to the production server."""
     recipe = write_recipe(tmp_path, LOOPBACK_RECIPE)
 
     outcome = run_cli("run", str(recipe), env={"TM_EXPORT_BASE_URL": ""})
@@ -307,7 +307,7 @@ def test_rate_limit_invalid(tmp_path: Path, rate: str) -> None:
         ),
     ],
 )
-def test_invalid_output_option_refused(
+def test_invalid_output_option_rejected(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, problem: str
 ) -> None:
     """--output is checked as the recipe's output is: exit 2, nothing written."""
@@ -343,8 +343,8 @@ def test_unstarted_run_takes_fixed_recipe(tmp_path: Path, mock: MockServer) -> N
     assert len(data_file(out, "stats").read_bytes().splitlines()) == 2
 
 
-def test_started_run_refuses_changed_recipe(tmp_path: Path, mock: MockServer) -> None:
-    """Once a session got past the server check, a changed recipe is refused (exit 1)."""
+def test_started_run_rejects_changed_recipe(tmp_path: Path, mock: MockServer) -> None:
+    """Once a session got past the server check, a changed recipe is rejected (exit 1)."""
     recipe = write_recipe(tmp_path, RECIPE)
     assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
     write_recipe(tmp_path, RECIPE.replace("range: [1, 3]", "range: [1, 2]"))
@@ -355,8 +355,8 @@ def test_started_run_refuses_changed_recipe(tmp_path: Path, mock: MockServer) ->
     assert "this run was started by a recipe that exports something else" in outcome.stderr
 
 
-def test_ctrl_c_while_opening_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A Ctrl-C before the signal watch starts exits 130 with one line, no traceback."""
+def test_keyboard_interrupt_exits_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt in the run command (a second Ctrl-C) exits 130 with one line."""
     from tm_export import engine
 
     def interrupted(self: object) -> None:

@@ -94,7 +94,10 @@ SIGNALS = pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
 def test_signal_in_preflight_stops_cleanly(
     tmp_path: Path, mock: MockServer, signal_name: str, path: str, sent: int
 ) -> None:
-    """A signal during the server and token check exits 130; nothing more is sent; a rerun completes."""
+    """A signal during the server and token check exits 130 and sends nothing more.
+
+    A rerun then completes the run.
+    """
     env = {"TM_API_TOKEN": mock.tokens["admin"]}
     reference = tmp_path / "reference"
     reference.mkdir()
@@ -114,7 +117,8 @@ def test_signal_in_preflight_stops_cleanly(
     assert lines[-1] == INTERRUPTED
     assert "Traceback" not in stderr
     assert "Aborted!" not in stderr
-    # Counted on arrival; the held request is logged only once it is answered.
+    # Requests are counted on arrival, and the held one is logged only once its response
+    # is sent, so the count and not the log is compared.
     assert mock.request_count - before == sent
     manifest = (tmp_path / "out/runs/0001/manifest.jsonl").read_text()
     assert '"t":"session"' not in manifest.replace(" ", "")
@@ -130,7 +134,7 @@ def test_signal_in_preflight_stops_cleanly(
 def test_signal_in_deletion_check_stops_cleanly(
     tmp_path: Path, mock: MockServer, signal_name: str
 ) -> None:
-    """A signal during an incremental run's deletion check exits 130; a rerun completes it."""
+    """A signal during an incremental run's deletion check exits 130, and a rerun completes it."""
     env = {"TM_API_TOKEN": mock.tokens["admin"]}
     reference = tmp_path / "reference"
     reference.mkdir()

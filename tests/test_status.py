@@ -12,6 +12,7 @@ from tm_export.layout import OutputLock
 from tm_export.mock import MockServer
 
 from .conftest import run_cli, write_recipe
+from .test_faults import PROJECTS_RECIPE
 
 STOPPED_RECIPE = """\
 version: 1
@@ -426,7 +427,7 @@ def test_status_two_from_fields(tmp_path: Path, mock: MockServer) -> None:
 
 
 def test_status_sessions_partly_authenticated(tmp_path: Path, mock: MockServer) -> None:
-    """An anonymous session, then one with a token: status says how many sessions had one."""
+    """An anonymous session, then one with a token: status counts the sessions with a token."""
     recipe = write_recipe(
         tmp_path,
         """\
@@ -478,18 +479,7 @@ def test_status_shows_partition_problems(tmp_path: Path, mock: MockServer) -> No
             path=r"^/api/v2/projects/$", query={"page": str(number)}, status=200, body=page
         )
         number += 1
-    recipe = write_recipe(
-        tmp_path,
-        """\
-        version: 1
-        instance: {rate_limit: 10000/s}
-        output: OUT
-        streams:
-          projects:
-            endpoint: projects
-            params: {projectStatuses: [PUBLISHED, ARCHIVED]}
-        """,
-    )
+    recipe = write_recipe(tmp_path, PROJECTS_RECIPE)
     assert run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet").exit_code == 3
 
     status = run_cli("status", str(tmp_path / "out"))

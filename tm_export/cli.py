@@ -268,9 +268,9 @@ def run(
         progress_interval=progress_interval or (1.0 if live else 10.0),
     )
 
-    if interrupts.pending() is not None:
+    if (name := interrupts.pending()) is not None:
         fail(
-            f"received {interrupts.pending()} before the run started; nothing was sent or written",
+            f"received {name} before the run started; nothing was sent or written",
             ExitCode.INTERRUPTED,
             json_logs=json_logs,
         )
@@ -286,8 +286,8 @@ def run(
     except TmExportError as error:
         fail(redactor.redact(str(error)), error.exit_code, json_logs=json_logs)
     except KeyboardInterrupt:
-        # A Ctrl-C outside the engine's signal watch: while the run folder opens (a long
-        # manifest is read), or while it closes. Both are as safe to stop as a kill.
+        # A second Ctrl-C after the engine acted on the first one (see interrupts.watch), or
+        # one in the moment the event loop closes. Stopping at any point is as safe as a kill.
         fail(
             "interrupted; run the same command again to resume",
             ExitCode.INTERRUPTED,

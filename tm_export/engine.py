@@ -13,7 +13,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,8 +238,16 @@ async def _describe_run(recipe: Recipe, options: RunOptions, result: RunResult) 
                 step,
             )
 
-    with interrupts.watch(on_signal) if options.handle_signals else nullcontext():
+    with _watch_signals(options, on_signal):
         await anyio.to_thread.run_sync(_finish_archive, recipe, options, result, steps)
+
+
+def _watch_signals(
+    options: RunOptions, on_signal: Callable[[str], None]
+) -> AbstractContextManager[None]:
+    """Return the watch of SIGINT and SIGTERM for a block, or no watch without
+    ``handle_signals`` (the engine used in-process, as the tests do)."""
+    return interrupts.watch(on_signal) if options.handle_signals else nullcontext()
 
 
 def _finish_archive(
@@ -361,8 +369,7 @@ class _Session:
                 folder = next_run_folder(output)
             elif manifest.exists():
                 state, extent = load_state(manifest, keep_done_pages=False)
-                if not self._restart_unstarted(folder, state):
-                    self._check_recipe(manifest, state.header)
+                if not self._check_or_restart(folder, state):
                     if state.canonical and (
                         self.options.retry_failed or self.options.retry_skipped
                     ):
@@ -424,42 +431,49 @@ class _Session:
         logger.info("starting a new run in %s", folder)
         return folder, ManifestState.replay([{"t": "run", **header}]), journal
 
-    def _restart_unstarted(self, folder: Path, state: ManifestState) -> bool:
-        """Start the run in ``folder`` again when this command does not fit it and it has
-        recorded nothing but its header; return True when it is started again.
+    def _check_or_restart(self, folder: Path, state: ManifestState) -> bool:
+        """Check that this command fits the run in ``folder``, or start that run again.
+
+        Returns True when the run is started again, which happens only when it has recorded
+        nothing but its header.
 
         A first attempt that stopped at the server and token check (a wrong URL, a server
-        that was down) committed nothing, so there is nothing to protect from a fixed recipe,
-        and the user need not pass --start-over to leave an empty run folder behind. The new
-        header replaces the manifest atomically after the empty data files are removed, so a
-        crash in between leaves the old manifest, which this check finds again.
+        that was down) committed nothing. So a fixed recipe may replace it, and the user need
+        not pass --start-over and leave an empty run folder behind. The empty data files are
+        removed first and the new header then replaces the manifest atomically, so a crash in
+        between leaves the old manifest, which this check finds again.
+
+        Raises:
+            ManifestError: the command does not fit a run that recorded more than its header.
         """
-        nothing_recorded = (
-            not state.sessions
-            and not state.header.get("merged_from")
-            and not state.header.get("incremental")
-            and all(stream.pages == 0 for stream in state.streams.values())
-        )
-        if not nothing_recorded:
-            return False
         try:
             self._check_recipe(folder / MANIFEST_NAME, state.header)
         except ManifestError:
-            logger.info(
-                "starting the run in %s again with this command's recipe and options: no "
-                "earlier session got past the server and token check, so it has nothing to keep",
-                folder,
+            nothing_recorded = (
+                not state.sessions
+                and not state.header.get("merged_from")
+                and not state.header.get("incremental")
+                and all(stream.pages == 0 for stream in state.streams.values())
             )
+            if not nothing_recorded:
+                raise
         else:
             return False
 
-        # A failed check may have taken the run's compression already; the new run takes
-        # the command's, as any new run does.
+        logger.info(
+            "starting the run in %s again with this command's recipe and options: no earlier "
+            "session got past the server and token check, so it has nothing to keep",
+            folder,
+        )
+
+        # A failed check may have set the run's compression already, so it is reset: the new
+        # run takes the command's, as any new run does.
         self.codec = self.options.compression or "none"
         data = folder / DATA_FOLDER
         try:
-            for path in data.iterdir() if data.is_dir() else ():
-                path.unlink()
+            if data.is_dir():
+                for path in data.iterdir():
+                    path.unlink()
         except OSError as error:
             raise StorageError(
                 f"{data}: cannot remove an empty stream file: {error.strerror}"
@@ -636,8 +650,7 @@ class _Session:
             result.interrupted = True
             scope.cancel()
 
-        watching = interrupts.watch(on_signal) if self.options.handle_signals else nullcontext()
-        with anyio.CancelScope() as scope, watching:
+        with anyio.CancelScope() as scope, _watch_signals(self.options, on_signal):
             await self._preflight(fetcher, result)
             committer.record(self._session_entry(state, result))
             if self.baseline is not None:
@@ -699,9 +712,7 @@ class _Session:
         except TransportError as error:
             raise unreachable(self.options.base_url, error, "run again to resume") from error
         except HTTPStatusError as error:
-            if error.status != 404:
-                logger.warning("could not read the server's release: %s", error)
-            else:
+            if error.status == 404:
                 # Every TM API has this path, so a 404 means the URL is not an API root, and
                 # each export request would be a 404 too, recorded as a skipped partition.
                 base_url = self.options.base_url
@@ -710,6 +721,7 @@ class _Session:
                     "the root of a Tasking Manager API; give the URL that ends in /api/v2, "
                     "then run again"
                 ) from error
+            logger.warning("could not read the server's release: %s", error)
         except RequestError as error:
             logger.warning("could not read the server's release: %s", error)
 
@@ -942,7 +954,7 @@ def _leaves(group: BaseExceptionGroup[FatalError]) -> Iterator[FatalError]:
 
 
 def _deletion_check_failed(error: RequestError) -> FatalError:
-    """Return the fatal error for a check of deleted projects that got no usable answer."""
+    """Return the fatal error for a check of deleted projects that got no usable response."""
     return FatalError(
         f"the check for projects deleted since the last run failed: {error}; run the same "
         "command again to resume"

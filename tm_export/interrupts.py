@@ -1,4 +1,4 @@
-"""How a run stops on SIGINT and SIGTERM, whenever they come.
+"""Stopping a run on SIGINT and SIGTERM, whenever they come.
 
 The engine acts on them in two blocks (``watch``): while it sends requests, and while it
 describes a finished run. Outside those blocks (reading the recipe, opening a long
@@ -25,7 +25,7 @@ _pending: str | None = None
 _active = False
 """True inside ``deferred``."""
 _target: Callable[[str], None] | None = None
-"""What the loop's handlers call while a ``watch`` block runs."""
+"""The callback that the loop's handlers call while a ``watch`` block runs."""
 
 
 def _note(number: int, frame: FrameType | None) -> None:
@@ -111,6 +111,7 @@ def watch(on_signal: Callable[[str], None]) -> Iterator[None]:
 
 
 def _dispatch(loop: asyncio.AbstractEventLoop, number: int) -> None:
+    """Pass a signal to the running ``watch`` block, or note it for the next one."""
     global _target, _pending
     name = signal.Signals(number).name
     target, _target = _target, None

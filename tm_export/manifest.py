@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,14 @@ class StreamState:
     problems: list[str] = field(default_factory=list)
     """Problems of the stream as a whole, from its ``feed`` entries, each message once: a
     ``from:`` field that names no value in any record of the parent stream."""
+
+    def finals(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield the id and final entry of every finished partition, those kept in ``done``
+        (see ``ManifestState.replay``) included."""
+        for partition_id, partition in self.partitions.items():
+            if partition.final is not None:
+                yield partition_id, partition.final
+        yield from self.done.items()
 
     def partition(self, partition_id: str) -> PartitionState:
         state = self.partitions.get(partition_id)

@@ -136,7 +136,7 @@ class PageWriter:
                         )
         except (ijson.JSONError, ijson.IncompleteJSONError) as error:
             lines.unlink(missing_ok=True)
-            raise ShapeError(f"the response body is not valid JSON: {error}") from error
+            raise ShapeError.not_json(error) from error
 
         try:
             if not walk.scout:

@@ -27,7 +27,6 @@ from .errors import FatalError, HTTPStatusError, RequestError, TransportError, u
 from .fetcher import Fetcher
 from .http import HttpSession
 from .params import (
-    FromStream,
     Partition,
     count_static,
     count_written,
@@ -67,8 +66,9 @@ class StreamPlan:
     name: str
     endpoint: str
     paginated: bool
-    parent: str | None
-    """``STREAM.FIELD`` whose values make this stream's partitions, for a dependent stream."""
+    sources: tuple[str, ...]
+    """``STREAM.FIELD`` of each ``from`` parameter, whose values make the partitions of a
+    dependent stream; empty for a stream whose partitions the recipe gives."""
     partitions: int | None
     """Exact partition count, or None for a dependent stream."""
     per_parent_value: int
@@ -80,8 +80,11 @@ class StreamPlan:
     probe: ProbeCounts | None = None
     read_only: int = 0
     """Partitions another shard writes that this shard fetches for its child streams' values."""
-    sources: tuple[str, ...] = ()
-    """``STREAM.FIELD`` of each ``from`` parameter of a dependent stream."""
+
+    @property
+    def parent(self) -> str | None:
+        """``STREAM.FIELD`` of the first ``from`` parameter, for a dependent stream."""
+        return self.sources[0] if self.sources else None
 
     @property
     def fetched(self) -> int:
@@ -128,23 +131,17 @@ def plan_recipe(recipe: Recipe, *, token_set: bool, shard: tuple[int, int] | Non
     streams = []
     for name, spec in recipe.streams.items():
         per_value = count_static(spec.static)
-        parent = spec.parent
-        if parent is not None:
+        if spec.sources:
             streams.append(
                 StreamPlan(
                     name,
                     spec.endpoint.name,
                     spec.endpoint.paginated,
-                    f"{parent.stream}.{parent.field}",
+                    spec.sources,
                     None,
                     per_value,
                     None,
                     exact=False,
-                    sources=tuple(
-                        f"{spec.stream}.{spec.field}"
-                        for spec in spec.varying
-                        if isinstance(spec, FromStream)
-                    ),
                 )
             )
             continue
@@ -156,7 +153,7 @@ def plan_recipe(recipe: Recipe, *, token_set: bool, shard: tuple[int, int] | Non
                 name,
                 spec.endpoint.name,
                 spec.endpoint.paginated,
-                None,
+                (),
                 written,
                 per_value,
                 written + read_only,
@@ -414,7 +411,7 @@ def format_plan(plan: Plan) -> str:
         + "; retries are not counted"
     )
     if plan.min_seconds >= 1:
-        # Below a second the budget tells nothing about how long the run takes.
+        # Below a second the budget is no guide to how long the run takes.
         lines.append(
             f"time: at least {_duration(plan.min_seconds)} for the requests counted above, at the "
             f"recipe's rate_limit of {plan.recipe.instance.rate_limit:g}/s; retries and the "

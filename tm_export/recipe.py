@@ -92,6 +92,13 @@ class StreamSpec:
         return None
 
     @property
+    def sources(self) -> tuple[str, ...]:
+        """``STREAM.FIELD`` of each ``from`` parameter, in the recipe's order."""
+        return tuple(
+            f"{spec.stream}.{spec.field}" for spec in self.varying if isinstance(spec, FromStream)
+        )
+
+    @property
     def static(self) -> tuple[StaticSpec, ...]:
         """The varying parameters whose values are known before the run starts."""
         return tuple(spec for spec in self.varying if not isinstance(spec, FromStream))

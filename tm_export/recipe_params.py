@@ -61,12 +61,11 @@ def build_param(
             )
         constant = Constant(name, render(value))
         if is_path_param:
-            _check_path_value(where, keys, constant.value, _is_id(name, endpoint))
+            _check_path_value(where, keys, constant.value, name, endpoint)
         return constant
 
     if "each" in value:
-        path_kind = None if not is_path_param else _is_id(name, endpoint)
-        return _build_each(where, keys, name, value["each"], path_kind)
+        return _build_each(where, keys, name, value["each"], endpoint)
     if "range" in value:
         return _build_range(where, keys + ("range",), name, value["range"])
     stream, _, field_path = value["from"].partition(".")
@@ -91,12 +90,11 @@ def _check_param_name(
     )
 
 
-def _is_id(name: str, endpoint: Endpoint) -> bool:
-    """Tell whether path parameter ``name`` of a catalog endpoint is a numeric TM id."""
-    return not is_raw(endpoint) and name.endswith("_id")
-
-
-def _check_path_value(where: KeyLocator, keys: tuple[Any, ...], value: str, is_id: bool) -> None:
+def _check_path_value(
+    where: KeyLocator, keys: tuple[Any, ...], value: str, name: str, endpoint: Endpoint
+) -> None:
+    # The catalog's ``_id`` path parameters are numeric TM ids. A raw path's can be anything.
+    is_id = not is_raw(endpoint) and name.endswith("_id")
     if is_id and not value.isdigit():
         # The server returns 404 for any other value, which the run would count as skipped.
         raise where.error(
@@ -112,14 +110,9 @@ def _check_path_value(where: KeyLocator, keys: tuple[Any, ...], value: str, is_i
 
 
 def _build_each(
-    where: KeyLocator,
-    keys: tuple[Any, ...],
-    name: str,
-    raw_values: list[Any],
-    path_kind: bool | None,
+    where: KeyLocator, keys: tuple[Any, ...], name: str, raw_values: list[Any], endpoint: Endpoint
 ) -> Each:
-    """Build an ``each`` parameter; ``path_kind`` is None for a query parameter, else
-    whether the path parameter is a numeric id."""
+    is_path_param = name in endpoint.path_params
     values: list[Scalar] = []
     seen: dict[str, int] = {}
     for index, raw in enumerate(raw_values):
@@ -132,8 +125,8 @@ def _build_each(
                 f"duplicate value {raw!r} (item {seen[text] + 1} already has it); "
                 "list each value once",
             )
-        if path_kind is not None:
-            _check_path_value(where, item_keys, text, path_kind)
+        if is_path_param:
+            _check_path_value(where, item_keys, text, name, endpoint)
         seen[text] = index
         values.append(value)
     return Each(name, tuple(values))

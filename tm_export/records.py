@@ -19,6 +19,11 @@ PARTITION_KEY = "_partition"
 class ShapeError(ValueError):
     """A response body does not have the shape the endpoint promises."""
 
+    @classmethod
+    def not_json(cls, error: Exception) -> ShapeError:
+        """Return the error for a body that a JSON parser rejected with ``error``."""
+        return cls(f"the response body is not valid JSON: {error}")
+
 
 class KeySet:
     """The record keys seen in one partition, compact for the common case of integer ids.

@@ -196,15 +196,7 @@ def _partition_lists(check: RunCheck, stream: str) -> dict[str, list[dict[str, A
     problems: list[dict[str, Any]] = [
         {"partition": None, "problem": problem} for problem in stream_state.problems
     ]
-    finals = [
-        (partition_id, partition.final)
-        for partition_id, partition in stream_state.partitions.items()
-        if partition.final is not None
-    ]
-    # Partitions that ended done are kept apart (see ``ManifestState.replay``), and they
-    # can have problems too.
-    finals += list(stream_state.done.items())
-    finals.sort(key=lambda item: item[0])
+    finals = sorted(stream_state.finals(), key=lambda item: item[0])
     for partition_id, final in finals:
         values = orjson.loads(partition_id)
         if final["state"] == "skipped":

@@ -21,7 +21,8 @@ _SCALAR: dict[str, Any] = {"type": ["string", "integer", "number", "boolean"]}
 _STEP_PATTERN = r"^\s*[1-9][0-9]*\s+(day|week|month|year)s?\s*$"
 _DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 _NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-#: The longest stream name: STREAM.jsonl.zst then stays far below a file name's 255 bytes.
+#: Maximum length of a stream name, so that STREAM.jsonl.zst stays far below the 255 bytes
+#: that most file systems allow in a file name.
 STREAM_NAME_MAX = 100
 _RATE_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*/\s*s\s*$"
 _FROM_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[^.\s]+)+$"

@@ -79,10 +79,9 @@ class StreamStatus:
     """Partition and record counts of one stream."""
 
     name: str
-    parent: str | None
-    """``STREAM.FIELD`` of a dependent stream, whose partitions come from its parent."""
-    sources: tuple[str, ...] = ()
-    """``STREAM.FIELD`` of each ``from`` parameter of a dependent stream."""
+    sources: tuple[str, ...]
+    """``STREAM.FIELD`` of each ``from`` parameter of a dependent stream, whose partitions
+    come from its parent; empty for other streams."""
     partitions: Counter[str] = field(default_factory=Counter)
     """Counts by state: done, skipped, failed and pending (known so far)."""
     pending_final: bool = True
@@ -95,7 +94,13 @@ class StreamStatus:
     last_error_partition: str | None = None
     skip_reasons: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
-    """Problems of the stream as a whole, such as a ``from:`` field that gives no value."""
+    """Problems of the stream as a whole (a ``from:`` field that gives no value), then those
+    of its partitions as ``PARTITION: problem``."""
+
+    @property
+    def parent(self) -> str | None:
+        """``STREAM.FIELD`` of the first ``from`` parameter, for a dependent stream."""
+        return self.sources[0] if self.sources else None
 
 
 @dataclass(slots=True)
@@ -140,18 +145,16 @@ def run_status(paths: RunPaths, scan: ManifestScan | None = None) -> RunStatus:
     for name, stream_state in state.streams.items():
         description = descriptions.get(name, {})
         sources = tuple(spec["from"] for spec in description.get("varying", []) if "from" in spec)
-        status = StreamStatus(name, sources[0] if sources else None, sources=sources)
+        status = StreamStatus(name, sources)
         status.records = stream_state.records
         status.duplicates = stream_state.duplicates
         status.problems = list(stream_state.problems)
-        for partition_id, final in stream_state.done.items():
-            # A done partition keeps its own final entry only when it had problems.
+        for partition_id, final in stream_state.finals():
             status.problems.extend(f"{partition_id}: {p}" for p in final.get("problems", []))
         status.partitions["done"] += len(stream_state.done)
-        for partition_id, partition in stream_state.partitions.items():
+        for partition in stream_state.partitions.values():
             status.partitions[partition.state] += 1
             final = partition.final or {}
-            status.problems.extend(f"{partition_id}: {p}" for p in final.get("problems", []))
             if partition.state == "skipped":
                 reason = f"{final.get('status')} {final.get('sub_code') or ''}".strip()
                 status.skip_reasons[reason] += 1

@@ -493,7 +493,7 @@ class StreamRunner:
                     try:
                         body = orjson.loads(response.spool.read_bytes())
                     except orjson.JSONDecodeError as error:
-                        raise ShapeError(f"the response body is not valid JSON: {error}") from error
+                        raise ShapeError.not_json(error) from error
                     result, records = self._pages.write(
                         walk, number, body, for_children=for_children
                     )

@@ -10,7 +10,7 @@ from .recipe import Recipe
 
 OUTCOMES = {
     ExitCode.COMPLETE: "complete",
-    # The error says what to fix: a wrong URL fails again as it is.
+    # The error message names the cause, which must be fixed first: a wrong URL fails again.
     ExitCode.FATAL: (
         "stopped by a fatal error; once its cause is fixed, run the same command again to resume"
     ),

@@ -468,3 +468,31 @@ def test_signal_as_streams_end(
     monkeypatch.undo()
     assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
     assert (tmp_path / "out/runs/0001/run.json").exists()
+
+
+def test_keyboard_interrupt_in_other_commands_exits_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C in a command other than run exits 130 with one line, not click's "Aborted!"."""
+    from tm_export import cli_archive
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_archive, "find_runs", interrupted)
+    monkeypatch.setattr(cli_archive, "write_run_record", interrupted)
+    (tmp_path / "runs/0001").mkdir(parents=True)
+
+    verify = run_cli("verify", str(tmp_path))
+    record = run_cli("record", str(tmp_path))
+
+    assert (verify.exit_code, verify.stdout, verify.stderr) == (
+        130,
+        "",
+        "tm-export: error: interrupted\n",
+    )
+    assert (record.exit_code, record.stdout, record.stderr) == (
+        130,
+        "",
+        "tm-export: error: interrupted; run the same command again to finish\n",
+    )

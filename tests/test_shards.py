@@ -678,3 +678,40 @@ def test_merge_keeps_feed_problem_once(tmp_path: Path, mock: MockServer) -> None
         "run", str(recipe), "--base-url", mock.api_url, "--output", str(tmp_path / "merged")
     )
     assert rerun.exit_code == 3, rerun.stderr
+
+
+def test_interrupted_merge_leaves_output_unchanged(
+    tmp_path: Path, mock: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C during a merge exits 130 and leaves no run behind, so the same command then
+    merges; a folder left by a killed merge is deleted by the next one."""
+    from tm_export import merge
+
+    shards = export_shards(tmp_path, mock, 2)
+    output = tmp_path / "merged"
+    original = merge.write_run_record
+
+    def interrupted(run_folder: Path, *args: object, **kwargs: object) -> Path:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(merge, "write_run_record", interrupted)
+    stopped = run_cli("merge", str(output), *map(str, shards))
+    monkeypatch.setattr(merge, "write_run_record", original)
+    killed = output / "runs/.0001.merging"
+    (killed / "data").mkdir(parents=True)
+    (killed / "manifest.jsonl").write_bytes(b"{}\n")
+
+    merged = run_cli("merge", str(output), *map(str, shards))
+
+    assert stopped.exit_code == 130
+    assert stopped.stderr == (
+        "tm-export: error: interrupted; run the same command again to finish\n"
+    )
+    assert merged.exit_code == 0, merged.stderr
+    assert merged.stderr == (
+        f"tm-export: WARNING: deleting {killed}, left by a merge that did not finish\n"
+    )
+    assert sorted(path.name for path in (output / "runs").iterdir()) == ["0001"]
+    record = orjson.loads((output / "runs/0001/run.json").read_bytes())
+    assert record["run"] == "0001"
+    assert run_cli("verify", str(output)).exit_code == 0

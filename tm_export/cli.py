@@ -57,10 +57,30 @@ Exit codes:
        made canonical, overlaps OUTPUT or another shard, or the last run
        in OUTPUT is unfinished or of another recipe; nothing was written
   3    a shard's files do not match its manifest, run record or bag;
-       nothing was written"""
+       nothing was written
+  130  interrupted by Ctrl-C; nothing was written"""
 
 
-@click.group(context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES)
+#: Commands that change files. Each one leaves what it changes whole at every point, so an
+#: interrupted one is finished by running it again.
+CHANGING_COMMANDS = frozenset({"bag", "canonical", "merge", "record"})
+
+
+class CommandGroup(click.Group):
+    """The ``tm-export`` group, which gives every command the exit code of an interruption."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # click would print "Aborted!" and exit 1, the code of a fatal error. The run
+            # command handles a Ctrl-C itself, so this covers every other command.
+            if ctx.invoked_subcommand in CHANGING_COMMANDS:
+                fail("interrupted; run the same command again to finish", ExitCode.INTERRUPTED)
+            fail("interrupted", ExitCode.INTERRUPTED)
+
+
+@click.group(cls=CommandGroup, context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="tm-export")
 def main() -> None:
     """Export HOT Tasking Manager API data to JSON Lines, resumably and exactly once.

@@ -44,37 +44,42 @@ from .verify import (
 
 PLAN_EXIT_CODES = """\b
 Exit codes:
-  0  the plan was printed
-  1  with --probe: the server rejected the token, asked for too long a
-     wait, or could not be reached
-  2  invalid recipe or usage; nothing was sent"""
+  0    the plan was printed
+  1    with --probe: the server rejected the token, asked for too long a
+       wait, or could not be reached
+  2    invalid recipe or usage; nothing was sent
+  130  interrupted by Ctrl-C"""
 
 READ_EXIT_CODES = """\b
 Exit codes:
-  0  the report was printed
-  1  a manifest is damaged and cannot be read
-  2  invalid usage, or DIR is not an output or a run folder"""
+  0    the report was printed
+  1    a manifest is damaged and cannot be read
+  2    invalid usage, or DIR is not an output or a run folder
+  130  interrupted by Ctrl-C"""
 
 VERIFY_EXIT_CODES = """\b
 Exit codes:
-  0  every file matches what the manifest proves
-  1  a manifest is damaged and cannot be read
-  2  invalid usage, or DIR is not an output or a run folder
-  3  a mismatch: the report names each file"""
+  0    every file matches what the manifest proves
+  1    a manifest is damaged and cannot be read
+  2    invalid usage, or DIR is not an output or a run folder
+  3    a mismatch: the report names each file
+  130  interrupted by Ctrl-C"""
 
 CHANGE_EXIT_CODES = """\b
 Exit codes:
-  0  done
-  1  a manifest is damaged, the output folder is in use, or a write failed
-  2  invalid usage: DIR is not a run folder, or the run is unfinished or a bag
-  3  a file does not match the manifest, so nothing was changed"""
+  0    done
+  1    a manifest is damaged, the output folder is in use, or a write failed
+  2    invalid usage: DIR is not a run folder, or the run is unfinished or a bag
+  3    a file does not match the manifest, so nothing was changed
+  130  interrupted by Ctrl-C; the same command finishes the change"""
 
 RECORD_EXIT_CODES = """\b
 Exit codes:
-  0  done; an unfinished run gets a record too, with no outcome
-  1  a manifest is damaged, the output folder is in use, or a write failed
-  2  invalid usage: DIR is not a run folder, or the run is a bag
-  3  a file does not match the manifest, so nothing was changed"""
+  0    done; an unfinished run gets a record too, with no outcome
+  1    a manifest is damaged, the output folder is in use, or a write failed
+  2    invalid usage: DIR is not a run folder, or the run is a bag
+  3    a file does not match the manifest, so nothing was changed
+  130  interrupted by Ctrl-C; the same command finishes the change"""
 
 DIR_ARGUMENT = click.argument(
     "folder", metavar="DIR", type=click.Path(path_type=Path, file_okay=False)

@@ -11,6 +11,11 @@ then writes a new run folder whose stream files are the shards' files one after 
 and whose manifest contains every shard's sessions, deleted projects, stream problems and
 page entries, with the byte ranges moved to the new offsets.
 
+The merged run is built in a hidden folder beside the runs (``runs/.NNNN.merging``) and
+renamed to its number once its files, manifest and run record are complete. So an
+interrupted merge never leaves a half-written run that would block the next merge or run;
+the next merge deletes what it left.
+
 The merged run starts when the earliest shard started, so that an incremental run after it
 requests everything updated since then, and ends when the last shard ended.
 """
@@ -38,12 +43,16 @@ from .layout import (
     list_runs,
     next_run_folder,
     run_codec,
+    runs_folder,
     stream_path,
 )
 from .runrecord import require_verified, write_run_record
 from .verify import RunPaths, check_run, find_runs, scan_manifest
 
 logger = logging.getLogger("tm_export.merge")
+
+#: The end of the name of a merged run's folder while it is being written.
+BUILDING_SUFFIX = ".merging"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +104,21 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
         require_verified(check_run(shard.paths), "so no shard was merged")
 
     with OutputLock(output):
+        _remove_unfinished_merges(output)
         run_folder = next_run_folder(output)
-        (run_folder / "data").mkdir(parents=True)
-        records = _write(run_folder, sorted(shards, key=lambda shard: shard.index))
-        # The merged run is finished, so it describes itself as a finished run does.
-        write_run_record(run_folder)
+        building = run_folder.with_name(f".{run_folder.name}{BUILDING_SUFFIX}")
+        try:
+            (building / "data").mkdir(parents=True)
+            records = _write(building, sorted(shards, key=lambda shard: shard.index))
+            # The merged run is finished, so it describes itself as a finished run does.
+            write_run_record(building, run_name=run_folder.name)
+            fsync_folder(building)
+            building.rename(run_folder)
+        except BaseException:
+            # A Ctrl-C included: the output folder is left as it was.
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+        fsync_folder(run_folder.parent)
     failed = _failed_partitions(shards)
     if failed:
         total = sum(len(ids) for ids in failed.values())
@@ -110,6 +129,16 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
             _retry_command(shards, output),
         )
     return MergeResult(run_folder=run_folder, records=records, failed=failed)
+
+
+def _remove_unfinished_merges(output: Path) -> None:
+    """Delete the folders of merges that were killed before their run was complete."""
+    runs = runs_folder(output)
+    if not runs.is_dir():
+        return
+    for folder in runs.glob(f".*{BUILDING_SUFFIX}"):
+        logger.warning("deleting %s, left by a merge that did not finish", folder)
+        shutil.rmtree(folder)
 
 
 def _failed_partitions(shards: list[Shard]) -> dict[str, list[str]]:

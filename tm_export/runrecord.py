@@ -67,12 +67,17 @@ class RunDamagedError(TmExportError):
 
 
 def write_run_record(
-    run_folder: Path, recipe: Recipe | None = None, result: RunResult | None = None
+    run_folder: Path,
+    recipe: Recipe | None = None,
+    result: RunResult | None = None,
+    *,
+    run_name: str | None = None,
 ) -> Path:
     """Verify a run and write its run record atomically; return the record's path.
 
     ``recipe`` and ``result``, when the engine passes them, are checked to belong to this
-    run. The record itself is built from the manifest and the files alone. The caller must
+    run. ``run_name`` is the name the record gives the run, for a run built under another
+    name and renamed once complete (a merge); by default the folder's own name. The record itself is built from the manifest and the files alone. The caller must
     keep other writers away: the engine holds the output lock, and ``tm-export record``
     takes it.
 
@@ -99,7 +104,10 @@ def write_run_record(
         raise ValueError(f"the result belongs to {result.run_folder}, not to {paths.folder}")
     require_verified(check, "no run record was written")
 
-    data = orjson.dumps(build_run_record(check), option=orjson.OPT_INDENT_2) + b"\n"
+    record = build_run_record(check)
+    if run_name is not None:
+        record["run"] = run_name
+    data = orjson.dumps(record, option=orjson.OPT_INDENT_2) + b"\n"
     # A record with the same bytes stays as it is, file times included.
     if not (paths.record.is_file() and paths.record.read_bytes() == data):
         write_atomically(paths.record, data)

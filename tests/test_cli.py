@@ -280,9 +280,9 @@ def test_rate_limit_forms(tmp_path: Path, mock: MockServer, rate: str) -> None:
     assert '"rate_limit":5000.0' in manifest
 
 
-@pytest.mark.parametrize("rate", ["0/s", "abc", "10/min", "-1", "inf"])
+@pytest.mark.parametrize("rate", ["0/s", "abc", "10/min", "-1", "inf", "0.009", "1e-10/s"])
 def test_rate_limit_invalid(tmp_path: Path, rate: str) -> None:
-    """A --rate-limit that is not a rate greater than 0 is a usage error that names the forms."""
+    """A --rate-limit that is not a rate of at least 0.01 is a usage error that names the forms."""
     recipe = write_recipe(tmp_path, RECIPE)
 
     outcome = run_cli(
@@ -291,8 +291,8 @@ def test_rate_limit_invalid(tmp_path: Path, rate: str) -> None:
 
     assert outcome.exit_code == 2
     assert outcome.stderr.splitlines()[-1] == (
-        f"Error: Invalid value for '--rate-limit': {rate!r} is not a rate greater than 0, "
-        "such as 10 or 2.5/s"
+        f"Error: Invalid value for '--rate-limit': {rate!r} is not a rate of at least 0.01 "
+        "requests per second, such as 10 or 2.5/s"
     )
 
 

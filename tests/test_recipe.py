@@ -287,6 +287,10 @@ EXPECTED: dict[str, str] = {
         "7: streams.details.params.project_id.range: the range ends (1) before it starts "
         "(100); expected [first, last] with first <= last"
     ),
+    "range_negative_id": (
+        "7: streams.details.params.project_id.range: invalid first id -5; expected ids of 0 or "
+        "more, such as [1, 500]"
+    ),
     "range_step_zero": (
         "7: streams.details.params.project_id.range: invalid step 0; expected [first, last, "
         "step] with a step of 1 or more"
@@ -298,11 +302,15 @@ EXPECTED: dict[str, str] = {
     "rate_limit_infinite": "3: instance.rate_limit: invalid number inf; expected a finite number",
     "rate_limit_word": (
         "3: instance.rate_limit: invalid rate 'fast'; expected requests per second for the "
-        "whole run, a number greater than 0 such as 10 or 2.5/s"
+        "whole run, a number of at least 0.01 such as 10 or 2.5/s"
     ),
     "rate_limit_zero": (
-        "3: instance.rate_limit: invalid rate '0/s': it must be greater than 0; expected "
-        "requests per second, such as 10 or 2.5/s"
+        "3: instance.rate_limit: invalid rate '0/s': it must be at least 0.01 requests per "
+        "second (one request in 100 s); expected requests per second, such as 10 or 2.5/s"
+    ),
+    "rate_limit_tiny": (
+        "3: instance.rate_limit: invalid value 1e-10; expected requests per second for the "
+        "whole run, a number of at least 0.01 such as 10 or 2.5/s"
     ),
     "raw_path_and_endpoint": (
         "6: streams.projects.path: 'path' belongs to a raw path, but this stream names a "

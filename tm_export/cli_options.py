@@ -12,6 +12,7 @@ import click
 
 from .errors import TmExportError
 from .logs import json_line
+from .schema import MIN_RATE_LIMIT
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -60,6 +61,11 @@ class RateParam(click.ParamType):  # type: ignore[type-arg]
             rate = float(per_second.group(1) if per_second else text)
         except ValueError:
             rate = math.nan
-        if not (math.isfinite(rate) and rate > 0):
-            self.fail(f"{value!r} is not a rate greater than 0, such as 10 or 2.5/s", param, ctx)
+        if not (math.isfinite(rate) and rate >= MIN_RATE_LIMIT):
+            self.fail(
+                f"{value!r} is not a rate of at least {MIN_RATE_LIMIT} requests per second, "
+                "such as 10 or 2.5/s",
+                param,
+                ctx,
+            )
         return rate

@@ -39,6 +39,7 @@ from .recipe import (
 )
 from .recipe_params import build_param, check_constant_dates, is_raw
 from .recipe_yaml import KeyLocator
+from .schema import MIN_RATE_LIMIT
 
 # --- structural validation -----------------------------------------------------------
 
@@ -210,11 +211,12 @@ def _check_contact(where: KeyLocator, keys: tuple[Any, ...], contact: str) -> No
 def _rate(where: KeyLocator, keys: tuple[Any, ...], value: float | str) -> float:
     """Return a rate limit as requests per second; the schema has checked its form."""
     rate = float(value.split("/")[0]) if isinstance(value, str) else float(value)
-    if rate <= 0:
+    if rate < MIN_RATE_LIMIT:
         raise where.error(
             keys,
-            f"invalid rate {value!r}: it must be greater than 0; expected requests per second, "
-            "such as 10 or 2.5/s",
+            f"invalid rate {value!r}: it must be at least {MIN_RATE_LIMIT} requests per second "
+            f"(one request in {1 / MIN_RATE_LIMIT:.0f} s); expected requests per second, such "
+            "as 10 or 2.5/s",
         )
     return rate
 

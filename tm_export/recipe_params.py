@@ -67,7 +67,7 @@ def build_param(
     if "each" in value:
         return _build_each(where, keys, name, value["each"], endpoint)
     if "range" in value:
-        return _build_range(where, keys + ("range",), name, value["range"])
+        return _build_range(where, keys + ("range",), name, value["range"], endpoint)
     stream, _, field_path = value["from"].partition(".")
     return FromStream(name, stream, field_path)
 
@@ -90,12 +90,18 @@ def _check_param_name(
     )
 
 
+def _is_tm_id(name: str, endpoint: Endpoint) -> bool:
+    """Tell whether a parameter is a numeric TM id: a catalog endpoint's ``_id`` path parameter.
+
+    A raw path's parameters can be anything.
+    """
+    return not is_raw(endpoint) and name in endpoint.path_params and name.endswith("_id")
+
+
 def _check_path_value(
     where: KeyLocator, keys: tuple[Any, ...], value: str, name: str, endpoint: Endpoint
 ) -> None:
-    # The catalog's ``_id`` path parameters are numeric TM ids. A raw path's can be anything.
-    is_id = not is_raw(endpoint) and name.endswith("_id")
-    if is_id and not value.isdigit():
+    if _is_tm_id(name, endpoint) and not value.isdigit():
         # The server returns 404 for any other value, which the run would count as skipped.
         raise where.error(
             keys, f"invalid id {value!r}; expected a whole number of 0 or more, such as 42"
@@ -133,7 +139,7 @@ def _build_each(
 
 
 def _build_range(
-    where: KeyLocator, keys: tuple[Any, ...], name: str, bounds: list[int]
+    where: KeyLocator, keys: tuple[Any, ...], name: str, bounds: list[int], endpoint: Endpoint
 ) -> IntRange:
     # JSON Schema counts 2.0 as an integer, so the bounds may arrive as floats.
     start, stop = int(bounds[0]), int(bounds[1])
@@ -147,6 +153,11 @@ def _build_range(
             keys,
             f"the range ends ({stop}) before it starts ({start}); expected [first, last] "
             "with first <= last",
+        )
+    if start < 0 and _is_tm_id(name, endpoint):
+        # The server returns 404 for a negative id, which the run would count as skipped.
+        raise where.error(
+            keys, f"invalid first id {start}; expected ids of 0 or more, such as [1, 500]"
         )
     return IntRange(name, start, stop, step)
 

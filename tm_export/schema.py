@@ -21,6 +21,9 @@ _SCALAR: dict[str, Any] = {"type": ["string", "integer", "number", "boolean"]}
 _STEP_PATTERN = r"^\s*[1-9][0-9]*\s+(day|week|month|year)s?\s*$"
 _DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 _NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+#: The minimum rate limit, in requests per second. A run at a lower rate would take days for
+#: a few thousand requests, which is more likely a typo than a plan.
+MIN_RATE_LIMIT = 0.01
 #: Maximum length of a stream name, so that STREAM.jsonl.zst stays far below the 255 bytes
 #: that most file systems allow in a file name.
 STREAM_NAME_MAX = 100
@@ -174,9 +177,9 @@ _INSTANCE: dict[str, Any] = {
         "rate_limit": {
             "type": ["string", "number"],
             "pattern": _RATE_PATTERN,
-            "exclusiveMinimum": 0,
+            "minimum": MIN_RATE_LIMIT,
             "description": "requests per second for the whole run, "
-            "a number greater than 0 such as 10 or 2.5/s",
+            f"a number of at least {MIN_RATE_LIMIT} such as 10 or 2.5/s",
         },
         "timeouts": _TIMEOUTS,
         "retries": _RETRIES,

@@ -715,3 +715,55 @@ def test_interrupted_merge_leaves_output_unchanged(
     record = orjson.loads((output / "runs/0001/run.json").read_bytes())
     assert record["run"] == "0001"
     assert run_cli("verify", str(output)).exit_code == 0
+
+
+def test_merge_again_writes_only_after_change(tmp_path: Path, mock: MockServer) -> None:
+    """Merging the same unchanged shards again writes nothing; once a shard has fetched its
+    failed partitions again, the next merge writes a new run."""
+    text = RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, retries: {attempts: 1}}")
+    recipe = write_recipe(tmp_path, text)
+    mock.add_fault(path=r"^/api/v2/projects/8/statistics/$", status=500)
+    shards = [tmp_path / f"shard-{index}" for index in (1, 2)]
+    for index, folder in enumerate(shards, start=1):
+        run_shard(recipe, mock.api_url, f"{index}/2", folder)
+    mock.clear_faults()
+    output = tmp_path / "merged"
+    first = run_cli("merge", str(output), *map(str, shards))
+
+    again = run_cli("merge", str(output), *map(str, shards))
+    for index, folder in enumerate(shards, start=1):
+        retried = run_shard(recipe, mock.api_url, f"{index}/2", folder, "--retry-failed")
+        assert retried.exit_code == 0, retried.stderr
+    after_retry = run_cli("merge", str(output), *map(str, shards))
+
+    assert first.exit_code == 0, first.stderr
+    assert first.stdout.splitlines()[0] == f"merged run: {output / 'runs/0001'}"
+    assert (again.exit_code, again.stderr) == (0, "")
+    assert again.stdout == (
+        f"already merged: {output / 'runs/0001'} is a merge of these shards as they are now, "
+        f"so nothing was written; 'tm-export status {output / 'runs/0001'}' shows what it "
+        "holds\n"
+    )
+    assert (after_retry.exit_code, after_retry.stderr) == (0, "")
+    assert after_retry.stdout.splitlines()[0] == f"merged run: {output / 'runs/0002'}"
+    assert sorted(path.name for path in (output / "runs").iterdir()) == ["0001", "0002"]
+    assert "state: complete" in run_cli("status", str(output)).stdout
+
+
+def test_merge_refuses_shard_with_unended_retry(tmp_path: Path, mock: MockServer) -> None:
+    """A shard that finished, was run again with --retry-failed and was killed is unfinished."""
+    shards = export_shards(tmp_path, mock, 2)
+    manifest = shards[1] / "runs/0001/manifest.jsonl"
+    entries = [orjson.loads(line) for line in manifest.read_bytes().splitlines()]
+    session = next(entry for entry in entries if entry["t"] == "session")
+    with manifest.open("ab") as file:
+        file.write(orjson.dumps(session) + b"\n")
+
+    outcome = run_cli("merge", str(tmp_path / "merged"), *map(str, shards))
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr.startswith(
+        f"tm-export: error: {shards[1] / 'runs/0001'}: shard 2/2 has not finished; run it to "
+        "the end first, with the command that made it"
+    )
+    assert not (tmp_path / "merged").exists()

@@ -23,6 +23,7 @@ requests everything updated since then, and ends when the last shard ended.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
 import shlex
@@ -82,6 +83,8 @@ class MergeResult:
     records: dict[str, int]
     failed: dict[str, list[str]]
     """Per stream, the ids of the partitions whose final state in their shard is failed."""
+    already_merged: bool = False
+    """True when ``run_folder`` is an earlier merge of the same shards, unchanged since."""
 
 
 def merge(output: Path, sources: list[Path]) -> MergeResult:
@@ -95,13 +98,18 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
         RunDamagedError: a shard's files do not match its manifest, run record or bag;
             nothing is written then.
     """
-    shards = [_read_shard(source) for source in sources]
+    shards = sorted((_read_shard(source) for source in sources), key=lambda shard: shard.index)
     _check(shards)
-    _check_output(output, shards)
+    last = _check_output(output, shards)
     _warn_other_servers(shards)
     for shard in shards:
         # Copying a damaged shard would give it a new, matching SHA-256 in the merged run.
         require_verified(check_run(shard.paths), "so no shard was merged")
+    fingerprints = [_fingerprint(shard) for shard in shards]
+    if last is not None and _merged_alike(last[1], shards, fingerprints):
+        # A retried CI job merges again: a second copy of the same run would only hide the
+        # first from the next run, and the first may have changed since (--retry-failed).
+        return MergeResult(last[0], records={}, failed={}, already_merged=True)
 
     with OutputLock(output):
         _remove_unfinished_merges(output)
@@ -109,16 +117,17 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
         building = run_folder.with_name(f".{run_folder.name}{BUILDING_SUFFIX}")
         try:
             (building / "data").mkdir(parents=True)
-            records = _write(building, sorted(shards, key=lambda shard: shard.index))
+            _write(building, shards, fingerprints)
             # The merged run is finished, so it describes itself as a finished run does.
             write_run_record(building, run_name=run_folder.name)
             fsync_folder(building)
             building.rename(run_folder)
         except BaseException:
-            # A Ctrl-C included: the output folder is left as it was.
+            # Any exception, a Ctrl-C included, leaves the output folder as it was.
             shutil.rmtree(building, ignore_errors=True)
             raise
         fsync_folder(run_folder.parent)
+
     failed = _failed_partitions(shards)
     if failed:
         total = sum(len(ids) for ids in failed.values())
@@ -128,7 +137,31 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
             "it" if total == 1 else "them",
             _retry_command(shards, output),
         )
-    return MergeResult(run_folder=run_folder, records=records, failed=failed)
+    return MergeResult(run_folder=run_folder, records=_record_counts(shards), failed=failed)
+
+
+def _fingerprint(shard: Shard) -> str:
+    """Return the SHA-256 of a shard's manifest, which changes whenever its run does."""
+    with shard.paths.manifest.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def _merged_alike(header: dict[str, Any], shards: list[Shard], fingerprints: list[str]) -> bool:
+    """Tell whether a run's manifest ``header`` is that of a merge of these shards as they are."""
+    return (
+        header.get("merged_from") == [str(shard.folder) for shard in shards]
+        and header.get("merged_manifests") == fingerprints
+    )
+
+
+def _record_counts(shards: list[Shard]) -> dict[str, int]:
+    """Return the records of each stream, in the recipe's order, summed over the shards."""
+    records = dict.fromkeys(shards[0].header["streams"], 0)
+    for shard in shards:
+        for entry in shard.entries:
+            if entry["t"] == "page":
+                records[entry["s"]] += entry["records"]
+    return records
 
 
 def _remove_unfinished_merges(output: Path) -> None:
@@ -211,8 +244,7 @@ def _read_shard(source: Path) -> Shard:
         raise RecipeError(
             f"{folder}: this run was not made with --shard, so there is nothing to merge"
         )
-    ends = [entry for entry in entries if entry["t"] == "end"]
-    if not ends:
+    if _last_end(entries) is None:
         options = ["--shard", f"{shard[0]}/{shard[1]}", "--output", os.path.abspath(source)]
         command = _run_command(entries, options, "the shard ran in")
         raise RecipeError(
@@ -228,6 +260,21 @@ def _read_shard(source: Path) -> Shard:
             "--start-over), then run 'tm-export canonical' on the merged run"
         )
     return Shard(paths=paths, index=shard[0], count=shard[1], entries=entries)
+
+
+def _last_end(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Return the end entry of a run's last session, or None when that session has not ended.
+
+    A run that ended and was then resumed (``--retry-failed``) and killed has an end entry
+    only before its last session.
+    """
+    for entry in reversed(entries):
+        if entry["t"] == "end":
+            end: dict[str, Any] = entry
+            return end
+        if entry["t"] == "session":
+            return None
+    return None
 
 
 def _check(shards: list[Shard]) -> None:
@@ -314,8 +361,11 @@ def _earlier_runs(shard: Shard) -> int:
     return len(baseline["previous"]) if baseline else 0
 
 
-def _check_output(output: Path, shards: list[Shard]) -> None:
-    """Refuse an output folder that overlaps a shard, or whose last run the merge would hide."""
+def _check_output(output: Path, shards: list[Shard]) -> tuple[Path, dict[str, Any]] | None:
+    """Refuse an output folder that overlaps a shard, or whose last run the merge would hide.
+
+    Returns the last run's folder and manifest header, or None when there is no run yet.
+    """
     target = output.resolve()
     for shard in shards:
         home = (shard.paths.output or shard.folder).resolve()
@@ -327,7 +377,7 @@ def _check_output(output: Path, shards: list[Shard]) -> None:
 
     runs = find_runs(output) if list_runs(output) else []
     if not runs:
-        return
+        return None
     last = scan_manifest(runs[-1])
     if last.state.header.get("recipe_hash") != shards[0].header["recipe_hash"]:
         raise RecipeError(
@@ -340,9 +390,10 @@ def _check_output(output: Path, shards: list[Shard]) -> None:
             f"{runs[-1].folder}: this run is unfinished, and a merged run beside it would hide "
             "it from the next run of its command; finish it first, or give another output folder"
         )
+    return runs[-1].folder, last.state.header
 
 
-def _write(run_folder: Path, shards: list[Shard]) -> dict[str, int]:
+def _write(run_folder: Path, shards: list[Shard], fingerprints: list[str]) -> None:
     header = {
         key: value for key, value in shards[0].header.items() if key not in ("t", "format", "shard")
     }
@@ -351,6 +402,7 @@ def _write(run_folder: Path, shards: list[Shard]) -> dict[str, int]:
         started=min(shard.header["started"] for shard in shards),
         merged_at=_now(),
         merged_from=[str(shard.folder) for shard in shards],
+        merged_manifests=fingerprints,
         version=__version__,
     )
     incremental = _merged_baseline(shards)
@@ -360,7 +412,6 @@ def _write(run_folder: Path, shards: list[Shard]) -> dict[str, int]:
 
     streams = list(header["streams"])
     offsets = dict.fromkeys(streams, 0)
-    records = dict.fromkeys(streams, 0)
     outcome = "complete"
     ended = ""
     deleted: set[int] = set()
@@ -384,7 +435,6 @@ def _write(run_folder: Path, shards: list[Shard]) -> dict[str, int]:
                         end=entry["end"] + offsets[entry["s"]],
                     )
                     with_entries.append(moved)
-                    records[entry["s"]] += entry["records"]
                 elif entry["t"] in ("part", "session"):
                     with_entries.append(entry)
                 elif entry["t"] == "deleted" and entry["project_id"] not in deleted:
@@ -398,8 +448,10 @@ def _write(run_folder: Path, shards: list[Shard]) -> dict[str, int]:
                     with_entries.append(entry)
                 elif entry["t"] == "end":
                     ended = max(ended, str(entry.get("at", "")))
-                    if entry.get("outcome") != "complete":
-                        outcome = "failures"
+            # A shard run again with --retry-failed ends its last session complete, even
+            # though an earlier session ended with failures.
+            if (_last_end(shard.entries) or {}).get("outcome") != "complete":
+                outcome = "failures"
             for name in streams:
                 offsets[name] = targets[name].tell()
         for target in targets.values():
@@ -414,7 +466,6 @@ def _write(run_folder: Path, shards: list[Shard]) -> dict[str, int]:
     with_entries.append(end)
     journal.append(with_entries)
     journal.close()
-    return records
 
 
 def _merged_baseline(shards: list[Shard]) -> dict[str, Any] | None:
@@ -444,6 +495,11 @@ def _now() -> str:
 
 def describe(result: MergeResult) -> str:
     """Return a short text report of a merge."""
+    if result.already_merged:
+        return (
+            f"already merged: {result.run_folder} is a merge of these shards as they are now, "
+            f"so nothing was written; 'tm-export status {result.run_folder}' shows what it holds"
+        )
     lines = [f"merged run: {result.run_folder}"]
     lines += [
         f"  {name}: {count} record{'s' if count != 1 else ''}"

@@ -565,3 +565,77 @@ def test_from_empty_field_is_complete(tmp_path: Path, mock: MockServer) -> None:
     record = json.loads((run / "run.json").read_text())
     assert record["outcome"] == "complete"
     assert record["streams"]["managers"]["problems"] == []
+
+
+STATS_RECIPE = """\
+version: 1
+instance: {rate_limit: 10000/s, retries: {attempts: 1}}
+output: OUT
+streams:
+  stats:
+    endpoint: project_statistics
+    params: {project_id: {range: [1, 5]}}
+"""
+
+
+def test_stopped_retry_session_is_resumed(tmp_path: Path, mock: MockServer) -> None:
+    """A --retry-failed session on a finished run that stopped before its end leaves the run
+    unfinished: the next run resumes it, cuts the uncommitted bytes and ends it."""
+    recipe = write_recipe(tmp_path, STATS_RECIPE)
+    mock.add_fault(path=r"^/api/v2/projects/3/statistics/$", status=500)
+    first = run_cli("run", str(recipe), "--base-url", mock.api_url)
+    run = tmp_path / "out/runs/0001"
+    manifest = run / "manifest.jsonl"
+    session = next(
+        orjson.loads(line) for line in manifest.read_bytes().splitlines() if b'"session"' in line
+    )
+    with manifest.open("ab") as file:
+        file.write(orjson.dumps(dict(session, retry_failed=True)) + b"\n")
+    committed = data_file(tmp_path / "out", "stats").read_bytes()
+    with data_file(tmp_path / "out", "stats").open("ab") as file:
+        file.write(b'{"_partition":{"project_id":3},"uncommitted":')
+
+    status = run_cli("status", str(run))
+    resumed = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert first.exit_code == 3, first.stderr
+    assert "state: unfinished" in status.stdout
+    assert resumed.exit_code == 3, resumed.stderr
+    assert f"resuming the run in {run}" in resumed.stderr
+    assert data_file(tmp_path / "out", "stats").read_bytes() == committed
+    ends = [line for line in manifest.read_bytes().splitlines() if b'"t":"end"' in line]
+    assert len(ends) == 2
+    assert "state: finished with failures" in run_cli("status", str(run)).stdout
+    assert run_cli("verify", str(run)).exit_code == 0
+
+
+def test_retry_without_earlier_token_refused(tmp_path: Path, mock: MockServer) -> None:
+    """A session without a token does not continue a run whose earlier session sent one."""
+    text = STATS_RECIPE.replace("retries:", "token_env: TM_API_TOKEN, retries:")
+    recipe = write_recipe(tmp_path, text)
+    token = {"TM_API_TOKEN": mock.tokens["admin"]}
+    mock.add_fault(path=r"^/api/v2/projects/3/statistics/$", status=500, times=1)
+    first = run_cli("run", str(recipe), "--base-url", mock.api_url, env=token)
+    manifest = tmp_path / "out/runs/0001/manifest.jsonl"
+    before = manifest.read_bytes()
+    sent = len(mock.requests())
+
+    anonymous = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, "--retry-failed", env={"TM_API_TOKEN": ""}
+    )
+    sent_anonymously = mock.requests()[sent:]
+    with_token = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, "--retry-failed", env=token
+    )
+
+    assert first.exit_code == 3, first.stderr
+    assert anonymous.exit_code == 2
+    assert anonymous.stderr.splitlines()[-1] == (
+        f"tm-export: error: {tmp_path / 'out/runs/0001'}: 1 earlier session of this run sent "
+        "an API token, and TM_API_TOKEN is not set or empty now, so this session would skip "
+        "the private projects they could read; export TM_API_TOKEN and run the same command "
+        "again, or give --start-over for an anonymous run in a new folder"
+    )
+    assert sent_anonymously == []
+    assert with_token.exit_code == 0, with_token.stderr
+    assert manifest.read_bytes().startswith(before)

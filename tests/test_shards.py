@@ -767,3 +767,69 @@ def test_merge_refuses_shard_with_unended_retry(tmp_path: Path, mock: MockServer
         "the end first, with the command that made it"
     )
     assert not (tmp_path / "merged").exists()
+
+
+def test_shard_after_stopped_retry_resumes(tmp_path: Path, mock: MockServer) -> None:
+    """A shard whose --retry-failed session stopped before its end is unfinished everywhere:
+    merge names the retry command, and running it ends the shard so that merge takes it."""
+    text = RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, retries: {attempts: 1}}")
+    recipe = write_recipe(tmp_path, text)
+    mock.add_fault(path=r"^/api/v2/projects/8/statistics/$", status=500)
+    shards = [tmp_path / f"shard-{index}" for index in (1, 2)]
+    for index, folder in enumerate(shards, start=1):
+        run_shard(recipe, mock.api_url, f"{index}/2", folder)
+    failing = next(
+        folder
+        for folder in shards
+        if b'"state":"failed"' in (folder / "runs/0001/manifest.jsonl").read_bytes()
+    )
+    index = shards.index(failing) + 1
+    manifest = failing / "runs/0001/manifest.jsonl"
+    session = next(
+        orjson.loads(line) for line in manifest.read_bytes().splitlines() if b'"session"' in line
+    )
+    with manifest.open("ab") as file:
+        file.write(orjson.dumps(dict(session, retry_failed=True)) + b"\n")
+    mock.clear_faults()
+
+    refused = run_cli("merge", str(tmp_path / "merged"), *map(str, shards))
+    status = run_cli("status", str(failing))
+    resumed = run_shard(recipe, mock.api_url, f"{index}/2", failing, "--retry-failed")
+    merged = run_cli("merge", str(tmp_path / "merged"), *map(str, shards))
+
+    assert refused.exit_code == 2
+    assert refused.stderr == (
+        f"tm-export: error: {failing / 'runs/0001'}: shard {index}/2 has not finished; run it "
+        f"to the end first, with the command that made it: tm-export run {recipe} --base-url "
+        f"{mock.api_url} --shard {index}/2 --output {failing} --retry-failed\n"
+    )
+    assert "state: unfinished" in status.stdout
+    assert resumed.exit_code == 0, resumed.stderr
+    assert (merged.exit_code, merged.stderr) == (0, "")
+    assert "state: complete" in run_cli("status", str(tmp_path / "merged")).stdout
+
+
+def test_merged_status_names_newest_session(tmp_path: Path, mock: MockServer) -> None:
+    """status of a merged run names the session that started last, not the last shard's."""
+    shards = export_shards(tmp_path, mock, 2)
+    # Shard 2 ran an hour before shard 1, as a matrix job that started early would.
+    manifest = shards[1] / "runs/0001/manifest.jsonl"
+    entries = [orjson.loads(line) for line in manifest.read_bytes().splitlines()]
+    for entry in entries:
+        if entry["t"] == "session":
+            moved = dt.datetime.fromisoformat(entry["at"].replace("Z", "+00:00"))
+            entry["at"] = (moved - dt.timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+    manifest.write_bytes(b"".join(orjson.dumps(entry) + b"\n" for entry in entries))
+    (shards[1] / "runs/0001/run.json").unlink()
+    assert run_cli("record", str(shards[1] / "runs/0001")).exit_code == 0
+    first = next(
+        orjson.loads(line)
+        for line in (shards[0] / "runs/0001/manifest.jsonl").read_bytes().splitlines()
+        if b'"t":"session"' in line
+    )
+    assert run_cli("merge", str(tmp_path / "merged"), *map(str, shards)).exit_code == 0
+
+    status = run_cli("status", str(tmp_path / "merged"))
+
+    line = next(x for x in status.stdout.splitlines() if x.startswith("sessions: 2"))
+    assert line.startswith(f"sessions: 2, the last started {first['at']}; ")

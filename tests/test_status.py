@@ -458,7 +458,7 @@ def test_status_sessions_partly_authenticated(tmp_path: Path, mock: MockServer) 
     data = orjson.loads(run_cli("status", str(tmp_path / "out"), "--json").stdout)
 
     line = next(x for x in status.stdout.splitlines() if x.startswith("sessions: 2"))
-    assert "; authenticated: yes (in 1 of 2 sessions); " in line
+    assert "; authenticated: in 1 of 2 sessions, including the last; " in line
     assert (data["authenticated"], data["authenticated_sessions"]) == (True, 1)
 
 

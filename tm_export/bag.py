@@ -33,6 +33,7 @@ from . import __version__
 from .canonical import remove_leftovers
 from .errors import StorageError
 from .layout import DATA_FOLDER, MANIFEST_NAME
+from .manifest import latest_session
 from .runrecord import write_run_record
 from .verify import (
     BAG_DECLARATION,
@@ -86,7 +87,7 @@ def make_run_bag(run_folder: Path) -> RunPaths:
     remove_leftovers(paths)
     write_run_record(paths.folder)
     sessions = state.sessions
-    last = sessions[-1] if sessions else {}
+    last = latest_session(sessions)
     info = {
         "External-Description": (
             f"tm-export run {paths.folder.name}: Tasking Manager API records as JSON Lines, "

@@ -56,6 +56,7 @@ from .manifest import (
     Committer,
     ManifestState,
     StreamState,
+    latest_session,
     load_state,
 )
 from .params import FromStream
@@ -317,6 +318,11 @@ class _Session:
 
     async def run(self) -> RunResult:
         run_folder, state, journal = self._open_run()
+        try:
+            self._check_token_as_before(run_folder, state)
+        except RecipeError:
+            journal.close()
+            raise
         # Spool files are only ever in use while a page is processed; any left over are
         # from a killed session.
         shutil.rmtree(run_folder / SPOOL_FOLDER, ignore_errors=True)
@@ -349,6 +355,26 @@ class _Session:
         return result
 
     # --- opening the run ------------------------------------------------------------
+
+    def _check_token_as_before(self, run_folder: Path, state: ManifestState) -> None:
+        """Raise RecipeError when a session without a token would continue a run made with one.
+
+        Such a session would skip the private projects the earlier sessions read (403), and
+        the run would end complete with a smaller view than it began with.
+        """
+        if self.options.token or self.finished_before:
+            return
+        with_token = sum(1 for session in state.sessions if session.get("authenticated"))
+        if not with_token:
+            return
+        variable = self.recipe.instance.token_env or "the token variable"
+        raise RecipeError(
+            f"{run_folder}: {with_token} earlier session{'s' if with_token != 1 else ''} of this "
+            f"run sent an API token, and {variable} is not set or empty now, so this session "
+            "would skip the private projects they could read; export "
+            f"{variable} and run the same command again, or give --start-over for an "
+            "anonymous run in a new folder"
+        )
 
     def _open_run(self) -> tuple[Path, ManifestState, Journal]:
         output = self.options.output
@@ -612,7 +638,7 @@ class _Session:
                     # Nothing is walked, since a shard would read its parents' pages again.
                     # Recording no session keeps the manifest, and so the run record and its
                     # end time, as they are.
-                    last = state.sessions[-1] if state.sessions else {}
+                    last = latest_session(state.sessions)
                     result.authenticated = last.get("authenticated")
                     result.tm_release = last.get("tm_release")
                     for runner in runners.values():
@@ -827,7 +853,7 @@ class _Session:
             },
         }
         if state.sessions:
-            previous = state.sessions[-1].get("settings", {})
+            previous = latest_session(state.sessions).get("settings", {})
             for key, value in settings.items():
                 if previous.get(key) != value and key == "base_url":
                     # The run then contains records from two servers, which a researcher

@@ -30,7 +30,7 @@ import orjson
 from .codec import Codec, open_lines
 from .errors import ManifestError
 from .layout import MANIFEST_NAME, is_bag, run_codec, stream_path
-from .manifest import ManifestState, load_state
+from .manifest import ManifestState, latest_session, load_state
 from .recipe import Recipe
 from .records import record_key, strip_partition
 
@@ -85,7 +85,7 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
     last = states[-1][1]
     since = _parse_time(last.header["started"])
     previous = [(run.parent if run.name == "data" else run).name for run, _ in states]
-    base_url = last.sessions[-1].get("settings", {}).get("base_url") if last.sessions else None
+    base_url = latest_session(last.sessions).get("settings", {}).get("base_url")
     baseline = Baseline(since=since, previous=previous, base_url=base_url)
 
     for run, state in states:

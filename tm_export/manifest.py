@@ -131,6 +131,9 @@ class ManifestState:
     """Projects an incremental run found gone since earlier runs."""
     canonical: list[dict[str, Any]] = field(default_factory=list)
     """Stream files rewritten in canonical order after the run finished."""
+    last_session_ended: bool = False
+    """True when an end entry follows the last session entry. A finished run that is run
+    again with --retry-failed and stopped before its end has an end only before that session."""
 
     @classmethod
     def replay(
@@ -155,6 +158,7 @@ class ManifestState:
         ends: list[dict[str, Any]] = []
         deleted: list[dict[str, Any]] = []
         canonical: list[dict[str, Any]] = []
+        ended = False
 
         for entry in iterator:
             kind = entry["t"]
@@ -190,8 +194,10 @@ class ManifestState:
                     stream.partition(entry["p"]).final = entry
             elif kind == "session":
                 sessions.append(entry)
+                ended = False
             elif kind == "end":
                 ends.append(entry)
+                ended = True
             elif kind == "deleted":
                 deleted.append(entry)
             elif kind == "canonical":
@@ -216,12 +222,13 @@ class ManifestState:
             ends=ends,
             deleted=deleted,
             canonical=canonical,
+            last_session_ended=ended,
         )
 
     @property
     def finished(self) -> bool:
         """True when the last session ended with every partition done, skipped or failed."""
-        return bool(self.ends) and self.ends[-1].get("outcome") in ("complete", "failures")
+        return self.last_session_ended and self.ends[-1].get("outcome") in ("complete", "failures")
 
 
 class Committer:
@@ -359,6 +366,19 @@ class Committer:
         crash_point("after-data-fsync")
         self._journal.append(entries)
         crash_point("after-manifest-append")
+
+
+def latest_session(sessions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return the session entry that started last, or an empty dict when there is none.
+
+    A run's own sessions are in the order they started. A merged run lists each shard's
+    sessions in shard order, so the last entry in the file need not be the newest.
+    """
+    if not sessions:
+        return {}
+    # Start times are ISO 8601 UTC text of one layout, so the greatest string is the newest.
+    # max keeps the first of equal keys, and the reversed list makes that the later entry.
+    return max(reversed(sessions), key=lambda session: str(session.get("at", "")))
 
 
 def _add_page(part: PartitionState, entry: dict[str, Any]) -> None:

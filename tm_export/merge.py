@@ -246,6 +246,12 @@ def _read_shard(source: Path) -> Shard:
         )
     if _last_end(entries) is None:
         options = ["--shard", f"{shard[0]}/{shard[1]}", "--output", os.path.abspath(source)]
+        sessions = [entry for entry in entries if entry["t"] == "session"]
+        # A stopped --retry-failed session is resumed by the same command, which retries what
+        # is still failed; without the option the run only ends.
+        for option in ("retry_failed", "retry_skipped"):
+            if sessions and sessions[-1].get(option):
+                options.append("--" + option.replace("_", "-"))
         command = _run_command(entries, options, "the shard ran in")
         raise RecipeError(
             f"{folder}: shard {shard[0]}/{shard[1]} has not finished; run it to the end "

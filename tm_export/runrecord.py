@@ -50,6 +50,7 @@ import orjson
 
 from .errors import ExitCode, ManifestError, StorageError, TmExportError
 from .layout import MANIFEST_NAME
+from .manifest import latest_session
 from .status import FINAL_STATES, run_status
 from .verify import RunCheck, RunStateError, check_run, fsync_path, locate_run
 
@@ -133,7 +134,7 @@ def build_run_record(check: RunCheck) -> dict[str, Any]:
     header = check.state.header
     status = run_status(paths, check.scan)
     sessions = check.state.sessions
-    last = sessions[-1] if sessions else {}
+    last = latest_session(sessions)
     text = str(header.get("recipe_text", ""))
     manifest_bytes = check.scan.extent.valid_bytes
     with paths.manifest.open("rb") as file:

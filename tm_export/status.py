@@ -14,6 +14,7 @@ from typing import Any
 
 from .codec import Codec
 from .layout import run_codec
+from .manifest import latest_session
 from .params import (
     DateWindows,
     Each,
@@ -244,13 +245,14 @@ def _sessions_line(status: RunStatus) -> str:
         return f"sessions: none; merged from {len(merged_from)} shards: {', '.join(merged_from)}"
     if not sessions:
         return "sessions: none yet (the first session stopped before its first export request)"
-    last = sessions[-1]
+    last = latest_session(sessions)
     base_url = last.get("settings", {}).get("base_url", "unknown")
     authenticated = "yes" if last.get("authenticated") else "no"
     with_token = sum(1 for session in sessions if session.get("authenticated"))
     if 0 < with_token < len(sessions):
         # The run record calls a run authenticated only when every session was.
-        authenticated += f" (in {with_token} of {len(sessions)} sessions)"
+        last_had_token = "including" if last.get("authenticated") else "not"
+        authenticated = f"in {with_token} of {len(sessions)} sessions, {last_had_token} the last"
     line = (
         f"sessions: {len(sessions)}, the last started {last.get('at')}; base URL {base_url}; "
         f"authenticated: {authenticated}; TM release: {last.get('tm_release') or 'unknown'}"
@@ -382,7 +384,7 @@ def _stream_json(stream: StreamStatus) -> dict[str, Any]:
 
 def status_json(status: RunStatus, history: list[RunStatus]) -> dict[str, Any]:
     """Return the report of ``tm-export status --json`` as JSON-ready data."""
-    last = status.sessions[-1] if status.sessions else {}
+    last = latest_session(status.sessions)
     return {
         "run": str(status.paths.folder),
         "bagged": status.paths.bagged,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -731,6 +733,11 @@ def test_merge_again_writes_only_after_change(tmp_path: Path, mock: MockServer) 
     first = run_cli("merge", str(output), *map(str, shards))
 
     again = run_cli("merge", str(output), *map(str, shards))
+    # The same shards, copied to another folder as a retried CI job downloads them.
+    copies = [tmp_path / "copies" / folder.name for folder in shards]
+    for folder, copy in zip(shards, copies, strict=True):
+        shutil.copytree(folder, copy)
+    from_copies = run_cli("merge", str(output), *map(str, copies))
     for index, folder in enumerate(shards, start=1):
         retried = run_shard(recipe, mock.api_url, f"{index}/2", folder, "--retry-failed")
         assert retried.exit_code == 0, retried.stderr
@@ -738,12 +745,18 @@ def test_merge_again_writes_only_after_change(tmp_path: Path, mock: MockServer) 
 
     assert first.exit_code == 0, first.stderr
     assert first.stdout.splitlines()[0] == f"merged run: {output / 'runs/0001'}"
-    assert (again.exit_code, again.stderr) == (0, "")
+    assert again.exit_code == 0
     assert again.stdout == (
         f"already merged: {output / 'runs/0001'} is a merge of these shards as they are now, "
         f"so nothing was written; 'tm-export status {output / 'runs/0001'}' shows what it "
         "holds\n"
     )
+    assert again.stderr == (
+        'tm-export: WARNING: the merged run still has 1 failed partition: stats {"project_id":8}; '
+        f"to fetch it again, run: tm-export run {recipe} --base-url {mock.api_url} "
+        f"--retry-failed --output {output}\n"
+    )
+    assert (from_copies.exit_code, from_copies.stdout) == (0, again.stdout)
     assert (after_retry.exit_code, after_retry.stderr) == (0, "")
     assert after_retry.stdout.splitlines()[0] == f"merged run: {output / 'runs/0002'}"
     assert sorted(path.name for path in (output / "runs").iterdir()) == ["0001", "0002"]
@@ -833,3 +846,29 @@ def test_merged_status_names_newest_session(tmp_path: Path, mock: MockServer) ->
 
     line = next(x for x in status.stdout.splitlines() if x.startswith("sessions: 2"))
     assert line.startswith(f"sessions: 2, the last started {first['at']}; ")
+
+
+def test_merge_checks_output_again_under_lock(
+    tmp_path: Path, mock: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merge that finishes while another one verifies its shards is seen by the other."""
+    from tm_export import merge
+
+    shards = export_shards(tmp_path, mock, 2)
+    output = tmp_path / "merged"
+    original = merge.require_verified
+    inner: list[Outcome] = []
+
+    def verify_slowly(*args: Any) -> None:
+        # The first call starts the other merge, which runs to its end in the meantime.
+        monkeypatch.setattr(merge, "require_verified", original)
+        inner.append(run_cli("merge", str(output), *map(str, shards)))
+        original(*args)
+
+    monkeypatch.setattr(merge, "require_verified", verify_slowly)
+    outer = run_cli("merge", str(output), *map(str, shards))
+
+    assert [outcome.exit_code for outcome in inner] == [0]
+    assert outer.exit_code == 0
+    assert outer.stdout.startswith(f"already merged: {output / 'runs/0001'} ")
+    assert sorted(path.name for path in (output / "runs").iterdir()) == ["0001"]

@@ -84,7 +84,8 @@ class MergeResult:
     failed: dict[str, list[str]]
     """Per stream, the ids of the partitions whose final state in their shard is failed."""
     already_merged: bool = False
-    """True when ``run_folder`` is an earlier merge of the same shards, unchanged since."""
+    """True when ``run_folder`` is an earlier merge of these shards, whose manifests have not
+    changed since."""
 
 
 def merge(output: Path, sources: list[Path]) -> MergeResult:
@@ -100,18 +101,25 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
     """
     shards = sorted((_read_shard(source) for source in sources), key=lambda shard: shard.index)
     _check(shards)
-    last = _check_output(output, shards)
+    # Checked before the lock too, so that a rejected merge creates nothing in ``output``.
+    _check_output(output, shards)
     _warn_other_servers(shards)
     for shard in shards:
         # Copying a damaged shard would give it a new, matching SHA-256 in the merged run.
         require_verified(check_run(shard.paths), "so no shard was merged")
     fingerprints = [_fingerprint(shard) for shard in shards]
-    if last is not None and _merged_alike(last[1], shards, fingerprints):
-        # A retried CI job merges again: a second copy of the same run would only hide the
-        # first from the next run, and the first may have changed since (--retry-failed).
-        return MergeResult(last[0], records={}, failed={}, already_merged=True)
 
     with OutputLock(output):
+        # Another merge or run may have written to ``output`` since the first check.
+        last = _check_output(output, shards)
+        if last is not None and last[1].get("merged_manifests") == fingerprints:
+            # A retried CI job merges again: a second copy of the same run would only hide
+            # the first from the next run, and the first may have changed since. The hashes
+            # name the shards whatever paths they are given by.
+            earlier = last[0]
+            failed = _failed_partitions([read_journal(earlier.manifest).entries])
+            _warn_of_failed(failed, "the merged run still has", shards, output)
+            return MergeResult(earlier.folder, records={}, failed=failed, already_merged=True)
         _remove_unfinished_merges(output)
         run_folder = next_run_folder(output)
         building = run_folder.with_name(f".{run_folder.name}{BUILDING_SUFFIX}")
@@ -128,30 +136,31 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
             raise
         fsync_folder(run_folder.parent)
 
-    failed = _failed_partitions(shards)
-    if failed:
-        total = sum(len(ids) for ids in failed.values())
-        logger.warning(
-            "the shards left %s; to fetch %s again, run%s",
-            _failed_text(failed),
-            "it" if total == 1 else "them",
-            _retry_command(shards, output),
-        )
+    failed = _failed_partitions([shard.entries for shard in shards])
+    _warn_of_failed(failed, "the shards left", shards, output)
     return MergeResult(run_folder=run_folder, records=_record_counts(shards), failed=failed)
+
+
+def _warn_of_failed(
+    failed: dict[str, list[str]], lead: str, shards: list[Shard], output: Path
+) -> None:
+    """Log the failed partitions, if any, and the command that fetches them again."""
+    if not failed:
+        return
+    total = sum(len(ids) for ids in failed.values())
+    logger.warning(
+        "%s %s; to fetch %s again, run%s",
+        lead,
+        _failed_text(failed),
+        "it" if total == 1 else "them",
+        _retry_command(shards, output),
+    )
 
 
 def _fingerprint(shard: Shard) -> str:
     """Return the SHA-256 of a shard's manifest, which changes whenever its run does."""
     with shard.paths.manifest.open("rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()
-
-
-def _merged_alike(header: dict[str, Any], shards: list[Shard], fingerprints: list[str]) -> bool:
-    """Tell whether a run's manifest ``header`` is that of a merge of these shards as they are."""
-    return (
-        header.get("merged_from") == [str(shard.folder) for shard in shards]
-        and header.get("merged_manifests") == fingerprints
-    )
 
 
 def _record_counts(shards: list[Shard]) -> dict[str, int]:
@@ -174,10 +183,12 @@ def _remove_unfinished_merges(output: Path) -> None:
         shutil.rmtree(folder)
 
 
-def _failed_partitions(shards: list[Shard]) -> dict[str, list[str]]:
+def _failed_partitions(runs: list[list[dict[str, Any]]]) -> dict[str, list[str]]:
+    """Return, per stream, the partitions whose last final entry in ``runs`` (the entries of
+    one or more manifests) is failed."""
     final: dict[tuple[str, str], str] = {}
-    for shard in shards:
-        for entry in shard.entries:
+    for entries in runs:
+        for entry in entries:
             if entry["t"] == "part":
                 final[(entry["s"], entry["p"])] = entry["state"]
     failed: dict[str, list[str]] = {}
@@ -248,7 +259,7 @@ def _read_shard(source: Path) -> Shard:
         options = ["--shard", f"{shard[0]}/{shard[1]}", "--output", os.path.abspath(source)]
         sessions = [entry for entry in entries if entry["t"] == "session"]
         # A stopped --retry-failed session is resumed by the same command, which retries what
-        # is still failed; without the option the run only ends.
+        # is still failed. Without the option, the run would end without retrying it.
         for option in ("retry_failed", "retry_skipped"):
             if sessions and sessions[-1].get(option):
                 options.append("--" + option.replace("_", "-"))
@@ -367,10 +378,10 @@ def _earlier_runs(shard: Shard) -> int:
     return len(baseline["previous"]) if baseline else 0
 
 
-def _check_output(output: Path, shards: list[Shard]) -> tuple[Path, dict[str, Any]] | None:
+def _check_output(output: Path, shards: list[Shard]) -> tuple[RunPaths, dict[str, Any]] | None:
     """Refuse an output folder that overlaps a shard, or whose last run the merge would hide.
 
-    Returns the last run's folder and manifest header, or None when there is no run yet.
+    Returns the last run's paths and manifest header, or None when there is no run yet.
     """
     target = output.resolve()
     for shard in shards:
@@ -396,7 +407,7 @@ def _check_output(output: Path, shards: list[Shard]) -> tuple[Path, dict[str, An
             f"{runs[-1].folder}: this run is unfinished, and a merged run beside it would hide "
             "it from the next run of its command; finish it first, or give another output folder"
         )
-    return runs[-1].folder, last.state.header
+    return runs[-1], last.state.header
 
 
 def _write(run_folder: Path, shards: list[Shard], fingerprints: list[str]) -> None:

@@ -305,11 +305,11 @@ EXPECTED: dict[str, str] = {
         "whole run, a number of at least 0.01 such as 10 or 2.5/s"
     ),
     "rate_limit_zero": (
-        "3: instance.rate_limit: invalid rate '0/s': it must be at least 0.01 requests per "
-        "second (one request in 100 s); expected requests per second, such as 10 or 2.5/s"
+        "3: instance.rate_limit: invalid rate '0/s'; expected requests per second for the "
+        "whole run, a number of at least 0.01 such as 10 or 2.5/s"
     ),
     "rate_limit_tiny": (
-        "3: instance.rate_limit: invalid value 1e-10; expected requests per second for the "
+        "3: instance.rate_limit: invalid rate 1e-10; expected requests per second for the "
         "whole run, a number of at least 0.01 such as 10 or 2.5/s"
     ),
     "raw_path_and_endpoint": (

@@ -39,7 +39,7 @@ from .recipe import (
 )
 from .recipe_params import build_param, check_constant_dates, is_raw
 from .recipe_yaml import KeyLocator
-from .schema import MIN_RATE_LIMIT
+from .schema import MIN_RATE_LIMIT, RATE_EXPECTED
 
 # --- structural validation -----------------------------------------------------------
 
@@ -213,10 +213,7 @@ def _rate(where: KeyLocator, keys: tuple[Any, ...], value: float | str) -> float
     rate = float(value.split("/")[0]) if isinstance(value, str) else float(value)
     if rate < MIN_RATE_LIMIT:
         raise where.error(
-            keys,
-            f"invalid rate {value!r}: it must be at least {MIN_RATE_LIMIT} requests per second "
-            f"(one request in {1 / MIN_RATE_LIMIT:.0f} s); expected requests per second, such "
-            "as 10 or 2.5/s",
+            keys, f"invalid rate {schema.short_repr(value)}; expected {RATE_EXPECTED}"
         )
     return rate
 

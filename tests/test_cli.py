@@ -108,8 +108,8 @@ def test_changed_recipe_refused(tmp_path: Path, mock: MockServer) -> None:
     assert manifest.read_bytes() == before
 
 
-def test_base_url_change_warns(tmp_path: Path, mock: MockServer) -> None:
-    """A session against another server than the last one warns, even with --quiet."""
+def test_base_url_change_refused(tmp_path: Path, mock: MockServer) -> None:
+    """A session against another server than the run's stops before any request."""
     recipe = write_recipe(
         tmp_path,
         RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, retries: {attempts: 1}}"),
@@ -118,17 +118,29 @@ def test_base_url_change_warns(tmp_path: Path, mock: MockServer) -> None:
     first = run_cli("run", str(recipe), "--base-url", mock.api_url)
     assert first.exit_code == 3, first.stderr
 
+    manifest = tmp_path / "out/runs/0001/manifest.jsonl"
+    before = manifest.read_bytes()
+
     with MockServer(projects=PROJECTS) as other:
         outcome = run_cli(
             "run", str(recipe), "--base-url", other.api_url, "--retry-failed", "--quiet"
         )
-
-    assert outcome.exit_code == 0, outcome.stderr
-    assert outcome.stderr.splitlines()[0] == (
-        f"tm-export: WARNING: base_url changed since the last session: {mock.api_url} -> "
-        f"{other.api_url}; this run now contains records from both servers (--start-over "
-        "begins a new run)"
+        sent_to_other = other.requests()
+    after_refusal = manifest.read_bytes()
+    same_with_slash = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url + "/", "--retry-failed", "--quiet"
     )
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr == (
+        f"tm-export: error: {tmp_path / 'out/runs/0001'}: this run reads from {mock.api_url}, "
+        f"but this command reads from {other.api_url}. Nothing was changed. Give --base-url "
+        f"{mock.api_url} to go on with the run, or use --start-over to begin a new run from "
+        "the other server\n"
+    )
+    assert sent_to_other == []
+    assert after_refusal == before
+    assert same_with_slash.exit_code == 3, same_with_slash.stderr
 
 
 def test_settings_change_recorded(tmp_path: Path, mock: MockServer) -> None:

@@ -319,8 +319,8 @@ class _Session:
     async def run(self) -> RunResult:
         run_folder, state, journal = self._open_run()
         try:
-            self._check_token_as_before(run_folder, state)
-        except RecipeError:
+            self._check_continuation(run_folder, state)
+        except TmExportError:
             journal.close()
             raise
         # Spool files are only ever in use while a page is processed; any left over are
@@ -356,13 +356,27 @@ class _Session:
 
     # --- opening the run ------------------------------------------------------------
 
-    def _check_token_as_before(self, run_folder: Path, state: ManifestState) -> None:
-        """Raise RecipeError when a session without a token would continue a run made with one.
+    def _check_continuation(self, run_folder: Path, state: ManifestState) -> None:
+        """Raise when this session would add to the run what its earlier sessions could not.
 
-        Such a session would skip the private projects the earlier sessions read (403), and
-        the run would end complete with a smaller view than it began with.
+        Raises:
+            ManifestError: the earlier sessions read from another server. Records of two
+                servers in one run would be indistinguishable, and its record cites one.
+            RecipeError: the earlier sessions sent a token and this one has none. It would
+                skip the private projects they read (403), and end complete with less.
         """
-        if self.options.token or self.finished_before:
+        if self.finished_before:
+            return
+        server = latest_session(state.sessions).get("settings", {}).get("base_url")
+        requested = self.options.base_url
+        if server and server != requested:
+            raise ManifestError(
+                f"{run_folder}: this run reads from {server}, but this command reads from "
+                f"{requested}. Nothing was changed. Give --base-url {server} to go on with the run, "
+                "or use --start-over to begin a new run from the other server"
+            )
+
+        if self.options.token:
             return
         with_token = sum(1 for session in state.sessions if session.get("authenticated"))
         if not with_token:
@@ -854,17 +868,9 @@ class _Session:
         }
         if state.sessions:
             previous = latest_session(state.sessions).get("settings", {})
+            # The base URL cannot change: _check_continuation stops such a session first.
             for key, value in settings.items():
-                if previous.get(key) != value and key == "base_url":
-                    # The run then contains records from two servers, which a researcher
-                    # must know even with --quiet.
-                    logger.warning(
-                        "base_url changed since the last session: %s -> %s; this run now "
-                        "contains records from both servers (--start-over begins a new run)",
-                        previous.get(key),
-                        value,
-                    )
-                elif previous.get(key) != value:
+                if previous.get(key) != value:
                     logger.info(
                         "setting %s changed since the last session: %s -> %s",
                         key,

@@ -786,10 +786,17 @@ def check_run(
     if paths.record.exists():
         _compare_record(paths, check)
     elif expect_record and finished:
-        note = f"{paths.shown(paths.record)} is missing, so no SHA-256 was compared with a record"
+        note = (
+            f"{paths.shown(paths.record)} is missing, so no SHA-256 was compared with a record, "
+            "and a value changed in place (same length) would pass; compare with a copy of "
+            "run.json if you kept one"
+        )
         if check.ok:
             # record refuses a run with mismatches, so it is offered only when there are none.
-            note += f"; 'tm-export record {paths.folder}' writes one from the files as they are now"
+            note += (
+                f", or 'tm-export record {paths.folder}' writes one that trusts the files as "
+                "they are now"
+            )
         check.notes.append(note)
     if paths.bagged and check_bag:
         _compare_bag(paths, check)

@@ -439,3 +439,28 @@ def test_range_lines_rejects_cut_member(codec: Codec) -> None:
 
     assert whole == [b'{"a":1}\n', b'{"a":2}\n', b'{"a":3}\n']
     assert str(cut.value) == f"the data ends inside a {unit}"
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_verify_compressed_page_crc(tmp_path: Path, mock: MockServer, codec: str) -> None:
+    """The CRC-32 of a compressed page is that of its decompressed lines: a page whose entry
+    records another CRC mismatches, and pages whose entries have none are not checked."""
+    run = export(tmp_path, mock, codec)
+    (run / "run.json").unlink()
+    changed = entries(run)
+    pages = [entry for entry in changed if entry["t"] == "page"]
+    first = next(entry for entry in pages if entry["s"] == "contributions")
+    first["crc"] = (first["crc"] + 1) % (1 << 32)
+    for entry in pages:
+        if entry is not first:
+            del entry["crc"]
+    (run / "manifest.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in changed))
+
+    outcome = run_cli("verify", str(run))
+
+    assert outcome.exit_code == 3
+    assert [line for line in outcome.stdout.splitlines() if "MISMATCH" in line] == [
+        f"  MISMATCH  data/contributions.jsonl{SUFFIX[codec]}: page {first['n']} of partition "
+        f"{first['p']} (bytes {first['start']}..{first['end']}): its lines do not match the "
+        "CRC-32 that the manifest records, so a byte was changed"
+    ]

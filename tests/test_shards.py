@@ -330,7 +330,8 @@ def test_merged_incremental_shards_keep_deleted(
 
 
 def test_merge_refuses_damaged_shard(tmp_path: Path, mock: MockServer) -> None:
-    """A byte changed inside a shard's value is caught by its run record; nothing is merged."""
+    """A byte changed inside a shard's value is caught by its page's CRC-32 and its run record;
+    nothing is merged."""
     shards = export_shards(tmp_path, mock, 2)
     path = shards[1] / "runs/0001/data/stats.jsonl"
     data = path.read_bytes()
@@ -342,8 +343,8 @@ def test_merge_refuses_damaged_shard(tmp_path: Path, mock: MockServer) -> None:
 
     assert outcome.exit_code == 3
     assert outcome.stderr.startswith(
-        f"tm-export: error: {shards[1] / 'runs/0001'}: 1 mismatch in its files, so no shard "
-        "was merged: data/stats.jsonl: "
+        f"tm-export: error: {shards[1] / 'runs/0001'}: 2 mismatches in its files, so no shard "
+        "was merged: data/stats.jsonl: page "
     )
     assert not (tmp_path / "merged").exists()
 

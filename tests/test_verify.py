@@ -122,23 +122,29 @@ def test_verify_json(tmp_path: Path, mock: MockServer) -> None:
 
 
 def test_verify_notes_missing_run_record(tmp_path: Path, mock: MockServer) -> None:
-    """Without run.json a byte changed inside a line goes unnoticed, so verify adds a note."""
+    """Without run.json verify notes that no SHA-256 was compared, and a byte changed inside
+    a line is still found, by the CRC-32 of its page."""
     run = export(tmp_path, mock)
     (run / "run.json").unlink()
-    flip_byte(run / "data/projects.jsonl", 40)
 
-    outcome = run_cli("verify", str(run))
-
-    assert outcome.exit_code == 0, outcome.stderr
-    assert outcome.stdout.splitlines() == [
+    intact = run_cli("verify", str(run))
+    expected = [
         f"{run}: complete; 3 stream files",
         *(ok_line(run, stream) for stream in STREAMS),
-        "  note      run.json is missing, so no SHA-256 was compared with a record, and a "
-        "value changed in place (same length) would pass; compare with a copy of run.json if "
-        f"you kept one, or 'tm-export record {run}' writes one that trusts the files as they "
-        "are now",
+        "  note      run.json is missing, so no SHA-256 was compared with a record; "
+        f"'tm-export record {run}' writes one that trusts the files as they are now",
         "verified 1 run: 3 stream files match the manifest",
     ]
+    flip_byte(run / "data/projects.jsonl", 40)
+    changed = run_cli("verify", str(run))
+
+    assert intact.exit_code == 0, intact.stderr
+    assert intact.stdout.splitlines() == expected
+    assert changed.exit_code == 3
+    assert changed.stdout.splitlines()[1] == (
+        "  MISMATCH  data/projects.jsonl: page 1 of partition {} (bytes 0..8568): its lines do "
+        "not match the CRC-32 that the manifest records, so a byte was changed"
+    )
 
 
 def test_missing_record_note_on_damage(tmp_path: Path, mock: MockServer) -> None:
@@ -151,15 +157,14 @@ def test_missing_record_note_on_damage(tmp_path: Path, mock: MockServer) -> None
     outcome = run_cli("verify", str(run))
 
     assert outcome.exit_code == 3
-    assert (
-        "  note      run.json is missing, so no SHA-256 was compared with a record, and a "
-        "value changed in place (same length) would pass; compare with a copy of run.json if "
-        "you kept one"
-    ) in outcome.stdout.splitlines()
+    assert "  note      run.json is missing, so no SHA-256 was compared with a record" in (
+        outcome.stdout.splitlines()
+    )
 
 
 def test_verify_invalid_json_line(tmp_path: Path, mock: MockServer, read_block: None) -> None:
-    """A byte that breaks a line's JSON mismatches the JSON check and the run record's hash."""
+    """A byte that breaks a line's JSON mismatches the page's CRC-32, the JSON check and the
+    run record's hash."""
     run = export(tmp_path, mock)
     path = run / "data/contributions.jsonl"
     recorded = sha256(path)
@@ -171,12 +176,15 @@ def test_verify_invalid_json_line(tmp_path: Path, mock: MockServer, read_block: 
 
     assert outcome.exit_code == 3
     assert [line for line in outcome.stdout.splitlines() if "MISMATCH" in line] == [
+        '  MISMATCH  data/contributions.jsonl: page 1 of partition {"project_id":1} (bytes '
+        "0..3605): its lines do not match the CRC-32 that the manifest records, so a byte was "
+        "changed",
         "  MISMATCH  data/contributions.jsonl: 1 committed line is not valid JSON (line 3)",
         f"  MISMATCH  data/contributions.jsonl: the SHA-256 is {sha256(path)}, "
         f"but run.json records {recorded}",
     ]
     assert outcome.stdout.splitlines()[-1] == (
-        "verified 1 run: 2 mismatches (1 of 3 stream files); exit 3"
+        "verified 1 run: 3 mismatches (1 of 3 stream files); exit 3"
     )
 
 
@@ -258,7 +266,8 @@ def test_verify_unfinished_run_tail(tmp_path: Path, mock: MockServer) -> None:
 
 
 def test_verify_against_run_record(tmp_path: Path, mock: MockServer) -> None:
-    """A changed byte inside a text value keeps the JSON valid; the run record's hash finds it."""
+    """A changed byte inside a text value keeps the JSON valid; the page's CRC-32 and the run
+    record's hash find it."""
     run = export(tmp_path, mock)
     assert run_cli("record", str(run)).exit_code == 0
     path = run / "data/summaries.jsonl"
@@ -270,8 +279,10 @@ def test_verify_against_run_record(tmp_path: Path, mock: MockServer) -> None:
 
     assert outcome.exit_code == 3
     assert [line for line in outcome.stdout.splitlines() if "MISMATCH" in line] == [
+        '  MISMATCH  data/summaries.jsonl: page 1 of partition {"project_id":1} (bytes 0..1457): '
+        "its lines do not match the CRC-32 that the manifest records, so a byte was changed",
         f"  MISMATCH  data/summaries.jsonl: the SHA-256 is {sha256(path)}, but run.json "
-        f"records {recorded}"
+        f"records {recorded}",
     ]
 
 
@@ -312,6 +323,9 @@ def test_bag_validates_and_detects_change(tmp_path: Path, mock: MockServer) -> N
 
     assert outcome.exit_code == 3
     assert [line for line in outcome.stdout.splitlines() if "MISMATCH" in line] == [
+        '  MISMATCH  data/data/summaries.jsonl: page 1 of partition {"project_id":1} (bytes '
+        "0..1457): its lines do not match the CRC-32 that the manifest records, so a byte was "
+        "changed",
         f"  MISMATCH  data/data/summaries.jsonl: the SHA-256 is {sha256(path)}, but data/run.json "
         f"records {recorded}",
         f"  MISMATCH  data/data/summaries.jsonl: bag: the SHA-256 is {sha256(path)}, but the "

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import zlib
 from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -194,6 +195,8 @@ class Segment:
     page: int = 0
     sha256: str | None = None
     """Set for a canonical rewrite, whose entry records the SHA-256 of bytes 0..end."""
+    crc: int | None = None
+    """The CRC-32 of a page's lines before compression; None in manifests older than it."""
 
     @property
     def label(self) -> str:
@@ -241,7 +244,14 @@ class _JournalReading:
             if kind == "page":
                 layout = self._layout(entry["s"])
                 layout.segments.append(
-                    Segment(entry["start"], entry["end"], entry["records"], entry["p"], entry["n"])
+                    Segment(
+                        entry["start"],
+                        entry["end"],
+                        entry["records"],
+                        entry["p"],
+                        entry["n"],
+                        crc=entry.get("crc"),
+                    )
                 )
                 layout.canonical = None
             elif kind == "part":
@@ -450,7 +460,7 @@ def _scan(path: Path, check: StreamCheck, layout: StreamLayout) -> None:
             bad_lines.extend(check.lines + 1 + index for index in _invalid_json(lines))
             check.lines += len(lines)
 
-            walk.advance(offset, _line_ends(lines, offset, chunk), check, prefixes)
+            walk.advance(offset, chunk, _line_ends(lines, offset, chunk), check, prefixes)
             offset += len(chunk)
 
     check.records = check.lines - len(bad_lines)
@@ -460,14 +470,18 @@ def _scan(path: Path, check: StreamCheck, layout: StreamLayout) -> None:
     if walk.crossed is not None:
         check.problems.append(walk.crossed)
     else:
-        for segment, count in zip(segments, counts, strict=True):
+        for segment, count, crc in zip(segments, counts, walk.crcs, strict=True):
             if segment.sha256 is not None and segment.end == 0:
                 _compare_canonical(check, segment, hashlib.sha256().hexdigest())
-            if count != segment.lines and offset >= segment.end:
+            if offset < segment.end:
+                continue
+            if count != segment.lines:
                 check.problems.append(
                     f"{segment.label} (bytes {segment.start}..{segment.end}) contains {count} "
                     f"lines, but the manifest records {segment.lines}"
                 )
+            elif segment.crc is not None and crc != segment.crc:
+                check.problems.append(_crc_problem(segment))
     if bad_lines:
         check.problems.append(_bad_lines_problem(bad_lines))
     if offset >= check.committed_end and check.lines != check.expected_records:
@@ -561,15 +575,24 @@ class _SegmentWalk:
     def __init__(self, segments: list[Segment], counts: list[int]) -> None:
         self.segments = segments
         self.counts = counts
+        self.crcs = [0] * len(segments)
+        """The CRC-32 of each segment's lines so far, for the segments whose entry has one."""
         self.index = 0
         self.crossed: str | None = None
 
     def advance(
-        self, offset: int, ends: list[int], check: StreamCheck, prefixes: dict[int, str]
+        self,
+        offset: int,
+        block: bytes,
+        ends: list[int],
+        check: StreamCheck,
+        prefixes: dict[int, str],
     ) -> None:
-        """Count the lines of the block that starts at byte ``offset`` and whose lines end at ``ends``."""
+        """Count and checksum the lines of ``block``, which starts at byte ``offset`` and whose
+        lines end at ``ends``."""
         if not ends or self.crossed is not None:
             return
+        view = memoryview(block)
         starts = [offset, *ends[:-1]]
         first = 0  # the first line of the block that no segment has taken yet
 
@@ -585,12 +608,22 @@ class _SegmentWalk:
                     )
                     return
                 self.counts[self.index] += last - first
+                if segment.crc is not None:
+                    lines = view[starts[first] - offset : line_end - offset]
+                    self.crcs[self.index] = zlib.crc32(lines, self.crcs[self.index])
                 if segment.sha256 is not None and line_end == segment.end:
                     _compare_canonical(check, segment, prefixes[segment.end])
                 first = last
             if last == len(ends):
                 return  # the segment may go on in the next block
             self.index += 1
+
+
+def _crc_problem(segment: Segment) -> str:
+    return (
+        f"{segment.label} (bytes {segment.start}..{segment.end}): its lines do not match the "
+        "CRC-32 that the manifest records, so a byte was changed"
+    )
 
 
 def _scan_compressed(path: Path, check: StreamCheck, layout: StreamLayout, codec: Codec) -> None:
@@ -610,10 +643,11 @@ def _scan_compressed(path: Path, check: StreamCheck, layout: StreamLayout, codec
             if segment.end > size:
                 continue
             where = f"{segment.label} (bytes {segment.start}..{segment.end})"
-            count = 0
+            count = crc = 0
             try:
                 for line in range_lines(file, segment.start, segment.end, codec):
                     count += 1
+                    crc = zlib.crc32(line, crc)
                     check.lines += 1
                     if not line.endswith(b"\n"):
                         check.problems.append(f"{where} ends inside a line")
@@ -630,6 +664,8 @@ def _scan_compressed(path: Path, check: StreamCheck, layout: StreamLayout, codec
                 check.problems.append(
                     f"{where} contains {count} lines, but the manifest records {segment.lines}"
                 )
+            elif segment.crc is not None and crc != segment.crc:
+                check.problems.append(_crc_problem(segment))
             if segment.sha256 is not None and segment.end in prefix_sha256:
                 _compare_canonical(check, segment, prefix_sha256[segment.end])
 
@@ -786,16 +822,12 @@ def check_run(
     if paths.record.exists():
         _compare_record(paths, check)
     elif expect_record and finished:
-        note = (
-            f"{paths.shown(paths.record)} is missing, so no SHA-256 was compared with a record, "
-            "and a value changed in place (same length) would pass; compare with a copy of "
-            "run.json if you kept one"
-        )
+        note = f"{paths.shown(paths.record)} is missing, so no SHA-256 was compared with a record"
         if check.ok:
             # record refuses a run with mismatches, so it is offered only when there are none.
             note += (
-                f", or 'tm-export record {paths.folder}' writes one that trusts the files as "
-                "they are now"
+                f"; 'tm-export record {paths.folder}' writes one that trusts the files as they "
+                "are now"
             )
         check.notes.append(note)
     if paths.bagged and check_bag:

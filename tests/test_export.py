@@ -599,7 +599,10 @@ def test_stopped_retry_session_is_resumed(tmp_path: Path, mock: MockServer) -> N
     resumed = run_cli("run", str(recipe), "--base-url", mock.api_url)
 
     assert first.exit_code == 3, first.stderr
-    assert "state: unfinished" in status.stdout
+    assert (
+        "state: unfinished (the run ended once, and a later session, such as one with "
+        "--retry-failed, stopped before its end; run that command again to end it)"
+    ) in status.stdout.splitlines()
     assert resumed.exit_code == 3, resumed.stderr
     assert f"resuming the run in {run}" in resumed.stderr
     assert data_file(tmp_path / "out", "stats").read_bytes() == committed
@@ -624,6 +627,14 @@ def test_retry_without_earlier_token_refused(tmp_path: Path, mock: MockServer) -
         "run", str(recipe), "--base-url", mock.api_url, "--retry-failed", env={"TM_API_TOKEN": ""}
     )
     sent_anonymously = mock.requests()[sent:]
+    without_token_env = run_cli(
+        "run",
+        str(write_recipe(tmp_path, STATS_RECIPE, name="plain.yaml")),
+        "--base-url",
+        mock.api_url,
+        "--retry-failed",
+        env=token,
+    )
     with_token = run_cli(
         "run", str(recipe), "--base-url", mock.api_url, "--retry-failed", env=token
     )
@@ -637,5 +648,12 @@ def test_retry_without_earlier_token_refused(tmp_path: Path, mock: MockServer) -
         "again, or give --start-over for an anonymous run in a new folder"
     )
     assert sent_anonymously == []
+    assert without_token_env.exit_code == 2
+    assert without_token_env.stderr.splitlines()[-1] == (
+        f"tm-export: error: {tmp_path / 'out/runs/0001'}: 1 earlier session of this run sent an "
+        f"API token, but {tmp_path / 'plain.yaml'} names no instance.token_env now, so this "
+        "session would skip the private projects they could read; put token_env back in the "
+        "recipe and run the same command again"
+    )
     assert with_token.exit_code == 0, with_token.stderr
     assert manifest.read_bytes().startswith(before)

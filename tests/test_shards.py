@@ -873,3 +873,26 @@ def test_merge_checks_output_again_under_lock(
     assert outer.exit_code == 0
     assert outer.stdout.startswith(f"already merged: {output / 'runs/0001'} ")
     assert sorted(path.name for path in (output / "runs").iterdir()) == ["0001"]
+
+
+def test_merge_again_after_bag_offers_no_retry(tmp_path: Path, mock: MockServer) -> None:
+    """An earlier merge that was made a bag cannot take pages, so merging the same shards
+    again names its failed partitions without the --retry-failed command."""
+    text = RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, retries: {attempts: 1}}")
+    recipe = write_recipe(tmp_path, text)
+    mock.add_fault(path=r"^/api/v2/projects/8/statistics/$", status=500)
+    shards = [tmp_path / f"shard-{index}" for index in (1, 2)]
+    for index, folder in enumerate(shards, start=1):
+        run_shard(recipe, mock.api_url, f"{index}/2", folder)
+    output = tmp_path / "merged"
+    assert run_cli("merge", str(output), *map(str, shards)).exit_code == 0
+    assert run_cli("bag", str(output / "runs/0001")).exit_code == 0
+
+    again = run_cli("merge", str(output), *map(str, shards))
+
+    assert again.exit_code == 0
+    assert again.stdout.startswith(f"already merged: {output / 'runs/0001'} ")
+    assert again.stderr == (
+        'tm-export: WARNING: the merged run still has 1 failed partition: stats {"project_id":8}; '
+        "it is a bag, so 'run --retry-failed' cannot add pages to it\n"
+    )

@@ -381,7 +381,14 @@ class _Session:
         with_token = sum(1 for session in state.sessions if session.get("authenticated"))
         if not with_token:
             return
-        variable = self.recipe.instance.token_env or "the token variable"
+        variable = self.recipe.instance.token_env
+        if variable is None:
+            raise RecipeError(
+                f"{run_folder}: {with_token} earlier session{'s' if with_token != 1 else ''} of "
+                f"this run sent an API token, but {self.recipe.path} names no instance.token_env "
+                "now, so this session would skip the private projects they could read; put "
+                "token_env back in the recipe and run the same command again"
+            )
         raise RecipeError(
             f"{run_folder}: {with_token} earlier session{'s' if with_token != 1 else ''} of this "
             f"run sent an API token, and {variable} is not set or empty now, so this session "

@@ -117,8 +117,14 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
             # the first from the next run, and the first may have changed since. The hashes
             # name the shards whatever paths they are given by.
             earlier = last[0]
-            failed = _failed_partitions([read_journal(earlier.manifest).entries])
-            _warn_of_failed(failed, "the merged run still has", shards, output)
+            entries = read_journal(earlier.manifest).entries
+            failed = _failed_partitions([entries])
+            if earlier.bagged or any(entry["t"] == "canonical" for entry in entries):
+                # run --retry-failed refuses such a run, so its command is not offered.
+                sealed = "it is a bag" if earlier.bagged else "its files were made canonical"
+                _warn_of_failed(failed, "the merged run still has", shards, output, sealed)
+            else:
+                _warn_of_failed(failed, "the merged run still has", shards, output)
             return MergeResult(earlier.folder, records={}, failed=failed, already_merged=True)
         _remove_unfinished_merges(output)
         run_folder = next_run_folder(output)
@@ -142,10 +148,26 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
 
 
 def _warn_of_failed(
-    failed: dict[str, list[str]], lead: str, shards: list[Shard], output: Path
+    failed: dict[str, list[str]],
+    lead: str,
+    shards: list[Shard],
+    output: Path,
+    sealed: str | None = None,
 ) -> None:
-    """Log the failed partitions, if any, and the command that fetches them again."""
+    """Log the failed partitions, if any, and the command that fetches them again.
+
+    ``sealed`` is the reason why no page can be added to the merged run, which then has no
+    such command.
+    """
     if not failed:
+        return
+    if sealed is not None:
+        logger.warning(
+            "%s %s; %s, so 'run --retry-failed' cannot add pages to it",
+            lead,
+            _failed_text(failed),
+            sealed,
+        )
         return
     total = sum(len(ids) for ids in failed.values())
     logger.warning(

@@ -122,6 +122,8 @@ class RunStatus:
     """The compression of the stream files; their bytes are compressed bytes."""
     deleted: list[int] = field(default_factory=list)
     """Projects that this incremental run found deleted since the earlier runs."""
+    ended_before: bool = False
+    """True for an unfinished run that had ended before its last session began."""
 
     @property
     def records(self) -> int:
@@ -195,6 +197,7 @@ def run_status(paths: RunPaths, scan: ManifestScan | None = None) -> RunStatus:
         header=state.header,
         sessions=state.sessions,
         ended=state.ends[-1].get("at") if finished else None,
+        ended_before=bool(state.ends) and not finished,
         streams=streams,
         dropped_bytes=scan.extent.dropped_bytes,
         canonical=canonical,
@@ -263,6 +266,11 @@ def _sessions_line(status: RunStatus) -> str:
 
 
 def _state_line(status: RunStatus) -> str:
+    if status.state == "unfinished" and status.ended_before:
+        return (
+            "state: unfinished (the run ended once, and a later session, such as one with "
+            "--retry-failed, stopped before its end; run that command again to end it)"
+        )
     if status.state == "unfinished":
         return (
             "state: unfinished (no session has finished every partition yet: a session is "

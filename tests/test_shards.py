@@ -69,6 +69,19 @@ def export_shards(
     return folders
 
 
+def export_shards_with_failure(tmp_path: Path, mock: MockServer) -> tuple[Path, list[Path]]:
+    """Export two shards in which the statistics of project 8 fail (one attempt each), and
+    return the recipe and the shard folders. The mock keeps failing until its faults are
+    cleared."""
+    text = RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, retries: {attempts: 1}}")
+    recipe = write_recipe(tmp_path, text)
+    mock.add_fault(path=r"^/api/v2/projects/8/statistics/$", status=500)
+    shards = [tmp_path / f"shard-{index}" for index in (1, 2)]
+    for index, folder in enumerate(shards, start=1):
+        run_shard(recipe, mock.api_url, f"{index}/2", folder)
+    return recipe, shards
+
+
 def header(run_folder: Path) -> dict[str, object]:
     manifest = run_folder / "manifest.jsonl"
     if not manifest.exists():
@@ -723,12 +736,7 @@ def test_interrupted_merge_leaves_output_unchanged(
 def test_merge_again_writes_only_after_change(tmp_path: Path, mock: MockServer) -> None:
     """Merging the same unchanged shards again writes nothing; once a shard has fetched its
     failed partitions again, the next merge writes a new run."""
-    text = RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, retries: {attempts: 1}}")
-    recipe = write_recipe(tmp_path, text)
-    mock.add_fault(path=r"^/api/v2/projects/8/statistics/$", status=500)
-    shards = [tmp_path / f"shard-{index}" for index in (1, 2)]
-    for index, folder in enumerate(shards, start=1):
-        run_shard(recipe, mock.api_url, f"{index}/2", folder)
+    recipe, shards = export_shards_with_failure(tmp_path, mock)
     mock.clear_faults()
     output = tmp_path / "merged"
     first = run_cli("merge", str(output), *map(str, shards))
@@ -786,12 +794,7 @@ def test_merge_refuses_shard_with_unended_retry(tmp_path: Path, mock: MockServer
 def test_shard_after_stopped_retry_resumes(tmp_path: Path, mock: MockServer) -> None:
     """A shard whose --retry-failed session stopped before its end is unfinished everywhere:
     merge names the retry command, and running it ends the shard so that merge takes it."""
-    text = RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, retries: {attempts: 1}}")
-    recipe = write_recipe(tmp_path, text)
-    mock.add_fault(path=r"^/api/v2/projects/8/statistics/$", status=500)
-    shards = [tmp_path / f"shard-{index}" for index in (1, 2)]
-    for index, folder in enumerate(shards, start=1):
-        run_shard(recipe, mock.api_url, f"{index}/2", folder)
+    recipe, shards = export_shards_with_failure(tmp_path, mock)
     failing = next(
         folder
         for folder in shards
@@ -878,12 +881,7 @@ def test_merge_checks_output_again_under_lock(
 def test_merge_again_after_bag_offers_no_retry(tmp_path: Path, mock: MockServer) -> None:
     """An earlier merge that was made a bag cannot take pages, so merging the same shards
     again names its failed partitions without the --retry-failed command."""
-    text = RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, retries: {attempts: 1}}")
-    recipe = write_recipe(tmp_path, text)
-    mock.add_fault(path=r"^/api/v2/projects/8/statistics/$", status=500)
-    shards = [tmp_path / f"shard-{index}" for index in (1, 2)]
-    for index, folder in enumerate(shards, start=1):
-        run_shard(recipe, mock.api_url, f"{index}/2", folder)
+    _, shards = export_shards_with_failure(tmp_path, mock)
     output = tmp_path / "merged"
     assert run_cli("merge", str(output), *map(str, shards)).exit_code == 0
     assert run_cli("bag", str(output / "runs/0001")).exit_code == 0

@@ -600,8 +600,8 @@ def test_stopped_retry_session_is_resumed(tmp_path: Path, mock: MockServer) -> N
 
     assert first.exit_code == 3, first.stderr
     assert (
-        "state: unfinished (the run ended once, and a later session, such as one with "
-        "--retry-failed, stopped before its end; run that command again to end it)"
+        "state: unfinished (the run ended once, and a later session stopped before its end; "
+        "run that session's command again, with its --retry-failed, to end it)"
     ) in status.stdout.splitlines()
     assert resumed.exit_code == 3, resumed.stderr
     assert f"resuming the run in {run}" in resumed.stderr
@@ -644,16 +644,16 @@ def test_retry_without_earlier_token_refused(tmp_path: Path, mock: MockServer) -
     assert anonymous.stderr.splitlines()[-1] == (
         f"tm-export: error: {tmp_path / 'out/runs/0001'}: 1 earlier session of this run sent "
         "an API token, and TM_API_TOKEN is not set or empty now, so this session would skip "
-        "the private projects they could read; export TM_API_TOKEN and run the same command "
-        "again, or give --start-over for an anonymous run in a new folder"
+        "the private projects that the token could read; export TM_API_TOKEN and run the same "
+        "command again, or give --start-over for an anonymous run in a new folder"
     )
     assert sent_anonymously == []
     assert without_token_env.exit_code == 2
     assert without_token_env.stderr.splitlines()[-1] == (
         f"tm-export: error: {tmp_path / 'out/runs/0001'}: 1 earlier session of this run sent an "
         f"API token, but {tmp_path / 'plain.yaml'} names no instance.token_env now, so this "
-        "session would skip the private projects they could read; put token_env back in the "
-        "recipe and run the same command again"
+        "session would skip the private projects that the token could read; put token_env "
+        "back in the recipe and run the same command again"
     )
     assert with_token.exit_code == 0, with_token.stderr
     assert manifest.read_bytes().startswith(before)

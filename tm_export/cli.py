@@ -38,7 +38,9 @@ Exit codes:
        /api/v2), a parent page that a shard could not read,
        damaged manifest, output folder in use, a command that does
        not fit the run in the folder, standard output not writable
-  2    invalid recipe or usage; nothing was sent or written
+  2    invalid recipe or usage, or a token variable unset where the
+       recipe or the run's earlier sessions need a token; nothing was
+       sent or written
   3    finished, but some partitions failed or an integrity check
        failed (or, with --strict, some were skipped)
   130  interrupted by SIGINT or SIGTERM; run again to resume"""
@@ -51,7 +53,8 @@ Exit codes:
 MERGE_EXIT_CODES = """\b
 Exit codes:
   0    merged; a warning names partitions that failed in the shards, which
-       'run --retry-failed' on OUTPUT fetches again
+       'run --retry-failed' on OUTPUT fetches again. Also when the last
+       run in OUTPUT is a merge of these shards already: nothing is written
   1    the output folder is in use, or a write failed
   2    a shard is missing, repeated, unfinished, of another recipe or kind,
        made canonical, overlaps OUTPUT or another shard, or the last run
@@ -137,8 +140,8 @@ def _asks_json_logs(args: list[str]) -> bool:
     "--rate-limit",
     type=RateParam(),
     metavar="PER_SECOND",
-    help="Request budget in requests per second, such as 10 or 2.5/s. Overrides "
-    "instance.rate_limit.",
+    help="Request budget in requests per second, at least 0.01, such as 10 or 2.5/s. "
+    "Overrides instance.rate_limit.",
 )
 @click.option(
     "--retry-failed",

@@ -228,7 +228,8 @@ def verify(folder: Path, as_json: bool) -> None:
     """Check every stream file in DIR against what the manifest proves.
 
     DIR is an output folder (every run is checked) or one run folder. Each file's SHA-256,
-    committed size, line and record counts, and each committed page's lines are checked.
+    committed size, line and record counts, and each committed page's line count and
+    CRC-32 are checked.
     The run record (run.json) and the bag's checksums are compared too, where present.
 
     \b

@@ -386,13 +386,13 @@ class _Session:
             raise RecipeError(
                 f"{run_folder}: {with_token} earlier session{'s' if with_token != 1 else ''} of "
                 f"this run sent an API token, but {self.recipe.path} names no instance.token_env "
-                "now, so this session would skip the private projects they could read; put "
+                "now, so this session would skip the private projects that the token could read; put "
                 "token_env back in the recipe and run the same command again"
             )
         raise RecipeError(
             f"{run_folder}: {with_token} earlier session{'s' if with_token != 1 else ''} of this "
             f"run sent an API token, and {variable} is not set or empty now, so this session "
-            "would skip the private projects they could read; export "
+            "would skip the private projects that the token could read; export "
             f"{variable} and run the same command again, or give --start-over for an "
             "anonymous run in a new folder"
         )

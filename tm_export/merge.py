@@ -110,6 +110,7 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
     fingerprints = [_fingerprint(shard) for shard in shards]
 
     with OutputLock(output):
+        _remove_unfinished_merges(output)
         # Another merge or run may have written to ``output`` since the first check.
         last = _check_output(output, shards)
         if last is not None and last[1].get("merged_manifests") == fingerprints:
@@ -126,7 +127,6 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
             else:
                 _warn_of_failed(failed, "the merged run still has", shards, output)
             return MergeResult(earlier.folder, records={}, failed=failed, already_merged=True)
-        _remove_unfinished_merges(output)
         run_folder = next_run_folder(output)
         building = run_folder.with_name(f".{run_folder.name}{BUILDING_SUFFIX}")
         try:

@@ -268,8 +268,8 @@ def _sessions_line(status: RunStatus) -> str:
 def _state_line(status: RunStatus) -> str:
     if status.state == "unfinished" and status.ended_before:
         return (
-            "state: unfinished (the run ended once, and a later session, such as one with "
-            "--retry-failed, stopped before its end; run that command again to end it)"
+            "state: unfinished (the run ended once, and a later session stopped before its end; "
+            "run that session's command again, with its --retry-failed, to end it)"
         )
     if status.state == "unfinished":
         return (

@@ -508,3 +508,51 @@ def test_keyboard_interrupt_in_other_commands_exits_130(
         "",
         "tm-export: error: interrupted; run the same command again to finish\n",
     )
+
+
+def test_start_over_stop_advises_without_option(tmp_path: Path, mock: MockServer) -> None:
+    """A run begun with --start-over that stops says to resume without --start-over, which
+    would begin yet another run; the command without it resumes the run."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
+    mock.add_fault(
+        path=r"^/api/v2/projects/2/statistics/$",
+        times=1,
+        status=429,
+        headers={"Retry-After": "3600"},
+    )
+
+    stopped = run_cli("run", str(recipe), "--base-url", mock.api_url, "--start-over")
+    resumed = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert stopped.exit_code == 1
+    lines = stopped.stderr.splitlines()
+    assert lines[-2] == (
+        "result: stopped by a fatal error; once its cause is fixed, run the same command "
+        "without --start-over to resume (exit 1)"
+    )
+    assert lines[-1].startswith("tm-export: error: ")
+    assert "run the same command again" not in lines[-1]
+    assert resumed.exit_code == 0, resumed.stderr
+    assert f"run folder: {tmp_path / 'out/runs/0002'} (resumed)" in resumed.stderr
+    assert sorted(path.name for path in (tmp_path / "out/runs").iterdir()) == ["0001", "0002"]
+
+
+def test_finished_run_other_server_refused(tmp_path: Path, mock: MockServer) -> None:
+    """A command with another base URL than a finished run's says so, rather than that the
+    run is already finished."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
+
+    with MockServer(projects=PROJECTS) as other:
+        outcome = run_cli("run", str(recipe), "--base-url", other.api_url)
+        sent_to_other = other.requests()
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr.splitlines()[-1] == (
+        f"tm-export: error: {tmp_path / 'out/runs/0001'}: this run reads from {mock.api_url}, "
+        f"but this command reads from {other.api_url}. Nothing was changed. Give --base-url "
+        f"{mock.api_url} to go on with the run, or use --start-over to begin a new run from "
+        "the other server"
+    )
+    assert sent_to_other == []

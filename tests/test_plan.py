@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
@@ -571,3 +572,25 @@ def test_plan_time_at_rate_limit(tmp_path: Path) -> None:
         "time: at least 21 min 40 s for the requests counted above, at the recipe's "
         "rate_limit of 0.01/s; retries and the server's response times add to it"
     )
+
+
+def test_plan_probe_unknown_token(tmp_path: Path, mock: MockServer) -> None:
+    """A token the server does not know is served anonymously on most endpoints, so the
+    probe checks it first and stops with exit 1, as the run would."""
+    text = STATIC_RECIPE.replace(
+        "rate_limit: 10000/s}", "rate_limit: 10000/s, token_env: TM_API_TOKEN}"
+    )
+    recipe = write_recipe(tmp_path, text)
+    unknown = base64.b64encode(b"1001.not-a-token-the-server-issued").decode()
+
+    outcome = run_cli(
+        "plan", str(recipe), "--probe", "--base-url", mock.api_url, env={"TM_API_TOKEN": unknown}
+    )
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr.splitlines()[-1].startswith(
+        "tm-export: error: the server rejected the API token (401 "
+    )
+    assert [request["path"] for request in mock.requests()] == [
+        "/api/v2/users/queries/tasks/locked/"
+    ]

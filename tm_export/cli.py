@@ -27,7 +27,7 @@ from .recipe_check import output_problem
 from .redact import Redactor
 from .reporting import LiveReporter, PlainReporter
 from .schema import RECIPE_SCHEMA
-from .summary import format_summary, summary_json
+from .summary import format_summary, resume_advice, summary_json
 
 EXIT_CODES = """\b
 Exit codes:
@@ -312,7 +312,9 @@ def run(
         # A second Ctrl-C after the engine acted on the first one (see interrupts.watch), or
         # one in the moment the event loop closes. Stopping at any point is as safe as a kill.
         fail(
-            "interrupted; run the same command again to resume",
+            resume_advice(
+                "interrupted; run the same command again to resume", started_over=start_over
+            ),
             ExitCode.INTERRUPTED,
             json_logs=json_logs,
         )
@@ -332,13 +334,15 @@ def run(
         )
         click.echo(redactor.redact(line), err=True)
         if result.fatal is not None:
+            message = resume_advice(str(result.fatal), started_over=result.started_over)
             logging.getLogger("tm_export").error(
-                "%s", result.fatal, extra={"event": "error", "exit_code": int(code)}
+                "%s", message, extra={"event": "error", "exit_code": int(code)}
             )
     else:
         click.echo(redactor.redact(format_summary(loaded, result, code)), err=True)
         if result.fatal is not None:
-            click.echo(f"tm-export: error: {redactor.redact(str(result.fatal))}", err=True)
+            message = resume_advice(str(result.fatal), started_over=result.started_over)
+            click.echo(f"tm-export: error: {redactor.redact(message)}", err=True)
     if as_json:
         click.echo(redactor.redact(json.dumps(summary, indent=2)))
     sys.exit(int(code))

@@ -124,6 +124,8 @@ class RunResult:
     interrupted: bool = False
     deleted: list[int] = field(default_factory=list)
     """Project ids an incremental run found deleted since the earlier runs."""
+    started_over: bool = False
+    """True when the command gave --start-over, which the command that resumes must not."""
 
     @property
     def failed_partitions(self) -> int:
@@ -336,6 +338,7 @@ class _Session:
             streams={},
             resumed=len(state.sessions) > 0,
             finished_before=self.finished_before,
+            started_over=self.options.start_over,
         )
         try:
             for name in self.recipe.streams:
@@ -365,8 +368,8 @@ class _Session:
             RecipeError: the earlier sessions sent a token and this one has none. It would
                 skip the private projects they read (403), and end complete with less.
         """
-        if self.finished_before:
-            return
+        # Checked for a finished run too: a user who meant to export from another server
+        # would otherwise only read that the run is already finished.
         server = latest_session(state.sessions).get("settings", {}).get("base_url")
         requested = self.options.base_url
         if server and server != requested:
@@ -376,7 +379,7 @@ class _Session:
                 "or use --start-over to begin a new run from the other server"
             )
 
-        if self.options.token:
+        if self.options.token or self.finished_before:
             return
         with_token = sum(1 for session in state.sessions if session.get("authenticated"))
         if not with_token:

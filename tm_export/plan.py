@@ -15,6 +15,7 @@ for the values its own child partitions come from.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import anyio
 
 from . import __version__
+from .catalog import TOKEN_CHECK_PATH
 from .clock import Clock, RealClock
 from .errors import FatalError, HTTPStatusError, RequestError, TransportError, unreachable
 from .fetcher import Fetcher
@@ -39,6 +41,8 @@ from .query import QueryBuilder
 from .recipe import Recipe, StreamSpec
 from .redact import Redactor
 from .stream import SKIP_STATUSES
+
+logger = logging.getLogger("tm_export.plan")
 
 #: Max partitions probed per stream, unless ``--max-probes`` sets another number.
 DEFAULT_MAX_PROBES = 1000
@@ -252,6 +256,15 @@ async def probe_plan(
             token_env=instance.token_env,
             rerun="run the plan again",
         )
+        if token:
+            # On most endpoints the server serves a token it does not know as anonymous, so
+            # without this check (run makes it too) the probe would count only public data.
+            try:
+                await fetcher.get_json(TOKEN_CHECK_PATH, {}, spool=False)
+            except TransportError as error:
+                raise unreachable(base_url, error, "run the plan again") from error
+            except RequestError as error:
+                logger.warning("the token check did not complete (%s); going on", error)
         for stream in plan.streams:
             spec = recipe.streams[stream.name]
             if stream.paginated and stream.parent is None:

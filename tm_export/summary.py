@@ -83,7 +83,18 @@ def outcome_text(result: RunResult, code: ExitCode) -> str:
     """Return the outcome of ``result`` in words, for the summary's result line and JSON."""
     if code == ExitCode.FAILURES and not result.failed_partitions and not result.problems:
         return STRICT_SKIPPED
-    return OUTCOMES[code]
+    return resume_advice(OUTCOMES[code], started_over=result.started_over)
+
+
+def resume_advice(text: str, *, started_over: bool) -> str:
+    """Return ``text`` with its advice to run the same command fitted to ``--start-over``.
+
+    The same command with --start-over would begin yet another run folder, so the run it
+    began is resumed by the command without that option.
+    """
+    if not started_over:
+        return text
+    return text.replace("run the same command again", "run the same command without --start-over")
 
 
 def summary_json(result: RunResult, code: ExitCode) -> dict[str, Any]:

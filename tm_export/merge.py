@@ -117,34 +117,44 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
             # A retried CI job merges again: a second copy of the same run would only hide
             # the first from the next run, and the first may have changed since. The hashes
             # name the shards whatever paths they are given by.
-            earlier = last[0]
-            entries = read_journal(earlier.manifest).entries
-            failed = _failed_partitions([entries])
-            if earlier.bagged or any(entry["t"] == "canonical" for entry in entries):
-                # run --retry-failed refuses such a run, so its command is not offered.
-                sealed = "it is a bag" if earlier.bagged else "its files were made canonical"
-                _warn_of_failed(failed, "the merged run still has", shards, output, sealed)
-            else:
-                _warn_of_failed(failed, "the merged run still has", shards, output)
-            return MergeResult(earlier.folder, records={}, failed=failed, already_merged=True)
-        run_folder = next_run_folder(output)
-        building = run_folder.with_name(f".{run_folder.name}{BUILDING_SUFFIX}")
-        try:
-            (building / "data").mkdir(parents=True)
-            _write(building, shards, fingerprints)
-            # The merged run is finished, so it describes itself as a finished run does.
-            write_run_record(building, run_name=run_folder.name)
-            fsync_folder(building)
-            building.rename(run_folder)
-        except BaseException:
-            # Any exception, a Ctrl-C included, leaves the output folder as it was.
-            shutil.rmtree(building, ignore_errors=True)
-            raise
-        fsync_folder(run_folder.parent)
+            return _earlier_merge(last[0], shards, output)
+        run_folder = _build(output, shards, fingerprints)
 
     failed = _failed_partitions([shard.entries for shard in shards])
     _warn_of_failed(failed, "the shards left", shards, output)
     return MergeResult(run_folder=run_folder, records=_record_counts(shards), failed=failed)
+
+
+def _build(output: Path, shards: list[Shard], fingerprints: list[str]) -> Path:
+    """Write the merged run in a hidden folder, rename it to the next run, return its folder."""
+    run_folder = next_run_folder(output)
+    building = run_folder.with_name(f".{run_folder.name}{BUILDING_SUFFIX}")
+    try:
+        (building / "data").mkdir(parents=True)
+        _write(building, shards, fingerprints)
+        # The merged run is finished, so it describes itself as a finished run does.
+        write_run_record(building, run_name=run_folder.name)
+        fsync_folder(building)
+        building.rename(run_folder)
+    except BaseException:
+        # Any exception, a Ctrl-C included, leaves the output folder as it was.
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    fsync_folder(run_folder.parent)
+    return run_folder
+
+
+def _earlier_merge(earlier: RunPaths, shards: list[Shard], output: Path) -> MergeResult:
+    """Report the run that an earlier merge of these shards wrote, and what it has failed."""
+    entries = read_journal(earlier.manifest).entries
+    failed = _failed_partitions([entries])
+    if earlier.bagged or any(entry["t"] == "canonical" for entry in entries):
+        # run --retry-failed refuses such a run, so its command is not offered.
+        sealed = "it is a bag" if earlier.bagged else "its files were made canonical"
+        _warn_of_failed(failed, "the merged run still has", shards, output, sealed)
+    else:
+        _warn_of_failed(failed, "the merged run still has", shards, output)
+    return MergeResult(earlier.folder, records={}, failed=failed, already_merged=True)
 
 
 def _warn_of_failed(

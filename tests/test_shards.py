@@ -894,3 +894,27 @@ def test_merge_again_after_bag_offers_no_retry(tmp_path: Path, mock: MockServer)
         'tm-export: WARNING: the merged run still has 1 failed partition: stats {"project_id":8}; '
         "it is a bag, so 'run --retry-failed' cannot add pages to it\n"
     )
+
+
+def test_merge_into_folder_in_use(tmp_path: Path, mock: MockServer) -> None:
+    """A merge into an output folder that another process is writing exits 1, as run does,
+    rather than calling that process's run unfinished."""
+    from tm_export.layout import OutputLock
+
+    shards = export_shards(tmp_path, mock, 2)
+    output = tmp_path / "merged"
+    # The run that the other process is writing: so far only its manifest's header.
+    writing = output / "runs/0001"
+    writing.mkdir(parents=True)
+    header = (shards[0] / "runs/0001/manifest.jsonl").read_bytes().splitlines()[0]
+    (writing / "manifest.jsonl").write_bytes(header + b"\n")
+
+    with OutputLock(output):
+        outcome = run_cli("merge", str(output), *map(str, shards))
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr == (
+        f"tm-export: error: {output}: another tm-export process is writing this output folder; "
+        "wait for it to finish, or choose another output folder\n"
+    )
+    assert sorted(path.name for path in (output / "runs").iterdir()) == ["0001"]

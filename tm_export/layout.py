@@ -69,6 +69,29 @@ def run_codec(header: dict[str, object]) -> Codec:
     return "none"
 
 
+def in_use_error(output: Path) -> OutputLockedError:
+    """Return the error for an output folder whose lock another process holds."""
+    return OutputLockedError(
+        f"{output}: another tm-export process is writing this output folder; wait for it to "
+        "finish, or choose another output folder"
+    )
+
+
+def output_in_use(output: Path) -> bool:
+    """Tell whether another process holds the lock of ``output``, without creating anything."""
+    try:
+        with (output / ".lock").open("rb") as file:
+            try:
+                fcntl.flock(file.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+    except OSError:
+        # No lock file (or none that can be read): OutputLock reports any real problem.
+        return False
+    return False
+
+
 class OutputLock:
     """An exclusive lock on an output folder, released when the process ends."""
 
@@ -90,10 +113,7 @@ class OutputLock:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._file.close()
-            raise OutputLockedError(
-                f"{self._path.parent}: another tm-export process is writing this output folder; "
-                "wait for it to finish, or choose another output folder"
-            ) from None
+            raise in_use_error(self._path.parent) from None
         self._file.truncate(0)
         self._file.write(f"{os.getpid()}\n".encode())
         self._file.flush()

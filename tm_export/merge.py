@@ -41,8 +41,10 @@ from .journal import Journal, fsync_folder, read_journal
 from .layout import (
     MANIFEST_NAME,
     OutputLock,
+    in_use_error,
     list_runs,
     next_run_folder,
+    output_in_use,
     run_codec,
     runs_folder,
     stream_path,
@@ -98,9 +100,13 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
             written then.
         RunDamagedError: a shard's files do not match its manifest, run record or bag;
             nothing is written then.
+        OutputLockedError: another process is writing ``output``.
     """
     shards = sorted((_read_shard(source) for source in sources), key=lambda shard: shard.index)
     _check(shards)
+    if output_in_use(output):
+        # Its last run is being written, which _check_output would call unfinished.
+        raise in_use_error(output)
     # Checked before the lock too, so that a rejected merge creates nothing in ``output``.
     _check_output(output, shards)
     _warn_other_servers(shards)

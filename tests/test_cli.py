@@ -531,8 +531,11 @@ def test_start_over_stop_advises_without_option(tmp_path: Path, mock: MockServer
         "result: stopped by a fatal error; once its cause is fixed, run the same command "
         "without --start-over to resume (exit 1)"
     )
-    assert lines[-1].startswith("tm-export: error: ")
-    assert "run the same command again" not in lines[-1]
+    assert lines[-1].startswith("tm-export: error: the server asked to wait 3600 s ")
+    assert lines[-1].endswith(
+        "the run stopped. Wait, then run the same command without --start-over to resume, or "
+        "raise max_retry_after"
+    )
     assert resumed.exit_code == 0, resumed.stderr
     assert f"run folder: {tmp_path / 'out/runs/0002'} (resumed)" in resumed.stderr
     assert sorted(path.name for path in (tmp_path / "out/runs").iterdir()) == ["0001", "0002"]
@@ -555,4 +558,21 @@ def test_finished_run_other_server_refused(tmp_path: Path, mock: MockServer) -> 
         f"{mock.api_url} to go on with the run, or use --start-over to begin a new run from "
         "the other server"
     )
+    assert "already finished" not in outcome.stderr
     assert sent_to_other == []
+
+
+@pytest.mark.parametrize("option", ["--retry-failed", "--retry-skipped"])
+def test_start_over_with_retry_refused(tmp_path: Path, option: str) -> None:
+    """--start-over with a retry option is a usage error: the retry would fetch everything."""
+    recipe = write_recipe(tmp_path, LOOPBACK_RECIPE)
+
+    outcome = run_cli("run", str(recipe), "--start-over", option)
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr == (
+        f"tm-export: error: {option} and --start-over exclude each other: {option} fetches "
+        "again in the last run what it could not fetch, --start-over begins a new run that "
+        "fetches everything; give one\n"
+    )
+    assert not (tmp_path / "out").exists()

@@ -433,7 +433,7 @@ def test_server_refusing_connections_stops_run(
         "again to resume (exit 1)",
         f"tm-export: error: cannot reach the Tasking Manager at {api_url}: GET "
         f"{api_url}/system/heartbeat/ failed: cannot connect to 127.0.0.1:{port} "
-        "(Connection refused); check the base URL and the network, then run again to resume",
+        "(Connection refused); check the base URL and the network, then run the same command again to resume",
     ]
 
 

@@ -109,8 +109,8 @@ def test_retry_after_too_long_stops() -> None:
 
     assert str(caught.value) == (
         f"the server asked to wait 86400 s (Retry-After at {BASE}/x/), more than "
-        "instance.retries.max_retry_after (300 s); the run stopped. Run the same command later to "
-        "resume, or raise max_retry_after"
+        "instance.retries.max_retry_after (300 s); the run stopped. Wait, then run the same "
+        "command again to resume, or raise max_retry_after"
     )
     assert clock.now < 1.0
     assert len(session.sent) == 1

@@ -106,26 +106,31 @@ def test_updated_in_the_start_second() -> None:
     assert updated_since({"lastUpdated": "2026-12-05T03:01:43.999999Z"}, since) is False
 
 
-def test_incremental_warns_of_other_server(tmp_path: Path, mock: MockServer) -> None:
-    """An incremental run against another API URL than the run before it warns."""
+def test_incremental_refuses_other_server(tmp_path: Path, mock: MockServer) -> None:
+    """An incremental run against another API URL than the run before it stops before any
+    request: the changes it skips on the right server would be lost for good."""
     recipe = write_recipe(tmp_path, RECIPE)
     env = {"TM_API_TOKEN": mock.tokens["admin"]}
     assert run_cli("run", str(recipe), "--base-url", mock.api_url, env=env).exit_code == 0
 
     with MockServer(projects=3) as other:
-        env = {"TM_API_TOKEN": other.tokens["admin"]}
-        outcome = run_cli("run", str(recipe), "--base-url", other.api_url, "--incremental", env=env)
-        same = run_cli("run", str(recipe), "--base-url", other.api_url, "--incremental", env=env)
+        other_env = {"TM_API_TOKEN": other.tokens["admin"]}
+        outcome = run_cli(
+            "run", str(recipe), "--base-url", other.api_url, "--incremental", env=other_env
+        )
+        sent_to_other = other.requests()
+    same = run_cli("run", str(recipe), "--base-url", mock.api_url + "/", "--incremental", env=env)
 
-    assert outcome.exit_code == 0, outcome.stderr
-    warning = (
-        f"the previous run read from {mock.api_url} and this incremental run reads from "
-        f"{other.api_url}; only what changed since the previous run is fetched, so use "
-        "--start-over if this is another Tasking Manager"
+    assert outcome.exit_code == 1
+    assert outcome.stderr.splitlines()[-1] == (
+        f"tm-export: error: {tmp_path / 'out'}: the previous run read from {mock.api_url}, and "
+        f"this incremental run would read from {other.api_url}; it fetches only what changed "
+        "since the previous run, so it needs the same server. Nothing was changed. Give "
+        f"--base-url {mock.api_url}, or use --start-over for a full run from the other server"
     )
-    assert warning in outcome.stderr
+    assert sent_to_other == []
     assert same.exit_code == 0, same.stderr
-    assert "the previous run read from" not in same.stderr
+    assert sorted(path.name for path in (tmp_path / "out/runs").iterdir()) == ["0001", "0002"]
 
 
 def test_deleted_project_reported_once(tmp_path: Path, mock: MockServer) -> None:
@@ -191,3 +196,38 @@ def test_deletion_check_failure_is_fatal(tmp_path: Path, mock: MockServer) -> No
         '{"detail":"Bad Request"}; run the same command again to resume'
     )
     assert "Traceback" not in outcome.stderr
+
+
+def test_resumed_incremental_walk_keeps_filtered(tmp_path: Path, mock: MockServer) -> None:
+    """The server's project search filters by day, so an incremental walk drops projects
+    updated earlier that day and its records fall short of the server's total. A walk
+    resumed after a failed page knows that from its committed pages and reports no
+    integrity problem."""
+    text = RECIPE.replace("rate_limit: 10000/s}", "rate_limit: 10000/s, retries: {attempts: 1}}")
+    recipe = write_recipe(tmp_path, text)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    ids = sorted(
+        p.id for p in mock.dataset.projects.values() if p.status in ("PUBLISHED", "ARCHIVED")
+    )
+    early_ids, late_ids = ids[:14], ids[-14:]
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    # Today, but before the first run: the search of the incremental run finds these
+    # projects by their day, and the run drops them by their time.
+    for project_id in early_ids:
+        mock.dataset.touch_project(project_id, max(now - dt.timedelta(minutes=1), midnight))
+    assert run_cli(*args, env=env).exit_code == 0
+    for project_id in late_ids:
+        mock.dataset.touch_project(project_id, now + dt.timedelta(minutes=5))
+    mock.add_fault(path=r"^/api/v2/projects/$", query={"page": "2"}, status=500)
+    failed = run_cli(*args, "--incremental", env=env)
+    mock.clear_faults()
+
+    retried = run_cli(*args, "--retry-failed", env=env)
+
+    assert failed.exit_code == 3, failed.stderr
+    assert retried.exit_code == 0, retried.stderr
+    assert "integrity" not in retried.stderr
+    second = tmp_path / "out/runs/0002/data/projects.jsonl"
+    assert sorted(r["projectId"] for r in records(second)) == late_ids

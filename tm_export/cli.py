@@ -253,6 +253,15 @@ def run(
             ExitCode.USAGE,
             json_logs=json_logs,
         )
+    if start_over and (retry_failed or retry_skipped):
+        option = "--retry-failed" if retry_failed else "--retry-skipped"
+        fail(
+            f"{option} and --start-over exclude each other: {option} fetches again in the last "
+            "run what it could not fetch, --start-over begins a new run that fetches everything; "
+            "give one",
+            ExitCode.USAGE,
+            json_logs=json_logs,
+        )
     try:
         loaded = load_recipe(recipe)
         token = resolve_token(loaded)
@@ -334,15 +343,13 @@ def run(
         )
         click.echo(redactor.redact(line), err=True)
         if result.fatal is not None:
-            message = resume_advice(str(result.fatal), started_over=result.started_over)
             logging.getLogger("tm_export").error(
-                "%s", message, extra={"event": "error", "exit_code": int(code)}
+                "%s", result.fatal, extra={"event": "error", "exit_code": int(code)}
             )
     else:
         click.echo(redactor.redact(format_summary(loaded, result, code)), err=True)
         if result.fatal is not None:
-            message = resume_advice(str(result.fatal), started_over=result.started_over)
-            click.echo(f"tm-export: error: {redactor.redact(message)}", err=True)
+            click.echo(f"tm-export: error: {redactor.redact(str(result.fatal))}", err=True)
     if as_json:
         click.echo(redactor.redact(json.dumps(summary, indent=2)))
     sys.exit(int(code))

@@ -317,6 +317,13 @@ class _Session:
         self.codec: Codec = options.compression or "none"
         self.finished_before = False
         """True when the run had finished and this session has nothing to retry."""
+        # The same command with --start-over would begin yet another run folder.
+        self.rerun = (
+            "run the same command without --start-over"
+            if options.start_over
+            else "run the same command again"
+        )
+        """The start of every piece of advice to resume this run."""
 
     async def run(self) -> RunResult:
         run_folder, state, journal = self._open_run()
@@ -359,26 +366,28 @@ class _Session:
 
     # --- opening the run ------------------------------------------------------------
 
-    def _check_continuation(self, run_folder: Path, state: ManifestState) -> None:
-        """Raise when this session would add to the run what its earlier sessions could not.
+    def _check_server(self, run_folder: Path, state: ManifestState) -> None:
+        """Raise ManifestError when the run's earlier sessions read from another server.
 
-        Raises:
-            ManifestError: the earlier sessions read from another server. Records of two
-                servers in one run would be indistinguishable, and its record cites one.
-            RecipeError: the earlier sessions sent a token and this one has none. It would
-                skip the private projects they read (403), and end complete with less.
+        Records of two servers in one run would be indistinguishable, and its record cites
+        one. A finished run is checked too: a user who meant to export from another server
+        would otherwise only read that the run is already finished.
         """
-        # Checked for a finished run too: a user who meant to export from another server
-        # would otherwise only read that the run is already finished.
         server = latest_session(state.sessions).get("settings", {}).get("base_url")
         requested = self.options.base_url
-        if server and server != requested:
+        if server and server.rstrip("/") != requested.rstrip("/"):
             raise ManifestError(
                 f"{run_folder}: this run reads from {server}, but this command reads from "
                 f"{requested}. Nothing was changed. Give --base-url {server} to go on with the run, "
                 "or use --start-over to begin a new run from the other server"
             )
 
+    def _check_continuation(self, run_folder: Path, state: ManifestState) -> None:
+        """Raise RecipeError when the earlier sessions sent a token and this one has none.
+
+        Such a session would skip the private projects they read (403), and end complete
+        with less.
+        """
         if self.options.token or self.finished_before:
             return
         with_token = sum(1 for session in state.sessions if session.get("authenticated"))
@@ -428,6 +437,7 @@ class _Session:
                             "be added to them; use --incremental or --start-over to fetch again in a new run"
                         )
                     if not (self.options.incremental and state.finished):
+                        self._check_server(folder, state)
                         if self.options.incremental:
                             logger.info(
                                 "the last run is unfinished: resuming it; --incremental starts a "
@@ -463,6 +473,7 @@ class _Session:
         else:
             folder = next_run_folder(output)
 
+        self._check_previous_server()
         (folder / "data").mkdir(parents=True, exist_ok=True)
         header = {
             "tool": "tm-export",
@@ -476,7 +487,6 @@ class _Session:
             "compression": self.codec,
             "incremental": self.baseline.header() if self.baseline else None,
         }
-        self._warn_other_server()
         journal = Journal.create(folder / MANIFEST_NAME, header)
         logger.info("starting a new run in %s", folder)
         return folder, ManifestState.replay([{"t": "run", **header}]), journal
@@ -530,22 +540,24 @@ class _Session:
             ) from error
         return True
 
-    def _warn_other_server(self) -> None:
-        """Warn when an incremental run reads from another API URL than the run before it.
+    def _check_previous_server(self) -> None:
+        """Raise ManifestError when an incremental run would read from another API URL than
+        the run before it.
 
-        Only what changed on the earlier server is fetched, so a server with other data
-        would leave the archive incomplete. The same server may have several URLs, so this
-        is a warning and not an error.
+        Only what changed since the previous run is fetched, so a night against the wrong
+        server would lose that night's changes on the right one for good: the next
+        incremental run starts after it. A server reached by another URL is given the
+        previous URL instead.
         """
         previous = self.baseline.base_url if self.baseline else None
         if previous is None or previous.rstrip("/") == self.options.base_url.rstrip("/"):
             return
-        logger.warning(
-            "the previous run read from %s and this incremental run reads from %s; only what "
-            "changed since the previous run is fetched, so use --start-over if this is another "
-            "Tasking Manager",
-            previous,
-            self.options.base_url,
+        raise ManifestError(
+            f"{self.options.output}: the previous run read from {previous}, and this "
+            f"incremental run would read from {self.options.base_url}; it fetches only what "
+            "changed since the previous run, so it needs the same server. Nothing was "
+            f"changed. Give --base-url {previous}, or use --start-over for a full run from "
+            "the other server"
         )
 
     def _note_finished(self, folder: Path, state: ManifestState) -> None:
@@ -654,6 +666,7 @@ class _Session:
                 redactor=self.redactor,
                 token_env=instance.token_env,
                 rng=self.options.rng,
+                rerun=f"{self.rerun} to resume",
             )
             runners = self._runners(state, committer, fetcher, run_folder)
             result.streams = {name: runner.stats for name, runner in runners.items()}
@@ -760,7 +773,7 @@ class _Session:
             result.authenticated = False
             raise
         except TransportError as error:
-            raise unreachable(self.options.base_url, error, "run again to resume") from error
+            raise unreachable(self.options.base_url, error, f"{self.rerun} to resume") from error
         except HTTPStatusError as error:
             if error.status == 404:
                 # Every TM API has this path, so a 404 means the URL is not an API root, and
@@ -813,8 +826,8 @@ class _Session:
         raise FatalError(
             f"shard {index}/{count} could not read {total} partition{'s' if total != 1 else ''} "
             f"that another shard writes (first: {name} {partition}: {error}), so the child "
-            "partitions named by their records are unknown; the run is left unfinished: run the "
-            "same command again to resume"
+            f"partitions named by their records are unknown; the run is left unfinished: "
+            f"{self.rerun} to resume"
         )
 
     async def _find_deleted(
@@ -841,7 +854,7 @@ class _Session:
             # Read whole: a list of every project on the map can pass the spool threshold.
             _, body = await fetcher.get_json(search.endpoint.path, params, spool=False)
         except RequestError as error:
-            raise _deletion_check_failed(error) from error
+            raise _deletion_check_failed(error, self.rerun) from error
         features = body.get("mapResults", {}).get("features", []) if isinstance(body, dict) else []
         current = {f["properties"]["projectId"] for f in features if isinstance(f, dict)}
 
@@ -857,7 +870,7 @@ class _Session:
                     result.deleted.append(project_id)
                     logger.info("project %d was archived before and is deleted now", project_id)
             except RequestError as error:
-                raise _deletion_check_failed(error) from error
+                raise _deletion_check_failed(error, self.rerun) from error
 
     def _session_entry(self, state: ManifestState, result: RunResult) -> dict[str, Any]:
         instance = self.recipe.instance
@@ -962,7 +975,7 @@ class _Session:
         records = earlier[1] + committer.records_committed
         return StorageError(
             f"{error}. The manifest still proves {pages} committed pages ({records} records), and the "
-            "stream files were cut back to them; free some space and run the same command again to resume"
+            f"stream files were cut back to them; free some space and {self.rerun} to resume"
         )
 
     def _cut_back(self, files: dict[str, StreamFile], committed_ends: dict[str, int]) -> None:
@@ -995,11 +1008,10 @@ def _leaves(group: BaseExceptionGroup[FatalError]) -> Iterator[FatalError]:
             yield error
 
 
-def _deletion_check_failed(error: RequestError) -> FatalError:
+def _deletion_check_failed(error: RequestError, rerun: str) -> FatalError:
     """Return the fatal error for a check of deleted projects that got no usable response."""
     return FatalError(
-        f"the check for projects deleted since the last run failed: {error}; run the same "
-        "command again to resume"
+        f"the check for projects deleted since the last run failed: {error}; {rerun} to resume"
     )
 
 

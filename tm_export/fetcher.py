@@ -204,8 +204,8 @@ class Fetcher:
         if retry_after is not None and retry_after > limit:
             self._fatal = WaitTooLongError(
                 f"the server asked to wait {retry_after:.0f} s (Retry-After at {failure.url}), more than "
-                f"instance.retries.max_retry_after ({limit:.0f} s); the run stopped. Run the same command "
-                "later to resume, or raise max_retry_after"
+                f"instance.retries.max_retry_after ({limit:.0f} s); the run stopped. Wait, then "
+                f"{self._rerun}, or raise max_retry_after"
             )
             raise self._fatal
 

@@ -76,6 +76,9 @@ class PartitionState:
     page_count: int | None = None
     total: int | None = None
     final: dict[str, Any] | None = None
+    filtered: bool = False
+    """True when a committed page dropped records that earlier runs have (see
+    ``PartitionWalk.filtered``), so the records need not add up to the server's total."""
 
     @property
     def state(self) -> str:
@@ -418,6 +421,8 @@ def _add_page(part: PartitionState, entry: dict[str, Any]) -> None:
         part.page_count = max(part.page_count or 0, entry["pages"])
     if entry.get("total") is not None:
         part.total = entry["total"]
+    if entry.get("filtered"):
+        part.filtered = True
 
 
 def load_state(path: Path, *, keep_done_pages: bool = True) -> tuple[ManifestState, JournalExtent]:

@@ -49,6 +49,7 @@ from .layout import (
     runs_folder,
     stream_path,
 )
+from .manifest import latest_session
 from .runrecord import require_verified, write_run_record
 from .verify import RunPaths, check_run, find_runs, scan_manifest
 
@@ -260,7 +261,9 @@ def _failed_text(failed: dict[str, list[str]], limit: int = 5) -> str:
 def _retry_command(shards: list[Shard], output: Path) -> str:
     """Return the command that fetches the shards' failed partitions on the merged run."""
     options = ["--retry-failed", "--output", os.path.abspath(output)]
-    return _run_command(shards[-1].entries, options, "the shards ran in")
+    # The merged run's newest session gives the base URL that a session on it must use.
+    sessions = [entry for shard in shards for entry in shard.entries if entry["t"] == "session"]
+    return _run_command([shards[-1].header, *sessions], options, "the shards ran in")
 
 
 def _run_command(entries: list[dict[str, Any]], options: list[str], where: str) -> str:
@@ -271,7 +274,7 @@ def _run_command(entries: list[dict[str, Any]], options: list[str], where: str) 
     the folder that ``where`` names, where a relative recipe path is valid.
     """
     sessions = [entry for entry in entries if entry["t"] == "session"]
-    base_url = sessions[-1].get("settings", {}).get("base_url") if sessions else None
+    base_url = latest_session(sessions).get("settings", {}).get("base_url")
     recipe = str(entries[0].get("recipe_path", "RECIPE"))
     words = ["tm-export", "run", recipe]
     if base_url:

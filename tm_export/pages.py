@@ -28,6 +28,11 @@ from .walk import PageResult, PartitionWalk, StreamStats, pagination_facts, with
 
 logger = logging.getLogger("tm_export.pages")
 
+#: The key a page entry gets once its partition's walk has dropped records that earlier runs
+#: have, so that a resumed walk does not take the shortfall against the total for a loss.
+#: Most entries have no such key, which keeps the manifest small.
+FILTERED_MARK: dict[bool, dict[str, bool]] = {True: {"filtered": True}, False: {}}
+
 
 class PageWriter:
     """Writer of one stream's pages, which keeps that stream's record and page counts."""
@@ -151,6 +156,7 @@ class PageWriter:
                         "pages": page_count,
                         "total": total,
                         "next": has_next,
+                        **FILTERED_MARK[walk.filtered],
                     },
                 )
             else:
@@ -238,6 +244,7 @@ class PageWriter:
                 "pages": page_count,
                 "total": total,
                 "next": has_next,
+                **FILTERED_MARK[walk.filtered],
             },
         )
 

@@ -52,8 +52,9 @@ class PartitionWalk:
         self.failed_pages: dict[int, RequestError | ShapeError] = {}
         self.problems: list[str] = []
         self.stop = False
-        self.filtered = False
-        """True when an incremental run dropped records it already has, so totals differ."""
+        self.filtered = state.filtered
+        """True when an incremental run dropped records it already has, so totals differ.
+        A resumed walk takes it from its committed pages, which record it."""
 
     def stopped(self) -> bool:
         """Tell whether the walk was stopped; a call, so type checkers re-read it after an await."""

@@ -231,3 +231,29 @@ def test_resumed_incremental_walk_keeps_filtered(tmp_path: Path, mock: MockServe
     assert "integrity" not in retried.stderr
     second = tmp_path / "out/runs/0002/data/projects.jsonl"
     assert sorted(r["projectId"] for r in records(second)) == late_ids
+
+
+def test_incremental_run_labelled_partial(tmp_path: Path, mock: MockServer) -> None:
+    """status and the bag's description say that an incremental run holds only changes."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    assert run_cli(*args, "--incremental", env=env).exit_code == 0
+    second = tmp_path / "out/runs/0002"
+    since = orjson.loads((second / "manifest.jsonl").read_bytes().splitlines()[0])["incremental"][
+        "since"
+    ]
+
+    status = run_cli("status", str(second))
+    bagged = run_cli("bag", str(second))
+
+    assert status.stdout.splitlines()[3] == (
+        f"incremental: holds what changed since {since}, on top of runs 0001"
+    )
+    assert bagged.exit_code == 0, bagged.stderr
+    info = (second / "bag-info.txt").read_text()
+    assert (
+        f"; an incremental run: only what changed since {since}, on top of the earlier runs 0001"
+        in " ".join(line.strip() for line in info.splitlines())
+    )

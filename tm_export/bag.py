@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import bagit  # type: ignore[import-untyped]
 
@@ -92,6 +93,7 @@ def make_run_bag(run_folder: Path) -> RunPaths:
         "External-Description": (
             f"tm-export run {paths.folder.name}: Tasking Manager API records as JSON Lines, "
             "with the manifest that proves them (manifest.jsonl) and the run record (run.json)"
+            + _incremental_note(state.header.get("incremental"))
         ),
         "External-Identifier": f"tm-export recipe hash {state.header.get('recipe_hash')}",
         "TM-Export-Version": __version__,
@@ -166,3 +168,14 @@ def _move_contents_up(source: Path, folder: Path) -> None:
         os.rename(child, folder / child.name)
     source.rmdir()
     fsync_path(folder)
+
+
+def _incremental_note(baseline: dict[str, Any] | None) -> str:
+    """Return the description's note that an incremental run holds only what changed."""
+    if not baseline:
+        return ""
+    previous = ", ".join(baseline.get("previous", []))
+    return (
+        f"; an incremental run: only what changed since {baseline.get('since')}, on top of the "
+        f"earlier runs {previous}"
+    )

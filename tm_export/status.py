@@ -288,6 +288,15 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
         + (" (a bag)" if status.paths.bagged else ""),
         _state_line(status),
         f"started: {status.header.get('started')}",
+    ]
+    baseline = status.header.get("incremental")
+    if baseline:
+        # Its files hold only what changed, which a reader must know before using them.
+        lines.append(
+            f"incremental: holds what changed since {baseline.get('since')}, on top of runs "
+            f"{', '.join(baseline.get('previous', []))}"
+        )
+    lines += [
         _sessions_line(status),
     ]
     if status.codec != "none":

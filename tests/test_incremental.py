@@ -257,3 +257,48 @@ def test_incremental_run_labelled_partial(tmp_path: Path, mock: MockServer) -> N
         f"; an incremental run: only what changed since {since}, on top of the earlier runs 0001"
         in " ".join(line.strip() for line in info.splitlines())
     )
+
+
+def test_incremental_builds_on_last_full_run(tmp_path: Path, mock: MockServer) -> None:
+    """After a --start-over from another server, an incremental run builds on that full run
+    only: the first server's projects are not reported deleted."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url, env=env).exit_code == 0
+
+    with MockServer(projects=3, seed=2) as other:
+        other_env = {"TM_API_TOKEN": other.tokens["admin"]}
+        args = ["run", str(recipe), "--base-url", other.api_url]
+        assert run_cli(*args, "--start-over", env=other_env).exit_code == 0
+        outcome = run_cli(*args, "--incremental", env=other_env)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "deleted since the earlier runs" not in outcome.stderr
+    header = orjson.loads((tmp_path / "out/runs/0003/manifest.jsonl").read_bytes().splitlines()[0])
+    assert header["incremental"]["previous"] == ["0002"]
+
+
+def test_unstarted_incremental_run_checks_server(tmp_path: Path, mock: MockServer) -> None:
+    """An incremental run that stopped at the server check cannot be continued against
+    another server than the run it builds on."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url, env=env).exit_code == 0
+    mock.add_fault(path=r"^/api/v2/system/heartbeat/$", status=404)
+    stopped = run_cli("run", str(recipe), "--base-url", mock.api_url, "--incremental", env=env)
+    mock.clear_faults()
+
+    with MockServer(projects=3) as other:
+        other_env = {"TM_API_TOKEN": other.tokens["admin"]}
+        outcome = run_cli(
+            "run", str(recipe), "--base-url", other.api_url, "--incremental", env=other_env
+        )
+        sent_to_other = other.requests()
+
+    assert stopped.exit_code == 1, stopped.stderr
+    assert outcome.exit_code == 1
+    assert outcome.stderr.splitlines()[-1].startswith(
+        f"tm-export: error: {tmp_path / 'out'}: the previous run read from {mock.api_url}, and "
+        f"this incremental run would read from {other.api_url}; "
+    )
+    assert sent_to_other == []

@@ -456,6 +456,9 @@ class _Session:
                                 folder,
                             )
                         self._load_baseline(state, output)
+                        # An incremental run that stopped before its first session has no
+                        # session for _check_server to compare with.
+                        self._check_previous_server()
                         return folder, state, Journal.open(manifest, valid_bytes=extent.valid_bytes)
                     self.baseline = read_baseline(self.recipe, runs)
                     folder = next_run_folder(output)

@@ -62,7 +62,8 @@ class Baseline:
 
 
 def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
-    """Read the finished runs ``runs`` (oldest first) of the same recipe.
+    """Read the finished runs ``runs`` (oldest first) of the same recipe, from the last full
+    (not incremental) run on.
 
     Raises:
         ManifestError: none of ``runs`` is a finished run of this recipe.
@@ -82,6 +83,11 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
             f"{runs[-1].parent}: no finished run of this recipe to build on; run without "
             "--incremental first"
         )
+    # A full run contains everything the runs before it had, so the chain starts at the last
+    # one. Runs before a --start-over, perhaps from another server, are not built on.
+    full = [index for index, (_, state) in enumerate(states) if not state.header.get("incremental")]
+    if full:
+        states = states[full[-1] :]
     last = states[-1][1]
     since = _parse_time(last.header["started"])
     previous = [(run.parent if run.name == "data" else run).name for run, _ in states]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 from click.testing import CliRunner
 
@@ -66,6 +67,16 @@ def run_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
         check=False,
         timeout=120,
     )
+
+
+def append_stopped_retry(run_folder: Path) -> None:
+    """Append a --retry-failed session that stopped before its end, as a kill would leave it."""
+    manifest = run_folder / "manifest.jsonl"
+    session = next(
+        orjson.loads(line) for line in manifest.read_bytes().splitlines() if b'"session"' in line
+    )
+    with manifest.open("ab") as file:
+        file.write(orjson.dumps(dict(session, retry_failed=True)) + b"\n")
 
 
 def read_lines(path: Path) -> list[bytes]:

@@ -126,7 +126,7 @@ def test_base_url_change_refused(tmp_path: Path, mock: MockServer) -> None:
             "run", str(recipe), "--base-url", other.api_url, "--retry-failed", "--quiet"
         )
         sent_to_other = other.requests()
-    after_refusal = manifest.read_bytes()
+    after_rejection = manifest.read_bytes()
     same_with_slash = run_cli(
         "run", str(recipe), "--base-url", mock.api_url + "/", "--retry-failed", "--quiet"
     )
@@ -139,7 +139,7 @@ def test_base_url_change_refused(tmp_path: Path, mock: MockServer) -> None:
         "the other server\n"
     )
     assert sent_to_other == []
-    assert after_refusal == before
+    assert after_rejection == before
     assert same_with_slash.exit_code == 3, same_with_slash.stderr
 
 
@@ -511,8 +511,8 @@ def test_keyboard_interrupt_in_other_commands_exits_130(
 
 
 def test_start_over_stop_advises_without_option(tmp_path: Path, mock: MockServer) -> None:
-    """A run begun with --start-over that stops says to resume without --start-over, which
-    would begin yet another run; the command without it resumes the run."""
+    """A run begun with --start-over that stops advises resuming without --start-over, which
+    would begin yet another run. The command without it resumes the run."""
     recipe = write_recipe(tmp_path, RECIPE)
     assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
     mock.add_fault(
@@ -542,8 +542,8 @@ def test_start_over_stop_advises_without_option(tmp_path: Path, mock: MockServer
 
 
 def test_finished_run_other_server_refused(tmp_path: Path, mock: MockServer) -> None:
-    """A command with another base URL than a finished run's says so, rather than that the
-    run is already finished."""
+    """A command with another base URL than a finished run's gets that error, not the note
+    that the run is already finished."""
     recipe = write_recipe(tmp_path, RECIPE)
     assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
 

@@ -11,7 +11,7 @@ import pytest
 
 from tm_export.mock import MockServer
 
-from .conftest import data_file, run_cli, write_recipe
+from .conftest import append_stopped_retry, data_file, run_cli, write_recipe
 
 MAIN_RECIPE = """\
 version: 1
@@ -586,11 +586,7 @@ def test_stopped_retry_session_is_resumed(tmp_path: Path, mock: MockServer) -> N
     first = run_cli("run", str(recipe), "--base-url", mock.api_url)
     run = tmp_path / "out/runs/0001"
     manifest = run / "manifest.jsonl"
-    session = next(
-        orjson.loads(line) for line in manifest.read_bytes().splitlines() if b'"session"' in line
-    )
-    with manifest.open("ab") as file:
-        file.write(orjson.dumps(dict(session, retry_failed=True)) + b"\n")
+    append_stopped_retry(run)
     committed = data_file(tmp_path / "out", "stats").read_bytes()
     with data_file(tmp_path / "out", "stats").open("ab") as file:
         file.write(b'{"_partition":{"project_id":3},"uncommitted":')

@@ -201,7 +201,7 @@ def test_deletion_check_failure_is_fatal(tmp_path: Path, mock: MockServer) -> No
 def test_resumed_incremental_walk_keeps_filtered(tmp_path: Path, mock: MockServer) -> None:
     """The server's project search filters by day, so an incremental walk drops projects
     updated earlier that day and its records fall short of the server's total. A walk
-    resumed after a failed page knows that from its committed pages and reports no
+    resumed after a failed page reads that from its committed pages and reports no
     integrity problem."""
     text = RECIPE.replace("rate_limit: 10000/s}", "rate_limit: 10000/s, retries: {attempts: 1}}")
     recipe = write_recipe(tmp_path, text)
@@ -234,7 +234,7 @@ def test_resumed_incremental_walk_keeps_filtered(tmp_path: Path, mock: MockServe
 
 
 def test_incremental_run_labelled_partial(tmp_path: Path, mock: MockServer) -> None:
-    """status and the bag's description say that an incremental run holds only changes."""
+    """status and the bag's description name an incremental run's window of changes."""
     recipe = write_recipe(tmp_path, RECIPE)
     env = {"TM_API_TOKEN": mock.tokens["admin"]}
     args = ["run", str(recipe), "--base-url", mock.api_url]

@@ -14,7 +14,7 @@ import pytest
 
 from tm_export.mock import MockServer
 
-from .conftest import PROJECTS, Outcome, run_cli, write_recipe
+from .conftest import PROJECTS, Outcome, append_stopped_retry, run_cli, write_recipe
 
 RECIPE = """\
 version: 1
@@ -700,7 +700,7 @@ def test_interrupted_merge_leaves_output_unchanged(
     tmp_path: Path, mock: MockServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Ctrl-C during a merge exits 130 and leaves no run behind, so the same command then
-    merges; a folder left by a killed merge is deleted by the next one."""
+    merges. The next merge deletes a folder that a killed merge left."""
     from tm_export import merge
 
     shards = export_shards(tmp_path, mock, 2)
@@ -775,11 +775,7 @@ def test_merge_again_writes_only_after_change(tmp_path: Path, mock: MockServer) 
 def test_merge_refuses_shard_with_unended_retry(tmp_path: Path, mock: MockServer) -> None:
     """A shard that finished, was run again with --retry-failed and was killed is unfinished."""
     shards = export_shards(tmp_path, mock, 2)
-    manifest = shards[1] / "runs/0001/manifest.jsonl"
-    entries = [orjson.loads(line) for line in manifest.read_bytes().splitlines()]
-    session = next(entry for entry in entries if entry["t"] == "session")
-    with manifest.open("ab") as file:
-        file.write(orjson.dumps(session) + b"\n")
+    append_stopped_retry(shards[1] / "runs/0001")
 
     outcome = run_cli("merge", str(tmp_path / "merged"), *map(str, shards))
 
@@ -801,21 +797,16 @@ def test_shard_after_stopped_retry_resumes(tmp_path: Path, mock: MockServer) -> 
         if b'"state":"failed"' in (folder / "runs/0001/manifest.jsonl").read_bytes()
     )
     index = shards.index(failing) + 1
-    manifest = failing / "runs/0001/manifest.jsonl"
-    session = next(
-        orjson.loads(line) for line in manifest.read_bytes().splitlines() if b'"session"' in line
-    )
-    with manifest.open("ab") as file:
-        file.write(orjson.dumps(dict(session, retry_failed=True)) + b"\n")
+    append_stopped_retry(failing / "runs/0001")
     mock.clear_faults()
 
-    refused = run_cli("merge", str(tmp_path / "merged"), *map(str, shards))
+    rejected = run_cli("merge", str(tmp_path / "merged"), *map(str, shards))
     status = run_cli("status", str(failing))
     resumed = run_shard(recipe, mock.api_url, f"{index}/2", failing, "--retry-failed")
     merged = run_cli("merge", str(tmp_path / "merged"), *map(str, shards))
 
-    assert refused.exit_code == 2
-    assert refused.stderr == (
+    assert rejected.exit_code == 2
+    assert rejected.stderr == (
         f"tm-export: error: {failing / 'runs/0001'}: shard {index}/2 has not finished; run it "
         f"to the end first, with the command that made it: tm-export run {recipe} --base-url "
         f"{mock.api_url} --shard {index}/2 --output {failing} --retry-failed\n"

@@ -19,7 +19,7 @@ from .catalog import CATALOG
 from .cli_options import CONTEXT_SETTINGS, RateParam, ShardParam, fail
 from .codec import CODECS, Codec
 from .engine import RunOptions, RunResult, export, resolve_base_url
-from .errors import ExitCode, RecipeError, TmExportError
+from .errors import ExitCode, RecipeError, TmExportError, resume_hint
 from .logs import json_line, setup_logging
 from .progress import Progress
 from .recipe import load_recipe, resolve_token
@@ -27,7 +27,7 @@ from .recipe_check import output_problem
 from .redact import Redactor
 from .reporting import LiveReporter, PlainReporter
 from .schema import RECIPE_SCHEMA
-from .summary import format_summary, resume_advice, summary_json
+from .summary import format_summary, summary_json
 
 EXIT_CODES = """\b
 Exit codes:
@@ -321,9 +321,7 @@ def run(
         # A second Ctrl-C after the engine acted on the first one (see interrupts.watch), or
         # one in the moment the event loop closes. Stopping at any point is as safe as a kill.
         fail(
-            resume_advice(
-                "interrupted; run the same command again to resume", started_over=start_over
-            ),
+            f"interrupted; {resume_hint(started_over=start_over)} to resume",
             ExitCode.INTERRUPTED,
             json_logs=json_logs,
         )

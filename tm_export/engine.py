@@ -35,6 +35,7 @@ from .errors import (
     TmExportError,
     TokenRejectedError,
     TransportError,
+    resume_hint,
     unreachable,
 )
 from .fetcher import Fetcher
@@ -317,21 +318,11 @@ class _Session:
         self.codec: Codec = options.compression or "none"
         self.finished_before = False
         """True when the run had finished and this session has nothing to retry."""
-        # The same command with --start-over would begin yet another run folder.
-        self.rerun = (
-            "run the same command without --start-over"
-            if options.start_over
-            else "run the same command again"
-        )
+        self.rerun = resume_hint(started_over=options.start_over)
         """The start of every piece of advice to resume this run."""
 
     async def run(self) -> RunResult:
         run_folder, state, journal = self._open_run()
-        try:
-            self._check_continuation(run_folder, state)
-        except TmExportError:
-            journal.close()
-            raise
         # Spool files are only ever in use while a page is processed; any left over are
         # from a killed session.
         shutil.rmtree(run_folder / SPOOL_FOLDER, ignore_errors=True)
@@ -382,7 +373,7 @@ class _Session:
                 "or use --start-over to begin a new run from the other server"
             )
 
-    def _check_continuation(self, run_folder: Path, state: ManifestState) -> None:
+    def _check_token(self, run_folder: Path, state: ManifestState) -> None:
         """Raise RecipeError when the earlier sessions sent a token and this one has none.
 
         Such a session would skip the private projects they read (403), and end complete
@@ -455,6 +446,7 @@ class _Session:
                                 "and token check",
                                 folder,
                             )
+                        self._check_token(folder, state)
                         self._load_baseline(state, output)
                         # An incremental run that stopped before its first session has no
                         # session for _check_server to compare with.
@@ -894,7 +886,7 @@ class _Session:
         }
         if state.sessions:
             previous = latest_session(state.sessions).get("settings", {})
-            # The base URL cannot change: _check_continuation stops such a session first.
+            # The base URL cannot change: _check_server stops such a session first.
             for key, value in settings.items():
                 if previous.get(key) != value:
                     logger.info(

@@ -52,6 +52,17 @@ class FatalError(TmExportError):
     exit_code = ExitCode.FATAL
 
 
+def resume_hint(*, started_over: bool) -> str:
+    """Return the start of the advice to resume a stopped run.
+
+    The same command with --start-over would begin yet another run folder, so a run that
+    it began is resumed by the command without that option.
+    """
+    if started_over:
+        return "run the same command without --start-over"
+    return "run the same command again"
+
+
 def unreachable(base_url: str, error: Exception, again: str) -> FatalError:
     """Return the error for a server that sent no response after every retry."""
     return FatalError(

@@ -77,8 +77,8 @@ class PartitionState:
     total: int | None = None
     final: dict[str, Any] | None = None
     filtered: bool = False
-    """True when a committed page dropped records that earlier runs have (see
-    ``PartitionWalk.filtered``), so the records need not add up to the server's total."""
+    """True when a committed page dropped records (see ``PartitionWalk.filtered``), so the
+    records need not add up to the server's total."""
 
     @property
     def state(self) -> str:

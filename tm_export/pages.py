@@ -28,10 +28,31 @@ from .walk import PageResult, PartitionWalk, StreamStats, pagination_facts, with
 
 logger = logging.getLogger("tm_export.pages")
 
-#: The key a page entry gets once its partition's walk has dropped records that earlier runs
-#: have, so that a resumed walk does not take the shortfall against the total for a loss.
-#: Most entries have no such key, which keeps the manifest small.
-FILTERED_MARK: dict[bool, dict[str, bool]] = {True: {"filtered": True}, False: {}}
+
+def _page_entry(
+    walk: PartitionWalk,
+    number: int,
+    records: int,
+    duplicates: int,
+    page_count: int | None,
+    total: int | None,
+    has_next: bool,
+) -> dict[str, Any]:
+    """Return the manifest entry of a page, without the byte range that the write adds."""
+    entry: dict[str, Any] = {
+        "p": walk.id,
+        "n": number,
+        "records": records,
+        "dups": duplicates,
+        "pages": page_count,
+        "total": total,
+        "next": has_next,
+    }
+    if walk.filtered:
+        # A resumed walk then does not count the shortfall against the total as a loss.
+        # Most walks drop nothing, and their entries stay without the key.
+        entry["filtered"] = True
+    return entry
 
 
 class PageWriter:
@@ -145,20 +166,8 @@ class PageWriter:
 
         try:
             if not walk.scout:
-                start, end = self._committer.write_page(
-                    self._spec.name,
-                    lines,
-                    {
-                        "p": walk.id,
-                        "n": number,
-                        "records": fresh,
-                        "dups": duplicates,
-                        "pages": page_count,
-                        "total": total,
-                        "next": has_next,
-                        **FILTERED_MARK[walk.filtered],
-                    },
-                )
+                entry = _page_entry(walk, number, fresh, duplicates, page_count, total, has_next)
+                start, end = self._committer.write_page(self._spec.name, lines, entry)
             else:
                 start = end = 0
         finally:
@@ -233,20 +242,8 @@ class PageWriter:
         has_next: bool,
     ) -> tuple[int, int]:
         data = encode_lines(fresh, walk.partition if self._partitioned else None)
-        return self._committer.write_page(
-            self._spec.name,
-            data,
-            {
-                "p": walk.id,
-                "n": number,
-                "records": len(fresh),
-                "dups": duplicates,
-                "pages": page_count,
-                "total": total,
-                "next": has_next,
-                **FILTERED_MARK[walk.filtered],
-            },
-        )
+        entry = _page_entry(walk, number, len(fresh), duplicates, page_count, total, has_next)
+        return self._committer.write_page(self._spec.name, data, entry)
 
     def _check(
         self,

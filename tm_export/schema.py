@@ -24,7 +24,7 @@ _NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 #: The minimum rate limit, in requests per second. A run at a lower rate would take days for
 #: a few thousand requests, which is more likely a typo than a plan.
 MIN_RATE_LIMIT = 0.01
-#: What a rate limit must be, as error messages and editors show it.
+#: The description of a valid rate limit, as error messages and editors show it.
 RATE_EXPECTED = (
     f"requests per second for the whole run, a number of at least {MIN_RATE_LIMIT} such as "
     "10 or 2.5/s"
@@ -325,8 +325,8 @@ def explain(error: jsonschema.ValidationError) -> tuple[tuple[Any, ...], str]:
     if kind == "minProperties":
         return keys, f"the mapping is empty; {expected}"
     if kind in ("minimum", "exclusiveMinimum", "maximum", "minLength", "enum"):
-        what = "rate" if keys and keys[-1] == "rate_limit" else "value"
-        return keys, f"invalid {what} {short_repr(instance)}; {expected}"
+        noun = "rate" if keys and keys[-1] == "rate_limit" else "value"
+        return keys, f"invalid {noun} {short_repr(instance)}; {expected}"
     return keys, f"{error.message}; {expected}" if expected else str(error.message)
 
 

@@ -291,7 +291,7 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
     ]
     baseline = status.header.get("incremental")
     if baseline:
-        # Its files hold only what changed, which a reader must know before using them.
+        # Its files contain only what changed, which a reader must know before using them.
         lines.append(
             f"incremental: holds what changed since {baseline.get('since')}, on top of runs "
             f"{', '.join(baseline.get('previous', []))}"

@@ -5,17 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from .engine import RunResult
-from .errors import ExitCode
+from .errors import ExitCode, resume_hint
 from .recipe import Recipe
 
+#: The outcome of each exit code; ``{rerun}`` is the start of the advice to resume.
 OUTCOMES = {
     ExitCode.COMPLETE: "complete",
     # The error message names the cause, which must be fixed first: a wrong URL fails again.
-    ExitCode.FATAL: (
-        "stopped by a fatal error; once its cause is fixed, run the same command again to resume"
-    ),
+    ExitCode.FATAL: "stopped by a fatal error; once its cause is fixed, {rerun} to resume",
     ExitCode.FAILURES: "finished with failures",
-    ExitCode.INTERRUPTED: "interrupted; run the same command again to resume",
+    ExitCode.INTERRUPTED: "interrupted; {rerun} to resume",
 }
 
 #: The outcome of a run that exits 3 only because ``--strict`` counts skipped partitions.
@@ -83,18 +82,7 @@ def outcome_text(result: RunResult, code: ExitCode) -> str:
     """Return the outcome of ``result`` in words, for the summary's result line and JSON."""
     if code == ExitCode.FAILURES and not result.failed_partitions and not result.problems:
         return STRICT_SKIPPED
-    return resume_advice(OUTCOMES[code], started_over=result.started_over)
-
-
-def resume_advice(text: str, *, started_over: bool) -> str:
-    """Return ``text`` with its advice to run the same command fitted to ``--start-over``.
-
-    The same command with --start-over would begin yet another run folder, so the run it
-    began is resumed by the command without that option.
-    """
-    if not started_over:
-        return text
-    return text.replace("run the same command again", "run the same command without --start-over")
+    return OUTCOMES[code].format(rerun=resume_hint(started_over=result.started_over))
 
 
 def summary_json(result: RunResult, code: ExitCode) -> dict[str, Any]:

@@ -53,8 +53,8 @@ class PartitionWalk:
         self.problems: list[str] = []
         self.stop = False
         self.filtered = state.filtered
-        """True when an incremental run dropped records it already has, so totals differ.
-        A resumed walk takes it from its committed pages, which record it."""
+        """True when the walk dropped records that earlier runs have, or records past a date
+        window's last day, so totals differ. A resumed walk reads it from its committed pages."""
 
     def stopped(self) -> bool:
         """Tell whether the walk was stopped; a call, so type checkers re-read it after an await."""

@@ -153,3 +153,8 @@ def test_archive_doc_commands(tmp_path: Path, mock: MockServer) -> None:
     assert bagged[1] == "exports/demo/runs/0001: complete, a bag; 5 stream files"
 
     assert output_of("data/data/projects.jsonl") == [str(counts["projects"])]
+
+    assert output_of("tm-export snapshot exports/demo") == [
+        "exports/demo-now: a snapshot of runs 0001, 0002",
+        *(f"  {stream:<15}  {counts[stream]} records" for stream in STREAMS),
+    ]

@@ -81,6 +81,15 @@ Exit codes:
   3    a file does not match the manifest, so nothing was changed
   130  interrupted by Ctrl-C; the same command finishes the change"""
 
+SNAPSHOT_EXIT_CODES = """\b
+Exit codes:
+  0    the snapshot was written
+  1    a manifest is damaged, the output folder is in use, or a write failed
+  2    invalid usage: DIR is not an output or run folder, a run it needs is
+       unfinished or missing, or DEST exists
+  3    a file does not match its manifest, so nothing was written
+  130  interrupted by Ctrl-C; nothing was written"""
+
 DIR_ARGUMENT = click.argument(
     "folder", metavar="DIR", type=click.Path(path_type=Path, file_okay=False)
 )
@@ -338,7 +347,44 @@ def bag(folder: Path) -> None:
     click.echo(f"{bagged.folder}: a BagIt bag; the run is now in {bagged.root}")
 
 
+@click.command(context_settings=CONTEXT_SETTINGS, epilog=SNAPSHOT_EXIT_CODES)
+@DIR_ARGUMENT
+@click.argument("destination", metavar="DEST", type=click.Path(path_type=Path, file_okay=False))
+def snapshot(folder: Path, destination: Path) -> None:
+    """Combine a full run and the incremental runs after it into DEST, one file per stream.
+
+    DEST then holds what a full run would have written at the time of the newest run:
+    each project's newest search record, every task history record once, and each other
+    partition from the newest run that finished it. Projects found deleted are left out.
+    DEST/snapshot.json names the runs, the rule of each stream and each file's SHA-256.
+
+    DIR is an output folder (its newest run ends the chain) or one run folder. The runs
+    are verified first and are not changed; DEST must not exist yet.
+
+    \b
+    Example:
+      tm-export snapshot exports/nightly exports/nightly-2026-12-05
+    """
+    # Imported here, as the module is needed by this command only.
+    from .snapshot import make_snapshot
+
+    _setup_logging()
+    try:
+        run_folder = _run_folder(folder)
+        with _locked(run_folder):
+            made = make_snapshot(run_folder, destination)
+    except TmExportError as error:
+        fail(error, error.exit_code)
+    runs = ", ".join(path.name for path in made.runs)
+    click.echo(f"{made.folder}: a snapshot of runs {runs}")
+    width = max(len(name) for name in made.records)
+    for name, count in made.records.items():
+        click.echo(f"  {name:<{width}}  {count} records")
+    if made.deleted:
+        click.echo(f"  left out: deleted projects {', '.join(map(str, made.deleted))}")
+
+
 def register(main: click.Group) -> None:
     """Add the archive commands to the ``tm-export`` command group."""
-    for command in (plan, status, verify, record, canonical, bag):
+    for command in (plan, status, verify, record, canonical, bag, snapshot):
         main.add_command(command)

@@ -177,11 +177,19 @@ def load_recipe(path: str | Path) -> Recipe:
     Raises:
         RecipeError: the file cannot be read or the recipe is invalid.
     """
+    path = Path(path)
+    return parse_recipe(path, read_text(path))
+
+
+def parse_recipe(path: Path, text: str) -> Recipe:
+    """Parse and validate recipe ``text``, which ``path`` names in messages.
+
+    Raises:
+        RecipeError: the recipe is invalid.
+    """
     # recipe_check builds the classes above, so importing it at the top would be circular.
     from .recipe_check import build_recipe, check_finite, check_schema
 
-    path = Path(path)
-    text = read_text(path)
     tree = parse_yaml(path, text)
     where = KeyLocator(path, tree)
     plain = to_plain(where, tree, ())

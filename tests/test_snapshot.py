@@ -1,0 +1,276 @@
+"""Snapshots: a full run and its incremental runs combine into what a full run would hold."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tm_export.mock import MockServer
+
+from .conftest import run_cli, write_recipe
+
+RECIPE = """\
+version: 1
+instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s}
+output: OUT
+streams:
+  projects:
+    endpoint: projects
+    params: {projectStatuses: [PUBLISHED, ARCHIVED]}
+  details:
+    endpoint: project
+    params: {project_id: {from: projects.projectId}, abbreviated: true}
+  contributions:
+    endpoint: project_contributions
+    params: {project_id: {from: projects.projectId}}
+  activities:
+    endpoint: project_activities
+    params: {project_id: {from: projects.projectId}}
+  task_stats:
+    endpoint: tasks_statistics
+    params:
+      dates: {start: 2026-01-01, end: 2026-12-31, step: 1 month}
+  statistics:
+    endpoint: project_statistics
+    params: {project_id: {range: [1, 12]}}
+"""
+
+STREAMS = ("projects", "details", "contributions", "activities", "task_stats", "statistics")
+
+
+def sorted_lines(path: Path) -> list[bytes]:
+    return sorted(path.read_bytes().splitlines())
+
+
+def change_server(mock: MockServer, projects: list[int]) -> int:
+    """Edit the second of ``projects``, add task history to the third and delete the
+    fourth; return the deleted project."""
+    later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=5)
+    touched, busy, deleted = projects[1:4]
+    mock.dataset.touch_project(touched, later)
+    for seconds in (1, 2):
+        mock.dataset.add_activity(busy, task_id=1, when=later + dt.timedelta(seconds=seconds))
+    mock.dataset.delete_project(deleted)
+    return deleted
+
+
+def windows_as_archived(runs: Path, full: list[bytes]) -> list[bytes]:
+    """Return the task statistics a snapshot holds: windows that incremental runs fetched
+    again as a full run has them now, and the others as the first run archived them.
+
+    A finished window is not fetched again, so it keeps the tasks of the project deleted
+    since, which the server's statistics no longer count.
+    """
+    fetched = {
+        entry["p"]
+        for run in ("0002", "0003")
+        for entry in map(orjson.loads, (runs / run / "manifest.jsonl").read_bytes().splitlines())
+        if entry["t"] == "part" and entry["s"] == "task_stats" and entry["state"] == "done"
+    }
+
+    def window(line: bytes) -> str:
+        return orjson.dumps(orjson.loads(line)["_partition"], option=orjson.OPT_SORT_KEYS).decode()
+
+    archived = sorted_lines(runs / "0001/data/task_stats.jsonl")
+    assert 0 < len(fetched) < len({window(line) for line in archived})
+    kept = [line for line in archived if window(line) not in fetched]
+    return sorted(kept + [line for line in full if window(line) in fetched])
+
+
+def test_snapshot_equals_a_full_run(tmp_path: Path, mock: MockServer) -> None:
+    """A snapshot of a full run and two incremental runs contains exactly the records of a
+    full run made afterwards, line for line, but for the date windows they did not fetch."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    first = tmp_path / "out/runs/0001"
+    archived = [
+        orjson.loads(line)["projectId"] for line in sorted_lines(first / "data/projects.jsonl")
+    ]
+    deleted = [change_server(mock, archived[0:4])]
+    assert run_cli(*args, "--incremental", env=env).exit_code == 0
+    deleted.append(change_server(mock, archived[4:8]))
+    assert run_cli(*args, "--incremental", env=env).exit_code == 0
+
+    outcome = run_cli("snapshot", str(tmp_path / "out"), str(tmp_path / "now"))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    full = tmp_path / "full.yaml"
+    full.write_text(recipe.read_text().replace(str(tmp_path / "out"), str(tmp_path / "full")))
+    assert run_cli("run", str(full), "--base-url", mock.api_url, env=env).exit_code == 0
+    for stream in STREAMS:
+        expected = sorted_lines(tmp_path / "full/runs/0001/data" / f"{stream}.jsonl")
+        if stream == "task_stats":
+            expected = windows_as_archived(tmp_path / "out/runs", expected)
+        assert sorted_lines(tmp_path / "now" / f"{stream}.jsonl") == expected, stream
+    counts = {s: len(sorted_lines(tmp_path / "now" / f"{s}.jsonl")) for s in STREAMS}
+    width = max(map(len, STREAMS))
+    assert outcome.stdout.splitlines() == [
+        f"{tmp_path / 'now'}: a snapshot of runs 0001, 0002, 0003",
+        *(f"  {s:<{width}}  {counts[s]} records" for s in STREAMS),
+        f"  left out: deleted projects {deleted[0]}, {deleted[1]}",
+    ]
+
+
+def test_snapshot_record(tmp_path: Path, mock: MockServer) -> None:
+    """snapshot.json names the runs, the rule of each stream and each file's SHA-256."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    assert run_cli(*args, "--incremental", env=env).exit_code == 0
+
+    assert run_cli("snapshot", str(tmp_path / "out"), str(tmp_path / "now")).exit_code == 0
+
+    record = orjson.loads((tmp_path / "now/snapshot.json").read_bytes())
+    runs = [tmp_path / "out/runs/0001", tmp_path / "out/runs/0002"]
+    assert [run["folder"] for run in record["runs"]] == [str(run) for run in runs]
+    assert [run["incremental"] for run in record["runs"]] == [False, True]
+    assert [run["run_record_sha256"] for run in record["runs"]] == [
+        hashlib.sha256((run / "run.json").read_bytes()).hexdigest() for run in runs
+    ]
+    assert record["base_url"] == mock.api_url
+    assert record["deleted_projects"] == []
+    assert {name: stream["rule"] for name, stream in record["streams"].items()} == {
+        "projects": "key",
+        "details": "partition",
+        "contributions": "partition",
+        "activities": "added",
+        "task_stats": "partition",
+        "statistics": "partition",
+    }
+    for name, stream in record["streams"].items():
+        data = (tmp_path / "now" / f"{name}.jsonl").read_bytes()
+        assert stream["sha256"] == hashlib.sha256(data).hexdigest()
+        assert stream["records"] == len(data.splitlines())
+    assert sorted(path.name for path in (tmp_path / "now").iterdir()) == sorted(
+        [f"{name}.jsonl" for name in STREAMS] + ["snapshot.json"]
+    )
+
+
+def test_snapshot_of_bag_and_compressed_runs(tmp_path: Path, mock: MockServer) -> None:
+    """A bagged, gzip-compressed full run and its incremental run combine into plain lines."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, "--compression", "gzip", "--bag", env=env).exit_code == 0
+    assert run_cli(*args, "--incremental", env=env).exit_code == 0
+    assert run_cli(*args, "--start-over", env=env).exit_code == 0
+
+    outcome = run_cli("snapshot", str(tmp_path / "out/runs/0002"), str(tmp_path / "now"))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stdout.splitlines()[0] == f"{tmp_path / 'now'}: a snapshot of runs 0001, 0002"
+    for stream in STREAMS:
+        expected = sorted_lines(tmp_path / "out/runs/0003/data" / f"{stream}.jsonl")
+        assert sorted_lines(tmp_path / "now" / f"{stream}.jsonl") == expected, stream
+
+
+def test_failed_partition_keeps_earlier_records(tmp_path: Path, mock: MockServer) -> None:
+    """A partition that the newest run failed keeps the records of the run that finished it."""
+    recipe = write_recipe(
+        tmp_path,
+        RECIPE.replace("rate_limit: 10000/s", "rate_limit: 10000/s, retries: {attempts: 1}"),
+    )
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    mock.add_fault(path=r"^/api/v2/projects/7/statistics/$", status=500)
+    assert run_cli(*args, "--incremental", env=env).exit_code == 3
+
+    assert run_cli("snapshot", str(tmp_path / "out"), str(tmp_path / "now")).exit_code == 0
+
+    first = sorted_lines(tmp_path / "out/runs/0001/data/statistics.jsonl")
+    assert sorted_lines(tmp_path / "now/statistics.jsonl") == first
+    assert any(b'"project_id":7' in line for line in first)
+
+
+@pytest.mark.parametrize(
+    ("setup", "message", "code"),
+    [
+        (
+            "missing",
+            "{tmp}/nowhere: folder not found",
+            2,
+        ),
+        (
+            "exists",
+            "{tmp}/now exists already; give a new folder for the snapshot, or delete this one",
+            2,
+        ),
+        (
+            "unfinished",
+            "{tmp}/out/runs/0001: the run is unfinished, so a snapshot would miss what it has "
+            "still to fetch; finish it with the command that started it (tm-export status "
+            "shows which), or give an earlier run folder",
+            2,
+        ),
+    ],
+)
+def test_snapshot_refusals(
+    tmp_path: Path, mock: MockServer, setup: str, message: str, code: int
+) -> None:
+    """Each refusal names what is wrong and writes nothing."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    source = tmp_path / "out"
+    if setup == "missing":
+        source = tmp_path / "nowhere"
+    elif setup == "unfinished":
+        mock.add_fault(path=r"/activities/$", after=5, status=401, body={"SubCode": "InvalidToken"})
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url, env=env).exit_code in (0, 1)
+    if setup == "exists":
+        (tmp_path / "now").mkdir()
+
+    outcome = run_cli("snapshot", str(source), str(tmp_path / "now"))
+
+    assert outcome.exit_code == code
+    assert outcome.stderr == f"tm-export: error: {message.format(tmp=tmp_path)}\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        ["recipe.yaml", "out", *(["now"] if setup == "exists" else [])]
+    )
+
+
+def test_damaged_run_writes_nothing(tmp_path: Path, mock: MockServer) -> None:
+    """A byte changed in a run of the chain stops the snapshot with exit 3."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    assert run_cli(*args, "--incremental", env=env).exit_code == 0
+    data = tmp_path / "out/runs/0001/data/contributions.jsonl"
+    data.write_bytes(data.read_bytes().replace(b'"username":"', b'"username":"X', 1))
+
+    outcome = run_cli("snapshot", str(tmp_path / "out"), str(tmp_path / "now"))
+
+    assert outcome.exit_code == 3
+    assert outcome.stderr.startswith(
+        f"tm-export: error: {tmp_path / 'out/runs/0001'}: 4 mismatches in its files, no "
+        "snapshot was written: data/contributions.jsonl: "
+    )
+    assert not (tmp_path / "now").exists()
+    assert not (tmp_path / ".now.building").exists()
+
+
+def test_missing_earlier_run(tmp_path: Path, mock: MockServer) -> None:
+    """A chain whose full run was deleted cannot be combined."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    assert run_cli(*args, "--incremental", env=env).exit_code == 0
+    (tmp_path / "out/runs/0001").rename(tmp_path / "elsewhere")
+
+    outcome = run_cli("snapshot", str(tmp_path / "out"), str(tmp_path / "now"))
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr == (
+        f"tm-export: error: {tmp_path / 'out/runs/0001'}: run 0002 builds on this run, which "
+        "is missing; a snapshot needs every run from the last full run on\n"
+    )
+    assert not (tmp_path / "now").exists()

@@ -1,0 +1,280 @@
+"""Snapshots: the records of a full run and the incremental runs after it, as of the newest.
+
+An incremental run holds only what changed since the run before it. ``make_snapshot``
+combines the last full run and the incremental runs built on it into one file per stream,
+holding what a full run would have written at the time of the newest run. Each stream
+takes one of three rules, from its endpoint:
+
+- ``key``: the project search, which an incremental run filters by ``lastUpdated``. Each
+  project's newest record is kept.
+- ``added``: task history (newest first), to which an incremental run adds newer records.
+  Each partition keeps every record once, the newest copy of each.
+- ``partition``: every other stream. Each partition's records come from the newest run
+  that finished it (``done``), so a partition that a later run failed or skipped keeps the
+  records of the run before it. A partition that no run finished comes from the newest
+  run with records for it.
+
+Projects that a run of the chain found deleted are dropped from every stream: their
+search records, and the partitions with their ``project_id``.
+
+The runs are verified first (as ``tm-export verify`` does), and the snapshot is built in a
+hidden folder beside the destination and renamed into place once complete, so a
+destination either contains a whole snapshot or does not exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from . import __version__
+from .codec import open_lines
+from .errors import ExitCode, StorageError, TmExportError
+from .incremental import NEWEST_FIRST
+from .manifest import ManifestState, latest_session
+from .params import partition_id
+from .recipe import StreamSpec, parse_recipe
+from .records import PARTITION_KEY, record_key, strip_partition
+from .runrecord import require_verified
+from .verify import RunCheck, RunFolderError, check_run, file_sha256, fsync_path, locate_run
+
+FORMAT = 1
+RECORD_NAME = "snapshot.json"
+
+Rule = Literal["key", "added", "partition"]
+
+#: The description of each rule in ``snapshot.json``.
+RULES: dict[Rule, str] = {
+    "key": "the newest record of each key",
+    "added": "every record once per partition, its newest copy",
+    "partition": "each partition's records from the newest run that finished it",
+}
+
+
+class SnapshotStateError(TmExportError):
+    """A run of the chain is unfinished, or the destination exists; nothing was written."""
+
+    exit_code = ExitCode.USAGE
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A written snapshot: its folder, the runs it combines (oldest first) and its counts."""
+
+    folder: Path
+    runs: list[Path]
+    records: dict[str, int]
+    deleted: list[int]
+
+
+def make_snapshot(run_folder: Path, destination: Path) -> Snapshot:
+    """Combine ``run_folder`` and the runs it builds on into ``destination``.
+
+    Raises:
+        RunFolderError: ``run_folder`` is not a run folder, or a run of the chain is missing.
+        SnapshotStateError: a run of the chain is unfinished, or ``destination`` exists.
+        ManifestError: a manifest is damaged.
+        RunDamagedError: a file does not match its manifest.
+        StorageError: a write failed; ``destination`` was not created.
+    """
+    if destination.exists():
+        raise SnapshotStateError(
+            f"{destination} exists already; give a new folder for the snapshot, or delete this one"
+        )
+    chain = _chain(run_folder)
+    newest = chain[-1].state.header
+    recipe = parse_recipe(
+        Path(str(newest.get("recipe_path", "recipe.yaml"))), newest["recipe_text"]
+    )
+    deleted = sorted({int(entry["project_id"]) for check in chain for entry in check.state.deleted})
+
+    building = destination.parent / f".{destination.name}.building"
+    shutil.rmtree(building, ignore_errors=True)
+    try:
+        building.mkdir(parents=True)
+        streams = {
+            name: _write_stream(building / f"{name}.jsonl", name, spec, chain, set(deleted))
+            for name, spec in recipe.streams.items()
+        }
+        record = _snapshot_record(chain, streams, deleted)
+        (building / RECORD_NAME).write_bytes(
+            orjson.dumps(record, option=orjson.OPT_INDENT_2) + b"\n"
+        )
+        for path in building.iterdir():
+            fsync_path(path)
+        fsync_path(building)
+        building.rename(destination)
+        fsync_path(destination.parent)
+    except OSError as error:
+        shutil.rmtree(building, ignore_errors=True)
+        raise StorageError(
+            f"{destination}: cannot write the snapshot: {error.strerror or error}; nothing was "
+            "written"
+        ) from None
+    except BaseException:
+        # An interruption leaves no half-built snapshot for a later command to trip on.
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return Snapshot(
+        folder=destination,
+        runs=[check.paths.folder for check in chain],
+        records={name: stream["records"] for name, stream in streams.items()},
+        deleted=deleted,
+    )
+
+
+def _chain(run_folder: Path) -> list[RunCheck]:
+    """Return the verified runs that ``run_folder`` builds on, oldest first, and itself."""
+    newest = _checked(run_folder)
+    described = newest.state.header.get("incremental")
+    if not described:
+        return [newest]
+
+    # An incremental run names the runs before it by folder name, or, for a merge of
+    # shards, by absolute path, which the join keeps.
+    runs = run_folder.parent
+    earlier = []
+    for name in described["previous"]:
+        folder = runs / name
+        if not folder.is_dir():
+            raise RunFolderError(
+                f"{folder}: run {run_folder.name} builds on this run, which is missing; a "
+                "snapshot needs every run from the last full run on"
+            )
+        earlier.append(_checked(folder))
+    return [*earlier, newest]
+
+
+def _checked(run_folder: Path) -> RunCheck:
+    """Verify a run of the chain, and require it finished and undamaged."""
+    check = check_run(locate_run(run_folder))
+    if not check.finished:
+        raise SnapshotStateError(
+            f"{run_folder}: the run is unfinished, so a snapshot would miss what it has still "
+            "to fetch; finish it with the command that started it (tm-export status shows "
+            "which), or give an earlier run folder"
+        )
+    require_verified(check, "no snapshot was written")
+    return check
+
+
+def _rule(spec: StreamSpec) -> Rule:
+    """Return how a stream's records are combined, from what incremental runs fetch of it."""
+    endpoint = spec.endpoint
+    if endpoint.key is not None and endpoint.name == "projects":
+        return "key"
+    if endpoint.key is not None and endpoint.name in NEWEST_FIRST:
+        return "added"
+    return "partition"
+
+
+def _write_stream(
+    path: Path, name: str, spec: StreamSpec, chain: list[RunCheck], deleted: set[int]
+) -> dict[str, Any]:
+    """Write one stream's combined records to ``path``; return its entry in snapshot.json."""
+    rule = _rule(spec)
+    winners = _partition_winners(name, [check.state for check in chain])
+    seen: set[Any] = set()
+    records = 0
+    digest = hashlib.sha256()
+
+    with path.open("wb") as out:
+        # Newest run first: the first copy of a key or partition met is the one kept.
+        for age, check in enumerate(reversed(chain)):
+            oldest = age == len(chain) - 1
+            for line, record in _lines(check, name):
+                partition = record.get(PARTITION_KEY, {}) if isinstance(record, dict) else {}
+                if partition.get("project_id") in deleted:
+                    continue
+                if rule == "partition":
+                    if winners.get(partition_id(partition)) != age:
+                        continue
+                else:
+                    key = record_key(spec.endpoint.key, strip_partition(record))
+                    if rule == "key" and key in deleted:
+                        continue
+                    identity = key if rule == "key" else (partition_id(partition), key)
+                    if identity in seen:
+                        continue
+                    # Nothing older follows the oldest run, so its keys need not be kept.
+                    if not oldest:
+                        seen.add(identity)
+                out.write(line)
+                digest.update(line)
+                records += 1
+    return {
+        "file": path.name,
+        "rule": rule,
+        "kept": RULES[rule],
+        "records": records,
+        "sha256": digest.hexdigest(),
+    }
+
+
+def _partition_winners(stream: str, states: list[ManifestState]) -> dict[str, int]:
+    """Return, per partition id, the age (0 for the newest run) of the run whose records count.
+
+    That is the newest run that finished the partition done, else the newest run that
+    committed pages for it.
+    """
+    newest_first = list(reversed(states))
+    winners: dict[str, int] = {}
+    for age, state in enumerate(newest_first):
+        for partition, final in state.streams[stream].finals() if stream in state.streams else ():
+            if final["state"] == "done":
+                winners.setdefault(partition, age)
+    for age, state in enumerate(newest_first):
+        partitions = state.streams[stream].partitions if stream in state.streams else {}
+        for partition, part in partitions.items():
+            if part.pages:
+                winners.setdefault(partition, age)
+    return winners
+
+
+def _lines(check: RunCheck, stream: str) -> Iterator[tuple[bytes, Any]]:
+    """Yield each line of a run's stream file, with its record parsed."""
+    path = check.paths.stream_file(stream, check.codec)
+    if not path.exists():
+        return
+    with open_lines(path, check.codec) as file:
+        for line in file:
+            yield line, orjson.loads(line)
+
+
+def _snapshot_record(
+    chain: list[RunCheck], streams: dict[str, dict[str, Any]], deleted: list[int]
+) -> dict[str, Any]:
+    """Return the contents of snapshot.json: where the records come from, and their hashes."""
+    newest = chain[-1].state
+    return {
+        "format": FORMAT,
+        "tool": {"name": "tm-export", "version": __version__},
+        "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "recipe": {
+            "path": newest.header.get("recipe_path"),
+            "export_hash": newest.header.get("recipe_hash"),
+        },
+        "base_url": latest_session(newest.sessions).get("settings", {}).get("base_url"),
+        "as_of": newest.header.get("started"),
+        "runs": [
+            {
+                "folder": str(check.paths.folder),
+                "incremental": bool(check.state.header.get("incremental")),
+                "started": check.state.header.get("started"),
+                "ended": check.state.ends[-1].get("at") if check.state.ends else None,
+                "run_record_sha256": (
+                    file_sha256(check.paths.record) if check.paths.record.is_file() else None
+                ),
+            }
+            for check in chain
+        ],
+        "deleted_projects": deleted,
+        "streams": streams,
+    }

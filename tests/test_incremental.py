@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-from tm_export.incremental import updated_since
+from tm_export.incremental import read_baseline, updated_since
 from tm_export.mock import MockServer
+from tm_export.recipe import load_recipe
 
 from .conftest import export_here, run_cli, write_recipe
 
@@ -302,3 +304,82 @@ def test_unstarted_incremental_run_checks_server(tmp_path: Path, mock: MockServe
         f"this incremental run would read from {other.api_url}; "
     )
     assert sent_to_other == []
+
+
+CHILD_RECIPE = """\
+version: 1
+instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s, retries: {attempts: 1}}
+output: OUT
+streams:
+  projects:
+    endpoint: projects
+    params: {projectStatuses: [PUBLISHED, ARCHIVED]}
+  contributions:
+    endpoint: project_contributions
+    params: {project_id: {from: projects.projectId}}
+"""
+
+
+def test_failed_child_partition_fetched_again(tmp_path: Path, mock: MockServer) -> None:
+    """A partition that failed in an incremental run is fetched by the next one, although
+    its project has not changed since."""
+    recipe = write_recipe(tmp_path, CHILD_RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    project = max(
+        mock.dataset.public_project_ids(),
+        key=lambda pid: mock.dataset.count("project_contributions", project_id=pid),
+    )
+    mock.dataset.touch_project(
+        project, dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=5)
+    )
+    mock.add_fault(path=rf"^/api/v2/projects/{project}/contributions/$", status=500)
+    assert run_cli(*args, "--incremental", env=env).exit_code == 3
+    mock.clear_faults()
+    # Back to an old time, so that only the failure can bring the project into the next run.
+    mock.dataset.touch_project(project, dt.datetime(2020, 1, 1))
+    mock.reset_log()
+
+    outcome = run_cli(*args, "--incremental", env=env)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    third = tmp_path / "out/runs/0003"
+    assert records(third / "data/projects.jsonl") == []
+    contributions = {r["path"] for r in mock.requests() if r["path"].endswith("/contributions/")}
+    assert contributions == {f"/api/v2/projects/{project}/contributions/"}
+    written = records(third / "data/contributions.jsonl")
+    assert len(written) == mock.dataset.count("project_contributions", project_id=project) > 0
+    assert {r["_partition"]["project_id"] for r in written} == {project}  # type: ignore[index]
+
+
+def headers_of(tmp_path: Path, run: str) -> dict[str, Any]:
+    """Return the manifest header of run ``run`` in ``tmp_path/out``."""
+    manifest = tmp_path / "out/runs" / run / "manifest.jsonl"
+    header: dict[str, Any] = orjson.loads(manifest.read_bytes().splitlines()[0])
+    return header
+
+
+def test_since_of_last_complete_search(tmp_path: Path, mock: MockServer) -> None:
+    """After a run whose project search failed part way, the next incremental run asks for
+    projects updated since the start of the run before it, whose search finished."""
+    recipe = write_recipe(tmp_path, CHILD_RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    assert run_cli(*args, "--incremental", env=env).exit_code == 0
+    since_day = headers_of(tmp_path, "0002")["started"][:10]
+    mock.add_fault(path=r"^/api/v2/projects/$", query={"lastUpdatedFrom": since_day}, status=500)
+    assert run_cli(*args, "--incremental", env=env).exit_code == 3
+    # The runs started within a second or two; give them distinct days to tell them apart.
+    runs = [tmp_path / "out/runs" / run for run in ("0001", "0002", "0003")]
+    for day, run in enumerate(runs, start=1):
+        manifest = run / "manifest.jsonl"
+        header, rest = manifest.read_bytes().split(b"\n", 1)
+        changed = {**orjson.loads(header), "started": f"2026-11-0{day}T00:00:00Z"}
+        manifest.write_bytes(orjson.dumps(changed) + b"\n" + rest)
+
+    baseline = read_baseline(load_recipe(recipe), runs)
+
+    assert baseline.since == dt.datetime(2026, 11, 2, tzinfo=dt.UTC)
+    assert baseline.previous == ["0001", "0002", "0003"]

@@ -183,11 +183,22 @@ def test_failed_partition_keeps_earlier_records(tmp_path: Path, mock: MockServer
     mock.add_fault(path=r"^/api/v2/projects/7/statistics/$", status=500)
     assert run_cli(*args, "--incremental", env=env).exit_code == 3
 
-    assert run_cli("snapshot", str(tmp_path / "out"), str(tmp_path / "now")).exit_code == 0
+    outcome = run_cli("snapshot", str(tmp_path / "out"), str(tmp_path / "now"))
 
+    assert outcome.exit_code == 0
     first = sorted_lines(tmp_path / "out/runs/0001/data/statistics.jsonl")
     assert sorted_lines(tmp_path / "now/statistics.jsonl") == first
     assert any(b'"project_id":7' in line for line in first)
+    assert outcome.stderr == (
+        "tm-export: warning: partitions failed in the newest run that fetched them (1 of "
+        "statistics): their records are an earlier run's, or incomplete; snapshot.json lists "
+        "them, and the next incremental run fetches them again\n"
+    )
+    record = orjson.loads((tmp_path / "now/snapshot.json").read_bytes())
+    assert record["streams"]["statistics"]["failed"] == ['{"project_id":7}']
+    assert [
+        stream["failed"] for name, stream in record["streams"].items() if name != "statistics"
+    ] == [[]] * 5
 
 
 @pytest.mark.parametrize(
@@ -206,8 +217,8 @@ def test_failed_partition_keeps_earlier_records(tmp_path: Path, mock: MockServer
         (
             "unfinished",
             "{tmp}/out/runs/0001: the run is unfinished, so a snapshot would miss what it has "
-            "still to fetch; finish it with the command that started it (tm-export status "
-            "shows which), or give an earlier run folder",
+            "still to fetch; finish it with 'tm-export run {tmp}/recipe.yaml' and the options "
+            "that started it, or give an earlier run folder",
             2,
         ),
     ],
@@ -274,3 +285,163 @@ def test_missing_earlier_run(tmp_path: Path, mock: MockServer) -> None:
         "is missing; a snapshot needs every run from the last full run on\n"
     )
     assert not (tmp_path / "now").exists()
+
+
+REVIEW_RECIPE = """\
+version: 1
+instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s, retries: {attempts: 1}}
+output: OUT
+streams:
+  projects:
+    endpoint: projects
+    params: {projectStatuses: [PUBLISHED, ARCHIVED]}
+  activities:
+    endpoint: project_activities
+    params: {project_id: {from: projects.projectId}}
+  statistics:
+    endpoint: project_statistics
+    params: {project_id: {range: [1, 12]}}
+  task_stats:
+    endpoint: tasks_statistics
+    params:
+      projectId: {from: projects.projectId}
+      dates: {start: 2026-01-01, end: 2026-12-31, step: 6 months}
+"""
+
+
+def snapshot_and_full_run(
+    tmp_path: Path, mock: MockServer, recipe: Path, env: dict[str, str]
+) -> tuple[Path, Path]:
+    """Make a snapshot of ``out`` into ``now``, and a full run into ``full``; return their
+    folders of stream files."""
+    assert run_cli("snapshot", str(tmp_path / "out"), str(tmp_path / "now")).exit_code == 0
+    full = tmp_path / "full.yaml"
+    full.write_text(recipe.read_text().replace(str(tmp_path / "out"), str(tmp_path / "full")))
+    assert run_cli("run", str(full), "--base-url", mock.api_url, env=env).exit_code == 0
+    return tmp_path / "now", tmp_path / "full/runs/0001/data"
+
+
+def test_skipped_partition_left_empty(tmp_path: Path, mock: MockServer) -> None:
+    """A partition the newest run skipped (404) has no records, as in a full run."""
+    recipe = write_recipe(tmp_path, REVIEW_RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    draft = min(project for project in mock.dataset.draft_project_ids() if project <= 12)
+    statistics = (tmp_path / "out/runs/0001/data/statistics.jsonl").read_bytes()
+    assert f'"project_id":{draft}}}'.encode() in statistics
+    mock.dataset.delete_project(draft)
+    assert run_cli(*args, "--incremental", env=env).exit_code == 0
+
+    now, full = snapshot_and_full_run(tmp_path, mock, recipe, env)
+
+    assert sorted_lines(now / "statistics.jsonl") == sorted_lines(full / "statistics.jsonl")
+
+
+def test_deleted_project_left_out_by_projectId(tmp_path: Path, mock: MockServer) -> None:
+    """A deleted project's partitions go, also where the parameter is named projectId."""
+    recipe = write_recipe(tmp_path, REVIEW_RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    mock.dataset.delete_project(mock.dataset.public_project_ids()[3])
+    assert run_cli(*args, "--incremental", env=env).exit_code == 0
+
+    now, full = snapshot_and_full_run(tmp_path, mock, recipe, env)
+
+    assert sorted_lines(now / "task_stats.jsonl") == sorted_lines(full / "task_stats.jsonl")
+
+
+def test_history_below_failed_page_kept(tmp_path: Path, mock: MockServer) -> None:
+    """Task history below a page that failed in one incremental run reaches the next one."""
+    recipe = write_recipe(tmp_path, REVIEW_RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    busy = mock.dataset.public_project_ids()[1]
+    start = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=5)
+    for second in range(25):
+        mock.dataset.add_activity(busy, task_id=1, when=start + dt.timedelta(seconds=second))
+    mock.add_fault(path=rf"^/api/v2/projects/{busy}/activities/$", query={"page": "2"}, status=500)
+    assert run_cli(*args, "--incremental", env=env).exit_code == 3
+    mock.clear_faults()
+    assert run_cli(*args, "--incremental", env=env).exit_code == 0
+
+    now, full = snapshot_and_full_run(tmp_path, mock, recipe, env)
+
+    assert sorted_lines(now / "activities.jsonl") == sorted_lines(full / "activities.jsonl")
+
+
+@pytest.mark.parametrize("inside", ["out/runs/0002", "out/runs/0001/data/now"])
+def test_destination_among_runs_rejected(tmp_path: Path, mock: MockServer, inside: str) -> None:
+    """A destination among the runs, or inside a bag, is refused and nothing is written."""
+    recipe = write_recipe(tmp_path, REVIEW_RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    command = ["run", str(recipe), "--base-url", mock.api_url, "--bag"]
+    assert run_cli(*command, env=env).exit_code == 0
+    destination = tmp_path / inside
+
+    outcome = run_cli("snapshot", str(tmp_path / "out"), str(destination))
+
+    where = tmp_path / ("out/runs" if inside.endswith("0002") else "out/runs/0001")
+    assert outcome.exit_code == 2
+    assert outcome.stderr == (
+        f"tm-export: error: {destination} is inside {where}, where the runs are kept; give a "
+        "folder outside it, such as one beside the output folder\n"
+    )
+    assert not destination.exists()
+    assert run_cli("verify", str(tmp_path / "out")).exit_code == 0
+
+
+def test_bag_payload_folder_as_dir(tmp_path: Path, mock: MockServer) -> None:
+    """A bag's data/ folder names its run, as it does for verify and status."""
+    recipe = write_recipe(tmp_path, REVIEW_RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    assert run_cli(*args, "--incremental", "--bag", env=env).exit_code == 0
+
+    outcome = run_cli("snapshot", str(tmp_path / "out/runs/0002/data"), str(tmp_path / "now"))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stdout.splitlines()[0] == f"{tmp_path / 'now'}: a snapshot of runs 0001, 0002"
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("out/runs/0001", "{output} is a run folder"),
+        (
+            "out/runs/0001/data/more",
+            "{output} is inside {tmp}/out/runs/0001, which is a run folder",
+        ),
+        (
+            "out/runs/0002",
+            "{output} is inside {tmp}/out/runs, which is a runs/ folder of an output folder",
+        ),
+        ("out/runs", "{output} is a runs/ folder of an output folder"),
+        ("now", "{output} is a snapshot"),
+    ],
+)
+def test_run_into_run_or_snapshot_rejected(
+    tmp_path: Path, mock: MockServer, output: str, message: str
+) -> None:
+    """An export into a run folder, a runs/ folder or a snapshot stops before any request."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    assert run_cli("snapshot", str(tmp_path / "out"), str(tmp_path / "now")).exit_code == 0
+    before = sorted(path for path in tmp_path.rglob("*"))
+    mock.reset_log()
+
+    outcome = run_cli(*args, "--output", str(tmp_path / output), env=env)
+
+    expected = message.format(output=tmp_path / output, tmp=tmp_path)
+    assert outcome.exit_code == 2
+    assert outcome.stderr == (
+        f"tm-export: error: {expected}; give the output folder itself (the folder that "
+        "contains runs/) or a new one\n"
+    )
+    assert sorted(path for path in tmp_path.rglob("*")) == before
+    assert mock.requests() == []

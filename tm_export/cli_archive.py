@@ -375,13 +375,23 @@ def snapshot(folder: Path, destination: Path) -> None:
             made = make_snapshot(run_folder, destination)
     except TmExportError as error:
         fail(error, error.exit_code)
-    runs = ", ".join(path.name for path in made.runs)
+    # A merged run builds on runs in the shards' folders, which a name alone would not tell apart.
+    home = made.runs[-1].parent
+    runs = ", ".join(path.name if path.parent == home else str(path) for path in made.runs)
     click.echo(f"{made.folder}: a snapshot of runs {runs}")
     width = max(len(name) for name in made.records)
     for name, count in made.records.items():
         click.echo(f"  {name:<{width}}  {count} records")
     if made.deleted:
         click.echo(f"  left out: deleted projects {', '.join(map(str, made.deleted))}")
+    if made.failed:
+        counts = ", ".join(f"{count} of {name}" for name, count in made.failed.items())
+        click.echo(
+            f"tm-export: warning: partitions failed in the newest run that fetched them "
+            f"({counts}): their records are an earlier run's, or incomplete; snapshot.json "
+            "lists them, and the next incremental run fetches them again",
+            err=True,
+        )
 
 
 def register(main: click.Group) -> None:

@@ -47,6 +47,7 @@ from .layout import (
     MANIFEST_NAME,
     SPOOL_FOLDER,
     OutputLock,
+    check_output,
     is_bag,
     list_runs,
     next_run_folder,
@@ -184,7 +185,9 @@ async def export(recipe: Recipe, options: RunOptions) -> RunResult:
         OutputLockedError: another process writes the output folder.
         ManifestError: the manifest is damaged or belongs to another recipe.
         StorageError: the output folder cannot be created.
+        RecipeError: the output folder is, or lies inside, a run or a snapshot.
     """
+    check_output(options.output)
     with OutputLock(options.output):
         session = _Session(recipe, options)
         result = await session.run()

@@ -11,7 +11,12 @@ modified). Compared with a full run it:
 - skips date windows that earlier runs finished and that ended before the previous run
   started;
 - records projects that earlier runs archived and that are gone now (404 on the project
-  detail) as ``deleted`` entries in the manifest.
+  detail) as ``deleted`` entries in the manifest;
+- fetches again the partitions of ``from:`` streams that failed in the newest run that
+  fetched them, whose projects may not have changed since.
+
+A run whose project search did not finish done may have missed changed projects, so
+``since`` is the start of the newest run whose search finished done.
 
 Streams with fixed id ranges or lists are exported again in full: nothing tells which of
 their partitions changed.
@@ -55,6 +60,9 @@ class Baseline:
     """Per stream and partition id, the largest record key archived (newest-first endpoints)."""
     finished_windows: dict[str, set[str]] = field(default_factory=dict)
     """Per stream, partition ids of date windows finished before ``since``."""
+    refetch: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Per stream with a ``from:`` parameter, the partitions (as parameter values) whose
+    newest final state in the earlier runs is failed."""
 
     def header(self) -> dict[str, Any]:
         """Return what the new run's manifest header records about its baseline."""
@@ -89,10 +97,12 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
     if full:
         states = states[full[-1] :]
     last = states[-1][1]
-    since = _parse_time(last.header["started"])
+    searched = [state for _, state in states if _search_done(recipe, state)] or [states[0][1]]
+    since = _parse_time(searched[-1].header["started"])
     previous = [(run.parent if run.name == "data" else run).name for run, _ in states]
     base_url = latest_session(last.sessions).get("settings", {}).get("base_url")
     baseline = Baseline(since=since, previous=previous, base_url=base_url)
+    baseline.refetch = _failed_partitions(recipe, [state for _, state in states])
 
     for run, state in states:
         codec = run_codec(state.header)
@@ -103,7 +113,13 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
                 # A project that a run found deleted is reported once, by that run.
                 baseline.project_ids -= {int(entry["project_id"]) for entry in state.deleted}
             if spec.endpoint.name in NEWEST_FIRST and path.exists():
-                _newest_keys(path, codec, spec.endpoint.key, baseline.newest.setdefault(name, {}))
+                _newest_keys(
+                    path,
+                    codec,
+                    spec.endpoint.key,
+                    _done(state, name),
+                    baseline.newest.setdefault(name, {}),
+                )
             if any(hasattr(v, "start_param") for v in spec.varying):
                 baseline.finished_windows.setdefault(name, set()).update(
                     _finished_windows(state, name, since)
@@ -143,16 +159,63 @@ def _project_ids(path: Path, codec: Codec) -> set[int]:
     return ids
 
 
-def _newest_keys(path: Path, codec: Codec, key: str | None, newest: dict[str, Any]) -> None:
+def _newest_keys(
+    path: Path, codec: Codec, key: str | None, done: set[str], newest: dict[str, Any]
+) -> None:
+    """Keep in ``newest`` the largest key per partition, of the partitions in ``done``.
+
+    A partition that failed part way may lack records below its newest one, so a walk
+    that stopped at its newest key would never fetch them.
+    """
     with open_lines(path, codec) as file:
         for line in file:
             record = orjson.loads(line)
             partition = orjson.dumps(
                 record.get("_partition", {}), option=orjson.OPT_SORT_KEYS
             ).decode()
+            if partition not in done:
+                continue
             value = record_key(key, strip_partition(record))
             if isinstance(value, int) and value > newest.get(partition, -1):
                 newest[partition] = value
+
+
+def _done(state: ManifestState, stream: str) -> set[str]:
+    """Return the ids of the partitions of ``stream`` that ended done in a run."""
+    if stream not in state.streams:
+        return set()
+    return {pid for pid, final in state.streams[stream].finals() if final["state"] == "done"}
+
+
+def _search_done(recipe: Recipe, state: ManifestState) -> bool:
+    """Tell whether every partition of the run's project search streams ended done."""
+    for name, spec in recipe.streams.items():
+        if spec.endpoint.name != "projects" or name not in state.streams:
+            continue
+        finals = [final["state"] for _, final in state.streams[name].finals()]
+        if not finals or any(final != "done" for final in finals):
+            return False
+    return True
+
+
+def _failed_partitions(
+    recipe: Recipe, states: list[ManifestState]
+) -> dict[str, list[dict[str, Any]]]:
+    """Return, per stream with a ``from:`` parameter, the partitions whose final state in
+    the newest of ``states`` that finished them is failed."""
+    failed: dict[str, list[dict[str, Any]]] = {}
+    for name, spec in recipe.streams.items():
+        if spec.parent is None:
+            continue
+        latest: dict[str, str] = {}
+        for state in states:
+            if name in state.streams:
+                for pid, final in state.streams[name].finals():
+                    latest[pid] = final["state"]
+        partitions = [orjson.loads(pid) for pid, final in latest.items() if final == "failed"]
+        if partitions:
+            failed[name] = partitions
+    return failed
 
 
 def _finished_windows(state: ManifestState, stream: str, since: dt.datetime) -> set[str]:

@@ -24,12 +24,37 @@ from types import TracebackType
 from typing import BinaryIO
 
 from .codec import SUFFIXES, Codec
-from .errors import OutputLockedError, StorageError
+from .errors import OutputLockedError, RecipeError, StorageError
 
 MANIFEST_NAME = "manifest.jsonl"
+#: The file of a snapshot folder (``tm-export snapshot``) that names where its records come from.
+SNAPSHOT_RECORD = "snapshot.json"
 #: Inside a run folder: response bodies too large for memory, while they are processed.
 SPOOL_FOLDER = ".spool"
 DATA_FOLDER = "data"
+
+
+def check_output(output: Path) -> None:
+    """Raise RecipeError for an output folder that is, or lies inside, a run or a snapshot.
+
+    An export there would start a run of its own inside one that status, verify and
+    snapshot read, and they would not see it.
+    """
+    resolved = output.resolve()
+    for folder in (resolved, *resolved.parents):
+        if (folder / MANIFEST_NAME).is_file() or is_bag(folder):
+            kind = "run folder"
+        elif (folder / SNAPSHOT_RECORD).is_file():
+            kind = "snapshot"
+        elif folder.name == "runs" and list_runs(folder.parent):
+            kind = "runs/ folder of an output folder"
+        else:
+            continue
+        where = "is" if folder == resolved else f"is inside {folder}, which is"
+        raise RecipeError(
+            f"{output} {where} a {kind}; give the output folder itself (the folder that "
+            "contains runs/) or a new one"
+        )
 
 
 def runs_folder(output: Path) -> Path:

@@ -10,12 +10,16 @@ takes one of three rules, from its endpoint:
 - ``added``: task history (newest first), to which an incremental run adds newer records.
   Each partition keeps every record once, the newest copy of each.
 - ``partition``: every other stream. Each partition's records come from the newest run
-  that finished it (``done``), so a partition that a later run failed or skipped keeps the
-  records of the run before it. A partition that no run finished comes from the newest
-  run with records for it.
+  that finished it (``done``, or ``skipped`` for a 403 or 404, which leaves it empty as in
+  a full run), so a partition that a later run failed keeps the records of the run before
+  it. A partition that no run finished comes from the newest run with records for it.
+
+A partition whose newest final state is failed is listed under ``failed`` in
+``snapshot.json``: its records are an earlier run's, or incomplete, until the next
+incremental run fetches it again.
 
 Projects that a run of the chain found deleted are dropped from every stream: their
-search records, and the partitions with their ``project_id``.
+search records, and the partitions whose ``project_id`` or ``projectId`` is theirs.
 
 The runs are verified first (as ``tm-export verify`` does), and the snapshot is built in a
 hidden folder beside the destination and renamed into place once complete, so a
@@ -38,6 +42,7 @@ from . import __version__
 from .codec import open_lines
 from .errors import ExitCode, StorageError, TmExportError
 from .incremental import NEWEST_FIRST
+from .layout import DATA_FOLDER, SNAPSHOT_RECORD, is_bag
 from .manifest import ManifestState, latest_session
 from .params import partition_id
 from .recipe import StreamSpec, parse_recipe
@@ -46,20 +51,23 @@ from .runrecord import require_verified
 from .verify import RunCheck, RunFolderError, check_run, file_sha256, fsync_path, locate_run
 
 FORMAT = 1
-RECORD_NAME = "snapshot.json"
 
 Rule = Literal["key", "added", "partition"]
+
+#: Partition parameters that name a project, for leaving out deleted projects.
+PROJECT_PARAMETERS = ("project_id", "projectId")
 
 #: The description of each rule in ``snapshot.json``.
 RULES: dict[Rule, str] = {
     "key": "the newest record of each key",
     "added": "every record once per partition, its newest copy",
-    "partition": "each partition's records from the newest run that finished it",
+    "partition": "each partition's records from the newest run that finished it or skipped it",
 }
 
 
 class SnapshotStateError(TmExportError):
-    """A run of the chain is unfinished, or the destination exists; nothing was written."""
+    """A run of the chain is unfinished, or the destination exists or lies inside a run;
+    nothing was written."""
 
     exit_code = ExitCode.USAGE
 
@@ -72,6 +80,8 @@ class Snapshot:
     runs: list[Path]
     records: dict[str, int]
     deleted: list[int]
+    failed: dict[str, int]
+    """Per stream, the partitions whose newest final state in the chain is failed."""
 
 
 def make_snapshot(run_folder: Path, destination: Path) -> Snapshot:
@@ -79,7 +89,8 @@ def make_snapshot(run_folder: Path, destination: Path) -> Snapshot:
 
     Raises:
         RunFolderError: ``run_folder`` is not a run folder, or a run of the chain is missing.
-        SnapshotStateError: a run of the chain is unfinished, or ``destination`` exists.
+        SnapshotStateError: a run of the chain is unfinished, or ``destination`` exists or
+            lies inside a run folder or a ``runs/`` folder.
         ManifestError: a manifest is damaged.
         RunDamagedError: a file does not match its manifest.
         StorageError: a write failed; ``destination`` was not created.
@@ -89,6 +100,7 @@ def make_snapshot(run_folder: Path, destination: Path) -> Snapshot:
             f"{destination} exists already; give a new folder for the snapshot, or delete this one"
         )
     chain = _chain(run_folder)
+    _check_destination(destination, chain)
     newest = chain[-1].state.header
     recipe = parse_recipe(
         Path(str(newest.get("recipe_path", "recipe.yaml"))), newest["recipe_text"]
@@ -104,14 +116,13 @@ def make_snapshot(run_folder: Path, destination: Path) -> Snapshot:
             for name, spec in recipe.streams.items()
         }
         record = _snapshot_record(chain, streams, deleted)
-        (building / RECORD_NAME).write_bytes(
+        (building / SNAPSHOT_RECORD).write_bytes(
             orjson.dumps(record, option=orjson.OPT_INDENT_2) + b"\n"
         )
         for path in building.iterdir():
             fsync_path(path)
         fsync_path(building)
         building.rename(destination)
-        fsync_path(destination.parent)
     except OSError as error:
         shutil.rmtree(building, ignore_errors=True)
         raise StorageError(
@@ -122,11 +133,21 @@ def make_snapshot(run_folder: Path, destination: Path) -> Snapshot:
         # An interruption leaves no half-built snapshot for a later command to trip on.
         shutil.rmtree(building, ignore_errors=True)
         raise
+    try:
+        fsync_path(destination.parent)
+    except OSError as error:
+        raise StorageError(
+            f"{destination}: the snapshot is complete, but its folder's entry may not be on "
+            f"disk yet ({error.strerror or error}); check the disk, then keep or delete it"
+        ) from None
     return Snapshot(
         folder=destination,
-        runs=[check.paths.folder for check in chain],
+        runs=[_run_home(check) for check in chain],
         records={name: stream["records"] for name, stream in streams.items()},
         deleted=deleted,
+        failed={
+            name: len(stream["failed"]) for name, stream in streams.items() if stream["failed"]
+        },
     )
 
 
@@ -138,31 +159,58 @@ def _chain(run_folder: Path) -> list[RunCheck]:
         return [newest]
 
     # An incremental run names the runs before it by folder name, or, for a merge of
-    # shards, by absolute path, which the join keeps.
-    runs = run_folder.parent
+    # shards, by absolute path, which the join keeps. DIR may be a bag's payload folder,
+    # whose run folder is the bag.
+    home = _run_home(newest)
     earlier = []
     for name in described["previous"]:
-        folder = runs / name
+        folder = home.parent / name
         if not folder.is_dir():
             raise RunFolderError(
-                f"{folder}: run {run_folder.name} builds on this run, which is missing; a "
+                f"{folder}: run {home.name} builds on this run, which is missing; a "
                 "snapshot needs every run from the last full run on"
             )
         earlier.append(_checked(folder))
     return [*earlier, newest]
 
 
+def _run_home(check: RunCheck) -> Path:
+    """Return the run folder of a checked run: the bag itself for a bag's payload folder."""
+    folder = check.paths.folder
+    if folder.name == DATA_FOLDER and is_bag(folder.parent):
+        return folder.parent
+    return folder
+
+
 def _checked(run_folder: Path) -> RunCheck:
     """Verify a run of the chain, and require it finished and undamaged."""
     check = check_run(locate_run(run_folder))
     if not check.finished:
+        recipe = check.state.header.get("recipe_path", "RECIPE")
         raise SnapshotStateError(
             f"{run_folder}: the run is unfinished, so a snapshot would miss what it has still "
-            "to fetch; finish it with the command that started it (tm-export status shows "
-            "which), or give an earlier run folder"
+            f"to fetch; finish it with 'tm-export run {recipe}' and the options that started "
+            "it, or give an earlier run folder"
         )
     require_verified(check, "no snapshot was written")
     return check
+
+
+def _check_destination(destination: Path, chain: list[RunCheck]) -> None:
+    """Raise SnapshotStateError for a destination inside a run, or among the runs.
+
+    A folder there would look like a damaged run to every command, or change a bag's
+    payload.
+    """
+    target = destination.resolve()
+    for check in chain:
+        folder = check.paths.folder.resolve()
+        for inside in (folder, folder.parent):
+            if target.is_relative_to(inside):
+                raise SnapshotStateError(
+                    f"{destination} is inside {inside}, where the runs are kept; give a "
+                    "folder outside it, such as one beside the output folder"
+                )
 
 
 def _rule(spec: StreamSpec) -> Rule:
@@ -191,7 +239,7 @@ def _write_stream(
             oldest = age == len(chain) - 1
             for line, record in _lines(check, name):
                 partition = record.get(PARTITION_KEY, {}) if isinstance(record, dict) else {}
-                if partition.get("project_id") in deleted:
+                if any(partition.get(name) in deleted for name in PROJECT_PARAMETERS):
                     continue
                 if rule == "partition":
                     if winners.get(partition_id(partition)) != age:
@@ -215,20 +263,22 @@ def _write_stream(
         "kept": RULES[rule],
         "records": records,
         "sha256": digest.hexdigest(),
+        "failed": _failed(name, [check.state for check in chain]),
     }
 
 
 def _partition_winners(stream: str, states: list[ManifestState]) -> dict[str, int]:
     """Return, per partition id, the age (0 for the newest run) of the run whose records count.
 
-    That is the newest run that finished the partition done, else the newest run that
-    committed pages for it.
+    That is the newest run that finished the partition done or skipped it (the server's
+    last word on it, which a full run would get too), else the newest run that committed
+    pages for it.
     """
     newest_first = list(reversed(states))
     winners: dict[str, int] = {}
     for age, state in enumerate(newest_first):
         for partition, final in state.streams[stream].finals() if stream in state.streams else ():
-            if final["state"] == "done":
+            if final["state"] in ("done", "skipped"):
                 winners.setdefault(partition, age)
     for age, state in enumerate(newest_first):
         partitions = state.streams[stream].partitions if stream in state.streams else {}
@@ -236,6 +286,17 @@ def _partition_winners(stream: str, states: list[ManifestState]) -> dict[str, in
             if part.pages:
                 winners.setdefault(partition, age)
     return winners
+
+
+def _failed(stream: str, states: list[ManifestState]) -> list[str]:
+    """Return the ids of the partitions whose final state in the newest run that finished
+    them is failed: their records are an earlier run's, or incomplete."""
+    latest: dict[str, str] = {}
+    for state in states:
+        if stream in state.streams:
+            for partition, final in state.streams[stream].finals():
+                latest[partition] = final["state"]
+    return sorted(partition for partition, final in latest.items() if final == "failed")
 
 
 def _lines(check: RunCheck, stream: str) -> Iterator[tuple[bytes, Any]]:
@@ -265,7 +326,7 @@ def _snapshot_record(
         "as_of": newest.header.get("started"),
         "runs": [
             {
-                "folder": str(check.paths.folder),
+                "folder": str(_run_home(check).resolve()),
                 "incremental": bool(check.state.header.get("incremental")),
                 "started": check.state.header.get("started"),
                 "ended": check.state.ends[-1].get("at") if check.state.ends else None,

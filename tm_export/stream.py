@@ -119,6 +119,7 @@ class StreamRunner:
         self._codec = codec
         self._since = baseline.since if baseline and spec.endpoint.name == "projects" else None
         self._stop_keys = baseline.newest.get(spec.name, {}) if baseline else {}
+        self._baseline = baseline
         self._finished_windows = (
             baseline.finished_windows.get(spec.name, set()) if baseline else set()
         )
@@ -196,6 +197,7 @@ class StreamRunner:
         """
         try:
             await self._replay_committed_values()
+            await self._offer_earlier_failures()
             self._jobs = self._job_source()
             if self.parent_finished:
                 self._jobs.drain()
@@ -534,6 +536,26 @@ class StreamRunner:
         ):
             for record in reader:
                 await self._offer_children([record])
+
+    async def _offer_earlier_failures(self) -> None:
+        """Send child streams the values of their partitions that failed in earlier runs.
+
+        An incremental run sends a child stream the values of changed projects only, so
+        a partition that failed for a project that has not changed since would never be
+        fetched again.
+        """
+        if self._baseline is None:
+            return
+        for feed in self._children:
+            for partition in self._baseline.refetch.get(feed.name, []):
+                values = {name: partition[name] for name in feed.fields if name in partition}
+                if len(values) != len(feed.fields):
+                    continue
+                try:
+                    await _put(feed.send, values)
+                except anyio.BrokenResourceError:
+                    # As in _offer_children: only a fatal error elsewhere stops a child early.
+                    break
 
     # --- bookkeeping --------------------------------------------------------------
 

@@ -383,3 +383,61 @@ def test_since_of_last_complete_search(tmp_path: Path, mock: MockServer) -> None
 
     assert baseline.since == dt.datetime(2026, 11, 2, tzinfo=dt.UTC)
     assert baseline.previous == ["0001", "0002", "0003"]
+
+
+def test_output_folder_inside_a_runs_folder(tmp_path: Path, mock: MockServer) -> None:
+    """An output folder may sit in a folder named runs, such as one output per year."""
+    recipe = write_recipe(tmp_path, CHILD_RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    output = tmp_path / "archives/runs/2025"
+    args = ["run", str(recipe), "--base-url", mock.api_url, "--output", str(output)]
+    assert run_cli(*args, env=env).exit_code == 0
+
+    outcome = run_cli(*args, "--incremental", env=env)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert (output / "runs/0002").is_dir()
+
+
+ACTIVITIES_RECIPE = """\
+version: 1
+instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s, retries: {attempts: 1}}
+output: OUT
+streams:
+  projects:
+    endpoint: projects
+    params: {projectStatuses: [PUBLISHED, ARCHIVED]}
+  activities:
+    endpoint: project_activities
+    params: {project_id: {from: projects.projectId}}
+"""
+
+
+def test_retry_on_merged_incremental_run_keeps_stop_keys(tmp_path: Path, mock: MockServer) -> None:
+    """--retry-failed on a merged incremental run stops every shard's task history at the
+    newest record its earlier runs hold, and writes only the new records."""
+    recipe = write_recipe(tmp_path, ACTIVITIES_RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    base = ["run", str(recipe), "--base-url", mock.api_url]
+    shards = [tmp_path / f"s{k}" for k in (1, 2)]
+    archive = tmp_path / "archive"
+    for k, shard in enumerate(shards, start=1):
+        assert run_cli(*base, "--shard", f"{k}/2", "--output", str(shard), env=env).exit_code == 0
+    assert run_cli("merge", str(archive), *map(str, shards), env=env).exit_code == 0
+    later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=5)
+    new = [
+        mock.dataset.add_activity(project, task_id=1, when=later)
+        for project in mock.dataset.public_project_ids()
+    ]
+    mock.add_fault(path=r"^/api/v2/projects/\d+/activities/$", status=500)
+    for k, shard in enumerate(shards, start=1):
+        args = [*base, "--incremental", "--shard", f"{k}/2", "--output", str(shard)]
+        assert run_cli(*args, env=env).exit_code == 3
+    assert run_cli("merge", str(archive), *map(str, shards), env=env).exit_code == 0
+    mock.clear_faults()
+
+    outcome = run_cli(*base, "--output", str(archive), "--retry-failed", env=env)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    written = records(archive / "runs/0002/data/activities.jsonl")
+    assert sorted(record["historyId"] for record in written) == sorted(new)  # type: ignore[type-var]

@@ -194,7 +194,10 @@ def _asks_json_logs(args: list[str]) -> bool:
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @click.option("-v", "--verbose", count=True, help="Log every request (debug level) on stderr.")
 @click.option(
-    "-q", "--quiet", is_flag=True, help="Log only warnings and errors; no progress display."
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Log only warnings and errors, then the summary; no progress display.",
 )
 @click.option(
     "--log-format",

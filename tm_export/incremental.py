@@ -91,15 +91,11 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
             f"{runs[-1].parent}: no finished run of this recipe to build on; run without "
             "--incremental first"
         )
-    # A full run contains everything the runs before it had, so the chain starts at the last
-    # one. Runs before a --start-over, perhaps from another server, are not built on.
-    full = [index for index, (_, state) in enumerate(states) if not state.header.get("incremental")]
-    if full:
-        states = states[full[-1] :]
+    states = _from_last_full_run(states)
     last = states[-1][1]
     searched = [state for _, state in states if _search_done(recipe, state)] or [states[0][1]]
     since = _parse_time(searched[-1].header["started"])
-    previous = [(run.parent if run.name == "data" else run).name for run, _ in states]
+    previous = [_home(run).name for run, _ in states]
     base_url = latest_session(last.sessions).get("settings", {}).get("base_url")
     baseline = Baseline(since=since, previous=previous, base_url=base_url)
     baseline.refetch = _failed_partitions(recipe, [state for _, state in states])
@@ -125,6 +121,31 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
                     _finished_windows(state, name, since)
                 )
     return baseline
+
+
+def _from_last_full_run(
+    states: list[tuple[Path, ManifestState]],
+) -> list[tuple[Path, ManifestState]]:
+    """Drop the runs before the last full run of each runs/ folder.
+
+    A full run contains everything the runs before it had, so runs before a --start-over,
+    perhaps from another server, are not built on. A merged run names the runs of every
+    shard's folder, so each folder is cut on its own.
+    """
+    last_full: dict[Path, int] = {}
+    for index, (run, state) in enumerate(states):
+        if not state.header.get("incremental"):
+            last_full[_home(run).parent] = index
+    return [
+        (run, state)
+        for index, (run, state) in enumerate(states)
+        if index >= last_full.get(_home(run).parent, 0)
+    ]
+
+
+def _home(run: Path) -> Path:
+    """Return the run folder of ``run``, which is a bag's data/ folder for a bag."""
+    return run.parent if run.name == "data" and is_bag(run.parent) else run
 
 
 def updated_since(record: Any, since: dt.datetime) -> bool:

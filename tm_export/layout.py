@@ -42,11 +42,13 @@ def check_output(output: Path) -> None:
     """
     resolved = output.resolve()
     for folder in (resolved, *resolved.parents):
-        if (folder / MANIFEST_NAME).is_file() or is_bag(folder):
+        if _is_run(folder):
             kind = "run folder"
         elif (folder / SNAPSHOT_RECORD).is_file():
             kind = "snapshot"
-        elif folder.name == "runs" and list_runs(folder.parent):
+        elif folder.name == "runs" and _holds_runs(folder) and not runs_folder(resolved).is_dir():
+            # An output folder may itself sit in a folder named runs (archives/runs/2025),
+            # which holds output folders, not runs.
             kind = "runs/ folder of an output folder"
         else:
             continue
@@ -55,6 +57,17 @@ def check_output(output: Path) -> None:
             f"{output} {where} a {kind}; give the output folder itself (the folder that "
             "contains runs/) or a new one"
         )
+
+
+def _is_run(folder: Path) -> bool:
+    return (folder / MANIFEST_NAME).is_file() or is_bag(folder)
+
+
+def _holds_runs(folder: Path) -> bool:
+    """Tell whether ``folder`` contains a run folder of an output folder (runs/0001, ...)."""
+    return folder.is_dir() and any(
+        child.name.isdigit() and _is_run(child) for child in folder.iterdir() if child.is_dir()
+    )
 
 
 def runs_folder(output: Path) -> Path:

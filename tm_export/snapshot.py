@@ -204,7 +204,7 @@ def _check_destination(destination: Path, chain: list[RunCheck]) -> None:
     """
     target = destination.resolve()
     for check in chain:
-        folder = check.paths.folder.resolve()
+        folder = _run_home(check).resolve()
         for inside in (folder, folder.parent):
             if target.is_relative_to(inside):
                 raise SnapshotStateError(
@@ -239,7 +239,7 @@ def _write_stream(
             oldest = age == len(chain) - 1
             for line, record in _lines(check, name):
                 partition = record.get(PARTITION_KEY, {}) if isinstance(record, dict) else {}
-                if any(partition.get(name) in deleted for name in PROJECT_PARAMETERS):
+                if any(partition.get(parameter) in deleted for parameter in PROJECT_PARAMETERS):
                     continue
                 if rule == "partition":
                     if winners.get(partition_id(partition)) != age:

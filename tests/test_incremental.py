@@ -441,3 +441,27 @@ def test_retry_on_merged_incremental_run_keeps_stop_keys(tmp_path: Path, mock: M
     assert outcome.exit_code == 0, outcome.stderr
     written = records(archive / "runs/0002/data/activities.jsonl")
     assert sorted(record["historyId"] for record in written) == sorted(new)  # type: ignore[type-var]
+
+
+def test_failed_partition_of_deleted_project_not_fetched(tmp_path: Path, mock: MockServer) -> None:
+    """A partition that failed for a project deleted since is not requested again."""
+    recipe = write_recipe(tmp_path, CHILD_RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    project = mock.dataset.public_project_ids()[2]
+    mock.dataset.touch_project(
+        project, dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=5)
+    )
+    mock.add_fault(path=rf"^/api/v2/projects/{project}/contributions/$", status=500)
+    assert run_cli(*args, "--incremental", env=env).exit_code == 3
+    mock.clear_faults()
+    mock.dataset.delete_project(project)
+    mock.reset_log()
+
+    outcome = run_cli(*args, "--incremental", env=env)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert f"deleted since the earlier runs: projects {project}" in outcome.stderr
+    assert "skipped partitions" not in outcome.stderr
+    assert [r["path"] for r in mock.requests() if r["path"].endswith("/contributions/")] == []

@@ -716,6 +716,7 @@ class _Session:
             committer.record(self._session_entry(state, result))
             if self.baseline is not None:
                 await self._find_deleted(fetcher, state, committer, result)
+                self.baseline.drop_deleted(result.deleted)
             await self._run_streams(runners, committer, fetcher)
 
     def _runners(

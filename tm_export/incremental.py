@@ -41,6 +41,9 @@ from .records import record_key, strip_partition
 
 logger = logging.getLogger("tm_export.incremental")
 
+#: Partition parameters that name a project, for leaving out deleted projects.
+PROJECT_PARAMETERS = ("project_id", "projectId")
+
 #: Endpoints whose records come newest first, so a walk can stop at the first known one.
 NEWEST_FIRST = frozenset({"project_activities"})
 
@@ -67,6 +70,16 @@ class Baseline:
     def header(self) -> dict[str, Any]:
         """Return what the new run's manifest header records about its baseline."""
         return {"since": self.since.isoformat(), "previous": self.previous}
+
+    def drop_deleted(self, project_ids: list[int]) -> None:
+        """Take the partitions of deleted projects out of ``refetch``: they would answer 404."""
+        gone = set(project_ids)
+        for stream, partitions in self.refetch.items():
+            self.refetch[stream] = [
+                partition
+                for partition in partitions
+                if not any(partition.get(name) in gone for name in PROJECT_PARAMETERS)
+            ]
 
 
 def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:

@@ -41,7 +41,7 @@ import orjson
 from . import __version__
 from .codec import open_lines
 from .errors import ExitCode, StorageError, TmExportError
-from .incremental import NEWEST_FIRST
+from .incremental import NEWEST_FIRST, PROJECT_PARAMETERS
 from .layout import DATA_FOLDER, SNAPSHOT_RECORD, is_bag
 from .manifest import ManifestState, latest_session
 from .params import partition_id
@@ -53,9 +53,6 @@ from .verify import RunCheck, RunFolderError, check_run, file_sha256, fsync_path
 FORMAT = 1
 
 Rule = Literal["key", "added", "partition"]
-
-#: Partition parameters that name a project, for leaving out deleted projects.
-PROJECT_PARAMETERS = ("project_id", "projectId")
 
 #: The description of each rule in ``snapshot.json``.
 RULES: dict[Rule, str] = {

@@ -135,7 +135,7 @@ def test_base_url_change_refused(tmp_path: Path, mock: MockServer) -> None:
     assert outcome.stderr == (
         f"tm-export: error: {tmp_path / 'out/runs/0001'}: this run reads from {mock.api_url}, "
         f"but this command reads from {other.api_url}. Nothing was changed. Give --base-url "
-        f"{mock.api_url} to go on with the run, or use --start-over to begin a new run from "
+        f"{mock.api_url} for this run, or use --start-over to begin a new run from "
         "the other server\n"
     )
     assert sent_to_other == []
@@ -555,7 +555,7 @@ def test_finished_run_other_server_refused(tmp_path: Path, mock: MockServer) -> 
     assert outcome.stderr.splitlines()[-1] == (
         f"tm-export: error: {tmp_path / 'out/runs/0001'}: this run reads from {mock.api_url}, "
         f"but this command reads from {other.api_url}. Nothing was changed. Give --base-url "
-        f"{mock.api_url} to go on with the run, or use --start-over to begin a new run from "
+        f"{mock.api_url} for this run, or use --start-over to begin a new run from "
         "the other server"
     )
     assert "already finished" not in outcome.stderr

@@ -410,17 +410,23 @@ def test_bag_payload_folder_as_dir(tmp_path: Path, mock: MockServer) -> None:
 @pytest.mark.parametrize(
     ("output", "message"),
     [
-        ("out/runs/0001", "{output} is a run folder"),
+        ("out/runs/0001", "{output} is a run folder; give the output folder itself ({tmp}/out)"),
         (
             "out/runs/0001/data/more",
-            "{output} is inside {tmp}/out/runs/0001, which is a run folder",
+            "{output} is inside {tmp}/out/runs/0001, which is a run folder; give the output "
+            "folder itself ({tmp}/out)",
         ),
         (
             "out/runs/0002",
-            "{output} is inside {tmp}/out/runs, which is a runs/ folder of an output folder",
+            "{output} is inside {tmp}/out/runs, which is a runs/ folder of an output folder; "
+            "give the output folder itself ({tmp}/out)",
         ),
-        ("out/runs", "{output} is a runs/ folder of an output folder"),
-        ("now", "{output} is a snapshot"),
+        (
+            "out/runs",
+            "{output} is a runs/ folder of an output folder; give the output folder itself "
+            "({tmp}/out)",
+        ),
+        ("now", "{output} is a snapshot; give an output folder"),
     ],
 )
 def test_run_into_run_or_snapshot_rejected(
@@ -439,9 +445,6 @@ def test_run_into_run_or_snapshot_rejected(
 
     expected = message.format(output=tmp_path / output, tmp=tmp_path)
     assert outcome.exit_code == 2
-    assert outcome.stderr == (
-        f"tm-export: error: {expected}; give the output folder itself (the folder that "
-        "contains runs/) or a new one\n"
-    )
+    assert outcome.stderr == f"tm-export: error: {expected} or a new one\n"
     assert sorted(path for path in tmp_path.rglob("*")) == before
     assert mock.requests() == []

@@ -372,7 +372,7 @@ class _Session:
         if server and server.rstrip("/") != requested.rstrip("/"):
             raise ManifestError(
                 f"{run_folder}: this run reads from {server}, but this command reads from "
-                f"{requested}. Nothing was changed. Give --base-url {server} to go on with the run, "
+                f"{requested}. Nothing was changed. Give --base-url {server} for this run, "
                 "or use --start-over to begin a new run from the other server"
             )
 

@@ -42,21 +42,22 @@ def check_output(output: Path) -> None:
     """
     resolved = output.resolve()
     for folder in (resolved, *resolved.parents):
+        owner: Path | None = None
         if _is_run(folder):
             kind = "run folder"
+            owner = folder.parent.parent if folder.parent.name == "runs" else None
         elif (folder / SNAPSHOT_RECORD).is_file():
             kind = "snapshot"
         elif folder.name == "runs" and _holds_runs(folder) and not runs_folder(resolved).is_dir():
             # An output folder may itself sit in a folder named runs (archives/runs/2025),
             # which holds output folders, not runs.
             kind = "runs/ folder of an output folder"
+            owner = folder.parent
         else:
             continue
         where = "is" if folder == resolved else f"is inside {folder}, which is"
-        raise RecipeError(
-            f"{output} {where} a {kind}; give the output folder itself (the folder that "
-            "contains runs/) or a new one"
-        )
+        advice = f"the output folder itself ({owner})" if owner else "an output folder"
+        raise RecipeError(f"{output} {where} a {kind}; give {advice} or a new one")
 
 
 def _is_run(folder: Path) -> bool:

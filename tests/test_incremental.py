@@ -36,6 +36,17 @@ def records(path: Path) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
+def windows_not_ended(day: dt.date) -> list[tuple[str, str]]:
+    """Return the monthly windows of the recipe's task_stats (2026) that end on or after ``day``."""
+    windows = []
+    for month in range(1, 13):
+        start = dt.date(2026, month, 1)
+        end = (start + dt.timedelta(days=31)).replace(day=1) - dt.timedelta(days=1)
+        if end >= day:
+            windows.append((start.isoformat(), end.isoformat()))
+    return windows
+
+
 def test_incremental_fetches_only_changes(tmp_path: Path, mock: MockServer) -> None:
     recipe = write_recipe(tmp_path, RECIPE)
     env = {"TM_API_TOKEN": mock.tokens["admin"]}
@@ -73,11 +84,12 @@ def test_incremental_fetches_only_changes(tmp_path: Path, mock: MockServer) -> N
     activity_paths = {r["path"] for r in mock.requests() if r["path"].endswith("/activities/")}
     assert activity_paths == {f"/api/v2/projects/{pid}/activities/" for pid in changed}
     windows = {tuple(r["_partition"].values()) for r in records(second / "data/task_stats.jsonl")}  # type: ignore[union-attr]
-    assert windows <= {("2026-12-01", "2026-12-31")}
+    open_windows = windows_not_ended(since.date())
+    assert windows <= set(open_windows)
     stats_queries = [
         r["query"] for r in mock.requests() if r["path"] == "/api/v2/tasks/statistics/"
     ]
-    assert stats_queries == ["startDate=2026-12-01&endDate=2026-12-31"]
+    assert stats_queries == [f"startDate={start}&endDate={end}" for start, end in open_windows]
     deleted = [e for e in records(second / "manifest.jsonl") if e["t"] == "deleted"]
     assert [e["project_id"] for e in deleted] == [deleted_id]
     assert f"deleted since the earlier runs: projects {deleted_id}" in outcome.stderr
@@ -360,6 +372,16 @@ def headers_of(tmp_path: Path, run: str) -> dict[str, Any]:
     return header
 
 
+def start_on_days(runs: list[Path]) -> None:
+    """Give the runs, which started within a second or two, the start times 2026-11-01,
+    -02 and so on, to tell them apart."""
+    for day, run in enumerate(runs, start=1):
+        manifest = run / "manifest.jsonl"
+        header, rest = manifest.read_bytes().split(b"\n", 1)
+        changed = {**orjson.loads(header), "started": f"2026-11-{day:02d}T00:00:00Z"}
+        manifest.write_bytes(orjson.dumps(changed) + b"\n" + rest)
+
+
 def test_since_of_last_complete_search(tmp_path: Path, mock: MockServer) -> None:
     """After a run whose project search failed part way, the next incremental run asks for
     projects updated since the start of the run before it, whose search finished."""
@@ -371,13 +393,8 @@ def test_since_of_last_complete_search(tmp_path: Path, mock: MockServer) -> None
     since_day = headers_of(tmp_path, "0002")["started"][:10]
     mock.add_fault(path=r"^/api/v2/projects/$", query={"lastUpdatedFrom": since_day}, status=500)
     assert run_cli(*args, "--incremental", env=env).exit_code == 3
-    # The runs started within a second or two; give them distinct days to tell them apart.
     runs = [tmp_path / "out/runs" / run for run in ("0001", "0002", "0003")]
-    for day, run in enumerate(runs, start=1):
-        manifest = run / "manifest.jsonl"
-        header, rest = manifest.read_bytes().split(b"\n", 1)
-        changed = {**orjson.loads(header), "started": f"2026-11-0{day}T00:00:00Z"}
-        manifest.write_bytes(orjson.dumps(changed) + b"\n" + rest)
+    start_on_days(runs)
 
     baseline = read_baseline(load_recipe(recipe), runs)
 
@@ -465,3 +482,43 @@ def test_failed_partition_of_deleted_project_not_fetched(tmp_path: Path, mock: M
     assert f"deleted since the earlier runs: projects {project}" in outcome.stderr
     assert "skipped partitions" not in outcome.stderr
     assert [r["path"] for r in mock.requests() if r["path"].endswith("/contributions/")] == []
+
+
+def test_since_of_shard_without_the_search(tmp_path: Path, mock: MockServer) -> None:
+    """A shard that does not write the project search builds on its last run too."""
+    recipe = write_recipe(tmp_path, CHILD_RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    base = ["run", str(recipe), "--base-url", mock.api_url]
+    for shard in (1, 2):
+        output = str(tmp_path / f"s{shard}")
+        assert run_cli(*base, "--shard", f"{shard}/2", "--output", output, env=env).exit_code == 0
+        for _ in range(2):
+            args = [*base, "--incremental", "--shard", f"{shard}/2", "--output", output]
+            assert run_cli(*args, env=env).exit_code == 0
+    runs = {
+        shard: [tmp_path / f"s{shard}/runs/{run}" for run in ("0001", "0002", "0003")]
+        for shard in (1, 2)
+    }
+    for shard_runs in runs.values():
+        start_on_days(shard_runs)
+
+    since = {
+        shard: read_baseline(load_recipe(recipe), shard_runs).since
+        for shard, shard_runs in runs.items()
+    }
+
+    assert since == {shard: dt.datetime(2026, 11, 3, tzinfo=dt.UTC) for shard in (1, 2)}
+
+
+def test_stray_files_above_output_allowed(tmp_path: Path, mock: MockServer) -> None:
+    """Files named like tm-export's in a folder above the output folder do not stop a run."""
+    recipe = write_recipe(tmp_path, CHILD_RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    (tmp_path / "snapshot.json").write_text('{"name": "a web app setting"}')
+    (tmp_path / "manifest.jsonl").write_text("{}\n")
+    output = tmp_path / "exports/archive"
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "-o", str(output), env=env)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert (output / "runs/0001/run.json").is_file()

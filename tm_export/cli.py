@@ -168,8 +168,8 @@ def _asks_json_logs(args: list[str]) -> bool:
 @click.option(
     "--incremental",
     is_flag=True,
-    help="Once the last run has finished, start a new run beside it that fetches only what changed "
-    "since it started (see 'Incremental runs' in docs/design.md).",
+    help="Once the last run has finished, start a new run beside it that fetches what changed "
+    "since it started, and what failed in it (see 'Incremental runs' in docs/design.md).",
 )
 @click.option(
     "--compression",

@@ -3,9 +3,10 @@
 ``run --incremental`` starts a new run folder beside the last finished run (which is never
 modified). Compared with a full run it:
 
-- requests from the project search only the projects updated since the previous run started
-  (``lastUpdatedFrom`` on the server, then an exact ``lastUpdated`` check on each record),
-  so streams that take their project ids from the search run for those projects only;
+- requests from the project search only the projects updated since ``since``, the start
+  of the previous run (``lastUpdatedFrom`` on the server, then an exact ``lastUpdated``
+  check on each record), so streams that take their project ids from the search run for
+  those projects only;
 - stops walking newest-first task history (``project_activities``) at the newest record
   the earlier runs archived for that project, and writes only newer records;
 - skips date windows that earlier runs finished and that ended before the previous run
@@ -16,7 +17,8 @@ modified). Compared with a full run it:
   fetched them, whose projects may not have changed since.
 
 A run whose project search did not finish done may have missed changed projects, so
-``since`` is the start of the newest run whose search finished done.
+``since`` is the start of the newest run whose search finished done, which is the
+previous run unless its search failed.
 
 Streams with fixed id ranges or lists are exported again in full: nothing tells which of
 their partitions changed.
@@ -34,8 +36,8 @@ import orjson
 
 from .codec import Codec, open_lines
 from .errors import ManifestError
-from .layout import MANIFEST_NAME, is_bag, run_codec, stream_path
-from .manifest import ManifestState, latest_session, load_state
+from .layout import MANIFEST_NAME, is_bag, run_codec, run_home, stream_path
+from .manifest import ManifestState, latest_finals, latest_session, load_state
 from .recipe import Recipe
 from .records import record_key, strip_partition
 
@@ -53,7 +55,8 @@ class Baseline:
     """The contents of the finished runs that an incremental run builds on."""
 
     since: dt.datetime
-    """Start of the previous run (UTC): anything updated after it may be missing from it."""
+    """Start (UTC) of the newest earlier run whose project search finished done: anything
+    updated after it may be missing from the earlier runs."""
     previous: list[str]
     base_url: str | None = None
     """The API URL that the previous run's last session read from."""
@@ -108,7 +111,7 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
     last = states[-1][1]
     searched = [state for _, state in states if _search_done(recipe, state)] or [states[0][1]]
     since = _parse_time(searched[-1].header["started"])
-    previous = [_home(run).name for run, _ in states]
+    previous = [run_home(run).name for run, _ in states]
     base_url = latest_session(last.sessions).get("settings", {}).get("base_url")
     baseline = Baseline(since=since, previous=previous, base_url=base_url)
     baseline.refetch = _failed_partitions(recipe, [state for _, state in states])
@@ -148,17 +151,12 @@ def _from_last_full_run(
     last_full: dict[Path, int] = {}
     for index, (run, state) in enumerate(states):
         if not state.header.get("incremental"):
-            last_full[_home(run).parent] = index
+            last_full[run_home(run).parent] = index
     return [
         (run, state)
         for index, (run, state) in enumerate(states)
-        if index >= last_full.get(_home(run).parent, 0)
+        if index >= last_full.get(run_home(run).parent, 0)
     ]
-
-
-def _home(run: Path) -> Path:
-    """Return the run folder of ``run``, which is a bag's data/ folder for a bag."""
-    return run.parent if run.name == "data" and is_bag(run.parent) else run
 
 
 def updated_since(record: Any, since: dt.datetime) -> bool:
@@ -226,8 +224,10 @@ def _search_done(recipe: Recipe, state: ManifestState) -> bool:
     for name, spec in recipe.streams.items():
         if spec.endpoint.name != "projects" or name not in state.streams:
             continue
+        # A shard that does not own the search has no final entry for it, and a shard
+        # that failed to read a page of it stops with a fatal error.
         finals = [final["state"] for _, final in state.streams[name].finals()]
-        if not finals or any(final != "done" for final in finals):
+        if any(final != "done" for final in finals):
             return False
     return True
 
@@ -241,11 +241,7 @@ def _failed_partitions(
     for name, spec in recipe.streams.items():
         if spec.parent is None:
             continue
-        latest: dict[str, str] = {}
-        for state in states:
-            if name in state.streams:
-                for pid, final in state.streams[name].finals():
-                    latest[pid] = final["state"]
+        latest = latest_finals(states, name)
         partitions = [orjson.loads(pid) for pid, final in latest.items() if final == "failed"]
         if partitions:
             failed[name] = partitions

@@ -18,6 +18,7 @@ Room is left for what later versions add: compressed stream files
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from pathlib import Path
 from types import TracebackType
@@ -38,21 +39,22 @@ def check_output(output: Path) -> None:
     """Raise RecipeError for an output folder that is, or lies inside, a run or a snapshot.
 
     An export there would start a run of its own inside one that status, verify and
-    snapshot read, and they would not see it.
+    snapshot read, and they would not see it. Only the folders that tm-export makes count,
+    and the walk up stops at the first output folder (one that contains runs/).
     """
     resolved = output.resolve()
     for folder in (resolved, *resolved.parents):
         owner: Path | None = None
         if _is_run(folder):
             kind = "run folder"
-            owner = folder.parent.parent if folder.parent.name == "runs" else None
-        elif (folder / SNAPSHOT_RECORD).is_file():
+            owner = folder.parent.parent
+        elif _is_snapshot(folder):
             kind = "snapshot"
-        elif folder.name == "runs" and _holds_runs(folder) and not runs_folder(resolved).is_dir():
-            # An output folder may itself sit in a folder named runs (archives/runs/2025),
-            # which holds output folders, not runs.
+        elif folder.name == "runs" and any(_is_run(child) for child in _subfolders(folder)):
             kind = "runs/ folder of an output folder"
             owner = folder.parent
+        elif runs_folder(folder).is_dir():
+            return
         else:
             continue
         where = "is" if folder == resolved else f"is inside {folder}, which is"
@@ -60,15 +62,35 @@ def check_output(output: Path) -> None:
         raise RecipeError(f"{output} {where} a {kind}; give {advice} or a new one")
 
 
+def run_home(folder: Path) -> Path:
+    """Return the run folder of ``folder``: the bag itself for a bag's payload folder."""
+    if folder.name == DATA_FOLDER and is_bag(folder.parent):
+        return folder.parent
+    return folder
+
+
 def _is_run(folder: Path) -> bool:
+    """Tell whether ``folder`` is a run folder in an output folder's runs/ folder."""
+    if folder.parent.name != "runs" or not folder.name.isdigit():
+        return False
     return (folder / MANIFEST_NAME).is_file() or is_bag(folder)
 
 
-def _holds_runs(folder: Path) -> bool:
-    """Tell whether ``folder`` contains a run folder of an output folder (runs/0001, ...)."""
-    return folder.is_dir() and any(
-        child.name.isdigit() and _is_run(child) for child in folder.iterdir() if child.is_dir()
-    )
+def _is_snapshot(folder: Path) -> bool:
+    """Tell whether ``folder`` holds a snapshot that ``tm-export snapshot`` wrote."""
+    try:
+        record = json.loads((folder / SNAPSHOT_RECORD).read_bytes())
+    except (OSError, ValueError):
+        return False
+    tool = record.get("tool") if isinstance(record, dict) else None
+    return isinstance(tool, dict) and tool.get("name") == "tm-export"
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return [child for child in folder.iterdir() if child.is_dir()]
+    except OSError:
+        return []
 
 
 def runs_folder(output: Path) -> Path:

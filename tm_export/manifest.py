@@ -406,6 +406,17 @@ def latest_session(sessions: list[dict[str, Any]]) -> dict[str, Any]:
     return max(reversed(sessions), key=lambda session: str(session.get("at", "")))
 
 
+def latest_finals(states: list[ManifestState], stream: str) -> dict[str, str]:
+    """Return, per partition id of ``stream``, its final state in the newest of ``states``
+    (oldest first) that finished it."""
+    latest: dict[str, str] = {}
+    for state in states:
+        if stream in state.streams:
+            for partition, final in state.streams[stream].finals():
+                latest[partition] = final["state"]
+    return latest
+
+
 def _add_page(part: PartitionState, entry: dict[str, Any]) -> None:
     """Record a committed page entry in its partition's state."""
     part.pages[entry["n"]] = PageRecord(

@@ -42,8 +42,8 @@ from . import __version__
 from .codec import open_lines
 from .errors import ExitCode, StorageError, TmExportError
 from .incremental import NEWEST_FIRST, PROJECT_PARAMETERS
-from .layout import DATA_FOLDER, SNAPSHOT_RECORD, is_bag
-from .manifest import ManifestState, latest_session
+from .layout import SNAPSHOT_RECORD, run_home
+from .manifest import ManifestState, latest_finals, latest_session
 from .params import partition_id
 from .recipe import StreamSpec, parse_recipe
 from .records import PARTITION_KEY, record_key, strip_partition
@@ -139,7 +139,7 @@ def make_snapshot(run_folder: Path, destination: Path) -> Snapshot:
         ) from None
     return Snapshot(
         folder=destination,
-        runs=[_run_home(check) for check in chain],
+        runs=[run_home(check.paths.folder) for check in chain],
         records={name: stream["records"] for name, stream in streams.items()},
         deleted=deleted,
         failed={
@@ -151,16 +151,16 @@ def make_snapshot(run_folder: Path, destination: Path) -> Snapshot:
 def _chain(run_folder: Path) -> list[RunCheck]:
     """Return the verified runs that ``run_folder`` builds on, oldest first, and itself."""
     newest = _checked(run_folder)
-    described = newest.state.header.get("incremental")
-    if not described:
+    baseline = newest.state.header.get("incremental")
+    if not baseline:
         return [newest]
 
     # An incremental run names the runs before it by folder name, or, for a merge of
     # shards, by absolute path, which the join keeps. DIR may be a bag's payload folder,
     # whose run folder is the bag.
-    home = _run_home(newest)
+    home = run_home(newest.paths.folder)
     earlier = []
-    for name in described["previous"]:
+    for name in baseline["previous"]:
         folder = home.parent / name
         if not folder.is_dir():
             raise RunFolderError(
@@ -169,14 +169,6 @@ def _chain(run_folder: Path) -> list[RunCheck]:
             )
         earlier.append(_checked(folder))
     return [*earlier, newest]
-
-
-def _run_home(check: RunCheck) -> Path:
-    """Return the run folder of a checked run: the bag itself for a bag's payload folder."""
-    folder = check.paths.folder
-    if folder.name == DATA_FOLDER and is_bag(folder.parent):
-        return folder.parent
-    return folder
 
 
 def _checked(run_folder: Path) -> RunCheck:
@@ -201,7 +193,7 @@ def _check_destination(destination: Path, chain: list[RunCheck]) -> None:
     """
     target = destination.resolve()
     for check in chain:
-        folder = _run_home(check).resolve()
+        folder = run_home(check.paths.folder).resolve()
         for inside in (folder, folder.parent):
             if target.is_relative_to(inside):
                 raise SnapshotStateError(
@@ -288,11 +280,7 @@ def _partition_winners(stream: str, states: list[ManifestState]) -> dict[str, in
 def _failed(stream: str, states: list[ManifestState]) -> list[str]:
     """Return the ids of the partitions whose final state in the newest run that finished
     them is failed: their records are an earlier run's, or incomplete."""
-    latest: dict[str, str] = {}
-    for state in states:
-        if stream in state.streams:
-            for partition, final in state.streams[stream].finals():
-                latest[partition] = final["state"]
+    latest = latest_finals(states, stream)
     return sorted(partition for partition, final in latest.items() if final == "failed")
 
 
@@ -323,7 +311,7 @@ def _snapshot_record(
         "as_of": newest.header.get("started"),
         "runs": [
             {
-                "folder": str(_run_home(check).resolve()),
+                "folder": str(run_home(check.paths.folder).resolve()),
                 "incremental": bool(check.state.header.get("incremental")),
                 "started": check.state.header.get("started"),
                 "ended": check.state.ends[-1].get("at") if check.state.ends else None,

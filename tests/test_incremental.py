@@ -332,6 +332,18 @@ streams:
 """
 
 
+def fail_contributions_once(
+    mock: MockServer, project: int, args: list[str], env: dict[str, str]
+) -> None:
+    """Edit ``project``, then run an incremental run in which its contributions fail (exit 3)."""
+    mock.dataset.touch_project(
+        project, dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=5)
+    )
+    mock.add_fault(path=rf"^/api/v2/projects/{project}/contributions/$", status=500)
+    assert run_cli(*args, "--incremental", env=env).exit_code == 3
+    mock.clear_faults()
+
+
 def test_failed_child_partition_fetched_again(tmp_path: Path, mock: MockServer) -> None:
     """A partition that failed in an incremental run is fetched by the next one, although
     its project has not changed since."""
@@ -343,12 +355,7 @@ def test_failed_child_partition_fetched_again(tmp_path: Path, mock: MockServer) 
         mock.dataset.public_project_ids(),
         key=lambda pid: mock.dataset.count("project_contributions", project_id=pid),
     )
-    mock.dataset.touch_project(
-        project, dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=5)
-    )
-    mock.add_fault(path=rf"^/api/v2/projects/{project}/contributions/$", status=500)
-    assert run_cli(*args, "--incremental", env=env).exit_code == 3
-    mock.clear_faults()
+    fail_contributions_once(mock, project, args, env)
     # Back to an old time, so that only the failure can bring the project into the next run.
     mock.dataset.touch_project(project, dt.datetime(2020, 1, 1))
     mock.reset_log()
@@ -467,12 +474,7 @@ def test_failed_partition_of_deleted_project_not_fetched(tmp_path: Path, mock: M
     args = ["run", str(recipe), "--base-url", mock.api_url]
     assert run_cli(*args, env=env).exit_code == 0
     project = mock.dataset.public_project_ids()[2]
-    mock.dataset.touch_project(
-        project, dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=5)
-    )
-    mock.add_fault(path=rf"^/api/v2/projects/{project}/contributions/$", status=500)
-    assert run_cli(*args, "--incremental", env=env).exit_code == 3
-    mock.clear_faults()
+    fail_contributions_once(mock, project, args, env)
     mock.dataset.delete_project(project)
     mock.reset_log()
 

@@ -10,6 +10,7 @@ import orjson
 
 from tm_export.incremental import read_baseline, updated_since
 from tm_export.mock import MockServer
+from tm_export.params import partition_id, shard_owns
 from tm_export.recipe import load_recipe
 
 from .conftest import export_here, run_cli, write_recipe
@@ -372,9 +373,9 @@ def test_failed_child_partition_fetched_again(tmp_path: Path, mock: MockServer) 
     assert {r["_partition"]["project_id"] for r in written} == {project}  # type: ignore[index]
 
 
-def headers_of(tmp_path: Path, run: str) -> dict[str, Any]:
-    """Return the manifest header of run ``run`` in ``tmp_path/out``."""
-    manifest = tmp_path / "out/runs" / run / "manifest.jsonl"
+def headers_of(tmp_path: Path, run: str, output: Path | None = None) -> dict[str, Any]:
+    """Return the manifest header of run ``run`` in ``output``, by default ``tmp_path/out``."""
+    manifest = (output or tmp_path / "out") / "runs" / run / "manifest.jsonl"
     header: dict[str, Any] = orjson.loads(manifest.read_bytes().splitlines()[0])
     return header
 
@@ -468,7 +469,8 @@ def test_retry_on_merged_incremental_run_keeps_stop_keys(tmp_path: Path, mock: M
 
 
 def test_failed_partition_of_deleted_project_not_fetched(tmp_path: Path, mock: MockServer) -> None:
-    """A partition that failed for a project deleted since is not requested again."""
+    """A partition that failed for a project deleted since is not requested again, by the
+    run that finds the project deleted or by the runs after it."""
     recipe = write_recipe(tmp_path, CHILD_RECIPE)
     env = {"TM_API_TOKEN": mock.tokens["admin"]}
     args = ["run", str(recipe), "--base-url", mock.api_url]
@@ -478,11 +480,14 @@ def test_failed_partition_of_deleted_project_not_fetched(tmp_path: Path, mock: M
     mock.dataset.delete_project(project)
     mock.reset_log()
 
-    outcome = run_cli(*args, "--incremental", env=env)
+    third = run_cli(*args, "--incremental", env=env)
+    fourth = run_cli(*args, "--incremental", env=env)
 
-    assert outcome.exit_code == 0, outcome.stderr
-    assert f"deleted since the earlier runs: projects {project}" in outcome.stderr
-    assert "skipped partitions" not in outcome.stderr
+    assert third.exit_code == 0, third.stderr
+    assert fourth.exit_code == 0, fourth.stderr
+    assert f"deleted since the earlier runs: projects {project}" in third.stderr
+    assert "skipped partitions" not in third.stderr
+    assert "skipped partitions" not in fourth.stderr
     assert [r["path"] for r in mock.requests() if r["path"].endswith("/contributions/")] == []
 
 
@@ -524,3 +529,36 @@ def test_stray_files_above_output_allowed(tmp_path: Path, mock: MockServer) -> N
 
     assert outcome.exit_code == 0, outcome.stderr
     assert (output / "runs/0001/run.json").is_file()
+
+
+def test_merged_since_of_shard_whose_search_failed(tmp_path: Path, mock: MockServer) -> None:
+    """A merged run builds on the earliest since of its shards: that of the shard whose
+    project search failed, not that of the last shard."""
+    recipe = write_recipe(tmp_path, CHILD_RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    folders = {shard: tmp_path / f"s{shard}" for shard in (1, 2)}
+
+    def run_shard(shard: int, *extra: str) -> int:
+        command = ["run", str(recipe), "--base-url", mock.api_url, "--shard", f"{shard}/2"]
+        return run_cli(*command, "--output", str(folders[shard]), *extra, env=env).exit_code
+
+    owner = next(shard for shard in (1, 2) if shard_owns((shard, 2), "projects", partition_id({})))
+    assert [run_shard(1), run_shard(2)] == [0, 0]
+    day = headers_of(tmp_path, "0001", folders[owner])["started"][:10]
+    mock.add_fault(path=r"^/api/v2/projects/$", query={"lastUpdatedFrom": day}, status=500)
+    assert run_shard(owner, "--incremental") == 3
+    mock.clear_faults()
+    assert run_shard(3 - owner, "--incremental") == 0
+    assert [run_shard(1, "--incremental"), run_shard(2, "--incremental")] == [0, 0]
+    archive = tmp_path / "archive"
+    assert run_cli("merge", str(archive), *map(str, folders.values()), env=env).exit_code == 0
+    previous = headers_of(tmp_path, "0001", archive)["incremental"]["previous"]
+    for folder in folders.values():
+        start_on_days([folder / "runs/0001", folder / "runs/0002"])
+
+    since = read_baseline(load_recipe(recipe), [Path(run) for run in previous]).since
+
+    assert previous == [
+        str(folder / "runs" / run) for folder in folders.values() for run in ("0001", "0002")
+    ]
+    assert since == dt.datetime(2026, 11, 1, tzinfo=dt.UTC)

@@ -481,3 +481,45 @@ def test_partial_pages_lose_to_finished_partition(tmp_path: Path, mock: MockServ
 
     assert outcome.exit_code == 0
     assert sorted_lines(tmp_path / "now/users.jsonl") == first
+
+
+def test_run_into_linked_runs_folder_rejected(tmp_path: Path, mock: MockServer) -> None:
+    """A runs/ folder linked to another disk protects its runs as well."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    (tmp_path / "out/runs").rename(tmp_path / "store")
+    (tmp_path / "out/runs").symlink_to(tmp_path / "store")
+    output = tmp_path / "out/runs/0001"
+
+    outcome = run_cli(*args, "--output", str(output), env=env)
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr == (
+        f"tm-export: error: {output} is a run folder; give the output folder itself "
+        f"({tmp_path / 'out'}) or a new one\n"
+    )
+    assert not (tmp_path / "store/0001/runs").exists()
+
+
+def test_output_folder_inside_run_rejected(tmp_path: Path, mock: MockServer) -> None:
+    """An output folder made inside a run folder (by a merge, say) does not make the run
+    folder around it a place to export to."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    run = tmp_path / "out/runs/0001"
+    (run / "inner/runs/0001").mkdir(parents=True)
+    output = run / "inner"
+
+    exported = run_cli(*args, "--output", str(output), env=env)
+    merged = run_cli("merge", str(output), str(tmp_path / "out"), env=env)
+
+    message = (
+        f"tm-export: error: {output} is inside {run}, which is a run folder; give the output "
+        f"folder itself ({tmp_path / 'out'}) or a new one\n"
+    )
+    assert (exported.exit_code, exported.stderr) == (2, message)
+    assert (merged.exit_code, merged.stderr) == (2, message)

@@ -169,7 +169,8 @@ def _asks_json_logs(args: list[str]) -> bool:
     "--incremental",
     is_flag=True,
     help="Once the last run has finished, start a new run beside it that fetches what changed "
-    "since it started, and what failed in it (see 'Incremental runs' in docs/design.md).",
+    "since that run started (since an earlier one when its project search failed), and "
+    "what failed in it (see 'Incremental runs' in docs/design.md).",
 )
 @click.option(
     "--compression",

@@ -109,12 +109,14 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
         )
     states = _from_last_full_run(states)
     last = states[-1][1]
-    searched = [state for _, state in states if _search_done(recipe, state)] or [states[0][1]]
-    since = _parse_time(searched[-1].header["started"])
     previous = [run_home(run).name for run, _ in states]
     base_url = latest_session(last.sessions).get("settings", {}).get("base_url")
-    baseline = Baseline(since=since, previous=previous, base_url=base_url)
+    baseline = Baseline(since=_since(recipe, states), previous=previous, base_url=base_url)
     baseline.refetch = _failed_partitions(recipe, [state for _, state in states])
+    # A project found deleted by an earlier run would answer 404 to its failed partitions.
+    baseline.drop_deleted(
+        [int(entry["project_id"]) for _, state in states for entry in state.deleted]
+    )
 
     for run, state in states:
         codec = run_codec(state.header)
@@ -134,7 +136,7 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
                 )
             if any(hasattr(v, "start_param") for v in spec.varying):
                 baseline.finished_windows.setdefault(name, set()).update(
-                    _finished_windows(state, name, since)
+                    _finished_windows(state, name, baseline.since)
                 )
     return baseline
 
@@ -217,6 +219,22 @@ def _done(state: ManifestState, stream: str) -> set[str]:
     if stream not in state.streams:
         return set()
     return {pid for pid, final in state.streams[stream].finals() if final["state"] == "done"}
+
+
+def _since(recipe: Recipe, states: list[tuple[Path, ManifestState]]) -> dt.datetime:
+    """Return the start of the newest run whose project search finished done.
+
+    Each runs/ folder (one per shard, for a merged run) gives its own, from its first run
+    when no search there finished, and the earliest of them counts.
+    """
+    groups: dict[Path, list[ManifestState]] = {}
+    for run, state in states:
+        groups.setdefault(run_home(run).parent, []).append(state)
+    starts = []
+    for group in groups.values():
+        searched = [state for state in group if _search_done(recipe, state)] or group[:1]
+        starts.append(_parse_time(searched[-1].header["started"]))
+    return min(starts)
 
 
 def _search_done(recipe: Recipe, state: ManifestState) -> bool:

@@ -40,26 +40,26 @@ def check_output(output: Path) -> None:
 
     An export there would start a run of its own inside one that status, verify and
     snapshot read, and they would not see it. Only the folders that tm-export makes count,
-    and the walk up stops at the first output folder (one that contains runs/).
+    so that files of the same names elsewhere stop nothing. The path is walked up as given
+    and with links resolved, so that a runs/ folder linked to another disk counts too.
     """
-    resolved = output.resolve()
-    for folder in (resolved, *resolved.parents):
-        owner: Path | None = None
-        if _is_run(folder):
-            kind = "run folder"
-            owner = folder.parent.parent
-        elif _is_snapshot(folder):
-            kind = "snapshot"
-        elif folder.name == "runs" and any(_is_run(child) for child in _subfolders(folder)):
-            kind = "runs/ folder of an output folder"
-            owner = folder.parent
-        elif runs_folder(folder).is_dir():
-            return
-        else:
-            continue
-        where = "is" if folder == resolved else f"is inside {folder}, which is"
-        advice = f"the output folder itself ({owner})" if owner else "an output folder"
-        raise RecipeError(f"{output} {where} a {kind}; give {advice} or a new one")
+    absolute = Path(os.path.abspath(output))
+    for start in dict.fromkeys((absolute, output.resolve())):
+        for folder in (start, *start.parents):
+            owner: Path | None = None
+            if _is_run(folder):
+                kind = "run folder"
+                owner = folder.parent.parent
+            elif _is_snapshot(folder):
+                kind = "snapshot"
+            elif folder.name == "runs" and any(_is_run(child) for child in _subfolders(folder)):
+                kind = "runs/ folder of an output folder"
+                owner = folder.parent
+            else:
+                continue
+            where = "is" if folder == start else f"is inside {folder}, which is"
+            advice = f"the output folder itself ({owner})" if owner else "an output folder"
+            raise RecipeError(f"{output} {where} a {kind}; give {advice} or a new one")
 
 
 def run_home(folder: Path) -> Path:

@@ -41,6 +41,7 @@ from .journal import Journal, fsync_folder, read_journal
 from .layout import (
     MANIFEST_NAME,
     OutputLock,
+    check_output,
     in_use_error,
     list_runs,
     next_run_folder,
@@ -97,12 +98,13 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
     Raises:
         RecipeError: a shard is missing, repeated, unfinished, of another recipe or kind,
             made canonical, overlaps ``output``, or two shards committed the same partition;
-            or the last run in ``output`` is unfinished or of another recipe. Nothing is
-            written then.
+            or the last run in ``output`` is unfinished or of another recipe; or ``output``
+            is, or lies inside, a run or a snapshot. Nothing is written then.
         RunDamagedError: a shard's files do not match its manifest, run record or bag;
             nothing is written then.
         OutputLockedError: another process is writing ``output``.
     """
+    check_output(output)
     shards = sorted((_read_shard(source) for source in sources), key=lambda shard: shard.index)
     _check(shards)
     if output_in_use(output):

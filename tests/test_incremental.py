@@ -562,3 +562,47 @@ def test_merged_since_of_shard_whose_search_failed(tmp_path: Path, mock: MockSer
         str(folder / "runs" / run) for folder in folders.values() for run in ("0001", "0002")
     ]
     assert since == dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+
+def test_failed_window_fetched_again(tmp_path: Path, mock: MockServer) -> None:
+    """A date window that failed in an incremental run is not counted as finished by the
+    next one, although an earlier run finished it."""
+    today = dt.date.today()
+    current = today.replace(day=1)
+    previous = (current - dt.timedelta(days=1)).replace(day=1)
+    month_end = (current + dt.timedelta(days=31)).replace(day=1) - dt.timedelta(days=1)
+    recipe = write_recipe(
+        tmp_path,
+        f"""\
+version: 1
+instance: {{token_env: TM_API_TOKEN, rate_limit: 10000/s, retries: {{attempts: 1}}}}
+output: OUT
+streams:
+  task_stats:
+    endpoint: tasks_statistics
+    params:
+      dates: {{start: {previous}, end: {month_end}, step: 1 month}}
+""",
+    )
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    mock.add_fault(
+        path=r"^/api/v2/tasks/statistics/$", query={"startDate": str(current)}, status=500
+    )
+    assert run_cli(*args, "--incremental", env=env).exit_code == 3
+    # As if the second run had started in the next month, after the current window ended.
+    manifest = tmp_path / "out/runs/0002/manifest.jsonl"
+    header, rest = manifest.read_bytes().split(b"\n", 1)
+    later = (month_end + dt.timedelta(days=2)).isoformat()
+    changed = {**orjson.loads(header), "started": f"{later}T00:00:00Z"}
+    manifest.write_bytes(orjson.dumps(changed) + b"\n" + rest)
+
+    baseline = read_baseline(
+        load_recipe(recipe), [tmp_path / "out/runs/0001", tmp_path / "out/runs/0002"]
+    )
+
+    finished = {
+        orjson.loads(window)["startDate"] for window in baseline.finished_windows["task_stats"]
+    }
+    assert finished == {str(previous)}

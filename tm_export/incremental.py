@@ -9,8 +9,8 @@ modified). Compared with a full run it:
   those projects only;
 - stops walking newest-first task history (``project_activities``) at the newest record
   the earlier runs archived for that project, and writes only newer records;
-- skips date windows that earlier runs finished and that ended before the previous run
-  started;
+- skips date windows whose newest copy in the earlier runs is done and was read after
+  the window ended;
 - records projects that earlier runs archived and that are gone now (404 on the project
   detail) as ``deleted`` entries in the manifest;
 - fetches again the partitions of ``from:`` streams that failed in the newest run that
@@ -134,10 +134,11 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
                     _done(state, name),
                     baseline.newest.setdefault(name, {}),
                 )
-            if any(hasattr(v, "start_param") for v in spec.varying):
-                baseline.finished_windows.setdefault(name, set()).update(
-                    _finished_windows(state, name, baseline.since)
-                )
+    for name, spec in recipe.streams.items():
+        if any(hasattr(v, "start_param") for v in spec.varying):
+            baseline.finished_windows[name] = _finished_windows(
+                [state for _, state in states], name
+            )
     return baseline
 
 
@@ -266,20 +267,26 @@ def _failed_partitions(
     return failed
 
 
-def _finished_windows(state: ManifestState, stream: str, since: dt.datetime) -> set[str]:
-    finished = set()
-    for partition_id, partition in state.streams.get(stream, _EMPTY).partitions.items():
-        if partition.state != "done":
+def _finished_windows(states: list[ManifestState], stream: str) -> set[str]:
+    """Return the ids of the date windows of ``stream`` that need no new fetch.
+
+    A window counts when its final state in the newest run that finished it is done, and
+    that run started after the window's last day, so it holds the whole window. A window
+    that failed since, or that a run read before it ended, is fetched again.
+    """
+    newest: dict[str, tuple[str, dt.date]] = {}
+    for state in states:
+        started = _parse_time(state.header["started"]).date()
+        if stream in state.streams:
+            for partition_id, final in state.streams[stream].finals():
+                newest[partition_id] = (final["state"], started)
+
+    finished: set[str] = set()
+    for partition_id, (outcome, started) in newest.items():
+        if outcome != "done":
             continue
         values = orjson.loads(partition_id)
         ends = [v for k, v in values.items() if k.lower().startswith("end") and isinstance(v, str)]
-        if ends and all(dt.date.fromisoformat(end) < since.date() for end in ends):
+        if ends and all(dt.date.fromisoformat(end) < started for end in ends):
             finished.add(partition_id)
     return finished
-
-
-class _Empty:
-    partitions: dict[str, Any] = {}  # noqa: RUF012
-
-
-_EMPTY = _Empty()

@@ -382,11 +382,20 @@ def headers_of(tmp_path: Path, run: str, output: Path | None = None) -> dict[str
 
 def start_on_days(runs: list[Path]) -> None:
     """Give the runs, which started within a second or two, the start times 2026-11-01,
-    -02 and so on, to tell them apart."""
+    -02 and so on, to tell them apart; an incremental run's since follows its predecessor's."""
     for day, run in enumerate(runs, start=1):
         manifest = run / "manifest.jsonl"
         header, rest = manifest.read_bytes().split(b"\n", 1)
         changed = {**orjson.loads(header), "started": f"2026-11-{day:02d}T00:00:00Z"}
+        baseline = changed.get("incremental")
+        if baseline:
+            before = f"2026-11-{day - 1:02d}T00:00:00+00:00"
+            searched = baseline.get("search_since", baseline["since"])
+            changed["incremental"] = {
+                **baseline,
+                "since": before,
+                "search_since": before if searched is not None else None,
+            }
         manifest.write_bytes(orjson.dumps(changed) + b"\n" + rest)
 
 

@@ -17,8 +17,9 @@ modified). Compared with a full run it:
   fetched them, whose projects may not have changed since.
 
 A run whose project search did not finish done may have missed changed projects, so
-``since`` is the start of the newest run whose search finished done, which is the
-previous run unless its search failed.
+``since`` is the time up to which the earlier runs' searches, one after another, listed
+every project: the previous run's start unless a search failed. When the full run's own
+search failed, the new run's search asks for every project.
 
 Streams with fixed id ranges or lists are exported again in full: nothing tells which of
 their partitions changed.
@@ -55,24 +56,33 @@ class Baseline:
     """The contents of the finished runs that an incremental run builds on."""
 
     since: dt.datetime
-    """Start (UTC) of the newest earlier run whose project search finished done: anything
-    updated after it may be missing from the earlier runs."""
+    """Time (UTC) up to which the earlier runs' project searches listed every project:
+    anything updated after it may be missing from them. The full run's start when they
+    did not (see ``search_since``)."""
     previous: list[str]
     base_url: str | None = None
+    search_since: dt.datetime | None = None
+    """``since`` for the project search, or None when the earlier runs' searches never
+    listed every project (the full run's search failed): the search then asks for all."""
     """The API URL that the previous run's last session read from."""
     project_ids: set[int] = field(default_factory=set)
     """Projects that earlier runs archived and did not find deleted since."""
     newest: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per stream and partition id, the largest record key archived (newest-first endpoints)."""
     finished_windows: dict[str, set[str]] = field(default_factory=dict)
-    """Per stream, partition ids of date windows finished before ``since``."""
+    """Per stream, partition ids of date windows whose newest copy is done and whole."""
     refetch: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """Per stream with a ``from:`` parameter, the partitions (as parameter values) whose
     newest final state in the earlier runs is failed."""
 
     def header(self) -> dict[str, Any]:
         """Return what the new run's manifest header records about its baseline."""
-        return {"since": self.since.isoformat(), "previous": self.previous}
+        searched = self.search_since.isoformat() if self.search_since else None
+        return {
+            "since": self.since.isoformat(),
+            "search_since": searched,
+            "previous": self.previous,
+        }
 
     def drop_deleted(self, project_ids: list[int]) -> None:
         """Take the partitions of deleted projects out of ``refetch``: they would answer 404."""
@@ -111,7 +121,9 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
     last = states[-1][1]
     previous = [run_home(run).name for run, _ in states]
     base_url = latest_session(last.sessions).get("settings", {}).get("base_url")
-    baseline = Baseline(since=_since(recipe, states), previous=previous, base_url=base_url)
+    covered = _covered_until(recipe, states)
+    since = covered or _parse_time(states[0][1].header["started"])
+    baseline = Baseline(since=since, previous=previous, base_url=base_url, search_since=covered)
     baseline.refetch = _failed_partitions(recipe, [state for _, state in states])
     # A project found deleted by an earlier run would answer 404 to its failed partitions.
     baseline.drop_deleted(
@@ -222,20 +234,38 @@ def _done(state: ManifestState, stream: str) -> set[str]:
     return {pid for pid, final in state.streams[stream].finals() if final["state"] == "done"}
 
 
-def _since(recipe: Recipe, states: list[tuple[Path, ManifestState]]) -> dt.datetime:
-    """Return the start of the newest run whose project search finished done.
+def _covered_until(recipe: Recipe, states: list[tuple[Path, ManifestState]]) -> dt.datetime | None:
+    """Return the time up to which the runs' project searches listed every project, or
+    None when they never did.
 
-    Each runs/ folder (one per shard, for a merged run) gives its own, from its first run
-    when no search there finished, and the earliest of them counts.
+    A full run whose search ended done covers up to its start. An incremental run whose
+    search ended done extends that to its own start, when its search began at or before
+    the time covered so far; a gap left by a failed search is closed only by a search
+    from before it. Each runs/ folder (one per shard, for a merged run) is followed on
+    its own, and the earliest counts.
     """
     groups: dict[Path, list[ManifestState]] = {}
     for run, state in states:
         groups.setdefault(run_home(run).parent, []).append(state)
-    starts = []
+
+    covered: list[dt.datetime | None] = []
     for group in groups.values():
-        searched = [state for state in group if _search_done(recipe, state)] or group[:1]
-        starts.append(_parse_time(searched[-1].header["started"]))
-    return min(starts)
+        until: dt.datetime | None = None
+        for state in group:
+            if not _search_done(recipe, state):
+                continue
+            described = state.header.get("incremental")
+            searched = described.get("search_since", described["since"]) if described else None
+            if (
+                not described
+                or searched is None
+                or (until is not None and _parse_time(searched) <= until)
+            ):
+                until = _parse_time(state.header["started"])
+        covered.append(until)
+    if any(until is None for until in covered):
+        return None
+    return min(until for until in covered if until is not None)
 
 
 def _search_done(recipe: Recipe, state: ManifestState) -> bool:

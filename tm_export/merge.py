@@ -538,8 +538,13 @@ def _merged_baseline(shards: list[Shard]) -> dict[str, Any] | None:
     baselines = [(shard, shard.header.get("incremental")) for shard in shards]
     if not any(baseline for _, baseline in baselines):
         return None
+    searched = [
+        baseline.get("search_since", baseline["since"]) for _, baseline in baselines if baseline
+    ]
     return {
         "since": min(baseline["since"] for _, baseline in baselines if baseline),
+        # A shard whose search asked for every project makes the merged search one too.
+        "search_since": None if None in searched else min(searched),
         "previous": [
             str((shard.folder.parent / name).resolve())
             for shard, baseline in baselines

@@ -18,7 +18,7 @@ Format (``"format": 1``)::
       "started": "2026-...Z", "ended": "2026-...Z" or null, "outcome": "complete",
       "sessions": [{"at", "version", "base_url", "authenticated", "tm_release"}, ...],
       "manifest": {"file": "manifest.jsonl", "bytes": N, "sha256": "..."},
-      "incremental": null or {"since": "...", "previous": ["0001"]},
+      "incremental": null or {"since": "...", "search_since": "..." or null, "previous": ["0001"]},
       "deleted_projects": [ids an incremental run found deleted],
       "streams": {
         "NAME": {"file": "data/NAME.jsonl", "records": N, "bytes": N, "sha256": "...",

@@ -117,7 +117,9 @@ class StreamRunner:
         self._concurrency = concurrency
         self._shard = shard
         self._codec = codec
-        self._since = baseline.since if baseline and spec.endpoint.name == "projects" else None
+        self._since = (
+            baseline.search_since if baseline and spec.endpoint.name == "projects" else None
+        )
         self._stop_keys = baseline.newest.get(spec.name, {}) if baseline else {}
         self._baseline = baseline
         self._finished_windows = (

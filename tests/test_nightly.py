@@ -1,5 +1,5 @@
 """Nights of incremental runs with random edits and failures: a snapshot taken after a
-clean night holds the records of a full run made then.
+clean night contains the records of a full run made then.
 
 Each seed plays a fixed sequence of nights against its own mock server, with one output
 folder or with shards merged each night. Before a night,
@@ -111,8 +111,10 @@ def add_faults(mock: MockServer, rng: random.Random) -> None:
 def run_night(
     mock: MockServer, clock: dict[str, dt.datetime], args: list[str], env: dict[str, str]
 ) -> int:
-    """Run one night's command; resume it half an hour later, without faults, when it
-    stops (a 401, or a 500 on the check of deleted projects). Return the exit code."""
+    """Run one night's command, and return its exit code.
+
+    A night that stops (a 401, or a 500 on the check of deleted projects) is resumed half
+    an hour later, without faults."""
     outcome = run_cli(*args, env=env)
     if outcome.exit_code == 1:
         mock.clear_faults()

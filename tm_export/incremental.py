@@ -19,7 +19,7 @@ modified). Compared with a full run it:
 A run whose project search did not finish done may have missed changed projects, so
 ``since`` is the time up to which the earlier runs' searches, one after another, listed
 every project: the previous run's start unless a search failed. When the full run's own
-search failed, the new run's search asks for every project.
+search failed, the new run's search requests every project.
 
 Streams with fixed id ranges or lists are exported again in full: nothing tells which of
 their partitions changed.
@@ -63,7 +63,7 @@ class Baseline:
     base_url: str | None = None
     search_since: dt.datetime | None = None
     """``since`` for the project search, or None when the earlier runs' searches never
-    listed every project (the full run's search failed): the search then asks for all."""
+    listed every project (the full run's search failed): the search then requests all."""
     """The API URL that the previous run's last session read from."""
     project_ids: set[int] = field(default_factory=set)
     """Projects that earlier runs archived and did not find deleted since."""
@@ -239,9 +239,8 @@ def _covered_until(recipe: Recipe, states: list[tuple[Path, ManifestState]]) -> 
     None when they never did.
 
     A full run whose search ended done covers up to its start. An incremental run whose
-    search ended done extends that to its own start, when its search began at or before
-    the time covered so far; a gap left by a failed search is closed only by a search
-    from before it. Each runs/ folder (one per shard, for a merged run) is followed on
+    search ended done extends that to its own start, if its search began at or before
+    the time covered so far. So only a search from before a gap closes it. Each runs/ folder (one per shard, for a merged run) is followed on
     its own, and the earliest counts.
     """
     groups: dict[Path, list[ManifestState]] = {}
@@ -301,7 +300,7 @@ def _finished_windows(states: list[ManifestState], stream: str) -> set[str]:
     """Return the ids of the date windows of ``stream`` that need no new fetch.
 
     A window counts when its final state in the newest run that finished it is done, and
-    that run started after the window's last day, so it holds the whole window. A window
+    that run started after the window's last day, so it contains the whole window. A window
     that failed since, or that a run read before it ended, is fetched again.
     """
     newest: dict[str, tuple[str, dt.date]] = {}

@@ -77,7 +77,7 @@ def _is_run(folder: Path) -> bool:
 
 
 def _is_snapshot(folder: Path) -> bool:
-    """Tell whether ``folder`` holds a snapshot that ``tm-export snapshot`` wrote."""
+    """Tell whether ``folder`` contains a snapshot that ``tm-export snapshot`` wrote."""
     try:
         record = json.loads((folder / SNAPSHOT_RECORD).read_bytes())
     except (OSError, ValueError):

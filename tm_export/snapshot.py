@@ -10,9 +10,10 @@ takes one of three rules, from its endpoint:
 - ``added``: task history (newest first), to which an incremental run adds newer records.
   Each partition keeps every record once, the newest copy of each.
 - ``partition``: every other stream. Each partition's records come from the newest run
-  that finished it (``done``, or ``skipped`` for a 403 or 404, which leaves it empty as in
-  a full run), so a partition that a later run failed keeps the records of the run before
-  it. A partition that no run finished comes from the newest run with records for it.
+  that finished it: ``done``, or ``skipped`` for a 403 or 404, which leaves it empty as
+  in a full run. So a partition that a later run failed keeps the records of the run
+  before it. A partition that no run finished comes from the newest run with records
+  for it.
 
 A partition whose newest final state is failed is listed under ``failed`` in
 ``snapshot.json``: its records are an earlier run's, or incomplete, until the next

@@ -615,3 +615,38 @@ streams:
         orjson.loads(window)["startDate"] for window in baseline.finished_windows["task_stats"]
     }
     assert finished == {str(previous)}
+
+
+def test_search_of_every_project_after_failed_full_search(tmp_path: Path, mock: MockServer) -> None:
+    """When the full run's project search failed, the next incremental run requests every
+    project, and the runs after it build on that run."""
+    recipe = write_recipe(tmp_path, CHILD_RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    mock.add_fault(path=r"^/api/v2/projects/$", query={"page": "2"}, status=500)
+    assert run_cli(*args, env=env).exit_code == 3
+    mock.clear_faults()
+    mock.reset_log()
+
+    second = run_cli(*args, "--incremental", env=env)
+    third = run_cli(*args, "--incremental", env=env)
+
+    assert second.exit_code == 0, second.stderr
+    assert third.exit_code == 0, third.stderr
+    searched = sorted(
+        r["projectId"] for r in records(tmp_path / "out/runs/0002/data/projects.jsonl")
+    )
+    assert searched == admin_search_ids(mock)
+    headers = [headers_of(tmp_path, run) for run in ("0001", "0002", "0003")]
+    assert headers[1]["incremental"]["search_since"] is None
+    assert headers[1]["incremental"]["since"] == headers[0]["started"].replace("Z", "+00:00")
+    assert headers[2]["incremental"]["search_since"] == headers[1]["started"].replace("Z", "+00:00")
+    status = run_cli("status", str(tmp_path / "out/runs/0002")).stdout
+    assert "; its project search requested every project\n" in status
+
+
+def admin_search_ids(mock: MockServer) -> list[int]:
+    """Return the ids of the admin's PUBLISHED,ARCHIVED search, private projects included."""
+    return sorted(
+        p.id for p in mock.dataset.projects.values() if p.status in ("PUBLISHED", "ARCHIVED")
+    )

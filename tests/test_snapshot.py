@@ -523,3 +523,25 @@ def test_output_folder_inside_run_rejected(tmp_path: Path, mock: MockServer) -> 
     )
     assert (exported.exit_code, exported.stderr) == (2, message)
     assert (merged.exit_code, merged.stderr) == (2, message)
+
+
+def test_failed_partition_of_deleted_project_not_listed(tmp_path: Path, mock: MockServer) -> None:
+    """A partition that failed for a project deleted since is neither kept nor listed as
+    failed: no run fetches it again."""
+    recipe = write_recipe(tmp_path, RECIPE.replace("10000/s", "10000/s, retries: {attempts: 1}"))
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    project = mock.dataset.public_project_ids()[4]
+    mock.add_fault(path=rf"^/api/v2/projects/{project}/$", status=500, times=1)
+    assert run_cli(*args, env=env).exit_code == 3
+    mock.clear_faults()
+    mock.dataset.delete_project(project)
+    assert run_cli(*args, "--incremental", env=env).exit_code == 0
+
+    outcome = run_cli("snapshot", str(tmp_path / "out"), str(tmp_path / "now"))
+
+    assert outcome.exit_code == 0
+    assert outcome.stderr == ""
+    record = orjson.loads((tmp_path / "now/snapshot.json").read_bytes())
+    assert record["deleted_projects"] == [project]
+    assert record["streams"]["details"]["failed"] == []

@@ -61,10 +61,10 @@ class Baseline:
     did not (see ``search_since``)."""
     previous: list[str]
     base_url: str | None = None
+    """The API URL that the previous run's last session read from."""
     search_since: dt.datetime | None = None
     """``since`` for the project search, or None when the earlier runs' searches never
     listed every project (the full run's search failed): the search then requests all."""
-    """The API URL that the previous run's last session read from."""
     project_ids: set[int] = field(default_factory=set)
     """Projects that earlier runs archived and did not find deleted since."""
     newest: dict[str, dict[str, Any]] = field(default_factory=dict)

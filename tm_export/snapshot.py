@@ -229,7 +229,7 @@ def _write_stream(
             oldest = age == len(chain) - 1
             for line, record in _lines(check, name):
                 partition = record.get(PARTITION_KEY, {}) if isinstance(record, dict) else {}
-                if any(partition.get(parameter) in deleted for parameter in PROJECT_PARAMETERS):
+                if _of_deleted(partition, deleted):
                     continue
                 if rule == "partition":
                     if winners.get(partition_id(partition)) != age:
@@ -253,7 +253,7 @@ def _write_stream(
         "kept": RULES[rule],
         "records": records,
         "sha256": digest.hexdigest(),
-        "failed": _failed(name, [check.state for check in chain]),
+        "failed": _failed(name, [check.state for check in chain], deleted),
     }
 
 
@@ -278,11 +278,21 @@ def _partition_winners(stream: str, states: list[ManifestState]) -> dict[str, in
     return winners
 
 
-def _failed(stream: str, states: list[ManifestState]) -> list[str]:
+def _failed(stream: str, states: list[ManifestState], deleted: set[int]) -> list[str]:
     """Return the ids of the partitions whose final state in the newest run that finished
-    them is failed: their records are an earlier run's, or incomplete."""
+    them is failed: their records are an earlier run's, or incomplete. Those of deleted
+    projects are left out, as their records are, and no run fetches them again."""
     latest = latest_finals(states, stream)
-    return sorted(partition for partition, final in latest.items() if final == "failed")
+    return sorted(
+        partition
+        for partition, final in latest.items()
+        if final == "failed" and not _of_deleted(orjson.loads(partition), deleted)
+    )
+
+
+def _of_deleted(partition: dict[str, Any], deleted: set[int]) -> bool:
+    """Tell whether a partition's parameters name a deleted project."""
+    return any(partition.get(parameter) in deleted for parameter in PROJECT_PARAMETERS)
 
 
 def _lines(check: RunCheck, stream: str) -> Iterator[tuple[bytes, Any]]:

@@ -39,6 +39,10 @@ PROBLEMS_SHOWN = 5
 
 FINAL_STATES = ("done", "skipped", "failed")
 
+#: Added to the incremental line of a run whose project search requested every project,
+#: because the searches of the runs before it never listed them all.
+SEARCHED_ALL = "; its project search requested every project"
+
 
 def static_specs(description: dict[str, Any]) -> tuple[StaticSpec, ...] | None:
     """Rebuild a stream's static parameter specs from its manifest description.
@@ -295,6 +299,11 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
         lines.append(
             f"incremental: holds what changed since {baseline.get('since')}, on top of runs "
             f"{', '.join(baseline.get('previous', []))}"
+            + (
+                SEARCHED_ALL
+                if "search_since" in baseline and baseline["search_since"] is None
+                else ""
+            )
         )
     lines += [
         _sessions_line(status),

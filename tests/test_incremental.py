@@ -643,6 +643,10 @@ def test_search_of_every_project_after_failed_full_search(tmp_path: Path, mock: 
     assert headers[2]["incremental"]["search_since"] == headers[1]["started"].replace("Z", "+00:00")
     status = run_cli("status", str(tmp_path / "out/runs/0002")).stdout
     assert "; its project search requested every project\n" in status
+    report = orjson.loads(run_cli("status", str(tmp_path / "out/runs/0002"), "--json").stdout)
+    assert report["incremental"] == headers[1]["incremental"]
+    full = orjson.loads(run_cli("status", str(tmp_path / "out/runs/0001"), "--json").stdout)
+    assert full["incremental"] is None
 
 
 def admin_search_ids(mock: MockServer) -> list[int]:

@@ -137,6 +137,7 @@ def test_status_stopped_run_json(tmp_path: Path, mock: MockServer) -> None:
             }
         },
         "canonical": [],
+        "incremental": None,
         "deleted_projects": [],
         "manifest_dropped_bytes": 0,
         "runs": [

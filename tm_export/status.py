@@ -426,6 +426,9 @@ def status_json(status: RunStatus, history: list[RunStatus]) -> dict[str, Any]:
         "tm_release": last.get("tm_release"),
         "streams": {stream.name: _stream_json(stream) for stream in status.streams},
         "canonical": status.canonical,
+        # For an incremental run: since, search_since (null when its search requested
+        # every project) and the earlier runs it builds on; null for a full run.
+        "incremental": status.header.get("incremental"),
         "deleted_projects": status.deleted,
         "manifest_dropped_bytes": status.dropped_bytes,
         "runs": [

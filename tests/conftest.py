@@ -107,3 +107,10 @@ def export_here(
         **options,  # type: ignore[arg-type]
     )
     return anyio.run(export, recipe, run_options, backend="asyncio")
+
+
+def admin_run(tmp_path: Path, mock: MockServer, body: str) -> tuple[list[str], dict[str, str]]:
+    """Write a recipe from ``body`` and return the command that runs it against ``mock``,
+    with the environment that gives it the admin token."""
+    recipe = write_recipe(tmp_path, body)
+    return ["run", str(recipe), "--base-url", mock.api_url], {"TM_API_TOKEN": mock.tokens["admin"]}

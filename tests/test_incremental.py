@@ -13,7 +13,7 @@ from tm_export.mock import MockServer
 from tm_export.params import partition_id, shard_owns
 from tm_export.recipe import load_recipe
 
-from .conftest import export_here, run_cli, write_recipe
+from .conftest import admin_run, export_here, run_cli, write_recipe
 
 RECIPE = """\
 version: 1
@@ -348,9 +348,7 @@ def fail_contributions_once(
 def test_failed_child_partition_fetched_again(tmp_path: Path, mock: MockServer) -> None:
     """A partition that failed in an incremental run is fetched by the next one, although
     its project has not changed since."""
-    recipe = write_recipe(tmp_path, CHILD_RECIPE)
-    env = {"TM_API_TOKEN": mock.tokens["admin"]}
-    args = ["run", str(recipe), "--base-url", mock.api_url]
+    args, env = admin_run(tmp_path, mock, CHILD_RECIPE)
     assert run_cli(*args, env=env).exit_code == 0
     project = max(
         mock.dataset.public_project_ids(),
@@ -400,8 +398,8 @@ def start_on_days(runs: list[Path]) -> None:
 
 
 def test_since_of_last_complete_search(tmp_path: Path, mock: MockServer) -> None:
-    """After a run whose project search failed part way, the next incremental run asks for
-    projects updated since the start of the run before it, whose search finished."""
+    """After a run whose project search failed part way, the next incremental run requests
+    the projects updated since the start of the run before it, whose search finished."""
     recipe = write_recipe(tmp_path, CHILD_RECIPE)
     env = {"TM_API_TOKEN": mock.tokens["admin"]}
     args = ["run", str(recipe), "--base-url", mock.api_url]
@@ -480,9 +478,7 @@ def test_retry_on_merged_incremental_run_keeps_stop_keys(tmp_path: Path, mock: M
 def test_failed_partition_of_deleted_project_not_fetched(tmp_path: Path, mock: MockServer) -> None:
     """A partition that failed for a project deleted since is not requested again, by the
     run that finds the project deleted or by the runs after it."""
-    recipe = write_recipe(tmp_path, CHILD_RECIPE)
-    env = {"TM_API_TOKEN": mock.tokens["admin"]}
-    args = ["run", str(recipe), "--base-url", mock.api_url]
+    args, env = admin_run(tmp_path, mock, CHILD_RECIPE)
     assert run_cli(*args, env=env).exit_code == 0
     project = mock.dataset.public_project_ids()[2]
     fail_contributions_once(mock, project, args, env)
@@ -620,9 +616,7 @@ streams:
 def test_search_of_every_project_after_failed_full_search(tmp_path: Path, mock: MockServer) -> None:
     """When the full run's project search failed, the next incremental run requests every
     project, and the runs after it build on that run."""
-    recipe = write_recipe(tmp_path, CHILD_RECIPE)
-    env = {"TM_API_TOKEN": mock.tokens["admin"]}
-    args = ["run", str(recipe), "--base-url", mock.api_url]
+    args, env = admin_run(tmp_path, mock, CHILD_RECIPE)
     mock.add_fault(path=r"^/api/v2/projects/$", query={"page": "2"}, status=500)
     assert run_cli(*args, env=env).exit_code == 3
     mock.clear_faults()

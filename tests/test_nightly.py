@@ -3,7 +3,7 @@ clean night contains the records of a full run made then.
 
 Each seed plays a fixed sequence of nights against its own mock server, with one output
 folder or with shards merged each night. Before a night,
-projects are edited, given task history or deleted; during it, some requests answer 500
+projects are edited, given task history or deleted; during it, some requests return 500
 (the night ends with exit 3) or 401 (the night stops with exit 1 and is resumed). The
 engine's clock is set to each night's time, so that date windows end between nights.
 """

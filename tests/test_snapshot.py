@@ -11,7 +11,7 @@ import pytest
 
 from tm_export.mock import MockServer
 
-from .conftest import run_cli, write_recipe
+from .conftest import admin_run, run_cli, write_recipe
 
 RECIPE = """\
 version: 1
@@ -79,8 +79,8 @@ def windows_as_archived(runs: Path, full: list[bytes]) -> list[bytes]:
 
     archived = sorted_lines(runs / "0001/data/task_stats.jsonl")
     assert 0 < len(fetched) < len({window(line) for line in archived})
-    kept = [line for line in archived if window(line) not in fetched]
-    return sorted(kept + [line for line in full if window(line) in fetched])
+    unfetched = [line for line in archived if window(line) not in fetched]
+    return sorted(unfetched + [line for line in full if window(line) in fetched])
 
 
 def test_snapshot_equals_a_full_run(tmp_path: Path, mock: MockServer) -> None:
@@ -121,9 +121,7 @@ def test_snapshot_equals_a_full_run(tmp_path: Path, mock: MockServer) -> None:
 
 def test_snapshot_record(tmp_path: Path, mock: MockServer) -> None:
     """snapshot.json names the runs, the rule of each stream and each file's SHA-256."""
-    recipe = write_recipe(tmp_path, RECIPE)
-    env = {"TM_API_TOKEN": mock.tokens["admin"]}
-    args = ["run", str(recipe), "--base-url", mock.api_url]
+    args, env = admin_run(tmp_path, mock, RECIPE)
     assert run_cli(*args, env=env).exit_code == 0
     assert run_cli(*args, "--incremental", env=env).exit_code == 0
 
@@ -157,9 +155,7 @@ def test_snapshot_record(tmp_path: Path, mock: MockServer) -> None:
 
 def test_snapshot_of_bag_and_compressed_runs(tmp_path: Path, mock: MockServer) -> None:
     """A bagged, gzip-compressed full run and its incremental run combine into plain lines."""
-    recipe = write_recipe(tmp_path, RECIPE)
-    env = {"TM_API_TOKEN": mock.tokens["admin"]}
-    args = ["run", str(recipe), "--base-url", mock.api_url]
+    args, env = admin_run(tmp_path, mock, RECIPE)
     assert run_cli(*args, "--compression", "gzip", "--bag", env=env).exit_code == 0
     assert run_cli(*args, "--incremental", env=env).exit_code == 0
     assert run_cli(*args, "--start-over", env=env).exit_code == 0
@@ -252,9 +248,7 @@ def test_snapshot_refusals(
 
 def test_damaged_run_writes_nothing(tmp_path: Path, mock: MockServer) -> None:
     """A byte changed in a run of the chain stops the snapshot with exit 3."""
-    recipe = write_recipe(tmp_path, RECIPE)
-    env = {"TM_API_TOKEN": mock.tokens["admin"]}
-    args = ["run", str(recipe), "--base-url", mock.api_url]
+    args, env = admin_run(tmp_path, mock, RECIPE)
     assert run_cli(*args, env=env).exit_code == 0
     assert run_cli(*args, "--incremental", env=env).exit_code == 0
     data = tmp_path / "out/runs/0001/data/contributions.jsonl"
@@ -273,9 +267,7 @@ def test_damaged_run_writes_nothing(tmp_path: Path, mock: MockServer) -> None:
 
 def test_missing_earlier_run(tmp_path: Path, mock: MockServer) -> None:
     """A chain whose full run was deleted cannot be combined."""
-    recipe = write_recipe(tmp_path, RECIPE)
-    env = {"TM_API_TOKEN": mock.tokens["admin"]}
-    args = ["run", str(recipe), "--base-url", mock.api_url]
+    args, env = admin_run(tmp_path, mock, RECIPE)
     assert run_cli(*args, env=env).exit_code == 0
     assert run_cli(*args, "--incremental", env=env).exit_code == 0
     (tmp_path / "out/runs/0001").rename(tmp_path / "elsewhere")
@@ -398,9 +390,7 @@ def test_destination_among_runs_rejected(tmp_path: Path, mock: MockServer, insid
 
 def test_bag_payload_folder_as_dir(tmp_path: Path, mock: MockServer) -> None:
     """A bag's data/ folder names its run, as it does for verify and status."""
-    recipe = write_recipe(tmp_path, REVIEW_RECIPE)
-    env = {"TM_API_TOKEN": mock.tokens["admin"]}
-    args = ["run", str(recipe), "--base-url", mock.api_url]
+    args, env = admin_run(tmp_path, mock, REVIEW_RECIPE)
     assert run_cli(*args, env=env).exit_code == 0
     assert run_cli(*args, "--incremental", "--bag", env=env).exit_code == 0
 
@@ -436,9 +426,7 @@ def test_run_into_run_or_snapshot_rejected(
     tmp_path: Path, mock: MockServer, output: str, message: str
 ) -> None:
     """An export into a run folder, a runs/ folder or a snapshot stops before any request."""
-    recipe = write_recipe(tmp_path, RECIPE)
-    env = {"TM_API_TOKEN": mock.tokens["admin"]}
-    args = ["run", str(recipe), "--base-url", mock.api_url]
+    args, env = admin_run(tmp_path, mock, RECIPE)
     assert run_cli(*args, env=env).exit_code == 0
     assert run_cli("snapshot", str(tmp_path / "out"), str(tmp_path / "now")).exit_code == 0
     before = sorted(path for path in tmp_path.rglob("*"))
@@ -467,9 +455,7 @@ streams:
 def test_partial_pages_lose_to_finished_partition(tmp_path: Path, mock: MockServer) -> None:
     """Pages that a later run committed before the partition failed do not replace the
     records of the run that finished it."""
-    recipe = write_recipe(tmp_path, USERS_RECIPE)
-    env = {"TM_API_TOKEN": mock.tokens["admin"]}
-    args = ["run", str(recipe), "--base-url", mock.api_url]
+    args, env = admin_run(tmp_path, mock, USERS_RECIPE)
     assert run_cli(*args, env=env).exit_code == 0
     mock.add_fault(path=r"^/api/v2/users/$", query={"page": "3"}, status=500)
     assert run_cli(*args, "--incremental", env=env).exit_code == 3
@@ -485,9 +471,7 @@ def test_partial_pages_lose_to_finished_partition(tmp_path: Path, mock: MockServ
 
 def test_run_into_linked_runs_folder_rejected(tmp_path: Path, mock: MockServer) -> None:
     """A runs/ folder linked to another disk protects its runs as well."""
-    recipe = write_recipe(tmp_path, RECIPE)
-    env = {"TM_API_TOKEN": mock.tokens["admin"]}
-    args = ["run", str(recipe), "--base-url", mock.api_url]
+    args, env = admin_run(tmp_path, mock, RECIPE)
     assert run_cli(*args, env=env).exit_code == 0
     (tmp_path / "out/runs").rename(tmp_path / "store")
     (tmp_path / "out/runs").symlink_to(tmp_path / "store")
@@ -506,9 +490,7 @@ def test_run_into_linked_runs_folder_rejected(tmp_path: Path, mock: MockServer) 
 def test_output_folder_inside_run_rejected(tmp_path: Path, mock: MockServer) -> None:
     """An output folder made inside a run folder (by a merge, say) does not make the run
     folder around it a place to export to."""
-    recipe = write_recipe(tmp_path, RECIPE)
-    env = {"TM_API_TOKEN": mock.tokens["admin"]}
-    args = ["run", str(recipe), "--base-url", mock.api_url]
+    args, env = admin_run(tmp_path, mock, RECIPE)
     assert run_cli(*args, env=env).exit_code == 0
     run = tmp_path / "out/runs/0001"
     (run / "inner/runs/0001").mkdir(parents=True)

@@ -353,7 +353,7 @@ def bag(folder: Path) -> None:
 def snapshot(folder: Path, destination: Path) -> None:
     """Combine a full run and the incremental runs after it into DEST, one file per stream.
 
-    DEST then holds what a full run would have written at the time of the newest run:
+    DEST then contains what a full run would have written at the time of the newest run:
     each project's newest search record, every task history record once, and each other
     partition from the newest run that finished it. Projects found deleted are left out.
     DEST/snapshot.json names the runs, the rule of each stream and each file's SHA-256.
@@ -372,20 +372,20 @@ def snapshot(folder: Path, destination: Path) -> None:
     try:
         run_folder = _run_folder(folder)
         with _locked(run_folder):
-            made = make_snapshot(run_folder, destination)
+            written = make_snapshot(run_folder, destination)
     except TmExportError as error:
         fail(error, error.exit_code)
     # A merged run builds on runs in the shards' folders, which a name alone would not tell apart.
-    home = made.runs[-1].parent
-    runs = ", ".join(path.name if path.parent == home else str(path) for path in made.runs)
-    click.echo(f"{made.folder}: a snapshot of runs {runs}")
-    width = max(len(name) for name in made.records)
-    for name, count in made.records.items():
+    home = written.runs[-1].parent
+    runs = ", ".join(path.name if path.parent == home else str(path) for path in written.runs)
+    click.echo(f"{written.folder}: a snapshot of runs {runs}")
+    width = max(len(name) for name in written.records)
+    for name, count in written.records.items():
         click.echo(f"  {name:<{width}}  {count} records")
-    if made.deleted:
-        click.echo(f"  left out: deleted projects {', '.join(map(str, made.deleted))}")
-    if made.failed:
-        counts = ", ".join(f"{count} of {name}" for name, count in made.failed.items())
+    if written.deleted:
+        click.echo(f"  left out: deleted projects {', '.join(map(str, written.deleted))}")
+    if written.failed:
+        counts = ", ".join(f"{count} of {name}" for name, count in written.failed.items())
         click.echo(
             f"tm-export: warning: partitions failed in the newest run that fetched them "
             f"({counts}): their records are an earlier run's, or incomplete; snapshot.json "

@@ -39,8 +39,9 @@ from .codec import Codec, open_lines
 from .errors import ManifestError
 from .layout import MANIFEST_NAME, is_bag, run_codec, run_home, stream_path
 from .manifest import ManifestState, latest_finals, latest_session, load_state
+from .params import partition_id
 from .recipe import Recipe
-from .records import record_key, strip_partition
+from .records import PARTITION_KEY, record_key, strip_partition
 
 logger = logging.getLogger("tm_export.incremental")
 
@@ -85,14 +86,17 @@ class Baseline:
         }
 
     def drop_deleted(self, project_ids: list[int]) -> None:
-        """Take the partitions of deleted projects out of ``refetch``: they would answer 404."""
-        gone = set(project_ids)
+        """Take the partitions of deleted projects out of ``refetch``: they would return 404."""
+        deleted = set(project_ids)
         for stream, partitions in self.refetch.items():
             self.refetch[stream] = [
-                partition
-                for partition in partitions
-                if not any(partition.get(name) in gone for name in PROJECT_PARAMETERS)
+                partition for partition in partitions if not names_project(partition, deleted)
             ]
+
+
+def names_project(partition: dict[str, Any], project_ids: set[int]) -> bool:
+    """Tell whether a partition's parameters name one of ``project_ids``."""
+    return any(partition.get(parameter) in project_ids for parameter in PROJECT_PARAMETERS)
 
 
 def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
@@ -125,7 +129,7 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
     since = covered or _parse_time(states[0][1].header["started"])
     baseline = Baseline(since=since, previous=previous, base_url=base_url, search_since=covered)
     baseline.refetch = _failed_partitions(recipe, [state for _, state in states])
-    # A project found deleted by an earlier run would answer 404 to its failed partitions.
+    # A project that an earlier run found deleted would return 404 to its failed partitions.
     baseline.drop_deleted(
         [int(entry["project_id"]) for _, state in states for entry in state.deleted]
     )
@@ -139,12 +143,13 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
                 # A project that a run found deleted is reported once, by that run.
                 baseline.project_ids -= {int(entry["project_id"]) for entry in state.deleted}
             if spec.endpoint.name in NEWEST_FIRST and path.exists():
+                done = {
+                    partition
+                    for partition, outcome in latest_finals([state], name).items()
+                    if outcome == "done"
+                }
                 _newest_keys(
-                    path,
-                    codec,
-                    spec.endpoint.key,
-                    _done(state, name),
-                    baseline.newest.setdefault(name, {}),
+                    path, codec, spec.endpoint.key, done, baseline.newest.setdefault(name, {})
                 )
     for name, spec in recipe.streams.items():
         if any(hasattr(v, "start_param") for v in spec.varying):
@@ -217,21 +222,12 @@ def _newest_keys(
     with open_lines(path, codec) as file:
         for line in file:
             record = orjson.loads(line)
-            partition = orjson.dumps(
-                record.get("_partition", {}), option=orjson.OPT_SORT_KEYS
-            ).decode()
+            partition = partition_id(record.get(PARTITION_KEY, {}))
             if partition not in done:
                 continue
             value = record_key(key, strip_partition(record))
             if isinstance(value, int) and value > newest.get(partition, -1):
                 newest[partition] = value
-
-
-def _done(state: ManifestState, stream: str) -> set[str]:
-    """Return the ids of the partitions of ``stream`` that ended done in a run."""
-    if stream not in state.streams:
-        return set()
-    return {pid for pid, final in state.streams[stream].finals() if final["state"] == "done"}
 
 
 def _covered_until(recipe: Recipe, states: list[tuple[Path, ManifestState]]) -> dt.datetime | None:
@@ -240,8 +236,9 @@ def _covered_until(recipe: Recipe, states: list[tuple[Path, ManifestState]]) -> 
 
     A full run whose search ended done covers up to its start. An incremental run whose
     search ended done extends that to its own start, if its search began at or before
-    the time covered so far. So only a search from before a gap closes it. Each runs/ folder (one per shard, for a merged run) is followed on
-    its own, and the earliest counts.
+    the time covered so far, so only a search from before a gap closes it. Each runs/
+    folder (one per shard, for a merged run) is followed on its own, and the earliest
+    counts.
     """
     groups: dict[Path, list[ManifestState]] = {}
     for run, state in states:
@@ -253,15 +250,17 @@ def _covered_until(recipe: Recipe, states: list[tuple[Path, ManifestState]]) -> 
         for state in group:
             if not _search_done(recipe, state):
                 continue
-            described = state.header.get("incremental")
-            searched = described.get("search_since", described["since"]) if described else None
-            if (
-                not described
-                or searched is None
-                or (until is not None and _parse_time(searched) <= until)
-            ):
-                until = _parse_time(state.header["started"])
+            started = _parse_time(state.header["started"])
+            baseline = state.header.get("incremental")
+            if not baseline:
+                until = started
+                continue
+            # Manifests written before search_since existed searched from since.
+            searched = baseline.get("search_since", baseline["since"])
+            if searched is None or (until is not None and _parse_time(searched) <= until):
+                until = started
         covered.append(until)
+
     if any(until is None for until in covered):
         return None
     return min(until for until in covered if until is not None)

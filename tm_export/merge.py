@@ -543,7 +543,7 @@ def _merged_baseline(shards: list[Shard]) -> dict[str, Any] | None:
     ]
     return {
         "since": min(baseline["since"] for _, baseline in baselines if baseline),
-        # A shard whose search asked for every project makes the merged search one too.
+        # A shard whose search requested every project makes the merged search one too.
         "search_since": None if None in searched else min(searched),
         "previous": [
             str((shard.folder.parent / name).resolve())

@@ -42,7 +42,7 @@ import orjson
 from . import __version__
 from .codec import open_lines
 from .errors import ExitCode, StorageError, TmExportError
-from .incremental import NEWEST_FIRST, PROJECT_PARAMETERS
+from .incremental import NEWEST_FIRST, names_project
 from .layout import SNAPSHOT_RECORD, run_home
 from .manifest import ManifestState, latest_finals, latest_session
 from .params import partition_id
@@ -218,7 +218,8 @@ def _write_stream(
 ) -> dict[str, Any]:
     """Write one stream's combined records to ``path``; return its entry in snapshot.json."""
     rule = _rule(spec)
-    winners = _partition_winners(name, [check.state for check in chain])
+    states = [check.state for check in chain]
+    winners = _partition_winners(name, states)
     seen: set[Any] = set()
     records = 0
     digest = hashlib.sha256()
@@ -229,7 +230,7 @@ def _write_stream(
             oldest = age == len(chain) - 1
             for line, record in _lines(check, name):
                 partition = record.get(PARTITION_KEY, {}) if isinstance(record, dict) else {}
-                if _of_deleted(partition, deleted):
+                if names_project(partition, deleted):
                     continue
                 if rule == "partition":
                     if winners.get(partition_id(partition)) != age:
@@ -253,7 +254,7 @@ def _write_stream(
         "kept": RULES[rule],
         "records": records,
         "sha256": digest.hexdigest(),
-        "failed": _failed(name, [check.state for check in chain], deleted),
+        "failed": _failed(name, states, deleted),
     }
 
 
@@ -286,13 +287,8 @@ def _failed(stream: str, states: list[ManifestState], deleted: set[int]) -> list
     return sorted(
         partition
         for partition, final in latest.items()
-        if final == "failed" and not _of_deleted(orjson.loads(partition), deleted)
+        if final == "failed" and not names_project(orjson.loads(partition), deleted)
     )
-
-
-def _of_deleted(partition: dict[str, Any], deleted: set[int]) -> bool:
-    """Tell whether a partition's parameters name a deleted project."""
-    return any(partition.get(parameter) in deleted for parameter in PROJECT_PARAMETERS)
 
 
 def _lines(check: RunCheck, stream: str) -> Iterator[tuple[bytes, Any]]:

@@ -296,15 +296,14 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
     baseline = status.header.get("incremental")
     if baseline:
         # Its files contain only what changed, which a reader must know before using them.
-        lines.append(
+        line = (
             f"incremental: holds what changed since {baseline.get('since')}, on top of runs "
             f"{', '.join(baseline.get('previous', []))}"
-            + (
-                SEARCHED_ALL
-                if "search_since" in baseline and baseline["search_since"] is None
-                else ""
-            )
         )
+        # Manifests written before search_since existed have no such key.
+        if baseline.get("search_since", "") is None:
+            line += SEARCHED_ALL
+        lines.append(line)
     lines += [
         _sessions_line(status),
     ]

@@ -916,16 +916,6 @@ class _Session:
         committer: Committer,
         fetcher: Fetcher,
     ) -> None:
-        wake = anyio.Event()
-
-        async def commit_loop() -> None:
-            nonlocal wake
-            while True:
-                await wake.wait()
-                # Pages written while this commit waits for its fsyncs form the next group.
-                wake = anyio.Event()
-                await committer.commit()
-
         started = time.monotonic()
 
         def snapshot() -> Progress:
@@ -942,9 +932,8 @@ class _Session:
                 await anyio.sleep(self.options.progress_interval)
                 self.options.on_progress(snapshot())
 
-        committer.on_queue = lambda: wake.set()
         async with anyio.create_task_group() as outer:
-            outer.start_soon(commit_loop)
+            outer.start_soon(committer.run)
             if self.options.on_progress is not None:
                 outer.start_soon(report_progress)
             async with anyio.create_task_group() as streams:

@@ -142,6 +142,10 @@ def summarise(raw: Path, top: int = 12) -> dict[str, Any]:
         "main_samples": main,
         "waiting_share": waiting / main if main else 0.0,
         "self_by_package": [(name, count / busy) for name, count in by_package.most_common(top)],
+        "self_tm_export": sum(
+            count for name, count in by_package.items() if name.startswith("tm_export/")
+        )
+        / busy,
         "self_by_function": [(name, count / busy) for name, count in by_function.most_common(top)],
         "innermost_tm_export": [
             (name, count / busy) for name, count in responsible.most_common(top)
@@ -218,6 +222,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     lines.append("  self time by package (share of busy samples):")
     lines += [f"    {share:6.1%}  {name}" for name, share in summary["self_by_package"]]
+    lines.append(f"    {summary['self_tm_export']:6.1%}  tm_export, every file together")
     lines.append("  self time by function (share of busy samples):")
     lines += [f"    {share:6.1%}  {name}" for name, share in summary["self_by_function"]]
     lines.append("  charged to the innermost tm_export function (share of busy samples):")

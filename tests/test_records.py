@@ -33,7 +33,18 @@ def test_key_set_large_bitmap_stays_small() -> None:
 
     assert not keys.add(1_599_999)
     assert len(keys) == 1_600_000
-    assert len(keys._bits) < 500_000
+    assert keys.blocks == 391
+
+
+def test_key_set_large_ids_take_few_blocks() -> None:
+    keys = KeySet()
+    for key in (50_000_000, 50_000_001, 90_000_000, 2**40):
+        assert keys.add(key)
+
+    assert not keys.add(50_000_001)
+    assert not keys.add(2**40)
+    assert len(keys) == 4
+    assert keys.blocks == 3
 
 
 def test_encode_lines_splices_partition() -> None:

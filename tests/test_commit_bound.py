@@ -30,7 +30,7 @@ def committer(tmp_path: Path) -> Iterator[Committer]:
 
 @pytest.fixture
 def inline_fsyncs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run each commit's fsyncs in the event loop's thread, so that a test sees when one ends.
+    """Run each commit's fsyncs in the event loop's thread, so that a test can wait for one to end.
 
     With a worker thread, ``anyio.wait_all_tasks_blocked`` may return while a commit still
     waits for its fsyncs.
@@ -42,20 +42,52 @@ def inline_fsyncs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(manifest.anyio.to_thread, "run_sync", run_sync)
 
 
+class ManualClock:
+    """A clock that moves only when the test advances it, so that the test ends each pause."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._moved = anyio.Event()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("delay must be a non-negative number")  # as anyio.sleep does
+        until = self.now + seconds
+        while self.now < until:
+            await self._moved.wait()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self._moved.set()
+        self._moved = anyio.Event()
+
+
 def write_pages(commits: Committer, *numbers: int) -> None:
     for number in numbers:
         commits.write_page("projects", b'{"a":%d}\n' % number, {**ENTRY, "n": number})
 
 
-def committed_by_run(tmp_path: Path, interval: float, steps: list[tuple[int, ...]]) -> list[int]:
-    """Write each step's pages while ``Committer.run`` runs; return the pages committed after each."""
+def committed_by_run(
+    tmp_path: Path, interval: float, steps: list[tuple[int, ...] | float]
+) -> list[int]:
+    """Run ``Committer.run`` through the steps; return the pages committed after each.
+
+    A step is the numbers of pages to write, or seconds to advance the clock by.
+    """
     seen: list[int] = []
+    clock = ManualClock()
 
     async def main() -> None:
         async with anyio.create_task_group() as group:
-            group.start_soon(commits.run, interval)
-            for numbers in steps:
-                write_pages(commits, *numbers)
+            group.start_soon(commits.run, interval, clock)
+            for step in steps:
+                if isinstance(step, tuple):
+                    write_pages(commits, *step)
+                else:
+                    clock.advance(step)
                 await anyio.wait_all_tasks_blocked()
                 seen.append(commits.pages_committed)
             group.cancel_scope.cancel()
@@ -74,11 +106,20 @@ def test_run_groups_pages_within_interval(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 @pytest.mark.usefixtures("inline_fsyncs")
+def test_run_commits_when_interval_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TM_EXPORT_MAX_UNCOMMITTED", "8")
+
+    # Commits start at 0, 0.25 and 0.5 s: each waits for the interval after the one before.
+    steps: list[tuple[int, ...] | float] = [(1,), (2,), 0.125, 0.125, (3,), 0.125, 0.125, 0.25]
+    assert committed_by_run(tmp_path, 0.25, steps) == [1, 1, 1, 2, 2, 2, 3, 3]
+
+
+@pytest.mark.usefixtures("inline_fsyncs")
 def test_run_commits_at_half_the_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TM_EXPORT_MAX_UNCOMMITTED", "8")
 
     # Four uncommitted pages are half the bound of eight: they are committed at once.
-    steps = [(1,), (2, 3, 4), (5,), (6, 7, 8, 9), (10,)]
+    steps: list[tuple[int, ...] | float] = [(1,), (2, 3, 4), (5,), (6, 7, 8, 9), (10,)]
     assert committed_by_run(tmp_path, 3600, steps) == [1, 1, 5, 9, 9]
 
 
@@ -89,6 +130,68 @@ def test_run_without_interval_commits_each_group(
     monkeypatch.setenv("TM_EXPORT_MAX_UNCOMMITTED", "8")
 
     assert committed_by_run(tmp_path, 0, [(1,), (2, 3), (4,)]) == [1, 3, 4]
+
+
+def test_run_after_slow_commit_starts_next_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TM_EXPORT_MAX_UNCOMMITTED", "8")
+    clock = ManualClock()
+    seen: list[int] = []
+
+    async def run_sync(function: Callable[..., object], *args: object) -> object:
+        clock.advance(0.5)  # fsyncs that take longer than the interval
+        return function(*args)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(commits.run, 0.25, clock)
+            for number in (1, 2):
+                write_pages(commits, number)
+                await anyio.wait_all_tasks_blocked()
+                seen.append(commits.pages_committed)
+            group.cancel_scope.cancel()
+
+    monkeypatch.setattr(manifest.anyio.to_thread, "run_sync", run_sync)
+    with committer(tmp_path) as commits:
+        anyio.run(main)
+
+    assert seen == [1, 2]
+
+
+def test_run_counts_pages_of_commit_under_way_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TM_EXPORT_MAX_UNCOMMITTED", "8")
+    fsyncs_may_run = anyio.Event()
+    clock = ManualClock()
+    seen: list[int] = []
+
+    async def run_sync(function: Callable[..., object], *args: object) -> object:
+        await fsyncs_may_run.wait()
+        return function(*args)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(commits.run, 0.25, clock)
+            write_pages(commits, 1, 2, 3)
+            await anyio.wait_all_tasks_blocked()
+            # Pages 1 to 3 are being committed. Two more make five uncommitted, but only
+            # two wait for the next commit, which is under half the bound.
+            write_pages(commits, 4, 5)
+            fsyncs_may_run.set()
+            await anyio.wait_all_tasks_blocked()
+            seen.append(commits.pages_committed)
+            clock.advance(0.25)
+            await anyio.wait_all_tasks_blocked()
+            seen.append(commits.pages_committed)
+            group.cancel_scope.cancel()
+
+    monkeypatch.setattr(manifest.anyio.to_thread, "run_sync", run_sync)
+    with committer(tmp_path) as commits:
+        anyio.run(main)
+
+    assert seen == [3, 5]
 
 
 def test_fetch_waits_for_commit_at_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

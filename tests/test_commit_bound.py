@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 
 from tm_export import manifest
@@ -36,10 +37,11 @@ def inline_fsyncs(monkeypatch: pytest.MonkeyPatch) -> None:
     waits for its fsyncs.
     """
 
-    async def run_sync(function: Callable[..., object], *args: object) -> object:
-        return function(*args)
+    monkeypatch.setattr(manifest.anyio.to_thread, "run_sync", inline_run_sync)
 
-    monkeypatch.setattr(manifest.anyio.to_thread, "run_sync", run_sync)
+
+async def inline_run_sync(function: Callable[..., object], *args: object) -> object:
+    return function(*args)
 
 
 class ManualClock:
@@ -159,6 +161,78 @@ def test_run_after_slow_commit_starts_next_at_once(
     assert seen == [1, 2]
 
 
+@pytest.mark.usefixtures("inline_fsyncs")
+def test_run_default_interval_is_tenth_of_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TM_EXPORT_MAX_UNCOMMITTED", "8")
+    clock = ManualClock()
+    seen: list[int] = []
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(lambda: commits.run(clock=clock))
+            for step in [(1,), (2,), 0.05, 0.05]:
+                if isinstance(step, tuple):
+                    write_pages(commits, *step)
+                else:
+                    clock.advance(step)
+                await anyio.wait_all_tasks_blocked()
+                seen.append(commits.pages_committed)
+            group.cancel_scope.cancel()
+
+    with committer(tmp_path) as commits:
+        anyio.run(main)
+
+    assert seen == [1, 1, 1, 2]
+
+
+@pytest.mark.usefixtures("inline_fsyncs")
+def test_run_commits_entry_without_pages(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(commits.run, 0, ManualClock())
+            commits.record({"t": "end", "at": "2026-12-05T00:00:00Z", "outcome": "complete"})
+            await anyio.wait_all_tasks_blocked()
+            group.cancel_scope.cancel()
+
+    with committer(tmp_path) as commits:
+        anyio.run(main)
+
+    lines = (tmp_path / "manifest.jsonl").read_bytes().splitlines()
+    assert orjson.loads(lines[-1])["t"] == "end"
+
+
+def test_run_skips_pause_when_pressed_during_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TM_EXPORT_MAX_UNCOMMITTED", "8")
+    fsyncs_may_run = anyio.Event()
+    seen: list[int] = []
+
+    async def run_sync(function: Callable[..., object], *args: object) -> object:
+        await fsyncs_may_run.wait()
+        return function(*args)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(commits.run, 3600, ManualClock())
+            write_pages(commits, 1)
+            await anyio.wait_all_tasks_blocked()
+            # Page 1 is being committed, and four more pages, half the bound, wait.
+            write_pages(commits, 2, 3, 4, 5)
+            fsyncs_may_run.set()
+            await anyio.wait_all_tasks_blocked()
+            seen.append(commits.pages_committed)
+            group.cancel_scope.cancel()
+
+    monkeypatch.setattr(manifest.anyio.to_thread, "run_sync", run_sync)
+    with committer(tmp_path) as commits:
+        anyio.run(main)
+
+    assert seen == [5]
+
+
 def test_run_counts_pages_of_commit_under_way_apart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -199,13 +273,14 @@ def test_fetch_waits_for_commit_at_bound(tmp_path: Path, monkeypatch: pytest.Mon
     events: list[str] = []
 
     async def fetch_third_page() -> None:
-        await commits.wait_for_room()
+        await commits.reserve_room()
         events.append("third page may be fetched")
 
     async def main() -> None:
-        commits.write_page("projects", b'{"a":1}\n', ENTRY)
-        await commits.wait_for_room()
-        commits.write_page("projects", b'{"a":2}\n', {**ENTRY, "n": 2})
+        for number in (1, 2):
+            await commits.reserve_room()
+            write_pages(commits, number)
+            commits.release_room()
         async with anyio.create_task_group() as group:
             group.start_soon(fetch_third_page)
             await anyio.wait_all_tasks_blocked()
@@ -224,13 +299,73 @@ def test_bound_is_not_reached_below(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     async def main() -> None:
         for number in (1, 2):
-            await commits.wait_for_room()
-            commits.write_page("projects", b'{"a":1}\n', {**ENTRY, "n": number})
+            await commits.reserve_room()
+            write_pages(commits, number)
+            commits.release_room()
         # Two pages are below the bound of three: this returns at once (pytest-timeout
         # ends the test if it waits).
-        await commits.wait_for_room()
+        await commits.reserve_room()
 
     with committer(tmp_path) as commits:
         anyio.run(main)
 
     assert commits.pages_committed == 0
+
+
+def test_reserved_pages_count_toward_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TM_EXPORT_MAX_UNCOMMITTED", "3")
+    events: list[str] = []
+
+    async def fetch_page(number: int) -> None:
+        await commits.reserve_room()
+        events.append(f"page {number} may be fetched")
+
+    async def main() -> None:
+        write_pages(commits, 1)
+        async with anyio.create_task_group() as group:
+            for number in (2, 3, 4):
+                group.start_soon(fetch_page, number)
+                await anyio.wait_all_tasks_blocked()
+            # Page 1 is written and pages 2 and 3 are being fetched: page 4 waits.
+            events.append("page 2 failed")
+            commits.release_room()
+
+    with committer(tmp_path) as commits:
+        anyio.run(main)
+
+    assert events == [
+        "page 2 may be fetched",
+        "page 3 may be fetched",
+        "page 2 failed",
+        "page 4 may be fetched",
+    ]
+
+
+def test_full_bound_starts_commit_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TM_EXPORT_MAX_UNCOMMITTED", "8")
+    clock = ManualClock()
+    events: list[str] = []
+
+    async def fetch_page() -> None:
+        await commits.reserve_room()
+        events.append(f"page fetched after {commits.pages_committed} committed")
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(commits.run, 3600, clock)
+            write_pages(commits, 1)
+            await anyio.wait_all_tasks_blocked()
+            for _ in range(6):
+                await commits.reserve_room()
+            write_pages(commits, 2, 3)
+            # Two pages written and six reserved fill the bound of eight with page 1
+            # committed: under half waits, so only a fetch that finds no room presses.
+            group.start_soon(fetch_page)
+            await anyio.wait_all_tasks_blocked()
+            group.cancel_scope.cancel()
+
+    monkeypatch.setattr(manifest.anyio.to_thread, "run_sync", inline_run_sync)
+    with committer(tmp_path) as commits:
+        anyio.run(main)
+
+    assert events == ["page fetched after 3 committed"]

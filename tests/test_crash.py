@@ -49,7 +49,7 @@ def start_held(args: list[str], env: dict[str, str] | None = None) -> subprocess
 
 
 #: With at most this many pages uncommitted, a kill at the N-th request finds at least
-#: N - 8 - concurrency pages committed, on a machine of any speed.
+#: N - 8 pages committed, on a machine of any speed.
 UNCOMMITTED = {"TM_EXPORT_MAX_UNCOMMITTED": "8"}
 
 

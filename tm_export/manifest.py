@@ -14,8 +14,9 @@ committed record is never lost. See ``docs/reliability.md``.
 
 Commits are grouped: ``Committer.run`` starts one at most every ``COMMIT_INTERVAL``
 seconds, and sooner when half of ``MAX_UNCOMMITTED`` pages wait. At most
-``MAX_UNCOMMITTED`` pages are written and not yet committed at any time: a request for a
-new page waits while that many are, so a crash never throws away more fetched work.
+``MAX_UNCOMMITTED`` pages are being fetched, or written and not yet committed, at any
+time: a request for a new page first reserves room for it (``reserve_room``), so a crash
+never throws away more fetched work.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ MAX_UNCOMMITTED = 1024
 #: the bound of uncommitted pages waits. Each commit costs a hand-off to a worker thread
 #: and an fsync per stream file with new bytes. At zero latency, committing each group
 #: as soon as the last commit ended made about 3,500 fsyncs in W1's 4 s (240 with the
-#: interval) and cost 0.3-0.4 CPU seconds more (docs/benchmarks.md). A crash loses at
-#: most the pages fetched since the last commit, and those are fetched again on resume.
+#: interval), and W1 took 4.04 CPU seconds where it takes 3.61 (docs/benchmarks.md). A
+#: crash loses at most the pages fetched since the last commit, fetched again on resume.
 COMMIT_INTERVAL = 0.1
 
 
@@ -262,6 +263,8 @@ class Committer:
         self._broken: StorageError | None = None
         self._uncommitted = 0
         """Pages written to their stream files whose entries are not durable yet."""
+        self._reserved = 0
+        """Pages that hold room from ``reserve_room`` until ``release_room``."""
         self._max_uncommitted = max_uncommitted()
         self._room: anyio.Event | None = None
         self._queued = anyio.Event()
@@ -322,22 +325,37 @@ class Committer:
         self._queue.append(entry)
         self._queued.set()
 
-    async def wait_for_room(self) -> None:
-        """Wait while the bound of uncommitted pages is reached; call before fetching a page.
+    async def reserve_room(self) -> None:
+        """Wait for room for one more page, and hold it; call before fetching the page.
+
+        Pages reserved and pages written but not committed together stay within the bound.
+        Call ``release_room`` once the page is written or has failed.
 
         Raises:
             StorageError: a commit failed, so no page can be committed any more.
         """
-        while self._uncommitted >= self._max_uncommitted and self._broken is None:
+        while self._full() and self._broken is None:
+            if self._waiting_pages:
+                # The commit that makes room starts now rather than after the interval.
+                self._press()
             if self._room is None:
                 self._room = anyio.Event()
             await self._room.wait()
         if self._broken is not None:
             raise self._broken
+        self._reserved += 1
+
+    def release_room(self) -> None:
+        """Give back the room of a page that ``reserve_room`` held."""
+        self._reserved -= 1
+        self._make_room(0)
+
+    def _full(self) -> bool:
+        return self._uncommitted + self._reserved >= self._max_uncommitted
 
     def _make_room(self, pages: int) -> None:
         self._uncommitted -= pages
-        if self._room is not None:
+        if self._room is not None and (not self._full() or self._broken is not None):
             self._room.set()
             self._room = None
 

@@ -482,36 +482,41 @@ class StreamRunner:
             number += 1
 
     async def _fetch_and_write(self, walk: PartitionWalk, number: int) -> PageResult:
-        await self._committer.wait_for_room()
-        path, query = self._queries.build(walk.partition, number)
-        response, body = await self._fetcher.get_json(path, query)
-
-        for_children = bool(self._children)
-        if response.spool is None:
-            result, records = self._pages.write(walk, number, body, for_children=for_children)
-        else:
-            try:
-                if self.spec.endpoint.records == WHOLE_BODY:
-                    # NOTE: a whole-body record is one JSON object, so it is parsed in memory
-                    # even when its response was spooled.
-                    try:
-                        body = orjson.loads(response.spool.read_bytes())
-                    except orjson.JSONDecodeError as error:
-                        raise ShapeError.not_json(error) from error
-                    result, records = self._pages.write(
-                        walk, number, body, for_children=for_children
-                    )
-                else:
-                    result, records = await self._pages.write_spooled(
-                        walk, number, response.spool, for_children=for_children
-                    )
-            finally:
-                response.spool.unlink(missing_ok=True)
+        # The room is held until the page is written or has failed, and not while children
+        # take its records: a parent blocked on a full child buffer must not hold room that
+        # the child needs.
+        await self._committer.reserve_room()
+        try:
+            result, records = await self._fetch_page(walk, number)
+        finally:
+            self._committer.release_room()
 
         if records:
             # Children see records as they are in the file, so a child can also read _partition.
             await self._offer_children(records)
         return result
+
+    async def _fetch_page(self, walk: PartitionWalk, number: int) -> tuple[PageResult, list[Any]]:
+        path, query = self._queries.build(walk.partition, number)
+        response, body = await self._fetcher.get_json(path, query)
+
+        for_children = bool(self._children)
+        if response.spool is None:
+            return self._pages.write(walk, number, body, for_children=for_children)
+        try:
+            if self.spec.endpoint.records == WHOLE_BODY:
+                # NOTE: a whole-body record is one JSON object, so it is parsed in memory
+                # even when its response was spooled.
+                try:
+                    body = orjson.loads(response.spool.read_bytes())
+                except orjson.JSONDecodeError as error:
+                    raise ShapeError.not_json(error) from error
+                return self._pages.write(walk, number, body, for_children=for_children)
+            return await self._pages.write_spooled(
+                walk, number, response.spool, for_children=for_children
+            )
+        finally:
+            response.spool.unlink(missing_ok=True)
 
     async def _offer_children(self, records: list[Any]) -> None:
         self._records_offered += len(records)

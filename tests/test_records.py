@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import orjson
 
 from tm_export.records import (
@@ -36,15 +38,50 @@ def test_key_set_large_bitmap_stays_small() -> None:
     assert keys.blocks == 391
 
 
-def test_key_set_large_ids_take_few_blocks() -> None:
+def test_key_set_keeps_far_apart_ids_in_set() -> None:
     keys = KeySet()
-    for key in (50_000_000, 50_000_001, 90_000_000, 2**40):
-        assert keys.add(key)
+    for index in range(10_000):
+        assert keys.add(50_000_000 + 5_000 * index)
 
-    assert not keys.add(50_000_001)
-    assert not keys.add(2**40)
-    assert len(keys) == 4
-    assert keys.blocks == 3
+    assert not keys.add(50_000_000)
+    assert len(keys) == 10_000
+    assert keys.blocks == 0
+
+
+def test_key_set_moves_near_ids_to_bitmap() -> None:
+    keys = KeySet()
+    for index in range(10_000):
+        assert keys.add(50_000_000 + 10 * index)
+
+    assert not keys.add(50_099_990)
+    assert keys.add(50_099_991)
+    assert len(keys) == 10_001
+    assert keys.blocks == 25
+
+
+def test_key_set_agrees_with_set() -> None:
+    rng = random.Random(20261205)
+    keys, reference = KeySet(), set()
+    # Near ids first, so that the keys move to the bitmap, then a mix of every kind.
+    for draw in range(30_000):
+        near = rng.randrange(9_000)
+        key = (
+            near
+            if draw < 8_000
+            else rng.choice(
+                [
+                    near,
+                    rng.randrange(2**40),
+                    rng.choice([0, 4095, 4096, 8191, 8192, -1, -4096]),
+                    f"mapper_{rng.randrange(500)}",
+                ]
+            )
+        )
+        assert keys.add(key) == (key not in reference)
+        reference.add(key)
+
+    assert len(keys) == len(reference)
+    assert keys.blocks > 3
 
 
 def test_encode_lines_splices_partition() -> None:

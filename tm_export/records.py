@@ -28,47 +28,79 @@ class ShapeError(ValueError):
 class KeySet:
     """The record keys seen in one partition, compact for the common case of integer ids.
 
-    TM ids (task, project, history ids) are non-negative integers, so they are kept as
-    bits of a sparse bitmap: blocks of ``2 ** BLOCK_BITS`` bits, each made when a key
-    first falls in it. A project with 1.6 million tasks costs about 240 KB, where a Python
-    set of them takes about 100 MB. Memory follows the keys seen, not how large they are:
-    task history ids are numbered across the whole server, and a bitmap from 0 would take
-    a megabyte for every 8 million of the largest id, in each partition in flight. Other
-    keys go to a set.
+    TM ids (task, project, history ids) are non-negative integers. They go to a set first.
+    Once the set holds ``FIRST_CHECK`` of them, and again at each doubling, they move to a
+    sparse bitmap if that takes less memory: blocks of ``2 ** BLOCK_BITS`` bits, each made
+    when a key first falls in it. A project with 1.6 million tasks then costs about 240 KB,
+    where a set of them takes about 100 MB. Ids far apart, as task history ids are (they
+    are numbered across the whole server), stay in the set, where a block per key would
+    cost several times as much. Other keys always go to a set.
     """
 
     #: log2 of the keys per block: a block of 4,096 keys is 512 bytes, about 600 in use.
     BLOCK_BITS = 12
+    #: Bytes of memory per block in use, and per int in a set (its slot and its object),
+    #: as measured with tracemalloc on Python 3.11 (630 and 74), rounded.
+    BLOCK_BYTES = 640
+    SET_BYTES_PER_KEY = 75
+    #: Integer keys in the set at which the bitmap is first considered.
+    FIRST_CHECK = 4096
 
     def __init__(self) -> None:
-        self._blocks: dict[int, bytearray] = {}
+        self._ints: set[int] = set()
+        self._blocks: dict[int, bytearray] | None = None
         self._others: set[Hashable] = set()
         self._size = 0
+        self._next_check = self.FIRST_CHECK
 
     def __len__(self) -> int:
         return self._size
 
     @property
     def blocks(self) -> int:
-        """The bitmap blocks in use."""
-        return len(self._blocks)
+        """The bitmap blocks in use; 0 while integer keys are kept in the set."""
+        return 0 if self._blocks is None else len(self._blocks)
 
     def add(self, key: Hashable) -> bool:
         """Add ``key``; return False when it was already there."""
         if type(key) is int and key >= 0:
-            number = key >> self.BLOCK_BITS
-            block = self._blocks.get(number)
-            if block is None:
-                block = self._blocks[number] = bytearray(1 << (self.BLOCK_BITS - 3))
-            index, bit = (key & ((1 << self.BLOCK_BITS) - 1)) >> 3, 1 << (key & 7)
-            if block[index] & bit:
+            if self._blocks is not None:
+                if not self._set_bit(self._blocks, key):
+                    return False
+            elif key in self._ints:
                 return False
-            block[index] |= bit
+            else:
+                self._ints.add(key)
+                if len(self._ints) >= self._next_check:
+                    self._consider_bitmap()
         else:
             if key in self._others:
                 return False
             self._others.add(key)
         self._size += 1
+        return True
+
+    def _consider_bitmap(self) -> None:
+        """Move the integer keys to a bitmap if its blocks take less memory than the set."""
+        numbers = {key >> self.BLOCK_BITS for key in self._ints}
+        if len(numbers) * self.BLOCK_BYTES >= len(self._ints) * self.SET_BYTES_PER_KEY:
+            self._next_check *= 2
+            return
+        blocks: dict[int, bytearray] = {}
+        for key in self._ints:
+            self._set_bit(blocks, key)
+        self._blocks, self._ints = blocks, set()
+
+    def _set_bit(self, blocks: dict[int, bytearray], key: int) -> bool:
+        """Set the bit of ``key``; return False when it was already set."""
+        number = key >> self.BLOCK_BITS
+        block = blocks.get(number)
+        if block is None:
+            block = blocks[number] = bytearray(1 << (self.BLOCK_BITS - 3))
+        index, bit = (key & ((1 << self.BLOCK_BITS) - 1)) >> 3, 1 << (key & 7)
+        if block[index] & bit:
+            return False
+        block[index] |= bit
         return True
 
 

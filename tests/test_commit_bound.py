@@ -161,6 +161,39 @@ def test_run_after_slow_commit_starts_next_at_once(
     assert seen == [1, 2]
 
 
+def test_page_written_while_fetch_waits_starts_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TM_EXPORT_MAX_UNCOMMITTED", "4")
+    events: list[str] = []
+
+    async def fetch_page() -> None:
+        await commits.reserve_room()
+        events.append(f"page fetched after {commits.pages_committed} committed")
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(commits.run, 3600, ManualClock())
+            write_pages(commits, 1)
+            await anyio.wait_all_tasks_blocked()
+            # Page 1 is committed and the loop pauses. Four pages being fetched fill the
+            # bound, with none written to commit yet.
+            for _ in range(4):
+                await commits.reserve_room()
+            group.start_soon(fetch_page)
+            await anyio.wait_all_tasks_blocked()
+            write_pages(commits, 2)
+            commits.release_room()
+            await anyio.wait_all_tasks_blocked()
+            group.cancel_scope.cancel()
+
+    monkeypatch.setattr(manifest.anyio.to_thread, "run_sync", inline_run_sync)
+    with committer(tmp_path) as commits:
+        anyio.run(main)
+
+    assert events == ["page fetched after 2 committed"]
+
+
 @pytest.mark.usefixtures("inline_fsyncs")
 def test_run_default_interval_is_tenth_of_second(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -58,8 +58,8 @@ COMMIT_INTERVAL = 0.1
 def max_uncommitted() -> int:
     """Return the bound on uncommitted pages, lowered by tests with ``TM_EXPORT_MAX_UNCOMMITTED``.
 
-    A low bound makes a kill at the N-th request find at least N - bound - concurrency
-    pages committed, however fast the commits of that machine are.
+    A low bound makes a kill at the N-th request find at least N - bound pages committed
+    (without retries), however fast the commits of that machine are.
     """
     value = os.environ.get("TM_EXPORT_MAX_UNCOMMITTED", "")
     return int(value) if value.isdigit() and int(value) > 0 else MAX_UNCOMMITTED
@@ -316,7 +316,8 @@ class Committer:
         self._waiting_pages += 1
         self._dirty.add(stream)
         self._queued.set()
-        if self._waiting_pages * 2 >= self._max_uncommitted:
+        if self._waiting_pages * 2 >= self._max_uncommitted or self._room is not None:
+            # Half the bound waits, or a request waits for room that only a commit makes.
             self._press()
         return start, end
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,12 +29,13 @@ class KeySet:
     """The record keys seen in one partition, compact for the common case of integer ids.
 
     TM ids (task, project, history ids) are non-negative integers. They go to a set first.
-    Once the set holds ``FIRST_CHECK`` of them, and again at each doubling, they move to a
-    sparse bitmap if that takes less memory: blocks of ``2 ** BLOCK_BITS`` bits, each made
-    when a key first falls in it. A project with 1.6 million tasks then costs about 240 KB,
-    where a set of them takes about 100 MB. Ids far apart, as task history ids are (they
-    are numbered across the whole server), stay in the set, where a block per key would
-    cost several times as much. Other keys always go to a set.
+    Once there are ``FIRST_CHECK`` of them, and again at each doubling, they move to the
+    form that takes less memory: the set, or a sparse bitmap in blocks of
+    ``2 ** BLOCK_BITS`` bits, each made when a key first falls in it. A project with 1.6
+    million tasks then costs about 240 KB, where a set of them takes about 100 MB. Ids far
+    apart, as task history ids can be (they are numbered across the whole server), stay in
+    the set, or go back to it, where a block per key would cost several times as much.
+    Other keys always go to a set.
     """
 
     #: log2 of the keys per block: a block of 4,096 keys is 512 bytes, about 600 in use.
@@ -43,12 +44,13 @@ class KeySet:
     #: as measured with tracemalloc on Python 3.11 (630 and 74), rounded.
     BLOCK_BYTES = 640
     SET_BYTES_PER_KEY = 75
-    #: Integer keys in the set at which the bitmap is first considered.
+    #: Integer keys at which the form is first chosen; then again at each doubling.
     FIRST_CHECK = 4096
 
     def __init__(self) -> None:
         self._ints: set[int] = set()
         self._blocks: dict[int, bytearray] | None = None
+        self._int_count = 0
         self._others: set[Hashable] = set()
         self._size = 0
         self._next_check = self.FIRST_CHECK
@@ -71,8 +73,9 @@ class KeySet:
                 return False
             else:
                 self._ints.add(key)
-                if len(self._ints) >= self._next_check:
-                    self._consider_bitmap()
+            self._int_count += 1
+            if self._int_count >= self._next_check:
+                self._choose_form()
         else:
             if key in self._others:
                 return False
@@ -80,16 +83,32 @@ class KeySet:
         self._size += 1
         return True
 
-    def _consider_bitmap(self) -> None:
-        """Move the integer keys to a bitmap if its blocks take less memory than the set."""
-        numbers = {key >> self.BLOCK_BITS for key in self._ints}
-        if len(numbers) * self.BLOCK_BYTES >= len(self._ints) * self.SET_BYTES_PER_KEY:
-            self._next_check *= 2
-            return
-        blocks: dict[int, bytearray] = {}
-        for key in self._ints:
-            self._set_bit(blocks, key)
-        self._blocks, self._ints = blocks, set()
+    def _choose_form(self) -> None:
+        """Keep the integer keys in the set or the bitmap, whichever takes less memory.
+
+        The bitmap goes back to a set only when it takes twice the set's memory, so that
+        keys near the threshold do not move back and forth at each doubling.
+        """
+        self._next_check *= 2
+        set_bytes = self._int_count * self.SET_BYTES_PER_KEY
+        if self._blocks is None:
+            numbers = {key >> self.BLOCK_BITS for key in self._ints}
+            if len(numbers) * self.BLOCK_BYTES < set_bytes:
+                blocks: dict[int, bytearray] = {}
+                for key in self._ints:
+                    self._set_bit(blocks, key)
+                self._blocks, self._ints = blocks, set()
+        elif len(self._blocks) * self.BLOCK_BYTES > 2 * set_bytes:
+            self._ints = set(self._keys_in_blocks(self._blocks))
+            self._blocks = None
+
+    def _keys_in_blocks(self, blocks: dict[int, bytearray]) -> Iterator[int]:
+        for number, block in blocks.items():
+            bits = int.from_bytes(block, "little")
+            while bits:
+                lowest = bits & -bits
+                yield (number << self.BLOCK_BITS) + lowest.bit_length() - 1
+                bits ^= lowest
 
     def _set_bit(self, blocks: dict[int, bytearray], key: int) -> bool:
         """Set the bit of ``key``; return False when it was already set."""

@@ -73,18 +73,25 @@ def write_pages(commits: Committer, *numbers: int) -> None:
 
 
 def committed_by_run(
-    tmp_path: Path, interval: float, steps: list[tuple[int, ...] | float]
+    tmp_path: Path,
+    interval: float | None,
+    steps: list[tuple[int, ...] | float],
+    clock: ManualClock | None = None,
 ) -> list[int]:
     """Run ``Committer.run`` through the steps; return the pages committed after each.
 
-    A step is the numbers of pages to write, or seconds to advance the clock by.
+    A step is the numbers of pages to write, or seconds to advance the clock by. With
+    ``interval`` None, the run keeps its default interval.
     """
     seen: list[int] = []
-    clock = ManualClock()
+    clock = clock or ManualClock()
 
     async def main() -> None:
         async with anyio.create_task_group() as group:
-            group.start_soon(commits.run, interval, clock)
+            if interval is None:
+                group.start_soon(lambda: commits.run(clock=clock))
+            else:
+                group.start_soon(commits.run, interval, clock)
             for step in steps:
                 if isinstance(step, tuple):
                     write_pages(commits, *step)
@@ -139,26 +146,13 @@ def test_run_after_slow_commit_starts_next_at_once(
 ) -> None:
     monkeypatch.setenv("TM_EXPORT_MAX_UNCOMMITTED", "8")
     clock = ManualClock()
-    seen: list[int] = []
 
     async def run_sync(function: Callable[..., object], *args: object) -> object:
         clock.advance(0.5)  # fsyncs that take longer than the interval
         return function(*args)
 
-    async def main() -> None:
-        async with anyio.create_task_group() as group:
-            group.start_soon(commits.run, 0.25, clock)
-            for number in (1, 2):
-                write_pages(commits, number)
-                await anyio.wait_all_tasks_blocked()
-                seen.append(commits.pages_committed)
-            group.cancel_scope.cancel()
-
     monkeypatch.setattr(manifest.anyio.to_thread, "run_sync", run_sync)
-    with committer(tmp_path) as commits:
-        anyio.run(main)
-
-    assert seen == [1, 2]
+    assert committed_by_run(tmp_path, 0.25, [(1,), (2,)], clock) == [1, 2]
 
 
 def test_page_written_while_fetch_waits_starts_commit(
@@ -199,25 +193,8 @@ def test_run_default_interval_is_tenth_of_second(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TM_EXPORT_MAX_UNCOMMITTED", "8")
-    clock = ManualClock()
-    seen: list[int] = []
 
-    async def main() -> None:
-        async with anyio.create_task_group() as group:
-            group.start_soon(lambda: commits.run(clock=clock))
-            for step in [(1,), (2,), 0.05, 0.05]:
-                if isinstance(step, tuple):
-                    write_pages(commits, *step)
-                else:
-                    clock.advance(step)
-                await anyio.wait_all_tasks_blocked()
-                seen.append(commits.pages_committed)
-            group.cancel_scope.cancel()
-
-    with committer(tmp_path) as commits:
-        anyio.run(main)
-
-    assert seen == [1, 1, 1, 2]
+    assert committed_by_run(tmp_path, None, [(1,), (2,), 0.05, 0.05]) == [1, 1, 1, 2]
 
 
 @pytest.mark.usefixtures("inline_fsyncs")

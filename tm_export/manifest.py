@@ -13,7 +13,8 @@ leaves nothing to repair. So a record is never both kept and fetched again, and 
 committed record is never lost. See ``docs/reliability.md``.
 
 Commits are grouped: ``Committer.run`` starts one at most every ``COMMIT_INTERVAL``
-seconds, and sooner when half of ``MAX_UNCOMMITTED`` pages wait. At most
+seconds, and sooner when half of ``MAX_UNCOMMITTED`` pages wait or a request waits for
+room. At most
 ``MAX_UNCOMMITTED`` pages are being fetched, or written and not yet committed, at any
 time: a request for a new page first reserves room for it (``reserve_room``), so a crash
 never throws away more fetched work.

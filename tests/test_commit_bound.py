@@ -1,4 +1,4 @@
-"""Grouped commits (``Committer.run``) and the bound on pages written but not committed."""
+"""Grouped commits (``Committer.run``) and the bound on pages fetched or not yet committed."""
 
 from __future__ import annotations
 
@@ -368,8 +368,8 @@ def test_full_bound_starts_commit_at_once(tmp_path: Path, monkeypatch: pytest.Mo
             for _ in range(6):
                 await commits.reserve_room()
             write_pages(commits, 2, 3)
-            # Two pages written and six reserved fill the bound of eight with page 1
-            # committed: under half waits, so only a fetch that finds no room presses.
+            # Pages 2 and 3 written and six reserved fill the bound of eight. Under half of
+            # it waits for a commit, so only a fetch that finds no room starts one.
             group.start_soon(fetch_page)
             await anyio.wait_all_tasks_blocked()
             group.cancel_scope.cancel()

@@ -17,7 +17,7 @@ seconds, and sooner when half of ``MAX_UNCOMMITTED`` pages wait or a request wai
 room. At most
 ``MAX_UNCOMMITTED`` pages are being fetched, or written and not yet committed, at any
 time: a request for a new page first reserves room for it (``reserve_room``), so a crash
-never throws away more fetched work.
+throws away at most that many fetched pages.
 """
 
 from __future__ import annotations
@@ -273,9 +273,10 @@ class Committer:
         self._waiting_pages = 0
         """Pages queued for the next commit, not counting those of a commit under way."""
         self._pressed = False
-        """Whether half the bound of pages waits, so the next commit starts without a pause."""
+        """Whether the next commit starts without a pause: half the bound waits, or a request
+        waits for room."""
         self._pause: anyio.CancelScope | None = None
-        """The wait between two commits, while ``run`` waits; cancelled when pages press."""
+        """The pause between two commits while ``run`` is in it, which ``_press`` cancels."""
         self.committed_ends: dict[str, int] = {name: f.size for name, f in files.items()}
         self.pages_committed = 0
         self.records_committed = 0

@@ -44,7 +44,7 @@ class KeySet:
     #: as measured with tracemalloc on Python 3.11 (630 and 74), rounded.
     BLOCK_BYTES = 640
     SET_BYTES_PER_KEY = 75
-    #: Integer keys at which the form is first chosen; then again at each doubling.
+    #: Integer keys at which the form is first chosen, and again at each doubling.
     FIRST_CHECK = 4096
 
     def __init__(self) -> None:

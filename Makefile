@@ -37,5 +37,5 @@ format: $(STAMP) ## Reformat the code with ruff
 bench: $(STAMP) ## Run the benchmarks in bench/ (not part of the tests)
 	$(BIN)/python bench/run.py
 
-clean: ## Remove the virtualenv, caches and exports/
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache exports
+clean: ## Remove the virtualenv, caches, exports/ and bench/.work/ (the peers stay)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache exports bench/.work

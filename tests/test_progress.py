@@ -12,6 +12,8 @@ from pathlib import Path
 import orjson
 
 from tm_export.mock import MockServer
+from tm_export.progress import Progress, StreamProgress
+from tm_export.reporting import status_line
 
 from .conftest import run_cli, run_process, write_recipe
 
@@ -31,9 +33,9 @@ streams:
 """
 
 STATUS = re.compile(
-    r"^tm-export: INFO: progress: \d+m\d\ds elapsed, \d+ requests \(\d+\.\d/s\), \d+ retries; "
-    r"projects \d+/1 partitions \d+ records; activities \d+/(\d+|\?) partitions \d+ records; "
-    r"stats \d+/5 partitions \d+ records$"
+    r"^tm-export: INFO: progress: \d+m\d\ds elapsed, \d+ requests? \(\d+\.\d/s\), "
+    r"\d+ retr(y|ies); projects \d+/1 partitions \d+ records?; "
+    r"activities \d+/(\d+|\?) partitions \d+ records?; stats \d+/5 partitions \d+ records?$"
 )
 
 
@@ -55,6 +57,20 @@ def test_plain_status_lines(tmp_path: Path, mock: MockServer) -> None:
     assert lines[-6].split() == ["stream", "done", "skipped", "failed", "records", "duplicates"]
     assert lines[-1] == "result: complete (exit 0)"
     assert "\x1b[" not in process.stderr
+
+
+def test_status_line_counts_one_and_many() -> None:
+    one = StreamProgress("projects", 1, 0, 0, 1, 1, 1, 0)
+    many = StreamProgress("tasks", 2, 0, 1, None, 4, 30, 2)
+
+    first = status_line(Progress(2.0, 1, 1, (one,)))
+    later = status_line(Progress(75.0, 12, 3, (one, many)))
+
+    assert first == "0m02s elapsed, 1 request (0.5/s), 1 retry; projects 1/1 partitions 1 record"
+    assert later == (
+        "1m15s elapsed, 12 requests (0.2/s), 3 retries; projects 1/1 partitions 1 record; "
+        "tasks 3/? partitions 30 records"
+    )
 
 
 def test_quiet_shows_no_progress(tmp_path: Path, mock: MockServer) -> None:

@@ -19,20 +19,30 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{minute:02d}m" if hours else f"{minute}m{second:02d}s"
 
 
+def _counted(number: int, one: str, many: str) -> str:
+    return f"{number} {one if number == 1 else many}"
+
+
 def _partitions(stream: StreamProgress) -> str:
     known = "?" if stream.known is None else str(stream.known)
     return f"{stream.finished}/{known}"
 
 
+def _requests(progress: Progress) -> str:
+    requests = _counted(progress.requests, "request", "requests")
+    return f"{requests} ({progress.requests_per_second:.1f}/s)"
+
+
 def status_line(progress: Progress) -> str:
     """Return one line that sums up a snapshot, for logs that people skim."""
     parts = [
-        f"{stream.name} {_partitions(stream)} partitions {stream.records} records"
+        f"{stream.name} {_partitions(stream)} partitions "
+        f"{_counted(stream.records, 'record', 'records')}"
         for stream in progress.streams
     ]
     return (
-        f"{_duration(progress.elapsed)} elapsed, {progress.requests} requests "
-        f"({progress.requests_per_second:.1f}/s), {progress.retries} retries; " + "; ".join(parts)
+        f"{_duration(progress.elapsed)} elapsed, {_requests(progress)}, "
+        f"{_counted(progress.retries, 'retry', 'retries')}; " + "; ".join(parts)
     )
 
 
@@ -96,8 +106,8 @@ class LiveReporter:
         from rich.table import Table
 
         table = Table(
-            title=f"tm-export: {progress.requests} requests "
-            f"({progress.requests_per_second:.1f}/s), {progress.retries} retries, "
+            title=f"tm-export: {_requests(progress)}, "
+            f"{_counted(progress.retries, 'retry', 'retries')}, "
             f"{_duration(progress.elapsed)} elapsed"
         )
         for column in ("stream", "partitions", "pages", "records", "duplicates", "ETA"):

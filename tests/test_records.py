@@ -11,7 +11,6 @@ from tm_export.records import (
     PathReach,
     encode_lines,
     field_values,
-    new_records,
     path_reach,
     record_key,
     strip_partition,
@@ -102,72 +101,6 @@ def test_key_set_agrees_with_set() -> None:
     # Far ids make most of the integer keys by the end, so they went back to the set.
     assert len(keys) == len(reference)
     assert keys.blocks == 0
-
-
-def test_add_new_ints_takes_only_distinct_new_ints() -> None:
-    keys = KeySet()
-
-    assert keys.add_new_ints([3, 1, 2])
-    assert not keys.add_new_ints([4, 3])  # 3 is already here
-    assert not keys.add_new_ints([5, 5])  # 5 repeats
-    assert not keys.add_new_ints([6, -1])
-    assert not keys.add_new_ints([7, True])
-    assert not keys.add_new_ints([8, None])
-    assert not keys.add_new_ints([])
-
-    # A refused batch adds nothing, so each of its keys is still new.
-    assert [keys.add(key) for key in (4, 5, 6, -1, 7, True, 8)] == [True] * 7
-    assert len(keys) == 10
-
-
-def test_add_new_ints_chooses_the_form_at_the_threshold() -> None:
-    keys = KeySet()
-
-    assert keys.add_new_ints(list(range(4_000)))
-    assert keys.blocks == 0
-    assert keys.add_new_ints(list(range(4_000, 4_096)))
-
-    # The bitmap holds them now; batches then take the per-key path.
-    assert keys.blocks == 1
-    assert not keys.add_new_ints([5_000])
-    assert not keys.add(4_095)
-    assert len(keys) == 4_096
-
-
-def test_new_records_drops_keys_already_seen() -> None:
-    seen = KeySet()
-
-    first = new_records("projectId", [{"projectId": 1}, {"projectId": 2}], seen)
-    again = new_records("projectId", [{"projectId": 2}, {"projectId": 3}, {"projectId": 3}], seen)
-    keyless = new_records("projectId", [{"name": "x"}, {"name": "x"}], seen)
-    nested = new_records("properties.taskId", [{"properties": {"taskId": 1}}] * 2, KeySet())
-
-    assert first == ([{"projectId": 1}, {"projectId": 2}], 0)
-    assert again == ([{"projectId": 3}], 2)
-    assert keyless == ([{"name": "x"}, {"name": "x"}], 0)
-    assert nested == ([{"properties": {"taskId": 1}}], 1)
-    assert new_records(None, [{"projectId": 1}], seen) == ([{"projectId": 1}], 0)
-
-
-def test_new_records_agrees_with_one_key_at_a_time() -> None:
-    rng = random.Random(20261205)
-    batched, single = KeySet(), KeySet()
-    # Pages of mostly new ids, some repeating within the page or an earlier one, some
-    # with keys that are not non-negative ints.
-    for _ in range(2_000):
-        page = [
-            {"id": rng.choice([rng.randrange(10**6), rng.randrange(50), -1, "a", None, True])}
-            if rng.random() < 0.1
-            else {"id": rng.randrange(10**6)}
-            for _ in range(rng.randrange(15))
-        ]
-
-        fresh, duplicates = new_records("id", page, batched)
-
-        expected = [record for record in page if record["id"] is None or single.add(record["id"])]
-        assert fresh == expected
-        assert duplicates == len(page) - len(expected)
-    assert len(batched) == len(single)
 
 
 def test_encode_lines_splices_partition() -> None:

@@ -23,14 +23,7 @@ from .errors import ManifestError
 from .incremental import updated_since
 from .manifest import Committer, PageRecord
 from .recipe import StreamSpec
-from .records import (
-    ShapeError,
-    encode_lines,
-    extract_records,
-    new_records,
-    record_key,
-    strip_partition,
-)
+from .records import ShapeError, encode_lines, extract_records, record_key, strip_partition
 from .walk import PageResult, PartitionWalk, StreamStats, pagination_facts, with_partition
 
 logger = logging.getLogger("tm_export.pages")
@@ -98,7 +91,14 @@ class PageWriter:
         page_count, total, has_next = pagination_facts(pagination)
         records = self._drop_archived(walk, received)
 
-        fresh, duplicates = new_records(self._spec.endpoint.key, records, walk.seen)
+        fresh: list[Any] = []
+        duplicates = 0
+        for record in records:
+            key = record_key(self._spec.endpoint.key, record)
+            if key is not None and not walk.seen.add(key):
+                duplicates += 1
+                continue
+            fresh.append(record)
 
         if walk.scout:
             start = end = 0

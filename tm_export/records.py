@@ -83,26 +83,6 @@ class KeySet:
         self._size += 1
         return True
 
-    def add_new_ints(self, keys: list[Any]) -> bool:
-        """Add ``keys`` when each is a non-negative int, none repeats and none is here yet.
-
-        Returns False, and adds nothing, otherwise. It is the common case of a page of
-        records with distinct integer ids, checked with set operations that run in C;
-        a caller then falls back to ``add`` for each key.
-        """
-        if self._blocks is not None or not keys or set(map(type, keys)) != {int} or min(keys) < 0:
-            return False
-        new = set(keys)
-        if len(new) != len(keys) or not self._ints.isdisjoint(new):
-            return False
-
-        self._ints |= new
-        self._int_count += len(new)
-        self._size += len(new)
-        if self._int_count >= self._next_check:
-            self._choose_form()
-        return True
-
     def _choose_form(self) -> None:
         """Keep the integer keys in the set or the bitmap, whichever takes less memory.
 
@@ -177,26 +157,6 @@ def record_key(key_path: str | None, record: Any) -> Hashable | None:
             return None
         value = value.get(part)
     return _hashable(value)
-
-
-def new_records(key_path: str | None, records: list[Any], seen: KeySet) -> tuple[list[Any], int]:
-    """Return the records whose keys ``seen`` does not hold yet, and how many it held.
-
-    The keys of the new records are added to ``seen``. Records without a key are always new.
-    """
-    if key_path is None:
-        return records, 0
-    if key_path != WHOLE_BODY and "." not in key_path:
-        keys = [record.get(key_path) if type(record) is dict else None for record in records]
-        if seen.add_new_ints(keys):
-            return records, 0
-
-    fresh: list[Any] = []
-    for record in records:
-        key = record_key(key_path, record)
-        if key is None or seen.add(key):
-            fresh.append(record)
-    return fresh, len(records) - len(fresh)
 
 
 def field_values(record: Any, field_path: str) -> list[Any]:

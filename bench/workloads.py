@@ -174,9 +174,10 @@ def measure_subjects(
             )
             deliveries[subject.name].append(delivery)
             shown_concurrency = 1 if subject.sequential else concurrency
+            records = sum(delivery.records.values())
             print(
-                f"  {subject.name} c={shown_concurrency}: {delivery.measurement.wall_s:.2f} s, "
-                f"{sum(delivery.records.values())} records",
+                f"  {subject.name} c={shown_concurrency}: {delivery.measurement.wall_s:.2f} s"
+                + (f", {records} records" if delivery.records else ""),
                 flush=True,
             )
     return deliveries
@@ -211,19 +212,32 @@ def check_records(rows: list[dict[str, Any]], expected: dict[str, int]) -> list[
     return notes
 
 
-def run_probe(server: ServerProcess, requests: int, concurrency: int, folder: Path) -> Delivery:
-    """Run ``probe.py``: the same number of requests as tm-export sent, to the heartbeat."""
-    fresh_folder(folder)
-    wait_for_quiet()
-    command = [str(PYTHON), str(BENCH / "probe.py"), "--url", server.api_url + "/system/heartbeat/"]
-    command += ["--requests", str(requests), "--concurrency", str(concurrency)]
-    measurement = run_measured(
-        command, log=folder / "stderr.log", stdout=folder / "probe.json", server_pid=server.pid
-    )
-    measured = orjson.loads((folder / "probe.json").read_bytes())
-    measurement.extra.update(requests=measured["requests"], p50_ms=measured["p50_ms"])
-    print(f"  probe.py c={concurrency}: {measurement.wall_s:.2f} s", flush=True)
-    return Delivery(measurement, {}, command)
+class Probe:
+    """``probe.py``: as many requests as tm-export sends, to the heartbeat, and nothing else.
+
+    It runs in the same rounds as the other subjects, so that its floor belongs to the
+    same moment as their times on a machine whose speed drifts.
+    """
+
+    name = "probe.py"
+    max_runs = None
+    sequential = False
+    optional = False
+
+    def __init__(self, requests: int) -> None:
+        self.requests = requests
+
+    def run(self, server: ServerProcess, concurrency: int, folder: Path) -> Delivery:
+        fresh_folder(folder)
+        command = [str(PYTHON), str(BENCH / "probe.py")]
+        command += ["--url", server.api_url + "/system/heartbeat/"]
+        command += ["--requests", str(self.requests), "--concurrency", str(concurrency)]
+        measurement = run_measured(
+            command, log=folder / "stderr.log", stdout=folder / "probe.json", server_pid=server.pid
+        )
+        measured = orjson.loads((folder / "probe.json").read_bytes())
+        measurement.extra.update(p50_ms=measured["p50_ms"])
+        return Delivery(measurement, {}, command)
 
 
 def w1_throughput(settings: Settings) -> dict[str, Any]:
@@ -292,18 +306,21 @@ def w2_latency(settings: Settings) -> dict[str, Any]:
     failures: list[str] = []
     with mock_server(settings.w2_projects, latency, "w2") as server:
         expected = expected_counts(server)
-        LimitScript().run(server, 32, folder / "warm-up")
+        # The untimed pass, which fills the mock's caches, also gives the probe its count.
+        server.post_json("/__mock__/reset-log")
+        TmExport().run(server, 32, folder / "warm-up")
+        probe_subject = Probe(len(server.get_json("/__mock__/requests")["requests"]))
         for concurrency in settings.w2_concurrency:
             deliveries = measure_subjects(
-                subjects, server, concurrency, settings.runs, folder, failures
+                [subjects[0], probe_subject, *subjects[1:]],
+                server,
+                concurrency,
+                settings.runs,
+                folder,
+                failures,
             )
-            requests = deliveries[TmExport.name][0].measurement.extra["requests"]
-            deliveries["probe.py"] = [
-                run_probe(server, requests, concurrency, folder / "probe")
-                for _ in range(settings.runs)
-            ]
             measured = subject_rows(subjects, deliveries, concurrency=concurrency)
-            probe = row("probe.py", deliveries["probe.py"], concurrency=concurrency)
+            probe = row(Probe.name, deliveries[Probe.name], concurrency=concurrency)
             probe["probe"] = True
             probe["p50_ms"] = Spread.of(
                 [d.measurement.extra["p50_ms"] for d in deliveries["probe.py"]]

@@ -90,6 +90,38 @@ def test_verify_complete_run(tmp_path: Path, mock: MockServer, read_block: None)
     )
 
 
+ONE_RECORD_RECIPE = """\
+version: 1
+instance: {rate_limit: 10000/s}
+output: OUT
+streams:
+  project:
+    endpoint: project
+    params: {project_id: 1}
+"""
+
+
+def test_one_record_takes_singular(tmp_path: Path, mock: MockServer) -> None:
+    """A count of one takes the singular noun, and its verb agrees."""
+    recipe = write_recipe(tmp_path, ONE_RECORD_RECIPE)
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet").exit_code == 0
+    run = tmp_path / "out/runs/0001"
+    path = run / "data/project.jsonl"
+
+    verified = run_cli("verify", str(tmp_path / "out"))
+    status = run_cli("status", str(tmp_path / "out"))
+
+    assert verified.exit_code == 0, verified.stderr
+    assert verified.stdout.splitlines() == [
+        f"{run}: complete; 1 stream file",
+        f"  ok        data/project.jsonl: 1 record, {path.stat().st_size} bytes, "
+        f"sha256 {sha256(path)}",
+        "verified 1 run: 1 stream file matches the manifest",
+    ]
+    assert status.exit_code == 0, status.stderr
+    assert status.stdout.splitlines()[-1].endswith("  1 session  1 record")
+
+
 def test_verify_json(tmp_path: Path, mock: MockServer) -> None:
     """--json reports the same facts per file."""
     run = export(tmp_path, mock)

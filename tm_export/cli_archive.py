@@ -41,6 +41,7 @@ from .verify import (
     format_checks,
     locate_run,
 )
+from .words import counted
 
 PLAN_EXIT_CODES = """\b
 Exit codes:
@@ -381,7 +382,7 @@ def snapshot(folder: Path, destination: Path) -> None:
     click.echo(f"{written.folder}: a snapshot of runs {runs}")
     width = max(len(name) for name in written.records)
     for name, count in written.records.items():
-        click.echo(f"  {name:<{width}}  {count} records")
+        click.echo(f"  {name:<{width}}  {counted(count, 'record')}")
     if written.deleted:
         click.echo(f"  left out: deleted projects {', '.join(map(str, written.deleted))}")
     if written.failed:

@@ -7,6 +7,7 @@ from types import TracebackType
 from typing import TextIO
 
 from .progress import Progress, StreamProgress
+from .words import counted
 
 logger = logging.getLogger("tm_export.progress")
 
@@ -19,30 +20,25 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{minute:02d}m" if hours else f"{minute}m{second:02d}s"
 
 
-def _counted(number: int, one: str, many: str) -> str:
-    return f"{number} {one if number == 1 else many}"
-
-
 def _partitions(stream: StreamProgress) -> str:
     known = "?" if stream.known is None else str(stream.known)
     return f"{stream.finished}/{known}"
 
 
 def _requests(progress: Progress) -> str:
-    requests = _counted(progress.requests, "request", "requests")
+    requests = counted(progress.requests, "request")
     return f"{requests} ({progress.requests_per_second:.1f}/s)"
 
 
 def status_line(progress: Progress) -> str:
     """Return one line that sums up a snapshot, for logs that people skim."""
     parts = [
-        f"{stream.name} {_partitions(stream)} partitions "
-        f"{_counted(stream.records, 'record', 'records')}"
+        f"{stream.name} {_partitions(stream)} partitions {counted(stream.records, 'record')}"
         for stream in progress.streams
     ]
     return (
         f"{_duration(progress.elapsed)} elapsed, {_requests(progress)}, "
-        f"{_counted(progress.retries, 'retry', 'retries')}; " + "; ".join(parts)
+        f"{counted(progress.retries, 'retry', 'retries')}; " + "; ".join(parts)
     )
 
 
@@ -107,7 +103,7 @@ class LiveReporter:
 
         table = Table(
             title=f"tm-export: {_requests(progress)}, "
-            f"{_counted(progress.retries, 'retry', 'retries')}, "
+            f"{counted(progress.retries, 'retry', 'retries')}, "
             f"{_duration(progress.elapsed)} elapsed"
         )
         for column in ("stream", "partitions", "pages", "records", "duplicates", "ETA"):

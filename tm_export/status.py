@@ -31,6 +31,7 @@ from .verify import (
     run_state_label,
     scan_manifest,
 )
+from .words import counted
 
 #: Characters of a partition's error message shown in the text report.
 ERROR_CHARS = 160
@@ -381,8 +382,8 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
                 ", ".join(flags),
                 f"started {run.header.get('started')}",
                 f"ended {run.ended}" if run.ended else "not ended",
-                f"{len(run.sessions)} session{'s' if len(run.sessions) != 1 else ''}",
-                f"{run.records} records",
+                counted(len(run.sessions), "session"),
+                counted(run.records, "record"),
             )
         )
     widths = [max(len(row[i]) for row in history_rows) for i in range(len(history_rows[0]))]

@@ -46,6 +46,7 @@ from .errors import ExitCode, TmExportError
 from .journal import JournalExtent, scan_journal
 from .layout import DATA_FOLDER, MANIFEST_NAME, list_runs, run_codec, runs_folder, stream_path
 from .manifest import ManifestState
+from .words import counted
 
 logger = logging.getLogger("tm_export.verify")
 
@@ -973,14 +974,12 @@ def format_checks(checks: list[RunCheck]) -> str:
         if check.paths.bagged:
             flags.append("a bag")
         count = len(check.streams)
-        lines.append(
-            f"{check.paths.folder}: {', '.join(flags)}; {count} stream file{'s' if count != 1 else ''}"
-        )
+        lines.append(f"{check.paths.folder}: {', '.join(flags)}; {counted(count, 'stream file')}")
         for stream in check.streams:
             if stream.ok:
                 canonical = ", canonical" if stream.canonical else ""
                 lines.append(
-                    f"  ok        {stream.file}: {stream.records} records, "
+                    f"  ok        {stream.file}: {counted(stream.records, 'record')}, "
                     f"{stream.committed_end} bytes{canonical}, sha256 {stream.sha256}"
                 )
             for problem in stream.problems:
@@ -995,14 +994,15 @@ def format_checks(checks: list[RunCheck]) -> str:
     mismatches = sum(check.mismatches for check in checks)
     files = sum(len(check.streams) for check in checks)
     bad_files = sum(1 for check in checks for stream in check.streams if not stream.ok)
-    runs = f"{len(checks)} run{'s' if len(checks) != 1 else ''}"
+    runs = counted(len(checks), "run")
     if mismatches:
         lines.append(
-            f"verified {runs}: {mismatches} mismatch{'es' if mismatches != 1 else ''} "
-            f"({bad_files} of {files} stream files); exit 3"
+            f"verified {runs}: {counted(mismatches, 'mismatch', 'mismatches')} "
+            f"({bad_files} of {counted(files, 'stream file')}); exit 3"
         )
     else:
-        lines.append(f"verified {runs}: {files} stream files match the manifest")
+        agree = "matches" if files == 1 else "match"
+        lines.append(f"verified {runs}: {counted(files, 'stream file')} {agree} the manifest")
     return "\n".join(lines)
 
 

@@ -1,0 +1,13 @@
+"""Counts in messages: the noun agrees with the number."""
+
+from __future__ import annotations
+
+from tm_export.words import counted
+
+
+def test_counted_singular_plural_and_irregular() -> None:
+    assert counted(1, "record") == "1 record"
+    assert counted(0, "record") == "0 records"
+    assert counted(2, "stream file") == "2 stream files"
+    assert counted(1, "retry", "retries") == "1 retry"
+    assert counted(3, "retry", "retries") == "3 retries"

@@ -39,3 +39,4 @@ bench: $(STAMP) ## Run the benchmarks in bench/ (not part of the tests)
 
 clean: ## Remove the virtualenv, caches, exports/ and bench/.work/ (the peers stay)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache exports bench/.work
+	find tm_export tests scripts bench -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -319,6 +319,12 @@ def w2_latency(settings: Settings) -> dict[str, Any]:
                 folder,
                 failures,
             )
+            sent = {d.measurement.extra["requests"] for d in deliveries[TmExport.name]}
+            if sent != {probe_subject.requests}:
+                failures.append(
+                    f"c={concurrency}: tm-export sent {sorted(sent)} requests, but the probe "
+                    f"sent {probe_subject.requests}, so the probe's floor is for another job"
+                )
             measured = subject_rows(subjects, deliveries, concurrency=concurrency)
             probe = row(Probe.name, deliveries[Probe.name], concurrency=concurrency)
             probe["probe"] = True

@@ -28,6 +28,7 @@ from .redact import Redactor
 from .reporting import LiveReporter, PlainReporter
 from .schema import RECIPE_SCHEMA
 from .summary import format_summary, summary_json
+from .words import counted
 
 EXIT_CODES = """\b
 Exit codes:
@@ -381,7 +382,7 @@ def validate(recipe: Path) -> None:
         fail(error, ExitCode.USAGE)
 
     count = len(loaded.streams)
-    click.echo(f"{recipe}: valid recipe with {count} stream{'' if count == 1 else 's'}")
+    click.echo(f"{recipe}: valid recipe with {counted(count, 'stream')}")
     for name, spec in loaded.streams.items():
         parent = spec.parent
         source = f" (values from {parent.stream}.{parent.field})" if parent else ""

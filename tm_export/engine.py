@@ -71,6 +71,7 @@ from .sink import StreamFile
 from .stream import StreamRunner
 from .verify import interrupted_bag_folder
 from .walk import StreamStats
+from .words import counted
 
 logger = logging.getLogger("tm_export.engine")
 
@@ -390,13 +391,13 @@ class _Session:
         variable = self.recipe.instance.token_env
         if variable is None:
             raise RecipeError(
-                f"{run_folder}: {with_token} earlier session{'s' if with_token != 1 else ''} of "
+                f"{run_folder}: {counted(with_token, 'earlier session')} of "
                 f"this run sent an API token, but {self.recipe.path} names no instance.token_env "
                 "now, so this session would skip the private projects that the token could read; put "
                 "token_env back in the recipe and run the same command again"
             )
         raise RecipeError(
-            f"{run_folder}: {with_token} earlier session{'s' if with_token != 1 else ''} of this "
+            f"{run_folder}: {counted(with_token, 'earlier session')} of this "
             f"run sent an API token, and {variable} is not set or empty now, so this session "
             "would skip the private projects that the token could read; export "
             f"{variable} and run the same command again, or give --start-over for an "
@@ -823,7 +824,7 @@ class _Session:
         name, partition, error = unread[0]
         total = len(unread)
         raise FatalError(
-            f"shard {index}/{count} could not read {total} partition{'s' if total != 1 else ''} "
+            f"shard {index}/{count} could not read {counted(total, 'partition')} "
             f"that another shard writes (first: {name} {partition}: {error}), so the child "
             f"partitions named by their records are unknown; the run is left unfinished: "
             f"{self.rerun} to resume"

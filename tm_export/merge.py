@@ -53,6 +53,7 @@ from .layout import (
 from .manifest import latest_session
 from .runrecord import require_verified, write_run_record
 from .verify import RunPaths, check_run, find_runs, scan_manifest
+from .words import counted
 
 logger = logging.getLogger("tm_export.merge")
 
@@ -257,7 +258,7 @@ def _failed_text(failed: dict[str, list[str]], limit: int = 5) -> str:
     for stream, ids in failed.items():
         more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
         parts.append(f"{stream} {', '.join(ids[:limit])}{more}")
-    return f"{total} failed partition{'s' if total != 1 else ''}: {'; '.join(parts)}"
+    return f"{counted(total, 'failed partition')}: {'; '.join(parts)}"
 
 
 def _retry_command(shards: list[Shard], output: Path) -> str:
@@ -566,10 +567,7 @@ def describe(result: MergeResult) -> str:
             f"so nothing was written; 'tm-export status {result.run_folder}' shows what it holds"
         )
     lines = [f"merged run: {result.run_folder}"]
-    lines += [
-        f"  {name}: {count} record{'s' if count != 1 else ''}"
-        for name, count in result.records.items()
-    ]
+    lines += [f"  {name}: {counted(count, 'record')}" for name, count in result.records.items()]
     if result.failed:
         lines.append(f"  {_failed_text(result.failed)}")
     return "\n".join(lines)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from .words import counted
+
 #: A parameter value as it appears in a partition: an integer or a string.
 Scalar = int | str
 
@@ -124,10 +126,12 @@ class Step:
                 return day + dt.timedelta(weeks=count)
             return _add_months(day, count * (12 if self.unit == "year" else 1))
         except (OverflowError, ValueError):
-            raise OverflowError(f"{day} + {count} {self.unit}s is after {dt.date.max}") from None
+            raise OverflowError(
+                f"{day} + {counted(count, self.unit)} is after {dt.date.max}"
+            ) from None
 
     def __str__(self) -> str:
-        return f"{self.count} {self.unit}{'s' if self.count != 1 else ''}"
+        return counted(self.count, self.unit)
 
 
 def _add_months(day: dt.date, months: int) -> dt.date:

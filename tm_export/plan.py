@@ -41,6 +41,7 @@ from .query import QueryBuilder
 from .recipe import Recipe, StreamSpec
 from .redact import Redactor
 from .stream import SKIP_STATUSES
+from .words import counted
 
 logger = logging.getLogger("tm_export.plan")
 
@@ -391,7 +392,7 @@ def format_plan(plan: Plan) -> str:
         sent = f"probed {plan.base_url} with {plan.probe_requests} request"
         sent += "s" if plan.probe_requests != 1 else ""
     shard = f" (shard {plan.shard[0]}/{plan.shard[1]})" if plan.shard else ""
-    streams = f"{count} stream{'s' if count != 1 else ''}"
+    streams = counted(count, "stream")
     lines = [f"plan for {plan.recipe.path}{shard}: {streams}; {sent}"]
 
     rows: list[tuple[str, ...]] = [("stream", "endpoint", "partitions", "requests")]
@@ -480,7 +481,7 @@ def _stream_notes(stream: StreamPlan, shard: tuple[int, int] | None) -> list[str
         )
     if stream.probe is not None:
         probe = stream.probe
-        parts = [f"probed {probe.probed} partition{'s' if probe.probed != 1 else ''}"]
+        parts = [f"probed {counted(probe.probed, 'partition')}"]
         if probe.skipped:
             parts.append(f"{probe.skipped} skipped (403/404)")
         if probe.failed:

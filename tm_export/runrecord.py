@@ -53,6 +53,7 @@ from .layout import MANIFEST_NAME
 from .manifest import latest_session
 from .status import FINAL_STATES, run_status
 from .verify import RunCheck, RunStateError, check_run, fsync_path, locate_run
+from .words import counted
 
 if TYPE_CHECKING:
     from .engine import RunResult
@@ -121,7 +122,7 @@ def require_verified(check: RunCheck, consequence: str) -> None:
         return
     problems = [f"{s.file}: {p}" for s in check.streams for p in s.problems] + check.problems
     raise RunDamagedError(
-        f"{check.paths.folder}: {len(problems)} mismatch{'es' if len(problems) != 1 else ''} "
+        f"{check.paths.folder}: {counted(len(problems), 'mismatch', 'mismatches')} "
         f"in its files, {consequence}: {'; '.join(problems[:5])}"
         + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         + f". Run 'tm-export verify {check.paths.folder}' for the full report"

@@ -59,12 +59,12 @@ def test_plain_status_lines(tmp_path: Path, mock: MockServer) -> None:
     assert "\x1b[" not in process.stderr
 
 
-def test_status_line_counts_one_and_many() -> None:
-    one = StreamProgress("projects", 1, 0, 0, 1, 1, 1, 0)
-    many = StreamProgress("tasks", 2, 0, 1, None, 4, 30, 2)
+def test_status_line_singular_and_plural() -> None:
+    projects = StreamProgress("projects", 1, 0, 0, 1, 1, 1, 0)
+    tasks = StreamProgress("tasks", 2, 0, 1, None, 4, 30, 2)
 
-    first = status_line(Progress(2.0, 1, 1, (one,)))
-    later = status_line(Progress(75.0, 12, 3, (one, many)))
+    first = status_line(Progress(2.0, 1, 1, (projects,)))
+    later = status_line(Progress(75.0, 12, 3, (projects, tasks)))
 
     assert first == "0m02s elapsed, 1 request (0.5/s), 1 retry; projects 1/1 partitions 1 record"
     assert later == (

@@ -329,7 +329,7 @@ def w2_latency(settings: Settings) -> dict[str, Any]:
             probe = row(Probe.name, deliveries[Probe.name], concurrency=concurrency)
             probe["probe"] = True
             probe["p50_ms"] = Spread.of(
-                [d.measurement.extra["p50_ms"] for d in deliveries["probe.py"]]
+                [d.measurement.extra["p50_ms"] for d in deliveries[Probe.name]]
             ).to_json()
             for entry in [*measured, probe]:
                 entry["run_concurrency"] = concurrency

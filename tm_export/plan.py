@@ -389,8 +389,7 @@ def format_plan(plan: Plan) -> str:
     elif plan.probe_requests == 0:
         sent = f"nothing was sent: nothing to probe at {plan.base_url}"
     else:
-        sent = f"probed {plan.base_url} with {plan.probe_requests} request"
-        sent += "s" if plan.probe_requests != 1 else ""
+        sent = f"probed {plan.base_url} with {counted(plan.probe_requests, 'request')}"
     shard = f" (shard {plan.shard[0]}/{plan.shard[1]})" if plan.shard else ""
     streams = counted(count, "stream")
     lines = [f"plan for {plan.recipe.path}{shard}: {streams}; {sent}"]
@@ -457,8 +456,8 @@ def _stream_notes(stream: StreamPlan, shard: tuple[int, int] | None) -> list[str
     if shard is not None and stream.parent is None:
         total = stream.per_parent_value
         note = (
-            f"{stream.name}: shard {shard[0]}/{shard[1]} writes {stream.partitions} of {total} "
-            f"partition{'s' if total != 1 else ''}"
+            f"{stream.name}: shard {shard[0]}/{shard[1]} writes {stream.partitions} of "
+            f"{counted(total, 'partition')}"
         )
         if stream.read_only:
             note += (

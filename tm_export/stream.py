@@ -36,6 +36,7 @@ from .query import QueryBuilder
 from .recipe import StreamSpec
 from .records import PathReach, ShapeError, empty_path_reason, path_reach, reaches_further
 from .walk import PageResult, PartitionWalk, StreamStats, combinations
+from .words import counted
 
 logger = logging.getLogger("tm_export.stream")
 
@@ -247,8 +248,8 @@ class StreamRunner:
             count = self._records_offered
             fact, advice = empty_path_reason(path, reach)
             message = (
-                f"no string or integer value for {path} in the {count} "
-                f"record{'' if count == 1 else 's'} of {self.spec.name} ({fact}), so "
+                f"no string or integer value for {path} in the {counted(count, 'record')} "
+                f"of {self.spec.name} ({fact}), so "
                 f"{feed.name} has no partitions"
             )
             if advice is None:

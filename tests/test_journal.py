@@ -169,7 +169,7 @@ def test_replay_keeps_largest_page_count() -> None:
     state = ManifestState.replay(entries, keep_done_pages=False)
 
     partition = state.streams["s"].partitions["a"]
-    assert partition.page_count == 3
+    assert partition.reading.page_count == 3
     assert partition.total == 20
 
 
@@ -183,6 +183,34 @@ def test_replay_keeps_pages_of_failed_partitions() -> None:
 
     partition = state.streams["s"].partitions["a"]
     assert sorted(partition.pages) == [1, 2]
-    assert partition.page_count == 3
+    assert partition.reading.page_count == 3
     assert partition.final == failed
     assert state.streams["s"].done == {}
+
+
+def test_replay_follows_readings() -> None:
+    """Pages of a second reading resume that reading, and the fall of the first is kept."""
+    header = {"t": "run", "format": 1, "streams": {"s": {}}}
+    page = {"t": "page", "s": "s", "p": "a", "records": 1, "pages": 2}
+    entries = iter(
+        [
+            header,
+            {**page, "n": 1, "start": 0, "end": 5, "total": 20},
+            {**page, "n": 2, "start": 5, "end": 9, "total": 19},
+            {**page, "n": 1, "start": 9, "end": 14, "total": 19, "reading": 2},
+        ]
+    )
+
+    state = ManifestState.replay(entries, keep_done_pages=False)
+
+    partition = state.streams["s"].partitions["a"]
+    assert sorted(partition.pages) == [1, 2]
+    assert sorted(partition.later_pages) == [(2, 1)]
+    assert [page.start for page in partition.all_pages()] == [0, 5, 9]
+    assert (partition.has_page(1), partition.has_page(2)) == (True, False)
+    assert (partition.reading.number, partition.reading.changed, partition.reading.fell) == (
+        2,
+        False,
+        False,
+    )
+    assert (partition.total_fell, partition.total) == (True, 19)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import subprocess
 import sys
@@ -20,6 +21,27 @@ from .conftest import data_file, export_here, run_cli, write_recipe
 from .test_crash import RECIPE, compare, multiset, reference, start_held
 
 SEARCH = r"^/api/v2/projects/$"
+
+
+PROJECTS_RECIPE = """\
+version: 1
+instance: {rate_limit: 10000/s, concurrency: 1}
+output: OUT
+streams:
+  projects:
+    endpoint: projects
+    params: {projectStatuses: [PUBLISHED, ARCHIVED]}
+"""
+
+ACTIVITIES_RECIPE = """\
+version: 1
+instance: {rate_limit: 10000/s, concurrency: 1}
+output: OUT
+streams:
+  activities:
+    endpoint: project_activities
+    params: {project_id: {each: [PROJECT]}}
+"""
 
 
 def manifest(output: Path) -> Path:
@@ -302,7 +324,7 @@ def test_overlapping_pages_reported(tmp_path: Path, mock: MockServer) -> None:
 
 
 def test_data_changes_between_pages(tmp_path: Path, mock: MockServer) -> None:
-    """A new activity arrives while the pages are walked: nothing duplicated, the shift counted."""
+    """A new activity arrives while the pages are read: they are read again, and it is kept."""
     project = 1
     while mock.dataset.count("project_activities", project_id=project) < 45:
         mock.dataset.add_activity(project, task_id=1)
@@ -328,16 +350,203 @@ def test_data_changes_between_pages(tmp_path: Path, mock: MockServer) -> None:
 
     result = export_here(recipe, mock, clock=FakeClock())
 
-    # The new activity went to page 1, already fetched, and pushed one record from page 1 to
-    # page 2: every earlier record is kept once, the repeat is counted, the miss is reported.
+    # The new activity went to page 1, already read, and pushed one record from page 1 to
+    # page 2, where it came again. The total changed from 60 to 61, so the second reading
+    # reads all seven pages again and keeps only the new activity.
     lines = data_file(tmp_path / "out", "activities").read_bytes().splitlines()
-    assert len(lines) == len(set(lines)) == before
+    assert len(lines) == len(set(lines)) == before + 1
     assert result.streams["activities"].duplicates == 1
+    assert result.exit_code() == ExitCode.COMPLETE
+    assert result.streams["activities"].problems == []
+    pages = [r["query"] for r in mock.requests() if r["path"].endswith("/activities/")]
+    assert pages == [f"page={n}" for n in [*range(1, 8), *range(1, 8)]]
+    entries = [orjson.loads(line) for line in manifest(tmp_path / "out").read_bytes().splitlines()]
+    assert [
+        (e["n"], e.get("reading"), e["records"], e["dups"]) for e in entries if e["t"] == "page"
+    ] == [
+        (1, None, 10, 0),
+        (2, None, 9, 1),
+        *[(n, None, 10, 0) for n in range(3, 7)],
+        (7, None, 1, 0),
+        (1, 2, 1, 0),
+        *[(n, 2, 0, 0) for n in range(2, 8)],
+    ]
+    (final,) = [e for e in entries if e["t"] == "part"]
+    assert (final["state"], final["records"], final["pages"], final["readings"]) == (
+        "done",
+        61,
+        14,
+        2,
+    )
+
+
+def test_project_removed_between_pages(tmp_path: Path, mock: MockServer) -> None:
+    """A project removed from the list while it is read: the project it pushed back is kept."""
+    ids = mock.dataset.public_project_ids()
+    assert len(ids) > 28, "the test needs a third search page"
+    removed, pushed_back = ids[0], ids[28]
+    mock.add_fault(
+        path=SEARCH, query={"page": "3"}, times=1, call=lambda: mock.dataset.delete_project(removed)
+    )
+    recipe = write_recipe(tmp_path, PROJECTS_RECIPE)
+
+    result = export_here(recipe, mock)
+
+    # Page 3 came after the removal, so the first project of the old page 3 had moved to
+    # page 2, already read. The total fell, so the second reading finds it.
+    kept = [
+        orjson.loads(line)["projectId"]
+        for line in data_file(tmp_path / "out", "projects").read_bytes().splitlines()
+    ]
+    assert sorted(kept) == ids
+    assert pushed_back in kept
+    assert result.exit_code() == ExitCode.COMPLETE
+    assert result.streams["projects"].problems == []
+    pages = len(ids) // 14 + 1
+    sent = [r["query"] for r in mock.requests() if r["path"] == "/api/v2/projects/"]
+    assert [dict(urllib.parse.parse_qsl(q))["page"] for q in sent] == [
+        str(n) for n in [*range(1, pages + 1), *range(1, pages + 1)]
+    ]
+    (final,) = [
+        orjson.loads(line)
+        for line in manifest(tmp_path / "out").read_bytes().splitlines()
+        if b'"t":"part"' in line
+    ]
+    assert (final["records"], final["readings"]) == (len(ids), 2)
+
+
+def test_project_added_at_end_read_once(tmp_path: Path, mock: MockServer) -> None:
+    """A project published during the walk comes last in a search by id: nothing to read again."""
+    ids = mock.dataset.public_project_ids()
+    added = max(mock.dataset.projects) + 1
+
+    def publish() -> None:
+        newest = mock.dataset.projects[added - 1]
+        mock.dataset.projects[added] = dataclasses.replace(newest, id=added)
+        mock.dataset.touch_project(added, newest.last_updated)
+
+    mock.add_fault(path=SEARCH, query={"page": "2"}, times=1, call=publish)
+    recipe = write_recipe(tmp_path, PROJECTS_RECIPE)
+
+    result = export_here(recipe, mock)
+
+    kept = [
+        orjson.loads(line)["projectId"]
+        for line in data_file(tmp_path / "out", "projects").read_bytes().splitlines()
+    ]
+    assert sorted(kept) == [*ids, added]
+    assert result.exit_code() == ExitCode.COMPLETE
+    pages = -(-(len(ids) + 1) // 14)
+    sent = [r["query"] for r in mock.requests() if r["path"] == "/api/v2/projects/"]
+    assert [dict(urllib.parse.parse_qsl(q))["page"] for q in sent] == [
+        str(n) for n in range(1, pages + 1)
+    ]
+
+
+def test_readings_are_bounded(tmp_path: Path, mock: MockServer) -> None:
+    """A list that changes during every reading is read three times, then reported."""
+    project = 1
+    before = mock.dataset.count("project_activities", project_id=project)
+    mock.add_fault(
+        path=rf"^/api/v2/projects/{project}/activities/$",
+        query={"page": "2"},
+        call=lambda: mock.dataset.add_activity(project, task_id=2),
+    )
+    recipe = write_recipe(tmp_path, ACTIVITIES_RECIPE.replace("PROJECT", str(project)))
+
+    result = export_here(recipe, mock)
+
+    # Each reading misses the activity added during it, and the next finds it, so the
+    # third one's stays missing.
+    lines = data_file(tmp_path / "out", "activities").read_bytes().splitlines()
+    assert len(lines) == len(set(lines)) == before + 2
     assert result.exit_code() == ExitCode.FAILURES
     assert result.streams["activities"].problems == [
-        f'{{"project_id":{project}}}: integrity: received {before} unique records where the server '
-        f"announced {before + 1}"
+        f'{{"project_id":{project}}}: the total changed during each of 3 readings of the pages '
+        f"(from {before + 2} to {before + 3} in the last one), so records may have moved onto "
+        "pages already read",
+        f'{{"project_id":{project}}}: integrity: received {before + 2} unique records where the '
+        f"server announced {before + 3}",
     ]
+
+
+def test_records_without_key_read_once(tmp_path: Path, mock: MockServer) -> None:
+    """Records without a key cannot be told from those kept: the change is reported instead."""
+    ids = mock.dataset.public_project_ids()
+    mock.add_fault(
+        path=SEARCH, query={"page": "3"}, times=1, call=lambda: mock.dataset.delete_project(ids[0])
+    )
+    recipe = write_recipe(
+        tmp_path,
+        """\
+        version: 1
+        instance: {rate_limit: 10000/s, concurrency: 1}
+        output: OUT
+        streams:
+          projects:
+            path: /projects/
+            records: results
+            key: null
+            paginated: true
+            params:
+              projectStatuses: [PUBLISHED, ARCHIVED]
+              orderBy: id
+              orderByType: ASC
+              omitMapResults: true
+        """,
+    )
+
+    result = export_here(recipe, mock)
+
+    # The first project of the old page 3 moved onto page 2, already read, and is missing.
+    pages = -(-len(ids) // 14)
+    sent = [r["query"] for r in mock.requests() if r["path"] == "/api/v2/projects/"]
+    assert [dict(urllib.parse.parse_qsl(q))["page"] for q in sent] == [
+        str(n) for n in range(1, pages + 1)
+    ]
+    lines = data_file(tmp_path / "out", "projects").read_bytes().splitlines()
+    assert sorted(orjson.loads(line)["projectId"] for line in lines) == ids[:28] + ids[29:]
+    assert result.exit_code() == ExitCode.FAILURES
+    assert result.streams["projects"].problems == [
+        f"{{}}: the total changed from {len(ids)} to {len(ids) - 1} while the pages were read, "
+        "so records may have moved onto pages already read; records without a key are not read "
+        "again, which would write them twice"
+    ]
+
+
+def test_retry_finishes_second_reading(tmp_path: Path, mock: MockServer) -> None:
+    """A page of the second reading that failed is fetched by --retry-failed, and only it."""
+    project = 1
+    before = mock.dataset.count("project_activities", project_id=project)
+    activities = rf"^/api/v2/projects/{project}/activities/$"
+    mock.add_fault(
+        path=activities,
+        query={"page": "2"},
+        times=1,
+        call=lambda: mock.dataset.add_activity(project, task_id=2),
+    )
+    # The second request for page 3 is the second reading's: every attempt fails.
+    mock.add_fault(path=activities, query={"page": "3"}, after=1, times=5, status=500)
+    recipe = write_recipe(tmp_path, ACTIVITIES_RECIPE.replace("PROJECT", str(project)))
+
+    first = export_here(recipe, mock)
+
+    assert first.exit_code() == ExitCode.FAILURES
+    (final,) = [
+        orjson.loads(line)
+        for line in manifest(tmp_path / "out").read_bytes().splitlines()
+        if b'"t":"part"' in line
+    ]
+    assert (final["state"], final["missing_pages"], final["readings"]) == ("failed", [3], 2)
+
+    mock.clear_faults()
+    mock.reset_log()
+    again = export_here(recipe, mock, retry_failed=True)
+
+    assert again.exit_code() == ExitCode.COMPLETE
+    assert [r["query"] for r in mock.requests() if r["path"].endswith("/activities/")] == ["page=3"]
+    lines = data_file(tmp_path / "out", "activities").read_bytes().splitlines()
+    assert len(lines) == len(set(lines)) == before + 1
 
 
 def test_retry_after_date_from_mock(tmp_path: Path, mock: MockServer) -> None:

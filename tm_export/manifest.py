@@ -83,11 +83,55 @@ DONE: dict[str, Any] = {"t": "part", "state": "done"}
 
 
 @dataclass(slots=True)
+class Reading:
+    """The pagination facts reported by the pages of one reading of a partition, in order.
+
+    Pages are offsets into a list that the server may change while they are read. A
+    partition whose total changed during a reading may be read again, with a new reading
+    number (see ``StreamRunner._read_again``). Each reading has its own pages.
+    """
+
+    number: int = 1
+    page_count: int | None = None
+    """The largest page count any page of this reading reported."""
+    first_total: int | None = None
+    last_total: int | None = None
+    highest_total: int | None = None
+    changed: bool = False
+    """True when a page reported another total than the page before it."""
+    fell: bool = False
+    """True when a page reported a lower total than a page before it. Records after a
+    removed one then move to earlier pages, some perhaps to pages already read."""
+
+    def observe(self, page_count: int | None, total: int | None) -> None:
+        """Note the pagination facts of one more page of this reading."""
+        if page_count is not None and page_count > (self.page_count or 0):
+            self.page_count = page_count
+        if total is None:
+            return
+        if self.first_total is None:
+            self.first_total = total
+        if self.last_total is not None and total != self.last_total:
+            self.changed = True
+        if self.highest_total is not None and total < self.highest_total:
+            self.fell = True
+        if self.highest_total is None or total > self.highest_total:
+            self.highest_total = total
+        self.last_total = total
+
+
+@dataclass(slots=True)
 class PartitionState:
     """The state of one partition as the manifest proves it."""
 
     pages: dict[int, PageRecord] = field(default_factory=dict)
-    page_count: int | None = None
+    """The committed pages of the first reading, by page number."""
+    later_pages: dict[tuple[int, int], PageRecord] = field(default_factory=dict)
+    """The committed pages of later readings, by reading and page number."""
+    reading: Reading = field(default_factory=Reading)
+    """The latest reading of the pages."""
+    total_fell: bool = False
+    """True when the total fell during any reading (see ``Reading.fell``)."""
     total: int | None = None
     final: dict[str, Any] | None = None
     filtered: bool = False
@@ -98,6 +142,36 @@ class PartitionState:
     def state(self) -> str:
         """``done``, ``skipped``, ``failed`` or ``pending``."""
         return str(self.final["state"]) if self.final else "pending"
+
+    def all_pages(self) -> list[PageRecord]:
+        """Return the committed pages of every reading."""
+        if not self.later_pages:
+            return list(self.pages.values())
+        return [*self.pages.values(), *self.later_pages.values()]
+
+    def has_page(self, number: int) -> bool:
+        """Tell whether page ``number`` of the latest reading is committed."""
+        if self.reading.number == 1:
+            return number in self.pages
+        return (self.reading.number, number) in self.later_pages
+
+    def add_page(
+        self, reading: int, page: PageRecord, page_count: int | None, total: int | None
+    ) -> None:
+        """Record a committed page of ``reading`` and the pagination facts it reported."""
+        if reading == 1:
+            self.pages[page.number] = page
+        else:
+            self.later_pages[(reading, page.number)] = page
+        current = self.reading
+        if reading > current.number:
+            current = self.reading = Reading(reading)
+        # Nearly every page repeats the total and page count of the one before.
+        if total != current.last_total or (page_count or 0) > (current.page_count or 0):
+            current.observe(page_count, total)
+            self.total_fell = self.total_fell or current.fell
+        if total is not None:
+            self.total = total
 
 
 @dataclass(slots=True)
@@ -493,7 +567,7 @@ def latest_finals(states: list[ManifestState], stream: str) -> dict[str, str]:
 
 def _add_page(part: PartitionState, entry: dict[str, Any]) -> None:
     """Record a committed page entry in its partition's state."""
-    part.pages[entry["n"]] = PageRecord(
+    page = PageRecord(
         entry["n"],
         entry["start"],
         entry["end"],
@@ -501,11 +575,7 @@ def _add_page(part: PartitionState, entry: dict[str, Any]) -> None:
         entry.get("dups", 0),
         bool(entry.get("next")),
     )
-    if entry.get("pages") is not None:
-        # The largest count any page reported, as the walk keeps it while it runs.
-        part.page_count = max(part.page_count or 0, entry["pages"])
-    if entry.get("total") is not None:
-        part.total = entry["total"]
+    part.add_page(entry.get("reading", 1), page, entry.get("pages"), entry.get("total"))
     if entry.get("filtered"):
         part.filtered = True
 

@@ -48,6 +48,9 @@ def _page_entry(
         "total": total,
         "next": has_next,
     }
+    if walk.state.reading.number > 1:
+        # Entries of a first reading, nearly all of them, stay without the key.
+        entry["reading"] = walk.state.reading.number
     if walk.filtered:
         # A resumed walk then does not count the shortfall against the total as a loss.
         # Most walks drop nothing, and their entries stay without the key.
@@ -99,6 +102,9 @@ class PageWriter:
                 duplicates += 1
                 continue
             fresh.append(record)
+        if walk.state.reading.number > 1:
+            # A later reading reads every record again on purpose: the server repeated none.
+            duplicates = 0
 
         if walk.scout:
             start = end = 0
@@ -163,6 +169,8 @@ class PageWriter:
         except (ijson.JSONError, ijson.IncompleteJSONError) as error:
             lines.unlink(missing_ok=True)
             raise ShapeError.not_json(error) from error
+        if walk.state.reading.number > 1:
+            duplicates = 0  # as in write: a later reading repeats records on purpose
 
         try:
             if not walk.scout:
@@ -178,10 +186,11 @@ class PageWriter:
 
     def load_seen_keys(self, walk: PartitionWalk) -> None:
         """Rebuild the keys of records committed for this partition by earlier sessions."""
-        if not walk.state.pages or self._spec.endpoint.key is None:
+        pages = walk.state.all_pages()
+        if not pages or self._spec.endpoint.key is None:
             return
         with self._data_path.open("rb") as file:
-            for page in sorted(walk.state.pages.values(), key=lambda p: p.start):
+            for page in sorted(pages, key=lambda p: p.start):
                 file.seek(page.start)
                 for line in self._committed_lines(file.read(page.end - page.start), page):
                     record = strip_partition(orjson.loads(line))
@@ -219,11 +228,8 @@ class PageWriter:
         has_next: bool,
     ) -> None:
         """Record a written page in the walk, the partition state and the stream's counts."""
-        walk.state.pages[number] = PageRecord(number, start, end, fresh, duplicates, has_next)
-        if page_count is not None and page_count > (walk.state.page_count or 0):
-            walk.state.page_count = page_count
-        if total is not None:
-            walk.state.total = total
+        page = PageRecord(number, start, end, fresh, duplicates, has_next)
+        walk.state.add_page(walk.state.reading.number, page, page_count, total)
         walk.records += fresh
         walk.duplicates += duplicates
         if not walk.scout:
@@ -258,9 +264,15 @@ class PageWriter:
         """Stop the walk on a stall, an empty page that claims more, or once ``total`` is in.
 
         The counts are of the page's records as received, as kept (an incremental run
-        drops what it already has) and as new to the partition.
+        drops what it already has) and as new to the partition. A later reading expects
+        pages of records already received, and reads every page: only an empty page that
+        claims more stops it.
         """
         if not self._spec.endpoint.paginated:
+            return
+        if walk.state.reading.number > 1:
+            if not received and has_next:
+                self._stop_at_empty_page(walk, number)
             return
         if records and not fresh:
             walk.problems.append(
@@ -274,15 +286,18 @@ class PageWriter:
             )
             walk.stop = True
         elif not received and has_next:
-            logger.warning(
-                "%s %s: page %d is empty although its pagination reports more pages; stopping this walk",
-                self._spec.name,
-                walk.id,
-                number,
-            )
-            walk.stop = True
+            self._stop_at_empty_page(walk, number)
         elif total is not None and walk.records >= total and not walk.filtered:
             walk.stop = True
+
+    def _stop_at_empty_page(self, walk: PartitionWalk, number: int) -> None:
+        logger.warning(
+            "%s %s: page %d is empty although its pagination reports more pages; stopping this walk",
+            self._spec.name,
+            walk.id,
+            number,
+        )
+        walk.stop = True
 
     def _drop_archived(self, walk: PartitionWalk, records: list[Any]) -> list[Any]:
         """Drop the records that earlier runs already hold (in an incremental run), and those

@@ -19,7 +19,7 @@ from .errors import HTTPStatusError, RequestError
 from .fetcher import Fetcher
 from .incremental import Baseline
 from .jobs import JobSource
-from .manifest import Committer, PartitionState, StreamState
+from .manifest import Committer, PartitionState, Reading, StreamState
 from .pages import PageWriter
 from .params import (
     DateWindows,
@@ -50,6 +50,9 @@ T = TypeVar("T")
 
 #: Statuses that mean "this partition is not visible to us", recorded as skipped.
 SKIP_STATUSES = frozenset({403, 404})
+
+#: Readings of a partition's pages at most, the first included (see ``_read_again``).
+MAX_READINGS = 3
 
 #: The advice that ends the problem of a ``from:`` field that gives no value. The fixed
 #: recipe exports something else, so the run with the problem rejects it (see
@@ -388,26 +391,84 @@ class StreamRunner:
     # --- one partition -------------------------------------------------------------
 
     async def _walk(self, walk: PartitionWalk) -> None:
+        await self._read(walk)
+        if walk.skipped_by is not None:
+            self._finish(walk, "skipped", walk.skipped_by)
+            return
+
+        while not walk.failed_pages and self._read_again(walk):
+            walk.state.reading = Reading(walk.state.reading.number + 1)
+            walk.stop = False
+            await self._read(walk)
+
+        self._finish(walk, "failed" if walk.failed_pages else "done")
+
+    async def _read(self, walk: PartitionWalk) -> None:
+        """Fetch the pages of the partition's latest reading that are not committed yet."""
         state = walk.state
-        if 1 not in state.pages:
+        if not state.has_page(1):
             try:
                 await self._fetch_and_write(walk, 1)
             except HTTPStatusError as error:
-                if error.status in SKIP_STATUSES and not state.pages:
-                    self._finish(walk, "skipped", error)
+                if error.status in SKIP_STATUSES and not state.all_pages():
+                    walk.skipped_by = error
                     return
                 walk.failed_pages[1] = error
             except (RequestError, ShapeError) as error:
                 walk.failed_pages[1] = error
 
         if self.spec.endpoint.paginated and not walk.failed_pages and not walk.stop:
-            # A walk that stops at the first archived record goes page by page.
-            if state.page_count is not None and walk.id not in self._stop_keys:
+            # A walk that stops at the first archived record goes page by page. A later
+            # reading only follows a first one that fanned out.
+            fans_out = state.reading.page_count is not None and walk.id not in self._stop_keys
+            if fans_out or state.reading.number > 1:
                 await self._fan_out(walk)
             else:
                 await self._follow_next(walk)
 
-        self._finish(walk, "failed" if walk.failed_pages else "done")
+    def _read_again(self, walk: PartitionWalk) -> bool:
+        """Tell whether the pages must be read again because the list changed under them.
+
+        Pages are offsets into the list. A record removed from it moves every later record
+        to an earlier place, so a record can move onto a page already read and be missed.
+        A record added before the end moves later records the other way, and the record
+        added can fall on a page already read. A new reading keeps only records not seen
+        yet, so it finds the ones missed. The list only grew and every record it
+        announces is in when the records were added at its end, as new projects are in a
+        search sorted by id: then nothing was missed. Records without a key cannot be told
+        apart from those already kept, so their pages are read once, and the change is
+        reported as a problem.
+        """
+        reading, total = walk.state.reading, walk.state.total
+        if not reading.changed or reading.page_count is None or walk.id in self._stop_keys:
+            return False
+        if not reading.fell and (walk.filtered or total is None or walk.records >= total):
+            return False
+
+        change = f"the total changed from {reading.first_total} to {reading.last_total}"
+        if self.spec.endpoint.key is None:
+            walk.problems.append(
+                f"{change} while the pages were read, so records may have moved onto pages "
+                "already read; records without a key are not read again, which would write "
+                "them twice"
+            )
+            return False
+        if reading.number >= MAX_READINGS:
+            walk.problems.append(
+                f"the total changed during each of {MAX_READINGS} readings of the pages "
+                f"(from {reading.first_total} to {reading.last_total} in the last one), "
+                "so records may have moved onto pages already read"
+            )
+            return False
+        logger.info(
+            "%s %s: %s while the pages were read; reading them again (reading %d of at most %d)",
+            self.spec.name,
+            walk.id,
+            change,
+            reading.number + 1,
+            MAX_READINGS,
+        )
+        return True
 
     async def _fan_out(self, walk: PartitionWalk) -> None:
         """Fetch the pages not yet committed, at most ``concurrency`` at once.
@@ -430,7 +491,7 @@ class StreamRunner:
         while number <= self._last_page(walk) and not walk.stop:
             if number == self._last_page(walk):
                 # One page left, so no task group is needed for it.
-                if number not in walk.state.pages:
+                if not walk.state.has_page(number):
                     await window.acquire()
                     await fetch(number)
                 number += 1
@@ -438,7 +499,7 @@ class StreamRunner:
 
             async with anyio.create_task_group() as group:
                 while number <= self._last_page(walk) and not walk.stop:
-                    if number not in walk.state.pages:
+                    if not walk.state.has_page(number):
                         await window.acquire()
                         if walk.stopped():
                             window.release()
@@ -455,7 +516,7 @@ class StreamRunner:
                     number += 1
 
     def _last_page(self, walk: PartitionWalk) -> int:
-        page_count = walk.state.page_count or 1
+        page_count = walk.state.reading.page_count or 1
         if page_count > self.spec.max_pages:
             problem = f"page cap reached: {page_count} pages, max_pages is {self.spec.max_pages}"
             if problem not in walk.problems:
@@ -589,8 +650,10 @@ class StreamRunner:
             "state": outcome,
             "records": walk.records,
             "dups": walk.duplicates,
-            "pages": len(state.pages),
+            "pages": len(state.all_pages()),
         }
+        if state.reading.number > 1:
+            entry["readings"] = state.reading.number
         if skipped_by is not None:
             entry.update(
                 status=skipped_by.status, sub_code=skipped_by.sub_code, error=skipped_by.excerpt
@@ -606,7 +669,15 @@ class StreamRunner:
             logger.error("%s %s failed: %s", self.spec.name, walk.id, first)
 
         total = state.total
-        if outcome == "done" and total is not None and walk.records != total and not walk.filtered:
+        if total is None or outcome != "done" or walk.filtered:
+            mismatch = False
+        elif state.total_fell:
+            # Records the server removed while the pages were read are kept: only fewer
+            # records than the last total announced means some are missing.
+            mismatch = walk.records < total
+        else:
+            mismatch = walk.records != total
+        if mismatch:
             walk.problems.append(
                 f"integrity: received {walk.records} unique records where the server announced {total}"
             )

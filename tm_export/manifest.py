@@ -163,9 +163,9 @@ class PartitionState:
             self.pages[page.number] = page
         else:
             self.later_pages[(reading, page.number)] = page
+            if reading > self.reading.number:
+                self.reading = Reading(reading)
         current = self.reading
-        if reading > current.number:
-            current = self.reading = Reading(reading)
         # Nearly every page repeats the total and page count of the one before.
         if total != current.last_total or (page_count or 0) > (current.page_count or 0):
             current.observe(page_count, total)

@@ -186,11 +186,11 @@ class PageWriter:
 
     def load_seen_keys(self, walk: PartitionWalk) -> None:
         """Rebuild the keys of records committed for this partition by earlier sessions."""
-        pages = walk.state.all_pages()
-        if not pages or self._spec.endpoint.key is None:
+        # A later reading's pages come after a first reading's, so most walks stop here.
+        if not walk.state.pages or self._spec.endpoint.key is None:
             return
         with self._data_path.open("rb") as file:
-            for page in sorted(pages, key=lambda p: p.start):
+            for page in sorted(walk.state.all_pages(), key=lambda p: p.start):
                 file.seek(page.start)
                 for line in self._committed_lines(file.read(page.end - page.start), page):
                     record = strip_partition(orjson.loads(line))

@@ -396,7 +396,7 @@ class StreamRunner:
             self._finish(walk, "skipped", walk.skipped_by)
             return
 
-        while not walk.failed_pages and self._read_again(walk):
+        while walk.state.reading.changed and not walk.failed_pages and self._read_again(walk):
             walk.state.reading = Reading(walk.state.reading.number + 1)
             walk.stop = False
             await self._read(walk)
@@ -437,10 +437,11 @@ class StreamRunner:
         announces is in when the records were added at its end, as new projects are in a
         search sorted by id: then nothing was missed. Records without a key cannot be told
         apart from those already kept, so their pages are read once, and the change is
-        reported as a problem.
+        reported as a problem. The caller checks that the total changed during the latest
+        reading (``Reading.changed``).
         """
         reading, total = walk.state.reading, walk.state.total
-        if not reading.changed or reading.page_count is None or walk.id in self._stop_keys:
+        if reading.page_count is None or walk.id in self._stop_keys:
             return False
         if not reading.fell and (walk.filtered or total is None or walk.records >= total):
             return False
@@ -650,7 +651,7 @@ class StreamRunner:
             "state": outcome,
             "records": walk.records,
             "dups": walk.duplicates,
-            "pages": len(state.all_pages()),
+            "pages": len(state.pages) + len(state.later_pages),
         }
         if state.reading.number > 1:
             entry["readings"] = state.reading.number

@@ -47,9 +47,11 @@ class PartitionWalk:
         self.id = partition_id(partition)
         self.state = state
         self.seen = KeySet()
-        pages = state.all_pages()
-        self.records = sum(page.records for page in pages)
-        self.duplicates = sum(page.duplicates for page in pages)
+        self.records = self.duplicates = 0
+        if state.pages:
+            pages = state.all_pages()
+            self.records = sum(page.records for page in pages)
+            self.duplicates = sum(page.duplicates for page in pages)
         self.failed_pages: dict[int, RequestError | ShapeError] = {}
         self.skipped_by: HTTPStatusError | None = None
         """The 403 or 404 of a partition's first page, when no page of it was committed."""

@@ -509,8 +509,8 @@ def test_records_without_key_read_once(tmp_path: Path, mock: MockServer) -> None
     assert result.exit_code() == ExitCode.FAILURES
     assert result.streams["projects"].problems == [
         f"{{}}: the total changed from {len(ids)} to {len(ids) - 1} while the pages were read, "
-        "so records may have moved onto pages already read; records without a key are not read "
-        "again, which would write them twice"
+        "so records may have moved onto pages already read; records without a key are read only "
+        "once, since a second reading would write them twice"
     ]
 
 

@@ -549,12 +549,13 @@ def console_main() -> NoReturn:
     50 ms (measured on 2 cores), a visible share of a short command. So the logs and the
     standard streams are flushed, and the process ends with the exit code click chose.
     """
-    # Python's collector looks for reference cycles every 700 net allocations of container
-    # objects. An export allocates a few dicts and lists per record, and reference counting
-    # frees nearly all of them, so most of those passes find nothing: they took about 0.1
-    # of W1's 3.5 CPU seconds. With passes every 50,000, W1 took 0.09 CPU seconds less,
-    # and W3, W4 and W5 peaked at the same memory (docs/benchmarks.md).
-    gc.set_threshold(50_000, 20, 20)
+    # Python's collector looks for reference cycles among young objects every 700 net
+    # allocations of container objects. An export allocates a few dicts and lists per
+    # record, and reference counting frees nearly all of them, so most of those passes find
+    # nothing: they took about 0.1 of W1's 3.5 CPU seconds. With passes every 50,000 (the
+    # older generations keep their default), W1 took 0.09 CPU seconds less, and W3, W4 and
+    # W5 peaked at the same memory (docs/benchmarks.md).
+    gc.set_threshold(50_000)
     try:
         main()
         code: int = 0

@@ -584,7 +584,8 @@ class _Session:
             logger.info(
                 "the run in %s is already finished: no request is sent unless --retry-failed "
                 "or --retry-skipped is given; only the steps that describe it (run record, "
-                "--canonical, --bag) are done if they are missing",
+                "--canonical, --bag) are done if they are missing. For newer data, use "
+                "--incremental, or --start-over for a new full run",
                 folder,
             )
 

@@ -450,8 +450,8 @@ class StreamRunner:
         if self.spec.endpoint.key is None:
             walk.problems.append(
                 f"{change} while the pages were read, so records may have moved onto pages "
-                "already read; records without a key are not read again, which would write "
-                "them twice"
+                "already read; records without a key are read only once, since a second "
+                "reading would write them twice"
             )
             return False
         if reading.number >= MAX_READINGS:

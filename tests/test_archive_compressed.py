@@ -385,6 +385,7 @@ def test_status_compressed_json(tmp_path: Path, mock: MockServer, codec: str) ->
         "last_error": None,
         "last_error_partition": None,
         "problems": [],
+        "read_again": 0,
     }
     for stream in STREAMS:
         described = report["streams"][stream]

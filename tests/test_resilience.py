@@ -414,6 +414,15 @@ def test_project_removed_between_pages(tmp_path: Path, mock: MockServer) -> None
     ]
     assert (final["records"], final["readings"]) == (len(ids), 2)
 
+    status = run_cli("status", str(tmp_path / "out"))
+    assert status.exit_code == 0
+    assert (
+        "projects: 1 partition read again, because the server's list changed while its pages "
+        "were read\n" in status.stdout
+    )
+    report = orjson.loads(run_cli("status", str(tmp_path / "out"), "--json").stdout)
+    assert report["streams"]["projects"]["read_again"] == 1
+
 
 def test_project_added_at_end_read_once(tmp_path: Path, mock: MockServer) -> None:
     """A project published during the walk comes last in a search by id: nothing to read again."""

@@ -134,6 +134,7 @@ def test_status_stopped_run_json(tmp_path: Path, mock: MockServer) -> None:
                 "last_error": None,
                 "last_error_partition": None,
                 "problems": [],
+                "read_again": 0,
             }
         },
         "canonical": [],

@@ -195,6 +195,9 @@ class StreamState:
     problems: list[str] = field(default_factory=list)
     """Problems of the stream as a whole, from its ``feed`` entries, each message once: a
     ``from:`` field that names no value in any record of the parent stream."""
+    read_again: set[str] = field(default_factory=set)
+    """Partitions whose pages were read more than once, because their list changed while
+    they were read (a final entry with ``readings``)."""
 
     def finals(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield the id and final entry of every finished partition, those kept in ``done``
@@ -276,6 +279,8 @@ class ManifestState:
                         waiting.append(entry)
             elif kind == "part":
                 stream = streams.get(entry["s"]) or streams.setdefault(entry["s"], StreamState())
+                if "readings" in entry:
+                    stream.read_again.add(entry["p"])
                 if not keep_done_pages and entry["state"] == "done":
                     unfinished.pop((entry["s"], entry["p"]), None)
                     stream.partitions.pop(entry["p"], None)

@@ -102,6 +102,8 @@ class StreamStatus:
     problems: list[str] = field(default_factory=list)
     """Problems of the stream as a whole (a ``from:`` field that gives no value), then those
     of its partitions as ``PARTITION: problem``."""
+    read_again: int = 0
+    """Partitions whose pages were read more than once because their list changed."""
 
     @property
     def parent(self) -> str | None:
@@ -157,6 +159,7 @@ def run_status(paths: RunPaths, scan: ManifestScan | None = None) -> RunStatus:
         status.records = stream_state.records
         status.duplicates = stream_state.duplicates
         status.problems = list(stream_state.problems)
+        status.read_again = len(stream_state.read_again)
         for partition_id, final in stream_state.finals():
             status.problems.extend(f"{partition_id}: {p}" for p in final.get("problems", []))
         status.partitions["done"] += len(stream_state.done)
@@ -350,6 +353,11 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
             lines.append(
                 f"{stream.name}: last error, partition {stream.last_error_partition}: {error}"
             )
+        if stream.read_again:
+            lines.append(
+                f"{stream.name}: {counted(stream.read_again, 'partition')} read again, "
+                "because the server's list changed while its pages were read"
+            )
         for problem in stream.problems[:PROBLEMS_SHOWN]:
             lines.append(f"{stream.name}: {problem}")
         if len(stream.problems) > PROBLEMS_SHOWN:
@@ -405,6 +413,7 @@ def _stream_json(stream: StreamStatus) -> dict[str, Any]:
         "last_error": stream.last_error,
         "last_error_partition": stream.last_error_partition,
         "problems": stream.problems,
+        "read_again": stream.read_again,
     }
 
 

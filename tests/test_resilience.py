@@ -335,18 +335,7 @@ def test_data_changes_between_pages(tmp_path: Path, mock: MockServer) -> None:
         times=1,
         call=lambda: mock.dataset.add_activity(project, task_id=2),
     )
-    recipe = write_recipe(
-        tmp_path,
-        f"""\
-        version: 1
-        instance: {{rate_limit: 10000/s, concurrency: 1}}
-        output: OUT
-        streams:
-          activities:
-            endpoint: project_activities
-            params: {{project_id: {{each: [{project}]}}}}
-        """,
-    )
+    recipe = write_recipe(tmp_path, ACTIVITIES_RECIPE.replace("PROJECT", str(project)))
 
     result = export_here(recipe, mock, clock=FakeClock())
 

@@ -51,7 +51,7 @@ T = TypeVar("T")
 #: Statuses that mean "this partition is not visible to us", recorded as skipped.
 SKIP_STATUSES = frozenset({403, 404})
 
-#: Readings of a partition's pages at most, the first included (see ``_read_again``).
+#: The most readings of a partition's pages, the first included (see ``_read_again``).
 MAX_READINGS = 3
 
 #: The advice that ends the problem of a ``from:`` field that gives no value. The fixed
@@ -435,11 +435,13 @@ class StreamRunner:
         added can fall on a page already read. A new reading keeps only records not seen
         yet, so it finds the ones missed. The list only grew and every record it
         announces is in when the records were added at its end, as new projects are in a
-        search sorted by id: then nothing was missed. Records without a key cannot be told
-        apart from those already kept, so their pages are read once, and the change is
-        reported as a problem. The caller checks that the total changed during the latest
+        search sorted by id: then nothing was missed. Records without a key cannot be matched
+        with those already kept, so their pages are read once, and the change is reported
+        as a problem. The caller checks that the total changed during the latest
         reading (``Reading.changed``).
         """
+        # NOTE: a record removed and another added between two pages leave the total as it
+        # was, so no reading sees that records moved.
         reading, total = walk.state.reading, walk.state.total
         if reading.page_count is None or walk.id in self._stop_keys:
             return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import urllib.parse
@@ -545,6 +546,46 @@ def test_retry_finishes_second_reading(tmp_path: Path, mock: MockServer) -> None
     assert [r["query"] for r in mock.requests() if r["path"].endswith("/activities/")] == ["page=3"]
     lines = data_file(tmp_path / "out", "activities").read_bytes().splitlines()
     assert len(lines) == len(set(lines)) == before + 1
+
+
+def test_kill_during_second_reading_resumes(tmp_path: Path, mock: MockServer) -> None:
+    """A kill during a second reading: the rerun fetches only its pages not yet committed."""
+    project = 1
+    while mock.dataset.count("project_activities", project_id=project) < 75:
+        mock.dataset.add_activity(project, task_id=1)
+    before = mock.dataset.count("project_activities", project_id=project)
+    activities = rf"^/api/v2/projects/{project}/activities/$"
+    recipe = write_recipe(tmp_path, ACTIVITIES_RECIPE.replace("PROJECT", str(project)))
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    process = start_held(args, {"TM_EXPORT_MAX_UNCOMMITTED": "2"})
+    mock.add_fault(
+        path=activities,
+        query={"page": "2"},
+        times=1,
+        call=lambda: mock.dataset.add_activity(project, task_id=2),
+    )
+    # The second request for page 6 is the second reading's.
+    mock.add_fault(path=activities, query={"page": "6"}, after=1, times=1, kill=process.pid)
+
+    process.communicate(b"go\n", timeout=120)
+
+    assert process.returncode == -signal.SIGKILL
+    entries = [orjson.loads(line) for line in manifest(tmp_path / "out").read_bytes().splitlines()]
+    committed = {e["n"] for e in entries if e["t"] == "page" and e.get("reading") == 2}
+    assert committed, "the kill came before any page of the second reading was committed"
+    mock.clear_faults()
+    mock.reset_log()
+
+    outcome = run_cli(*args)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    pages = -(-(before + 1) // 10)
+    sent = [r["query"] for r in mock.requests() if r["path"].endswith("/activities/")]
+    assert sent == [f"page={n}" for n in range(1, pages + 1) if n not in committed]
+    lines = data_file(tmp_path / "out", "activities").read_bytes().splitlines()
+    assert len(lines) == len(set(lines)) == before + 1
+    finals = [orjson.loads(line) for line in manifest(tmp_path / "out").read_bytes().splitlines()]
+    assert [(e["state"], e["readings"]) for e in finals if e["t"] == "part"] == [("done", 2)]
 
 
 def test_retry_after_date_from_mock(tmp_path: Path, mock: MockServer) -> None:

@@ -189,6 +189,9 @@ def test_skipped_strict_exits_3(tmp_path: Path, mock: MockServer) -> None:
     assert outcome.stderr.splitlines()[-1] == (
         "result: finished with skipped partitions (--strict) (exit 3)"
     )
+    # --strict sets the exit code only: the run itself is complete.
+    status = run_cli("status", str(tmp_path / "out")).stdout.splitlines()
+    assert status[1].startswith("state: complete, ended ")
 
 
 def test_retry_skipped_with_token(tmp_path: Path, mock: MockServer) -> None:
@@ -471,7 +474,7 @@ def test_from_typo_is_stream_problem(tmp_path: Path, mock: MockServer) -> None:
     problem = typo_problem(len(records(data_file(tmp_path / "out", "projects"))))
     assert f"tm-export: WARNING: summaries: {problem}\n" in outcome.stderr
     assert f"problem in summaries: {problem}\n" in outcome.stderr
-    assert "result: finished with failures (exit 3)" in outcome.stderr
+    assert "result: finished with problems (exit 3)" in outcome.stderr
     assert data_file(tmp_path / "out", "summaries").read_bytes() == b""
     run = tmp_path / "out" / "runs" / "0001"
     entries = [orjson.loads(line) for line in (run / "manifest.jsonl").read_bytes().splitlines()]
@@ -506,7 +509,7 @@ def test_from_typo_rerun_exits_3(tmp_path: Path, mock: MockServer) -> None:
     assert len(mock.requests()) == sent
     assert manifest.read_bytes() == before
     assert status.exit_code == 0, status.stderr
-    assert "state: finished with failures" in status.stdout
+    assert "state: finished with problems" in status.stdout
     assert f"\nsummaries: {problem}\n" in status.stdout
     assert json.loads(status_json.stdout)["streams"]["summaries"]["problems"] == [problem]
 

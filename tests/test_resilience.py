@@ -506,6 +506,7 @@ def test_records_without_key_read_once(tmp_path: Path, mock: MockServer) -> None
     lines = data_file(tmp_path / "out", "projects").read_bytes().splitlines()
     assert sorted(orjson.loads(line)["projectId"] for line in lines) == ids[:28] + ids[29:]
     assert result.exit_code() == ExitCode.FAILURES
+    assert "state: finished with problems" in run_cli("status", str(tmp_path / "out")).stdout
     assert result.streams["projects"].problems == [
         f"{{}}: the total changed from {len(ids)} to {len(ids) - 1} while the pages were read, "
         "so records may have moved onto pages already read; records without a key are read only "

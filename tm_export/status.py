@@ -117,7 +117,7 @@ class RunStatus:
 
     paths: RunPaths
     state: str
-    """``complete``, ``finished with failures`` or ``unfinished``."""
+    """``complete``, ``unfinished`` or what made a finished run exit 3 (``verify.run_state_label``)."""
     header: dict[str, Any]
     sessions: list[dict[str, Any]]
     ended: str | None

@@ -7,15 +7,17 @@ from typing import Any
 from .engine import RunResult
 from .errors import ExitCode, resume_hint
 from .recipe import Recipe
+from .verify import FAILURES_LABEL, PROBLEMS_LABEL
 
 #: The outcome of each exit code; ``{rerun}`` is the start of the advice to resume.
 OUTCOMES = {
     ExitCode.COMPLETE: "complete",
     # The error message names the cause, which must be fixed first: a wrong URL fails again.
     ExitCode.FATAL: "stopped by a fatal error; once its cause is fixed, {rerun} to resume",
-    ExitCode.FAILURES: "finished with failures",
+    ExitCode.FAILURES: FAILURES_LABEL,
     ExitCode.INTERRUPTED: "interrupted; {rerun} to resume",
 }
+
 
 #: The outcome of a run that exits 3 only because ``--strict`` counts skipped partitions.
 STRICT_SKIPPED = "finished with skipped partitions (--strict)"
@@ -80,8 +82,8 @@ def format_summary(recipe: Recipe, result: RunResult, code: ExitCode) -> str:
 
 def outcome_text(result: RunResult, code: ExitCode) -> str:
     """Return the outcome of ``result`` in words, for the summary's result line and JSON."""
-    if code == ExitCode.FAILURES and not result.failed_partitions and not result.problems:
-        return STRICT_SKIPPED
+    if code == ExitCode.FAILURES and not result.failed_partitions:
+        return PROBLEMS_LABEL if result.problems else STRICT_SKIPPED
     return OUTCOMES[code].format(rerun=resume_hint(started_over=result.started_over))
 
 

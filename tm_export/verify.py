@@ -958,12 +958,31 @@ def _compare_bag(paths: RunPaths, check: RunCheck) -> None:
 
 # --- output ----------------------------------------------------------------------------------
 
+#: What made a finished run exit 3, in the words of the summary, ``status`` and ``verify``.
+FAILURES_LABEL = "finished with failures"
+PROBLEMS_LABEL = "finished with problems"
+
 
 def run_state_label(finished: bool, state: ManifestState) -> str:
-    """Return ``complete``, ``finished with failures`` or ``unfinished``."""
+    """Return ``complete``, ``unfinished``, or what made a finished run end with failures.
+
+    That is ``finished with problems`` when no partition failed but an integrity check
+    found a problem, and ``finished with failures`` otherwise. ``--strict`` changes only the
+    exit code, so a run that it failed for skipped partitions is ``complete`` here.
+    """
     if not finished:
         return "unfinished"
-    return "complete" if state.ends[-1].get("outcome") == "complete" else "finished with failures"
+    if state.ends[-1].get("outcome") == "complete":
+        return "complete"
+    streams = state.streams.values()
+    if any(p.state == "failed" for stream in streams for p in stream.partitions.values()):
+        return FAILURES_LABEL
+    if any(
+        stream.problems or any(final.get("problems") for _, final in stream.finals())
+        for stream in streams
+    ):
+        return PROBLEMS_LABEL
+    return FAILURES_LABEL
 
 
 def format_checks(checks: list[RunCheck]) -> str:

@@ -339,7 +339,7 @@ def test_from_path_through_object_list(tmp_path: Path, mock: MockServer) -> None
 #: The advice that ends the problem message of a from: field without values.
 FEED_FIX = (
     "Fix the field in the recipe, then run it with --start-over, which begins a new run: "
-    "this run rejects the fixed recipe"
+    "this run accepts only the recipe it began with"
 )
 
 MANAGERS_RECIPE = """\

@@ -59,7 +59,7 @@ MAX_READINGS = 3
 #: ``_Session._check_recipe`` in engine.py).
 FEED_FIX = (
     "Fix the field in the recipe, then run it with --start-over, which begins a new run: "
-    "this run rejects the fixed recipe"
+    "this run accepts only the recipe it began with"
 )
 
 
@@ -115,6 +115,7 @@ class StreamRunner:
         self.stats.pages = state.pages
         # A problem of the stream as a whole stays with the run, in every later session.
         self.stats.problems.extend(state.problems)
+        self.stats.read_again.update(state.read_again)
         self._committer = committer
         self._fetcher = fetcher
         self._data_path = data_path
@@ -657,6 +658,7 @@ class StreamRunner:
         }
         if state.reading.number > 1:
             entry["readings"] = state.reading.number
+            self.stats.read_again.add(walk.id)
         if skipped_by is not None:
             entry.update(
                 status=skipped_by.status, sub_code=skipped_by.sub_code, error=skipped_by.excerpt

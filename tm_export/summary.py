@@ -8,6 +8,7 @@ from .engine import RunResult
 from .errors import ExitCode, resume_hint
 from .recipe import Recipe
 from .verify import FAILURES_LABEL, PROBLEMS_LABEL
+from .words import counted
 
 #: The outcome of each exit code; ``{rerun}`` is the start of the advice to resume.
 OUTCOMES = {
@@ -64,6 +65,12 @@ def format_summary(recipe: Recipe, result: RunResult, code: ExitCode) -> str:
         detail = ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items()))
         lines.append(f"skipped partitions: {sum(reasons.values())} ({detail})")
     for name, stats in result.streams.items():
+        if stats.read_again:
+            lines.append(
+                f"{name}: {counted(len(stats.read_again), 'partition')} read again, because the "
+                "server's list changed while its pages were read"
+            )
+    for name, stats in result.streams.items():
         for problem in stats.problems[:5]:
             lines.append(f"problem in {name}: {problem}")
         if len(stats.problems) > 5:
@@ -107,6 +114,7 @@ def summary_json(result: RunResult, code: ExitCode) -> dict[str, Any]:
                 "pages": stats.pages,
                 "skip_reasons": dict(stats.skip_reasons),
                 "problems": stats.problems,
+                "read_again": len(stats.read_again),
             }
             for name, stats in result.streams.items()
         },

@@ -24,6 +24,8 @@ class StreamStats:
     pages: int = 0
     skip_reasons: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
+    read_again: set[str] = field(default_factory=set)
+    """Partitions whose pages were read more than once, because their list changed."""
 
 
 @dataclass(slots=True)

@@ -356,7 +356,7 @@ def test_repeated_page_stall(tmp_path: Path, mock: MockServer) -> None:
         lines = data_file(tmp_path / "out", "projects").read_bytes().splitlines()
         assert len(lines) == 42
         problems = result.streams["projects"].problems
-        assert problems[0].startswith("{}: pagination stall: page ")
+        assert problems[0].startswith("pagination stall: page ")
         assert len(search_pages(server)) <= 3 + 8 + 1
 
 
@@ -376,7 +376,7 @@ def test_empty_pages_stop(
             "is empty although its pagination reports more pages" in m for m in caplog.messages
         )
         assert result.streams["projects"].problems == [
-            f"{{}}: integrity: received 42 unique records where the server announced {public_count(server)}"
+            f"integrity: received 42 unique records where the server announced {public_count(server)}"
         ]
 
 

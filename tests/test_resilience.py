@@ -310,7 +310,7 @@ def test_overlapping_pages_reported(tmp_path: Path, mock: MockServer) -> None:
     lines = data_file(tmp_path / "out", "projects").read_bytes().splitlines()
     assert len(lines) == len(set(lines)) == 28
     assert (
-        "problem in projects: {}: integrity: received 28 unique records where the server announced 30"
+        "problem in projects: integrity: received 28 unique records where the server announced 30"
         in outcome.stderr
     )
     (final,) = [
@@ -396,6 +396,10 @@ def test_project_removed_between_pages(tmp_path: Path, mock: MockServer) -> None
         "were read\n" in outcome.stderr
     )
     assert "problem in" not in outcome.stderr
+    assert (
+        f"tm-export: INFO: projects: the total changed from {len(ids)} to {len(ids) - 1} while "
+        "the pages were read; reading them again (reading 2 of at most 3)\n" in outcome.stderr
+    )
     pages = len(ids) // 14 + 1
     sent = [r["query"] for r in mock.requests() if r["path"] == "/api/v2/projects/"]
     assert [dict(urllib.parse.parse_qsl(q))["page"] for q in sent] == [
@@ -512,7 +516,7 @@ def test_records_without_key_read_once(tmp_path: Path, mock: MockServer) -> None
     assert result.exit_code() == ExitCode.FAILURES
     assert "state: finished with problems" in run_cli("status", str(tmp_path / "out")).stdout
     assert result.streams["projects"].problems == [
-        f"{{}}: the total changed from {len(ids)} to {len(ids) - 1} while the pages were read, "
+        f"the total changed from {len(ids)} to {len(ids) - 1} while the pages were read, "
         "so records may have moved onto pages already read; records without a key are read only "
         "once, since a second reading would write them twice"
     ]

@@ -549,7 +549,7 @@ def test_unread_parent_page_fails_shard(tmp_path: Path, mock: MockServer) -> Non
     query = "omitMapResults=true&orderBy=id&orderByType=ASC&projectStatuses=PUBLISHED,ARCHIVED"
     assert first.stderr.endswith(
         f"tm-export: error: shard {shard} could not read 1 partition that another shard writes "
-        f"(first: projects {{}}: GET {mock.api_url}/projects/?{query}&page=2: 500 Internal "
+        f"(first: projects: GET {mock.api_url}/projects/?{query}&page=2: 500 Internal "
         'Server Error (application/json): {"detail":"Internal Server Error"}), so the child '
         "partitions named by their records are unknown; the run is left unfinished: run the "
         "same command again to resume\n"

@@ -488,8 +488,7 @@ def test_status_shows_partition_problems(tmp_path: Path, mock: MockServer) -> No
     data = orjson.loads(run_cli("status", str(tmp_path / "out"), "--json").stdout)
 
     problem = (
-        f"{{}}: integrity: received {announced - 1} unique records where the server "
-        f"announced {announced}"
+        f"integrity: received {announced - 1} unique records where the server announced {announced}"
     )
     assert f"projects: {problem}" in status.stdout.splitlines()
     assert data["streams"]["projects"]["problems"] == [problem]

@@ -61,7 +61,7 @@ from .manifest import (
     latest_session,
     load_state,
 )
-from .params import FromStream
+from .params import FromStream, partition_label
 from .progress import Progress
 from .recipe import BASE_URL_ENV, DEFAULT_BASE_URL, Recipe
 from .recipe_check import base_url_problem
@@ -826,7 +826,7 @@ class _Session:
         total = len(unread)
         raise FatalError(
             f"shard {index}/{count} could not read {counted(total, 'partition')} "
-            f"that another shard writes (first: {name} {partition}: {error}), so the child "
+            f"that another shard writes (first: {partition_label(name, partition)}: {error}), so the child "
             f"partitions named by their records are unknown; the run is left unfinished: "
             f"{self.rerun} to resume"
         )

@@ -22,6 +22,7 @@ from .codec import Codec, decompress
 from .errors import ManifestError
 from .incremental import updated_since
 from .manifest import Committer, PageRecord
+from .params import partition_label
 from .recipe import StreamSpec
 from .records import ShapeError, encode_lines, extract_records, record_key, strip_partition
 from .walk import PageResult, PartitionWalk, StreamStats, pagination_facts, with_partition
@@ -279,9 +280,8 @@ class PageWriter:
                 f"pagination stall: page {number} repeated records already received"
             )
             logger.warning(
-                "%s %s: page %d repeats records already received; stopping this walk",
-                self._spec.name,
-                walk.id,
+                "%s: page %d repeats records already received; stopping this walk",
+                partition_label(self._spec.name, walk.id),
                 number,
             )
             walk.stop = True
@@ -292,9 +292,8 @@ class PageWriter:
 
     def _stop_at_empty_page(self, walk: PartitionWalk, number: int) -> None:
         logger.warning(
-            "%s %s: page %d is empty although its pagination reports more pages; stopping this walk",
-            self._spec.name,
-            walk.id,
+            "%s: page %d is empty although its pagination reports more pages; stopping this walk",
+            partition_label(self._spec.name, walk.id),
             number,
         )
         walk.stop = True

@@ -42,6 +42,22 @@ def partition_id(partition: Partition) -> str:
     return orjson.dumps(dict(partition), option=orjson.OPT_SORT_KEYS).decode()
 
 
+#: The id of the one partition of a stream without varying parameters.
+WHOLE_STREAM = partition_id({})
+
+
+def partition_label(stream: str, partition: str) -> str:
+    """Return how a message names partition id ``partition`` of ``stream``: the stream and
+    the partition's values, or the stream alone when it has no varying parameters."""
+    return stream if partition == WHOLE_STREAM else f"{stream} {partition}"
+
+
+def partition_problem(partition: str, problem: str) -> str:
+    """Return a partition's problem as a stream lists it: after the partition's values,
+    unless the stream has no varying parameters."""
+    return problem if partition == WHOLE_STREAM else f"{partition}: {problem}"
+
+
 def shard_owns(shard: tuple[int, int], stream: str, partition: str) -> bool:
     """Tell whether shard ``(K, N)`` writes partition id ``partition`` of ``stream``.
 

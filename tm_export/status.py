@@ -23,6 +23,7 @@ from .params import (
     Step,
     count_written,
     feed_text,
+    partition_problem,
 )
 from .verify import (
     ManifestScan,
@@ -161,7 +162,9 @@ def run_status(paths: RunPaths, scan: ManifestScan | None = None) -> RunStatus:
         status.problems = list(stream_state.problems)
         status.read_again = len(stream_state.read_again)
         for partition_id, final in stream_state.finals():
-            status.problems.extend(f"{partition_id}: {p}" for p in final.get("problems", []))
+            status.problems.extend(
+                partition_problem(partition_id, p) for p in final.get("problems", [])
+            )
         status.partitions["done"] += len(stream_state.done)
         for partition in stream_state.partitions.values():
             status.partitions[partition.state] += 1

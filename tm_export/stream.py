@@ -29,6 +29,8 @@ from .params import (
     count_written,
     expand_static,
     partition_id,
+    partition_label,
+    partition_problem,
     shard_owns,
 )
 from .progress import StreamProgress
@@ -465,9 +467,8 @@ class StreamRunner:
             )
             return False
         logger.info(
-            "%s %s: %s while the pages were read; reading them again (reading %d of at most %d)",
-            self.spec.name,
-            walk.id,
+            "%s: %s while the pages were read; reading them again (reading %d of at most %d)",
+            partition_label(self.spec.name, walk.id),
             change,
             reading.number + 1,
             MAX_READINGS,
@@ -640,9 +641,8 @@ class StreamRunner:
                 first = walk.failed_pages[min(walk.failed_pages)]
                 self.unread_parents.append((walk.id, str(first)))
                 logger.error(
-                    "%s %s could not be read for its child streams: %s",
-                    self.spec.name,
-                    walk.id,
+                    "%s could not be read for its child streams: %s",
+                    partition_label(self.spec.name, walk.id),
                     first,
                 )
             return
@@ -671,7 +671,7 @@ class StreamRunner:
             entry["attempts"] = getattr(first, "attempts", 1)
             if isinstance(first, HTTPStatusError):
                 entry.update(status=first.status, sub_code=first.sub_code)
-            logger.error("%s %s failed: %s", self.spec.name, walk.id, first)
+            logger.error("%s failed: %s", partition_label(self.spec.name, walk.id), first)
 
         total = state.total
         if total is None or outcome != "done" or walk.filtered:
@@ -689,7 +689,7 @@ class StreamRunner:
         if walk.problems:
             entry["problems"] = walk.problems
             for problem in walk.problems:
-                logger.warning("%s %s: %s", self.spec.name, walk.id, problem)
+                logger.warning("%s: %s", partition_label(self.spec.name, walk.id), problem)
 
         self._committer.record(entry)
         state.final = entry
@@ -710,7 +710,7 @@ class StreamRunner:
             reason = f"{final.get('status')} {final.get('sub_code') or ''}".strip()
             self.stats.skip_reasons[reason] += 1
         for problem in final.get("problems", []):
-            self.stats.problems.append(f"{final['p']}: {problem}")
+            self.stats.problems.append(partition_problem(final["p"], problem))
 
 
 def _sentence(advice: str) -> str:

@@ -576,3 +576,31 @@ def test_start_over_with_retry_refused(tmp_path: Path, option: str) -> None:
         "fetches everything; give one\n"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_run_needs_an_output_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mock: MockServer
+) -> None:
+    """Without output: in the recipe, run asks for --output, and writes with it."""
+    monkeypatch.chdir(tmp_path)
+    Path("recipe.yaml").write_text(
+        "version: 1\nstreams:\n  projects:\n    endpoint: projects\n"
+        "    params: {projectStatuses: [PUBLISHED, ARCHIVED]}\n",
+        encoding="utf-8",
+    )
+
+    outcome = run_cli("run", "recipe.yaml", "--base-url", mock.api_url)
+
+    assert outcome.stderr == (
+        "tm-export: error: recipe.yaml: the recipe names no output folder; add "
+        "'output: FOLDER' to it, or give --output FOLDER\n"
+    )
+    assert (outcome.exit_code, outcome.stdout) == (2, "")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["recipe.yaml"]
+    assert mock.requests() == []
+
+    outcome = run_cli("run", "recipe.yaml", "--base-url", mock.api_url, "-o", "out", "--quiet")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    lines = (tmp_path / "out/runs/0001/data/projects.jsonl").read_bytes().splitlines()
+    assert len(lines) == len(mock.dataset.public_project_ids())

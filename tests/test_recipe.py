@@ -193,10 +193,6 @@ EXPECTED: dict[str, str] = {
         "6: streams.projects.max_pages: invalid value 0; expected an integer of 1 or more, "
         "the most pages fetched per partition"
     ),
-    "missing_output": (
-        "1: output: missing key; expected the folder to write the export to, relative to the "
-        "current folder, such as exports/projects"
-    ),
     "missing_streams": (
         "1: streams: missing key; expected a mapping of stream names to streams, at least one"
     ),
@@ -611,6 +607,21 @@ def test_output_on_existing_file(
     assert code == 2
     assert files_in(tmp_path) == ["out", "recipe.yaml"]
     assert Path("out").read_text(encoding="utf-8") == "notes\n"
+
+
+NO_OUTPUT = "version: 1\nstreams:\n  projects:\n    endpoint: projects\n"
+
+
+def test_recipe_without_output_validates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recipe may leave its output folder to run --output."""
+    monkeypatch.chdir(tmp_path)
+    Path("recipe.yaml").write_text(NO_OUTPUT, encoding="utf-8")
+
+    code, stdout, stderr = invoke("validate", "recipe.yaml")
+
+    assert (code, stderr) == (0, "")
+    assert stdout == "recipe.yaml: valid recipe with 1 stream\n  projects: projects\n"
+    assert load_recipe("recipe.yaml").output is None
 
 
 def test_recipe_file_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -131,7 +131,7 @@ def _asks_json_logs(args: list[str]) -> bool:
     "-o",
     # A string, not a Path: Path("") is the current folder, and an empty value is an error.
     metavar="DIRECTORY",
-    help="Output folder. Overrides the recipe's output.",
+    help="Output folder. Overrides the recipe's output; needed when the recipe has none.",
 )
 @click.option(
     "--concurrency",
@@ -276,6 +276,15 @@ def run(
         fail(error, ExitCode.USAGE, json_logs=json_logs)
     if output is not None and (problem := output_problem(output)) is not None:
         fail(f"--output: {problem}", ExitCode.USAGE, json_logs=json_logs)
+    if output is None and loaded.output is None:
+        fail(
+            f"{recipe}: the recipe names no output folder; add 'output: FOLDER' to it, "
+            "or give --output FOLDER",
+            ExitCode.USAGE,
+            json_logs=json_logs,
+        )
+    folder = output if output is not None else loaded.output
+    assert folder is not None
 
     redactor = Redactor([token] if token else [])
     level = logging.INFO
@@ -290,7 +299,7 @@ def run(
         reporter = LiveReporter(sys.stderr) if live else PlainReporter()
     options = RunOptions(
         base_url=chosen_url,
-        output=Path(output if output is not None else loaded.output),
+        output=Path(folder),
         token=token,
         concurrency=concurrency,
         rate_limit=rate_limit,

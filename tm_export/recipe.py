@@ -156,7 +156,8 @@ class Recipe:
     path: Path
     text: str
     instance: Instance
-    output: str
+    output: str | None
+    """The output folder, or None when the recipe leaves it to ``run --output``."""
     streams: Mapping[str, StreamSpec]
     token_env_line: int = 1
     """Line of ``instance.token_env`` in the file, for the message of ``resolve_token``."""

@@ -84,8 +84,9 @@ def build_recipe(where: KeyLocator, text: str, plain: dict[str, Any]) -> Recipe:
     ordered = {name: streams[name] for name in _topological_order(where, streams)}
     _check_token_env(where, ordered, instance)
 
-    output = plain["output"]
-    _check_output(where, output)
+    output = plain.get("output")
+    if output is not None:
+        _check_output(where, output)
     return Recipe(
         path=where.path,
         text=text,

@@ -261,7 +261,8 @@ RECIPE_SCHEMA: dict[str, Any] = {
             "additionalProperties": _STREAM,
         },
     },
-    "required": ["version", "output", "streams"],
+    # output may be left to --output, which 'run' then requires.
+    "required": ["version", "streams"],
     "additionalProperties": False,
 }
 

@@ -597,6 +597,45 @@ def test_kill_during_second_reading_resumes(tmp_path: Path, mock: MockServer) ->
     assert [(e["state"], e["readings"]) for e in finals if e["t"] == "part"] == [("done", 2)]
 
 
+def test_project_deleted_during_walk_skipped(tmp_path: Path, mock: MockServer) -> None:
+    """A project deleted between two pages: skipped with its first page kept, not retried."""
+    project = 1
+    while mock.dataset.count("project_activities", project_id=project) < 25:
+        mock.dataset.add_activity(project, task_id=1)
+    mock.add_fault(
+        path=rf"^/api/v2/projects/{project}/activities/$",
+        query={"page": "2"},
+        times=1,
+        call=lambda: mock.dataset.delete_project(project),
+    )
+    recipe = write_recipe(tmp_path, ACTIVITIES_RECIPE.replace("PROJECT", str(project)))
+
+    result = export_here(recipe, mock)
+
+    assert result.exit_code() == ExitCode.COMPLETE
+    assert result.streams["activities"].partitions == {"skipped": 1}
+    lines = data_file(tmp_path / "out", "activities").read_bytes().splitlines()
+    assert len(lines) == 10
+    (final,) = [
+        orjson.loads(line)
+        for line in manifest(tmp_path / "out").read_bytes().splitlines()
+        if b'"t":"part"' in line
+    ]
+    assert (final["state"], final["status"], final["records"], final["pages"]) == (
+        "skipped",
+        404,
+        10,
+        1,
+    )
+    assert "missing_pages" not in final
+
+    mock.reset_log()
+    again = export_here(recipe, mock, retry_failed=True)
+
+    assert again.exit_code() == ExitCode.COMPLETE
+    assert mock.requests() == []
+
+
 def test_retry_after_date_from_mock(tmp_path: Path, mock: MockServer) -> None:
     """A 429 whose Retry-After is an HTTP-date 2 s after its Date header waits exactly 2 s."""
     mock.add_fault(path=SEARCH, query={"page": "1"}, times=1, status=429, retry_after_date=2)

@@ -404,6 +404,15 @@ class StreamRunner:
             walk.stop = False
             await self._read(walk)
 
+        gone = _gone(walk.failed_pages)
+        if gone is not None:
+            # The partition's resource went away during the walk (a project deleted or made
+            # private): it is skipped, as it would be had its first page been answered so,
+            # and the pages committed before stay. As a failure, every --retry-failed would
+            # fail it again.
+            walk.failed_pages.clear()
+            self._finish(walk, "skipped", gone)
+            return
         self._finish(walk, "failed" if walk.failed_pages else "done")
 
     async def _read(self, walk: PartitionWalk) -> None:
@@ -711,6 +720,17 @@ class StreamRunner:
             self.stats.skip_reasons[reason] += 1
         for problem in final.get("problems", []):
             self.stats.problems.append(partition_problem(final["p"], problem))
+
+
+def _gone(failed_pages: dict[int, RequestError | ShapeError]) -> HTTPStatusError | None:
+    """Return the first failure when every failed page was a 403 or 404, else None."""
+    first: HTTPStatusError | None = None
+    for number in sorted(failed_pages):
+        error = failed_pages[number]
+        if not (isinstance(error, HTTPStatusError) and error.status in SKIP_STATUSES):
+            return None
+        first = first or error
+    return first
 
 
 def _sentence(advice: str) -> str:

@@ -581,7 +581,7 @@ def test_start_over_with_retry_refused(tmp_path: Path, option: str) -> None:
 def test_run_needs_an_output_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mock: MockServer
 ) -> None:
-    """Without output: in the recipe, run asks for --output, and writes with it."""
+    """Without output: in the recipe, run requires --output, and writes with it."""
     monkeypatch.chdir(tmp_path)
     Path("recipe.yaml").write_text(
         "version: 1\nstreams:\n  projects:\n    endpoint: projects\n"
@@ -595,7 +595,8 @@ def test_run_needs_an_output_folder(
         "tm-export: error: recipe.yaml: the recipe names no output folder; add "
         "'output: FOLDER' to it, or give --output FOLDER\n"
     )
-    assert (outcome.exit_code, outcome.stdout) == (2, "")
+    assert outcome.exit_code == 2
+    assert outcome.stdout == ""
     assert sorted(path.name for path in tmp_path.iterdir()) == ["recipe.yaml"]
     assert mock.requests() == []
 

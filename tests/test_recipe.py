@@ -619,7 +619,8 @@ def test_recipe_without_output_validates(tmp_path: Path, monkeypatch: pytest.Mon
 
     code, stdout, stderr = invoke("validate", "recipe.yaml")
 
-    assert (code, stderr) == (0, "")
+    assert code == 0
+    assert stderr == ""
     assert stdout == "recipe.yaml: valid recipe with 1 stream\n  projects: projects\n"
     assert load_recipe("recipe.yaml").output is None
 

@@ -362,12 +362,10 @@ def test_data_changes_between_pages(tmp_path: Path, mock: MockServer) -> None:
         *[(n, 2, 0, 0) for n in range(2, 8)],
     ]
     (final,) = [e for e in entries if e["t"] == "part"]
-    assert (final["state"], final["records"], final["pages"], final["readings"]) == (
-        "done",
-        61,
-        14,
-        2,
-    )
+    assert final["state"] == "done"
+    assert final["records"] == 61
+    assert final["pages"] == 14
+    assert final["readings"] == 2
 
 
 def test_project_removed_between_pages(tmp_path: Path, mock: MockServer) -> None:
@@ -384,12 +382,12 @@ def test_project_removed_between_pages(tmp_path: Path, mock: MockServer) -> None
 
     # Page 3 came after the removal, so the first project of the old page 3 had moved to
     # page 2, already read. The total fell, so the second reading finds it.
-    kept = [
+    written_ids = [
         orjson.loads(line)["projectId"]
         for line in data_file(tmp_path / "out", "projects").read_bytes().splitlines()
     ]
-    assert sorted(kept) == ids
-    assert pushed_back in kept
+    assert sorted(written_ids) == ids
+    assert pushed_back in written_ids
     assert outcome.exit_code == 0, outcome.stderr
     assert (
         "projects: 1 partition read again, because the server's list changed while its pages "
@@ -410,7 +408,8 @@ def test_project_removed_between_pages(tmp_path: Path, mock: MockServer) -> None
         for line in manifest(tmp_path / "out").read_bytes().splitlines()
         if b'"t":"part"' in line
     ]
-    assert (final["records"], final["readings"]) == (len(ids), 2)
+    assert final["records"] == len(ids)
+    assert final["readings"] == 2
 
     status = run_cli("status", str(tmp_path / "out"))
     assert status.exit_code == 0
@@ -437,11 +436,11 @@ def test_project_added_at_end_read_once(tmp_path: Path, mock: MockServer) -> Non
 
     result = export_here(recipe, mock)
 
-    kept = [
+    written_ids = [
         orjson.loads(line)["projectId"]
         for line in data_file(tmp_path / "out", "projects").read_bytes().splitlines()
     ]
-    assert sorted(kept) == [*ids, added]
+    assert sorted(written_ids) == [*ids, added]
     assert result.exit_code() == ExitCode.COMPLETE
     pages = -(-(len(ids) + 1) // 14)
     sent = [r["query"] for r in mock.requests() if r["path"] == "/api/v2/projects/"]
@@ -464,7 +463,7 @@ def test_readings_are_bounded(tmp_path: Path, mock: MockServer) -> None:
     result = export_here(recipe, mock)
 
     # Each reading misses the activity added during it, and the next finds it, so the
-    # third one's stays missing.
+    # activity added during the third reading is missing.
     lines = data_file(tmp_path / "out", "activities").read_bytes().splitlines()
     assert len(lines) == len(set(lines)) == before + 2
     assert result.exit_code() == ExitCode.FAILURES
@@ -478,7 +477,7 @@ def test_readings_are_bounded(tmp_path: Path, mock: MockServer) -> None:
 
 
 def test_records_without_key_read_once(tmp_path: Path, mock: MockServer) -> None:
-    """Records without a key cannot be told from those kept: the change is reported instead."""
+    """Records without a key cannot be matched with those written: the change is reported."""
     ids = mock.dataset.public_project_ids()
     mock.add_fault(
         path=SEARCH, query={"page": "3"}, times=1, call=lambda: mock.dataset.delete_project(ids[0])
@@ -545,7 +544,9 @@ def test_retry_finishes_second_reading(tmp_path: Path, mock: MockServer) -> None
         for line in manifest(tmp_path / "out").read_bytes().splitlines()
         if b'"t":"part"' in line
     ]
-    assert (final["state"], final["missing_pages"], final["readings"]) == ("failed", [3], 2)
+    assert final["state"] == "failed"
+    assert final["missing_pages"] == [3]
+    assert final["readings"] == 2
 
     mock.clear_faults()
     mock.reset_log()
@@ -621,12 +622,10 @@ def test_project_deleted_during_walk_skipped(tmp_path: Path, mock: MockServer) -
         for line in manifest(tmp_path / "out").read_bytes().splitlines()
         if b'"t":"part"' in line
     ]
-    assert (final["state"], final["status"], final["records"], final["pages"]) == (
-        "skipped",
-        404,
-        10,
-        1,
-    )
+    assert final["state"] == "skipped"
+    assert final["status"] == 404
+    assert final["records"] == 10
+    assert final["pages"] == 1
     assert "missing_pages" not in final
 
     mock.reset_log()

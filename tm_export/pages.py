@@ -171,7 +171,8 @@ class PageWriter:
             lines.unlink(missing_ok=True)
             raise ShapeError.not_json(error) from error
         if walk.state.reading.number > 1:
-            duplicates = 0  # as in write: a later reading repeats records on purpose
+            # As in write, a later reading repeats records on purpose.
+            duplicates = 0
 
         try:
             if not walk.scout:

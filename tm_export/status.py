@@ -357,10 +357,7 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
                 f"{stream.name}: last error, partition {stream.last_error_partition}: {error}"
             )
         if stream.read_again:
-            lines.append(
-                f"{stream.name}: {counted(stream.read_again, 'partition')} read again, "
-                "because the server's list changed while its pages were read"
-            )
+            lines.append(read_again_line(stream.name, stream.read_again))
         for problem in stream.problems[:PROBLEMS_SHOWN]:
             lines.append(f"{stream.name}: {problem}")
         if len(stream.problems) > PROBLEMS_SHOWN:
@@ -401,6 +398,14 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
     for row in history_rows:
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
     return "\n".join(lines)
+
+
+def read_again_line(stream: str, partitions: int) -> str:
+    """Return the line that counts a stream's partitions whose pages were read again."""
+    return (
+        f"{stream}: {counted(partitions, 'partition')} read again, because the server's list "
+        "changed while its pages were read"
+    )
 
 
 def _stream_json(stream: StreamStatus) -> dict[str, Any]:

@@ -50,10 +50,12 @@ _Job = tuple[Partition, PartitionState, bool]
 
 T = TypeVar("T")
 
-#: Statuses that mean "this partition is not visible to us", recorded as skipped.
+#: Statuses that mean "this partition is not visible to us", recorded as skipped (see
+#: ``_hidden_by``).
 SKIP_STATUSES = frozenset({403, 404})
 
-#: The most readings of a partition's pages, the first included (see ``_read_again``).
+#: The maximum number of readings of a partition's pages, the first included (see
+#: ``_read_again``).
 MAX_READINGS = 3
 
 #: The advice that ends the problem of a ``from:`` field that gives no value. The fixed
@@ -395,24 +397,21 @@ class StreamRunner:
 
     async def _walk(self, walk: PartitionWalk) -> None:
         await self._read(walk)
-        if walk.skipped_by is not None:
-            self._finish(walk, "skipped", walk.skipped_by)
-            return
 
         while walk.state.reading.changed and not walk.failed_pages and self._read_again(walk):
             walk.state.reading = Reading(walk.state.reading.number + 1)
             walk.stop = False
             await self._read(walk)
 
-        gone = _gone(walk.failed_pages)
-        if gone is not None:
-            # The partition's resource went away during the walk (a project deleted or made
-            # private): it is skipped, as it would be had its first page been answered so,
-            # and the pages committed before stay. As a failure, every --retry-failed would
-            # fail it again.
+        hidden = _hidden_by(walk.failed_pages)
+        if hidden is not None:
+            # The partition is not visible to us, from its first page on or since its project
+            # was deleted or made private during the walk. Pages committed before stay. As a
+            # failure, it would fail again on every --retry-failed.
             walk.failed_pages.clear()
-            self._finish(walk, "skipped", gone)
+            self._finish(walk, "skipped", hidden)
             return
+
         self._finish(walk, "failed" if walk.failed_pages else "done")
 
     async def _read(self, walk: PartitionWalk) -> None:
@@ -421,11 +420,6 @@ class StreamRunner:
         if not state.has_page(1):
             try:
                 await self._fetch_and_write(walk, 1)
-            except HTTPStatusError as error:
-                if error.status in SKIP_STATUSES and not state.all_pages():
-                    walk.skipped_by = error
-                    return
-                walk.failed_pages[1] = error
             except (RequestError, ShapeError) as error:
                 walk.failed_pages[1] = error
 
@@ -453,7 +447,7 @@ class StreamRunner:
         reading (``Reading.changed``).
         """
         # NOTE: a record removed and another added between two pages leave the total as it
-        # was, so no reading sees that records moved.
+        # was, so no check detects that records moved.
         reading, total = walk.state.reading, walk.state.total
         if reading.page_count is None or walk.id in self._stop_keys:
             return False
@@ -722,7 +716,7 @@ class StreamRunner:
             self.stats.problems.append(partition_problem(final["p"], problem))
 
 
-def _gone(failed_pages: dict[int, RequestError | ShapeError]) -> HTTPStatusError | None:
+def _hidden_by(failed_pages: dict[int, RequestError | ShapeError]) -> HTTPStatusError | None:
     """Return the first failure when every failed page was a 403 or 404, else None."""
     first: HTTPStatusError | None = None
     for number in sorted(failed_pages):

@@ -7,8 +7,8 @@ from typing import Any
 from .engine import RunResult
 from .errors import ExitCode, resume_hint
 from .recipe import Recipe
+from .status import read_again_line
 from .verify import FAILURES_LABEL, PROBLEMS_LABEL
-from .words import counted
 
 #: The outcome of each exit code; ``{rerun}`` is the start of the advice to resume.
 OUTCOMES = {
@@ -66,10 +66,7 @@ def format_summary(recipe: Recipe, result: RunResult, code: ExitCode) -> str:
         lines.append(f"skipped partitions: {sum(reasons.values())} ({detail})")
     for name, stats in result.streams.items():
         if stats.read_again:
-            lines.append(
-                f"{name}: {counted(len(stats.read_again), 'partition')} read again, because the "
-                "server's list changed while its pages were read"
-            )
+            lines.append(read_again_line(name, len(stats.read_again)))
     for name, stats in result.streams.items():
         for problem in stats.problems[:5]:
             lines.append(f"problem in {name}: {problem}")

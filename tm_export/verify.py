@@ -958,7 +958,7 @@ def _compare_bag(paths: RunPaths, check: RunCheck) -> None:
 
 # --- output ----------------------------------------------------------------------------------
 
-#: What made a finished run exit 3, in the words of the summary, ``status`` and ``verify``.
+#: Labels of a finished run that exited 3, shared by the summary, ``status`` and ``verify``.
 FAILURES_LABEL = "finished with failures"
 PROBLEMS_LABEL = "finished with problems"
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import HTTPStatusError, RequestError
+from .errors import RequestError
 from .manifest import PartitionState
 from .params import Partition, Scalar, partition_id
 from .records import PARTITION_KEY, KeySet, ShapeError, field_values
@@ -55,8 +55,6 @@ class PartitionWalk:
             self.records = sum(page.records for page in pages)
             self.duplicates = sum(page.duplicates for page in pages)
         self.failed_pages: dict[int, RequestError | ShapeError] = {}
-        self.skipped_by: HTTPStatusError | None = None
-        """The 403 or 404 of a partition's first page, when no page of it was committed."""
         self.problems: list[str] = []
         self.stop = False
         self.filtered = state.filtered

@@ -549,6 +549,41 @@ def test_from_typo_recorded_once_on_retry(tmp_path: Path, mock: MockServer) -> N
     assert record["streams"]["summaries"]["problems"] == [{"partition": None, "problem": problem}]
 
 
+def test_from_values_not_ids_send_nothing(tmp_path: Path, mock: MockServer) -> None:
+    """A from: field that gives dates to a project_id sends no request for them, each of
+    which the server would reject with 422, and the run ends with a problem of the child."""
+    recipe = write_recipe(tmp_path, TYPO_RECIPE.replace("FIELD", "dueDate"))
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 3, outcome.stderr
+    dates = [
+        record["dueDate"]
+        for record in records(data_file(tmp_path / "out", "projects"))
+        if record["dueDate"] is not None
+    ]
+    assert len(dates) >= 2
+    problems = [
+        line.removeprefix("problem in summaries: ")
+        for line in outcome.stderr.splitlines()
+        if line.startswith("problem in summaries: ")
+    ]
+    assert len(problems) == 1
+    head, example, tail = problems[0].split("'")
+    assert (
+        head
+        == f"no request for {len(dates)} values of dueDate in the records of projects, such as "
+    )
+    assert example in dates
+    assert tail == (
+        ": project_id takes a TM id, a whole number of 0 or more, and the server rejects "
+        "anything else with 422. " + FEED_FIX
+    )
+    assert f"tm-export: WARNING: summaries: {problems[0]}\n" in outcome.stderr
+    assert [r["path"] for r in mock.requests() if "summary" in r["path"]] == []
+    assert data_file(tmp_path / "out", "summaries").read_bytes() == b""
+
+
 def test_from_empty_field_is_complete(tmp_path: Path, mock: MockServer) -> None:
     """A from: field that every record has, empty, is data and not a mistake: the run warns
     and is complete."""

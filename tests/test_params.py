@@ -13,6 +13,7 @@ from tm_export.params import (
     Each,
     IntRange,
     Step,
+    as_id,
     count_static,
     expand_static,
     partition_id,
@@ -335,3 +336,23 @@ def test_step_parse_rejects(text: str) -> None:
 def test_step_text() -> None:
     assert str(Step(1, "month")) == "1 month"
     assert str(Step(2, "week")) == "2 weeks"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0, 0),
+        (42, 42),
+        ("42", 42),
+        ("0042", 42),
+        (-1, None),
+        ("-1", None),
+        ("4.2", None),
+        ("", None),
+        ("\u0664\u0662", None),
+        ("2026-11-20T10:23:44Z", None),
+    ],
+)
+def test_as_id(value: int | str, expected: int | None) -> None:
+    """Only whole numbers of 0 or more are ids; digits in text count, other digits do not."""
+    assert as_id(value) == expected

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from tm_export.cli import main
 from tm_export.errors import RecipeError
-from tm_export.params import DateWindows
+from tm_export.params import Constant, DateWindows, Each
 from tm_export.recipe import (
     DEFAULT_MAX_PAGES,
     Instance,
@@ -252,6 +252,10 @@ EXPECTED: dict[str, str] = {
     "path_id_each_fraction": (
         "7: streams.details.params.project_id.each[1]: invalid id '1.5'; expected a whole "
         "number of 0 or more, such as 42"
+    ),
+    "path_id_each_same_number": (
+        "7: streams.details.params.project_id.each[1]: duplicate value '01' (item 1 already "
+        "has it); list each value once"
     ),
     "path_param_list": (
         "7: streams.details.params.project_id: a path parameter takes one value, not a list; "
@@ -620,9 +624,30 @@ def test_recipe_without_output_validates(tmp_path: Path, monkeypatch: pytest.Mon
     code, stdout, stderr = invoke("validate", "recipe.yaml")
 
     assert code == 0
-    assert stderr == ""
+    assert stderr == "note: the recipe names no output folder; 'run' needs --output FOLDER\n"
     assert stdout == "recipe.yaml: valid recipe with 1 stream\n  projects: projects\n"
     assert load_recipe("recipe.yaml").output is None
+
+
+def test_validate_names_every_from_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream with two from: parameters lists both fields, in the recipe's order."""
+    monkeypatch.chdir(tmp_path)
+    Path("recipe.yaml").write_text(
+        "version: 1\noutput: out\nstreams:\n"
+        "  grid:\n    endpoint: project_tasks\n    params: {project_id: {each: [1]}}\n"
+        "  task:\n    endpoint: task\n    params:\n"
+        "      project_id: {from: grid._partition.project_id}\n"
+        "      task_id: {from: grid.properties.taskId}\n",
+        encoding="utf-8",
+    )
+
+    code, stdout, stderr = invoke("validate", "recipe.yaml")
+
+    assert (code, stderr) == (0, "")
+    assert stdout == (
+        "recipe.yaml: valid recipe with 2 streams\n  grid: project_tasks\n  task: task (values "
+        "from grid._partition.project_id and grid.properties.taskId)\n"
+    )
 
 
 def test_recipe_file_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -752,6 +777,22 @@ def test_minimal_recipe_defaults(tmp_path: Path) -> None:
     assert recipe.output == "out"
     assert recipe.streams["campaigns"].max_pages == DEFAULT_MAX_PAGES
     assert recipe.streams["campaigns"].varying == ()
+
+
+def test_ids_as_integers(tmp_path: Path) -> None:
+    """Ids written as text are kept as integers, as the server reads them, so each
+    partition's ``_partition`` contains a number whichever way the recipe writes it."""
+    text = MINIMAL.replace(
+        "streams:\n",
+        "streams:\n  details:\n    endpoint: project\n"
+        '    params: {project_id: {each: ["2", 3, "0040"]}}\n'
+        '  tasks:\n    endpoint: project_tasks\n    params: {project_id: "007"}\n',
+    )
+
+    recipe = load_recipe(write(tmp_path, text))
+
+    assert recipe.streams["details"].varying == (Each("project_id", (2, 3, 40)),)
+    assert recipe.streams["tasks"].constants == (Constant("project_id", "7"),)
 
 
 def test_instance_settings_read(tmp_path: Path) -> None:

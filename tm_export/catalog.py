@@ -55,6 +55,16 @@ class Endpoint:
         return tuple(re.findall(r"{(\w+)}", self.path))
 
     @property
+    def raw(self) -> bool:
+        """True for an endpoint made from a stream's own ``path``, which the catalog does not know."""
+        return self.name.startswith("path:")
+
+    def takes_id(self, name: str) -> bool:
+        """Tell whether parameter ``name`` is a numeric TM id: an ``_id`` path parameter of a
+        catalog endpoint. A raw path's parameters can be anything."""
+        return not self.raw and name in self.path_params and name.endswith("_id")
+
+    @property
     def accepted_params(self) -> frozenset[str]:
         """Every parameter name a recipe may set for this endpoint."""
         names = set(self.query_params) | set(self.path_params)

@@ -390,12 +390,17 @@ def validate(recipe: Path) -> None:
             resolve_token(loaded)
     except RecipeError as error:
         fail(error, ExitCode.USAGE)
+    if loaded.output is None:
+        click.echo("note: the recipe names no output folder; 'run' needs --output FOLDER", err=True)
 
     count = len(loaded.streams)
     click.echo(f"{recipe}: valid recipe with {counted(count, 'stream')}")
     for name, spec in loaded.streams.items():
-        parent = spec.parent
-        source = f" (values from {parent.stream}.{parent.field})" if parent else ""
+        sources = spec.sources
+        listed = " and ".join(
+            [", ".join(sources[:-1]), sources[-1]] if len(sources) > 1 else sources
+        )
+        source = f" (values from {listed})" if sources else ""
         click.echo(f"  {name}: {spec.endpoint.name}{source}")
 
 

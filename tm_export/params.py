@@ -37,6 +37,19 @@ def render(value: object) -> str:
     return str(value)
 
 
+def as_id(value: Scalar) -> int | None:
+    """Return ``value`` as a TM id, a whole number of 0 or more, or None when it is not one.
+
+    Digits in a string count, as the server reads them, so ``"42"`` and ``"042"`` are both
+    project 42. Anything else gets a 422 from the server.
+    """
+    if type(value) is int:
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
 def partition_id(partition: Partition) -> str:
     """Return the canonical text that identifies a partition in the manifest."""
     return orjson.dumps(dict(partition), option=orjson.OPT_SORT_KEYS).decode()

@@ -37,7 +37,7 @@ from .recipe import (
     StreamSpec,
     Timeouts,
 )
-from .recipe_params import build_param, check_constant_dates, is_raw
+from .recipe_params import build_param, check_constant_dates
 from .recipe_yaml import KeyLocator
 from .schema import MIN_RATE_LIMIT, RATE_EXPECTED
 
@@ -471,7 +471,7 @@ def _check_token_env(
             "set instance.token_env to the name of the environment variable that contains your "
             "TM API key, such as TM_API_TOKEN"
         )
-        if is_raw(stream.endpoint):
+        if stream.endpoint.raw:
             raise where.error(
                 ("streams", stream.name, "auth"),
                 f"auth: required needs an API token, but instance.token_env is not set; {fix}",

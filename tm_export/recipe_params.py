@@ -23,15 +23,10 @@ from .params import (
     ParamSpec,
     Scalar,
     Step,
+    as_id,
     render,
 )
 from .recipe_yaml import KeyLocator
-
-
-def is_raw(endpoint: Endpoint) -> bool:
-    """Return whether ``endpoint`` comes from a stream's raw ``path`` rather than the catalog."""
-    return endpoint.name.startswith("path:")
-
 
 # --- parameters ----------------------------------------------------------------------
 
@@ -59,10 +54,10 @@ def build_param(
                 "a path parameter takes one value, not a list; use {each: [...]} for one "
                 "partition per value",
             )
-        constant = Constant(name, render(value))
+        scalar = _scalar(value)
         if is_path_param:
-            _check_path_value(where, keys, constant.value, name, endpoint)
-        return constant
+            scalar = _path_value(where, keys, scalar, name, endpoint)
+        return Constant(name, render(scalar))
 
     if "each" in value:
         return _build_each(where, keys, name, value["each"], endpoint)
@@ -79,7 +74,7 @@ def _check_param_name(
         raise where.error(
             keys, "the tool sets 'page' itself on a paginated endpoint; remove this parameter"
         )
-    if is_raw(endpoint) or name in endpoint.accepted_params:
+    if endpoint.raw or name in endpoint.accepted_params:
         return
     accepted = sorted(endpoint.accepted_params)
     close = difflib.get_close_matches(name, accepted, n=1)
@@ -90,27 +85,27 @@ def _check_param_name(
     )
 
 
-def _is_tm_id(name: str, endpoint: Endpoint) -> bool:
-    """Tell whether a parameter is a numeric TM id: a catalog endpoint's ``_id`` path parameter.
+def _path_value(
+    where: KeyLocator, keys: tuple[Any, ...], value: Scalar, name: str, endpoint: Endpoint
+) -> Scalar:
+    """Check one value of a path parameter and return it as the partition keeps it.
 
-    A raw path's parameters can be anything.
+    A TM id becomes an integer, so that ``"042"`` and ``42`` are one partition.
     """
-    return not is_raw(endpoint) and name in endpoint.path_params and name.endswith("_id")
-
-
-def _check_path_value(
-    where: KeyLocator, keys: tuple[Any, ...], value: str, name: str, endpoint: Endpoint
-) -> None:
-    if _is_tm_id(name, endpoint) and not value.isdigit():
-        # The server returns 404 for any other value, which the run would count as skipped.
-        raise where.error(
-            keys, f"invalid id {value!r}; expected a whole number of 0 or more, such as 42"
-        )
-    if value and not any(char in value for char in "/?#"):
-        return
+    text = render(value)
+    if endpoint.takes_id(name):
+        number = as_id(value)
+        if number is None:
+            # The server rejects anything but an integer with 422, and a negative one with 404.
+            raise where.error(
+                keys, f"invalid id {text!r}; expected a whole number of 0 or more, such as 42"
+            )
+        return number
+    if text and not any(char in text for char in "/?#"):
+        return value
     raise where.error(
         keys,
-        f"invalid path parameter value {value!r}; expected a value that is not empty "
+        f"invalid path parameter value {text!r}; expected a value that is not empty "
         "and has no '/', '?' or '#'",
     )
 
@@ -122,17 +117,17 @@ def _build_each(
     values: list[Scalar] = []
     seen: dict[str, int] = {}
     for index, raw in enumerate(raw_values):
-        value = _scalar(raw)
-        text = render(value)
         item_keys = keys + ("each", index)
+        value = _scalar(raw)
+        if is_path_param:
+            value = _path_value(where, item_keys, value, name, endpoint)
+        text = render(value)
         if text in seen:
             raise where.error(
                 item_keys,
                 f"duplicate value {raw!r} (item {seen[text] + 1} already has it); "
                 "list each value once",
             )
-        if is_path_param:
-            _check_path_value(where, item_keys, text, name, endpoint)
         seen[text] = index
         values.append(value)
     return Each(name, tuple(values))
@@ -154,7 +149,7 @@ def _build_range(
             f"the range ends ({stop}) before it starts ({start}); expected [first, last] "
             "with first <= last",
         )
-    if start < 0 and _is_tm_id(name, endpoint):
+    if start < 0 and endpoint.takes_id(name):
         # The server returns 404 for a negative id, which the run would count as skipped.
         raise where.error(
             keys, f"invalid first id {start}; expected ids of 0 or more, such as [1, 500]"
@@ -210,7 +205,7 @@ def _window_params(
             keys + ("bind",),
             f"bind names '{start_param}' twice; expected two parameters [startParam, endParam]",
         )
-    if not is_raw(endpoint):
+    if not endpoint.raw:
         for index, bound in enumerate((start_param, end_param)):
             if bound in endpoint.path_params or bound == "dates":
                 raise where.error(
@@ -233,7 +228,7 @@ def _window_params(
 
 
 def _no_window_message(endpoint: Endpoint) -> str:
-    if is_raw(endpoint):
+    if endpoint.raw:
         return "a raw path has no date window of its own; add bind: [startParam, endParam]"
     pairs = [
         (name, name[: -len("From")] + "To")

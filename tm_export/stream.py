@@ -26,6 +26,7 @@ from .params import (
     Partition,
     Scalar,
     VaryingSpec,
+    as_id,
     count_written,
     expand_static,
     partition_id,
@@ -75,14 +76,37 @@ class _ChildFeed:
     fields: dict[str, str]
     """Parameter name to the dotted field path of this stream's records."""
     send: MemoryObjectSendStream[dict[str, Scalar]]
+    ids: tuple[str, ...] = ()
+    """The parameters among ``fields`` that take TM ids (see ``Endpoint.takes_id``)."""
     sent: int = 0
     reaches: dict[str, PathReach] = field(default_factory=dict)
     """Per field path, the farthest it went into one record, kept while no value is sent,
     so that the warning of an empty feed names the part of the path that no record has."""
+    not_ids: int = 0
+    """Combinations of values held back because a TM id parameter would get a value that
+    is not an id, such as a date from a mistyped field. The server would reject each of
+    their requests with 422."""
+    not_id: tuple[str, Scalar] | None = None
+    """The parameter and value of the first combination held back."""
 
     @property
     def name(self) -> str:
         return self.child.spec.name
+
+    def take_ids(self, values: dict[str, Scalar]) -> bool:
+        """Turn the TM ids among ``values`` into integers, as the recipe's own ids are.
+
+        Returns False, and counts the combination, when one of them is not an id.
+        """
+        for name in self.ids:
+            number = as_id(values[name])
+            if number is None:
+                self.not_ids += 1
+                if self.not_id is None:
+                    self.not_id = (name, values[name])
+                return False
+            values[name] = number
+        return True
 
     def note_reaches(self, record: Any) -> None:
         """Keep how far each field path goes into ``record``, when it goes further than before."""
@@ -193,7 +217,8 @@ class StreamRunner:
         and a task id that belong together.
         """
         send, receive = anyio.create_memory_object_stream[dict[str, Scalar]](CHILD_BUFFER)
-        self._children.append(_ChildFeed(child, fields, send))
+        ids = tuple(name for name in fields if child.spec.endpoint.takes_id(name))
+        self._children.append(_ChildFeed(child, fields, send, ids))
         child._parent_values = receive
 
     # --- running -----------------------------------------------------------------
@@ -250,6 +275,9 @@ class StreamRunner:
         if not self._records_offered:
             return
         for feed in self._children:
+            if feed.not_id is not None:
+                self._warn_of_values_not_ids(feed, complete=complete)
+                continue
             if feed.sent or not feed.reaches:
                 continue
             path, reach = min(feed.reaches.items(), key=lambda item: item[1].depth)
@@ -268,6 +296,23 @@ class StreamRunner:
             logger.warning("%s: %s", feed.name, problem)
             if complete:
                 feed.child.add_feed_problem(problem)
+
+    def _warn_of_values_not_ids(self, feed: _ChildFeed, *, complete: bool) -> None:
+        """Warn of the values held back from a child stream because they are not TM ids.
+
+        As for an empty feed, the warning is also a problem of the child when ``complete``:
+        the field is likely wrong, and its partitions would be missing from a complete run.
+        """
+        assert feed.not_id is not None
+        name, example = feed.not_id
+        problem = (
+            f"no request for {counted(feed.not_ids, 'value')} of {feed.fields[name]} in the "
+            f"records of {self.spec.name}, such as {example!r}: {name} takes a TM id, a whole "
+            f"number of 0 or more, and the server rejects anything else with 422. {FEED_FIX}"
+        )
+        logger.warning("%s: %s", feed.name, problem)
+        if complete:
+            feed.child.add_feed_problem(problem)
 
     def add_feed_problem(self, problem: str) -> None:
         """Record that this stream's ``from:`` field gives no value, as a problem of the stream.
@@ -594,6 +639,8 @@ class StreamRunner:
             try:
                 for record in records:
                     for values in combinations(record, feed.fields):
+                        if feed.ids and not feed.take_ids(values):
+                            continue
                         feed.sent += 1
                         await _put(feed.send, values)
                     if not feed.sent:

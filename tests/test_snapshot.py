@@ -199,6 +199,37 @@ def test_failed_partition_keeps_earlier_records(tmp_path: Path, mock: MockServer
     ] == [[]] * 5
 
 
+def test_snapshot_lists_problems(tmp_path: Path, mock: MockServer) -> None:
+    """A stream problem of a run (here a from: field that no record has) is listed in
+    snapshot.json with its run, and named in a warning, as failed partitions are."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {rate_limit: 10000/s}\noutput: OUT\nstreams:\n"
+        "  projects: {endpoint: projects}\n"
+        "  details:\n    endpoint: project_summary\n"
+        "    params: {project_id: {from: projects.projectID}}\n",
+    )
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 3
+    run = tmp_path / "out" / "runs" / "0001"
+    entries = map(orjson.loads, (run / "manifest.jsonl").read_bytes().splitlines())
+    problems = [entry["problem"] for entry in entries if entry["t"] == "feed"]
+    assert len(problems) == 1
+
+    outcome = run_cli("snapshot", str(tmp_path / "out"), str(tmp_path / "now"))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stderr == (
+        "tm-export: warning: the runs recorded problems (1 of details), so these streams may "
+        "lack records; snapshot.json lists each problem with its run, and 'tm-export status "
+        "RUN' explains it\n"
+    )
+    record = orjson.loads((tmp_path / "now/snapshot.json").read_bytes())
+    assert record["streams"]["details"]["problems"] == [
+        {"run": str(run.resolve()), "partition": None, "problem": problems[0]}
+    ]
+    assert record["streams"]["projects"]["problems"] == []
+
+
 @pytest.mark.parametrize(
     ("setup", "message", "code"),
     [

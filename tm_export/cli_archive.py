@@ -393,6 +393,14 @@ def snapshot(folder: Path, destination: Path) -> None:
             "lists them, and the next incremental run fetches them again",
             err=True,
         )
+    if written.problems:
+        counts = ", ".join(f"{count} of {name}" for name, count in written.problems.items())
+        click.echo(
+            f"tm-export: warning: the runs recorded problems ({counts}), so these streams may "
+            "lack records; snapshot.json lists each problem with its run, and 'tm-export "
+            "status RUN' explains it",
+            err=True,
+        )
 
 
 def register(main: click.Group) -> None:

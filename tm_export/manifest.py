@@ -207,6 +207,15 @@ class StreamState:
                 yield partition_id, partition.final
         yield from self.done.items()
 
+    def all_problems(self) -> Iterator[tuple[str | None, str]]:
+        """Yield the stream's problems as (partition id, problem): those of the stream as a
+        whole first, with None, then those of each finished partition, by partition id."""
+        for problem in self.problems:
+            yield None, problem
+        for partition_id, final in sorted(self.finals(), key=lambda item: item[0]):
+            for problem in final.get("problems", []):
+                yield partition_id, problem
+
     def partition(self, partition_id: str) -> PartitionState:
         state = self.partitions.get(partition_id)
         if state is None:

@@ -80,6 +80,8 @@ class Snapshot:
     deleted: list[int]
     failed: dict[str, int]
     """Per stream, the partitions whose newest final state in the chain is failed."""
+    problems: dict[str, int]
+    """Per stream, the problems that the runs of the chain recorded (see ``_problems``)."""
 
 
 def make_snapshot(run_folder: Path, destination: Path) -> Snapshot:
@@ -145,6 +147,9 @@ def make_snapshot(run_folder: Path, destination: Path) -> Snapshot:
         deleted=deleted,
         failed={
             name: len(stream["failed"]) for name, stream in streams.items() if stream["failed"]
+        },
+        problems={
+            name: len(stream["problems"]) for name, stream in streams.items() if stream["problems"]
         },
     )
 
@@ -255,6 +260,7 @@ def _write_stream(
         "records": records,
         "sha256": digest.hexdigest(),
         "failed": _failed(name, states, deleted),
+        "problems": _problems(name, chain),
     }
 
 
@@ -289,6 +295,26 @@ def _failed(stream: str, states: list[ManifestState], deleted: set[int]) -> list
         for partition, final in latest.items()
         if final == "failed" and not names_project(orjson.loads(partition), deleted)
     )
+
+
+def _problems(stream: str, chain: list[RunCheck]) -> list[dict[str, Any]]:
+    """Return the problems that each run of the chain recorded for ``stream``, oldest run
+    first, each with its run folder and its partition (null for the stream as a whole).
+
+    A problem means the records may be incomplete: a ``from:`` field that gave a dependent
+    stream nothing, or a partition whose pages did not add up. All of them are kept, since a
+    later run that fetched the partition again need not have fixed what the problem names.
+    """
+    problems = []
+    for check in chain:
+        state = check.state.streams.get(stream)
+        if state is None:
+            continue
+        folder = str(run_home(check.paths.folder).resolve())
+        for partition, problem in state.all_problems():
+            values = None if partition is None else orjson.loads(partition)
+            problems.append({"run": folder, "partition": values, "problem": problem})
+    return problems
 
 
 def _lines(check: RunCheck, stream: str) -> Iterator[tuple[bytes, Any]]:

@@ -159,12 +159,11 @@ def run_status(paths: RunPaths, scan: ManifestScan | None = None) -> RunStatus:
         status = StreamStatus(name, sources)
         status.records = stream_state.records
         status.duplicates = stream_state.duplicates
-        status.problems = list(stream_state.problems)
+        status.problems = [
+            problem if partition is None else partition_problem(partition, problem)
+            for partition, problem in stream_state.all_problems()
+        ]
         status.read_again = len(stream_state.read_again)
-        for partition_id, final in stream_state.finals():
-            status.problems.extend(
-                partition_problem(partition_id, p) for p in final.get("problems", [])
-            )
         status.partitions["done"] += len(stream_state.done)
         for partition in stream_state.partitions.values():
             status.partitions[partition.state] += 1

@@ -197,6 +197,71 @@ def test_token_rejected_mid_run(tmp_path: Path, mock: MockServer) -> None:
     )
 
 
+EXPIRING_RECIPE = """\
+version: 1
+instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s, concurrency: 1}
+output: OUT
+streams:
+  details:
+    endpoint: project
+    params: {project_id: {range: [1, 12]}}
+"""
+
+
+def test_token_expiring_mid_run_stops(tmp_path: Path, mock: MockServer) -> None:
+    """A token that expires during a run is served anonymously, so private project 9 returns
+    403: the token check after it stops the run (exit 1) where it would have skipped the
+    project for good, and the run with a renewed token fetches it."""
+    recipe = write_recipe(tmp_path, EXPIRING_RECIPE)
+    mock.add_fault(path=r"^/api/v2/projects/8/$", times=1, call=lambda: mock.renew_token("admin"))
+
+    expired = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["admin"]}
+    )
+
+    assert expired.exit_code == 1, expired.stderr
+    sent = [(r["path"], r["status"]) for r in mock.requests()]
+    assert ("/api/v2/projects/9/", 403) in sent
+    assert sent[-1] == ("/api/v2/users/queries/tasks/locked/", 401)
+    assert sent.count(("/api/v2/users/queries/tasks/locked/", 401)) == 1
+    assert expired.stderr.splitlines()[-1] == (
+        "tm-export: error: the server rejected the API token (401 InvalidToken at "
+        f"{mock.api_url}/users/queries/tasks/locked/): the token in TM_API_TOKEN is invalid or "
+        "expired (TM tokens last 7 days). Copy a new API key from your Tasking Manager settings, "
+        "export TM_API_TOKEN, and run the same command again to resume"
+    )
+    finished = [entry["p"] for entry in manifest_entries(tmp_path / "out", "part")]
+    assert '{"project_id":9}' not in finished
+
+    renewed = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["admin"]}
+    )
+
+    assert renewed.exit_code == 0, renewed.stderr
+    written = [
+        orjson.loads(line)["projectId"]
+        for line in data_file(tmp_path / "out", "details").read_bytes().splitlines()
+    ]
+    assert sorted(written) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+
+
+def test_valid_token_403_skips(tmp_path: Path, mock: MockServer) -> None:
+    """A 403 to a token that the server still accepts (a user without rights on draft
+    project 6 and private project 9) skips the partition after a token check."""
+    recipe = write_recipe(tmp_path, EXPIRING_RECIPE)
+
+    outcome = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["other"]}
+    )
+
+    assert outcome.exit_code == 0, outcome.stderr
+    checks = [r["status"] for r in mock.requests() if r["path"].endswith("/tasks/locked/")]
+    assert checks == [200, 200, 200]
+    parts = manifest_entries(tmp_path / "out", "part")
+    skipped = [orjson.loads(str(e["p"]))["project_id"] for e in parts if e["state"] == "skipped"]
+    assert sorted(skipped) == [6, 9, 12]
+
+
 def test_preflight_rejects_token(tmp_path: Path, mock: MockServer) -> None:
     """A configured token that the pre-flight check rejects stops the run before any export request."""
     recipe = write_recipe(tmp_path, TOKEN_RECIPE.replace("ACTIVE", "1"))

@@ -148,6 +148,35 @@ def test_incremental_refuses_other_server(tmp_path: Path, mock: MockServer) -> N
     assert sorted(path.name for path in (tmp_path / "out/runs").iterdir()) == ["0001", "0002"]
 
 
+def test_incremental_needs_earlier_token(tmp_path: Path, mock: MockServer) -> None:
+    """An incremental run without the token that the runs before it sent stops before any
+    request: its search would miss the private projects' changes, and the next incremental
+    run would start after it."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {token_env: TM_API_TOKEN, rate_limit: 10000/s}\noutput: OUT\n"
+        "streams:\n  projects: {endpoint: projects}\n",
+    )
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env={"TM_API_TOKEN": mock.tokens["admin"]}).exit_code == 0
+    mock.reset_log()
+
+    anonymous = run_cli(*args, "--incremental", env={"TM_API_TOKEN": ""})
+
+    assert anonymous.exit_code == 2
+    assert anonymous.stderr.splitlines()[-1] == (
+        f"tm-export: error: {tmp_path / 'out'}: the runs that this incremental run builds on "
+        "sent an API token, and this one has none, so it would miss what changed in the "
+        "private projects, for good, since the next incremental run starts after it. Nothing "
+        "was changed. Export TM_API_TOKEN and run the same command again, or use --start-over "
+        "for an anonymous full run"
+    )
+    assert mock.requests() == []
+    assert sorted(path.name for path in (tmp_path / "out/runs").iterdir()) == ["0001"]
+    with_token = run_cli(*args, "--incremental", env={"TM_API_TOKEN": mock.tokens["admin"]})
+    assert with_token.exit_code == 0, with_token.stderr
+
+
 def test_deleted_project_reported_once(tmp_path: Path, mock: MockServer) -> None:
     """The run that finds a project deleted reports it; the runs after it do not."""
     recipe = write_recipe(tmp_path, RECIPE)

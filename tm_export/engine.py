@@ -69,6 +69,7 @@ from .redact import Redactor
 from .runrecord import write_run_record
 from .sink import StreamFile
 from .stream import StreamRunner
+from .tokencheck import TokenCheck
 from .verify import interrupted_bag_folder
 from .walk import StreamStats
 from .words import counted
@@ -455,6 +456,7 @@ class _Session:
                         # An incremental run that stopped before its first session has no
                         # session for _check_server to compare with.
                         self._check_previous_server()
+                        self._check_previous_token()
                         return folder, state, Journal.open(manifest, valid_bytes=extent.valid_bytes)
                     self.baseline = read_baseline(self.recipe, runs)
                     folder = next_run_folder(output)
@@ -473,6 +475,7 @@ class _Session:
             folder = next_run_folder(output)
 
         self._check_previous_server()
+        self._check_previous_token()
         (folder / "data").mkdir(parents=True, exist_ok=True)
         header = {
             "tool": "tm-export",
@@ -557,6 +560,29 @@ class _Session:
             "changed since the previous run, so it needs the same server. Nothing was "
             f"changed. Give --base-url {previous}, or use --start-over for a full run from "
             "the other server"
+        )
+
+    def _check_previous_token(self) -> None:
+        """Raise RecipeError when an incremental run has no token and the runs it builds on
+        sent one.
+
+        The search without a token lists no private project, so their changes would be
+        missing from this run, and for good: the next incremental run starts after it.
+        """
+        if self.options.token or self.baseline is None or not self.baseline.authenticated:
+            return
+        variable = self.recipe.instance.token_env
+        fix = (
+            f"Export {variable}"
+            if variable
+            else f"Put instance.token_env back in {self.recipe.path}"
+        )
+        raise RecipeError(
+            f"{self.options.output}: the runs that this incremental run builds on sent an API "
+            "token, and this one has none, so it would miss what changed in the private "
+            "projects, for good, since the next incremental run starts after it. Nothing was "
+            f"changed. {fix} and run the same command again, or use "
+            "--start-over for an anonymous full run"
         )
 
     def _note_finished(self, folder: Path, state: ManifestState) -> None:
@@ -668,7 +694,8 @@ class _Session:
                 rng=self.options.rng,
                 rerun=f"{self.rerun} to resume",
             )
-            runners = self._runners(state, committer, fetcher, run_folder)
+            token_check = TokenCheck(fetcher) if http.sends_token else None
+            runners = self._runners(state, committer, fetcher, run_folder, token_check)
             result.streams = {name: runner.stats for name, runner in runners.items()}
             try:
                 if result.finished_before:
@@ -722,7 +749,12 @@ class _Session:
             await self._run_streams(runners, committer, fetcher)
 
     def _runners(
-        self, state: ManifestState, committer: Committer, fetcher: Fetcher, run_folder: Path
+        self,
+        state: ManifestState,
+        committer: Committer,
+        fetcher: Fetcher,
+        run_folder: Path,
+        token_check: TokenCheck | None,
     ) -> dict[str, StreamRunner]:
         runners = {
             name: StreamRunner(
@@ -737,6 +769,7 @@ class _Session:
                 retry_skipped=self.options.retry_skipped,
                 shard=self.options.shard,
                 baseline=self.baseline,
+                token_check=token_check,
             )
             for name, spec in self.recipe.streams.items()
         }

@@ -75,6 +75,8 @@ class Baseline:
     refetch: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """Per stream with a ``from:`` parameter, the partitions (as parameter values) whose
     newest final state in the earlier runs is failed."""
+    authenticated: bool = False
+    """Whether a session of the earlier runs sent an API token."""
 
     def header(self) -> dict[str, Any]:
         """Return what the new run's manifest header records about its baseline."""
@@ -128,6 +130,9 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
     covered = _covered_until(recipe, states)
     since = covered or _parse_time(states[0][1].header["started"])
     baseline = Baseline(since=since, previous=previous, base_url=base_url, search_since=covered)
+    baseline.authenticated = any(
+        session.get("authenticated") for _, state in states for session in state.sessions
+    )
     baseline.refetch = _failed_partitions(recipe, [state for _, state in states])
     # A project that an earlier run found deleted would return 404 to its failed partitions.
     baseline.drop_deleted(

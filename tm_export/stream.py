@@ -38,6 +38,7 @@ from .progress import StreamProgress
 from .query import QueryBuilder
 from .recipe import StreamSpec
 from .records import PathReach, ShapeError, empty_path_reason, path_reach, reaches_further
+from .tokencheck import TokenCheck
 from .walk import PageResult, PartitionWalk, StreamStats, combinations
 from .words import counted
 
@@ -134,6 +135,7 @@ class StreamRunner:
         shard: tuple[int, int] | None = None,
         baseline: Baseline | None = None,
         codec: Codec = "none",
+        token_check: TokenCheck | None = None,
     ) -> None:
         self.spec = spec
         self.state = state
@@ -146,6 +148,8 @@ class StreamRunner:
         self.stats.read_again.update(state.read_again)
         self._committer = committer
         self._fetcher = fetcher
+        self._token_check = token_check
+        """Asked before a 403 skips a partition; None when the run sends no token."""
         self._data_path = data_path
         self._concurrency = concurrency
         self._shard = shard
@@ -449,6 +453,8 @@ class StreamRunner:
             await self._read(walk)
 
         hidden = _hidden_by(walk.failed_pages)
+        if hidden is not None and not await self._token_still_accepted(walk):
+            hidden = None
         if hidden is not None:
             # The partition is not visible to us, from its first page on or since its project
             # was deleted or made private during the walk. Pages committed before stay. As a
@@ -458,6 +464,25 @@ class StreamRunner:
             return
 
         self._finish(walk, "failed" if walk.failed_pages else "done")
+
+    async def _token_still_accepted(self, walk: PartitionWalk) -> bool:
+        """Tell whether the token that a 403 of ``walk`` was sent with is still accepted.
+
+        An expired token gets the same 403 from a private project as a user without rights
+        on it, so a partition is skipped for a 403 only when the token check passes after
+        it. When the check fails for another reason, the partition fails, for --retry-failed.
+
+        Raises:
+            TokenRejectedError: the token is no longer accepted; the run stops.
+        """
+        if self._token_check is None:
+            return True
+        if not any(
+            isinstance(error, HTTPStatusError) and error.status == 403
+            for error in walk.failed_pages.values()
+        ):
+            return True
+        return await self._token_check.confirm()
 
     async def _read(self, walk: PartitionWalk) -> None:
         """Fetch the pages of the partition's latest reading that are not committed yet."""

@@ -53,10 +53,21 @@ class TokenStore:
         """Header values by role, ready to send after ``Token ``."""
         self._sessions: dict[str, tuple[str, User]] = {}
         for role, username in TOKEN_USERS.items():
-            user = users_by_name[username]
-            session = f"{user.id}.{secrets.token_urlsafe(24)}"
-            self.tokens[role] = base64.b64encode(session.encode("ascii")).decode("ascii")
-            self._sessions[session] = (role, user)
+            self._mint(role, users_by_name[username])
+
+    def _mint(self, role: str, user: User) -> None:
+        session = f"{user.id}.{secrets.token_urlsafe(24)}"
+        self.tokens[role] = base64.b64encode(session.encode("ascii")).decode("ascii")
+        self._sessions[session] = (role, user)
+
+    def renew(self, role: str) -> None:
+        """Let the token of ``role`` expire and mint a new one, as a user who renews it.
+
+        The server then treats the old token as an expired one.
+        """
+        session = base64.b64decode(self.tokens[role]).decode("ascii")
+        _, user = self._sessions.pop(session)
+        self._mint(role, user)
 
     def identify(self, header: str | None) -> Caller:
         """Classify an Authorization header value and find its user."""

@@ -98,6 +98,10 @@ class MockServer:
         """Header values for ``Authorization: Token <value>`` by role: admin, mapper, other."""
         return dict(self._token_store.tokens)
 
+    def renew_token(self, role: str) -> None:
+        """Expire the token of ``role`` (``admin``, ``mapper``, ``other``) and mint a new one."""
+        self._token_store.renew(role)
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     def start(self) -> MockServer:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from pathlib import Path
 
 import orjson
@@ -500,6 +501,45 @@ def test_server_refusing_connections_stops_run(
         f"{api_url}/system/heartbeat/ failed: cannot connect to 127.0.0.1:{port} "
         "(Connection refused); check the base URL and the network, then run the same command again to resume",
     ]
+
+
+def test_server_gone_mid_run_stops_run(tmp_path: Path, mock: MockServer) -> None:
+    """A server that stops accepting connections during the run stops it (exit 1) once the
+    retries are used up, with no partition failed, so the same command resumes it and
+    every record is written once."""
+    recipe = write_recipe(
+        tmp_path,
+        PROJECTS_RECIPE
+        + "  details:\n    endpoint: project\n"
+        + "    params: {project_id: {from: projects.projectId}, abbreviated: true}\n",
+    )
+    mock.add_fault(
+        path=SEARCH,
+        query={"page": "2"},
+        times=1,
+        call=lambda: threading.Thread(target=mock.stop).start(),
+    )
+
+    stopped = export_here(recipe, mock)
+
+    assert stopped.exit_code() == ExitCode.FATAL
+    assert str(stopped.fatal).startswith(
+        f"cannot reach the Tasking Manager at {mock.api_url}: GET "
+    )
+    assert str(stopped.fatal).endswith(
+        f"failed: cannot connect to 127.0.0.1:{mock.port} (Connection refused); check the base "
+        "URL and the network, then run the same command again to resume"
+    )
+    assert [e for e in manifest_entries(tmp_path / "out", "part") if e["state"] != "done"] == []
+
+    mock.start()
+    resumed = export_here(recipe, mock)
+
+    assert resumed.exit_code() == ExitCode.COMPLETE
+    ids = sorted(mock.dataset.public_project_ids())
+    for stream in ("projects", "details"):
+        lines = data_file(tmp_path / "out", stream).read_bytes().splitlines()
+        assert sorted(orjson.loads(line)["projectId"] for line in lines) == ids
 
 
 def test_base_url_without_api_prefix_stops_run(tmp_path: Path, mock: MockServer) -> None:

@@ -12,6 +12,7 @@
     │   └── ManifestError        the manifest is damaged or belongs to another recipe
     └── RequestError             one request failed; the engine decides what it means
         ├── TransportError       no usable HTTP response: connection, timeout, torn body
+        │   └── ConnectError     no connection to the server could be made
         └── HTTPStatusError      the server answered with an error status
 
 The engine turns a ``RequestError`` into a skipped or failed partition, or into a
@@ -103,6 +104,14 @@ class RequestError(TmExportError):
 
 class TransportError(RequestError):
     """No complete HTTP response arrived: connection error, timeout or a cut body."""
+
+
+class ConnectError(TransportError):
+    """No connection to the server could be made: refused, unresolved or timed out.
+
+    Unlike the other transport errors, it tells nothing about the request that got it, so the
+    fetcher stops the run when it lasts through every retry (see ``Fetcher.get_json``).
+    """
 
 
 class HTTPStatusError(RequestError):

@@ -6,8 +6,10 @@
 - ``WaitTooLongError`` when ``Retry-After`` requests a longer wait than the recipe allows;
 - ``HTTPStatusError`` for a status that is not retried (403, 404, other 4xx), or for a
   retried status (429, 5xx) once the attempts are used up;
-- ``TransportError`` when the attempts are used up on connection errors, timeouts, cut
-  bodies or a 2xx body that is not JSON.
+- ``FatalError`` when the attempts are used up on ``ConnectError``: the server cannot be
+  reached at all, so the run stops, to be resumed;
+- ``TransportError`` when the attempts are used up on other connection errors, timeouts,
+  cut bodies or a 2xx body that is not JSON.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import orjson
 
 from .clock import Clock
 from .errors import (
+    ConnectError,
     FatalError,
     HTTPStatusError,
     RequestError,
     TokenRejectedError,
     TransportError,
     WaitTooLongError,
+    unreachable,
 )
 from .http import HttpSession, Response
 from .pacing import HostGate, RateLimiter
@@ -97,6 +101,12 @@ class Fetcher:
 
             assert failure is not None
             failure.attempts = attempt
+            if attempt == attempts and isinstance(failure, ConnectError):
+                # No partition is to blame for a server that cannot be reached at all. As
+                # failures, the rest of the run would fail partition after partition, each
+                # after every retry, and the same command would not fetch them again.
+                self._fatal = unreachable(self._base_url, failure, self._rerun)
+                raise self._fatal
             if attempt == attempts:
                 raise failure
             await self._wait_before_retry(failure, attempt, attempts)

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import aiohttp
 
-from .errors import StorageError, TransportError
+from .errors import ConnectError, StorageError, TransportError
 from .redact import Redactor
 
 logger = logging.getLogger("tm_export.http")
@@ -132,6 +132,8 @@ class HttpSession:
                 status = reply.status
                 headers = {name.lower(): value for name, value in reply.headers.items()}
                 body, spooled = await self._read_body(reply, spool and 200 <= status < 300)
+        except aiohttp.ConnectionTimeoutError as error:
+            raise ConnectError(f"GET {shown}: the connection timed out", url=shown) from error
         except (TimeoutError, aiohttp.ServerTimeoutError) as error:
             raise TransportError(f"GET {shown} timed out", url=shown) from error
         except aiohttp.ClientPayloadError as error:
@@ -140,7 +142,7 @@ class HttpSession:
             ) from error
         except aiohttp.ClientConnectorError as error:
             reason = self._redactor.redact(_connect_failure(error))
-            raise TransportError(f"GET {shown} failed: {reason}", url=shown) from error
+            raise ConnectError(f"GET {shown} failed: {reason}", url=shown) from error
         except aiohttp.ClientError as error:
             reason = self._redactor.redact(str(error) or type(error).__name__)
             raise TransportError(f"GET {shown} failed: {reason}", url=shown) from error

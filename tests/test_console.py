@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli, run_process
+from tests.conftest import run_cli, run_process, write_recipe
+from tm_export.mock import MockServer
 
 
 def test_process_output_matches_in_process() -> None:
@@ -50,3 +51,37 @@ def test_full_standard_output_exits_1(argument: str) -> None:
 
     assert child.returncode == 1
     assert child.stderr == "tm-export: error: cannot write the output: No space left on device\n"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_run_summary_names_unwritten_json(tmp_path: Path, mock: MockServer) -> None:
+    """When the JSON summary cannot be written, the summary on stderr gives the exit code
+    that the process ends with, and the reason."""
+    recipe = write_recipe(
+        tmp_path, "version: 1\noutput: OUT\nstreams:\n  countries: {endpoint: countries}\n"
+    )
+    with open("/dev/full", "w") as full:
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tm_export",
+                "run",
+                str(recipe),
+                "--base-url",
+                mock.api_url,
+                "--json",
+                "--quiet",
+            ],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+
+    assert child.returncode == 1
+    assert child.stderr.splitlines()[-2:] == [
+        "result: complete (exit 1)",
+        "tm-export: error: cannot write the summary to standard output: No space left on device",
+    ]

@@ -343,6 +343,12 @@ def run(
 
     code = result.exit_code(strict=strict)
     summary = summary_json(result, code)
+    # Standard output is written first, so that the summary on stderr can give the exit code
+    # that a pipe closed early (a reader such as 'head') turns into 1.
+    unwritten = _write_stdout(redactor.redact(json.dumps(summary, indent=2))) if as_json else None
+    exit_code = ExitCode.FATAL if unwritten else code
+    if unwritten:
+        summary = summary_json(result, code, exit_code)
     if json_logs:
         # Machine-read logs stay one JSON object per line, the summary included; it is
         # printed even with --quiet, as the text summary is.
@@ -355,17 +361,33 @@ def run(
             summary=summary,
         )
         click.echo(redactor.redact(line), err=True)
-        if result.fatal is not None:
-            logging.getLogger("tm_export").error(
-                "%s", result.fatal, extra={"event": "error", "exit_code": int(code)}
-            )
+        for failure in (result.fatal, unwritten):
+            if failure is not None:
+                logging.getLogger("tm_export").error(
+                    "%s", failure, extra={"event": "error", "exit_code": int(exit_code)}
+                )
     else:
-        click.echo(redactor.redact(format_summary(loaded, result, code)), err=True)
-        if result.fatal is not None:
-            click.echo(f"tm-export: error: {redactor.redact(str(result.fatal))}", err=True)
-    if as_json:
-        click.echo(redactor.redact(json.dumps(summary, indent=2)))
-    sys.exit(int(code))
+        click.echo(redactor.redact(format_summary(loaded, result, code, exit_code)), err=True)
+        for failure in (result.fatal, unwritten):
+            if failure is not None:
+                click.echo(f"tm-export: error: {redactor.redact(str(failure))}", err=True)
+    sys.exit(int(exit_code))
+
+
+def _write_stdout(text: str) -> str | None:
+    """Write ``text`` and a newline to standard output; return why that failed, or None.
+
+    After a failure standard output is replaced by the null device, so that the flush at
+    exit does not report the same failure again.
+    """
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError) as error:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - it lasts until the process ends
+        reason = getattr(error, "strerror", None) or str(error)
+        return f"cannot write the summary to standard output: {reason}"
+    return None
 
 
 @main.command(context_settings=CONTEXT_SETTINGS, epilog=CHECK_EXIT_CODES)

@@ -27,8 +27,14 @@ STRICT_SKIPPED = "finished with skipped partitions (--strict)"
 AUTHENTICATED = {True: "yes", False: "no", None: "not checked"}
 
 
-def format_summary(recipe: Recipe, result: RunResult, code: ExitCode) -> str:
-    """Return the summary table and totals as text."""
+def format_summary(
+    recipe: Recipe, result: RunResult, code: ExitCode, exit_code: ExitCode | None = None
+) -> str:
+    """Return the summary table and totals as text.
+
+    ``exit_code`` is the process's, when it differs from the run's ``code`` because the
+    summary could not be written to standard output.
+    """
     header = ("stream", "done", "skipped", "failed", "records", "duplicates")
     rows = [header]
     for name, stats in result.streams.items():
@@ -80,7 +86,7 @@ def format_summary(recipe: Recipe, result: RunResult, code: ExitCode) -> str:
         f"requests: {result.requests}, retries: {result.retries}, authenticated: "
         f"{AUTHENTICATED[result.authenticated]}, TM release: {result.tm_release or 'unknown'}"
     )
-    lines.append(f"result: {outcome_text(result, code)} (exit {int(code)})")
+    lines.append(f"result: {outcome_text(result, code)} (exit {int(exit_code or code)})")
     return "\n".join(lines)
 
 
@@ -91,11 +97,13 @@ def outcome_text(result: RunResult, code: ExitCode) -> str:
     return OUTCOMES[code].format(rerun=resume_hint(started_over=result.started_over))
 
 
-def summary_json(result: RunResult, code: ExitCode) -> dict[str, Any]:
-    """Return the summary as JSON-ready data."""
+def summary_json(
+    result: RunResult, code: ExitCode, exit_code: ExitCode | None = None
+) -> dict[str, Any]:
+    """Return the summary as JSON-ready data; ``exit_code`` as for ``format_summary``."""
     return {
         "run_folder": str(result.run_folder),
-        "exit_code": int(code),
+        "exit_code": int(exit_code or code),
         "outcome": outcome_text(result, code),
         "resumed": result.resumed and not result.finished_before,
         "already_finished": result.finished_before,

@@ -37,17 +37,22 @@ def test_process_keeps_usage_exit_code(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
-@pytest.mark.parametrize("argument", ["endpoints", "--version"])
-def test_full_standard_output_exits_1(argument: str) -> None:
+def run_into_full_disk(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """Run ``tm-export ARGUMENTS`` with a standard output whose every write fails (ENOSPC)."""
     with open("/dev/full", "w") as full:
-        child = subprocess.run(
-            [sys.executable, "-m", "tm_export", argument],
+        return subprocess.run(
+            [sys.executable, "-m", "tm_export", *arguments],
             stdout=full,
             stderr=subprocess.PIPE,
             text=True,
             check=False,
             timeout=120,
         )
+
+
+@pytest.mark.parametrize("argument", ["endpoints", "--version"])
+def test_full_standard_output_exits_1(argument: str) -> None:
+    child = run_into_full_disk(argument)
 
     assert child.returncode == 1
     assert child.stderr == "tm-export: error: cannot write the output: No space left on device\n"
@@ -60,25 +65,8 @@ def test_run_summary_names_unwritten_json(tmp_path: Path, mock: MockServer) -> N
     recipe = write_recipe(
         tmp_path, "version: 1\noutput: OUT\nstreams:\n  countries: {endpoint: countries}\n"
     )
-    with open("/dev/full", "w") as full:
-        child = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tm_export",
-                "run",
-                str(recipe),
-                "--base-url",
-                mock.api_url,
-                "--json",
-                "--quiet",
-            ],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            check=False,
-            timeout=120,
-        )
+
+    child = run_into_full_disk("run", str(recipe), "--base-url", mock.api_url, "--json", "--quiet")
 
     assert child.returncode == 1
     assert child.stderr.splitlines()[-2:] == [

@@ -84,7 +84,7 @@ def test_archive_doc_commands(tmp_path: Path, mock: MockServer) -> None:
 
     plan = output_of("tm-export plan recipes/demo.yaml\n")
     search_pages = math.ceil(len(ids) / 14)
-    probed_header = f"plan for recipes/demo.yaml: 5 streams; probed {mock.api_url} with 2 requests"
+    probed_header = f"plan for recipes/demo.yaml: 5 streams; probed {mock.api_url} with 3 requests"
     unprobed, probed = plan[: plan.index(probed_header)], plan[plan.index(probed_header) :]
     assert unprobed[0] == "plan for recipes/demo.yaml: 5 streams; nothing was sent"
     assert "task_stats       tasks_statistics               12           12" in unprobed

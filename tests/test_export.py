@@ -584,6 +584,28 @@ def test_from_values_not_ids_send_nothing(tmp_path: Path, mock: MockServer) -> N
     assert data_file(tmp_path / "out", "summaries").read_bytes() == b""
 
 
+def test_page_cap_is_one_problem(tmp_path: Path, mock: MockServer) -> None:
+    """A walk stopped by max_pages has one problem, the cap, and no integrity problem for
+    the records past the cap; the run exits 3."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {rate_limit: 10000/s}\noutput: OUT\nstreams:\n"
+        "  projects: {endpoint: projects, max_pages: 2}\n",
+    )
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 3, outcome.stderr
+    pages = -(-mock.dataset.count("projects") // 14)
+    assert pages > 2
+    problem = f"page cap reached: the server announced {pages} pages, and max_pages is 2"
+    assert [line for line in outcome.stderr.splitlines() if line.startswith("problem")] == [
+        f"problem in projects: {problem}"
+    ]
+    assert f"tm-export: WARNING: projects: {problem}" in outcome.stderr.splitlines()
+    assert len(records(data_file(tmp_path / "out", "projects"))) == 28
+
+
 def test_from_empty_field_is_complete(tmp_path: Path, mock: MockServer) -> None:
     """A from: field that every record has, empty, is data and not a mistake: the run warns
     and is complete."""

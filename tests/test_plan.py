@@ -195,7 +195,7 @@ def test_plan_probe(tmp_path: Path, mock: MockServer) -> None:
         "second\n"
     )
     assert outcome.stdout.splitlines() == [
-        f"plan for {recipe}: 4 streams; probed {mock.api_url} with 6 requests",
+        f"plan for {recipe}: 4 streams; probed {mock.api_url} with 7 requests",
         "stream      endpoint            partitions     requests",
         f"projects    projects                     1  {search_pages(mock):>11}",
         f"activities  project_activities           5  {activities:>11}",
@@ -211,7 +211,7 @@ def test_plan_probe(tmp_path: Path, mock: MockServer) -> None:
         "preflight: the server's heartbeat; retries are not counted",
     ]
     assert sorted((r["path"], r["query"]) for r in mock.requests()) == sorted(
-        [("/api/v2/projects/", SEARCH_QUERY)]
+        [("/api/v2/system/heartbeat/", ""), ("/api/v2/projects/", SEARCH_QUERY)]
         + [(f"/api/v2/projects/{pid}/activities/", "page=1") for pid in (1, 2, 3, 9, 12)]
     )
     assert not (tmp_path / "out").exists()
@@ -252,7 +252,7 @@ def test_plan_probe_limit(tmp_path: Path, mock: MockServer) -> None:
     lines = outcome.stdout.splitlines()
     assert f"activities  project_activities           5  {f'at least {activities}':>11}" in lines
     assert "activities: probed 2 partitions, 3 not probed (--max-probes), counted at one" in lines
-    assert len(mock.requests()) == 3
+    assert len(mock.requests()) == 4
 
 
 def test_plan_base_url_needs_probe(tmp_path: Path) -> None:
@@ -278,7 +278,7 @@ def test_plan_probe_environment_url(tmp_path: Path, mock: MockServer) -> None:
         f"tm-export: probing {mock.api_url}: page 1 of 6 partitions, at most 10000 requests a "
         "second\n"
     )
-    assert len(mock.requests()) == 6
+    assert len(mock.requests()) == 7
 
 
 def test_plan_probe_recipe_url(
@@ -294,9 +294,9 @@ def test_plan_probe_recipe_url(
 
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.stdout.splitlines()[0] == (
-        f"plan for {recipe}: 3 streams; probed {mock.api_url} with 6 requests"
+        f"plan for {recipe}: 3 streams; probed {mock.api_url} with 7 requests"
     )
-    assert len(mock.requests()) == 6
+    assert len(mock.requests()) == 7
 
 
 def test_plan_probe_option_over_environment(tmp_path: Path, mock: MockServer) -> None:
@@ -309,7 +309,7 @@ def test_plan_probe_option_over_environment(tmp_path: Path, mock: MockServer) ->
     rejected = run_cli("plan", str(recipe), "--probe", env=invalid)
 
     assert chosen.exit_code == 0, chosen.stderr
-    assert len(mock.requests()) == 6
+    assert len(mock.requests()) == 7
     assert rejected.exit_code == 2
     assert rejected.stderr == (
         "tm-export: error: TM_EXPORT_BASE_URL: invalid URL 'http://127.0.0.1:9/api/v2?page=1': "
@@ -380,6 +380,23 @@ def test_probe_line_without_paginated_partitions(tmp_path: Path, mock: MockServe
     )
 
 
+def test_plan_probe_not_api_root(tmp_path: Path, mock: MockServer) -> None:
+    """A base URL without /api/v2 stops the probe with exit 1, as it stops a run, where its
+    probes would all be 404s, counted as skipped partitions."""
+    recipe = write_recipe(tmp_path, STATIC_RECIPE)
+
+    outcome = run_cli("plan", str(recipe), "--probe", "--base-url", mock.base_url)
+
+    assert outcome.exit_code == 1
+    assert outcome.stdout == ""
+    assert outcome.stderr.splitlines()[-1] == (
+        f"tm-export: error: {mock.base_url}/system/heartbeat/ was not found (404), so "
+        f"{mock.base_url} is not the root of a Tasking Manager API; give the URL that ends in "
+        "/api/v2, then run the plan again"
+    )
+    assert [request["path"] for request in mock.requests()] == ["/system/heartbeat/"]
+
+
 def test_plan_probe_unreachable(tmp_path: Path) -> None:
     """A server that refuses connections stops the probe with exit 1, as it stops a run."""
     recipe = write_recipe(
@@ -395,8 +412,8 @@ def test_plan_probe_unreachable(tmp_path: Path) -> None:
     assert outcome.exit_code == 1
     assert outcome.stdout == ""
     assert outcome.stderr.splitlines()[-1] == (
-        f"tm-export: error: cannot reach the Tasking Manager at {url}: GET {url}/projects/?"
-        f"{SEARCH_QUERY} failed: cannot connect to 127.0.0.1:{port} (Connection refused); "
+        f"tm-export: error: cannot reach the Tasking Manager at {url}: GET {url}/system/heartbeat/"
+        f" failed: cannot connect to 127.0.0.1:{port} (Connection refused); "
         "check the base URL and the network, then run the plan again"
     )
 
@@ -592,5 +609,6 @@ def test_plan_probe_unknown_token(tmp_path: Path, mock: MockServer) -> None:
         "tm-export: error: the server rejected the API token (401 "
     )
     assert [request["path"] for request in mock.requests()] == [
-        "/api/v2/users/queries/tasks/locked/"
+        "/api/v2/system/heartbeat/",
+        "/api/v2/users/queries/tasks/locked/",
     ]

@@ -94,6 +94,10 @@ EXPECTED: dict[str, str] = {
         "9: streams.task_stats.params.dates.step: invalid step '0 months': the count must be "
         "1 or more, such as '1 month'"
     ),
+    "date_window_bind_end_first": (
+        "10: streams.projects.params.created.bind: bind lists the end parameter first; "
+        "expected [createdFrom, createdTo]"
+    ),
     "date_window_bind_unknown_param": (
         "10: streams.projects.params.created.bind[1]: unknown parameter for endpoint "
         "'projects'; did you mean 'createdTo'? valid parameters: action, basedOnMyInterests, "
@@ -142,7 +146,7 @@ EXPECTED: dict[str, str] = {
         "rename it"
     ),
     "each_duplicate_value": (
-        "11: streams.details.params.project_id.each[2]: duplicate value 101 (item 1 already "
+        "11: streams.details.params.project_id.each[2]: duplicate value 101 (each[0] already "
         "has it); list each value once"
     ),
     "each_empty": (
@@ -254,7 +258,7 @@ EXPECTED: dict[str, str] = {
         "number of 0 or more, such as 42"
     ),
     "path_id_each_same_number": (
-        "7: streams.details.params.project_id.each[1]: duplicate value '01' (item 1 already "
+        "7: streams.details.params.project_id.each[1]: duplicate value '01' (each[0] already "
         "has it); list each value once"
     ),
     "path_param_list": (
@@ -880,6 +884,23 @@ def test_token_missing_rejected(environ: dict[str, str], tmp_path: Path) -> None
         f"{path}:5: instance.token_env: the environment variable TM_API_TOKEN is not set or "
         "empty, but stream 'users' needs an API token; copy the API key from your Tasking "
         "Manager settings, export TM_API_TOKEN=<key> and run again"
+    )
+
+
+def test_token_missing_names_every_stream(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        TOKEN_RECIPE + "  stats:\n    endpoint: tasks_statistics\n"
+        "    params: {dates: {start: 2026-01-01, end: 2026-01-31}}\n",
+    )
+
+    with pytest.raises(RecipeError) as caught:
+        resolve_token(load_recipe(path), {})
+
+    assert str(caught.value) == (
+        f"{path}:5: instance.token_env: the environment variable TM_API_TOKEN is not set or "
+        "empty, but streams 'users' and 'stats' need an API token; copy the API key from your "
+        "Tasking Manager settings, export TM_API_TOKEN=<key> and run again"
     )
 
 

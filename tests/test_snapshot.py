@@ -250,6 +250,13 @@ def test_snapshot_lists_problems(tmp_path: Path, mock: MockServer) -> None:
             "that started it, or give an earlier run folder",
             2,
         ),
+        (
+            "shard",
+            "{tmp}/out/runs/0001: the run exports shard 1/2 only, so a snapshot of it would "
+            "miss the partitions of the other shards; merge the shards with 'tm-export merge' "
+            "and snapshot the merged run",
+            2,
+        ),
     ],
 )
 def test_snapshot_refusals(
@@ -263,7 +270,8 @@ def test_snapshot_refusals(
         source = tmp_path / "nowhere"
     elif setup == "unfinished":
         mock.add_fault(path=r"/activities/$", after=5, status=401, body={"SubCode": "InvalidToken"})
-    first = run_cli("run", str(recipe), "--base-url", mock.api_url, env=env)
+    sharded = ["--shard", "1/2"] if setup == "shard" else []
+    first = run_cli("run", str(recipe), "--base-url", mock.api_url, *sharded, env=env)
     assert first.exit_code == (1 if setup == "unfinished" else 0)
     if setup == "exists":
         (tmp_path / "now").mkdir()

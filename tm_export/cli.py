@@ -29,7 +29,7 @@ from .redact import Redactor
 from .reporting import LiveReporter, PlainReporter
 from .schema import RECIPE_SCHEMA
 from .summary import format_summary, summary_json
-from .words import counted
+from .words import counted, joined, named
 
 EXIT_CODES = """\b
 Exit codes:
@@ -406,7 +406,8 @@ def validate(recipe: Path) -> None:
         if variable and needing and not os.environ.get(variable, "").strip():
             # The recipe is valid; only this shell lacks the token, which 'run' will need.
             click.echo(
-                f"note: {variable} is not set; 'run' needs it for stream '{needing[0]}'", err=True
+                f"note: {variable} is not set; 'run' needs it for {named('stream', needing)}",
+                err=True,
             )
         else:
             resolve_token(loaded)
@@ -419,10 +420,7 @@ def validate(recipe: Path) -> None:
     click.echo(f"{recipe}: valid recipe with {counted(count, 'stream')}")
     for name, spec in loaded.streams.items():
         sources = spec.sources
-        listed = " and ".join(
-            [", ".join(sources[:-1]), sources[-1]] if len(sources) > 1 else sources
-        )
-        source = f" (values from {listed})" if sources else ""
+        source = f" (values from {joined(sources)})" if sources else ""
         click.echo(f"  {name}: {spec.endpoint.name}{source}")
 
 
@@ -534,6 +532,9 @@ def mock_server(
 @main.command(context_settings=CONTEXT_SETTINGS)
 def schema() -> None:
     """Print the JSON Schema of the recipe format, for editors that check YAML as you type.
+
+    The schema checks the recipe's shape only. 'tm-export validate' checks the rest too:
+    endpoint names, parameters, dates and the streams that take values from others.
 
     \b
     Example, with yaml-language-server (VS Code's YAML extension and others):

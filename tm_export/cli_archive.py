@@ -87,7 +87,7 @@ Exit codes:
   0    the snapshot was written
   1    a manifest is damaged, the output folder is in use, or a write failed
   2    invalid usage: DIR is not an output or run folder, a run it needs is
-       unfinished or missing, or DEST exists or lies among the runs
+       unfinished, missing or one shard's, or DEST exists or lies among the runs
   3    a file does not match its manifest, so nothing was written
   130  interrupted by Ctrl-C; nothing was written"""
 

@@ -35,6 +35,7 @@ from .errors import (
     TmExportError,
     TokenRejectedError,
     TransportError,
+    not_api_root,
     resume_hint,
     unreachable,
 )
@@ -812,12 +813,7 @@ class _Session:
             if error.status == 404:
                 # Every TM API has this path, so a 404 means the URL is not an API root, and
                 # each export request would be a 404 too, recorded as a skipped partition.
-                base_url = self.options.base_url
-                raise FatalError(
-                    f"{base_url}/system/heartbeat/ was not found (404), so {base_url} is not "
-                    "the root of a Tasking Manager API; give the URL that ends in /api/v2, "
-                    "then run again"
-                ) from error
+                raise not_api_root(self.options.base_url, error, "run again") from error
             logger.warning("could not read the server's release: %s", error)
         except RequestError as error:
             logger.warning("could not read the server's release: %s", error)

@@ -72,6 +72,14 @@ def unreachable(base_url: str, error: Exception, again: str) -> FatalError:
     )
 
 
+def not_api_root(base_url: str, error: Exception, again: str) -> FatalError:
+    """Return the error for a base URL whose heartbeat is a 404: it is no TM API root."""
+    return FatalError(
+        f"{base_url}/system/heartbeat/ was not found (404), so {base_url} is not the root of a "
+        f"Tasking Manager API; give the URL that ends in /api/v2, then {again}"
+    )
+
+
 class TokenRejectedError(FatalError):
     """The server returned 401: the token is missing, expired or invalid."""
 
@@ -109,7 +117,7 @@ class TransportError(RequestError):
 class ConnectError(TransportError):
     """No connection to the server could be made: refused, unresolved or timed out.
 
-    Unlike the other transport errors, it tells nothing about the request that got it, so the
+    Unlike the other transport errors, it is not caused by the request that got it, so the
     fetcher stops the run when it lasts through every retry (see ``Fetcher.get_json``).
     """
 

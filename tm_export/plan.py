@@ -25,7 +25,14 @@ import anyio
 from . import __version__
 from .catalog import TOKEN_CHECK_PATH
 from .clock import Clock, RealClock
-from .errors import FatalError, HTTPStatusError, RequestError, TransportError, unreachable
+from .errors import (
+    FatalError,
+    HTTPStatusError,
+    RequestError,
+    TransportError,
+    not_api_root,
+    unreachable,
+)
 from .fetcher import Fetcher
 from .http import HttpSession
 from .params import (
@@ -231,6 +238,10 @@ async def probe_plan(
         FatalError: the server rejected the token, asked for too long a wait, or sent no
             response to a probe after every retry.
     """
+    plan.base_url = base_url
+    if probe_requests(plan, max_probes) == 0:
+        return plan
+
     recipe = plan.recipe
     instance = recipe.instance
     redactor = Redactor([token] if token else [])
@@ -257,6 +268,15 @@ async def probe_plan(
             token_env=instance.token_env,
             rerun="run the plan again",
         )
+        try:
+            await fetcher.get_json("/system/heartbeat/", {}, spool=False)
+        except TransportError as error:
+            raise unreachable(base_url, error, "run the plan again") from error
+        except HTTPStatusError as error:
+            # As in a run: a URL that is not an API root would make every probe a 404, which
+            # the counts would show as skipped partitions.
+            if error.status == 404:
+                raise not_api_root(base_url, error, "run the plan again") from error
         if token:
             # On most endpoints the server serves a token it does not know as anonymous, so
             # without this check (run makes it too) the probe would count only public data.
@@ -274,7 +294,6 @@ async def probe_plan(
                     fetcher, spec, stream, partitions, max_probes, instance.concurrency, base_url
                 )
         plan.probe_requests = fetcher.requests_sent
-    plan.base_url = base_url
     return plan
 
 

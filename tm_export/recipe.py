@@ -25,6 +25,7 @@ from .catalog import DAY_START_UPPER_BOUNDS, Endpoint
 from .errors import RecipeError
 from .params import Constant, DateWindows, Each, FromStream, IntRange, StaticSpec, VaryingSpec
 from .recipe_yaml import KeyLocator, parse_yaml, read_text, to_plain
+from .words import named
 
 DEFAULT_BASE_URL = "https://tasking-manager-production-api.hotosm.org/api/v2"
 BASE_URL_ENV = "TM_EXPORT_BASE_URL"
@@ -233,8 +234,9 @@ def resolve_token(recipe: Recipe, environ: Mapping[str, str] = os.environ) -> st
     needing = recipe.needs_token()
     if needing and variable:
         raise RecipeError(
-            f"{prefix}: the environment variable {variable} is not set or empty, but stream "
-            f"'{needing[0]}' needs an API token; copy the API key from your Tasking Manager "
-            f"settings, export {variable}=<key> and run again"
+            f"{prefix}: the environment variable {variable} is not set or empty, but "
+            f"{named('stream', needing)} {'needs' if len(needing) == 1 else 'need'} an API "
+            f"token; copy the API key from your Tasking Manager settings, export "
+            f"{variable}=<key> and run again"
         )
     return None

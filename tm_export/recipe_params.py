@@ -125,7 +125,7 @@ def _build_each(
         if text in seen:
             raise where.error(
                 item_keys,
-                f"duplicate value {raw!r} (item {seen[text] + 1} already has it); "
+                f"duplicate value {raw!r} (each[{seen[text]}] already has it); "
                 "list each value once",
             )
         seen[text] = index
@@ -214,6 +214,13 @@ def _window_params(
                     f"endpoint '{endpoint.name}'",
                 )
             _check_param_name(where, keys + ("bind", index), bound, endpoint)
+    if start_param.endswith("To") and end_param == start_param.removesuffix("To") + "From":
+        # Such a pair would send each window's start as its end: the server then finds
+        # nothing in any window, and the run ends complete with no records.
+        raise where.error(
+            keys + ("bind",),
+            f"bind lists the end parameter first; expected [{end_param}, {start_param}]",
+        )
     if window is None:
         return start_param, end_param, None
     if (end_param, start_param) == (window.start_param, window.end_param):

@@ -242,7 +242,8 @@ RECIPE_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "tm-export recipe",
     "type": "object",
-    "description": "a mapping with the keys version, output and streams",
+    "description": "a mapping with the keys version and streams, and optionally instance "
+    "and output",
     "properties": {
         "version": {"const": 1, "description": "the recipe format version, the integer 1"},
         "instance": _INSTANCE,

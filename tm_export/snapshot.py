@@ -100,6 +100,15 @@ def make_snapshot(run_folder: Path, destination: Path) -> Snapshot:
             f"{destination} exists already; give a new folder for the snapshot, or delete this one"
         )
     chain = _chain(run_folder)
+    shard = chain[-1].state.header.get("shard")
+    if shard:
+        # A merged run's chain contains the shards' own runs, which it combines. A shard's run
+        # given alone contains only its own partitions.
+        raise SnapshotStateError(
+            f"{run_folder}: the run exports shard {shard[0]}/{shard[1]} only, so a snapshot of "
+            "it would miss the partitions of the other shards; merge the shards with "
+            "'tm-export merge' and snapshot the merged run"
+        )
     _check_destination(destination, chain)
     newest = chain[-1].state.header
     recipe = parse_recipe(

@@ -596,7 +596,11 @@ class StreamRunner:
     def _last_page(self, walk: PartitionWalk) -> int:
         page_count = walk.state.reading.page_count or 1
         if page_count > self.spec.max_pages:
-            problem = f"page cap reached: {page_count} pages, max_pages is {self.spec.max_pages}"
+            walk.capped = True
+            problem = (
+                f"page cap reached: the server announced {page_count} pages, and max_pages is "
+                f"{self.spec.max_pages}"
+            )
             if problem not in walk.problems:
                 walk.problems.append(problem)
         return min(page_count, self.spec.max_pages)
@@ -608,6 +612,7 @@ class StreamRunner:
             return
         while not walk.stop:
             if number > self.spec.max_pages:
+                walk.capped = True
                 walk.problems.append(
                     f"page cap reached: stopped after max_pages={self.spec.max_pages}"
                 )
@@ -749,7 +754,8 @@ class StreamRunner:
             logger.error("%s failed: %s", partition_label(self.spec.name, walk.id), first)
 
         total = state.total
-        if total is None or outcome != "done" or walk.filtered:
+        if total is None or outcome != "done" or walk.filtered or walk.capped:
+            # A capped walk misses records by design, and its own problem reports that already.
             mismatch = False
         elif state.total_fell:
             # Records the server removed while the pages were read are kept: only fewer

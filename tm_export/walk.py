@@ -60,6 +60,8 @@ class PartitionWalk:
         self.filtered = state.filtered
         """True when the walk dropped records that earlier runs have, or records past a date
         window's last day, so totals differ. A resumed walk reads it from its committed pages."""
+        self.capped = False
+        """True when the walk stopped at the stream's ``max_pages``, short of the last page."""
 
     def stopped(self) -> bool:
         """Tell whether the walk was stopped; a call, so type checkers re-read it after an await."""

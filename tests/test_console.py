@@ -70,6 +70,6 @@ def test_run_summary_names_unwritten_json(tmp_path: Path, mock: MockServer) -> N
 
     assert child.returncode == 1
     assert child.stderr.splitlines()[-2:] == [
-        "result: complete (exit 1)",
+        "result: complete, but the summary could not be written to standard output (exit 1)",
         "tm-export: error: cannot write the summary to standard output: No space left on device",
     ]

@@ -234,9 +234,18 @@ def test_token_expiring_mid_run_stops(tmp_path: Path, mock: MockServer) -> None:
     finished = [entry["p"] for entry in manifest_entries(tmp_path / "out", "part")]
     assert '{"project_id":9}' not in finished
 
+    anonymous = run_cli("run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": ""})
     renewed = run_cli(
         "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["admin"]}
     )
+
+    assert anonymous.exit_code == 2
+    assert anonymous.stderr.splitlines() == [
+        f"tm-export: error: {tmp_path / 'out/runs/0001'}: 1 earlier session of this run sent "
+        "an API token, and TM_API_TOKEN is not set or empty now, so this session would skip "
+        "the private projects that the token could read; export TM_API_TOKEN and run the same "
+        "command again, or give --start-over for an anonymous run in a new folder"
+    ]
 
     assert renewed.exit_code == 0, renewed.stderr
     written = [

@@ -435,6 +435,7 @@ class _Session:
                         )
                     if not (self.options.incremental and state.finished):
                         self._check_server(folder, state)
+                        self._check_token(folder, state)
                         if self.options.incremental:
                             logger.info(
                                 "the last run is unfinished: resuming it; --incremental starts a "
@@ -452,7 +453,6 @@ class _Session:
                                 "and token check",
                                 folder,
                             )
-                        self._check_token(folder, state)
                         self._load_baseline(state, output)
                         # An incremental run that stopped before its first session has no
                         # session for _check_server to compare with.

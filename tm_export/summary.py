@@ -86,7 +86,10 @@ def format_summary(
         f"requests: {result.requests}, retries: {result.retries}, authenticated: "
         f"{AUTHENTICATED[result.authenticated]}, TM release: {result.tm_release or 'unknown'}"
     )
-    lines.append(f"result: {outcome_text(result, code)} (exit {int(exit_code or code)})")
+    outcome = outcome_text(result, code)
+    if exit_code is not None and exit_code != code:
+        outcome += ", but the summary could not be written to standard output"
+    lines.append(f"result: {outcome} (exit {int(exit_code or code)})")
     return "\n".join(lines)
 
 

@@ -211,8 +211,8 @@ streams:
 
 def test_token_expiring_mid_run_stops(tmp_path: Path, mock: MockServer) -> None:
     """A token that expires during a run is served anonymously, so private project 9 returns
-    403: the token check after it stops the run (exit 1) where it would have skipped the
-    project for good, and the run with a renewed token fetches it."""
+    403. The token check after it stops the run (exit 1), where the project would have been
+    skipped for good, and the run with a renewed token fetches it."""
     recipe = write_recipe(tmp_path, EXPIRING_RECIPE)
     mock.add_fault(path=r"^/api/v2/projects/8/$", times=1, call=lambda: mock.renew_token("admin"))
 
@@ -255,9 +255,65 @@ def test_token_expiring_mid_run_stops(tmp_path: Path, mock: MockServer) -> None:
     assert sorted(written) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
 
 
+def test_token_expiring_mid_list_stops(tmp_path: Path, mock: MockServer) -> None:
+    """A token that expires between two pages of the project search gets the later pages
+    anonymously, with a smaller total and no 403. The token check after that change stops
+    the run, and the run with a renewed token writes every project the token may see."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {token_env: TM_API_TOKEN, rate_limit: 10000/s, concurrency: 1}\n"
+        "output: OUT\nstreams:\n  projects: {endpoint: projects}\n",
+    )
+    mock.add_fault(
+        path=SEARCH, query={"page": "2"}, times=1, call=lambda: mock.renew_token("admin")
+    )
+
+    expired = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["admin"]}
+    )
+    renewed = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["admin"]}
+    )
+
+    assert expired.exit_code == 1, expired.stderr
+    assert "the server rejected the API token (401 InvalidToken" in expired.stderr.splitlines()[-1]
+    assert renewed.exit_code == 0, renewed.stderr
+    pages = manifest_entries(tmp_path / "out", "page")
+    assert [(page["n"], page.get("reading", 1)) for page in pages[:3]] == [(1, 1), (2, 1), (3, 1)]
+    with_token, anonymous = pages[0]["total"], pages[2]["total"]
+    assert isinstance(with_token, int)
+    assert isinstance(anonymous, int)
+    assert with_token > anonymous
+    lines = data_file(tmp_path / "out", "projects").read_bytes().splitlines()
+    ids = [orjson.loads(line)["projectId"] for line in lines]
+    assert len(ids) == len(set(ids)) == with_token
+
+
+def test_token_expiring_after_last_request_stops(tmp_path: Path, mock: MockServer) -> None:
+    """A token that expires after the last export request fails the check at the end. The
+    run records no end, and its message warns that partitions may hold only public data."""
+    recipe = write_recipe(tmp_path, EXPIRING_RECIPE.replace("[1, 12]", "[1, 3]"))
+    mock.add_fault(path=r"^/api/v2/projects/3/$", times=1, call=lambda: mock.renew_token("admin"))
+
+    expired = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["admin"]}
+    )
+
+    assert expired.exit_code == 1, expired.stderr
+    assert expired.stderr.splitlines()[-1] == (
+        "tm-export: error: the server rejected the API token in the check at the end of the "
+        "run, so it expired during the run, and the partitions finished after that may hold "
+        "only what an anonymous user sees. Copy a new API key from your Tasking Manager "
+        "settings, export TM_API_TOKEN, and run again with --start-over for a complete "
+        "export; the same command without it finishes this run as it is"
+    )
+    assert manifest_entries(tmp_path / "out", "end") == []
+
+
 def test_valid_token_403_skips(tmp_path: Path, mock: MockServer) -> None:
     """A 403 to a token that the server still accepts (a user without rights on draft
-    project 6 and private project 9) skips the partition after a token check."""
+    project 6 and private project 9) skips the partition after a token check. The checks
+    are the preflight's, one after each 403 and the one at the end."""
     recipe = write_recipe(tmp_path, EXPIRING_RECIPE)
 
     outcome = run_cli(
@@ -266,7 +322,7 @@ def test_valid_token_403_skips(tmp_path: Path, mock: MockServer) -> None:
 
     assert outcome.exit_code == 0, outcome.stderr
     checks = [r["status"] for r in mock.requests() if r["path"].endswith("/tasks/locked/")]
-    assert checks == [200, 200, 200]
+    assert checks == [200, 200, 200, 200]
     parts = manifest_entries(tmp_path / "out", "part")
     skipped = [orjson.loads(str(e["p"]))["project_id"] for e in parts if e["state"] == "skipped"]
     assert sorted(skipped) == [6, 9, 12]

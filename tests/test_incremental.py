@@ -177,6 +177,28 @@ def test_incremental_needs_earlier_token(tmp_path: Path, mock: MockServer) -> No
     assert with_token.exit_code == 0, with_token.stderr
 
 
+def test_finished_runs_need_no_token(tmp_path: Path, mock: MockServer) -> None:
+    """A finished run, full or incremental, sends nothing when run again, so it needs no
+    token, even where its sessions sent one."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {token_env: TM_API_TOKEN, rate_limit: 10000/s}\noutput: OUT\n"
+        "streams:\n  projects: {endpoint: projects}\n",
+    )
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    token = {"TM_API_TOKEN": mock.tokens["admin"]}
+    assert run_cli(*args, env=token).exit_code == 0
+    full_again = run_cli(*args, env={"TM_API_TOKEN": ""})
+    assert run_cli(*args, "--incremental", env=token).exit_code == 0
+    mock.reset_log()
+
+    incremental_again = run_cli(*args, env={"TM_API_TOKEN": ""})
+
+    assert full_again.exit_code == 0, full_again.stderr
+    assert incremental_again.exit_code == 0, incremental_again.stderr
+    assert mock.requests() == []
+
+
 def test_deleted_project_reported_once(tmp_path: Path, mock: MockServer) -> None:
     """The run that finds a project deleted reports it; the runs after it do not."""
     recipe = write_recipe(tmp_path, RECIPE)

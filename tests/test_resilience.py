@@ -198,7 +198,7 @@ def test_token_never_written(tmp_path: Path, mock: MockServer) -> None:
     assert echoed.returncode == 3
     assert rejected.returncode == 1
     assert "Authorization: ***" in echoed.stderr
-    assert "requests: 6, retries: 1, authenticated: yes, TM release: v5.5.2" in echoed.stderr
+    assert "requests: 7, retries: 1, authenticated: yes, TM release: v5.5.2" in echoed.stderr
     failed = [
         e
         for e in map(orjson.loads, manifest(tmp_path / "out").read_bytes().splitlines())

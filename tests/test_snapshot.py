@@ -230,6 +230,35 @@ def test_snapshot_lists_problems(tmp_path: Path, mock: MockServer) -> None:
     assert record["streams"]["projects"]["problems"] == []
 
 
+def test_problems_of_deleted_projects_left_out(tmp_path: Path, mock: MockServer) -> None:
+    """The problems of a deleted project's partitions are left out with its records."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {rate_limit: 10000/s}\noutput: OUT\nstreams:\n"
+        "  projects: {endpoint: projects}\n"
+        "  activities:\n    endpoint: project_activities\n    max_pages: 1\n"
+        "    params: {project_id: {from: projects.projectId}}\n",
+    )
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args).exit_code == 3
+    parts = map(orjson.loads, (tmp_path / "out/runs/0001/manifest.jsonl").read_bytes().splitlines())
+    capped = sorted(
+        orjson.loads(e["p"])["project_id"] for e in parts if e["t"] == "part" and e.get("problems")
+    )
+    assert len(capped) >= 2
+    mock.dataset.delete_project(capped[0])
+    assert run_cli(*args, "--incremental").exit_code == 0
+
+    outcome = run_cli("snapshot", str(tmp_path / "out"), str(tmp_path / "now"))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    record = orjson.loads((tmp_path / "now/snapshot.json").read_bytes())
+    listed = {
+        entry["partition"]["project_id"] for entry in record["streams"]["activities"]["problems"]
+    }
+    assert listed == set(capped[1:])
+
+
 @pytest.mark.parametrize(
     ("setup", "message", "code"),
     [

@@ -344,11 +344,13 @@ def run(
     code = result.exit_code(strict=strict)
     summary = summary_json(result, code)
     # Standard output is written first, so that the summary on stderr can give the exit code
-    # that a pipe closed early (a reader such as 'head') turns into 1.
+    # of a failed write (a closed pipe, a full disk). It turns only a complete run's 0 into 1:
+    # an interrupted or failed run keeps its own code.
     unwritten = _write_stdout(redactor.redact(json.dumps(summary, indent=2))) if as_json else None
-    exit_code = ExitCode.FATAL if unwritten else code
+    exit_code = ExitCode.FATAL if unwritten and code == ExitCode.COMPLETE else code
+    shown_exit = exit_code if unwritten else None
     if unwritten:
-        summary = summary_json(result, code, exit_code)
+        summary = summary_json(result, code, shown_exit)
     if json_logs:
         # Machine-read logs stay one JSON object per line, the summary included; it is
         # printed even with --quiet, as the text summary is.
@@ -367,7 +369,7 @@ def run(
                     "%s", failure, extra={"event": "error", "exit_code": int(exit_code)}
                 )
     else:
-        click.echo(redactor.redact(format_summary(loaded, result, code, exit_code)), err=True)
+        click.echo(redactor.redact(format_summary(loaded, result, code, shown_exit)), err=True)
         for failure in (result.fatal, unwritten):
             if failure is not None:
                 click.echo(f"tm-export: error: {redactor.redact(str(failure))}", err=True)

@@ -435,17 +435,23 @@ class _Session:
                         )
                     if not (self.options.incremental and state.finished):
                         self._check_server(folder, state)
+                        if state.finished:
+                            # Decides whether this session sends anything, which the token
+                            # checks below need to know.
+                            self._note_finished(folder, state)
                         self._check_token(folder, state)
+                        self._load_baseline(state, output)
+                        # An incremental run that stopped before its first session has no
+                        # session for _check_server to compare with.
+                        self._check_previous_server()
+                        self._check_previous_token()
+
                         if self.options.incremental:
                             logger.info(
                                 "the last run is unfinished: resuming it; --incremental starts a "
                                 "new run once it has finished"
                             )
-                        if state.finished:
-                            self._note_finished(folder, state)
-                        elif state.sessions:
-                            logger.info("resuming the run in %s", folder)
-                        else:
+                        if not state.sessions:
                             # A session records its entry once the preflight passes, so the
                             # sessions before this one stopped at the preflight.
                             logger.info(
@@ -453,11 +459,8 @@ class _Session:
                                 "and token check",
                                 folder,
                             )
-                        self._load_baseline(state, output)
-                        # An incremental run that stopped before its first session has no
-                        # session for _check_server to compare with.
-                        self._check_previous_server()
-                        self._check_previous_token()
+                        elif not state.finished:
+                            logger.info("resuming the run in %s", folder)
                         return folder, state, Journal.open(manifest, valid_bytes=extent.valid_bytes)
                     self.baseline = read_baseline(self.recipe, runs)
                     folder = next_run_folder(output)
@@ -570,7 +573,9 @@ class _Session:
         The search without a token lists no private project, so their changes would be
         missing from this run, and for good: the next incremental run starts after it.
         """
-        if self.options.token or self.baseline is None or not self.baseline.authenticated:
+        if self.options.token or self.finished_before:
+            return
+        if self.baseline is None or not self.baseline.authenticated:
             return
         variable = self.recipe.instance.token_env
         fix = (
@@ -709,7 +714,7 @@ class _Session:
                     for runner in runners.values():
                         runner.count_finished()
                 else:
-                    await self._fetch(state, committer, fetcher, runners, result)
+                    await self._fetch(state, committer, fetcher, runners, result, token_check)
                     self._check_parents_read(runners)
             except* FatalError as group:
                 result.fatal = _first(group)
@@ -728,8 +733,10 @@ class _Session:
         fetcher: Fetcher,
         runners: dict[str, StreamRunner],
         result: RunResult,
+        token_check: TokenCheck | None,
     ) -> None:
-        """Preflight, deletion check and streams: every request of the session.
+        """Preflight, deletion check, streams and the last token check: every request of
+        the session.
 
         One watcher covers them all, since the preflight and the deletion check can wait
         through retries and backoff as long as a stream can. A signal cancels the whole
@@ -748,6 +755,31 @@ class _Session:
                 await self._find_deleted(fetcher, state, committer, result)
                 self.baseline.drop_deleted(result.deleted)
             await self._run_streams(runners, committer, fetcher)
+            if token_check is not None:
+                await self._confirm_token_at_end(token_check)
+
+    async def _confirm_token_at_end(self, token_check: TokenCheck) -> None:
+        """Check the token once more before the session records its end.
+
+        A 403 or a list that changed during its walk already sends a check, but a whole
+        partition of an endpoint where login is optional, walked after the token expired,
+        contains what an anonymous user sees with no such sign. Since a token never comes back
+        to life, a check that passes now covers the whole session.
+
+        Raises:
+            TokenRejectedError: the token expired during the session; its end is not recorded.
+        """
+        try:
+            await token_check.confirm()
+        except TokenRejectedError as error:
+            variable = self.recipe.instance.token_env or "the token variable"
+            raise TokenRejectedError(
+                "the server rejected the API token in the check at the end of the run, so it "
+                "expired during the run, and the partitions finished after that may hold only "
+                "what an anonymous user sees. Copy a new API key from your Tasking Manager "
+                f"settings, export {variable}, and run again with --start-over for a complete "
+                "export; the same command without it finishes this run as it is"
+            ) from error
 
     def _runners(
         self,

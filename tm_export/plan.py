@@ -277,6 +277,7 @@ async def probe_plan(
             # the counts would show as skipped partitions.
             if error.status == 404:
                 raise not_api_root(base_url, error, "run the plan again") from error
+            logger.warning("could not read the server's release: %s", error)
         if token:
             # On most endpoints the server serves a token it does not know as anonymous, so
             # without this check (run makes it too) the probe would count only public data.

@@ -269,7 +269,7 @@ def _write_stream(
         "records": records,
         "sha256": digest.hexdigest(),
         "failed": _failed(name, states, deleted),
-        "problems": _problems(name, chain),
+        "problems": _problems(name, chain, deleted),
     }
 
 
@@ -306,13 +306,14 @@ def _failed(stream: str, states: list[ManifestState], deleted: set[int]) -> list
     )
 
 
-def _problems(stream: str, chain: list[RunCheck]) -> list[dict[str, Any]]:
+def _problems(stream: str, chain: list[RunCheck], deleted: set[int]) -> list[dict[str, Any]]:
     """Return the problems that each run of the chain recorded for ``stream``, oldest run
     first, each with its run folder and its partition (null for the stream as a whole).
 
     A problem means the records may be incomplete: a ``from:`` field that gave a dependent
     stream nothing, or a partition whose pages did not add up. All of them are kept, since a
     later run that fetched the partition again need not have fixed what the problem names.
+    Those of deleted projects' partitions are left out, as their records are.
     """
     problems = []
     for check in chain:
@@ -322,6 +323,8 @@ def _problems(stream: str, chain: list[RunCheck]) -> list[dict[str, Any]]:
         folder = str(run_home(check.paths.folder).resolve())
         for partition, problem in state.all_problems():
             values = None if partition is None else orjson.loads(partition)
+            if values is not None and names_project(values, deleted):
+                continue
             problems.append({"run": folder, "partition": values, "problem": problem})
     return problems
 

@@ -88,7 +88,8 @@ class _ChildFeed:
     is not an id, such as a date from a mistyped field. The server would reject each of
     their requests with 422."""
     not_id: tuple[str, Scalar] | None = None
-    """The parameter and value of the first combination held back."""
+    """A parameter and value held back: the smallest value as text, so that every session
+    and every shard names the same one, and records the same problem once."""
 
     @property
     def name(self) -> str:
@@ -103,7 +104,7 @@ class _ChildFeed:
             number = as_id(values[name])
             if number is None:
                 self.not_ids += 1
-                if self.not_id is None:
+                if self.not_id is None or str(values[name]) < str(self.not_id[1]):
                     self.not_id = (name, values[name])
                 return False
             values[name] = number
@@ -309,10 +310,17 @@ class StreamRunner:
         """
         assert feed.not_id is not None
         name, example = feed.not_id
+        # Ids in other records suggest odd data rather than a wrong field.
+        advice = (
+            f"The field gave {counted(feed.sent, 'id')} besides, so check the parent stream's "
+            "records rather than the field."
+            if feed.sent
+            else FEED_FIX
+        )
         problem = (
             f"no request for {counted(feed.not_ids, 'value')} of {feed.fields[name]} in the "
             f"records of {self.spec.name}, such as {example!r}: {name} takes a TM id, a whole "
-            f"number of 0 or more, and the server rejects anything else with 422. {FEED_FIX}"
+            f"number of 0 or more, and the server rejects anything else with 422. {advice}"
         )
         logger.warning("%s: %s", feed.name, problem)
         if complete:
@@ -446,11 +454,13 @@ class StreamRunner:
 
     async def _walk(self, walk: PartitionWalk) -> None:
         await self._read(walk)
+        await self._check_token_if_changed(walk)
 
         while walk.state.reading.changed and not walk.failed_pages and self._read_again(walk):
             walk.state.reading = Reading(walk.state.reading.number + 1)
             walk.stop = False
             await self._read(walk)
+            await self._check_token_if_changed(walk)
 
         hidden = _hidden_by(walk.failed_pages)
         if hidden is not None and not await self._token_still_accepted(walk):
@@ -464,6 +474,19 @@ class StreamRunner:
             return
 
         self._finish(walk, "failed" if walk.failed_pages else "done")
+
+    async def _check_token_if_changed(self, walk: PartitionWalk) -> None:
+        """Check the token when the partition's list changed while its pages were read.
+
+        Where login is optional, the server serves an expired token anonymously: a list
+        then loses its private entries, and the change in its total is the only sign.
+
+        Raises:
+            TokenRejectedError: the token is no longer accepted; the run stops, and the
+                next session reads the partition again.
+        """
+        if self._token_check is not None and walk.state.reading.changed:
+            await self._token_check.confirm()
 
     async def _token_still_accepted(self, walk: PartitionWalk) -> bool:
         """Tell whether the token that a 403 of ``walk`` was sent with is still accepted.
@@ -614,7 +637,8 @@ class StreamRunner:
             if number > self.spec.max_pages:
                 walk.capped = True
                 walk.problems.append(
-                    f"page cap reached: stopped after max_pages={self.spec.max_pages}"
+                    "page cap reached: the server reports more pages, and max_pages is "
+                    f"{self.spec.max_pages}"
                 )
                 return
             try:
@@ -704,6 +728,9 @@ class StreamRunner:
             for partition in self._baseline.refetch.get(feed.name, []):
                 values = {name: partition[name] for name in feed.fields if name in partition}
                 if len(values) != len(feed.fields):
+                    continue
+                if feed.ids and not feed.take_ids(values):
+                    # A failure recorded before ids were checked, which would fail again.
                     continue
                 try:
                     await _put(feed.send, values)

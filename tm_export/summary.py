@@ -32,8 +32,8 @@ def format_summary(
 ) -> str:
     """Return the summary table and totals as text.
 
-    ``exit_code`` is the process's, when it differs from the run's ``code`` because the
-    summary could not be written to standard output.
+    ``exit_code`` is the process's, given when the summary could not be written to standard
+    output.
     """
     header = ("stream", "done", "skipped", "failed", "records", "duplicates")
     rows = [header]
@@ -87,7 +87,7 @@ def format_summary(
         f"{AUTHENTICATED[result.authenticated]}, TM release: {result.tm_release or 'unknown'}"
     )
     outcome = outcome_text(result, code)
-    if exit_code is not None and exit_code != code:
+    if exit_code is not None:
         outcome += ", but the summary could not be written to standard output"
     lines.append(f"result: {outcome} (exit {int(exit_code or code)})")
     return "\n".join(lines)

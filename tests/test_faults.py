@@ -305,7 +305,7 @@ def test_token_expiring_after_last_request_stops(tmp_path: Path, mock: MockServe
         "run, so it expired during the run, and the partitions finished after that may hold "
         "only what an anonymous user sees. Copy a new API key from your Tasking Manager "
         "settings, export TM_API_TOKEN, and run again with --start-over for a complete "
-        "export; the same command without it finishes this run as it is"
+        "export; the same command finishes this run as it is, with that problem (exit 3)"
     )
     assert manifest_entries(tmp_path / "out", "end") == []
 

@@ -177,6 +177,39 @@ def test_incremental_needs_earlier_token(tmp_path: Path, mock: MockServer) -> No
     assert with_token.exit_code == 0, with_token.stderr
 
 
+def test_token_expired_at_end_is_a_problem(tmp_path: Path, mock: MockServer) -> None:
+    """A token that fails the check at the end of a session leaves a problem on the streams
+    that log in optionally. The next session finishes with exit 3, and an incremental run
+    does not count that run's search as listing every project."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {token_env: TM_API_TOKEN, rate_limit: 10000/s}\noutput: OUT\n"
+        "streams:\n  projects: {endpoint: projects}\n",
+    )
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    token = {"TM_API_TOKEN": mock.tokens["admin"]}
+    mock.add_fault(
+        path=r"^/api/v2/users/queries/tasks/locked/$",
+        after=1,
+        status=401,
+        body={"Error": "Token is expired or invalid", "SubCode": "InvalidToken"},
+    )
+    expired = run_cli(*args, env=token)
+    mock.clear_faults()
+
+    finished = run_cli(*args, env=token)
+
+    assert expired.exit_code == 1, expired.stderr
+    assert finished.exit_code == 3, finished.stderr
+    assert (
+        "problem in projects: the API token expired during this run, so the partitions "
+        "finished after that may hold only what an anonymous user sees; run again with "
+        "--start-over and a fresh key for a complete export"
+    ) in finished.stderr.splitlines()
+    baseline = read_baseline(load_recipe(recipe), [tmp_path / "out/runs/0001"])
+    assert baseline.search_since is None
+
+
 def test_finished_runs_need_no_token(tmp_path: Path, mock: MockServer) -> None:
     """A finished run, full or incremental, sends nothing when run again, so it needs no
     token, even where its sessions sent one."""

@@ -756,15 +756,19 @@ class _Session:
                 self.baseline.drop_deleted(result.deleted)
             await self._run_streams(runners, committer, fetcher)
             if token_check is not None:
-                await self._confirm_token_at_end(token_check)
+                await self._confirm_token_at_end(token_check, runners)
 
-    async def _confirm_token_at_end(self, token_check: TokenCheck) -> None:
+    async def _confirm_token_at_end(
+        self, token_check: TokenCheck, runners: dict[str, StreamRunner]
+    ) -> None:
         """Check the token once more before the session records its end.
 
         A 403 or a list that changed during its walk already sends a check, but a whole
         partition of an endpoint where login is optional, walked after the token expired,
-        contains what an anonymous user sees with no such sign. Since a token never comes back
-        to life, a check that passes now covers the whole session.
+        contains what an anonymous user sees with no such sign. Since a token never comes
+        back to life, a check that passes now covers the whole session. When it fails, the
+        streams of such endpoints get a problem, which the next session keeps: it ends with
+        exit 3, and an incremental run does not count this run's search as complete.
 
         Raises:
             TokenRejectedError: the token expired during the session; its end is not recorded.
@@ -772,13 +776,17 @@ class _Session:
         try:
             await token_check.confirm()
         except TokenRejectedError as error:
+            for runner in runners.values():
+                if runner.spec.endpoint.auth == "optional":
+                    runner.add_stream_problem(TOKEN_EXPIRED_PROBLEM)
             variable = self.recipe.instance.token_env or "the token variable"
             raise TokenRejectedError(
                 "the server rejected the API token in the check at the end of the run, so it "
                 "expired during the run, and the partitions finished after that may hold only "
                 "what an anonymous user sees. Copy a new API key from your Tasking Manager "
                 f"settings, export {variable}, and run again with --start-over for a complete "
-                "export; the same command without it finishes this run as it is"
+                "export; the same command finishes this run as it is, with that problem "
+                "(exit 3)"
             ) from error
 
     def _runners(
@@ -1043,6 +1051,15 @@ class _Session:
                     committed,
                     error.strerror,
                 )
+
+
+#: The problem of each stream whose endpoint logs in optionally, when the token failed the
+#: check at the end of a session. Nothing shows which partitions were walked after it expired.
+TOKEN_EXPIRED_PROBLEM = (
+    "the API token expired during this run, so the partitions finished after that may hold "
+    "only what an anonymous user sees; run again with --start-over and a fresh key for a "
+    "complete export"
+)
 
 
 def _first(group: BaseExceptionGroup[FatalError]) -> FatalError:

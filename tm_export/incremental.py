@@ -272,10 +272,13 @@ def _covered_until(recipe: Recipe, states: list[tuple[Path, ManifestState]]) -> 
 
 
 def _search_done(recipe: Recipe, state: ManifestState) -> bool:
-    """Tell whether every partition of the run's project search streams ended done."""
+    """Tell whether every partition of the run's project search streams ended done, and
+    the streams have no problem (such as a token that expired during the run)."""
     for name, spec in recipe.streams.items():
         if spec.endpoint.name != "projects" or name not in state.streams:
             continue
+        if state.streams[name].problems:
+            return False
         # A shard that does not own the search has no final entry for it, and a shard
         # that failed to read a page of it stops with a fatal error.
         finals = [final["state"] for _, final in state.streams[name].finals()]

@@ -300,7 +300,7 @@ class StreamRunner:
             problem = f"{message}; {_sentence(advice)} {FEED_FIX}"
             logger.warning("%s: %s", feed.name, problem)
             if complete:
-                feed.child.add_feed_problem(problem)
+                feed.child.add_stream_problem(problem)
 
     def _warn_of_values_not_ids(self, feed: _ChildFeed, *, complete: bool) -> None:
         """Warn of the values held back from a child stream because they are not TM ids.
@@ -324,10 +324,11 @@ class StreamRunner:
         )
         logger.warning("%s: %s", feed.name, problem)
         if complete:
-            feed.child.add_feed_problem(problem)
+            feed.child.add_stream_problem(problem)
 
-    def add_feed_problem(self, problem: str) -> None:
-        """Record that this stream's ``from:`` field gives no value, as a problem of the stream.
+    def add_stream_problem(self, problem: str) -> None:
+        """Record a problem of the stream as a whole, in a ``feed`` entry of the manifest:
+        a ``from:`` field that gives no value, or a token that expired during the run.
 
         A resumed session finds the same problem again, and it is recorded once.
 

@@ -40,9 +40,10 @@ Exit codes:
        /api/v2), a parent page that a shard could not read,
        damaged manifest, output folder in use, a command that does
        not fit the run in the folder, standard output not writable
+       (after a run that was otherwise complete)
   2    invalid recipe or usage, or a token variable unset where the
-       recipe or the run's earlier sessions need a token; nothing was
-       sent or written
+       recipe, the run's earlier sessions or the runs an incremental
+       run builds on need a token; nothing was sent or written
   3    finished, but some partitions failed or an integrity check
        failed (or, with --strict, some were skipped)
   130  interrupted by SIGINT or SIGTERM; run again to resume"""

@@ -4,7 +4,9 @@ The server serves an expired token anonymously where login is optional, so a pri
 project then returns 403, as it does to a user without rights on it. Before a run that
 sends a token records a partition as skipped for a 403, it asks this check. A token that
 expired during the run then stops it (exit 1), and the partition stays pending for the
-next session, where it would otherwise be skipped for good.
+next session, where it would otherwise be skipped for good. A walk whose list changed
+while it was read asks too, since an expired token gets a shorter project search with no
+403, and so does the session before it records its end (see ``engine``).
 
 Walks share the checks. A check covers the 403s that arrived before it began, since the
 token may expire while it runs, so the 403s that arrive during a check share the next one.

@@ -148,16 +148,24 @@ def test_incremental_refuses_other_server(tmp_path: Path, mock: MockServer) -> N
     assert sorted(path.name for path in (tmp_path / "out/runs").iterdir()) == ["0001", "0002"]
 
 
+#: A project search that sends the token in TM_API_TOKEN when it is set.
+TOKEN_SEARCH_RECIPE = (
+    "version: 1\ninstance: {token_env: TM_API_TOKEN, rate_limit: 10000/s}\noutput: OUT\n"
+    "streams:\n  projects: {endpoint: projects}\n"
+)
+
+
+def search_with_token(tmp_path: Path, mock: MockServer) -> tuple[Path, list[str]]:
+    """Write ``TOKEN_SEARCH_RECIPE`` and return it with the command that runs it on ``mock``."""
+    recipe = write_recipe(tmp_path, TOKEN_SEARCH_RECIPE)
+    return recipe, ["run", str(recipe), "--base-url", mock.api_url]
+
+
 def test_incremental_needs_earlier_token(tmp_path: Path, mock: MockServer) -> None:
     """An incremental run without the token that the runs before it sent stops before any
     request: its search would miss the private projects' changes, and the next incremental
     run would start after it."""
-    recipe = write_recipe(
-        tmp_path,
-        "version: 1\ninstance: {token_env: TM_API_TOKEN, rate_limit: 10000/s}\noutput: OUT\n"
-        "streams:\n  projects: {endpoint: projects}\n",
-    )
-    args = ["run", str(recipe), "--base-url", mock.api_url]
+    _, args = search_with_token(tmp_path, mock)
     assert run_cli(*args, env={"TM_API_TOKEN": mock.tokens["admin"]}).exit_code == 0
     mock.reset_log()
 
@@ -181,12 +189,7 @@ def test_token_expired_at_end_is_a_problem(tmp_path: Path, mock: MockServer) -> 
     """A token that fails the check at the end of a session leaves a problem on the streams
     that log in optionally. The next session finishes with exit 3, and an incremental run
     does not count that run's search as listing every project."""
-    recipe = write_recipe(
-        tmp_path,
-        "version: 1\ninstance: {token_env: TM_API_TOKEN, rate_limit: 10000/s}\noutput: OUT\n"
-        "streams:\n  projects: {endpoint: projects}\n",
-    )
-    args = ["run", str(recipe), "--base-url", mock.api_url]
+    recipe, args = search_with_token(tmp_path, mock)
     token = {"TM_API_TOKEN": mock.tokens["admin"]}
     mock.add_fault(
         path=r"^/api/v2/users/queries/tasks/locked/$",
@@ -213,12 +216,7 @@ def test_token_expired_at_end_is_a_problem(tmp_path: Path, mock: MockServer) -> 
 def test_finished_runs_need_no_token(tmp_path: Path, mock: MockServer) -> None:
     """A finished run, full or incremental, sends nothing when run again, so it needs no
     token, even where its sessions sent one."""
-    recipe = write_recipe(
-        tmp_path,
-        "version: 1\ninstance: {token_env: TM_API_TOKEN, rate_limit: 10000/s}\noutput: OUT\n"
-        "streams:\n  projects: {endpoint: projects}\n",
-    )
-    args = ["run", str(recipe), "--base-url", mock.api_url]
+    _, args = search_with_token(tmp_path, mock)
     token = {"TM_API_TOKEN": mock.tokens["admin"]}
     assert run_cli(*args, env=token).exit_code == 0
     full_again = run_cli(*args, env={"TM_API_TOKEN": ""})

@@ -354,5 +354,5 @@ def test_step_text() -> None:
     ],
 )
 def test_as_id(value: int | str, expected: int | None) -> None:
-    """Only whole numbers of 0 or more are ids; digits in text count, other digits do not."""
+    """Only whole numbers of 0 or more are ids. Digits in text count, other digits do not."""
     assert as_id(value) == expected

@@ -33,7 +33,7 @@ def check_with(fetcher: ScriptedFetcher) -> TokenCheck:
     return TokenCheck(cast(Fetcher, fetcher))
 
 
-def test_403s_during_a_check_share_the_next() -> None:
+def test_403s_during_check_share_next() -> None:
     """A check covers only the 403s that arrived before it began, since a token may expire
     meanwhile. The 403s that arrive while it runs share one check after it."""
 
@@ -57,7 +57,7 @@ def test_403s_during_a_check_share_the_next() -> None:
     anyio.run(scenario)
 
 
-def test_check_without_answer_is_false() -> None:
+def test_failed_check_is_false() -> None:
     """A check that fails before the server judges the token confirms nothing."""
 
     async def scenario() -> None:

@@ -21,7 +21,6 @@ from typing import Any
 import anyio
 
 from . import __version__, interrupts
-from .catalog import TOKEN_CHECK_PATH
 from .clock import Clock, RealClock
 from .codec import Codec, describe_codec
 from .errors import (
@@ -749,7 +748,7 @@ class _Session:
             scope.cancel()
 
         with anyio.CancelScope() as scope, _watch_signals(self.options, on_signal):
-            await self._preflight(fetcher, result)
+            await self._preflight(fetcher, result, token_check)
             committer.record(self._session_entry(state, result))
             if self.baseline is not None:
                 await self._find_deleted(fetcher, state, committer, result)
@@ -821,7 +820,9 @@ class _Session:
                 runners[sources[0].stream].feed(runner, fields)
         return runners
 
-    async def _preflight(self, fetcher: Fetcher, result: RunResult) -> None:
+    async def _preflight(
+        self, fetcher: Fetcher, result: RunResult, token_check: TokenCheck | None
+    ) -> None:
         """Read the TM release, and check the token once before any export request.
 
         An expired token is served anonymously on endpoints where login is optional, so
@@ -858,17 +859,13 @@ class _Session:
         except RequestError as error:
             logger.warning("could not read the server's release: %s", error)
 
-        if self.options.token:
+        if token_check is not None:
             try:
-                await fetcher.get_json(TOKEN_CHECK_PATH, {}, spool=False)
+                result.authenticated = await token_check.confirm()
             except TokenRejectedError:
                 result.authenticated = False
                 raise
-            except RequestError as error:
-                result.authenticated = False
-                logger.warning("the token check did not complete (%s); going on", error)
-            else:
-                result.authenticated = True
+            if result.authenticated:
                 logger.info("the API token was accepted")
 
     def _check_parents_read(self, runners: dict[str, StreamRunner]) -> None:

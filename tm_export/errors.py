@@ -73,7 +73,7 @@ def unreachable(base_url: str, error: Exception, again: str) -> FatalError:
 
 
 def not_api_root(base_url: str, error: Exception, again: str) -> FatalError:
-    """Return the error for a base URL whose heartbeat is a 404: it is no TM API root."""
+    """Return the error for a base URL whose heartbeat is a 404, so not a TM API root."""
     return FatalError(
         f"{base_url}/system/heartbeat/ was not found (404), so {base_url} is not the root of a "
         f"Tasking Manager API; give the URL that ends in /api/v2, then {again}"

@@ -41,7 +41,7 @@ def as_id(value: Scalar) -> int | None:
     """Return ``value`` as a TM id, a whole number of 0 or more, or None when it is not one.
 
     Digits in a string count, as the server reads them, so ``"42"`` and ``"042"`` are both
-    project 42. Anything else gets a 422 from the server.
+    project 42. The server rejects anything else with 422.
     """
     if type(value) is int:
         return value if value >= 0 else None

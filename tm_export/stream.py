@@ -150,7 +150,7 @@ class StreamRunner:
         self._committer = committer
         self._fetcher = fetcher
         self._token_check = token_check
-        """Asked before a 403 skips a partition; None when the run sends no token."""
+        """The token check, run after a 403 or a changed list; None when the run sends no token."""
         self._data_path = data_path
         self._concurrency = concurrency
         self._shard = shard
@@ -548,7 +548,10 @@ class StreamRunner:
         if not reading.fell and (walk.filtered or total is None or walk.records >= total):
             return False
 
-        change = f"the total changed from {reading.first_total} to {reading.last_total}"
+        if reading.first_total == reading.last_total:
+            change = f"the total moved away from {reading.first_total} and came back"
+        else:
+            change = f"the total changed from {reading.first_total} to {reading.last_total}"
         if self.spec.endpoint.key is None:
             walk.problems.append(
                 f"{change} while the pages were read, so records may have moved onto pages "
@@ -731,7 +734,7 @@ class StreamRunner:
                 if len(values) != len(feed.fields):
                     continue
                 if feed.ids and not feed.take_ids(values):
-                    # A failure recorded before ids were checked, which would fail again.
+                    # Recorded by a version that did not check ids, so it would only fail again.
                     continue
                 try:
                     await _put(feed.send, values)

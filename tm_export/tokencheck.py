@@ -2,14 +2,18 @@
 
 The server serves an expired token anonymously where login is optional, so a private
 project then returns 403, as it does to a user without rights on it. Before a run that
-sends a token records a partition as skipped for a 403, it asks this check. A token that
+sends a token records a partition as skipped for a 403, it runs this check. A token that
 expired during the run then stops it (exit 1), and the partition stays pending for the
 next session, where it would otherwise be skipped for good. A walk whose list changed
-while it was read asks too, since an expired token gets a shorter project search with no
+while it was read runs it too, since an expired token gets a shorter project search with no
 403, and so does the session before it records its end (see ``engine``).
 
 Walks share the checks. A check covers the 403s that arrived before it began, since the
 token may expire while it runs, so the 403s that arrive during a check share the next one.
+
+NOTE: partitions finished between the expiry and a check that catches it during the run
+keep no problem. Only the project search differs for an anonymous caller without a 403,
+so the risk is a search partition read whole in that time.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ logger = logging.getLogger("tm_export.token")
 
 
 class TokenCheck:
-    """Asks the server, on demand, whether the run's token is still accepted."""
+    """A check, run on demand, that the server still accepts the run's token."""
 
     def __init__(self, fetcher: Fetcher) -> None:
         self._fetcher = fetcher
@@ -66,7 +70,7 @@ class TokenCheck:
             await self._fetcher.get_json(TOKEN_CHECK_PATH, {}, spool=False)
         except RequestError as error:
             # TokenRejectedError is not a RequestError, so it goes on up and ends the run.
-            logger.warning("the token check after a 403 did not complete: %s", error)
+            logger.warning("the token check did not complete (%s); going on", error)
             self._failed = max(self._failed, number)
         else:
             self._passed = max(self._passed, number)

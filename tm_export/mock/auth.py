@@ -61,7 +61,7 @@ class TokenStore:
         self._sessions[session] = (role, user)
 
     def renew(self, role: str) -> None:
-        """Let the token of ``role`` expire and mint a new one, as a user who renews it.
+        """Expire the token of ``role`` and mint a new one, as a user who renews it.
 
         The server then treats the old token as an expired one.
         """

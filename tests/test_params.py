@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from tm_export.manifest import StreamState
 from tm_export.params import (
     DateWindows,
     Each,
@@ -17,6 +18,7 @@ from tm_export.params import (
     count_static,
     expand_static,
     partition_id,
+    partition_order,
     render,
 )
 
@@ -109,6 +111,39 @@ def test_count_stops_above_limit() -> None:
 
 def test_partition_id_sorts_keys() -> None:
     assert partition_id({"b": 2, "a": "x"}) == '{"a":"x","b":2}'
+
+
+def test_partition_order_compares_numbers_as_numbers() -> None:
+    ids = [
+        '{"project_id":10,"type":"b"}',
+        '{"project_id":9,"type":"b"}',
+        '{"project_id":10,"type":"a"}',
+        '{"project_id":"x","type":"a"}',
+    ]
+
+    ordered = sorted(ids, key=partition_order)
+
+    assert ordered == [
+        '{"project_id":9,"type":"b"}',
+        '{"project_id":10,"type":"a"}',
+        '{"project_id":10,"type":"b"}',
+        '{"project_id":"x","type":"a"}',
+    ]
+
+
+def test_stream_problems_come_in_partition_order() -> None:
+    state = StreamState(problems=["no value"])
+    for project_id in (10, 9):
+        final = {"state": "done", "problems": [f"short {project_id}"]}
+        state.done[partition_id({"project_id": project_id})] = final
+
+    listed = list(state.all_problems())
+
+    assert listed == [
+        (None, "no value"),
+        ('{"project_id":9}', "short 9"),
+        ('{"project_id":10}', "short 10"),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -124,6 +124,34 @@ def test_record_content(tmp_path: Path, mock: MockServer) -> None:
     }
 
 
+def test_record_lists_partitions_in_number_order(tmp_path: Path, mock: MockServer) -> None:
+    """Skipped partitions are listed by project id as a number: 6 before 12, not after 31."""
+    recipe = write_recipe(
+        tmp_path,
+        """\
+        version: 1
+        instance: {rate_limit: 10000/s}
+        output: OUT
+        streams:
+          summaries:
+            endpoint: project_summary
+            params: {project_id: {each: [31, 12, 9, 6, 1]}}
+        """,
+    )
+    ran = run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet")
+    assert ran.exit_code == 0, ran.stderr
+
+    record = orjson.loads((tmp_path / "out/runs/0001/run.json").read_bytes())
+
+    skipped = record["streams"]["summaries"]["skipped"]
+    assert [(entry["partition"]["project_id"], entry["status"]) for entry in skipped] == [
+        (6, 403),
+        (9, 403),
+        (12, 404),
+        (31, 403),
+    ]
+
+
 def test_record_from_engine_equals_command(tmp_path: Path, mock: MockServer) -> None:
     """The record the engine writes at the end of a run equals the one the command writes."""
     recipe_path = write_recipe(tmp_path, RECIPE)

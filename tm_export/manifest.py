@@ -38,6 +38,7 @@ from .codec import Codec, compress, compress_file
 from .crashpoints import crash_due, crash_point
 from .errors import StorageError
 from .journal import Journal, JournalExtent, scan_journal
+from .params import partition_order
 from .sink import StreamFile
 
 logger = logging.getLogger("tm_export.manifest")
@@ -212,7 +213,7 @@ class StreamState:
         whole first, with None, then those of each finished partition, by partition id."""
         for problem in self.problems:
             yield None, problem
-        for partition_id, final in sorted(self.finals(), key=lambda item: item[0]):
+        for partition_id, final in sorted(self.finals(), key=lambda item: partition_order(item[0])):
             for problem in final.get("problems", []):
                 yield partition_id, problem
 

@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from . import __version__
 from .codec import describe_codec
 from .errors import RecipeError
@@ -51,6 +49,7 @@ from .layout import (
     stream_path,
 )
 from .manifest import latest_session
+from .params import partition_order
 from .runrecord import require_verified, write_run_record
 from .verify import RunPaths, check_run, find_runs, scan_manifest
 from .words import counted
@@ -235,20 +234,11 @@ def _failed_partitions(runs: list[list[dict[str, Any]]]) -> dict[str, list[str]]
                 final[(entry["s"], entry["p"])] = entry["state"]
     failed: dict[str, list[str]] = {}
     for (stream, partition_id), state in sorted(
-        final.items(), key=lambda item: (item[0][0], _value_order(item[0][1]))
+        final.items(), key=lambda item: (item[0][0], partition_order(item[0][1]))
     ):
         if state == "failed":
             failed.setdefault(stream, []).append(partition_id)
     return failed
-
-
-def _value_order(partition_id: str) -> tuple[tuple[str, int, int | str], ...]:
-    """Return a sort key that puts project 8 before project 10, which text order would not."""
-    values: dict[str, Any] = orjson.loads(partition_id)
-    return tuple(
-        (name, 0, value) if isinstance(value, int) else (name, 1, str(value))
-        for name, value in values.items()
-    )
 
 
 def _failed_text(failed: dict[str, list[str]], limit: int = 5) -> str:

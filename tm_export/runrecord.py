@@ -51,6 +51,7 @@ import orjson
 from .errors import ExitCode, ManifestError, StorageError, TmExportError
 from .layout import MANIFEST_NAME
 from .manifest import latest_session
+from .params import partition_order
 from .status import FINAL_STATES, run_status
 from .verify import RunCheck, RunStateError, check_run, fsync_path, locate_run
 from .words import counted
@@ -206,7 +207,7 @@ def _partition_lists(check: RunCheck, stream: str) -> dict[str, list[dict[str, A
     problems: list[dict[str, Any]] = [
         {"partition": None, "problem": problem} for problem in stream_state.problems
     ]
-    finals = sorted(stream_state.finals(), key=lambda item: item[0])
+    finals = sorted(stream_state.finals(), key=lambda item: partition_order(item[0]))
     for partition_id, final in finals:
         values = orjson.loads(partition_id)
         if final["state"] == "skipped":

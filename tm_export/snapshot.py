@@ -45,7 +45,7 @@ from .errors import ExitCode, StorageError, TmExportError
 from .incremental import NEWEST_FIRST, names_project
 from .layout import SNAPSHOT_RECORD, run_home
 from .manifest import ManifestState, latest_finals, latest_session
-from .params import partition_id
+from .params import partition_id, partition_order
 from .recipe import StreamSpec, parse_recipe
 from .records import PARTITION_KEY, record_key, strip_partition
 from .runrecord import require_verified
@@ -300,9 +300,12 @@ def _failed(stream: str, states: list[ManifestState], deleted: set[int]) -> list
     projects are left out, as their records are, and no run fetches them again."""
     latest = latest_finals(states, stream)
     return sorted(
-        partition
-        for partition, final in latest.items()
-        if final == "failed" and not names_project(orjson.loads(partition), deleted)
+        (
+            partition
+            for partition, final in latest.items()
+            if final == "failed" and not names_project(orjson.loads(partition), deleted)
+        ),
+        key=partition_order,
     )
 
 

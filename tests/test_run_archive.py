@@ -121,12 +121,15 @@ def test_canonical_waits_for_retries(tmp_path: Path, mock: MockServer) -> None:
     mock.add_fault(path=r"^/api/v2/projects/1/activities/$", status=500)
     args = ["run", str(recipe), "--base-url", mock.api_url, "--canonical"]
 
+    run = tmp_path / "out/runs/0001"
+
     first = run_cli(*args)
 
     assert first.exit_code == 3
     assert (
-        "1 partition failed, so the run was not made canonical; run again with --retry-failed"
-        in first.stderr
+        "1 partition failed, so the run was not made canonical, which would take no more "
+        "pages; once the cause is fixed, run the same command with --retry-failed "
+        f"--canonical, or keep the failures and run 'tm-export canonical {run}'\n" in first.stderr
     )
     manifest = tmp_path / "out/runs/0001/manifest.jsonl"
     assert b'"t":"canonical"' not in manifest.read_bytes()

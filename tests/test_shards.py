@@ -617,6 +617,8 @@ def test_retry_command_from_other_folder(
         f"recipe.yaml is relative to it: tm-export run recipe.yaml --base-url {mock.api_url} "
         f"--retry-failed --output {tmp_path / 'merged'}\n"
     )
+    record = orjson.loads((tmp_path / "merged/runs/0001/run.json").read_bytes())
+    assert record["merged_from"] == [str(tmp_path / f"jobs/s{i}/runs/0001") for i in (1, 2)]
 
 
 def test_status_counts_shard_pending(tmp_path: Path, mock: MockServer) -> None:

@@ -271,15 +271,26 @@ def _finish_archive(
     canonical, bag = options.canonical, options.bag
     if result.failed_partitions and (canonical or bag):
         # Canonical files and bags take no more pages, and --retry-failed still has work.
-        failed = result.failed_partitions
+        # The steps are options of this command only, so the advice repeats them.
+        not_done = " nor ".join(
+            word for word, on in (("made canonical", canonical), ("bagged", bag)) if on
+        )
+        options_again = " ".join(
+            option for option, on in (("--canonical", canonical), ("--bag", bag)) if on
+        )
+        commands = " and ".join(
+            f"'tm-export {step} {result.run_folder}'"
+            for step, on in (("canonical", canonical), ("bag", bag))
+            if on
+        )
         logger.warning(
-            "%d partition%s failed, so the run was not %s; run again with --retry-failed, and "
-            "the finished run gets it then",
-            failed,
-            "s" if failed != 1 else "",
-            " nor ".join(
-                word for word, on in (("made canonical", canonical), ("bagged", bag)) if on
-            ),
+            "%s failed, so the run was not %s, which would take no more pages; once the cause "
+            "is fixed, run the same command with --retry-failed %s, or keep the failures and "
+            "run %s",
+            counted(result.failed_partitions, "partition"),
+            not_done,
+            options_again,
+            commands,
         )
         canonical = bag = False
     # Imported here: these steps run once at the end, and their imports (bagit, the

@@ -452,7 +452,7 @@ def _write(run_folder: Path, shards: list[Shard], fingerprints: list[str]) -> No
     header.update(
         started=min(shard.header["started"] for shard in shards),
         merged_at=_now(),
-        merged_from=[str(shard.folder) for shard in shards],
+        merged_from=[str(shard.folder.resolve()) for shard in shards],
         merged_manifests=fingerprints,
         version=__version__,
     )

@@ -308,3 +308,27 @@ def test_canonical_rejects_unfinished_and_bag(tmp_path: Path, mock: MockServer) 
         f"tm-export: error: {bagged}: the run is a bag, and rewriting its files would make the "
         "bag invalid; make files canonical before 'tm-export bag'\n"
     )
+
+
+def test_canonical_run_retries_only_what_it_has(tmp_path: Path, mock: MockServer) -> None:
+    """On canonical files --retry-failed with nothing failed sends nothing (exit 0), while
+    --retry-skipped, which would add pages for the skipped project 12, is rejected."""
+    run = export(tmp_path, mock)
+    assert run_cli("canonical", str(run)).exit_code == 0
+    journal = (run / "manifest.jsonl").read_bytes()
+    args = ["run", str(tmp_path / "recipe.yaml"), "--base-url", mock.api_url, "--quiet"]
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    mock.reset_log()
+
+    failed = run_cli(*args, "--retry-failed", env=env)
+    skipped = run_cli(*args, "--retry-skipped", env=env)
+
+    assert failed.exit_code == 0, failed.stderr
+    assert "result: complete (exit 0)" in failed.stderr
+    assert skipped.exit_code == 1
+    assert skipped.stderr == (
+        f"tm-export: error: {run}: the run's files were rewritten in canonical order, so pages "
+        "cannot be added to them; use --incremental or --start-over to fetch again in a new run\n"
+    )
+    assert mock.requests() == []
+    assert (run / "manifest.jsonl").read_bytes() == journal

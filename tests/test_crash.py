@@ -153,6 +153,38 @@ def test_crash_point_resumes_exactly(tmp_path: Path, mock: MockServer, point: st
     compare(expected, multiset(tmp_path / "out"))
 
 
+def test_kill_while_starting_leaves_no_run(tmp_path: Path, mock: MockServer) -> None:
+    """A kill while a new run folder is made leaves only a hidden folder, so the same command
+    starts the run, and no command finds a run folder without a manifest."""
+    expected = reference(tmp_path, mock)
+    recipe = write_recipe(tmp_path, RECIPE)
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    runs = tmp_path / "out/runs"
+
+    process = subprocess.run(
+        [sys.executable, "-m", "tm_export", *args],
+        capture_output=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "TM_EXPORT_CRASH_AT": "run-folder-built"},
+    )
+
+    assert process.returncode == -signal.SIGKILL, process.stderr.decode(errors="replace")
+    assert sorted(path.name for path in runs.iterdir()) == [".0001.starting"]
+    status = run_cli("status", str(tmp_path / "out"))
+    assert status.exit_code == 2
+    assert (
+        status.stderr
+        == f"tm-export: error: {tmp_path / 'out'}: the output folder has no runs yet\n"
+    )
+
+    outcome = run_cli(*args)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert sorted(path.name for path in runs.iterdir()) == ["0001"]
+    compare(expected, multiset(tmp_path / "out"))
+
+
 def test_random_kills_resume_exactly(tmp_path: Path, mock: MockServer) -> None:
     """Several kills at seeded random request counts, each followed by a resume, then a clean finish."""
     expected = reference(tmp_path, mock)

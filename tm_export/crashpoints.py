@@ -3,7 +3,8 @@
 ``TM_EXPORT_CRASH_AT`` is ``NAME`` or ``NAME:N``: the process kills itself with SIGKILL on the
 N-th pass through the crash point ``NAME``. Only the crash tests set it; without it every
 check returns at once. The points are ``mid-page-write``, ``after-data-fsync``,
-``mid-manifest-append`` and ``after-manifest-append``.
+``mid-manifest-append``, ``after-manifest-append`` and ``run-folder-built`` (a new run's
+folder made, under its hidden name).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import anyio
 from . import __version__, interrupts
 from .clock import Clock, RealClock
 from .codec import Codec, describe_codec
+from .crashpoints import crash_point
 from .errors import (
     ExitCode,
     FatalError,
@@ -41,11 +42,12 @@ from .errors import (
 from .fetcher import Fetcher
 from .http import SPOOL_OVER, HttpSession
 from .incremental import Baseline, read_baseline
-from .journal import Journal, scan_journal
+from .journal import Journal, fsync_folder, scan_journal
 from .layout import (
     DATA_FOLDER,
     MANIFEST_NAME,
     SPOOL_FOLDER,
+    STARTING_SUFFIX,
     OutputLock,
     check_output,
     is_bag,
@@ -259,6 +261,42 @@ def _watch_signals(
     return interrupts.watch(on_signal) if options.handle_signals else nullcontext()
 
 
+def _create_run_folder(folder: Path, header: dict[str, Any]) -> Journal:
+    """Create the run folder ``folder`` with its data folder and a manifest of ``header``.
+
+    Both are made in a hidden folder that is then renamed to ``folder``, so a crash leaves
+    either no run folder or one with a whole manifest. A run folder without a manifest
+    would stop every later command on the output folder, since nothing proves it empty.
+    ``folder`` may exist if it is empty, since renaming a folder over an empty one replaces
+    it, or if it holds a run that recorded only its header: that run is started again in
+    place, and its new header replaces the manifest atomically.
+    """
+    manifest = folder / MANIFEST_NAME
+    if manifest.exists():
+        return Journal.create(manifest, header)
+
+    building = folder.with_name(f".{folder.name}{STARTING_SUFFIX}")
+    try:
+        # Under the output lock no other process starts a run, so any such folder was left
+        # by a start that was killed.
+        for leftover in folder.parent.glob(f".*{STARTING_SUFFIX}"):
+            shutil.rmtree(leftover)
+        (building / DATA_FOLDER).mkdir(parents=True)
+    except OSError as error:
+        raise StorageError(f"{building}: cannot create the run folder: {error.strerror}") from error
+
+    Journal.create(building / MANIFEST_NAME, header).close()
+    crash_point("run-folder-built")
+
+    try:
+        fsync_folder(building)
+        building.rename(folder)
+        fsync_folder(folder.parent)
+    except OSError as error:
+        raise StorageError(f"{folder}: cannot create the run folder: {error.strerror}") from error
+    return Journal.open(manifest, valid_bytes=manifest.stat().st_size)
+
+
 def _finish_archive(
     recipe: Recipe, options: RunOptions, result: RunResult, steps: _ArchiveSteps
 ) -> None:
@@ -436,9 +474,7 @@ class _Session:
             elif manifest.exists():
                 state, extent = load_state(manifest, keep_done_pages=False)
                 if not self._check_or_restart(folder, state):
-                    if state.canonical and (
-                        self.options.retry_failed or self.options.retry_skipped
-                    ):
+                    if state.canonical and self._retried_states(state):
                         raise ManifestError(
                             f"{folder}: the run's files were rewritten in canonical order, so pages cannot "
                             "be added to them; use --incremental or --start-over to fetch again in a new run"
@@ -490,7 +526,6 @@ class _Session:
 
         self._check_previous_server()
         self._check_previous_token()
-        (folder / "data").mkdir(parents=True, exist_ok=True)
         header = {
             "tool": "tm-export",
             "version": __version__,
@@ -503,7 +538,7 @@ class _Session:
             "compression": self.codec,
             "incremental": self.baseline.header() if self.baseline else None,
         }
-        journal = Journal.create(folder / MANIFEST_NAME, header)
+        journal = _create_run_folder(folder, header)
         logger.info("starting a new run in %s", folder)
         return folder, ManifestState.replay([{"t": "run", **header}]), journal
 
@@ -601,19 +636,29 @@ class _Session:
             "--start-over for an anonymous full run"
         )
 
-    def _note_finished(self, folder: Path, state: ManifestState) -> None:
-        """Decide whether this session on a finished run has anything to retry, and log it."""
+    def _requested_states(self) -> set[str]:
+        """Return the final states that --retry-failed and --retry-skipped fetch again."""
         requested = {"failed"} if self.options.retry_failed else set()
         if self.options.retry_skipped:
             requested.add("skipped")
+        return requested
+
+    def _retried_states(self, state: ManifestState) -> set[str]:
+        """Return the requested states (see ``_requested_states``) that some partition of
+        the run has."""
         present = {
             partition.final["state"]
             for stream in state.streams.values()
             for partition in stream.partitions.values()
             if partition.final is not None
         }
-        if requested & present:
+        return self._requested_states() & present
+
+    def _note_finished(self, folder: Path, state: ManifestState) -> None:
+        """Decide whether this session on a finished run has anything to retry, and log it."""
+        if self._retried_states(state):
             return
+        requested = self._requested_states()
 
         self.finished_before = True
         if requested:

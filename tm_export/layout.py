@@ -33,6 +33,9 @@ SNAPSHOT_RECORD = "snapshot.json"
 #: Inside a run folder: response bodies too large for memory, while they are processed.
 SPOOL_FOLDER = ".spool"
 DATA_FOLDER = "data"
+#: Ends the name of the hidden folder beside the runs (``runs/.0002.starting``) in which a
+#: new run folder gets its data folder and manifest before it is renamed to its number.
+STARTING_SUFFIX = ".starting"
 
 
 def check_output(output: Path) -> None:

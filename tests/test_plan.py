@@ -164,7 +164,8 @@ def test_plan_json(tmp_path: Path) -> None:
 
 
 def test_plan_token_check_counted(tmp_path: Path) -> None:
-    """With the recipe's token variable set, the token check is one more preflight request."""
+    """With the recipe's token variable set, the token is checked before the export, as one
+    more preflight request, and after it."""
     recipe = write_recipe(
         tmp_path, RECIPE.replace("{concurrency: 4,", "{token_env: TM_API_TOKEN, concurrency: 4,")
     )
@@ -174,11 +175,32 @@ def test_plan_token_check_counted(tmp_path: Path) -> None:
     assert outcome.exit_code == 0, outcome.stderr
     lines = outcome.stdout.splitlines()
     assert "preflight                                             2" in lines
-    assert "total                                       at least 14" in lines
-    assert (
-        lines[-1]
-        == "preflight: the server's heartbeat, and one token check; retries are not counted"
+    assert "end check                                             1" in lines
+    assert "total                                       at least 15" in lines
+    assert lines[-1] == (
+        "preflight: the server's heartbeat, and one token check; end check: the token checked "
+        "again once the export is done; retries and the token checks after a 403 are not counted"
     )
+
+
+def test_exact_plan_with_token_equals_run(tmp_path: Path, mock: MockServer) -> None:
+    """An exact plan with a token counts every request that the run then sends."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {token_env: TM_API_TOKEN, rate_limit: 10000/s}\noutput: OUT\n"
+        "streams:\n  stats:\n    endpoint: project_statistics\n"
+        "    params: {project_id: {range: [1, 6]}}\n",
+    )
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    plan = json.loads(run_cli("plan", str(recipe), "--json", env=env).stdout)
+    assert plan["total"]["exact"] is True
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet", env=env)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert plan["total"]["requests"] == 9
+    assert len(mock.requests()) == 9
+    assert "requests: 9, retries: 0, authenticated: yes" in outcome.stderr
 
 
 def test_plan_probe(tmp_path: Path, mock: MockServer) -> None:

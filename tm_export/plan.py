@@ -112,6 +112,8 @@ class Plan:
     streams: list[StreamPlan]
     preflight: int
     """Requests sent before any export request: the heartbeat, and the token check."""
+    end_check: int = 0
+    """Requests sent after the last export request: the token checked again, with a token."""
     base_url: str | None = None
     """The server probed, when ``--probe`` was given."""
     shard: tuple[int, int] | None = None
@@ -122,7 +124,7 @@ class Plan:
     @property
     def requests(self) -> int:
         known = sum(stream.requests or 0 for stream in self.streams)
-        return known + self.preflight
+        return known + self.preflight + self.end_check
 
     @property
     def exact(self) -> bool:
@@ -174,8 +176,14 @@ def plan_recipe(recipe: Recipe, *, token_set: bool, shard: tuple[int, int] | Non
             )
         )
     dependent = [stream.name for stream in streams if stream.parent is not None]
-    preflight = 2 if token_set else 1
-    return Plan(recipe, streams, preflight=preflight, dependent=dependent, shard=shard)
+    return Plan(
+        recipe,
+        streams,
+        preflight=2 if token_set else 1,
+        end_check=1 if token_set else 0,
+        dependent=dependent,
+        shard=shard,
+    )
 
 
 def _feeds_children(recipe: Recipe, name: str) -> bool:
@@ -419,6 +427,8 @@ def format_plan(plan: Plan) -> str:
         partitions = "unknown" if stream.partitions is None else str(stream.partitions)
         rows.append((stream.name, stream.endpoint, partitions, _requests_text(stream)))
     rows.append(("preflight", "", "", str(plan.preflight)))
+    if plan.end_check:
+        rows.append(("end check", "", "", str(plan.end_check)))
     total = str(plan.requests) if plan.exact else f"at least {plan.requests}"
     rows.append(("total", "", "", total))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
@@ -438,11 +448,14 @@ def format_plan(plan: Plan) -> str:
             f"total: without the requests of {', '.join(plan.dependent)}, known only once "
             "the parent streams run"
         )
-    lines.append(
-        "preflight: the server's heartbeat"
-        + (", and one token check" if plan.preflight == 2 else "")
-        + "; retries are not counted"
-    )
+    if plan.end_check:
+        lines.append(
+            "preflight: the server's heartbeat, and one token check; end check: the token "
+            "checked again once the export is done; retries and the token checks after a 403 "
+            "are not counted"
+        )
+    else:
+        lines.append("preflight: the server's heartbeat; retries are not counted")
     if plan.min_seconds >= 1:
         # Below a second the budget is no guide to how long the run takes.
         lines.append(
@@ -548,6 +561,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
             for stream in plan.streams
         ],
         "preflight_requests": plan.preflight,
+        "end_check_requests": plan.end_check,
         "total": {
             "requests": plan.requests,
             "exact": plan.exact,

@@ -598,7 +598,10 @@ def test_page_cap_is_one_problem(tmp_path: Path, mock: MockServer) -> None:
     assert outcome.exit_code == 3, outcome.stderr
     pages = -(-mock.dataset.count("projects") // 14)
     assert pages > 2
-    problem = f"page cap reached: the server announced {pages} pages, and max_pages is 2"
+    problem = (
+        f"page cap reached: the server announced {pages} pages, and max_pages is 2; raise "
+        "max_pages and run with --start-over to fetch the rest"
+    )
     assert [line for line in outcome.stderr.splitlines() if line.startswith("problem")] == [
         f"problem in projects: {problem}"
     ]
@@ -713,3 +716,30 @@ def test_retry_without_earlier_token_refused(tmp_path: Path, mock: MockServer) -
     )
     assert with_token.exit_code == 0, with_token.stderr
     assert manifest.read_bytes().startswith(before)
+
+
+def test_stopped_session_counts_earlier_partitions(tmp_path: Path, mock: MockServer) -> None:
+    """A session stopped at its token check counts the partitions that earlier sessions
+    finished, as status does, beside their records."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {token_env: TM_API_TOKEN, concurrency: 1, rate_limit: 10000/s}\n"
+        "output: OUT\nstreams:\n  summaries:\n    endpoint: project_summary\n"
+        "    params: {project_id: {range: [1, 8]}}\n",
+    )
+    args = ["run", str(recipe), "--base-url", mock.api_url, "--json"]
+    mock.add_fault(
+        path=r"^/api/v2/projects/5/queries/summary/$",
+        status=429,
+        headers={"Retry-After": "99999"},
+    )
+    assert run_cli(*args, env={"TM_API_TOKEN": mock.tokens["admin"]}).exit_code == 1
+    mock.clear_faults()
+
+    rejected = run_cli(*args, env={"TM_API_TOKEN": "not-a-valid-token"})
+
+    assert rejected.exit_code == 1
+    summary = orjson.loads(rejected.stdout)["streams"]["summaries"]
+    assert summary["partitions"] == {"done": 4}
+    assert summary["records"] == 4
+    assert "summaries     4        0       0        4           0" in rejected.stderr

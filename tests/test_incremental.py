@@ -725,6 +725,28 @@ def test_search_of_every_project_after_failed_full_search(tmp_path: Path, mock: 
     assert full["incremental"] is None
 
 
+def test_search_of_every_project_after_capped_full_search(tmp_path: Path, mock: MockServer) -> None:
+    """A full run whose project search stopped at max_pages listed only some projects, so
+    the next incremental run, with the cap raised, requests every project."""
+    capped = CHILD_RECIPE.replace(
+        "    endpoint: projects\n", "    endpoint: projects\n    max_pages: 2\n"
+    )
+    args, env = admin_run(tmp_path, mock, capped)
+    first = run_cli(*args, env=env)
+    assert first.exit_code == 3, first.stderr
+    assert len(records(tmp_path / "out/runs/0001/data/projects.jsonl")) == 28
+    write_recipe(tmp_path, CHILD_RECIPE)
+
+    second = run_cli(*args, "--incremental", env=env)
+
+    assert second.exit_code == 0, second.stderr
+    searched = sorted(
+        r["projectId"] for r in records(tmp_path / "out/runs/0002/data/projects.jsonl")
+    )
+    assert searched == admin_search_ids(mock)
+    assert headers_of(tmp_path, "0002")["incremental"]["search_since"] is None
+
+
 def admin_search_ids(mock: MockServer) -> list[int]:
     """Return the ids of the admin's PUBLISHED,ARCHIVED search, private projects included."""
     return sorted(

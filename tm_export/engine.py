@@ -776,7 +776,10 @@ class _Session:
             finally:
                 result.requests = fetcher.requests_sent
                 result.retries = fetcher.retries_done
+                stopped = result.fatal is not None or result.interrupted
                 for runner in runners.values():
+                    if stopped:
+                        runner.count_stopped()
                     runner.close_channels()
 
         await self._close(committer, result)

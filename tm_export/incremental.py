@@ -273,11 +273,12 @@ def _covered_until(recipe: Recipe, states: list[tuple[Path, ManifestState]]) -> 
 
 def _search_done(recipe: Recipe, state: ManifestState) -> bool:
     """Tell whether every partition of the run's project search streams ended done, and
-    the streams have no problem (such as a token that expired during the run)."""
+    neither the streams nor their partitions have a problem (such as a token that expired
+    during the run, or a search stopped by max_pages), which may mean missed projects."""
     for name, spec in recipe.streams.items():
         if spec.endpoint.name != "projects" or name not in state.streams:
             continue
-        if state.streams[name].problems:
+        if next(state.streams[name].all_problems(), None) is not None:
             return False
         # A shard that does not own the search has no final entry for it, and a shard
         # that failed to read a page of it stops with a fatal error.

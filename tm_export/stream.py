@@ -56,6 +56,10 @@ T = TypeVar("T")
 #: ``_hidden_by``).
 SKIP_STATUSES = frozenset({403, 404})
 
+#: What a page cap's problem tells the user to do. --retry-failed does not fetch a capped
+#: partition, since it ended done, and max_pages is not part of the recipe's hash.
+RAISE_MAX_PAGES = "raise max_pages and run with --start-over to fetch the rest"
+
 #: The maximum number of readings of a partition's pages, the first included (see
 #: ``_read_again``).
 MAX_READINGS = 3
@@ -626,7 +630,7 @@ class StreamRunner:
             walk.capped = True
             problem = (
                 f"page cap reached: the server announced {page_count} pages, and max_pages is "
-                f"{self.spec.max_pages}"
+                f"{self.spec.max_pages}; {RAISE_MAX_PAGES}"
             )
             if problem not in walk.problems:
                 walk.problems.append(problem)
@@ -642,7 +646,7 @@ class StreamRunner:
                 walk.capped = True
                 walk.problems.append(
                     "page cap reached: the server reports more pages, and max_pages is "
-                    f"{self.spec.max_pages}"
+                    f"{self.spec.max_pages}; {RAISE_MAX_PAGES}"
                 )
                 return
             try:
@@ -816,13 +820,25 @@ class StreamRunner:
                 self._count_final(partition.final)
         self.close_channels()
 
+    def count_stopped(self) -> None:
+        """Count the final partitions of the run again from its state, those of earlier
+        sessions included: a session that stopped early counted only those its walk reached,
+        while its record count is the run's."""
+        self.stats.partitions.clear()
+        self.stats.skip_reasons.clear()
+        for _, final in self.state.finals():
+            self._count_state(final)
+
     def _count_final(self, final: dict[str, Any]) -> None:
+        self._count_state(final)
+        for problem in final.get("problems", []):
+            self.stats.problems.append(partition_problem(final["p"], problem))
+
+    def _count_state(self, final: dict[str, Any]) -> None:
         self.stats.partitions[final["state"]] += 1
         if final["state"] == "skipped":
             reason = f"{final.get('status')} {final.get('sub_code') or ''}".strip()
             self.stats.skip_reasons[reason] += 1
-        for problem in final.get("problems", []):
-            self.stats.problems.append(partition_problem(final["p"], problem))
 
 
 def _hidden_by(failed_pages: dict[int, RequestError | ShapeError]) -> HTTPStatusError | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import orjson
 import pytest
@@ -743,3 +744,31 @@ def test_stopped_session_counts_earlier_partitions(tmp_path: Path, mock: MockSer
     assert summary["partitions"] == {"done": 4}
     assert summary["records"] == 4
     assert "summaries     4        0       0        4           0" in rejected.stderr
+
+
+def test_from_whole_record_of_strings(tmp_path: Path, mock: MockServer) -> None:
+    """from: STREAM.$ takes each record itself, as countries are strings: one partition per
+    country, each named in its records' _partition."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {token_env: TM_API_TOKEN, rate_limit: 10000/s}\noutput: OUT\n"
+        "streams:\n  countries: {endpoint: countries}\n  by_country:\n"
+        "    endpoint: tasks_statistics\n    params:\n      country: {from: countries.$}\n"
+        "      dates: {start: 2026-01-01, end: 2026-01-31}\n",
+    )
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--json", env=env)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    countries = mock.dataset.countries()
+    summary = orjson.loads(outcome.stdout)["streams"]["by_country"]
+    assert summary["partitions"] == {"done": len(countries)}
+    requested = [
+        parse_qs(request["query"])["country"][0]
+        for request in mock.requests()
+        if request["path"] == "/api/v2/tasks/statistics/"
+    ]
+    assert sorted(requested) == sorted(countries)
+    lines = records(data_file(tmp_path / "out", "by_country"))
+    assert {line["_partition"]["country"] for line in lines} <= set(countries)

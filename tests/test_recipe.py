@@ -179,6 +179,15 @@ EXPECTED: dict[str, str] = {
         "9: streams.details.params.project_id.from: stream 'project' does not exist; did you "
         "mean 'projects'? valid streams: projects"
     ),
+    "from_partition_of_unpartitioned": (
+        "8: streams.details.params.project_id.from: stream 'projects' has no varying "
+        "parameters, so its records have no _partition; name a field of its records"
+    ),
+    "from_partition_unknown_param": (
+        "10: streams.tasks.params.project_id.from: _partition of stream 'grid' has only the "
+        "parameters it varies; did you mean grid._partition.project_id? valid: "
+        "grid._partition.project_id"
+    ),
     "from_self_reference": (
         "7: streams.details.params.project_id.from: a stream cannot take values from its own "
         "records; name another stream"
@@ -187,6 +196,11 @@ EXPECTED: dict[str, str] = {
         "16: streams.tasks.params.task_id.from: all from parameters of a stream must name one "
         "stream, because their values are taken together from each of its records; "
         "'project_id' already takes values from 'projects'"
+    ),
+    "from_whole_record_in_path": (
+        "10: streams.by_country.params.country.from: $ stands for the whole record and cannot "
+        "be part of a path; write countries.$ for the record itself, or a dotted path of field "
+        "names"
     ),
     "from_without_field": (
         "9: streams.details.params.project_id.from: invalid reference 'projects'; expected "

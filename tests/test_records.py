@@ -9,6 +9,7 @@ import orjson
 from tm_export.records import (
     KeySet,
     PathReach,
+    empty_path_reason,
     encode_lines,
     field_values,
     path_reach,
@@ -152,6 +153,25 @@ def test_field_values_missing_path() -> None:
     assert field_values(ORGANISATION, "slug.name") == []
     assert field_values(ORGANISATION, "owner.username") == []
     assert field_values([ORGANISATION], "organisationId") == [2]
+
+
+def test_field_values_whole_record() -> None:
+    """$ gives a record that is a string itself, with or without its partition key."""
+    assert field_values("Kenya", "$") == ["Kenya"]
+    assert field_values({"_partition": {"page": 1}, "value": "Peru"}, "$") == ["Peru"]
+    assert field_values(ORGANISATION, "$") == []
+
+
+def test_empty_path_reason_of_string_records() -> None:
+    """A field of records that are strings points to $, and $ of objects to a field."""
+    assert empty_path_reason("value", path_reach("Kenya", "value")) == (
+        "the records are text, numbers or true/false, which have no value",
+        "write $ in place of value to take each record itself",
+    )
+    assert empty_path_reason("$", path_reach(ORGANISATION, "$")) == (
+        "the records are objects",
+        "name one of their fields, such as organisationId",
+    )
 
 
 def test_path_reach_stops_where_path_ends() -> None:

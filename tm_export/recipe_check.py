@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import schema
-from .catalog import CATALOG, Auth, Endpoint
+from .catalog import CATALOG, WHOLE_BODY, Auth, Endpoint
 from .params import (
     Constant,
     DateWindows,
@@ -39,6 +39,7 @@ from .recipe import (
 )
 from .recipe_params import build_param, check_constant_dates
 from .recipe_yaml import KeyLocator
+from .records import PARTITION_KEY
 from .schema import MIN_RATE_LIMIT, RATE_EXPECTED
 
 # --- structural validation -----------------------------------------------------------
@@ -429,6 +430,51 @@ def _check_references(where: KeyLocator, streams: Mapping[str, StreamSpec]) -> N
             raise where.error(
                 keys, f"stream '{parent.stream}' does not exist; {hint}valid streams: {valid}"
             )
+        for spec in stream.varying:
+            if isinstance(spec, FromStream):
+                _check_from_field(where, stream, spec, streams[parent.stream])
+
+
+def _check_from_field(
+    where: KeyLocator, stream: StreamSpec, spec: FromStream, parent: StreamSpec
+) -> None:
+    """Raise RecipeError for a field path that no record can have: ``$`` inside a path, or
+    a ``_partition`` parameter that the parent stream does not vary.
+
+    Other fields are known only from the records, so the run checks them.
+    """
+    keys = ("streams", stream.name, "params", spec.name, "from")
+    parts = spec.field.split(".")
+    if WHOLE_BODY in parts and spec.field != WHOLE_BODY:
+        raise where.error(
+            keys,
+            f"$ stands for the whole record and cannot be part of a path; write "
+            f"{spec.stream}.$ for the record itself, or a dotted path of field names",
+        )
+    if parts[0] != PARTITION_KEY:
+        return
+
+    varied: list[str] = []
+    for parent_spec in parent.varying:
+        if isinstance(parent_spec, DateWindows):
+            varied.extend((parent_spec.start_param, parent_spec.end_param))
+        else:
+            varied.append(parent_spec.name)
+    if not varied:
+        raise where.error(
+            keys,
+            f"stream '{parent.name}' has no varying parameters, so its records have no "
+            f"{PARTITION_KEY}; name a field of its records",
+        )
+    if len(parts) == 2 and parts[1] in varied:
+        return
+    close = difflib.get_close_matches(parts[-1], varied, n=1)
+    hint = f"did you mean {spec.stream}.{PARTITION_KEY}.{close[0]}? " if close else ""
+    raise where.error(
+        keys,
+        f"{PARTITION_KEY} of stream '{parent.name}' has only the parameters it varies; "
+        f"{hint}valid: {', '.join(f'{spec.stream}.{PARTITION_KEY}.{name}' for name in varied)}",
+    )
 
 
 def _topological_order(where: KeyLocator, streams: Mapping[str, StreamSpec]) -> list[str]:

@@ -163,11 +163,18 @@ def field_values(record: Any, field_path: str) -> list[Any]:
     """Return the scalar values at a dotted path.
 
     A list on the way yields the values of each of its items, so ``managers.username``
-    gives the username of every manager, and a list at the end yields each item.
+    gives the username of every manager, and a list at the end yields each item. The path
+    ``$`` gives the record itself, as the server sent it: a stream of strings (countries)
+    has no field to name.
     """
-    values = [record]
-    for part in field_path.split("."):
-        values = [item[part] for item in _items(values) if isinstance(item, dict) and part in item]
+    if field_path == WHOLE_BODY:
+        values = [strip_partition(record)]
+    else:
+        values = [record]
+        for part in field_path.split("."):
+            values = [
+                item[part] for item in _items(values) if isinstance(item, dict) and part in item
+            ]
     return [
         item
         for item in _items(values)
@@ -194,6 +201,9 @@ class PathReach:
 
 def path_reach(record: Any, field_path: str) -> PathReach:
     """Return how far a dotted path goes into a record, through lists."""
+    if field_path == WHOLE_BODY:
+        items = [item for item in _items([strip_partition(record)]) if item is not None]
+        return _reach(1, items, [item for item in items if isinstance(item, dict)])
     parts = field_path.split(".")
     values = [record]
     for depth, part in enumerate(parts):
@@ -238,13 +248,23 @@ def empty_path_reason(path: str, reach: PathReach) -> tuple[str, str | None]:
                 suggested = [*parts[: reach.depth], close[0], *parts[reach.depth + 1 :]]
                 return fact, f"did you mean {'.'.join(suggested)}?"
             return fact, check
-        where = done or "the records"
+        if reach.found == "values" and not done:
+            return (
+                f"the records are text, numbers or true/false, which have no {part}",
+                f"write $ in place of {path} to take each record itself",
+            )
         if reach.found == "values":
-            return f"{where} holds text, numbers or true/false, which have no {part}", check
-        return f"{where} is empty or null in every record", None
+            return f"{done} holds text, numbers or true/false, which have no {part}", check
+        return f"{done or 'the records'} is empty or null in every record", None
+    whole = path == WHOLE_BODY
     if reach.found == "objects":
-        sample = f"{path}.{reach.keys[0]}" if reach.keys else f"{path}.FIELD"
-        return f"{path} holds objects", f"name one of their fields, such as {sample}"
+        field = reach.keys[0] if reach.keys else "FIELD"
+        return (
+            "the records are objects" if whole else f"{path} holds objects",
+            f"name one of their fields, such as {field if whole else f'{path}.{field}'}",
+        )
+    if whole:
+        return "the records are empty, null or true/false", None
     return f"{path} is empty, null or true/false in every record", None
 
 

@@ -78,6 +78,15 @@ def test_endpoints_lists_catalog() -> None:
     ]
 
 
+def test_endpoints_json_names_required_params() -> None:
+    outcome = run_cli("endpoints", "--json")
+
+    assert outcome.exit_code == 0
+    rows = {row["name"]: row for row in orjson.loads(outcome.stdout)}
+    assert rows["tasks_statistics"]["required_params"] == ["startDate"]
+    assert rows["projects"]["required_params"] == []
+
+
 def test_changed_recipe_refused(tmp_path: Path, mock: MockServer) -> None:
     """A run started by another recipe is refused; --start-over begins a new run beside it."""
     recipe = write_recipe(tmp_path, RECIPE)

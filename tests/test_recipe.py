@@ -305,6 +305,12 @@ EXPECTED: dict[str, str] = {
         "7: streams.details.params.project_id.range: the range ends (1) before it starts "
         "(100); expected [first, last] with first <= last"
     ),
+    "query_param_required_missing": (
+        "7: streams.stats.params: missing query parameter 'startDate', without which the "
+        "server rejects every request to /tasks/statistics/ (422); set a date window, such as "
+        "dates: {start: 2026-01-01, end: 2026-12-31, step: 1 month}, or startDate and endDate "
+        "constants"
+    ),
     "range_negative_id": (
         "7: streams.details.params.project_id.range: invalid first id -5; expected ids of 0 or "
         "more, such as [1, 500]"

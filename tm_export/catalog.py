@@ -46,6 +46,8 @@ class Endpoint:
     paginated: bool = False
     """True when the endpoint takes ``page`` and returns TM's ``pagination`` object."""
     query_params: frozenset[str] = frozenset()
+    required_params: frozenset[str] = frozenset()
+    """Query parameters without which the server rejects a request (422)."""
     defaults: Mapping[str, str] = field(default_factory=dict)
     window: DateWindow | None = None
 
@@ -230,6 +232,7 @@ _ENDPOINTS: tuple[Endpoint, ...] = (
                 "country",
             }
         ),
+        required_params=frozenset({"startDate"}),
         window=DateWindow("startDate", "endDate", max_days=366),
     ),
     Endpoint(
@@ -240,6 +243,7 @@ _ENDPOINTS: tuple[Endpoint, ...] = (
         summary="Users registered in a date range, by level and gender; at most 1098 days a call.",
         auth="required",
         query_params=frozenset({"startDate", "endDate"}),
+        required_params=frozenset({"startDate"}),
         window=DateWindow("startDate", "endDate", max_days=3 * 366),
     ),
     Endpoint(

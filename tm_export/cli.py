@@ -447,6 +447,7 @@ def endpoints(as_json: bool) -> None:
                 "auth": e.auth,
                 "paginated": e.paginated,
                 "params": sorted(e.accepted_params),
+                "required_params": sorted(e.required_params),
                 "defaults": dict(e.defaults),
                 "summary": e.summary,
             }

@@ -246,7 +246,7 @@ def _build_stream(
             set_by[sent] = pname
         specs.append(spec)
 
-    _check_path_params(where, keys, raw, endpoint, set_by)
+    _check_required_params(where, keys, raw, endpoint, set_by)
     constants = tuple(s for s in specs if isinstance(s, Constant))
     varying = tuple(s for s in specs if not isinstance(s, Constant))
     _check_from_sources(where, keys, varying)
@@ -345,27 +345,45 @@ def _sent_names(spec: ParamSpec) -> tuple[str, ...]:
 # --- checks across parameters and streams --------------------------------------------
 
 
-def _check_path_params(
+def _check_required_params(
     where: KeyLocator,
     keys: tuple[Any, ...],
     raw: dict[str, Any],
     endpoint: Endpoint,
     set_by: Mapping[str, str],
 ) -> None:
+    """Raise RecipeError for a path parameter, or a query parameter the server requires,
+    that the stream's params do not set."""
+    # The parameter is absent, so point at the params mapping, or else at the endpoint.
+    if "params" in raw:
+        anchor = keys + ("params",)
+    elif "endpoint" in raw:
+        anchor = keys + ("endpoint",)
+    else:
+        anchor = keys + ("path",)
+
     for pname in endpoint.path_params:
+        if pname not in set_by:
+            raise where.error(
+                anchor,
+                f"missing path parameter '{pname}' of {endpoint.path}; set it under params to "
+                "a value, {each: [...]}, {range: [first, last]} or {from: STREAM.FIELD}",
+            )
+    for pname in sorted(endpoint.required_params):
         if pname in set_by:
             continue
-        # The parameter is absent, so point at the params mapping, or else at the endpoint.
-        if "params" in raw:
-            anchor = "params"
-        elif "endpoint" in raw:
-            anchor = "endpoint"
+        window = endpoint.window
+        if window is not None and pname in (window.start_param, window.end_param):
+            fix = (
+                "set a date window, such as dates: {start: 2026-01-01, end: 2026-12-31, "
+                f"step: 1 month}}, or {window.start_param} and {window.end_param} constants"
+            )
         else:
-            anchor = "path"
+            fix = "set it under params"
         raise where.error(
-            keys + (anchor,),
-            f"missing path parameter '{pname}' of {endpoint.path}; set it under params to a "
-            "value, {each: [...]}, {range: [first, last]} or {from: STREAM.FIELD}",
+            anchor,
+            f"missing query parameter '{pname}', without which the server rejects every "
+            f"request to {endpoint.path} (422); {fix}",
         )
 
 

@@ -258,7 +258,25 @@ def test_plan_probe_equals_run(tmp_path: Path, mock: MockServer) -> None:
         "skipped": 2,
         "failed": 0,
         "without_page_count": 0,
+        "capped": 0,
     }
+
+
+def test_plan_probe_names_capped_partitions(tmp_path: Path, mock: MockServer) -> None:
+    """A probe that finds more pages than max_pages says the run will stop at the cap."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {rate_limit: 10000/s}\noutput: OUT\nstreams:\n"
+        "  projects: {endpoint: projects, max_pages: 2}\n",
+    )
+
+    outcome = run_cli("plan", str(recipe), "--probe", "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert (
+        "projects: probed 1 partition, 1 with more pages than max_pages, which the run stops "
+        "at the cap with a problem (exit 3)"
+    ) in outcome.stdout.splitlines()
 
 
 def test_plan_probe_limit(tmp_path: Path, mock: MockServer) -> None:

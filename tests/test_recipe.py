@@ -406,6 +406,11 @@ EXPECTED: dict[str, str] = {
         "expected the name of the environment variable that contains the API key, such as "
         "TM_API_TOKEN. Put the variable's name here, never the key itself"
     ),
+    "token_env_with_dollar": (
+        "2: instance.token_env: invalid environment variable name: it starts with $, which "
+        "only a shell uses to read a variable; write the name without the $, since tm-export "
+        "reads the variable itself"
+    ),
     "token_env_tm_key": (
         "4: instance.token_env: the value (52 characters, not shown) looks like an API key, not "
         "the name of an environment variable: it decodes to a user id and a token. Put the key "
@@ -479,6 +484,10 @@ EXPECTED: dict[str, str] = {
     "yaml_missing_colon": (
         "2: invalid YAML: this line has no ':' after its key; write KEY: VALUE, with a space "
         "after the colon"
+    ),
+    "yaml_tab_after_key": (
+        "5: invalid YAML: a tab character at column 14; YAML separates a key from its value, "
+        "and a value from a comment, with spaces only, so replace the tab with a space"
     ),
     "yaml_tab_indentation": (
         "5: invalid YAML: a tab character indents this line; YAML indents with spaces only, "
@@ -817,6 +826,17 @@ def test_ids_as_integers(tmp_path: Path) -> None:
 
     assert recipe.streams["details"].varying == (Each("project_id", (2, 3, 40)),)
     assert recipe.streams["tasks"].constants == (Constant("project_id", "7"),)
+
+
+@pytest.mark.parametrize(("written", "rate"), [(".5/s", 0.5), ("5./s", 5.0), ("2.5 / s", 2.5)])
+def test_rate_limit_forms(tmp_path: Path, written: str, rate: float) -> None:
+    """The recipe reads a rate as the --rate-limit option does, with or without digits
+    before the point."""
+    text = MINIMAL.replace("output: out\n", f"output: out\ninstance: {{rate_limit: {written}}}\n")
+
+    instance = load_recipe(write(tmp_path, text)).instance
+
+    assert instance.rate_limit == rate
 
 
 def test_instance_settings_read(tmp_path: Path) -> None:

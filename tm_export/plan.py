@@ -69,6 +69,9 @@ class ProbeCounts:
     """Partitions whose page 1 failed for another reason, counted at one request each."""
     without_page_count: int = 0
     """Partitions whose page 1 reported no page count but a next page."""
+    capped: int = 0
+    """Partitions whose page 1 reported more pages than ``max_pages``: the run stops them at
+    the cap, with a problem (exit 3)."""
 
 
 @dataclass(slots=True)
@@ -348,6 +351,8 @@ async def _probe_stream(
         pages, has_next = _page_facts(body)
         if pages is not None:
             requests += min(max(pages, 1), spec.max_pages)
+            if pages > spec.max_pages:
+                counts.capped += 1
         elif has_next:
             counts.without_page_count += 1
             requests += 2
@@ -522,6 +527,11 @@ def _stream_notes(stream: StreamPlan, shard: tuple[int, int] | None) -> list[str
             parts.append(f"{probe.without_page_count} without a page count, counted at two")
         if probe.not_probed:
             parts.append(f"{probe.not_probed} not probed (--max-probes), counted at one")
+        if probe.capped:
+            parts.append(
+                f"{probe.capped} with more pages than max_pages, which the run stops at the cap "
+                "with a problem (exit 3)"
+            )
         notes.append(f"{stream.name}: {', '.join(parts)}")
     return notes
 
@@ -556,6 +566,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                     "skipped": stream.probe.skipped,
                     "failed": stream.probe.failed,
                     "without_page_count": stream.probe.without_page_count,
+                    "capped": stream.probe.capped,
                 },
             }
             for stream in plan.streams

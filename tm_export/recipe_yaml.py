@@ -193,10 +193,15 @@ def _explain_yaml(text: str, error: YAMLError) -> tuple[int, str]:
     )
 
     tab_line = _tab_indented_line(text, line)
-    if tab_line is not None or "'\\t'" in problem:
-        return tab_line or line, (
+    if tab_line is not None:
+        return tab_line, (
             "a tab character indents this line; YAML indents with spaces only, "
             "so replace the tab with spaces"
+        )
+    if "'\\t'" in problem:
+        return line, (
+            f"a tab character at column {column}; YAML separates a key from its value, and a "
+            "value from a comment, with spaces only, so replace the tab with a space"
         )
     explained = _explain_unclosed(text, problem, context, marks) or _explain_misplaced(
         problem, context, marks

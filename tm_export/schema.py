@@ -32,7 +32,7 @@ RATE_EXPECTED = (
 #: Maximum length of a stream name, so that STREAM.jsonl.zst stays far below the 255 bytes
 #: that most file systems allow in a file name.
 STREAM_NAME_MAX = 100
-_RATE_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*/\s*s\s*$"
+_RATE_PATTERN = r"^\s*([0-9]+(\.[0-9]*)?|\.[0-9]+)\s*/\s*s\s*$"
 _FROM_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[^.\s]+)+$"
 
 
@@ -355,6 +355,12 @@ def _explain_pattern(keys: tuple[Any, ...], value: str, expected: str) -> str:
     if last == "base_url":
         return (
             f"invalid URL {short_repr(value)}: it must start with http:// or https://; {expected}"
+        )
+    if last == "token_env" and value.startswith("$"):
+        return (
+            "invalid environment variable name: it starts with $, which only a shell uses to "
+            "read a variable; write the name without the $, since tm-export reads the variable "
+            "itself"
         )
     if last == "token_env":
         # The value is not shown: a user who pasted the key here would see it in a CI log.

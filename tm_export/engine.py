@@ -268,7 +268,7 @@ def _create_run_folder(folder: Path, header: dict[str, Any]) -> Journal:
     either no run folder or one with a whole manifest. A run folder without a manifest
     would stop every later command on the output folder, since nothing proves it empty.
     ``folder`` may exist if it is empty, since renaming a folder over an empty one replaces
-    it, or if it holds a run that recorded only its header: that run is started again in
+    it, or if it contains a run that recorded only its header: that run is started again in
     place, and its new header replaces the manifest atomically.
     """
     manifest = folder / MANIFEST_NAME

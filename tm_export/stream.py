@@ -56,7 +56,7 @@ T = TypeVar("T")
 #: ``_hidden_by``).
 SKIP_STATUSES = frozenset({403, 404})
 
-#: What a page cap's problem tells the user to do. --retry-failed does not fetch a capped
+#: The advice in a page cap's problem. --retry-failed does not fetch a capped
 #: partition, since it ended done, and max_pages is not part of the recipe's hash.
 RAISE_MAX_PAGES = "raise max_pages and run with --start-over to fetch the rest"
 

@@ -207,8 +207,14 @@ def _partition_lists(check: RunCheck, stream: str) -> dict[str, list[dict[str, A
     problems: list[dict[str, Any]] = [
         {"partition": None, "problem": problem} for problem in stream_state.problems
     ]
-    finals = sorted(stream_state.finals(), key=lambda item: partition_order(item[0]))
-    for partition_id, final in finals:
+    # A partition done without problems is in no list, and most are, so they are left out
+    # before the sort, which parses each partition id.
+    listed = [
+        (partition_id, final)
+        for partition_id, final in stream_state.finals()
+        if final["state"] != "done" or final.get("problems")
+    ]
+    for partition_id, final in sorted(listed, key=lambda item: partition_order(item[0])):
         values = orjson.loads(partition_id)
         if final["state"] == "skipped":
             skipped.append(

@@ -726,7 +726,8 @@ def test_stopped_session_counts_earlier_partitions(tmp_path: Path, mock: MockSer
         tmp_path,
         "version: 1\ninstance: {token_env: TM_API_TOKEN, concurrency: 1, rate_limit: 10000/s}\n"
         "output: OUT\nstreams:\n  summaries:\n    endpoint: project_summary\n"
-        "    params: {project_id: {range: [1, 8]}}\n",
+        "    params: {project_id: {range: [1, 8]}}\n"
+        "  projects: {endpoint: projects, max_pages: 1}\n",
     )
     args = ["run", str(recipe), "--base-url", mock.api_url, "--json"]
     mock.add_fault(
@@ -744,6 +745,10 @@ def test_stopped_session_counts_earlier_partitions(tmp_path: Path, mock: MockSer
     assert summary["partitions"] == {"done": 4}
     assert summary["records"] == 4
     assert "summaries     4        0       0        4           0" in rejected.stderr
+    status = orjson.loads(run_cli("status", str(tmp_path / "out"), "--json").stdout)
+    capped = orjson.loads(rejected.stdout)["streams"]["projects"]
+    assert capped["problems"] == status["streams"]["projects"]["problems"]
+    assert len(capped["problems"]) == 1
 
 
 def test_from_whole_record_of_strings(tmp_path: Path, mock: MockServer) -> None:
@@ -771,4 +776,5 @@ def test_from_whole_record_of_strings(tmp_path: Path, mock: MockServer) -> None:
     ]
     assert sorted(requested) == sorted(countries)
     lines = records(data_file(tmp_path / "out", "by_country"))
+    assert lines
     assert {line["_partition"]["country"] for line in lines} <= set(countries)

@@ -179,7 +179,8 @@ def test_plan_token_check_counted(tmp_path: Path) -> None:
     assert "total                                       at least 15" in lines
     assert lines[-1] == (
         "preflight: the server's heartbeat, and one token check; end check: the token checked "
-        "again once the export is done; retries and the token checks after a 403 are not counted"
+        "again once the export is done; retries, and the token checks that a 403 or a list that "
+        "changed during its walk causes, are not counted"
     )
 
 

@@ -205,7 +205,7 @@ EXPECTED: dict[str, str] = {
     "from_without_field": (
         "9: streams.details.params.project_id.from: invalid reference 'projects'; expected "
         "STREAM.FIELD: a stream name, a dot and a field of its records, such as "
-        "projects.projectId"
+        "projects.projectId, or $ for records that are text, such as countries.$"
     ),
     "max_pages_zero": (
         "6: streams.projects.max_pages: invalid value 0; expected an integer of 1 or more, "
@@ -408,8 +408,8 @@ EXPECTED: dict[str, str] = {
     ),
     "token_env_with_dollar": (
         "2: instance.token_env: invalid environment variable name: it starts with $, which "
-        "only a shell uses to read a variable; write the name without the $, since tm-export "
-        "reads the variable itself"
+        "only a shell uses to read a variable; write the name alone, without $ or braces, since "
+        "tm-export reads the variable itself"
     ),
     "token_env_tm_key": (
         "4: instance.token_env: the value (52 characters, not shown) looks like an API key, not "

@@ -172,6 +172,11 @@ def test_empty_path_reason_of_string_records() -> None:
         "the records are objects",
         "name one of their fields, such as organisationId",
     )
+    assert empty_path_reason("$", path_reach(2.5, "$")) == (
+        "the records are numbers with a fraction or true/false",
+        "take values from a stream whose records are text or whole numbers",
+    )
+    assert empty_path_reason("$", path_reach(None, "$")) == ("the records are empty or null", None)
 
 
 def test_path_reach_stops_where_path_ends() -> None:

@@ -140,3 +140,24 @@ def test_canonical_waits_for_retries(tmp_path: Path, mock: MockServer) -> None:
     assert second.exit_code == 0, second.stderr
     assert b'"t":"canonical"' in manifest.read_bytes()
     assert run_cli("verify", str(tmp_path / "out")).exit_code == 0
+
+
+def test_canonical_advice_leaves_out_start_over(tmp_path: Path, mock: MockServer) -> None:
+    """After --start-over, the advice drops it: with --retry-failed it would begin a run."""
+    recipe = write_recipe(
+        tmp_path,
+        RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, retries: {attempts: 1}}"),
+    )
+    args = ["run", str(recipe), "--base-url", mock.api_url, "--bag"]
+    assert run_cli(*args).exit_code == 0
+    mock.add_fault(path=r"^/api/v2/projects/1/activities/$", status=500)
+
+    outcome = run_cli(*args, "--start-over")
+
+    assert outcome.exit_code == 3
+    run = tmp_path / "out/runs/0002"
+    assert (
+        "1 partition failed, so the run was not bagged, which would take no more pages; once "
+        "the cause is fixed, run the same command without --start-over and with --retry-failed "
+        f"--bag, or keep the failures and run 'tm-export bag {run}'\n"
+    ) in outcome.stderr

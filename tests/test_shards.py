@@ -728,7 +728,7 @@ def test_interrupted_merge_leaves_output_unchanged(
     )
     assert merged.exit_code == 0, merged.stderr
     assert merged.stderr == (
-        f"tm-export: WARNING: deleting {killed}, left by a merge that did not finish\n"
+        f"tm-export: WARNING: deleting {killed}, left by a merge that was killed\n"
     )
     assert sorted(path.name for path in (output / "runs").iterdir()) == ["0001"]
     record = orjson.loads((output / "runs/0001/run.json").read_bytes())

@@ -42,17 +42,20 @@ from .errors import (
 from .fetcher import Fetcher
 from .http import SPOOL_OVER, HttpSession
 from .incremental import Baseline, read_baseline
-from .journal import Journal, fsync_folder, scan_journal
+from .journal import Journal, scan_journal
 from .layout import (
     DATA_FOLDER,
     MANIFEST_NAME,
     SPOOL_FOLDER,
     STARTING_SUFFIX,
     OutputLock,
+    build_run_folder,
     check_output,
     is_bag,
     list_runs,
+    never_started,
     next_run_folder,
+    remove_hidden_runs,
     run_codec,
     stream_path,
 )
@@ -262,39 +265,36 @@ def _watch_signals(
 
 
 def _create_run_folder(folder: Path, header: dict[str, Any]) -> Journal:
-    """Create the run folder ``folder`` with its data folder and a manifest of ``header``.
+    """Create the run folder ``folder`` with its data folder and a manifest of ``header``,
+    whole or not at all (see ``build_run_folder``).
 
-    Both are made in a hidden folder that is then renamed to ``folder``, so a crash leaves
-    either no run folder or one with a whole manifest. A run folder without a manifest
-    would stop every later command on the output folder, since nothing proves it empty.
-    ``folder`` may exist if it is empty, since renaming a folder over an empty one replaces
-    it, or if it contains a run that recorded only its header: that run is started again in
-    place, and its new header replaces the manifest atomically.
+    ``folder`` exists only for a run that recorded nothing but its header: that run is
+    started again in place, and its new header replaces the manifest atomically.
     """
     manifest = folder / MANIFEST_NAME
     if manifest.exists():
         return Journal.create(manifest, header)
 
-    building = folder.with_name(f".{folder.name}{STARTING_SUFFIX}")
-    try:
-        # Under the output lock no other process starts a run, so any such folder was left
-        # by a start that was killed.
-        for leftover in folder.parent.glob(f".*{STARTING_SUFFIX}"):
-            shutil.rmtree(leftover)
-        (building / DATA_FOLDER).mkdir(parents=True)
-    except OSError as error:
-        raise StorageError(f"{building}: cannot create the run folder: {error.strerror}") from error
+    def write_manifest(building: Path) -> None:
+        Journal.create(building / MANIFEST_NAME, header).close()
+        crash_point("run-folder-built")
 
-    Journal.create(building / MANIFEST_NAME, header).close()
-    crash_point("run-folder-built")
-
-    try:
-        fsync_folder(building)
-        building.rename(folder)
-        fsync_folder(folder.parent)
-    except OSError as error:
-        raise StorageError(f"{folder}: cannot create the run folder: {error.strerror}") from error
+    build_run_folder(folder, STARTING_SUFFIX, write_manifest)
     return Journal.open(manifest, valid_bytes=manifest.stat().st_size)
+
+
+def _remove_unstarted_runs(output: Path) -> None:
+    """Delete what a start killed before its run folder had a manifest left: the hidden
+    folder, or with earlier versions a numbered run folder that contains no file."""
+    remove_hidden_runs(output, STARTING_SUFFIX, "a run start")
+    for folder in list_runs(output):
+        if never_started(folder):
+            logger.warning(
+                "deleting %s, a run folder without a manifest or any data, left by a run "
+                "whose start was killed",
+                folder,
+            )
+            shutil.rmtree(folder)
 
 
 def _finish_archive(
@@ -321,12 +321,23 @@ def _finish_archive(
             for step, on in (("canonical", canonical), ("bag", bag))
             if on
         )
+        # --incremental or --start-over with --retry-failed would begin another run.
+        began = [
+            option
+            for option, on in (
+                ("--incremental", options.incremental),
+                ("--start-over", options.start_over),
+            )
+            if on
+        ]
+        command = f"without {' or '.join(began)} and " if began else ""
         logger.warning(
             "%s failed, so the run was not %s, which would take no more pages; once the cause "
-            "is fixed, run the same command with --retry-failed %s, or keep the failures and "
+            "is fixed, run the same command %swith --retry-failed %s, or keep the failures and "
             "run %s",
             counted(result.failed_partitions, "partition"),
             not_done,
+            command,
             options_again,
             commands,
         )
@@ -456,6 +467,7 @@ class _Session:
 
     def _open_run(self) -> tuple[Path, ManifestState, Journal]:
         output = self.options.output
+        _remove_unstarted_runs(output)
         runs = list_runs(output)
         if runs and not self.options.start_over:
             folder = runs[-1]
@@ -780,6 +792,7 @@ class _Session:
                 for runner in runners.values():
                     if stopped:
                         runner.count_stopped()
+                    runner.list_problems()
                     runner.close_channels()
 
         await self._close(committer, result)

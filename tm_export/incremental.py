@@ -278,7 +278,8 @@ def _search_done(recipe: Recipe, state: ManifestState) -> bool:
     for name, spec in recipe.streams.items():
         if spec.endpoint.name != "projects" or name not in state.streams:
             continue
-        if next(state.streams[name].all_problems(), None) is not None:
+        stream = state.streams[name]
+        if stream.problems or any(final.get("problems") for _, final in stream.finals()):
             return False
         # A shard that does not own the search has no final entry for it, and a shard
         # that failed to read a page of it stops with a fatal error.

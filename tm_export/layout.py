@@ -10,6 +10,9 @@
           data/
             STREAM.jsonl        one JSON Lines file per stream
         0002/                   a later run (--start-over), beside the first
+        .0003.starting/         a run folder being made (run), renamed to 0003 once its
+                                manifest is written
+        .0003.merging/          the same for a merged run (merge)
 
 Room is left for what later versions add: compressed stream files
 (``STREAM.jsonl.gz``, ``STREAM.jsonl.zst``) and shard folders within a run.
@@ -19,13 +22,19 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
 from .codec import SUFFIXES, Codec
 from .errors import OutputLockedError, RecipeError, StorageError
+from .journal import fsync_folder
+
+logger = logging.getLogger("tm_export.layout")
 
 MANIFEST_NAME = "manifest.jsonl"
 #: The file of a snapshot folder (``tm-export snapshot``) that names where its records come from.
@@ -36,6 +45,8 @@ DATA_FOLDER = "data"
 #: Ends the name of the hidden folder beside the runs (``runs/.0002.starting``) in which a
 #: new run folder gets its data folder and manifest before it is renamed to its number.
 STARTING_SUFFIX = ".starting"
+#: The same for the run folder that ``tm-export merge`` writes.
+MERGING_SUFFIX = ".merging"
 
 
 def check_output(output: Path) -> None:
@@ -112,6 +123,66 @@ def next_run_folder(output: Path) -> Path:
     runs = list_runs(output)
     number = int(runs[-1].name) + 1 if runs else 1
     return runs_folder(output) / f"{number:04d}"
+
+
+def never_started(run_folder: Path) -> bool:
+    """Tell whether a run folder contains nothing that a run committed: no file at any
+    depth but the temporary copy of a manifest that was never renamed into place.
+
+    Versions that made the run folder before its manifest could leave such a folder when
+    killed in between. It proves nothing, so it may be deleted or passed over.
+    """
+    if (run_folder / MANIFEST_NAME).exists():
+        return False
+    for path in run_folder.rglob("*"):
+        if path.is_dir():
+            continue
+        if path.parent == run_folder and path.name == f"{MANIFEST_NAME}.tmp":
+            continue
+        return False
+    return True
+
+
+def build_run_folder(run_folder: Path, suffix: str, fill: Callable[[Path], None]) -> None:
+    """Make the run folder ``run_folder`` whole or not at all.
+
+    A hidden folder beside it (``.NNNN`` and ``suffix``) gets a data folder and what
+    ``fill`` writes there, and is then renamed to ``run_folder``. So a crash never leaves a
+    run folder without its manifest, which would stop every later command on the output
+    folder. Any exception, a Ctrl-C included, removes the hidden folder; a kill leaves it
+    for ``remove_hidden_runs``.
+
+    Raises:
+        StorageError: the folder cannot be made or renamed.
+    """
+    building = run_folder.with_name(f".{run_folder.name}{suffix}")
+    try:
+        (building / DATA_FOLDER).mkdir(parents=True)
+        fill(building)
+        fsync_folder(building)
+        building.rename(run_folder)
+        fsync_folder(run_folder.parent)
+    except OSError as error:
+        shutil.rmtree(building, ignore_errors=True)
+        raise StorageError(
+            f"{run_folder}: cannot create the run folder: {error.strerror}; make the output "
+            "folder writable or free some space, then run the same command again"
+        ) from error
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+
+
+def remove_hidden_runs(output: Path, suffix: str, left_by: str) -> None:
+    """Delete the hidden folders (``runs/.NNNN`` and ``suffix``) of run folders whose making
+    was killed; ``left_by`` names the command for the log. Call it under the output lock,
+    which no other process making a run folder holds."""
+    folder = runs_folder(output)
+    if not folder.is_dir():
+        return
+    for hidden in sorted(folder.glob(f".*{suffix}")):
+        logger.warning("deleting %s, left by %s that was killed", hidden, left_by)
+        shutil.rmtree(hidden)
 
 
 def is_bag(run_folder: Path) -> bool:

@@ -213,8 +213,10 @@ class StreamState:
         whole first, with None, then those of each finished partition, by partition id."""
         for problem in self.problems:
             yield None, problem
-        for partition_id, final in sorted(self.finals(), key=lambda item: partition_order(item[0])):
-            for problem in final.get("problems", []):
+        # Most partitions have no problem, and the sort parses each id, so they go first.
+        with_problems = [(pid, final) for pid, final in self.finals() if final.get("problems")]
+        for partition_id, final in sorted(with_problems, key=lambda item: partition_order(item[0])):
+            for problem in final["problems"]:
                 yield partition_id, problem
 
     def partition(self, partition_id: str) -> PartitionState:

@@ -38,14 +38,16 @@ from .errors import RecipeError
 from .journal import Journal, fsync_folder, read_journal
 from .layout import (
     MANIFEST_NAME,
+    MERGING_SUFFIX,
     OutputLock,
+    build_run_folder,
     check_output,
     in_use_error,
     list_runs,
     next_run_folder,
     output_in_use,
+    remove_hidden_runs,
     run_codec,
-    runs_folder,
     stream_path,
 )
 from .manifest import latest_session
@@ -57,7 +59,6 @@ from .words import counted
 logger = logging.getLogger("tm_export.merge")
 
 #: The end of the name of a merged run's folder while it is being written.
-BUILDING_SUFFIX = ".merging"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +120,7 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
     fingerprints = [_fingerprint(shard) for shard in shards]
 
     with OutputLock(output):
-        _remove_unfinished_merges(output)
+        remove_hidden_runs(output, MERGING_SUFFIX, "a merge")
         # Another merge or run may have written to ``output`` since the first check.
         last = _check_output(output, shards)
         if last is not None and last[1].get("merged_manifests") == fingerprints:
@@ -135,21 +136,15 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
 
 
 def _build(output: Path, shards: list[Shard], fingerprints: list[str]) -> Path:
-    """Write the merged run in a hidden folder, rename it to the next run, return its folder."""
+    """Write the merged run as the next run folder, whole or not at all; return its folder."""
     run_folder = next_run_folder(output)
-    building = run_folder.with_name(f".{run_folder.name}{BUILDING_SUFFIX}")
-    try:
-        (building / "data").mkdir(parents=True)
+
+    def write(building: Path) -> None:
         _write(building, shards, fingerprints)
         # The merged run is finished, so it describes itself as a finished run does.
         write_run_record(building, run_name=run_folder.name)
-        fsync_folder(building)
-        building.rename(run_folder)
-    except BaseException:
-        # Any exception, a Ctrl-C included, leaves the output folder as it was.
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-    fsync_folder(run_folder.parent)
+
+    build_run_folder(run_folder, MERGING_SUFFIX, write)
     return run_folder
 
 
@@ -212,16 +207,6 @@ def _record_counts(shards: list[Shard]) -> dict[str, int]:
             if entry["t"] == "page":
                 records[entry["s"]] += entry["records"]
     return records
-
-
-def _remove_unfinished_merges(output: Path) -> None:
-    """Delete the folders of merges that were killed before their run was complete."""
-    runs = runs_folder(output)
-    if not runs.is_dir():
-        return
-    for folder in runs.glob(f".*{BUILDING_SUFFIX}"):
-        logger.warning("deleting %s, left by a merge that did not finish", folder)
-        shutil.rmtree(folder)
 
 
 def _failed_partitions(runs: list[list[dict[str, Any]]]) -> dict[str, list[str]]:

@@ -456,8 +456,8 @@ def format_plan(plan: Plan) -> str:
     if plan.end_check:
         lines.append(
             "preflight: the server's heartbeat, and one token check; end check: the token "
-            "checked again once the export is done; retries and the token checks after a 403 "
-            "are not counted"
+            "checked again once the export is done; retries, and the token checks that a 403 or "
+            "a list that changed during its walk causes, are not counted"
         )
     else:
         lines.append("preflight: the server's heartbeat; retries are not counted")

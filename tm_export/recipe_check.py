@@ -472,12 +472,7 @@ def _check_from_field(
     if parts[0] != PARTITION_KEY:
         return
 
-    varied: list[str] = []
-    for parent_spec in parent.varying:
-        if isinstance(parent_spec, DateWindows):
-            varied.extend((parent_spec.start_param, parent_spec.end_param))
-        else:
-            varied.append(parent_spec.name)
+    varied = [name for parent_spec in parent.varying for name in _sent_names(parent_spec)]
     if not varied:
         raise where.error(
             keys,

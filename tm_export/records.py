@@ -263,8 +263,13 @@ def empty_path_reason(path: str, reach: PathReach) -> tuple[str, str | None]:
             "the records are objects" if whole else f"{path} holds objects",
             f"name one of their fields, such as {field if whole else f'{path}.{field}'}",
         )
+    if whole and reach.found == "values":
+        return (
+            "the records are numbers with a fraction or true/false",
+            "take values from a stream whose records are text or whole numbers",
+        )
     if whole:
-        return "the records are empty, null or true/false", None
+        return "the records are empty or null", None
     return f"{path} is empty, null or true/false in every record", None
 
 

@@ -359,8 +359,8 @@ def _explain_pattern(keys: tuple[Any, ...], value: str, expected: str) -> str:
     if last == "token_env" and value.startswith("$"):
         return (
             "invalid environment variable name: it starts with $, which only a shell uses to "
-            "read a variable; write the name without the $, since tm-export reads the variable "
-            "itself"
+            "read a variable; write the name alone, without $ or braces, since tm-export reads "
+            "the variable itself"
         )
     if last == "token_env":
         # The value is not shown: a user who pasted the key here would see it in a CI log.
@@ -451,7 +451,8 @@ def _explain_form_error(kind: str, sub: jsonschema.ValidationError) -> str:
     if kind == "from":
         return (
             f"invalid reference {_text_or_describe(value)}; expected STREAM.FIELD: "
-            "a stream name, a dot and a field of its records, such as projects.projectId"
+            "a stream name, a dot and a field of its records, such as projects.projectId, or "
+            "$ for records that are text, such as countries.$"
         )
     if field == "step":
         return _explain_step(value)

@@ -822,12 +822,20 @@ class StreamRunner:
 
     def count_stopped(self) -> None:
         """Count the final partitions of the run again from its state, those of earlier
-        sessions included: a session that stopped early counted only those its walk reached,
-        while its record count is the run's."""
+        sessions included, as status does: a session that stopped early counted only those
+        its walk reached, while its record count is the run's."""
         self.stats.partitions.clear()
         self.stats.skip_reasons.clear()
         for _, final in self.state.finals():
             self._count_state(final)
+
+    def list_problems(self) -> None:
+        """List the run's problems as status does: those of the stream as a whole, then
+        those of its partitions in partition order, not in the order the walks ended."""
+        self.stats.problems = [
+            problem if partition is None else partition_problem(partition, problem)
+            for partition, problem in self.state.all_problems()
+        ]
 
     def _count_final(self, final: dict[str, Any]) -> None:
         self._count_state(final)

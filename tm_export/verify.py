@@ -44,7 +44,15 @@ import orjson
 from .codec import Codec, DecompressionError, range_lines
 from .errors import ExitCode, TmExportError
 from .journal import JournalExtent, scan_journal
-from .layout import DATA_FOLDER, MANIFEST_NAME, list_runs, run_codec, runs_folder, stream_path
+from .layout import (
+    DATA_FOLDER,
+    MANIFEST_NAME,
+    list_runs,
+    never_started,
+    run_codec,
+    runs_folder,
+    stream_path,
+)
 from .manifest import ManifestState
 from .words import counted
 
@@ -168,13 +176,16 @@ def interrupted_bag_folder(folder: Path) -> Path | None:
 def find_runs(folder: Path) -> list[RunPaths]:
     """Return the runs in ``folder``: every run of an output folder, oldest first, or one run.
 
+    A run folder that a killed start left without a manifest or any data is passed over,
+    since it proves nothing; the next ``run`` deletes it.
+
     Raises:
         RunFolderError: ``folder`` is missing, or is neither an output nor a run folder.
     """
     if not folder.is_dir():
         raise RunFolderError(f"{folder}: folder not found")
     if runs_folder(folder).is_dir():
-        runs = [locate_run(run) for run in list_runs(folder)]
+        runs = [locate_run(run) for run in list_runs(folder) if not never_started(run)]
         if not runs:
             raise RunFolderError(f"{folder}: the output folder has no runs yet")
         return runs

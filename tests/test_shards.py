@@ -912,3 +912,28 @@ def test_merge_into_folder_in_use(tmp_path: Path, mock: MockServer) -> None:
         "wait for it to finish, or choose another output folder\n"
     )
     assert sorted(path.name for path in (output / "runs").iterdir()) == ["0001"]
+
+
+def test_merge_reports_problems(tmp_path: Path, mock: MockServer) -> None:
+    """A shard's page cap is a problem of the merged run, which merge names with the
+    command that lists it, and still exits 0."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {rate_limit: 10000/s}\noutput: OUT\nstreams:\n"
+        "  projects: {endpoint: projects, max_pages: 1}\n"
+        "  stats:\n    endpoint: project_statistics\n    params: {project_id: {range: [1, 4]}}\n",
+    )
+    for index in (1, 2):
+        outcome = run_shard(recipe, mock.api_url, f"{index}/2", tmp_path / f"shard-{index}")
+        assert outcome.exit_code in (0, 3), outcome.stderr
+
+    merged = run_cli(
+        "merge", str(tmp_path / "merged"), *(str(tmp_path / f"shard-{i}") for i in (1, 2))
+    )
+
+    assert merged.exit_code == 0, merged.stderr
+    run = tmp_path / "merged/runs/0001"
+    assert merged.stdout.endswith(
+        "  problems: 1 of projects, so these streams may lack records; "
+        f"'tm-export status {run}' lists them\n"
+    )

@@ -28,7 +28,7 @@ import logging
 import os
 import shlex
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from .layout import (
     run_codec,
     stream_path,
 )
-from .manifest import latest_session
+from .manifest import latest_session, load_state
 from .params import partition_order
 from .runrecord import require_verified, write_run_record
 from .verify import RunPaths, check_run, find_runs, scan_manifest
@@ -88,6 +88,8 @@ class MergeResult:
     records: dict[str, int]
     failed: dict[str, list[str]]
     """Per stream, the ids of the partitions whose final state in their shard is failed."""
+    problems: dict[str, int] = field(default_factory=dict)
+    """Per stream with any, the problems of the merged run, as ``status`` lists them."""
     already_merged: bool = False
     """True when ``run_folder`` is an earlier merge of these shards, whose manifests have not
     changed since."""
@@ -132,7 +134,19 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
 
     failed = _failed_partitions([shard.entries for shard in shards])
     _warn_of_failed(failed, "the shards left", shards, output)
-    return MergeResult(run_folder=run_folder, records=_record_counts(shards), failed=failed)
+    return MergeResult(
+        run_folder=run_folder,
+        records=_record_counts(shards),
+        failed=failed,
+        problems=_problem_counts(run_folder),
+    )
+
+
+def _problem_counts(run_folder: Path) -> dict[str, int]:
+    """Return the count of problems of each stream of the merged run that has any."""
+    state, _ = load_state(run_folder / MANIFEST_NAME, keep_done_pages=False)
+    counts = {name: sum(1 for _ in stream.all_problems()) for name, stream in state.streams.items()}
+    return {name: count for name, count in counts.items() if count}
 
 
 def _build(output: Path, shards: list[Shard], fingerprints: list[str]) -> Path:
@@ -545,6 +559,12 @@ def describe(result: MergeResult) -> str:
     lines += [f"  {name}: {counted(count, 'record')}" for name, count in result.records.items()]
     if result.failed:
         lines.append(f"  {_failed_text(result.failed)}")
+    if result.problems:
+        counts = ", ".join(f"{count} of {name}" for name, count in result.problems.items())
+        lines.append(
+            f"  problems: {counts}, so these streams may lack records; "
+            f"'tm-export status {result.run_folder}' lists them"
+        )
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,27 @@ def test_run_summary_names_unwritten_json(tmp_path: Path, mock: MockServer) -> N
         "result: complete, but the summary could not be written to standard output (exit 1)",
         "tm-export: error: cannot write the summary to standard output: No space left on device",
     ]
+
+
+def test_run_with_standard_input_closed(tmp_path: Path, mock: MockServer) -> None:
+    """A job started with stdin closed exports as any other: the event loop must not be
+    given descriptor 0 for a socket, which uvloop aborts on (exit 134)."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {rate_limit: 10000/s}\noutput: OUT\nstreams:\n"
+        "  summaries:\n    endpoint: project_summary\n    params: {project_id: {range: [1, 5]}}\n",
+    )
+
+    child = subprocess.run(
+        f'exec "{sys.executable}" -m tm_export run "{recipe}" --base-url {mock.api_url} '
+        "--json --quiet <&-",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+    assert child.returncode == 0, child.stderr
+    assert json.loads(child.stdout)["outcome"] == "complete"
+    assert child.stderr.endswith("result: complete (exit 0)\n")

@@ -19,7 +19,7 @@ from tm_export.errors import ExitCode
 from tm_export.mock import MockServer
 
 from .conftest import data_file, export_here, run_cli, write_recipe
-from .test_crash import RECIPE, compare, multiset, reference, start_held
+from .test_crash import RECIPE, STREAMS, compare, multiset, reference, start_held
 
 SEARCH = r"^/api/v2/projects/$"
 
@@ -80,7 +80,7 @@ def test_disk_full_resumes(tmp_path: Path, mock: MockServer) -> None:
     args = ["run", str(recipe), "--base-url", mock.api_url]
 
     failed = subprocess.run(
-        [sys.executable, "-m", "tm_export", *args],
+        [sys.executable, "-m", "tm_export", *args, "--json"],
         capture_output=True,
         text=True,
         check=False,
@@ -100,6 +100,13 @@ def test_disk_full_resumes(tmp_path: Path, mock: MockServer) -> None:
             committed[entry["s"]] = max(committed.get(entry["s"], 0), entry["end"])
     for stream, end in committed.items():
         assert data_file(tmp_path / "out", stream).stat().st_size == end
+    # The summary counts what was committed, as status does, not what was thrown away.
+    summary = orjson.loads(failed.stdout)["streams"]
+    status = orjson.loads(run_cli("status", str(tmp_path / "out"), "--json").stdout)["streams"]
+    for stream in STREAMS:
+        assert summary[stream]["records"] == status[stream]["records"]
+        done = status[stream]["partitions"]["done"]
+        assert summary[stream]["partitions"].get("done", 0) == done
 
     outcome = run_cli(*args)
 

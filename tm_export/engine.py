@@ -283,6 +283,19 @@ def _create_run_folder(folder: Path, header: dict[str, Any]) -> Journal:
     return Journal.open(manifest, valid_bytes=manifest.stat().st_size)
 
 
+def _count_committed(run_folder: Path, result: RunResult) -> None:
+    """Count each stream as the manifest on disk proves it, for the summary of a session that
+    a failed write stopped: the pages and partitions it finished but could not commit are
+    gone, and the stream files were cut back to the committed ends."""
+    try:
+        state, _ = load_state(run_folder / MANIFEST_NAME, keep_done_pages=False)
+    except (ManifestError, OSError) as error:
+        logger.warning("cannot read %s back to count what it proves: %s", run_folder, error)
+        return
+    for name in result.streams:
+        result.streams[name] = StreamStats.of(state.streams.get(name, StreamState()))
+
+
 def _remove_unstarted_runs(output: Path) -> None:
     """Delete what a start killed before its run folder had a manifest left: the hidden
     folder, or with earlier versions a numbered run folder that contains no file."""
@@ -418,6 +431,8 @@ class _Session:
             for file in files.values():
                 file.close()
             journal.close()
+        if isinstance(result.fatal, StorageError):
+            _count_committed(run_folder, result)
         return result
 
     # --- opening the run ------------------------------------------------------------

@@ -22,6 +22,8 @@ INTERRUPTED = 130
 # Returns None and not NoReturn, because importing typing alone takes several milliseconds.
 def console_main() -> None:
     """Import and run the command line; exit 130 with one line on a signal while importing."""
+    _hold_standard_streams()
+
     # SIGTERM stops the import as a Ctrl-C does, and gets its default back before any
     # command runs, so that the commands see the usual handling.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -41,3 +43,28 @@ def console_main() -> None:
 
 def _interrupt(number: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+def _hold_standard_streams() -> None:
+    """Open the null device on each of file descriptors 0, 1 and 2 that is closed.
+
+    A socket opened later would otherwise take the lowest free number, and uvloop aborts
+    the process (exit 134) when it closes a socket numbered 0 to 2, as a job started with
+    stdin closed found. The device is opened read-only, so writing to a closed stdout or
+    stderr still fails, and a command reports it as it reports any unwritable output.
+    """
+    for number, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(number)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDONLY)
+            if opened != number:
+                os.dup2(opened, number)
+                os.close(opened)
+            # Python sets a stream whose descriptor was closed at start-up to None, which
+            # click and logging cannot write to.
+            if getattr(sys, name) is None:
+                mode = "r" if number == 0 else "w"
+                # It stays open for the life of the process, as the standard streams do.
+                stream = open(number, mode, encoding="utf-8", closefd=False)  # noqa: SIM115
+                setattr(sys, name, stream)

@@ -23,7 +23,6 @@ from .params import (
     Step,
     count_written,
     feed_text,
-    partition_problem,
 )
 from .verify import (
     ManifestScan,
@@ -32,6 +31,7 @@ from .verify import (
     run_state_label,
     scan_manifest,
 )
+from .walk import listed_problems
 from .words import counted
 
 #: Characters of a partition's error message shown in the text report.
@@ -159,10 +159,7 @@ def run_status(paths: RunPaths, scan: ManifestScan | None = None) -> RunStatus:
         status = StreamStatus(name, sources)
         status.records = stream_state.records
         status.duplicates = stream_state.duplicates
-        status.problems = [
-            problem if partition is None else partition_problem(partition, problem)
-            for partition, problem in stream_state.all_problems()
-        ]
+        status.problems = listed_problems(stream_state)
         status.read_again = len(stream_state.read_again)
         status.partitions["done"] += len(stream_state.done)
         for partition in stream_state.partitions.values():

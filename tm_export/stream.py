@@ -39,7 +39,7 @@ from .query import QueryBuilder
 from .recipe import StreamSpec
 from .records import PathReach, ShapeError, empty_path_reason, path_reach, reaches_further
 from .tokencheck import TokenCheck
-from .walk import PageResult, PartitionWalk, StreamStats, combinations
+from .walk import PageResult, PartitionWalk, StreamStats, combinations, listed_problems
 from .words import counted
 
 logger = logging.getLogger("tm_export.stream")
@@ -824,29 +824,22 @@ class StreamRunner:
         """Count the final partitions of the run again from its state, those of earlier
         sessions included, as status does: a session that stopped early counted only those
         its walk reached, while its record count is the run's."""
-        self.stats.partitions.clear()
-        self.stats.skip_reasons.clear()
-        for _, final in self.state.finals():
-            self._count_state(final)
+        counted = StreamStats.of(self.state)
+        self.stats.partitions = counted.partitions
+        self.stats.skip_reasons = counted.skip_reasons
 
     def list_problems(self) -> None:
         """List the run's problems as status does: those of the stream as a whole, then
         those of its partitions in partition order, not in the order the walks ended."""
-        self.stats.problems = [
-            problem if partition is None else partition_problem(partition, problem)
-            for partition, problem in self.state.all_problems()
-        ]
+        self.stats.problems = listed_problems(self.state)
 
     def _count_final(self, final: dict[str, Any]) -> None:
-        self._count_state(final)
-        for problem in final.get("problems", []):
-            self.stats.problems.append(partition_problem(final["p"], problem))
-
-    def _count_state(self, final: dict[str, Any]) -> None:
         self.stats.partitions[final["state"]] += 1
         if final["state"] == "skipped":
             reason = f"{final.get('status')} {final.get('sub_code') or ''}".strip()
             self.stats.skip_reasons[reason] += 1
+        for problem in final.get("problems", []):
+            self.stats.problems.append(partition_problem(final["p"], problem))
 
 
 def _hidden_by(failed_pages: dict[int, RequestError | ShapeError]) -> HTTPStatusError | None:

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import RequestError
-from .manifest import PartitionState
-from .params import Partition, Scalar, partition_id
+from .manifest import PartitionState, StreamState
+from .params import Partition, Scalar, partition_id, partition_problem
 from .records import PARTITION_KEY, KeySet, ShapeError, field_values
 
 
@@ -26,6 +26,33 @@ class StreamStats:
     problems: list[str] = field(default_factory=list)
     read_again: set[str] = field(default_factory=set)
     """Partitions whose pages were read more than once, because their list changed."""
+
+    @classmethod
+    def of(cls, state: StreamState) -> StreamStats:
+        """Return the counts that a stream's replayed manifest state proves, as status gives
+        them: partitions by final state, records, and problems in partition order."""
+        stats = cls(
+            records=state.records,
+            duplicates=state.duplicates,
+            pages=state.pages,
+            read_again=set(state.read_again),
+        )
+        for _, final in state.finals():
+            stats.partitions[final["state"]] += 1
+            if final["state"] == "skipped":
+                reason = f"{final.get('status')} {final.get('sub_code') or ''}".strip()
+                stats.skip_reasons[reason] += 1
+        stats.problems = listed_problems(state)
+        return stats
+
+
+def listed_problems(state: StreamState) -> list[str]:
+    """Return a stream's problems as status lists them: those of the stream as a whole, then
+    those of its partitions, in partition order."""
+    return [
+        problem if partition is None else partition_problem(partition, problem)
+        for partition, problem in state.all_problems()
+    ]
 
 
 @dataclass(slots=True)

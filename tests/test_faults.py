@@ -328,6 +328,27 @@ def test_valid_token_403_skips(tmp_path: Path, mock: MockServer) -> None:
     assert sorted(skipped) == [6, 9, 12]
 
 
+def test_token_check_that_fails_is_not_checked(tmp_path: Path, mock: MockServer) -> None:
+    """A token check that gets a 500 every time judged nothing: the run goes on, and the
+    summary says the token was not checked, not that it was refused."""
+    recipe = write_recipe(
+        tmp_path,
+        TOKEN_RECIPE.replace("ACTIVE", "1").replace(
+            "rate_limit", "retries: {attempts: 1}, rate_limit"
+        ),
+    )
+    mock.add_fault(path=r"^/api/v2/users/queries/tasks/locked/$", status=500)
+
+    outcome = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["admin"]}
+    )
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "requests: 9, retries: 0, authenticated: not checked, TM release: v5.5.2" in (
+        outcome.stderr.splitlines()
+    )
+
+
 def test_preflight_rejects_token(tmp_path: Path, mock: MockServer) -> None:
     """A configured token that the pre-flight check rejects stops the run before any export request."""
     recipe = write_recipe(tmp_path, TOKEN_RECIPE.replace("ACTIVE", "1"))

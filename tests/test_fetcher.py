@@ -116,6 +116,18 @@ def test_retry_after_too_long_stops() -> None:
     assert len(session.sent) == 1
 
 
+def test_retry_after_too_long_stops_on_last_attempt() -> None:
+    """With no attempt left, a long Retry-After still stops the run: the server asked for a
+    pause, and the next partitions would be sent into it."""
+    clock = FakeClock()
+    session = ScriptedSession(clock, {"/x/": [retry(429, "86400")]})
+
+    with pytest.raises(WaitTooLongError):
+        fetch(make_fetcher(session, clock, attempts=1, max_retry_after=300), "/x/")
+
+    assert len(session.sent) == 1
+
+
 def test_retry_after_pauses_whole_host() -> None:
     """A Retry-After on one request holds back a request to another path sent after it."""
     clock = FakeClock()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -272,3 +273,37 @@ def test_signal_while_importing(tmp_path: Path, name: str) -> None:
     assert finished.stderr == "tm-export: interrupted while starting; nothing was done\n"
     assert finished.stdout == ""
     assert entry.INTERRUPTED == ExitCode.INTERRUPTED
+
+
+def test_signal_while_importing_json_logs(tmp_path: Path) -> None:
+    """Under --log-format json, the line for a signal while importing is a JSON log line."""
+    program = (
+        "import os, signal, sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'tm_export.cli':\n"
+        "            os.kill(os.getpid(), signal.SIGTERM)\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from tm_export.entry import console_main\n"
+        "console_main()\n"
+    )
+
+    finished = subprocess.run(
+        [sys.executable, "-c", program, "run", "recipe.yaml", "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        cwd=tmp_path,
+    )
+
+    assert finished.returncode == ExitCode.INTERRUPTED
+    line = json.loads(finished.stderr)
+    assert {key: line[key] for key in ("level", "logger", "message", "event", "exit_code")} == {
+        "level": "error",
+        "logger": "tm_export",
+        "message": "interrupted while starting; nothing was done",
+        "event": "error",
+        "exit_code": 130,
+    }
+    assert finished.stdout == ""

@@ -434,11 +434,17 @@ def test_bag_interrupted_while_moving(tmp_path: Path, mock: MockServer) -> None:
     assert run_cli("verify", str(run)).exit_code == 0
 
 
-def test_bag_interrupted_before_tag_manifest(tmp_path: Path, mock: MockServer) -> None:
-    """A crash before bagit's last tag file: the half-made bag is undone and made again."""
+@pytest.mark.parametrize("cut", [0, 40], ids=["missing", "cut_short"])
+def test_bag_interrupted_before_tag_manifest(tmp_path: Path, mock: MockServer, cut: int) -> None:
+    """A crash before bagit's last tag file, or a full disk while it was written: the
+    half-made bag is undone and made again."""
     run = export(tmp_path, mock)
     assert run_cli("bag", str(run)).exit_code == 0
-    (run / "tagmanifest-sha256.txt").unlink()
+    tag_manifest = run / "tagmanifest-sha256.txt"
+    if cut:
+        tag_manifest.write_bytes(tag_manifest.read_bytes()[:cut])
+    else:
+        tag_manifest.unlink()
 
     status = run_cli("status", str(run))
     bagged = run_cli("bag", str(run))
@@ -446,7 +452,8 @@ def test_bag_interrupted_before_tag_manifest(tmp_path: Path, mock: MockServer) -
     assert status.exit_code == 1
     assert status.stderr == (
         f"tm-export: error: {run}: the run folder is a bag whose making was interrupted "
-        f"(tagmanifest-sha256.txt is missing); run 'tm-export bag {run}' again to finish it\n"
+        f"(tagmanifest-sha256.txt is missing or incomplete); run 'tm-export bag {run}' again "
+        "to finish it\n"
     )
     assert bagged.exit_code == 0, bagged.stderr
     assert bagit.Bag(str(run)).validate() is True

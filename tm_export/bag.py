@@ -41,6 +41,7 @@ from .verify import (
     BAG_TAG_MANIFEST,
     RunPaths,
     RunStateError,
+    bag_complete,
     fsync_path,
     interrupted_bag_folder,
     locate_run,
@@ -48,6 +49,9 @@ from .verify import (
 )
 
 logger = logging.getLogger("tm_export.bag")
+# bagit logs each error it raises with a traceback, which would break a JSON log; the
+# StorageError that make_run_bag raises reports it once.
+logging.getLogger("bagit").setLevel(logging.CRITICAL)
 
 #: The checksum algorithm of the bag's manifests; ``verify`` reuses its stream file hashes.
 CHECKSUMS = ["sha256"]
@@ -142,11 +146,7 @@ def restore_interrupted_bag(folder: Path) -> bool:
         payload = folder / DATA_FOLDER
         # A plain run has its manifest at the top; data/manifest.jsonl there is a stream file.
         moved = not (folder / MANIFEST_NAME).exists()
-        if (
-            moved
-            and (payload / MANIFEST_NAME).is_file()
-            and not (folder / BAG_TAG_MANIFEST).is_file()
-        ):
+        if moved and (payload / MANIFEST_NAME).is_file() and not bag_complete(folder):
             for name in TAG_FILES:
                 (folder / name).unlink(missing_ok=True)
             # The payload folder is also called data; move it aside before its contents go up.

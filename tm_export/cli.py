@@ -21,7 +21,7 @@ from .cli_options import CONTEXT_SETTINGS, RateParam, ShardParam, fail
 from .codec import CODECS, Codec
 from .engine import RunOptions, RunResult, export, resolve_base_url
 from .errors import ExitCode, RecipeError, TmExportError, resume_hint
-from .logs import json_line, setup_logging
+from .logs import asks_json_logs, json_line, setup_logging
 from .progress import Progress
 from .recipe import load_recipe, resolve_token
 from .recipe_check import output_problem
@@ -103,20 +103,9 @@ class RunCommand(click.Command):
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as error:
-            if not _asks_json_logs(arguments):
+            if not asks_json_logs(arguments):
                 raise
             fail(error.format_message(), ExitCode.USAGE, json_logs=True)
-
-
-def _asks_json_logs(args: list[str]) -> bool:
-    """Tell whether command-line ``args`` choose --log-format json; the last choice counts."""
-    chosen = "text"
-    for number, arg in enumerate(args):
-        if arg.startswith("--log-format="):
-            chosen = arg.removeprefix("--log-format=")
-        elif arg == "--log-format" and number + 1 < len(args):
-            chosen = args[number + 1]
-    return chosen == "json"
 
 
 @main.command(cls=RunCommand, context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES)

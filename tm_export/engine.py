@@ -948,11 +948,13 @@ class _Session:
 
         if token_check is not None:
             try:
-                result.authenticated = await token_check.confirm()
+                accepted = await token_check.confirm()
             except TokenRejectedError:
                 result.authenticated = False
                 raise
-            if result.authenticated:
+            # A check that did not complete leaves the token neither accepted nor rejected.
+            result.authenticated = True if accepted else None
+            if accepted:
                 logger.info("the API token was accepted")
 
     def _check_parents_read(self, runners: dict[str, StreamRunner]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from types import FrameType
 
 #: The exit status of an interrupted command (``errors.ExitCode.INTERRUPTED``, which is not
@@ -32,7 +33,7 @@ def console_main() -> None:
     except KeyboardInterrupt:
         # Nothing has been parsed, sent or written yet, so there is nothing to resume.
         try:
-            sys.stderr.write("tm-export: interrupted while starting; nothing was done\n")
+            sys.stderr.write(_interrupted_line() + "\n")
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
@@ -43,6 +44,20 @@ def console_main() -> None:
 
 def _interrupt(number: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+def _interrupted_line() -> str:
+    """Return the line for a signal while starting, as a JSON log line under --log-format json."""
+    message = "interrupted while starting; nothing was done"
+    try:
+        from .logs import asks_json_logs, json_line
+    except KeyboardInterrupt:
+        return f"tm-export: {message}"
+    if not asks_json_logs(sys.argv[1:]):
+        return f"tm-export: {message}"
+    return json_line(
+        time.time(), "error", "tm_export", message, event="error", exit_code=INTERRUPTED
+    )
 
 
 def _hold_standard_streams() -> None:

@@ -107,6 +107,9 @@ class Fetcher:
                 # after every retry, and the same command would not fetch them again.
                 self._fatal = unreachable(self._base_url, failure, self._rerun)
                 raise self._fatal
+            # Checked on the last attempt too: a server that asks for a long pause wants no
+            # more requests, whether or not this one would be retried.
+            self._stop_if_told_to_wait_too_long(failure)
             if attempt == attempts:
                 raise failure
             await self._wait_before_retry(failure, attempt, attempts)
@@ -207,10 +210,10 @@ class Fetcher:
             f"settings, export {variable}, and {self._rerun}"
         )
 
-    async def _wait_before_retry(self, failure: RequestError, attempt: int, attempts: int) -> None:
+    def _stop_if_told_to_wait_too_long(self, failure: RequestError) -> None:
+        """Raise WaitTooLongError for a Retry-After longer than ``max_retry_after``."""
         retry_after = failure.retry_after if isinstance(failure, HTTPStatusError) else None
         limit = self._retries.max_retry_after
-
         if retry_after is not None and retry_after > limit:
             self._fatal = WaitTooLongError(
                 f"the server asked to wait {retry_after:.0f} s (Retry-After at {failure.url}), more than "
@@ -219,6 +222,8 @@ class Fetcher:
             )
             raise self._fatal
 
+    async def _wait_before_retry(self, failure: RequestError, attempt: int, attempts: int) -> None:
+        retry_after = failure.retry_after if isinstance(failure, HTTPStatusError) else None
         self.retries_done += 1
         if retry_after is not None:
             self._gate.pause(retry_after)

@@ -46,6 +46,17 @@ class CurrentStderr:
         sys.stderr.flush()
 
 
+def asks_json_logs(args: list[str]) -> bool:
+    """Tell whether command-line ``args`` choose --log-format json; the last choice counts."""
+    chosen = "text"
+    for number, arg in enumerate(args):
+        if arg.startswith("--log-format="):
+            chosen = arg.removeprefix("--log-format=")
+        elif arg == "--log-format" and number + 1 < len(args):
+            chosen = args[number + 1]
+    return chosen == "json"
+
+
 def json_line(created: float, level: str, logger: str, message: str, **fields: Any) -> str:
     """Return one log line in the JSON format."""
     line: dict[str, Any] = {

@@ -66,6 +66,20 @@ BAG_DECLARATION = "bagit.txt"
 
 #: The last tag file bagit writes; a bag without it was interrupted while being made.
 BAG_TAG_MANIFEST = "tagmanifest-sha256.txt"
+#: The tag files that the tag manifest lists, which bagit writes before it.
+BAG_TAGGED = (BAG_DECLARATION, "bag-info.txt", "manifest-sha256.txt")
+
+
+def bag_complete(folder: Path) -> bool:
+    """Tell whether bagit finished a bag: its tag manifest, the last file it writes, lists
+    every other tag file. A full disk can leave that file present but empty or cut short."""
+    try:
+        text = (folder / BAG_TAG_MANIFEST).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    listed = {line.split(maxsplit=1)[-1] for line in text.splitlines() if line.strip()}
+    return text.endswith("\n") and all(name in listed for name in BAG_TAGGED)
+
 
 #: Invalid JSON lines listed by line number per file; more are only counted.
 LISTED_BAD_LINES = 5
@@ -137,15 +151,19 @@ def locate_run(folder: Path) -> RunPaths:
         BagInterruptedError: making the folder a bag was interrupted.
     """
     if (folder / BAG_DECLARATION).is_file() and (folder / DATA_FOLDER / MANIFEST_NAME).is_file():
-        if not (folder / BAG_TAG_MANIFEST).is_file():
+        if not bag_complete(folder):
             raise BagInterruptedError(
                 f"{folder}: the run folder is a bag whose making was interrupted "
-                f"({BAG_TAG_MANIFEST} is missing); run 'tm-export bag {folder}' again to finish it"
+                f"({BAG_TAG_MANIFEST} is missing or incomplete); run 'tm-export bag {folder}' "
+                "again to finish it"
             )
         return RunPaths(folder, folder / DATA_FOLDER, bagged=True)
     if (folder / MANIFEST_NAME).is_file():
         return RunPaths(folder, folder, bagged=False)
-    if interrupted_bag_folder(folder) is not None:
+    if interrupted_bag_folder(folder) is not None or (
+        (folder / DATA_FOLDER / MANIFEST_NAME).is_file() and not (folder / MANIFEST_NAME).exists()
+    ):
+        # bagit moved the run into data/ and had not written bagit.txt, say on a full disk.
         raise BagInterruptedError(
             f"{folder}: the run folder was being made a bag when that was interrupted; "
             f"run 'tm-export bag {folder}' again to finish it"

@@ -742,7 +742,7 @@ def test_stopped_session_counts_earlier_partitions(tmp_path: Path, mock: MockSer
 
     assert rejected.exit_code == 1
     summary = orjson.loads(rejected.stdout)["streams"]["summaries"]
-    assert summary["partitions"] == {"done": 4}
+    assert summary["partitions"] == {"done": 4, "skipped": 0, "failed": 0}
     assert summary["records"] == 4
     assert "summaries     4        0       0        4           0" in rejected.stderr
     status = orjson.loads(run_cli("status", str(tmp_path / "out"), "--json").stdout)
@@ -768,7 +768,7 @@ def test_from_whole_record_of_strings(tmp_path: Path, mock: MockServer) -> None:
     assert outcome.exit_code == 0, outcome.stderr
     countries = mock.dataset.countries()
     summary = orjson.loads(outcome.stdout)["streams"]["by_country"]
-    assert summary["partitions"] == {"done": len(countries)}
+    assert summary["partitions"] == {"done": len(countries), "skipped": 0, "failed": 0}
     requested = [
         parse_qs(request["query"])["country"][0]
         for request in mock.requests()

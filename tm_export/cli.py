@@ -184,7 +184,13 @@ class RunCommand(click.Command):
     "--incremental or --start-over.",
 )
 @click.option("--strict", is_flag=True, help="Exit 3 when any partition was skipped for 403/404.")
-@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the run summary as JSON on stdout (keys in docs/ci.md); an error before the "
+    "run opens its folder prints none.",
+)
 @click.option("-v", "--verbose", count=True, help="Log every request (debug level) on stderr.")
 @click.option(
     "-q",

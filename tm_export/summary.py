@@ -7,7 +7,7 @@ from typing import Any
 from .engine import RunResult
 from .errors import ExitCode, resume_hint
 from .recipe import Recipe
-from .status import read_again_line
+from .status import FINAL_STATES, read_again_line
 from .verify import FAILURES_LABEL, PROBLEMS_LABEL
 
 #: The outcome of each exit code; ``{rerun}`` is the start of the advice to resume.
@@ -116,7 +116,8 @@ def summary_json(
         "retries": result.retries,
         "streams": {
             name: {
-                "partitions": dict(stats.partitions),
+                # Every state, zero included, so that a script can read each key.
+                "partitions": {state: stats.partitions[state] for state in FINAL_STATES},
                 "records": stats.records,
                 "duplicates": stats.duplicates,
                 "pages": stats.pages,

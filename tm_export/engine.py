@@ -310,6 +310,42 @@ def _remove_unstarted_runs(output: Path) -> None:
             shutil.rmtree(folder)
 
 
+def _warn_not_archived(options: RunOptions, result: RunResult) -> None:
+    """Warn that --canonical and --bag were left out for failed partitions, and say how to
+    get them: the steps are options of this command only, so the advice repeats them."""
+    steps = [
+        (step, f"--{step}")
+        for step, on in (("canonical", options.canonical), ("bag", options.bag))
+        if on
+    ]
+    not_done = " nor ".join(
+        "made canonical" if step == "canonical" else "bagged" for step, _ in steps
+    )
+    commands = " and ".join(f"'tm-export {step} {result.run_folder}'" for step, _ in steps)
+
+    # --incremental or --start-over with --retry-failed would begin another run.
+    began = [
+        option
+        for option, on in (
+            ("--incremental", options.incremental),
+            ("--start-over", options.start_over),
+        )
+        if on
+    ]
+    leave_out = f"without {' or '.join(began)} and " if began else ""
+
+    logger.warning(
+        "%s failed, so the run was not %s, which would take no more pages; once the cause "
+        "is fixed, run the same command %swith --retry-failed %s, or keep the failures and "
+        "run %s",
+        counted(result.failed_partitions, "partition"),
+        not_done,
+        leave_out,
+        " ".join(option for _, option in steps),
+        commands,
+    )
+
+
 def _finish_archive(
     recipe: Recipe, options: RunOptions, result: RunResult, steps: _ArchiveSteps
 ) -> None:
@@ -322,38 +358,7 @@ def _finish_archive(
     canonical, bag = options.canonical, options.bag
     if result.failed_partitions and (canonical or bag):
         # Canonical files and bags take no more pages, and --retry-failed still has work.
-        # The steps are options of this command only, so the advice repeats them.
-        not_done = " nor ".join(
-            word for word, on in (("made canonical", canonical), ("bagged", bag)) if on
-        )
-        options_again = " ".join(
-            option for option, on in (("--canonical", canonical), ("--bag", bag)) if on
-        )
-        commands = " and ".join(
-            f"'tm-export {step} {result.run_folder}'"
-            for step, on in (("canonical", canonical), ("bag", bag))
-            if on
-        )
-        # --incremental or --start-over with --retry-failed would begin another run.
-        began = [
-            option
-            for option, on in (
-                ("--incremental", options.incremental),
-                ("--start-over", options.start_over),
-            )
-            if on
-        ]
-        command = f"without {' or '.join(began)} and " if began else ""
-        logger.warning(
-            "%s failed, so the run was not %s, which would take no more pages; once the cause "
-            "is fixed, run the same command %swith --retry-failed %s, or keep the failures and "
-            "run %s",
-            counted(result.failed_partitions, "partition"),
-            not_done,
-            command,
-            options_again,
-            commands,
-        )
+        _warn_not_archived(options, result)
         canonical = bag = False
     # Imported here: these steps run once at the end, and their imports (bagit, the
     # external sort) would add to the start-up time of every run, resumes included.

@@ -503,6 +503,7 @@ def test_keyboard_interrupt_in_other_commands_exits_130(
     monkeypatch.setattr(cli_archive, "find_runs", interrupted)
     monkeypatch.setattr(cli_archive, "write_run_record", interrupted)
     (tmp_path / "runs/0001").mkdir(parents=True)
+    (tmp_path / "runs/0001/manifest.jsonl").write_bytes(b"")
 
     verify = run_cli("verify", str(tmp_path))
     record = run_cli("record", str(tmp_path))

@@ -76,6 +76,42 @@ def test_run_summary_names_unwritten_json(tmp_path: Path, mock: MockServer) -> N
     ]
 
 
+def test_closed_standard_output_reported_once() -> None:
+    child = subprocess.run(
+        f'exec "{sys.executable}" -m tm_export endpoints >&-',
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+    assert child.returncode == 1
+    assert child.stderr == "tm-export: error: cannot write the output: Bad file descriptor\n"
+
+
+def test_run_with_standard_error_closed(tmp_path: Path, mock: MockServer) -> None:
+    """A closed stderr drops the logs, and the exit code stays the export's."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {rate_limit: 10000/s}\noutput: OUT\nstreams:\n"
+        "  summaries:\n    endpoint: project_summary\n    params: {project_id: {range: [1, 5]}}\n",
+    )
+
+    child = subprocess.run(
+        f'exec "{sys.executable}" -m tm_export run "{recipe}" --base-url {mock.api_url} '
+        "--json 2>&-",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+    assert child.returncode == 0
+    assert json.loads(child.stdout)["outcome"] == "complete"
+
+
 def test_run_with_standard_input_closed(tmp_path: Path, mock: MockServer) -> None:
     """A job started with stdin closed exports as any other: the event loop must not be
     given descriptor 0 for a socket, which uvloop aborts on (exit 134)."""

@@ -187,8 +187,8 @@ def test_kill_while_starting_leaves_no_run(tmp_path: Path, mock: MockServer) -> 
 
 def test_run_folder_without_anything_is_passed_over(tmp_path: Path, mock: MockServer) -> None:
     """A run folder with no file, as earlier versions left when killed while making it, and a
-    killed start's hidden folder do not block the output folder: status passes over them,
-    and the next incremental run deletes them and builds on the finished run."""
+    killed start's hidden folder do not block the output folder: status and record pass
+    over them, and the next incremental run deletes them and builds on the finished run."""
     recipe = write_recipe(tmp_path, RECIPE)
     args = ["run", str(recipe), "--base-url", mock.api_url, "--quiet"]
     assert run_cli(*args).exit_code == 0
@@ -198,15 +198,18 @@ def test_run_folder_without_anything_is_passed_over(tmp_path: Path, mock: MockSe
     (runs / ".0003.starting/data").mkdir(parents=True)
 
     status = run_cli("status", str(tmp_path / "out"))
+    record = run_cli("record", str(tmp_path / "out"))
     outcome = run_cli(*args, "--incremental")
 
     assert status.exit_code == 0, status.stderr
     assert status.stdout.startswith(f"run: {runs / '0001'}\n")
+    assert record.exit_code == 0, record.stderr
+    assert record.stdout == f"wrote {runs / '0001/run.json'}\n"
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.stderr.startswith(
         f"tm-export: WARNING: deleting {runs / '.0003.starting'}, left by a run start that was "
         f"killed\ntm-export: WARNING: deleting {runs / '0002'}, a run folder without a manifest "
-        "or any data, left by a run whose start was killed\n"
+        "or any data, left by a command killed while it made the folder\n"
     )
     assert sorted(path.name for path in runs.iterdir()) == ["0001", "0002"]
     header = orjson.loads((runs / "0002/manifest.jsonl").read_bytes().splitlines()[0])

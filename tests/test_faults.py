@@ -347,6 +347,11 @@ def test_token_check_that_fails_is_not_checked(tmp_path: Path, mock: MockServer)
     assert "requests: 9, retries: 0, authenticated: not checked, TM release: v5.5.2" in (
         outcome.stderr.splitlines()
     )
+    # The token was sent all the same, so a later run without it would miss what it read.
+    mock.clear_faults()
+    anonymous = run_cli("run", str(recipe), "--base-url", mock.api_url, "--incremental")
+    assert anonymous.exit_code == 2
+    assert "the runs that this incremental run builds on sent an API token" in anonymous.stderr
 
 
 def test_preflight_rejects_token(tmp_path: Path, mock: MockServer) -> None:

@@ -592,6 +592,7 @@ def console_main() -> NoReturn:
     # older generations keep their default), W1 took 0.09 CPU seconds less, and W3, W4 and
     # W5 peaked at the same memory (docs/benchmarks.md).
     gc.set_threshold(50_000)
+    reported = False
     try:
         main()
         code: int = 0
@@ -601,6 +602,7 @@ def console_main() -> NoReturn:
         # The commands turn failures of their own files into a TmExportError, so what
         # reaches here is a failed write to the standard streams, such as a full disk.
         _report_output_error(error)
+        reported = True
         code = int(ExitCode.FATAL)
 
     logging.shutdown()
@@ -608,8 +610,9 @@ def console_main() -> NoReturn:
         try:
             stream.flush()
         except (OSError, ValueError) as error:
-            # A closed pipe, a full disk or a closed stream: the output is incomplete.
-            if stream is sys.stdout:
+            # A closed pipe, a full disk or a closed stream: the output is incomplete. The
+            # text that failed above is still buffered, so the same failure is not told twice.
+            if stream is sys.stdout and not reported:
                 _report_output_error(error)
             code = code or int(ExitCode.FATAL)
     os._exit(code)

@@ -53,9 +53,8 @@ from .layout import (
     check_output,
     is_bag,
     list_runs,
-    never_started,
     next_run_folder,
-    remove_hidden_runs,
+    remove_unfinished_runs,
     run_codec,
     stream_path,
 )
@@ -65,6 +64,7 @@ from .manifest import (
     StreamState,
     latest_session,
     load_state,
+    sent_token,
 )
 from .params import FromStream, partition_label
 from .progress import Progress
@@ -296,20 +296,6 @@ def _count_committed(run_folder: Path, result: RunResult) -> None:
         result.streams[name] = StreamStats.of(state.streams.get(name, StreamState()))
 
 
-def _remove_unstarted_runs(output: Path) -> None:
-    """Delete what a start killed before its run folder had a manifest left: the hidden
-    folder, or with earlier versions a numbered run folder that contains no file."""
-    remove_hidden_runs(output, STARTING_SUFFIX, "a run start")
-    for folder in list_runs(output):
-        if never_started(folder):
-            logger.warning(
-                "deleting %s, a run folder without a manifest or any data, left by a run "
-                "whose start was killed",
-                folder,
-            )
-            shutil.rmtree(folder)
-
-
 def _warn_not_archived(options: RunOptions, result: RunResult) -> None:
     """Warn that --canonical and --bag were left out for failed partitions, and say how to
     get them: the steps are options of this command only, so the advice repeats them."""
@@ -466,7 +452,7 @@ class _Session:
         """
         if self.options.token or self.finished_before:
             return
-        with_token = sum(1 for session in state.sessions if session.get("authenticated"))
+        with_token = sum(1 for session in state.sessions if sent_token(session))
         if not with_token:
             return
         variable = self.recipe.instance.token_env
@@ -487,7 +473,7 @@ class _Session:
 
     def _open_run(self) -> tuple[Path, ManifestState, Journal]:
         output = self.options.output
-        _remove_unstarted_runs(output)
+        remove_unfinished_runs(output, STARTING_SUFFIX, "a run start")
         runs = list_runs(output)
         if runs and not self.options.start_over:
             folder = runs[-1]
@@ -1066,7 +1052,10 @@ class _Session:
             "at": _now(),
             "version": __version__,
             "settings": settings,
-            "authenticated": result.authenticated is True,
+            # True when the token check passed, null when it could not complete: the token
+            # was sent either way, which is what the checks of later sessions look at.
+            "authenticated": result.authenticated if self.options.token else False,
+            "token": bool(self.options.token),
             "tm_release": result.tm_release,
             "retry_failed": self.options.retry_failed,
             "retry_skipped": self.options.retry_skipped,

@@ -65,14 +65,19 @@ def _hold_standard_streams() -> None:
 
     A socket opened later would otherwise take the lowest free number, and uvloop aborts
     the process (exit 134) when it closes a socket numbered 0 to 2, as a job started with
-    stdin closed found. The device is opened read-only, so writing to a closed stdout or
-    stderr still fails, and a command reports it as it reports any unwritable output.
+    stdin closed found. For stdout the device is opened read-only, so that writing the
+    data there still fails and is reported (exit 1). A closed stderr asks for no logs, so
+    they go to the device and are dropped, and the exit code stays the export's.
     """
-    for number, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+    for number, name, flags in (
+        (0, "stdin", os.O_RDONLY),
+        (1, "stdout", os.O_RDONLY),
+        (2, "stderr", os.O_WRONLY),
+    ):
         try:
             os.fstat(number)
         except OSError:
-            opened = os.open(os.devnull, os.O_RDONLY)
+            opened = os.open(os.devnull, flags)
             if opened != number:
                 os.dup2(opened, number)
                 os.close(opened)

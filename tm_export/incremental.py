@@ -38,7 +38,7 @@ import orjson
 from .codec import Codec, open_lines
 from .errors import ManifestError
 from .layout import MANIFEST_NAME, is_bag, run_codec, run_home, stream_path
-from .manifest import ManifestState, latest_finals, latest_session, load_state
+from .manifest import ManifestState, latest_finals, latest_session, load_state, sent_token
 from .params import partition_id
 from .recipe import Recipe
 from .records import PARTITION_KEY, record_key, strip_partition
@@ -131,7 +131,7 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
     since = covered or _parse_time(states[0][1].header["started"])
     baseline = Baseline(since=since, previous=previous, base_url=base_url, search_since=covered)
     baseline.authenticated = any(
-        session.get("authenticated") for _, state in states for session in state.sessions
+        sent_token(session) for _, state in states for session in state.sessions
     )
     baseline.refetch = _failed_partitions(recipe, [state for _, state in states])
     # A project that an earlier run found deleted would return 404 to its failed partitions.

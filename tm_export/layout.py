@@ -112,7 +112,12 @@ def runs_folder(output: Path) -> Path:
 
 
 def list_runs(output: Path) -> list[Path]:
-    """Return the run folders of an output folder, oldest first."""
+    """Return the run folders of an output folder, oldest first, passing over those that a
+    killed start left without anything (see ``never_started``)."""
+    return [folder for folder in _numbered_folders(output) if not never_started(folder)]
+
+
+def _numbered_folders(output: Path) -> list[Path]:
     folder = runs_folder(output)
     if not folder.is_dir():
         return []
@@ -120,7 +125,7 @@ def list_runs(output: Path) -> list[Path]:
 
 
 def next_run_folder(output: Path) -> Path:
-    runs = list_runs(output)
+    runs = _numbered_folders(output)
     number = int(runs[-1].name) + 1 if runs else 1
     return runs_folder(output) / f"{number:04d}"
 
@@ -150,7 +155,7 @@ def build_run_folder(run_folder: Path, suffix: str, fill: Callable[[Path], None]
     ``fill`` writes there, and is then renamed to ``run_folder``. So a crash never leaves a
     run folder without its manifest, which would stop every later command on the output
     folder. Any exception, a Ctrl-C included, removes the hidden folder; a kill leaves it
-    for ``remove_hidden_runs``.
+    for ``remove_unfinished_runs``.
 
     Raises:
         StorageError: the folder cannot be made or renamed.
@@ -173,16 +178,27 @@ def build_run_folder(run_folder: Path, suffix: str, fill: Callable[[Path], None]
         raise
 
 
-def remove_hidden_runs(output: Path, suffix: str, left_by: str) -> None:
-    """Delete the hidden folders (``runs/.NNNN`` and ``suffix``) of run folders whose making
-    was killed; ``left_by`` names the command for the log. Call it under the output lock,
-    which no other process making a run folder holds."""
+def remove_unfinished_runs(output: Path, suffix: str, left_by: str) -> None:
+    """Delete what killed commands left while they made a run folder: the hidden folders
+    (``runs/.NNNN`` and ``suffix``) of ``left_by`` (for the log), and numbered folders that
+    contain nothing (see ``never_started``), which earlier versions could leave.
+
+    Call it under the output lock, which no other process making a run folder holds.
+    """
     folder = runs_folder(output)
     if not folder.is_dir():
         return
     for hidden in sorted(folder.glob(f".*{suffix}")):
         logger.warning("deleting %s, left by %s that was killed", hidden, left_by)
         shutil.rmtree(hidden)
+    for numbered in _numbered_folders(output):
+        if never_started(numbered):
+            logger.warning(
+                "deleting %s, a run folder without a manifest or any data, left by a command "
+                "killed while it made the folder",
+                numbered,
+            )
+            shutil.rmtree(numbered)
 
 
 def is_bag(run_folder: Path) -> bool:

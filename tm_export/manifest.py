@@ -558,6 +558,15 @@ def page_crc(data: bytes | Path) -> int:
     return crc
 
 
+def sent_token(session: dict[str, Any]) -> bool:
+    """Tell whether a session sent an API token, so it may have read private projects.
+
+    Sessions record it under ``token``. Manifests older than that key recorded only
+    ``authenticated``, which was true exactly for the sessions whose token passed its check.
+    """
+    return bool(session.get("token", session.get("authenticated")))
+
+
 def latest_session(sessions: list[dict[str, Any]]) -> dict[str, Any]:
     """Return the session entry that started last, or an empty dict when there is none.
 

@@ -46,7 +46,7 @@ from .layout import (
     list_runs,
     next_run_folder,
     output_in_use,
-    remove_hidden_runs,
+    remove_unfinished_runs,
     run_codec,
     stream_path,
 )
@@ -122,7 +122,7 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
     fingerprints = [_fingerprint(shard) for shard in shards]
 
     with OutputLock(output):
-        remove_hidden_runs(output, MERGING_SUFFIX, "a merge")
+        remove_unfinished_runs(output, MERGING_SUFFIX, "a merge")
         # Another merge or run may have written to ``output`` since the first check.
         last = _check_output(output, shards)
         if last is not None and last[1].get("merged_manifests") == fingerprints:

@@ -257,7 +257,7 @@ def _sessions_line(status: RunStatus) -> str:
         return "sessions: none yet (the first session stopped before its first export request)"
     last = latest_session(sessions)
     base_url = last.get("settings", {}).get("base_url", "unknown")
-    authenticated = "yes" if last.get("authenticated") else "no"
+    authenticated = {True: "yes", None: "not checked"}.get(last.get("authenticated"), "no")
     with_token = sum(1 for session in sessions if session.get("authenticated"))
     if 0 < with_token < len(sessions):
         # The run record calls a run authenticated only when every session was.

@@ -48,7 +48,6 @@ from .layout import (
     DATA_FOLDER,
     MANIFEST_NAME,
     list_runs,
-    never_started,
     run_codec,
     runs_folder,
     stream_path,
@@ -203,7 +202,7 @@ def find_runs(folder: Path) -> list[RunPaths]:
     if not folder.is_dir():
         raise RunFolderError(f"{folder}: folder not found")
     if runs_folder(folder).is_dir():
-        runs = [locate_run(run) for run in list_runs(folder) if not never_started(run)]
+        runs = [locate_run(run) for run in list_runs(folder)]
         if not runs:
             raise RunFolderError(f"{folder}: the output folder has no runs yet")
         return runs

@@ -12,6 +12,7 @@ from tm_export.clock import FakeClock
 from tm_export.errors import HTTPStatusError, TokenRejectedError, TransportError, WaitTooLongError
 from tm_export.fetcher import Fetcher
 from tm_export.http import Response
+from tm_export.pacing import HostGate, RateLimiter
 from tm_export.recipe import Retries
 from tm_export.redact import Redactor
 
@@ -154,6 +155,37 @@ def test_retry_after_pauses_whole_host() -> None:
 
     (b_time,) = [time for path, time in session.sent if path == "/b/"]
     assert b_time >= 5.0
+
+
+def test_retry_after_on_last_attempt_pauses_host() -> None:
+    """A Retry-After on a request with no attempt left still holds back the next request."""
+    clock = FakeClock()
+    session = ScriptedSession(clock, {"/a/": [retry(429, "5")], "/b/": [OK]})
+    fetcher = make_fetcher(session, clock, attempts=1)
+
+    with pytest.raises(HTTPStatusError):
+        fetch(fetcher, "/a/")
+    fetch(fetcher, "/b/")
+
+    assert session.sent == [("/a/", 0.0), ("/b/", 5.0)]
+
+
+def test_turns_after_a_pause_are_spaced() -> None:
+    """Turns taken for after a pause start one interval apart from its end, not together."""
+    clock = FakeClock()
+    rate = RateLimiter(2, clock)
+    gate = HostGate(clock)
+    gate.pause(3)
+    starts = []
+
+    async def turns() -> None:
+        for _ in range(4):
+            await rate.wait_turn(not_before=gate.opens_at)
+            starts.append(clock.now)
+
+    anyio.run(turns)
+
+    assert starts == [3.0, 3.5, 4.0, 4.5]
 
 
 def test_token_rejected_stops_everything() -> None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import orjson
+import pytest
 
+from tm_export.catalog import CATALOG
 from tm_export.records import (
     KeySet,
     PathReach,
+    ShapeError,
     empty_path_reason,
     encode_lines,
+    extract_records,
     field_values,
     path_reach,
     record_key,
@@ -185,3 +190,17 @@ def test_path_reach_stops_where_path_ends() -> None:
     assert path_reach(ORGANISATION, "teams.teamId") == PathReach(1, "empty")
     assert path_reach(ORGANISATION, "slug.name") == PathReach(1, "values")
     assert path_reach(ORGANISATION, "owner") == PathReach(0, "objects", tuple(ORGANISATION))
+
+
+def test_whole_body_without_its_key_is_no_record() -> None:
+    """An empty object where a project was expected is a shape error, not a record; a raw
+    path's body is taken as it is."""
+    project = CATALOG["project"]
+    raw = dataclasses.replace(project, name="path:/projects/{project_id}/")
+
+    with pytest.raises(ShapeError) as caught:
+        extract_records(project, {})
+
+    assert str(caught.value) == "the response has no 'projectId', which identifies its record"
+    assert extract_records(project, {"projectId": 7}) == [{"projectId": 7}]
+    assert extract_records(raw, {}) == [{}]

@@ -111,6 +111,10 @@ class Fetcher:
             # more requests, whether or not this one would be retried.
             self._stop_if_told_to_wait_too_long(failure)
             if attempt == attempts:
+                retry_after = failure.retry_after if isinstance(failure, HTTPStatusError) else None
+                if retry_after is not None:
+                    # No retry is left for this request, but the others owe the pause too.
+                    self._gate.pause(retry_after)
                 raise failure
             await self._wait_before_retry(failure, attempt, attempts)
 
@@ -121,8 +125,12 @@ class Fetcher:
     ) -> tuple[Response | None, RequestError | None]:
         await self._gate.wait_open()
         async with self._slots:
-            await self._rate.wait_turn()
-            await self._gate.wait_open()
+            # Turns are taken after a pause ends, so the requests it held start spaced, not
+            # all at once; a pause that began during the wait takes a new turn after it.
+            while True:
+                await self._rate.wait_turn(not_before=self._gate.opens_at)
+                if self._gate.is_open():
+                    break
             if self._fatal is not None:
                 # Another request got a fatal response while this one waited, so send nothing more.
                 raise self._fatal

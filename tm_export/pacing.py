@@ -19,9 +19,10 @@ class RateLimiter:
         self._clock = clock
         self._next_slot = 0.0
 
-    async def wait_turn(self) -> None:
+    async def wait_turn(self, not_before: float = 0.0) -> None:
+        """Wait for the next free slot, one at ``not_before`` (monotonic seconds) or later."""
         now = self._clock.monotonic()
-        slot = max(self._next_slot, now)
+        slot = max(self._next_slot, now, not_before)
         self._next_slot = slot + self._interval
         # A wait under a millisecond costs an event-loop turn and spreads almost nothing.
         # The slots stay spaced, so the rate over any second is still the budget.
@@ -43,6 +44,14 @@ class HostGate:
     def pause(self, seconds: float) -> None:
         """Extend the pause to at least ``seconds`` from now."""
         self._paused_until = max(self._paused_until, self._clock.monotonic() + seconds)
+
+    @property
+    def opens_at(self) -> float:
+        """The monotonic time at which the pause ends; in the past when there is none."""
+        return self._paused_until
+
+    def is_open(self) -> bool:
+        return self._paused_until <= self._clock.monotonic()
 
     async def wait_open(self) -> None:
         while (remaining := self._paused_until - self._clock.monotonic()) > 0:

@@ -127,9 +127,15 @@ def extract_records(endpoint: Endpoint, body: Any) -> list[Any]:
     """Return the records of a response body.
 
     Raises:
-        ShapeError: the record list is missing or is not a list.
+        ShapeError: the record list is missing or is not a list, or a catalog endpoint's
+            whole-body record lacks the field that identifies it.
     """
     if endpoint.records == WHOLE_BODY:
+        # A catalog endpoint's body names its record (a project's projectId), so a body
+        # without that field, such as the empty object of a failing proxy, is no record.
+        key = endpoint.key
+        if not endpoint.raw and key not in (None, WHOLE_BODY) and record_key(key, body) is None:
+            raise ShapeError(f"the response has no '{key}', which identifies its record")
         return [body]
     if not isinstance(body, dict):
         raise ShapeError(

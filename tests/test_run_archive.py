@@ -131,6 +131,10 @@ def test_canonical_waits_for_retries(tmp_path: Path, mock: MockServer) -> None:
         "pages; once the cause is fixed, run the same command with --retry-failed "
         f"--canonical, or keep the failures and run 'tm-export canonical {run}'\n" in first.stderr
     )
+    assert (
+        "retry: once the cause is fixed, run the same command with --retry-failed to fetch "
+        "the 1 failed partition again\n"
+    ) in first.stderr
     manifest = tmp_path / "out/runs/0001/manifest.jsonl"
     assert b'"t":"canonical"' not in manifest.read_bytes()
 
@@ -155,6 +159,10 @@ def test_canonical_advice_leaves_out_start_over(tmp_path: Path, mock: MockServer
     outcome = run_cli(*args, "--start-over")
 
     assert outcome.exit_code == 3
+    assert (
+        "retry: once the cause is fixed, run the same command without --start-over and with "
+        "--retry-failed to fetch the 1 failed partition again\n"
+    ) in outcome.stderr
     run = tmp_path / "out/runs/0002"
     assert (
         "1 partition failed, so the run was not bagged, which would take no more pages; once "

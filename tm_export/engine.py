@@ -134,6 +134,7 @@ class RunResult:
     deleted: list[int] = field(default_factory=list)
     """Project ids an incremental run found deleted since the earlier runs."""
     started_over: bool = False
+    incremental: bool = False
     """True when the command gave --start-over, which the command that resumes must not."""
 
     @property
@@ -406,6 +407,7 @@ class _Session:
             resumed=len(state.sessions) > 0,
             finished_before=self.finished_before,
             started_over=self.options.start_over,
+            incremental=self.baseline is not None,
         )
         try:
             for name in self.recipe.streams:

@@ -9,6 +9,7 @@ from .errors import ExitCode, resume_hint
 from .recipe import Recipe
 from .status import FINAL_STATES, read_again_line
 from .verify import FAILURES_LABEL, PROBLEMS_LABEL
+from .words import counted
 
 #: The outcome of each exit code; ``{rerun}`` is the start of the advice to resume.
 OUTCOMES = {
@@ -82,6 +83,8 @@ def format_summary(
         shown = ", ".join(str(project_id) for project_id in result.deleted[:20])
         more = f" and {len(result.deleted) - 20} more" if len(result.deleted) > 20 else ""
         lines.append(f"deleted since the earlier runs: projects {shown}{more}")
+    if result.failed_partitions and code == ExitCode.FAILURES:
+        lines.append(_retry_line(result))
     lines.append(
         f"requests: {result.requests}, retries: {result.retries}, authenticated: "
         f"{AUTHENTICATED[result.authenticated]}, TM release: {result.tm_release or 'unknown'}"
@@ -91,6 +94,25 @@ def format_summary(
         outcome += ", but the summary could not be written to standard output"
     lines.append(f"result: {outcome} (exit {int(exit_code or code)})")
     return "\n".join(lines)
+
+
+def _retry_line(result: RunResult) -> str:
+    """Return the line that says how to fetch the failed partitions again."""
+    # With --incremental or --start-over, --retry-failed would begin another run.
+    began = [
+        option
+        for option, on in (
+            ("--incremental", result.incremental),
+            ("--start-over", result.started_over),
+        )
+        if on
+    ]
+    leave_out = f"without {' or '.join(began)} and " if began else ""
+    failed = counted(result.failed_partitions, "failed partition")
+    return (
+        f"retry: once the cause is fixed, run the same command {leave_out}with --retry-failed "
+        f"to fetch the {failed} again"
+    )
 
 
 def outcome_text(result: RunResult, code: ExitCode) -> str:

@@ -204,3 +204,6 @@ def test_whole_body_without_its_key_is_no_record() -> None:
     assert str(caught.value) == "the response has no 'projectId', which identifies its record"
     assert extract_records(project, {"projectId": 7}) == [{"projectId": 7}]
     assert extract_records(raw, {}) == [{}]
+    with pytest.raises(ShapeError) as empty:
+        extract_records(CATALOG["project_aoi"], {})
+    assert str(empty.value) == "the response is an empty object, where a record was expected"

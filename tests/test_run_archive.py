@@ -169,3 +169,21 @@ def test_canonical_advice_leaves_out_start_over(tmp_path: Path, mock: MockServer
         "the cause is fixed, run the same command without --start-over and with --retry-failed "
         f"--bag, or keep the failures and run 'tm-export bag {run}'\n"
     ) in outcome.stderr
+
+
+def test_retry_line_leaves_out_incremental(tmp_path: Path, mock: MockServer) -> None:
+    """A first --incremental run is a full one, yet --retry-failed beside --incremental would
+    begin another run, so the retry line leaves the option out."""
+    recipe = write_recipe(
+        tmp_path,
+        RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, retries: {attempts: 1}}"),
+    )
+    mock.add_fault(path=r"^/api/v2/projects/1/activities/$", status=500)
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--incremental")
+
+    assert outcome.exit_code == 3
+    assert (
+        "retry: once the cause is fixed, run the same command without --incremental and with "
+        "--retry-failed to fetch the 1 failed partition again\n"
+    ) in outcome.stderr

@@ -135,6 +135,7 @@ class RunResult:
     """Project ids an incremental run found deleted since the earlier runs."""
     started_over: bool = False
     incremental: bool = False
+    """True when the command had --incremental, which with --retry-failed begins a new run."""
     """True when the command gave --start-over, which the command that resumes must not."""
 
     @property
@@ -407,7 +408,7 @@ class _Session:
             resumed=len(state.sessions) > 0,
             finished_before=self.finished_before,
             started_over=self.options.start_over,
-            incremental=self.baseline is not None,
+            incremental=self.options.incremental,
         )
         try:
             for name in self.recipe.streams:

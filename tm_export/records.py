@@ -133,9 +133,12 @@ def extract_records(endpoint: Endpoint, body: Any) -> list[Any]:
     if endpoint.records == WHOLE_BODY:
         # A catalog endpoint's body names its record (a project's projectId), so a body
         # without that field, such as the empty object of a failing proxy, is no record.
+        # Nor is an empty object where a body has no key field (an AOI, statistics).
         key = endpoint.key
         if not endpoint.raw and key not in (None, WHOLE_BODY) and record_key(key, body) is None:
             raise ShapeError(f"the response has no '{key}', which identifies its record")
+        if not endpoint.raw and body == {}:
+            raise ShapeError("the response is an empty object, where a record was expected")
         return [body]
     if not isinstance(body, dict):
         raise ShapeError(

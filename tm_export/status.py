@@ -261,7 +261,9 @@ def _sessions_line(status: RunStatus) -> str:
     with_token = sum(1 for session in sessions if session.get("authenticated"))
     if 0 < with_token < len(sessions):
         # The run record calls a run authenticated only when every session was.
-        last_had_token = "including" if last.get("authenticated") else "not"
+        last_had_token = {True: "including", None: "not checked in"}.get(
+            last.get("authenticated"), "not"
+        )
         authenticated = f"in {with_token} of {len(sessions)} sessions, {last_had_token} the last"
     line = (
         f"sessions: {len(sessions)}, the last started {last.get('at')}; base URL {base_url}; "

@@ -76,15 +76,28 @@ def test_run_summary_names_unwritten_json(tmp_path: Path, mock: MockServer) -> N
     ]
 
 
-def test_closed_standard_output_reported_once() -> None:
-    child = subprocess.run(
-        f'exec "{sys.executable}" -m tm_export endpoints >&-',
+#: A recipe of five project summaries, for the runs started with a standard stream closed.
+SUMMARIES_RECIPE = (
+    "version: 1\ninstance: {rate_limit: 10000/s}\noutput: OUT\nstreams:\n"
+    "  summaries:\n    endpoint: project_summary\n    params: {project_id: {range: [1, 5]}}\n"
+)
+
+
+def run_with_closed(redirect: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """Run ``tm-export ARGUMENTS`` from a shell whose ``redirect`` closes a standard stream."""
+    command = " ".join(f'"{argument}"' for argument in arguments)
+    return subprocess.run(
+        f'exec "{sys.executable}" -m tm_export {command} {redirect}',
         shell=True,
         capture_output=True,
         text=True,
         check=False,
         timeout=120,
     )
+
+
+def test_closed_standard_output_reported_once() -> None:
+    child = run_with_closed(">&-", "endpoints")
 
     assert child.returncode == 1
     assert child.stderr == "tm-export: error: cannot write the output: Bad file descriptor\n"
@@ -92,21 +105,9 @@ def test_closed_standard_output_reported_once() -> None:
 
 def test_run_with_standard_error_closed(tmp_path: Path, mock: MockServer) -> None:
     """A closed stderr drops the logs, and the exit code stays the export's."""
-    recipe = write_recipe(
-        tmp_path,
-        "version: 1\ninstance: {rate_limit: 10000/s}\noutput: OUT\nstreams:\n"
-        "  summaries:\n    endpoint: project_summary\n    params: {project_id: {range: [1, 5]}}\n",
-    )
+    recipe = write_recipe(tmp_path, SUMMARIES_RECIPE)
 
-    child = subprocess.run(
-        f'exec "{sys.executable}" -m tm_export run "{recipe}" --base-url {mock.api_url} '
-        "--json 2>&-",
-        shell=True,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    child = run_with_closed("2>&-", "run", str(recipe), "--base-url", mock.api_url, "--json")
 
     assert child.returncode == 0
     assert json.loads(child.stdout)["outcome"] == "complete"
@@ -115,20 +116,10 @@ def test_run_with_standard_error_closed(tmp_path: Path, mock: MockServer) -> Non
 def test_run_with_standard_input_closed(tmp_path: Path, mock: MockServer) -> None:
     """A job started with stdin closed exports as any other: the event loop must not be
     given descriptor 0 for a socket, which uvloop aborts on (exit 134)."""
-    recipe = write_recipe(
-        tmp_path,
-        "version: 1\ninstance: {rate_limit: 10000/s}\noutput: OUT\nstreams:\n"
-        "  summaries:\n    endpoint: project_summary\n    params: {project_id: {range: [1, 5]}}\n",
-    )
+    recipe = write_recipe(tmp_path, SUMMARIES_RECIPE)
 
-    child = subprocess.run(
-        f'exec "{sys.executable}" -m tm_export run "{recipe}" --base-url {mock.api_url} '
-        "--json --quiet <&-",
-        shell=True,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
+    child = run_with_closed(
+        "<&-", "run", str(recipe), "--base-url", mock.api_url, "--json", "--quiet"
     )
 
     assert child.returncode == 0, child.stderr

@@ -37,6 +37,7 @@ from .errors import (
     TransportError,
     not_api_root,
     resume_hint,
+    retry_command,
     unreachable,
 )
 from .fetcher import Fetcher
@@ -311,24 +312,13 @@ def _warn_not_archived(options: RunOptions, result: RunResult) -> None:
     )
     commands = " and ".join(f"'tm-export {step} {result.run_folder}'" for step, _ in steps)
 
-    # --incremental or --start-over with --retry-failed would begin another run.
-    began = [
-        option
-        for option, on in (
-            ("--incremental", options.incremental),
-            ("--start-over", options.start_over),
-        )
-        if on
-    ]
-    leave_out = f"without {' or '.join(began)} and " if began else ""
-
+    retry = retry_command(incremental=options.incremental, started_over=options.start_over)
     logger.warning(
         "%s failed, so the run was not %s, which would take no more pages; once the cause "
-        "is fixed, run the same command %swith --retry-failed %s, or keep the failures and "
-        "run %s",
+        "is fixed, %s %s, or keep the failures and run %s",
         counted(result.failed_partitions, "partition"),
         not_done,
-        leave_out,
+        retry,
         " ".join(option for _, option in steps),
         commands,
     )

@@ -64,6 +64,18 @@ def resume_hint(*, started_over: bool) -> str:
     return "run the same command again"
 
 
+def retry_command(*, incremental: bool, started_over: bool) -> str:
+    """Return the advice to fetch failed partitions again: the same command with
+    --retry-failed, without --incremental or --start-over, which would begin another run."""
+    began = [
+        option
+        for option, on in (("--incremental", incremental), ("--start-over", started_over))
+        if on
+    ]
+    leave_out = f"without {' or '.join(began)} and " if began else ""
+    return f"run the same command {leave_out}with --retry-failed"
+
+
 def unreachable(base_url: str, error: Exception, again: str) -> FatalError:
     """Return the error for a server that sent no response after every retry."""
     return FatalError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .engine import RunResult
-from .errors import ExitCode, resume_hint
+from .errors import ExitCode, resume_hint, retry_command
 from .recipe import Recipe
 from .status import FINAL_STATES, read_again_line
 from .verify import FAILURES_LABEL, PROBLEMS_LABEL
@@ -98,21 +98,9 @@ def format_summary(
 
 def _retry_line(result: RunResult) -> str:
     """Return the line that says how to fetch the failed partitions again."""
-    # With --incremental or --start-over, --retry-failed would begin another run.
-    began = [
-        option
-        for option, on in (
-            ("--incremental", result.incremental),
-            ("--start-over", result.started_over),
-        )
-        if on
-    ]
-    leave_out = f"without {' or '.join(began)} and " if began else ""
+    retry = retry_command(incremental=result.incremental, started_over=result.started_over)
     failed = counted(result.failed_partitions, "failed partition")
-    return (
-        f"retry: once the cause is fixed, run the same command {leave_out}with --retry-failed "
-        f"to fetch the {failed} again"
-    )
+    return f"retry: once the cause is fixed, {retry} to fetch the {failed} again"
 
 
 def outcome_text(result: RunResult, code: ExitCode) -> str:

@@ -464,6 +464,42 @@ def test_status_sessions_partly_authenticated(tmp_path: Path, mock: MockServer) 
     assert (data["authenticated"], data["authenticated_sessions"]) == (True, 1)
 
 
+def test_status_last_session_not_checked(tmp_path: Path, mock: MockServer) -> None:
+    """A session whose token check got no verdict is "not checked", not anonymous."""
+    recipe = write_recipe(
+        tmp_path,
+        """\
+        version: 1
+        instance:
+          token_env: TM_API_TOKEN
+          rate_limit: 10000/s
+          retries: {attempts: 1, max_retry_after: 5}
+        output: OUT
+        streams:
+          projects:
+            endpoint: projects
+            params: {projectStatuses: [PUBLISHED, ARCHIVED]}
+        """,
+    )
+    args = ("run", str(recipe), "--base-url", mock.api_url, "--quiet")
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    mock.add_fault(
+        path=r"^/api/v2/projects/$",
+        query={"page": "1"},
+        times=1,
+        status=429,
+        headers={"Retry-After": "3600"},
+    )
+    assert run_cli(*args, env=env).exit_code == 1
+    mock.add_fault(path=r"^/api/v2/users/queries/tasks/locked/$", status=500)
+    assert run_cli(*args, env=env).exit_code == 0
+
+    status = run_cli("status", str(tmp_path / "out"))
+
+    line = next(x for x in status.stdout.splitlines() if x.startswith("sessions: 2"))
+    assert "; authenticated: in 1 of 2 sessions, not checked in the last; " in line
+
+
 def test_status_shows_partition_problems(tmp_path: Path, mock: MockServer) -> None:
     """A partition that ended done with an integrity problem shows it in status."""
     import urllib.request

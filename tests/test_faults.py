@@ -354,6 +354,49 @@ def test_token_check_that_fails_is_not_checked(tmp_path: Path, mock: MockServer)
     assert "the runs that this incremental run builds on sent an API token" in anonymous.stderr
 
 
+def test_recordless_body_fails_its_page(tmp_path: Path, mock: MockServer) -> None:
+    """An empty object where a project summary belongs fails the partition, and the error
+    names the response; --retry-failed then fetches it."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {rate_limit: 10000/s, retries: {attempts: 1}}\noutput: OUT\n"
+        "streams:\n  summaries:\n    endpoint: project_summary\n"
+        "    params: {project_id: {each: [1, 2]}}\n",
+    )
+    args = ["run", str(recipe), "--base-url", mock.api_url, "--quiet"]
+    mock.add_fault(path=r"^/api/v2/projects/2/queries/summary/$", status=200, body={}, times=1)
+
+    first = run_cli(*args)
+    retried = run_cli(*args, "--retry-failed")
+
+    assert first.exit_code == 3
+    assert (
+        f"GET {mock.api_url}/projects/2/queries/summary/: the response has no 'projectId', "
+        "which identifies its record"
+    ) in first.stderr
+    assert retried.exit_code == 0, retried.stderr
+    lines = data_file(tmp_path / "out", "summaries").read_bytes().splitlines()
+    assert sorted(orjson.loads(line)["projectId"] for line in lines) == [1, 2]
+
+
+def test_read_timeout_named(tmp_path: Path, mock: MockServer) -> None:
+    """A request that gets no data for the read timeout fails with the setting named."""
+    recipe = write_recipe(
+        tmp_path,
+        TOKEN_RECIPE.replace("ACTIVE", "1")
+        .replace("token_env: TM_API_TOKEN, ", "")
+        .replace("rate_limit", "timeouts: {read: 0.2}, retries: {attempts: 1}, rate_limit"),
+    )
+    mock.add_fault(path=r"^/api/v2/projects/1/activities/$", latency_ms=1000)
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet")
+
+    assert outcome.exit_code == 3
+    assert (
+        "/projects/1/activities/?page=1 timed out: no data for 0.2 s (instance.timeouts.read)"
+    ) in outcome.stderr
+
+
 def test_preflight_rejects_token(tmp_path: Path, mock: MockServer) -> None:
     """A configured token that the pre-flight check rejects stops the run before any export request."""
     recipe = write_recipe(tmp_path, TOKEN_RECIPE.replace("ACTIVE", "1"))

@@ -96,7 +96,7 @@ def test_retry_after_unparseable_backs_off(caplog: pytest.LogCaptureFixture) -> 
 
     assert [time for _, time in session.sent] == pytest.approx([0.0, 0.5], abs=1e-3)
     assert (
-        "ignored unparseable Retry-After value 'in a while'; using backoff instead"
+        f"ignored unparseable Retry-After value 'in a while' at {BASE}/x/; using backoff instead"
         in caplog.messages
     )
 

@@ -188,7 +188,7 @@ class Fetcher:
             content_type=response.content_type,
             excerpt=excerpt,
             sub_code=sub_code,
-            retry_after=retry_after_seconds(response.headers),
+            retry_after=retry_after_seconds(response.headers, response.url),
         )
 
     def _token_message(self, response: Response, error: HTTPStatusError) -> str:

@@ -90,6 +90,8 @@ class HttpSession:
         self._timeout = aiohttp.ClientTimeout(
             total=total_timeout, sock_connect=connect_timeout, sock_read=read_timeout
         )
+        self._read_timeout = read_timeout
+        self._total_timeout = total_timeout
         self._max_connections = max_connections
         self._redactor = redactor
         self._spool_dir = spool_dir
@@ -134,8 +136,20 @@ class HttpSession:
                 body, spooled = await self._read_body(reply, spool and 200 <= status < 300)
         except aiohttp.ConnectionTimeoutError as error:
             raise ConnectError(f"GET {shown}: the connection timed out", url=shown) from error
-        except (TimeoutError, aiohttp.ServerTimeoutError) as error:
-            raise TransportError(f"GET {shown} timed out", url=shown) from error
+        except aiohttp.ServerTimeoutError as error:
+            # aiohttp raises this when no data came for the read timeout, and a plain
+            # TimeoutError when the whole exchange took longer than the total one.
+            raise TransportError(
+                f"GET {shown} timed out: no data for {self._read_timeout:g} s "
+                "(instance.timeouts.read)",
+                url=shown,
+            ) from error
+        except TimeoutError as error:
+            raise TransportError(
+                f"GET {shown} timed out: no whole response within {self._total_timeout:g} s "
+                "(instance.timeouts.total)",
+                url=shown,
+            ) from error
         except aiohttp.ClientPayloadError as error:
             raise TransportError(
                 f"GET {shown}: the response body was cut short", url=shown

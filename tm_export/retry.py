@@ -33,13 +33,13 @@ class Backoff:
         return float(base + self._rng.uniform(0, self._policy.wait_jitter))
 
 
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+def retry_after_seconds(headers: Mapping[str, str], url: str = "") -> float | None:
     """Return the wait a ``Retry-After`` header requests, in seconds, or None.
 
     An HTTP-date is measured against the response's own ``Date`` header, not the local
     clock, so a skewed local clock cannot stretch or skip the pause. A date in the past
-    means no wait. An unparseable value is logged and returns None, so the caller falls
-    back to backoff.
+    means no wait. An unparseable value is logged, with the response's ``url`` when given,
+    and returns None, so the caller falls back to backoff.
     """
     value = headers.get("retry-after")
     if value is None:
@@ -55,7 +55,9 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
         wanted = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         logger.warning(
-            "ignored unparseable Retry-After value %r; using backoff instead", value[:60]
+            "ignored unparseable Retry-After value %r%s; using backoff instead",
+            value[:60],
+            f" at {url}" if url else "",
         )
         return None
 

@@ -17,6 +17,7 @@ from .catalog import WHOLE_BODY
 from .codec import Codec, open_lines
 from .errors import HTTPStatusError, RequestError
 from .fetcher import Fetcher
+from .http import Response
 from .incremental import Baseline
 from .jobs import JobSource
 from .manifest import Committer, PartitionState, Reading, StreamState
@@ -677,6 +678,15 @@ class StreamRunner:
         path, query = self._queries.build(walk.partition, number)
         response, body = await self._fetcher.get_json(path, query)
 
+        try:
+            return await self._write_page(walk, number, response, body)
+        except ShapeError as error:
+            # The shape is the response's, so the message names its URL and page.
+            raise ShapeError(f"GET {response.url}: {error}") from error
+
+    async def _write_page(
+        self, walk: PartitionWalk, number: int, response: Response, body: Any
+    ) -> tuple[PageResult, list[Any]]:
         for_children = bool(self._children)
         if response.spool is None:
             return self._pages.write(walk, number, body, for_children=for_children)

@@ -317,8 +317,8 @@ def test_overlapping_pages_reported(tmp_path: Path, mock: MockServer) -> None:
     lines = data_file(tmp_path / "out", "projects").read_bytes().splitlines()
     assert len(lines) == len(set(lines)) == 28
     assert (
-        "problem in projects: integrity: received 28 unique records where the server announced 30"
-        in outcome.stderr
+        "problem in projects: integrity: received 28 unique records where the server announced "
+        "30; run with --start-over to fetch the partition again" in outcome.stderr
     )
     (final,) = [
         e
@@ -327,7 +327,8 @@ def test_overlapping_pages_reported(tmp_path: Path, mock: MockServer) -> None:
     ]
     assert final["dups"] == 2
     assert final["problems"] == [
-        "integrity: received 28 unique records where the server announced 30"
+        "integrity: received 28 unique records where the server announced 30; run with "
+        "--start-over to fetch the partition again"
     ]
 
 
@@ -479,7 +480,7 @@ def test_readings_are_bounded(tmp_path: Path, mock: MockServer) -> None:
         f"(from {before + 2} to {before + 3} in the last one), so records may have moved onto "
         "pages already read",
         f'{{"project_id":{project}}}: integrity: received {before + 2} unique records where the '
-        f"server announced {before + 3}",
+        f"server announced {before + 3}; run with --start-over to fetch the partition again",
     ]
 
 

@@ -524,7 +524,8 @@ def test_status_shows_partition_problems(tmp_path: Path, mock: MockServer) -> No
     data = orjson.loads(run_cli("status", str(tmp_path / "out"), "--json").stdout)
 
     problem = (
-        f"integrity: received {announced - 1} unique records where the server announced {announced}"
+        f"integrity: received {announced - 1} unique records where the server announced "
+        f"{announced}; run with --start-over to fetch the partition again"
     )
     assert f"projects: {problem}" in status.stdout.splitlines()
     assert data["streams"]["projects"]["problems"] == [problem]

@@ -25,7 +25,14 @@ from .manifest import Committer, PageRecord
 from .params import partition_label
 from .recipe import StreamSpec
 from .records import ShapeError, encode_lines, extract_records, record_key, strip_partition
-from .walk import PageResult, PartitionWalk, StreamStats, pagination_facts, with_partition
+from .walk import (
+    FETCH_AGAIN,
+    PageResult,
+    PartitionWalk,
+    StreamStats,
+    pagination_facts,
+    with_partition,
+)
 
 logger = logging.getLogger("tm_export.pages")
 
@@ -278,7 +285,7 @@ class PageWriter:
             return
         if records and not fresh:
             walk.problems.append(
-                f"pagination stall: page {number} repeated records already received"
+                f"pagination stall: page {number} repeated records already received; {FETCH_AGAIN}"
             )
             logger.warning(
                 "%s: page %d repeats records already received; stopping this walk",

@@ -40,7 +40,14 @@ from .query import QueryBuilder
 from .recipe import StreamSpec
 from .records import PathReach, ShapeError, empty_path_reason, path_reach, reaches_further
 from .tokencheck import TokenCheck
-from .walk import PageResult, PartitionWalk, StreamStats, combinations, listed_problems
+from .walk import (
+    FETCH_AGAIN,
+    PageResult,
+    PartitionWalk,
+    StreamStats,
+    combinations,
+    listed_problems,
+)
 from .words import counted
 
 logger = logging.getLogger("tm_export.stream")
@@ -810,7 +817,8 @@ class StreamRunner:
             mismatch = walk.records != total
         if mismatch:
             walk.problems.append(
-                f"integrity: received {walk.records} unique records where the server announced {total}"
+                f"integrity: received {walk.records} unique records where the server announced "
+                f"{total}; {FETCH_AGAIN}"
             )
         if walk.problems:
             entry["problems"] = walk.problems

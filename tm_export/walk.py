@@ -13,6 +13,10 @@ from .manifest import PartitionState, StreamState
 from .params import Partition, Scalar, partition_id, partition_problem
 from .records import PARTITION_KEY, KeySet, ShapeError, field_values
 
+#: The advice in a problem of a partition that ended done with records missing: no later
+#: session of the run fetches a done partition again, --retry-failed included.
+FETCH_AGAIN = "run with --start-over to fetch the partition again"
+
 
 @dataclass(slots=True)
 class StreamStats:

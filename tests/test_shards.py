@@ -934,6 +934,6 @@ def test_merge_reports_problems(tmp_path: Path, mock: MockServer) -> None:
     assert merged.exit_code == 0, merged.stderr
     run = tmp_path / "merged/runs/0001"
     assert merged.stdout.endswith(
-        "  problems: 1 of projects, so these streams may lack records; "
+        "  problems: 1 of projects, so this stream may lack records; "
         f"'tm-export status {run}' lists them\n"
     )

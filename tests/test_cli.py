@@ -211,6 +211,35 @@ def test_incremental_and_start_over_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_quiet_and_verbose_refused(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    outcome = run_cli("run", str(recipe), "-q", "-v")
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr == (
+        "tm-export: error: --quiet and --verbose exclude each other: --quiet logs only warnings "
+        "and errors, --verbose every request; give one\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_incremental_warns_retry_ignored(tmp_path: Path, mock: MockServer) -> None:
+    """On a finished run, --incremental begins a new run, so --retry-failed does nothing."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    args = ["run", str(recipe), "--base-url", mock.api_url, "--quiet"]
+    assert run_cli(*args).exit_code == 0
+
+    outcome = run_cli(*args, "--incremental", "--retry-failed")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stderr.startswith(
+        "tm-export: WARNING: --retry-failed ignored: the last run is finished, so --incremental "
+        "begins a new run, which fetches what changed since; to fetch again what the finished "
+        "run could not, run the command without --incremental\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "env", "source", "url", "reason"),
     [

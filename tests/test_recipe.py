@@ -828,7 +828,9 @@ def test_ids_as_integers(tmp_path: Path) -> None:
     assert recipe.streams["tasks"].constants == (Constant("project_id", "7"),)
 
 
-@pytest.mark.parametrize(("written", "rate"), [(".5/s", 0.5), ("5./s", 5.0), ("2.5 / s", 2.5)])
+@pytest.mark.parametrize(
+    ("written", "rate"), [(".5/s", 0.5), ("5./s", 5.0), ("2.5 / s", 2.5), ('"10"', 10.0)]
+)
 def test_rate_limit_forms(tmp_path: Path, written: str, rate: float) -> None:
     """The recipe reads a rate as the --rate-limit option does, with or without digits
     before the point."""

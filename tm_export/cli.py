@@ -255,6 +255,13 @@ def run(
             ExitCode.USAGE,
             json_logs=json_logs,
         )
+    if quiet and verbose:
+        fail(
+            "--quiet and --verbose exclude each other: --quiet logs only warnings and errors, "
+            "--verbose every request; give one",
+            ExitCode.USAGE,
+            json_logs=json_logs,
+        )
     if start_over and (retry_failed or retry_skipped):
         option = "--retry-failed" if retry_failed else "--retry-skipped"
         fail(

@@ -480,6 +480,7 @@ class _Session:
                 # The bag's payload contains the run's manifest; only its header is read here.
                 sealed = folder / DATA_FOLDER / MANIFEST_NAME
                 self._check_recipe(sealed, next(scan_journal(sealed)[1]))
+                self._note_retry_ignored()
                 self.baseline = read_baseline(self.recipe, runs)
                 folder = next_run_folder(output)
             elif manifest.exists():
@@ -519,6 +520,7 @@ class _Session:
                         elif not state.finished:
                             logger.info("resuming the run in %s", folder)
                         return folder, state, Journal.open(manifest, valid_bytes=extent.valid_bytes)
+                    self._note_retry_ignored()
                     self.baseline = read_baseline(self.recipe, runs)
                     folder = next_run_folder(output)
             elif interrupted_bag_folder(folder) is not None:
@@ -645,6 +647,20 @@ class _Session:
             "projects, for good, since the next incremental run starts after it. Nothing was "
             f"changed. {fix} and run the same command again, or use "
             "--start-over for an anonymous full run"
+        )
+
+    def _note_retry_ignored(self) -> None:
+        """Warn that --retry-failed or --retry-skipped does nothing in the new incremental run
+        that --incremental begins on a finished run."""
+        requested = self._requested_states()
+        if not requested:
+            return
+        options = " and ".join(f"--retry-{state}" for state in sorted(requested))
+        logger.warning(
+            "%s ignored: the last run is finished, so --incremental begins a new run, which "
+            "fetches what changed since; to fetch again what the finished run could not, run "
+            "the command without --incremental",
+            options,
         )
 
     def _requested_states(self) -> set[str]:

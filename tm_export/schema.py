@@ -32,7 +32,7 @@ RATE_EXPECTED = (
 #: Maximum length of a stream name, so that STREAM.jsonl.zst stays far below the 255 bytes
 #: that most file systems allow in a file name.
 STREAM_NAME_MAX = 100
-_RATE_PATTERN = r"^\s*([0-9]+(\.[0-9]*)?|\.[0-9]+)\s*/\s*s\s*$"
+_RATE_PATTERN = r"^\s*([0-9]+(\.[0-9]*)?|\.[0-9]+)\s*(/\s*s)?\s*$"
 _FROM_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[^.\s]+)+$"
 
 

@@ -618,7 +618,7 @@ def console_main() -> NoReturn:
             stream.flush()
         except (OSError, ValueError) as error:
             # A closed pipe, a full disk or a closed stream: the output is incomplete. The
-            # text that failed above is still buffered, so the same failure is not told twice.
+            # text that failed above is still buffered, so its failure is reported once.
             if stream is sys.stdout and not reported:
                 _report_output_error(error)
             code = code or int(ExitCode.FATAL)

@@ -66,8 +66,8 @@ def _hold_standard_streams() -> None:
     A socket opened later would otherwise take the lowest free number, and uvloop aborts
     the process (exit 134) when it closes a socket numbered 0 to 2, as a job started with
     stdin closed found. For stdout the device is opened read-only, so that writing the
-    data there still fails and is reported (exit 1). A closed stderr asks for no logs, so
-    they go to the device and are dropped, and the exit code stays the export's.
+    data there still fails and is reported (exit 1). A closed stderr means no logs are
+    wanted: they go to the device, and the exit code stays the export's.
     """
     for number, name, flags in (
         (0, "stdin", os.O_RDONLY),

@@ -107,7 +107,7 @@ class Fetcher:
                 # after every retry, and the same command would not fetch them again.
                 self._fatal = unreachable(self._base_url, failure, self._rerun)
                 raise self._fatal
-            # Checked on the last attempt too: a server that asks for a long pause wants no
+            # Checked on the last attempt too: a long Retry-After means the server wants no
             # more requests, whether or not this one would be retried.
             self._stop_if_told_to_wait_too_long(failure)
             if attempt == attempts:
@@ -125,8 +125,8 @@ class Fetcher:
     ) -> tuple[Response | None, RequestError | None]:
         await self._gate.wait_open()
         async with self._slots:
-            # Turns are taken after a pause ends, so the requests it held start spaced, not
-            # all at once; a pause that began during the wait takes a new turn after it.
+            # Turns are taken for after a pause, so the requests it held start spaced rather
+            # than all at once. A pause that began during the wait means a new turn.
             while True:
                 await self._rate.wait_turn(not_before=self._gate.opens_at)
                 if self._gate.is_open():

@@ -97,7 +97,7 @@ def format_summary(
 
 
 def _retry_line(result: RunResult) -> str:
-    """Return the line that says how to fetch the failed partitions again."""
+    """Return the summary line with the command that fetches the failed partitions again."""
     retry = retry_command(incremental=result.incremental, started_over=result.started_over)
     failed = counted(result.failed_partitions, "failed partition")
     return f"retry: once the cause is fixed, {retry} to fetch the {failed} again"

@@ -193,8 +193,8 @@ def interrupted_bag_folder(folder: Path) -> Path | None:
 def find_runs(folder: Path) -> list[RunPaths]:
     """Return the runs in ``folder``: every run of an output folder, oldest first, or one run.
 
-    A run folder that a killed start left without a manifest or any data is passed over,
-    since it proves nothing; the next ``run`` deletes it.
+    A run folder that a killed start left without a manifest or any data proves nothing,
+    so it is passed over. The next ``run`` deletes it.
 
     Raises:
         RunFolderError: ``folder`` is missing, or is neither an output nor a run folder.

@@ -259,7 +259,7 @@ def test_status_dependent_pending(tmp_path: Path, mock: MockServer) -> None:
         f"summaries  {done:>4}  {f'{pending}+':>7}        0       0  {done:>7}  {size:>5}" in lines
     )
     assert (
-        "pending: partitions known and not finished; N+ marks a lower bound: a dependent "
+        "pending: partitions started and not finished; N+ marks a lower bound: a dependent "
         "stream learns partitions from its parent's records until the parent has finished, "
         "and an incremental run counts "
         "only the partitions it has started"

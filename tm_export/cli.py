@@ -51,6 +51,7 @@ Exit codes:
 CHECK_EXIT_CODES = """\b
 Exit codes:
   0    the recipe is valid
+  1    standard output could not be written (a full disk, a closed pipe)
   2    the recipe is invalid; the message names file, line and key"""
 
 MERGE_EXIT_CODES = """\b
@@ -432,6 +433,8 @@ def validate(recipe: Path) -> None:
 ENDPOINTS_EXIT_CODES = """\b
 Exit codes:
   0    the catalog was printed
+  1    standard output could not be written (a full disk, or a reader such as head
+       that closed the pipe early)
   2    invalid usage, such as an unknown option"""
 
 

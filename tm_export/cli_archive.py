@@ -54,16 +54,18 @@ Exit codes:
 READ_EXIT_CODES = """\b
 Exit codes:
   0    the report was printed
-  1    a manifest is damaged and cannot be read, or making a bag of the run was
-       interrupted ('tm-export bag' finishes it)
+  1    a manifest is damaged and cannot be read, making a bag of the run was
+       interrupted ('tm-export bag' finishes it), or standard output could not
+       be written
   2    invalid usage, or DIR is not an output or a run folder
   130  interrupted by Ctrl-C"""
 
 VERIFY_EXIT_CODES = """\b
 Exit codes:
   0    every file matches what the manifest proves
-  1    a manifest is damaged and cannot be read, or making a bag of the run was
-       interrupted ('tm-export bag' finishes it)
+  1    a manifest is damaged and cannot be read, making a bag of the run was
+       interrupted ('tm-export bag' finishes it), or standard output could not
+       be written
   2    invalid usage, or DIR is not an output or a run folder
   3    a mismatch: the report names each file
   130  interrupted by Ctrl-C"""

@@ -334,7 +334,7 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
 
     if any(not stream.pending_final for stream in status.streams):
         lines.append(
-            "pending: partitions known and not finished; N+ marks a lower bound: a dependent "
+            "pending: partitions started and not finished; N+ marks a lower bound: a dependent "
             "stream learns partitions from its parent's records until the parent has "
             "finished, and an incremental run counts only the partitions it has started"
         )

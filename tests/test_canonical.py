@@ -310,7 +310,7 @@ def test_canonical_rejects_unfinished_and_bag(tmp_path: Path, mock: MockServer) 
     )
 
 
-def test_canonical_run_retries_only_what_it_has(tmp_path: Path, mock: MockServer) -> None:
+def test_canonical_retry_needs_work(tmp_path: Path, mock: MockServer) -> None:
     """On canonical files --retry-failed with nothing failed sends nothing (exit 0), while
     --retry-skipped, which would add pages for the skipped project 12, is rejected."""
     run = export(tmp_path, mock)

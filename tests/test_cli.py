@@ -78,7 +78,7 @@ def test_endpoints_lists_catalog() -> None:
     ]
 
 
-def test_endpoints_json_names_required_params() -> None:
+def test_endpoints_json_required_params() -> None:
     outcome = run_cli("endpoints", "--json")
 
     assert outcome.exit_code == 0
@@ -211,7 +211,7 @@ def test_incremental_and_start_over_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_quiet_and_verbose_refused(tmp_path: Path) -> None:
+def test_quiet_verbose_rejected(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, RECIPE)
 
     outcome = run_cli("run", str(recipe), "-q", "-v")

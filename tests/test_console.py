@@ -96,14 +96,14 @@ def run_with_closed(redirect: str, *arguments: str) -> subprocess.CompletedProce
     )
 
 
-def test_closed_standard_output_reported_once() -> None:
+def test_closed_stdout_reported_once() -> None:
     child = run_with_closed(">&-", "endpoints")
 
     assert child.returncode == 1
     assert child.stderr == "tm-export: error: cannot write the output: Bad file descriptor\n"
 
 
-def test_run_with_standard_error_closed(tmp_path: Path, mock: MockServer) -> None:
+def test_run_stderr_closed(tmp_path: Path, mock: MockServer) -> None:
     """A closed stderr drops the logs, and the exit code stays the export's."""
     recipe = write_recipe(tmp_path, SUMMARIES_RECIPE)
 
@@ -113,7 +113,7 @@ def test_run_with_standard_error_closed(tmp_path: Path, mock: MockServer) -> Non
     assert json.loads(child.stdout)["outcome"] == "complete"
 
 
-def test_run_with_standard_input_closed(tmp_path: Path, mock: MockServer) -> None:
+def test_run_stdin_closed(tmp_path: Path, mock: MockServer) -> None:
     """A job started with stdin closed exports as any other: the event loop must not be
     given descriptor 0 for a socket, which uvloop aborts on (exit 134)."""
     recipe = write_recipe(tmp_path, SUMMARIES_RECIPE)

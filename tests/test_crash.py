@@ -185,10 +185,10 @@ def test_kill_while_starting_leaves_no_run(tmp_path: Path, mock: MockServer) -> 
     compare(expected, multiset(tmp_path / "out"))
 
 
-def test_run_folder_without_anything_is_passed_over(tmp_path: Path, mock: MockServer) -> None:
-    """A run folder with no file, as earlier versions left when killed while making it, and a
-    killed start's hidden folder do not block the output folder: status and record pass
-    over them, and the next incremental run deletes them and builds on the finished run."""
+def test_empty_run_folder_passed_over(tmp_path: Path, mock: MockServer) -> None:
+    """An empty run folder, as earlier versions left when killed, and a killed start's hidden
+    folder do not block the output folder. status and record pass over them, and the next
+    incremental run deletes them and builds on the finished run."""
     recipe = write_recipe(tmp_path, RECIPE)
     args = ["run", str(recipe), "--base-url", mock.api_url, "--quiet"]
     assert run_cli(*args).exit_code == 0

@@ -719,7 +719,7 @@ def test_retry_without_earlier_token_refused(tmp_path: Path, mock: MockServer) -
     assert manifest.read_bytes().startswith(before)
 
 
-def test_stopped_session_counts_earlier_partitions(tmp_path: Path, mock: MockServer) -> None:
+def test_stopped_session_counts_earlier(tmp_path: Path, mock: MockServer) -> None:
     """A session stopped at its token check counts the partitions that earlier sessions
     finished, as status does, beside their records."""
     recipe = write_recipe(

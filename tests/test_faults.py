@@ -328,9 +328,9 @@ def test_valid_token_403_skips(tmp_path: Path, mock: MockServer) -> None:
     assert sorted(skipped) == [6, 9, 12]
 
 
-def test_token_check_that_fails_is_not_checked(tmp_path: Path, mock: MockServer) -> None:
-    """A token check that gets a 500 every time judged nothing: the run goes on, and the
-    summary says the token was not checked, not that it was refused."""
+def test_failed_token_check_not_checked(tmp_path: Path, mock: MockServer) -> None:
+    """A token check that gets a 500 every time gives no verdict. The run goes on, and the
+    summary reports the token as not checked rather than rejected."""
     recipe = write_recipe(
         tmp_path,
         TOKEN_RECIPE.replace("ACTIVE", "1").replace(
@@ -354,7 +354,7 @@ def test_token_check_that_fails_is_not_checked(tmp_path: Path, mock: MockServer)
     assert "the runs that this incremental run builds on sent an API token" in anonymous.stderr
 
 
-def test_recordless_body_fails_its_page(tmp_path: Path, mock: MockServer) -> None:
+def test_recordless_body_fails_page(tmp_path: Path, mock: MockServer) -> None:
     """An empty object where a project summary belongs fails the partition, and the error
     names the response; --retry-failed then fetches it."""
     recipe = write_recipe(

@@ -117,7 +117,7 @@ def test_retry_after_too_long_stops() -> None:
     assert len(session.sent) == 1
 
 
-def test_retry_after_too_long_stops_on_last_attempt() -> None:
+def test_long_retry_after_last_attempt() -> None:
     """With no attempt left, a long Retry-After still stops the run: the server asked for a
     pause, and the next partitions would be sent into it."""
     clock = FakeClock()
@@ -157,7 +157,7 @@ def test_retry_after_pauses_whole_host() -> None:
     assert b_time >= 5.0
 
 
-def test_retry_after_on_last_attempt_pauses_host() -> None:
+def test_last_attempt_pauses_host() -> None:
     """A Retry-After on a request with no attempt left still holds back the next request."""
     clock = FakeClock()
     session = ScriptedSession(clock, {"/a/": [retry(429, "5")], "/b/": [OK]})

@@ -725,7 +725,7 @@ def test_search_of_every_project_after_failed_full_search(tmp_path: Path, mock: 
     assert full["incremental"] is None
 
 
-def test_search_of_every_project_after_capped_full_search(tmp_path: Path, mock: MockServer) -> None:
+def test_capped_search_searched_again(tmp_path: Path, mock: MockServer) -> None:
     """A full run whose project search stopped at max_pages listed only some projects, so
     the next incremental run, with the cap raised, requests every project."""
     capped = CHILD_RECIPE.replace(

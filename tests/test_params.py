@@ -113,7 +113,7 @@ def test_partition_id_sorts_keys() -> None:
     assert partition_id({"b": 2, "a": "x"}) == '{"a":"x","b":2}'
 
 
-def test_partition_order_compares_numbers_as_numbers() -> None:
+def test_partition_order_numeric() -> None:
     ids = [
         '{"project_id":10,"type":"b"}',
         '{"project_id":9,"type":"b"}',
@@ -131,7 +131,7 @@ def test_partition_order_compares_numbers_as_numbers() -> None:
     ]
 
 
-def test_stream_problems_come_in_partition_order() -> None:
+def test_problems_in_partition_order() -> None:
     state = StreamState(problems=["no value"])
     for project_id in (10, 9):
         final = {"state": "done", "problems": [f"short {project_id}"]}

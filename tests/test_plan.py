@@ -263,8 +263,8 @@ def test_plan_probe_equals_run(tmp_path: Path, mock: MockServer) -> None:
     }
 
 
-def test_plan_probe_names_capped_partitions(tmp_path: Path, mock: MockServer) -> None:
-    """A probe that finds more pages than max_pages says the run will stop at the cap."""
+def test_probe_names_capped_partitions(tmp_path: Path, mock: MockServer) -> None:
+    """A probe that finds more pages than max_pages reports that the run stops at the cap."""
     recipe = write_recipe(
         tmp_path,
         "version: 1\ninstance: {rate_limit: 10000/s}\noutput: OUT\nstreams:\n"

@@ -167,7 +167,7 @@ def test_field_values_whole_record() -> None:
     assert field_values(ORGANISATION, "$") == []
 
 
-def test_empty_path_reason_of_string_records() -> None:
+def test_empty_path_reason_strings() -> None:
     """A field of records that are strings points to $, and $ of objects to a field."""
     assert empty_path_reason("value", path_reach("Kenya", "value")) == (
         "the records are text, numbers or true/false, which have no value",
@@ -192,7 +192,7 @@ def test_path_reach_stops_where_path_ends() -> None:
     assert path_reach(ORGANISATION, "owner") == PathReach(0, "objects", tuple(ORGANISATION))
 
 
-def test_whole_body_without_its_key_is_no_record() -> None:
+def test_whole_body_needs_key() -> None:
     """An empty object where a project was expected is a shape error, not a record; a raw
     path's body is taken as it is."""
     project = CATALOG["project"]

@@ -146,7 +146,7 @@ def test_canonical_waits_for_retries(tmp_path: Path, mock: MockServer) -> None:
     assert run_cli("verify", str(tmp_path / "out")).exit_code == 0
 
 
-def test_canonical_advice_leaves_out_start_over(tmp_path: Path, mock: MockServer) -> None:
+def test_canonical_advice_drops_start_over(tmp_path: Path, mock: MockServer) -> None:
     """After --start-over, the advice drops it: with --retry-failed it would begin a run."""
     recipe = write_recipe(
         tmp_path,
@@ -171,7 +171,7 @@ def test_canonical_advice_leaves_out_start_over(tmp_path: Path, mock: MockServer
     ) in outcome.stderr
 
 
-def test_retry_line_leaves_out_incremental(tmp_path: Path, mock: MockServer) -> None:
+def test_retry_line_drops_incremental(tmp_path: Path, mock: MockServer) -> None:
     """A first --incremental run is a full one, yet --retry-failed beside --incremental would
     begin another run, so the retry line leaves the option out."""
     recipe = write_recipe(

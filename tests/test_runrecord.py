@@ -124,7 +124,7 @@ def test_record_content(tmp_path: Path, mock: MockServer) -> None:
     }
 
 
-def test_record_lists_partitions_in_number_order(tmp_path: Path, mock: MockServer) -> None:
+def test_record_partitions_number_order(tmp_path: Path, mock: MockServer) -> None:
     """Skipped partitions are listed by project id as a number: 6 before 12, not after 31."""
     recipe = write_recipe(
         tmp_path,

@@ -428,8 +428,9 @@ def test_status_two_from_fields(tmp_path: Path, mock: MockServer) -> None:
     ) in status.stdout.splitlines()
 
 
-def test_status_sessions_partly_authenticated(tmp_path: Path, mock: MockServer) -> None:
-    """An anonymous session, then one with a token: status counts the sessions with a token."""
+def stopped_first_session(tmp_path: Path, mock: MockServer, token: str) -> tuple[str, ...]:
+    """Run a project search whose first session a long Retry-After stops (exit 1), with
+    ``token`` in TM_API_TOKEN; return the command that runs it again."""
     recipe = write_recipe(
         tmp_path,
         """\
@@ -453,7 +454,13 @@ def test_status_sessions_partly_authenticated(tmp_path: Path, mock: MockServer) 
         status=429,
         headers={"Retry-After": "3600"},
     )
-    assert run_cli(*args, env={"TM_API_TOKEN": ""}).exit_code == 1
+    assert run_cli(*args, env={"TM_API_TOKEN": token}).exit_code == 1
+    return args
+
+
+def test_status_sessions_partly_authenticated(tmp_path: Path, mock: MockServer) -> None:
+    """An anonymous session, then one with a token: status counts the sessions with a token."""
+    args = stopped_first_session(tmp_path, mock, "")
     assert run_cli(*args, env={"TM_API_TOKEN": mock.tokens["admin"]}).exit_code == 0
 
     status = run_cli("status", str(tmp_path / "out"))
@@ -466,31 +473,8 @@ def test_status_sessions_partly_authenticated(tmp_path: Path, mock: MockServer) 
 
 def test_status_last_session_not_checked(tmp_path: Path, mock: MockServer) -> None:
     """A session whose token check got no verdict is "not checked", not anonymous."""
-    recipe = write_recipe(
-        tmp_path,
-        """\
-        version: 1
-        instance:
-          token_env: TM_API_TOKEN
-          rate_limit: 10000/s
-          retries: {attempts: 1, max_retry_after: 5}
-        output: OUT
-        streams:
-          projects:
-            endpoint: projects
-            params: {projectStatuses: [PUBLISHED, ARCHIVED]}
-        """,
-    )
-    args = ("run", str(recipe), "--base-url", mock.api_url, "--quiet")
     env = {"TM_API_TOKEN": mock.tokens["admin"]}
-    mock.add_fault(
-        path=r"^/api/v2/projects/$",
-        query={"page": "1"},
-        times=1,
-        status=429,
-        headers={"Retry-After": "3600"},
-    )
-    assert run_cli(*args, env=env).exit_code == 1
+    args = stopped_first_session(tmp_path, mock, env["TM_API_TOKEN"])
     mock.add_fault(path=r"^/api/v2/users/queries/tasks/locked/$", status=500)
     assert run_cli(*args, env=env).exit_code == 0
 

@@ -288,8 +288,8 @@ def _create_run_folder(folder: Path, header: dict[str, Any]) -> Journal:
 
 def _count_committed(run_folder: Path, result: RunResult) -> None:
     """Count each stream as the manifest on disk proves it, for the summary of a session that
-    a failed write stopped: the pages and partitions it finished but could not commit are
-    gone, and the stream files were cut back to the committed ends."""
+    a failed write stopped. The pages and partitions it could not commit are gone, since
+    the stream files were cut back to the committed ends."""
     try:
         state, _ = load_state(run_folder / MANIFEST_NAME, keep_done_pages=False)
     except (ManifestError, OSError) as error:
@@ -300,8 +300,8 @@ def _count_committed(run_folder: Path, result: RunResult) -> None:
 
 
 def _warn_not_archived(options: RunOptions, result: RunResult) -> None:
-    """Warn that --canonical and --bag were left out for failed partitions, and say how to
-    get them: the steps are options of this command only, so the advice repeats them."""
+    """Warn that --canonical and --bag were left out for failed partitions, with the commands
+    that do them later. The steps are options of this command only, so the advice repeats them."""
     steps = [
         (step, f"--{step}")
         for step, on in (("canonical", options.canonical), ("bag", options.bag))

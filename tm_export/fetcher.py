@@ -109,7 +109,7 @@ class Fetcher:
                 raise self._fatal
             # Checked on the last attempt too: a long Retry-After means the server wants no
             # more requests, whether or not this one would be retried.
-            self._stop_if_told_to_wait_too_long(failure)
+            self._raise_if_wait_too_long(failure)
             if attempt == attempts:
                 retry_after = failure.retry_after if isinstance(failure, HTTPStatusError) else None
                 if retry_after is not None:
@@ -218,7 +218,7 @@ class Fetcher:
             f"settings, export {variable}, and {self._rerun}"
         )
 
-    def _stop_if_told_to_wait_too_long(self, failure: RequestError) -> None:
+    def _raise_if_wait_too_long(self, failure: RequestError) -> None:
         """Raise WaitTooLongError for a Retry-After longer than ``max_retry_after``."""
         retry_after = failure.retry_after if isinstance(failure, HTTPStatusError) else None
         limit = self._retries.max_retry_after

@@ -561,9 +561,9 @@ def describe(result: MergeResult) -> str:
         lines.append(f"  {_failed_text(result.failed)}")
     if result.problems:
         counts = ", ".join(f"{count} of {name}" for name, count in result.problems.items())
-        these = "this stream" if len(result.problems) == 1 else "these streams"
+        streams = "this stream" if len(result.problems) == 1 else "these streams"
         lines.append(
-            f"  problems: {counts}, so {these} may lack records; "
+            f"  problems: {counts}, so {streams} may lack records; "
             f"'tm-export status {result.run_folder}' lists them"
         )
     return "\n".join(lines)

@@ -64,8 +64,8 @@ T = TypeVar("T")
 #: ``_hidden_by``).
 SKIP_STATUSES = frozenset({403, 404})
 
-#: The advice in a page cap's problem. --retry-failed does not fetch a capped
-#: partition, since it ended done, and max_pages is not part of the recipe's hash.
+#: The advice in a page cap's problem. --retry-failed does not fetch a capped partition,
+#: because it ended done. --start-over accepts a raised max_pages, which the recipe hash omits.
 RAISE_MAX_PAGES = "raise max_pages and run with --start-over to fetch the rest"
 
 #: The maximum number of readings of a partition's pages, the first included (see
@@ -840,11 +840,11 @@ class StreamRunner:
 
     def count_stopped(self) -> None:
         """Count the final partitions of the run again from its state, those of earlier
-        sessions included, as status does: a session that stopped early counted only those
+        sessions included, as status does. A session that stopped early counted only those
         its walk reached, while its record count is the run's."""
-        counted = StreamStats.of(self.state)
-        self.stats.partitions = counted.partitions
-        self.stats.skip_reasons = counted.skip_reasons
+        proven = StreamStats.of(self.state)
+        self.stats.partitions = proven.partitions
+        self.stats.skip_reasons = proven.skip_reasons
 
     def list_problems(self) -> None:
         """List the run's problems as status does: those of the stream as a whole, then

@@ -469,7 +469,7 @@ def start_on_days(runs: list[Path]) -> None:
         changed = {**orjson.loads(header), "started": f"2026-11-{day:02d}T00:00:00Z"}
         baseline = changed.get("incremental")
         if baseline:
-            before = f"2026-11-{day - 1:02d}T00:00:00+00:00"
+            before = f"2026-11-{day - 1:02d}T00:00:00Z"
             searched = baseline.get("search_since", baseline["since"])
             changed["incremental"] = {
                 **baseline,
@@ -715,8 +715,8 @@ def test_search_of_every_project_after_failed_full_search(tmp_path: Path, mock: 
     assert searched == admin_search_ids(mock)
     headers = [headers_of(tmp_path, run) for run in ("0001", "0002", "0003")]
     assert headers[1]["incremental"]["search_since"] is None
-    assert headers[1]["incremental"]["since"] == headers[0]["started"].replace("Z", "+00:00")
-    assert headers[2]["incremental"]["search_since"] == headers[1]["started"].replace("Z", "+00:00")
+    assert headers[1]["incremental"]["since"] == headers[0]["started"]
+    assert headers[2]["incremental"]["search_since"] == headers[1]["started"]
     status = run_cli("status", str(tmp_path / "out/runs/0002")).stdout
     assert "; its project search requested every project\n" in status
     report = orjson.loads(run_cli("status", str(tmp_path / "out/runs/0002"), "--json").stdout)

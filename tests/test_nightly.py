@@ -138,7 +138,7 @@ def test_snapshot_after_nights_equals_full_run(
     rng = random.Random(seed)
     clock = {"now": FIRST_NIGHT}
     monkeypatch.setattr(
-        tm_export.engine, "_now", lambda: clock["now"].isoformat(timespec="seconds") + "Z"
+        tm_export.engine, "utc_now_text", lambda: clock["now"].isoformat(timespec="seconds") + "Z"
     )
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(RECIPE.replace("OUT", str(tmp_path / "out")))

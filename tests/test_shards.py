@@ -300,8 +300,7 @@ def test_merge_starts_at_first_shard(tmp_path: Path, mock: MockServer) -> None:
     assert outcome.exit_code == 0, outcome.stderr
     second = tmp_path / "merged/runs/0002"
     baseline = header(second)["incremental"]
-    since = started.replace("Z", "+00:00")
-    assert baseline == {"since": since, "search_since": since, "previous": ["0001"]}
+    assert baseline == {"since": started, "search_since": started, "previous": ["0001"]}
     projects = [
         orjson.loads(line) for line in (second / "data/projects.jsonl").read_bytes().splitlines()
     ]

@@ -42,7 +42,6 @@ which the next ``tm-export canonical`` removes.
 
 from __future__ import annotations
 
-import datetime as dt
 import heapq
 import logging
 import os
@@ -63,6 +62,7 @@ from .journal import Journal
 from .layout import DATA_FOLDER, run_codec
 from .records import PARTITION_KEY, record_key, strip_partition
 from .runrecord import require_verified, write_run_record
+from .timestamps import utc_now_text
 from .verify import (
     RunPaths,
     RunStateError,
@@ -292,7 +292,7 @@ def _rewrite(
     entry = {
         "t": "canonical",
         "s": stream,
-        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "at": utc_now_text(),
         "version": __version__,
         "order": ORDER,
         "sha256": sha256,

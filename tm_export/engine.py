@@ -5,7 +5,6 @@ The engine never imports click; the command line is a thin layer over ``export()
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import random
@@ -75,6 +74,7 @@ from .redact import Redactor
 from .runrecord import write_run_record
 from .sink import StreamFile
 from .stream import StreamRunner
+from .timestamps import utc_now_text
 from .tokencheck import TokenCheck
 from .verify import interrupted_bag_folder
 from .walk import StreamStats
@@ -546,7 +546,7 @@ class _Session:
             "recipe_text": self.recipe.text,
             "recipe_hash": self.recipe.export_hash(),
             "streams": {name: spec.describe() for name, spec in self.recipe.streams.items()},
-            "started": _now(),
+            "started": utc_now_text(),
             "shard": list(self.options.shard) if self.options.shard else None,
             "compression": self.codec,
             "incremental": self.baseline.header() if self.baseline else None,
@@ -1022,7 +1022,9 @@ class _Session:
             except HTTPStatusError as error:
                 # Any other status leaves the project counted as present, which loses nothing.
                 if error.status == 404:
-                    committer.record({"t": "deleted", "project_id": project_id, "at": _now()})
+                    committer.record(
+                        {"t": "deleted", "project_id": project_id, "at": utc_now_text()}
+                    )
                     result.deleted.append(project_id)
                     logger.info("project %d was archived before and is deleted now", project_id)
             except RequestError as error:
@@ -1058,7 +1060,7 @@ class _Session:
                     )
         return {
             "t": "session",
-            "at": _now(),
+            "at": utc_now_text(),
             "version": __version__,
             "settings": settings,
             # True when the token check passed, null when it could not complete: the token
@@ -1112,7 +1114,7 @@ class _Session:
             outcome = (
                 "complete" if not (result.failed_partitions or result.problems) else "failures"
             )
-            committer.record({"t": "end", "at": _now(), "outcome": outcome})
+            committer.record({"t": "end", "at": utc_now_text(), "outcome": outcome})
         with anyio.CancelScope(shield=True):
             await committer.commit()
 
@@ -1170,10 +1172,6 @@ def _deletion_check_failed(error: RequestError, rerun: str) -> FatalError:
     return FatalError(
         f"the check for projects deleted since the last run failed: {error}; {rerun} to resume"
     )
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 __all__ = ["RunOptions", "RunResult", "TmExportError", "export", "resolve_base_url"]

@@ -42,6 +42,7 @@ from .manifest import ManifestState, latest_finals, latest_session, load_state, 
 from .params import partition_id
 from .recipe import Recipe
 from .records import PARTITION_KEY, record_key, strip_partition
+from .timestamps import utc_text
 
 logger = logging.getLogger("tm_export.incremental")
 
@@ -80,9 +81,9 @@ class Baseline:
 
     def header(self) -> dict[str, Any]:
         """Return what the new run's manifest header records about its baseline."""
-        searched = self.search_since.isoformat() if self.search_since else None
+        searched = utc_text(self.search_since) if self.search_since else None
         return {
-            "since": self.since.isoformat(),
+            "since": utc_text(self.since),
             "search_since": searched,
             "previous": self.previous,
         }

@@ -22,7 +22,6 @@ requests everything updated since then, and ends when the last shard ended.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 import os
@@ -53,6 +52,7 @@ from .layout import (
 from .manifest import latest_session, load_state
 from .params import partition_order
 from .runrecord import require_verified, write_run_record
+from .timestamps import utc_now_text
 from .verify import RunPaths, check_run, find_runs, scan_manifest
 from .words import counted
 
@@ -450,7 +450,7 @@ def _write(run_folder: Path, shards: list[Shard], fingerprints: list[str]) -> No
     # Start times are ISO 8601 UTC text of one layout, so the least string is the earliest.
     header.update(
         started=min(shard.header["started"] for shard in shards),
-        merged_at=_now(),
+        merged_at=utc_now_text(),
         merged_from=[str(shard.folder.resolve()) for shard in shards],
         merged_manifests=fingerprints,
         version=__version__,
@@ -512,7 +512,7 @@ def _write(run_folder: Path, shards: list[Shard], fingerprints: list[str]) -> No
             target.close()
     fsync_folder(run_folder / "data")
 
-    end = {"t": "end", "at": ended or _now(), "outcome": outcome, "merged": len(shards)}
+    end = {"t": "end", "at": ended or utc_now_text(), "outcome": outcome, "merged": len(shards)}
     with_entries.append(end)
     journal.append(with_entries)
     journal.close()
@@ -542,10 +542,6 @@ def _merged_baseline(shards: list[Shard]) -> dict[str, Any] | None:
             for name in baseline["previous"]
         ],
     }
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def describe(result: MergeResult) -> str:

@@ -29,7 +29,6 @@ destination either contains a whole snapshot or does not exist.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import shutil
 from collections.abc import Iterator
@@ -49,6 +48,7 @@ from .params import partition_id, partition_order
 from .recipe import StreamSpec, parse_recipe
 from .records import PARTITION_KEY, record_key, strip_partition
 from .runrecord import require_verified
+from .timestamps import utc_now_text
 from .verify import RunCheck, RunFolderError, check_run, file_sha256, fsync_path, locate_run
 
 FORMAT = 1
@@ -350,7 +350,7 @@ def _snapshot_record(
     return {
         "format": FORMAT,
         "tool": {"name": "tm-export", "version": __version__},
-        "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": utc_now_text(),
         "recipe": {
             "path": newest.header.get("recipe_path"),
             "export_hash": newest.header.get("recipe_hash"),

@@ -224,6 +224,21 @@ def test_quiet_verbose_rejected(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_shard_canonical_refused(tmp_path: Path) -> None:
+    """merge refuses canonical shards, so a shard run refuses --canonical before it starts."""
+    recipe = write_recipe(tmp_path, RECIPE)
+
+    outcome = run_cli("run", str(recipe), "--shard", "1/2", "--canonical")
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr == (
+        "tm-export: error: --shard and --canonical exclude each other: 'tm-export merge' "
+        "refuses shards whose files were made canonical; run the shards without --canonical, "
+        "merge them, then run 'tm-export canonical' on the merged run\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_incremental_warns_retry_ignored(tmp_path: Path, mock: MockServer) -> None:
     """On a finished run, --incremental begins a new run, so --retry-failed does nothing."""
     recipe = write_recipe(tmp_path, RECIPE)
@@ -318,7 +333,7 @@ def test_invalid_probe_url_refused(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("rate", ["5000", "5000/s", " 5000 / s ", "5e3", "5000.0"])
+@pytest.mark.parametrize("rate", ["5000", "5000/s", " 5000 / s ", "5e3", "5e3/s", "5000.0"])
 def test_rate_limit_forms(tmp_path: Path, mock: MockServer, rate: str) -> None:
     """--rate-limit takes a number with or without /s, as instance.rate_limit does."""
     recipe = write_recipe(tmp_path, RECIPE)
@@ -330,7 +345,9 @@ def test_rate_limit_forms(tmp_path: Path, mock: MockServer, rate: str) -> None:
     assert '"rate_limit":5000.0' in manifest
 
 
-@pytest.mark.parametrize("rate", ["0/s", "abc", "10/min", "-1", "inf", "0.009", "1e-10/s"])
+@pytest.mark.parametrize(
+    "rate", ["0/s", "abc", "10/min", "-1", "inf", "nan", "1e999", "0.009", "1e-10/s", "+5"]
+)
 def test_rate_limit_invalid(tmp_path: Path, rate: str) -> None:
     """A --rate-limit that is not a rate of at least 0.01 is a usage error that names the forms."""
     recipe = write_recipe(tmp_path, RECIPE)

@@ -829,7 +829,15 @@ def test_ids_as_integers(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("written", "rate"), [(".5/s", 0.5), ("5./s", 5.0), ("2.5 / s", 2.5), ('"10"', 10.0)]
+    ("written", "rate"),
+    [
+        (".5/s", 0.5),
+        ("5./s", 5.0),
+        ("2.5 / s", 2.5),
+        ('"10"', 10.0),
+        ("1e1/s", 10.0),
+        ("5e3", 5000.0),
+    ],
 )
 def test_rate_limit_forms(tmp_path: Path, written: str, rate: float) -> None:
     """The recipe reads a rate as the --rate-limit option does, with or without digits

@@ -263,6 +263,14 @@ def run(
             ExitCode.USAGE,
             json_logs=json_logs,
         )
+    if shard is not None and canonical:
+        fail(
+            "--shard and --canonical exclude each other: 'tm-export merge' refuses shards whose "
+            "files were made canonical; run the shards without --canonical, merge them, then "
+            "run 'tm-export canonical' on the merged run",
+            ExitCode.USAGE,
+            json_logs=json_logs,
+        )
     if start_over and (retry_failed or retry_skipped):
         option = "--retry-failed" if retry_failed else "--retry-skipped"
         fail(

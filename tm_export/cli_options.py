@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 import time
@@ -12,7 +11,7 @@ import click
 
 from .errors import TmExportError
 from .logs import json_line
-from .schema import MIN_RATE_LIMIT
+from .schema import MIN_RATE_LIMIT, parse_rate
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -55,13 +54,8 @@ class RateParam(click.ParamType):  # type: ignore[type-arg]
     ) -> float:
         if isinstance(value, float):
             return value
-        text = str(value).strip()
-        per_second = re.fullmatch(r"(.*?)\s*/\s*s", text)
-        try:
-            rate = float(per_second.group(1) if per_second else text)
-        except ValueError:
-            rate = math.nan
-        if not (math.isfinite(rate) and rate >= MIN_RATE_LIMIT):
+        rate = parse_rate(str(value))
+        if rate is None:
             self.fail(
                 f"{value!r} is not a rate of at least {MIN_RATE_LIMIT} requests per second, "
                 "such as 10 or 2.5/s",

@@ -40,7 +40,7 @@ from .recipe import (
 from .recipe_params import build_param, check_constant_dates
 from .recipe_yaml import KeyLocator
 from .records import PARTITION_KEY
-from .schema import MIN_RATE_LIMIT, RATE_EXPECTED
+from .schema import RATE_EXPECTED, parse_rate
 
 # --- structural validation -----------------------------------------------------------
 
@@ -212,8 +212,8 @@ def _check_contact(where: KeyLocator, keys: tuple[Any, ...], contact: str) -> No
 
 def _rate(where: KeyLocator, keys: tuple[Any, ...], value: float | str) -> float:
     """Return a rate limit as requests per second; the schema has checked its form."""
-    rate = float(value.split("/")[0]) if isinstance(value, str) else float(value)
-    if rate < MIN_RATE_LIMIT:
+    rate = parse_rate(str(value))
+    if rate is None:
         raise where.error(
             keys, f"invalid rate {schema.short_repr(value)}; expected {RATE_EXPECTED}"
         )

@@ -11,6 +11,7 @@ messages end with "expected <description>".
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -32,8 +33,22 @@ RATE_EXPECTED = (
 #: Maximum length of a stream name, so that STREAM.jsonl.zst stays far below the 255 bytes
 #: that most file systems allow in a file name.
 STREAM_NAME_MAX = 100
-_RATE_PATTERN = r"^\s*([0-9]+(\.[0-9]*)?|\.[0-9]+)\s*(/\s*s)?\s*$"
+_RATE_PATTERN = r"^\s*(([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?)\s*(/\s*s)?\s*$"
 _FROM_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[^.\s]+)+$"
+
+
+def parse_rate(text: str) -> float | None:
+    """Return the requests per second that ``text`` writes (``10``, ``2.5/s``, ``1e1 / s``),
+    or None when it is not a rate of at least ``MIN_RATE_LIMIT``.
+
+    The recipe's ``rate_limit`` and the ``--rate-limit`` option both read rates here, so
+    the two accept the same forms.
+    """
+    match = re.fullmatch(_RATE_PATTERN, text)
+    if match is None:
+        return None
+    rate = float(match.group(1))
+    return rate if math.isfinite(rate) and rate >= MIN_RATE_LIMIT else None
 
 
 def _seconds(description: str) -> dict[str, Any]:

@@ -308,6 +308,25 @@ def test_token_expiring_after_last_request_stops(tmp_path: Path, mock: MockServe
         "export; the same command finishes this run as it is, with that problem (exit 3)"
     )
     assert manifest_entries(tmp_path / "out", "end") == []
+    assert [e["authenticated"] for e in manifest_entries(tmp_path / "out", "token")] == [False]
+
+
+def test_token_expired_session_not_authenticated(tmp_path: Path, mock: MockServer) -> None:
+    """A session whose token the end check rejected is not called authenticated, though its
+    preflight accepted the token: the run record counts only the renewed session."""
+    recipe = write_recipe(tmp_path, EXPIRING_RECIPE.replace("[1, 12]", "[1, 3]"))
+    mock.add_fault(path=r"^/api/v2/projects/3/$", times=1, call=lambda: mock.renew_token("admin"))
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env={"TM_API_TOKEN": mock.tokens["admin"]}).exit_code == 1
+
+    renewed = run_cli(*args, env={"TM_API_TOKEN": mock.tokens["admin"]})
+
+    assert renewed.exit_code == 3, renewed.stderr
+    record = orjson.loads((tmp_path / "out/runs/0001/run.json").read_bytes())
+    assert [session["authenticated"] for session in record["sessions"]] == [False, True]
+    assert record["authenticated"] is False
+    status = run_cli("status", str(tmp_path / "out"), "--json")
+    assert orjson.loads(status.stdout)["authenticated"] is True
 
 
 def test_valid_token_403_skips(tmp_path: Path, mock: MockServer) -> None:

@@ -837,12 +837,19 @@ class _Session:
         with anyio.CancelScope() as scope, _watch_signals(self.options, on_signal):
             await self._preflight(fetcher, result, token_check)
             committer.record(self._session_entry(state, result))
-            if self.baseline is not None:
-                await self._find_deleted(fetcher, state, committer, result)
-                self.baseline.drop_deleted(result.deleted)
-            await self._run_streams(runners, committer, fetcher)
-            if token_check is not None:
-                await self._confirm_token_at_end(token_check, runners)
+            try:
+                if self.baseline is not None:
+                    await self._find_deleted(fetcher, state, committer, result)
+                    self.baseline.drop_deleted(result.deleted)
+                await self._run_streams(runners, committer, fetcher)
+                if token_check is not None:
+                    await self._confirm_token_at_end(token_check, runners)
+            except* TokenRejectedError:
+                # The session entry says the preflight accepted the token; this entry
+                # corrects it, so the run record does not call the session authenticated.
+                result.authenticated = False
+                committer.record({"t": "token", "at": utc_now_text(), "authenticated": False})
+                raise
 
     async def _confirm_token_at_end(
         self, token_check: TokenCheck, runners: dict[str, StreamRunner]

@@ -304,6 +304,10 @@ class ManifestState:
             elif kind == "session":
                 sessions.append(entry)
                 ended = False
+            elif kind == "token":
+                # The server rejected the token after the session entry was written.
+                if sessions:
+                    sessions[-1]["authenticated"] = entry["authenticated"]
             elif kind == "end":
                 ends.append(entry)
                 ended = True

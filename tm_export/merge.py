@@ -485,7 +485,8 @@ def _write(run_folder: Path, shards: list[Shard], fingerprints: list[str]) -> No
                         end=entry["end"] + offsets[entry["s"]],
                     )
                     with_entries.append(moved)
-                elif entry["t"] in ("part", "session"):
+                elif entry["t"] in ("part", "session", "token"):
+                    # A token entry follows its session, as in the shard.
                     with_entries.append(entry)
                 elif entry["t"] == "deleted" and entry["project_id"] not in deleted:
                     # Every shard of an incremental run checks the same archived projects.

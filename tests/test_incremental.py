@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from tm_export.incremental import read_baseline, updated_since
 from tm_export.mock import MockServer
@@ -693,6 +694,40 @@ streams:
         orjson.loads(window)["startDate"] for window in baseline.finished_windows["task_stats"]
     }
     assert finished == {str(previous)}
+
+
+@pytest.mark.parametrize(("started", "finished"), [("00:59:59", False), ("01:00:00", True)])
+def test_window_read_within_cache_fetched_again(
+    tmp_path: Path, mock: MockServer, started: str, finished: bool
+) -> None:
+    """The server may serve task statistics computed up to an hour earlier, so a window
+    read in the first hour after its last day (UTC) is fetched again by the next run."""
+    current = dt.date.today().replace(day=1)
+    previous = (current - dt.timedelta(days=1)).replace(day=1)
+    recipe = write_recipe(
+        tmp_path,
+        f"""\
+version: 1
+instance: {{token_env: TM_API_TOKEN, rate_limit: 10000/s}}
+output: OUT
+streams:
+  task_stats:
+    endpoint: tasks_statistics
+    params:
+      dates: {{start: {previous}, end: {current}, step: 1 month}}
+""",
+    )
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url, env=env).exit_code == 0
+    manifest = tmp_path / "out/runs/0001/manifest.jsonl"
+    header, rest = manifest.read_bytes().split(b"\n", 1)
+    changed = {**orjson.loads(header), "started": f"{current}T{started}Z"}
+    manifest.write_bytes(orjson.dumps(changed) + b"\n" + rest)
+
+    baseline = read_baseline(load_recipe(recipe), [tmp_path / "out/runs/0001"])
+
+    windows = {orjson.loads(w)["startDate"] for w in baseline.finished_windows["task_stats"]}
+    assert windows == ({str(previous)} if finished else set())
 
 
 def test_search_of_every_project_after_failed_full_search(tmp_path: Path, mock: MockServer) -> None:

@@ -9,8 +9,8 @@ modified). Compared with a full run it:
   those projects only;
 - stops walking newest-first task history (``project_activities``) at the newest record
   the earlier runs archived for that project, and writes only newer records;
-- skips date windows whose newest copy in the earlier runs is done and was read after
-  the window ended;
+- skips date windows whose newest copy in the earlier runs is done and was read an hour
+  or more after the window ended (the server caches statistics for an hour);
 - records projects that earlier runs archived and that are gone now (404 on the project
   detail) as ``deleted`` entries in the manifest;
 - fetches again the partitions of ``from:`` streams that failed in the newest run that
@@ -51,6 +51,11 @@ PROJECT_PARAMETERS = ("project_id", "projectId")
 
 #: Endpoints whose records come newest first, so a walk can stop at the first known one.
 NEWEST_FIRST = frozenset({"project_activities"})
+
+#: How long the server may keep serving a statistics answer it computed earlier: TM caches
+#: /tasks/statistics/ for an hour in each worker, keyed by its dates and filters. A date
+#: window read within that time after its last day may miss that day's last changes.
+SERVER_CACHE = dt.timedelta(hours=1)
 
 
 @dataclass(slots=True)
@@ -200,6 +205,11 @@ def updated_since(record: Any, since: dt.datetime) -> bool:
         return True
 
 
+def _day_end(day: str) -> dt.datetime:
+    """Return the moment the UTC day ``day`` (YYYY-MM-DD) ends."""
+    return dt.datetime.combine(dt.date.fromisoformat(day), dt.time(), dt.UTC) + dt.timedelta(days=1)
+
+
 def _parse_time(text: str) -> dt.datetime:
     parsed = dt.datetime.fromisoformat(
         text.replace("Z", "+00:00").replace("+00:00+00:00", "+00:00")
@@ -310,12 +320,13 @@ def _finished_windows(states: list[ManifestState], stream: str) -> set[str]:
     """Return the ids of the date windows of ``stream`` that need no new fetch.
 
     A window counts when its final state in the newest run that finished it is done, and
-    that run started after the window's last day, so it contains the whole window. A window
-    that failed since, or that a run read before it ended, is fetched again.
+    that run started at least ``SERVER_CACHE`` after the window's last day (UTC), so it
+    contains the whole window. A window that failed since, or that a run read before then,
+    is fetched again.
     """
-    newest: dict[str, tuple[str, dt.date]] = {}
+    newest: dict[str, tuple[str, dt.datetime]] = {}
     for state in states:
-        started = _parse_time(state.header["started"]).date()
+        started = _parse_time(state.header["started"])
         if stream in state.streams:
             for partition_id, final in state.streams[stream].finals():
                 newest[partition_id] = (final["state"], started)
@@ -326,6 +337,6 @@ def _finished_windows(states: list[ManifestState], stream: str) -> set[str]:
             continue
         values = orjson.loads(partition_id)
         ends = [v for k, v in values.items() if k.lower().startswith("end") and isinstance(v, str)]
-        if ends and all(dt.date.fromisoformat(end) < started for end in ends):
+        if ends and all(_day_end(end) + SERVER_CACHE <= started for end in ends):
             finished.add(partition_id)
     return finished

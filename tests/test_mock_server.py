@@ -256,6 +256,59 @@ def test_search_statuses_by_caller(server: MockServer) -> None:
     assert api(server, "/projects/?projectStatuses=OPEN").status == 400
 
 
+def test_search_sandbox_database_imagery(server: MockServer) -> None:
+    """sandbox filters only when given, database only together with it, and imagery=custom
+    keeps the projects whose imagery is a https:// URL; no seeded project is either."""
+    every = walk(server, "/projects/?omitMapResults=true", "results")
+
+    def count(query: str) -> int:
+        return len(walk(server, f"/projects/?omitMapResults=true&{query}", "results"))
+
+    assert count("sandbox=true") == 0
+    assert count("sandbox=false") == len(every)
+    assert count("sandbox=false&database=OSM") == len(every)
+    assert count("sandbox=false&database=OTHER") == 0
+    assert count("database=OTHER") == len(every)
+    assert count("imagery=custom") == 0
+    assert api(server, "/projects/?sandbox=maybe").status == 422
+
+
+def test_search_text_in_descriptions(server: MockServer) -> None:
+    """textSearch matches a whole word of the short description or description, besides a
+    part of the name."""
+    every = walk(server, "/projects/?omitMapResults=true", "results")
+    project = server.dataset.projects[every[0]["projectId"]]
+
+    responders = walk(server, "/projects/?omitMapResults=true&textSearch=responders", "results")
+    city = walk(
+        server, f"/projects/?omitMapResults=true&textSearch={project.city.split()[0]}", "results"
+    )
+
+    assert len(responders) == len(every)
+    assert project.id in {item["projectId"] for item in city}
+    assert api(server, "/projects/?textSearch=respond").json() == {"mapResults": {}, "results": []}
+
+
+def test_tasks_in_stored_order(server: MockServer) -> None:
+    """Tasks come as the backend's table holds them, not sorted: those never changed by id,
+    then the others by their last change, in both the tasks list and the project detail."""
+    project = server.dataset.projects[1]
+    changed: list[int] = []
+    for entry in sorted(project.history, key=lambda entry: entry.when):
+        if entry.task_id in changed:
+            changed.remove(entry.task_id)
+        changed.append(entry.task_id)
+    untouched = sorted(task.id for task in project.tasks if task.id not in changed)
+
+    tasks = api(server, "/projects/1/tasks/").json()["features"]
+    detail = api(server, "/projects/1/").json()["tasks"]["features"]
+
+    ids = [feature["properties"]["taskId"] for feature in tasks]
+    assert ids == untouched + changed
+    assert ids != sorted(ids)
+    assert [feature["properties"]["taskId"] for feature in detail] == ids
+
+
 def test_search_last_updated_window(server: MockServer) -> None:
     query = "/projects/?omitMapResults=true&lastUpdatedFrom=2026-06-01&lastUpdatedTo=2026-09-01"
     results = walk(server, query, "results")

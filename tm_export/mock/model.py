@@ -150,6 +150,8 @@ class Project:
     rows: int
     tasks: list[Task] = field(default_factory=list)
     history: list[HistoryEntry] = field(default_factory=list)
+    sandbox: bool = False
+    database: str = "OSM"
 
     def bbox(self) -> tuple[float, float, float, float]:
         """Return the bounding box of the task grid as (west, south, east, north) degrees."""

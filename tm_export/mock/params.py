@@ -45,6 +45,11 @@ def query_bool(request: web.Request, name: str, default: bool) -> bool:
     value = request.query.get(name)
     if value is None:
         return default
+    return parse_bool(name, value)
+
+
+def parse_bool(name: str, value: str) -> bool:
+    """Return the boolean that query parameter ``name`` gives, or raise Pydantic's 422."""
     word = value.strip().lower()
     if word in _TRUE:
         return True

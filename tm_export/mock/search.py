@@ -8,18 +8,21 @@ PostgreSQL does.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from tm_export.mock import errors
+from tm_export.mock import errors, views
 from tm_export.mock.dataset import Dataset
 from tm_export.mock.model import DIFFICULTY_ORDER, PRIORITY_ORDER, STATUS_ORDER, Project, User
-from tm_export.mock.params import parse_day
+from tm_export.mock.params import parse_bool, parse_day
 
 SEARCH_PAGE_SIZE = 14
 
 _STRIPPED = set("@|&!><\\():'")
+_TAG = re.compile(r"<[^>]*>")
+_WORD = re.compile(r"\w+")
 _KNOWN_STATUSES = frozenset(STATUS_ORDER)
 
 
@@ -80,7 +83,7 @@ def _filters(
 
     text = "".join(char for char in query.get("textSearch", "") if char not in _STRIPPED).strip()
     if text:
-        checks.append(lambda p: text.lower() in p.name.lower() or text == str(p.id))
+        checks.append(lambda p: text.lower() in p.name.lower() or _text_matches(p, text))
 
     difficulty = query.get("difficulty")
     if difficulty and difficulty != "ALL":
@@ -115,10 +118,33 @@ def _filters(
     if interests:
         checks.append(lambda p: bool(interests & set(p.interest_ids)))
 
+    sandbox = query.get("sandbox")
+    if sandbox is not None:
+        wanted = parse_bool("sandbox", sandbox)
+        checks.append(lambda p: p.sandbox == wanted)
+        # The backend reads database only together with sandbox.
+        database = query.get("database")
+        if database:
+            checks.append(lambda p: p.database == database)
+    imagery = query.get("imagery")
+    if imagery == "custom":
+        checks.append(lambda p: (p.imagery or "").startswith("https://"))
+    elif imagery:
+        checks.append(lambda p: p.imagery == imagery)
+
     checks += _date_filters(query)
     checks += _action_filter(ds, query.get("action"))
     checks += _personal_filters(ds, user, query)
     return checks
+
+
+def _text_matches(project: Project, text: str) -> bool:
+    """Tell whether every word of ``text`` is a word of the project's id, short description
+    or description: the backend's full-text search, without its stemming."""
+    info = views.project_info(project)
+    searched = _TAG.sub(" ", f"{project.id} {info['shortDescription']} {info['description']}")
+    words = set(_WORD.findall(searched.lower()))
+    return all(word in words for word in _WORD.findall(text.lower()))
 
 
 def _optional_int(query: Mapping[str, str], name: str) -> int | None:

@@ -98,7 +98,7 @@ def _point(project: Project) -> JSON:
     return {"type": "Point", "coordinates": list(project.centroid())}
 
 
-def _project_info(project: Project) -> JSON:
+def project_info(project: Project) -> JSON:
     return {
         "locale": "en",
         "name": project.name,
@@ -161,7 +161,7 @@ def search_item(ds: Dataset, project: Project) -> JSON:
         "projectId": project.id,
         "locale": "en",
         "name": project.name,
-        "shortDescription": _project_info(project)["shortDescription"],
+        "shortDescription": project_info(project)["shortDescription"],
         "difficulty": project.difficulty,
         "priority": project.priority,
         "organisationName": ds.organisations[project.organisation_id].name,
@@ -175,8 +175,8 @@ def search_item(ds: Dataset, project: Project) -> JSON:
         "dueDate": iso_z(project.due_date),
         "totalContributors": len({entry.user_id for entry in project.history}),
         "country": [project.country],
-        "sandbox": False,
-        "database": "OSM",
+        "sandbox": project.sandbox,
+        "database": project.database,
         "creationDate": None,
         "author": ds.users[project.author_id].username,
         "partnerNames": None,
@@ -218,11 +218,27 @@ def task_feature(project: Project, task: Task, abbreviated: bool = False) -> JSO
     }
 
 
+def stored_order(project: Project) -> list[Task]:
+    """Return the project's tasks in the order the backend's table gives them: the tasks
+    never changed by id, then the others by the time of their last change.
+
+    The backend does not sort tasks, and PostgreSQL writes a changed row anew at the end of
+    its table, so clients must not expect ids in order (recording project_1_tasks.http).
+    """
+    changed: dict[int, datetime] = {}
+    for entry in project.history:
+        changed[entry.task_id] = max(entry.when, changed.get(entry.task_id, entry.when))
+    return sorted(
+        project.tasks,
+        key=lambda task: (task.id in changed, changed.get(task.id, datetime.min), task.id),
+    )
+
+
 def tasks_collection(project: Project, task_ids: set[int] | None = None) -> JSON:
     """Return the task grid as a FeatureCollection, optionally only some task ids."""
     features = [
         task_feature(project, task)
-        for task in project.tasks
+        for task in stored_order(project)
         if task_ids is None or task.id in task_ids
     ]
     return {"type": "FeatureCollection", "features": features}
@@ -231,7 +247,7 @@ def tasks_collection(project: Project, task_ids: set[int] | None = None) -> JSON
 def project_detail(ds: Dataset, project: Project, abbreviated: bool) -> JSON:
     """Return the body of ``GET /projects/{id}/``."""
     percent_mapped, percent_validated, percent_bad = ds.percentages(project)
-    info = _project_info(project)
+    info = project_info(project)
     return {
         "projectId": project.id,
         "status": project.status,
@@ -240,7 +256,9 @@ def project_detail(ds: Dataset, project: Project, abbreviated: bool) -> JSON:
         "aoiBBOX": list(project.bbox()),
         "tasks": {
             "type": "FeatureCollection",
-            "features": [task_feature(project, task, abbreviated) for task in project.tasks],
+            "features": [
+                task_feature(project, task, abbreviated) for task in stored_order(project)
+            ],
         },
         "defaultLocale": "en",
         "projectInfo": info,
@@ -260,7 +278,7 @@ def project_detail(ds: Dataset, project: Project, abbreviated: bool) -> JSON:
         "idPresets": [],
         "extraIdParams": None,
         "rapidPowerUser": False,
-        "sandbox": False,
+        "sandbox": project.sandbox,
         "mappingTypes": list(project.mapping_types),
         "campaigns": _campaigns(ds, project, full=False),
         **_organisation_fields(ds, project),
@@ -271,7 +289,7 @@ def project_detail(ds: Dataset, project: Project, abbreviated: bool) -> JSON:
         "created": iso_ms_z(project.created),
         "lastUpdated": iso_ms_z(project.last_updated),
         "author": ds.users[project.author_id].username,
-        "database": "OSM",
+        "database": project.database,
         "activeMappers": _active_mappers(project),
         "percentMapped": percent_mapped,
         "percentValidated": percent_validated,
@@ -318,13 +336,13 @@ def project_summary(ds: Dataset, project: Project) -> JSON:
         "difficulty": project.difficulty,
         "mappingPermission": "ANY",
         "validationPermission": "ANY",
-        "database": "OSM",
+        "database": project.database,
         "allowedUsernames": _allowed_usernames(ds, project),
         "enforceRandomTaskSelection": False,
         "private": project.private,
-        "sandbox": False,
+        "sandbox": project.sandbox,
         "teams": _teams(ds, project),
-        "projectInfo": _project_info(project),
+        "projectInfo": project_info(project),
         "shortDescription": None,
         "status": project.status,
         "imagery": project.imagery,

@@ -246,6 +246,11 @@ EXPECTED: dict[str, str] = {
         "7: streams.projects.params.page: the tool sets 'page' itself on a paginated "
         "endpoint; remove this parameter"
     ),
+    "param_refused": (
+        "8: streams.detail.params.as_file: not allowed for endpoint 'project': with it the "
+        "server renames every key of the project to snake_case, so the records would lack "
+        "projectId; remove it, the record holds the same data without it"
+    ),
     "param_unknown": (
         "7: streams.projects.params.projectStatus: unknown parameter for endpoint 'projects';"
         " did you mean 'projectStatuses'? valid parameters: action, basedOnMyInterests, "

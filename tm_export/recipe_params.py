@@ -76,6 +76,10 @@ def _check_param_name(
         )
     if endpoint.raw or name in endpoint.accepted_params:
         return
+    if name in endpoint.refused_params:
+        raise where.error(
+            keys, f"not allowed for endpoint '{endpoint.name}': {endpoint.refused_params[name]}"
+        )
     accepted = sorted(endpoint.accepted_params)
     close = difflib.get_close_matches(name, accepted, n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""

@@ -224,6 +224,31 @@ def test_quiet_verbose_rejected(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_mock_server_port_taken(mock: MockServer) -> None:
+    """A port in use is exit 1 with what to do, not a traceback."""
+    port = mock.base_url.rsplit(":", 1)[1]
+
+    outcome = run_cli("mock-server", "--port", port)
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr.splitlines()[-1] == (
+        f"tm-export: error: cannot listen on 127.0.0.1:{port}: Address already in use; choose "
+        "another --port, or 0 for a free one"
+    )
+
+
+def test_mock_server_ready_file_unwritable(tmp_path: Path) -> None:
+    ready = tmp_path / "missing/ready.json"
+
+    outcome = run_cli("mock-server", "--ready-file", str(ready))
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr.splitlines()[-1] == (
+        f"tm-export: error: --ready-file {ready}: cannot write it: No such file or directory; "
+        "give a file in a folder that exists and is writable"
+    )
+
+
 def test_shard_canonical_refused(tmp_path: Path) -> None:
     """merge refuses canonical shards, so a shard run refuses --canonical before it starts."""
     recipe = write_recipe(tmp_path, RECIPE)

@@ -590,7 +590,8 @@ def test_page_cap_is_one_problem(tmp_path: Path, mock: MockServer) -> None:
     the records past the cap; the run exits 3."""
     recipe = write_recipe(
         tmp_path,
-        "version: 1\ninstance: {rate_limit: 10000/s}\noutput: OUT\nstreams:\n"
+        "version: 1\ninstance: {rate_limit: 10000/s, retries: {attempts: 1}}\noutput: OUT\n"
+        "streams:\n"
         "  projects: {endpoint: projects, max_pages: 2}\n",
     )
 
@@ -749,6 +750,39 @@ def test_stopped_session_counts_earlier(tmp_path: Path, mock: MockServer) -> Non
     capped = orjson.loads(rejected.stdout)["streams"]["projects"]
     assert capped["problems"] == status["streams"]["projects"]["problems"]
     assert len(capped["problems"]) == 1
+
+
+def test_unopenable_stream_file_summarised(tmp_path: Path, mock: MockServer) -> None:
+    """A stream file that cannot be opened for writing stops the session before its first
+    request, with the summary and --json of what the manifest proves."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {rate_limit: 10000/s, retries: {attempts: 1}}\noutput: OUT\n"
+        "streams:\n"
+        "  summaries:\n    endpoint: project_summary\n    params: {project_id: {range: [1, 3]}}\n"
+        "  projects: {endpoint: projects}\n",
+    )
+    args = ["run", str(recipe), "--base-url", mock.api_url, "--json"]
+    mock.add_fault(path=r"^/api/v2/projects/3/queries/summary/$", status=500)
+    assert run_cli(*args, "-q").exit_code == 3
+    mock.clear_faults()
+    mock.reset_log()
+    data = tmp_path / "out/runs/0001/data"
+    (data / "projects.jsonl").unlink()
+    (data / "projects.jsonl").mkdir()
+
+    outcome = run_cli(*args, "--retry-failed")
+
+    assert outcome.exit_code == 1
+    assert mock.requests() == []
+    report = orjson.loads(outcome.stdout)
+    assert report["fatal"] == (
+        f"{data / 'projects.jsonl'}: cannot open the stream file: Is a directory. Nothing was "
+        "sent; make the run folder writable (or free some space), then run the same command "
+        "again to resume"
+    )
+    assert report["streams"]["summaries"]["partitions"] == {"done": 2, "skipped": 0, "failed": 1}
+    assert report["streams"]["summaries"]["records"] == 2
 
 
 def test_from_whole_record_of_strings(tmp_path: Path, mock: MockServer) -> None:

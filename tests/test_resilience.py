@@ -130,7 +130,8 @@ def test_damaged_manifest_refused(tmp_path: Path, mock: MockServer) -> None:
     assert outcome.stderr == (
         f"tm-export: error: {path}:1: the manifest has no valid header, so it is damaged or not a "
         f"tm-export manifest. Nothing was changed. If you have a backup of manifest.jsonl, restore it and "
-        "run again; otherwise run with --start-over to begin a new run in a new folder beside this one\n"
+        "run again; otherwise 'tm-export run RECIPE --start-over' begins a new run in a new "
+        "folder beside this one\n"
     )
     assert {p: p.read_bytes() for p in data} == data
     assert mock.requests() == []

@@ -264,7 +264,8 @@ def test_problems_of_deleted_projects_left_out(tmp_path: Path, mock: MockServer)
     [
         (
             "missing",
-            "{tmp}/nowhere: folder not found",
+            "{tmp}/nowhere: folder not found; give an output folder (with runs/) or a run "
+            "folder such as OUTPUT/runs/0001",
             2,
         ),
         (

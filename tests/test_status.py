@@ -273,7 +273,10 @@ def test_status_not_a_run_folder(tmp_path: Path) -> None:
     empty = run_cli("status", str(tmp_path))
 
     assert missing.exit_code == 2
-    assert missing.stderr == f"tm-export: error: {tmp_path / 'nowhere'}: folder not found\n"
+    assert missing.stderr == (
+        f"tm-export: error: {tmp_path / 'nowhere'}: folder not found; give an output folder "
+        "(with runs/) or a run folder such as OUTPUT/runs/0001\n"
+    )
     assert empty.exit_code == 2
     assert empty.stderr == (
         f"tm-export: error: {tmp_path}: not a run folder: it has no manifest.jsonl; give an "

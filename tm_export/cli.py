@@ -38,9 +38,9 @@ Exit codes:
        token rejected, disk full, a wait longer than allowed, server
        unreachable, a base URL that is not an API root (no
        /api/v2), a parent page that a shard could not read,
-       damaged manifest, output folder in use, a command that does
-       not fit the run in the folder, standard output not writable
-       (after a run that was otherwise complete)
+       damaged manifest, output folder in use or not writable, a
+       command that does not fit the run in the folder, standard
+       output not writable (after a run that was otherwise complete)
   2    invalid recipe or usage, or a token variable unset where the
        recipe, the run's earlier sessions or the runs an incremental
        run builds on need a token; nothing was sent or written
@@ -87,7 +87,13 @@ class CommandGroup(click.Group):
             fail("interrupted", ExitCode.INTERRUPTED)
 
 
-@click.group(cls=CommandGroup, context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES)
+@click.group(
+    cls=CommandGroup,
+    context_settings=CONTEXT_SETTINGS,
+    epilog=EXIT_CODES.replace(
+        "Exit codes:", "Exit codes of run (each command's --help lists its own):"
+    ),
+)
 @click.version_option(__version__, prog_name="tm-export")
 def main() -> None:
     """Export HOT Tasking Manager API data to JSON Lines, resumably and exactly once.
@@ -479,7 +485,20 @@ def endpoints(as_json: bool) -> None:
         click.echo(f"{'':<{width}}  {endpoint.summary}")
 
 
-@main.command("mock-server", context_settings=CONTEXT_SETTINGS)
+SCHEMA_EXIT_CODES = """\b
+Exit codes:
+  0    the schema was printed
+  1    standard output could not be written (a full disk, a closed pipe)
+  2    invalid usage, such as an unknown option"""
+
+MOCK_EXIT_CODES = """\b
+Exit codes:
+  0    stopped by Ctrl-C or SIGTERM
+  1    the port is taken, or the ready file cannot be written
+  2    invalid usage, such as a host that is not a loopback address"""
+
+
+@main.command("mock-server", context_settings=CONTEXT_SETTINGS, epilog=MOCK_EXIT_CODES)
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Loopback address to listen on."
 )
@@ -531,7 +550,7 @@ def mock_server(
     Example:
       curl -X POST http://127.0.0.1:8080/__mock__/projects/3/activities
     """
-    from .mock import serve
+    from .mock import ServeError, serve
 
     try:
         serve(
@@ -542,11 +561,13 @@ def mock_server(
             latency_ms=latency_ms,
             ready_file=ready_file,
         )
+    except ServeError as error:
+        fail(str(error), ExitCode.FATAL)
     except ValueError as error:
         fail(str(error), ExitCode.USAGE)
 
 
-@main.command(context_settings=CONTEXT_SETTINGS)
+@main.command(context_settings=CONTEXT_SETTINGS, epilog=SCHEMA_EXIT_CODES)
 def schema() -> None:
     """Print the JSON Schema of the recipe format, for editors that check YAML as you type.
 

@@ -46,8 +46,9 @@ from .words import counted
 PLAN_EXIT_CODES = """\b
 Exit codes:
   0    the plan was printed
-  1    with --probe: the server rejected the token, asked for too long a
-       wait, or could not be reached
+  1    standard output could not be written; with --probe also: the server
+       rejected the token, asked for too long a wait, could not be reached,
+       or the base URL is not an API root (no /api/v2)
   2    invalid recipe or usage; nothing was sent
   130  interrupted by Ctrl-C"""
 
@@ -118,7 +119,10 @@ def _run_folder(folder: Path) -> Path:
             raise RunFolderError(f"{folder}: the output folder has no runs yet")
         return runs[-1]
     if not folder.is_dir():
-        raise RunFolderError(f"{folder}: folder not found")
+        raise RunFolderError(
+            f"{folder}: folder not found; give an output folder (with runs/) or a run folder "
+            "such as OUTPUT/runs/0001"
+        )
     return folder
 
 

@@ -401,11 +401,23 @@ class _Session:
             incremental=self.options.incremental,
         )
         try:
-            for name in self.recipe.streams:
-                end = state.streams.setdefault(name, StreamState()).committed_end
-                path = stream_path(run_folder, name, self.codec)
-                last = state.streams[name].last_page_start
-                files[name] = StreamFile.open(path, end, codec=self.codec, last_page_start=last)
+            try:
+                for name in self.recipe.streams:
+                    end = state.streams.setdefault(name, StreamState()).committed_end
+                    path = stream_path(run_folder, name, self.codec)
+                    last = state.streams[name].last_page_start
+                    files[name] = StreamFile.open(path, end, codec=self.codec, last_page_start=last)
+            except StorageError as error:
+                # The session ends before its first request, with a summary of what the
+                # manifest proves, as one that a failed write stopped.
+                result.fatal = StorageError(
+                    f"{error}. Nothing was sent; make the run folder writable (or free some "
+                    f"space), then {self.rerun} to resume"
+                )
+                result.streams = {
+                    name: StreamStats.of(state.streams[name]) for name in self.recipe.streams
+                }
+                return result
             committer = Committer(journal, files, codec=self.codec)
             await self._export(state, committer, run_folder, result)
             if isinstance(result.fatal, StorageError):

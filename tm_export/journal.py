@@ -77,7 +77,8 @@ def scan_journal(path: Path) -> tuple[JournalExtent, Iterator[dict[str, Any]]]:
     data = path.read_bytes()
     recovery = (
         f"Nothing was changed. If you have a backup of {path.name}, restore it and run again; "
-        "otherwise run with --start-over to begin a new run in a new folder beside this one"
+        "otherwise 'tm-export run RECIPE --start-over' begins a new run in a new folder beside "
+        "this one"
     )
     if not data:
         raise ManifestError(

@@ -200,7 +200,10 @@ def find_runs(folder: Path) -> list[RunPaths]:
         RunFolderError: ``folder`` is missing, or is neither an output nor a run folder.
     """
     if not folder.is_dir():
-        raise RunFolderError(f"{folder}: folder not found")
+        raise RunFolderError(
+            f"{folder}: folder not found; give an output folder (with runs/) or a run folder "
+            "such as OUTPUT/runs/0001"
+        )
     if runs_folder(folder).is_dir():
         runs = [locate_run(run) for run in list_runs(folder)]
         if not runs:

@@ -8,6 +8,6 @@ inject errors, latency, dropped connections and broken pages on chosen requests.
 
 from tm_export.mock.dataset import Dataset
 from tm_export.mock.faults import FaultRule
-from tm_export.mock.server import MockServer, serve
+from tm_export.mock.server import MockServer, ServeError, serve
 
-__all__ = ["Dataset", "FaultRule", "MockServer", "serve"]
+__all__ = ["Dataset", "FaultRule", "MockServer", "ServeError", "serve"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
-from tm_export.mock.server import serve
+from tm_export.mock.server import ServeError, serve
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,14 +29,19 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    serve(
-        host=args.host,
-        port=args.port,
-        projects=args.projects,
-        seed=args.seed,
-        latency_ms=args.latency_ms,
-        ready_file=args.ready_file,
-    )
+    try:
+        serve(
+            host=args.host,
+            port=args.port,
+            projects=args.projects,
+            seed=args.seed,
+            latency_ms=args.latency_ms,
+            ready_file=args.ready_file,
+        )
+    except ServeError as error:
+        sys.exit(f"python -m tm_export.mock: error: {error}")
+    except ValueError as error:
+        parser.error(str(error))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,10 @@ def check_loopback(host: str) -> None:
         )
 
 
+class ServeError(Exception):
+    """``serve`` could not listen, or could not write its ready file."""
+
+
 class MockServer:
     """A mock Tasking Manager API on ``http://HOST:PORT/api/v2``, for tests.
 
@@ -226,6 +230,10 @@ def serve(
     Prints ``base_url``, ``api_url`` and one line per token as ``name: value``, and writes the
     same as ``{"base_url", "api_url", "tokens"}`` JSON to ``ready_file`` when given (atomically,
     so a reader never sees a partial file).
+
+    Raises:
+        ServeError: the port is taken, or ``ready_file`` cannot be written.
+        ValueError: ``host`` is not a loopback address.
     """
     server = MockServer(projects=projects, seed=seed, latency_ms=latency_ms, host=host, port=port)
     stop_requested = threading.Event()
@@ -236,8 +244,24 @@ def serve(
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.start()
-        _announce(server, ready_file)
+        try:
+            server.start()
+        except RuntimeError as error:
+            cause = error.__cause__
+            reason = (
+                os.strerror(cause.errno) if isinstance(cause, OSError) and cause.errno else error
+            )
+            raise ServeError(
+                f"cannot listen on {host}:{port}: {reason}; choose another --port, or 0 for a "
+                "free one"
+            ) from error
+        try:
+            _announce(server, ready_file)
+        except OSError as error:
+            raise ServeError(
+                f"--ready-file {ready_file}: cannot write it: {error.strerror}; give a file in "
+                "a folder that exists and is writable"
+            ) from error
         while not stop_requested.wait(1.0):
             pass
     finally:

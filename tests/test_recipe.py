@@ -197,6 +197,11 @@ EXPECTED: dict[str, str] = {
         "stream, because their values are taken together from each of its records; "
         "'project_id' already takes values from 'projects'"
     ),
+    "from_whole_record_of_objects": (
+        "9: streams.details.params.project_id.from: the records of endpoint 'projects' are "
+        "objects, and $ takes records that are strings or numbers; name a field of its "
+        "records, such as projects.projectId"
+    ),
     "from_whole_record_in_path": (
         "10: streams.by_country.params.country.from: $ stands for the whole record and cannot "
         "be part of a path; write countries.$ for the record itself, or a dotted path of field "

@@ -456,8 +456,9 @@ def _check_references(where: KeyLocator, streams: Mapping[str, StreamSpec]) -> N
 def _check_from_field(
     where: KeyLocator, stream: StreamSpec, spec: FromStream, parent: StreamSpec
 ) -> None:
-    """Raise RecipeError for a field path that no record can have: ``$`` inside a path, or
-    a ``_partition`` parameter that the parent stream does not vary.
+    """Raise RecipeError for a field path that no record can have: ``$`` inside a path,
+    ``$`` of a catalog endpoint whose records are objects, or a ``_partition`` parameter
+    that the parent stream does not vary.
 
     Other fields are known only from the records, so the run checks them.
     """
@@ -468,6 +469,14 @@ def _check_from_field(
             keys,
             f"$ stands for the whole record and cannot be part of a path; write "
             f"{spec.stream}.$ for the record itself, or a dotted path of field names",
+        )
+    endpoint = parent.endpoint
+    if spec.field == WHOLE_BODY and not endpoint.raw and endpoint.key != WHOLE_BODY:
+        example = f"such as {spec.stream}.{endpoint.key}" if endpoint.key else "by its path"
+        raise where.error(
+            keys,
+            f"the records of endpoint '{endpoint.name}' are objects, and $ takes records that "
+            f"are strings or numbers; name a field of its records, {example}",
         )
     if parts[0] != PARTITION_KEY:
         return

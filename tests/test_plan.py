@@ -482,7 +482,7 @@ def test_plan_shard_probe_equals_run(tmp_path: Path, mock: MockServer) -> None:
         sent.append(len(mock.requests()))
         mock.reset_log()
 
-    assert [plan["shard"] for plan in planned] == ["1/2", "2/2"]
+    assert [plan["shard"] for plan in planned] == [[1, 2], [2, 2]]
     assert [plan["total"]["exact"] for plan in planned] == [True, True]
     assert [plan["total"]["requests"] for plan in planned] == sent
     for number, stream in enumerate(whole["streams"]):

@@ -193,7 +193,7 @@ def test_failed_partition_keeps_earlier_records(tmp_path: Path, mock: MockServer
         "them, and the next incremental run fetches them again\n"
     )
     record = orjson.loads((tmp_path / "now/snapshot.json").read_bytes())
-    assert record["streams"]["statistics"]["failed"] == ['{"project_id":7}']
+    assert record["streams"]["statistics"]["failed"] == [{"project_id": 7}]
     assert [
         stream["failed"] for name, stream in record["streams"].items() if name != "statistics"
     ] == [[]] * 5

@@ -209,6 +209,8 @@ def test_status_failures_and_history(tmp_path: Path, mock: MockServer) -> None:
     error = str(failed["error"])
     assert len(error) > 160
     assert f'contributions: last error, partition {{"project_id":5}}: {error[:157]}...' in lines
+    report = orjson.loads(run_cli("status", str(old), "--json").stdout)
+    assert report["streams"]["contributions"]["last_error_partition"] == {"project_id": 5}
     assert lines[-3:] == [
         "runs:",
         f"  0001  finished with failures  started {starts[old]}  ended {ends[old]}  "

@@ -544,7 +544,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "probed": plan.base_url is not None,
         "base_url": plan.base_url,
         "probe_requests": plan.probe_requests,
-        "shard": None if plan.shard is None else f"{plan.shard[0]}/{plan.shard[1]}",
+        # [K, N], as status --json and the manifest header give it.
+        "shard": None if plan.shard is None else list(plan.shard),
         "streams": [
             {
                 "name": stream.name,

@@ -294,19 +294,17 @@ def _partition_winners(stream: str, states: list[ManifestState]) -> dict[str, in
     return winners
 
 
-def _failed(stream: str, states: list[ManifestState], deleted: set[int]) -> list[str]:
-    """Return the ids of the partitions whose final state in the newest run that finished
-    them is failed: their records are an earlier run's, or incomplete. Those of deleted
-    projects are left out, as their records are, and no run fetches them again."""
+def _failed(stream: str, states: list[ManifestState], deleted: set[int]) -> list[dict[str, Any]]:
+    """Return the parameters of the partitions whose final state in the newest run that
+    finished them is failed: their records are an earlier run's, or incomplete. Those of
+    deleted projects are left out, as their records are, and no run fetches them again."""
     latest = latest_finals(states, stream)
-    return sorted(
-        (
-            partition
-            for partition, final in latest.items()
-            if final == "failed" and not names_project(orjson.loads(partition), deleted)
-        ),
+    failed = sorted(
+        (partition for partition, final in latest.items() if final == "failed"),
         key=partition_order,
     )
+    values = [orjson.loads(partition) for partition in failed]
+    return [partition for partition in values if not names_project(partition, deleted)]
 
 
 def _problems(stream: str, chain: list[RunCheck], deleted: set[int]) -> list[dict[str, Any]]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .codec import Codec
 from .layout import run_codec
 from .manifest import latest_session
@@ -417,7 +419,9 @@ def _stream_json(stream: StreamStatus) -> dict[str, Any]:
         "file_bytes": stream.file_bytes,
         "skip_reasons": dict(sorted(stream.skip_reasons.items())),
         "last_error": stream.last_error,
-        "last_error_partition": stream.last_error_partition,
+        "last_error_partition": (
+            orjson.loads(stream.last_error_partition) if stream.last_error_partition else None
+        ),
         "problems": stream.problems,
         "read_again": stream.read_again,
     }

@@ -346,6 +346,41 @@ def test_canonical_compressed_interrupted(tmp_path: Path, mock: MockServer) -> N
     assert run_cli("verify", str(run)).exit_code == 0
 
 
+@pytest.mark.parametrize("codec", CODECS)
+def test_canonical_compressed_run_again(tmp_path: Path, mock: MockServer, codec: str) -> None:
+    """A compressed run made canonical no longer ends where its pages did, yet the same
+    command finds it finished and sends nothing."""
+    run = export(tmp_path, mock, codec, "--canonical")
+    before = {path.name: path.read_bytes() for path in (run / "data").iterdir()}
+    mock.reset_log()
+
+    again = export(tmp_path, mock, codec, "--canonical")
+
+    assert again == run
+    assert mock.requests() == []
+    assert {path.name: path.read_bytes() for path in (run / "data").iterdir()} == before
+
+
+def test_run_finishes_interrupted_canonical(tmp_path: Path, mock: MockServer) -> None:
+    """A run whose --canonical rewrite a crash interrupted after its journal entry is
+    finished by the same command: the sorted copy takes the file's place, with no request."""
+    run = export(tmp_path, mock, "gzip", "--canonical")
+    path = stream_file(run, "summaries", "gzip")
+    sorted_copy = path.read_bytes()
+    (run / "run.json").unlink()
+    path.rename(run / "data/.summaries.jsonl.gz.canonical")
+    path.write_bytes(b"")
+    mock.reset_log()
+
+    export(tmp_path, mock, "gzip", "--canonical")
+
+    assert mock.requests() == []
+    assert path.read_bytes() == sorted_copy
+    assert not (run / "data/.summaries.jsonl.gz.canonical").exists()
+    assert (run / "run.json").exists()
+    assert run_cli("verify", str(run)).exit_code == 0
+
+
 def test_canonical_removes_compressed_leftover(tmp_path: Path, mock: MockServer) -> None:
     """A sorted .zst copy that no journal entry names is deleted before the rewrite."""
     run = export(tmp_path, mock, "zstd")

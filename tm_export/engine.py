@@ -401,8 +401,15 @@ class _Session:
             incremental=self.options.incremental,
         )
         try:
+            canonical = {entry["s"] for entry in state.canonical}
             try:
                 for name in self.recipe.streams:
+                    if name in canonical:
+                        # A canonical run takes no more pages (see _open_run), and a file
+                        # rewritten in canonical order, or being rewritten, no longer ends
+                        # where its pages did once it is compressed.
+                        state.streams.setdefault(name, StreamState())
+                        continue
                     end = state.streams.setdefault(name, StreamState()).committed_end
                     path = stream_path(run_folder, name, self.codec)
                     last = state.streams[name].last_page_start

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -247,6 +249,67 @@ def test_mock_server_ready_file_unwritable(tmp_path: Path) -> None:
         f"tm-export: error: --ready-file {ready}: cannot write it: No such file or directory; "
         "give a file in a folder that exists and is writable"
     )
+
+
+@pytest.mark.parametrize("target", ["missing", "loop"])
+def test_output_broken_link_refused(tmp_path: Path, target: str) -> None:
+    """An output folder that is a link to nothing, or one of two links to each other, is a
+    usage error that names the link."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / target)
+    if target == "loop":
+        (tmp_path / "loop").symlink_to(link)
+
+    outcome = run_cli(
+        "run", str(recipe), "-o", str(link), "--base-url", "http://127.0.0.1:9/api/v2"
+    )
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr == (
+        f"tm-export: error: --output: '{link}' is a symbolic link to '{tmp_path / target}', "
+        "which leads to no folder (its target is missing, or the links form a loop); fix the "
+        "link or choose another folder path\n"
+    )
+
+
+def test_output_name_outside_file_system_encoding(tmp_path: Path) -> None:
+    """Under an ASCII locale without UTF-8 mode, a recipe's non-ASCII output is a usage
+    error that says what to change, and a report whose path the terminal cannot show is
+    printed with escapes."""
+    recipe = write_recipe(tmp_path, RECIPE.replace("output: OUT", "output: \u00e4rchive"))
+    ascii_only = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+
+    refused = run_process(
+        "run", str(recipe), "--base-url", "http://127.0.0.1:9/api/v2", env=ascii_only
+    )
+    shown = run_process("status", str(tmp_path / "\u65e5"), env={"PYTHONIOENCODING": "latin-1"})
+
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        f"tm-export: error: {recipe}:3: output: '\u00e4rchive' cannot be written as a file name "
+        "in this system's encoding (ascii); set a UTF-8 locale, such as LC_ALL=C.UTF-8, or "
+        "choose a name of ASCII characters\n"
+    )
+    assert shown.returncode == 2
+    assert (
+        shown.stderr
+        == f"tm-export: error: {tmp_path}/\\u65e5: folder not found; give an output folder (with runs/) or a run folder such as OUTPUT/runs/0001\n"
+    )
+
+
+def test_unwritable_stderr_keeps_exit_code(tmp_path: Path, mock: MockServer) -> None:
+    """Logs that cannot be written to a full stderr leave the run's own exit code."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    command = [sys.executable, "-m", "tm_export", "run", str(recipe), "--base-url", mock.api_url]
+
+    with open("/dev/full", "w") as full:
+        finished = subprocess.run(
+            [*command, "--json"], stdout=subprocess.PIPE, stderr=full, check=False, timeout=120
+        )
+
+    assert finished.returncode == 0
+    assert orjson.loads(finished.stdout)["exit_code"] == 0
 
 
 def test_shard_canonical_refused(tmp_path: Path) -> None:

@@ -243,6 +243,34 @@ def test_signal_during_canonical_skips_bag(
     assert verified.exit_code == 0, verified.stdout + verified.stderr
 
 
+def test_ignored_sigint_stays_ignored(tmp_path: Path, mock: MockServer) -> None:
+    """A run started with SIGINT ignored, as a shell starts a script's background job, goes
+    on through a SIGINT and completes."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    command = [sys.executable, "-m", "tm_export", "run", str(recipe), "--base-url", mock.api_url]
+    process = subprocess.Popen(
+        ["sh", "-c", "read go; exec " + " ".join(command)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "TM_API_TOKEN": mock.tokens["admin"]},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        mock.add_fault(
+            path=r"^/api/v2/projects/\d+/activities/$",
+            times=1,
+            call=lambda: os.kill(process.pid, signal.SIGINT),
+        )
+        _, stderr = process.communicate(b"go\n", timeout=120)
+    finally:
+        mock.clear_faults()
+
+    assert process.returncode == 0, stderr.decode()
+    assert "received SIGINT" not in stderr.decode()
+    assert "result: complete" in stderr.decode()
+
+
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
 def test_signal_while_importing(tmp_path: Path, name: str) -> None:
     """A signal while the command line is imported exits 130 with one line and no traceback."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TextIO, cast
 
 import click
 
@@ -631,6 +632,12 @@ def console_main() -> NoReturn:
     # older generations keep their default), W1 took 0.09 CPU seconds less, and W3, W4 and
     # W5 peaked at the same memory (docs/benchmarks.md).
     gc.set_threshold(50_000)
+    for stream in (sys.stdout, sys.stderr):
+        # A path or a server's text that the terminal's encoding lacks is shown escaped,
+        # rather than stopping a report halfway with a UnicodeEncodeError.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+    sys.stderr = cast(TextIO, _LossyStream(sys.stderr))
     reported = False
     try:
         main()
@@ -649,12 +656,39 @@ def console_main() -> NoReturn:
         try:
             stream.flush()
         except (OSError, ValueError) as error:
-            # A closed pipe, a full disk or a closed stream: the output is incomplete. The
-            # text that failed above is still buffered, so its failure is reported once.
-            if stream is sys.stdout and not reported:
-                _report_output_error(error)
-            code = code or int(ExitCode.FATAL)
+            # A closed pipe, a full disk or a closed stream. Data on stdout is incomplete:
+            # its failure is reported once (the text that failed above is still buffered).
+            # Only logs are lost on stderr, so the exit code stays the command's.
+            if stream is sys.stdout:
+                if not reported:
+                    _report_output_error(error)
+                code = code or int(ExitCode.FATAL)
     os._exit(code)
+
+
+class _LossyStream:
+    """Standard error whose failed writes are dropped.
+
+    Only logs, progress and the summary go there. When they cannot be written (a full
+    disk), nothing can report it, and the command keeps its own exit code: a run that
+    exported everything still exits 0.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError:
+            return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _report_output_error(error: OSError | ValueError) -> None:

@@ -25,9 +25,12 @@ def console_main() -> None:
     """Import and run the command line; exit 130 with one line on a signal while importing."""
     _hold_standard_streams()
 
-    # SIGTERM stops the import as a Ctrl-C does, and gets its default back before any
-    # command runs, so that the commands see the usual handling.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # SIGTERM stops the import as a Ctrl-C does, and gets its handling back before any
+    # command runs, so that the commands see the usual handling. One that the process
+    # started with ignored stays ignored (see interrupts.STOP_SIGNALS).
+    started_with = signal.getsignal(signal.SIGTERM)
+    if started_with != signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         from .cli import console_main as run_command
     except KeyboardInterrupt:
@@ -38,7 +41,7 @@ def console_main() -> None:
         except (OSError, ValueError):
             pass
         os._exit(INTERRUPTED)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL if started_with is None else started_with)
     run_command()
 
 

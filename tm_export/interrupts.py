@@ -17,8 +17,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-#: The signals a run stops on.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: The signals a run stops on: SIGINT and SIGTERM, less those that the process started
+#: with ignored. A shell starts a script's background job (``cmd &``) with SIGINT ignored,
+#: so that a Ctrl-C meant for the foreground leaves the job running, and the run keeps that.
+STOP_SIGNALS = tuple(
+    number
+    for number in (signal.SIGINT, signal.SIGTERM)
+    if signal.getsignal(number) != signal.SIG_IGN
+)
 
 _pending: str | None = None
 """The first signal noted while no block watched, by name."""

@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tm_export.incremental import read_baseline, updated_since
+import tm_export.engine
+from tm_export.incremental import SERVER_CACHE, read_baseline, updated_since
 from tm_export.mock import MockServer
 from tm_export.params import partition_id, shard_owns
 from tm_export.recipe import load_recipe
@@ -296,7 +297,9 @@ def test_deletion_check_failure_is_fatal(tmp_path: Path, mock: MockServer) -> No
     assert "Traceback" not in outcome.stderr
 
 
-def test_resumed_incremental_walk_keeps_filtered(tmp_path: Path, mock: MockServer) -> None:
+def test_resumed_incremental_walk_keeps_filtered(
+    tmp_path: Path, mock: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The server's project search filters by day, so an incremental walk drops projects
     updated earlier that day and its records fall short of the server's total. A walk
     resumed after a failed page reads that from its committed pages and reports no
@@ -309,15 +312,16 @@ def test_resumed_incremental_walk_keeps_filtered(tmp_path: Path, mock: MockServe
         p.id for p in mock.dataset.projects.values() if p.status in ("PUBLISHED", "ARCHIVED")
     )
     early_ids, late_ids = ids[:14], ids[-14:]
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    # Today, but before the first run: the search of the incremental run finds these
-    # projects by their day, and the run drops them by their time.
+    noon = dt.datetime.combine(dt.date.today(), dt.time(12))
+    # Every run starts at noon, as far as the manifests say.
+    monkeypatch.setattr(tm_export.engine, "utc_now_text", lambda: f"{noon.isoformat()}Z")
+    # Today, but more than the server's cache time before the first run: the search of the
+    # incremental run finds these projects by their day, and the run drops them by their time.
     for project_id in early_ids:
-        mock.dataset.touch_project(project_id, max(now - dt.timedelta(minutes=1), midnight))
+        mock.dataset.touch_project(project_id, noon - SERVER_CACHE - dt.timedelta(minutes=1))
     assert run_cli(*args, env=env).exit_code == 0
     for project_id in late_ids:
-        mock.dataset.touch_project(project_id, now + dt.timedelta(minutes=5))
+        mock.dataset.touch_project(project_id, noon + dt.timedelta(minutes=5))
     mock.add_fault(path=r"^/api/v2/projects/$", query={"page": "2"}, status=500)
     failed = run_cli(*args, "--incremental", env=env)
     mock.clear_faults()
@@ -329,6 +333,30 @@ def test_resumed_incremental_walk_keeps_filtered(tmp_path: Path, mock: MockServe
     assert "integrity" not in retried.stderr
     second = tmp_path / "out/runs/0002/data/projects.jsonl"
     assert sorted(r["projectId"] for r in records(second)) == late_ids
+
+
+def test_project_changed_within_cache_read_again(
+    tmp_path: Path, mock: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project changed less than the server's cache time before a run may have been read
+    from a stale statistics cache, so the next incremental run reads it again; one changed
+    earlier is not."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    public = sorted(mock.dataset.public_project_ids())
+    recent, older = public[0], public[1]
+    noon = dt.datetime.combine(dt.date.today(), dt.time(12))
+    monkeypatch.setattr(tm_export.engine, "utc_now_text", lambda: f"{noon.isoformat()}Z")
+    mock.dataset.touch_project(recent, noon - SERVER_CACHE + dt.timedelta(minutes=1))
+    mock.dataset.touch_project(older, noon - SERVER_CACHE - dt.timedelta(minutes=1))
+    assert run_cli(*args, env=env).exit_code == 0
+
+    outcome = run_cli(*args, "--incremental", env=env)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    second = tmp_path / "out/runs/0002/data/projects.jsonl"
+    assert [r["projectId"] for r in records(second)] == [recent]
 
 
 def test_incremental_run_labelled_partial(tmp_path: Path, mock: MockServer) -> None:

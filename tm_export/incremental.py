@@ -53,8 +53,9 @@ PROJECT_PARAMETERS = ("project_id", "projectId")
 NEWEST_FIRST = frozenset({"project_activities"})
 
 #: How long the server may keep serving a statistics answer it computed earlier: TM caches
-#: /tasks/statistics/ for an hour in each worker, keyed by its dates and filters. A date
-#: window read within that time after its last day may miss that day's last changes.
+#: /tasks/statistics/ for an hour in each worker, keyed by its dates and filters, and a
+#: project's statistics for 10 minutes. A date window read within that time after its last
+#: day, or a project read within it after a change, may miss the last changes.
 SERVER_CACHE = dt.timedelta(hours=1)
 
 
@@ -83,6 +84,13 @@ class Baseline:
     newest final state in the earlier runs is failed."""
     authenticated: bool = False
     """Whether a session of the earlier runs sent an API token."""
+
+    @property
+    def search_from(self) -> dt.datetime | None:
+        """The time from which the project search takes projects: ``search_since``, less
+        ``SERVER_CACHE``. A project changed shortly before an earlier run may have been read
+        from a statistics cache filled before the change, so it is read once more."""
+        return None if self.search_since is None else self.search_since - SERVER_CACHE
 
     def header(self) -> dict[str, Any]:
         """Return what the new run's manifest header records about its baseline."""

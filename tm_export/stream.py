@@ -168,7 +168,7 @@ class StreamRunner:
         self._shard = shard
         self._codec = codec
         self._since = (
-            baseline.search_since if baseline and spec.endpoint.name == "projects" else None
+            baseline.search_from if baseline and spec.endpoint.name == "projects" else None
         )
         self._stop_keys = baseline.newest.get(spec.name, {}) if baseline else {}
         self._baseline = baseline

@@ -50,7 +50,7 @@ class Endpoint:
     """Query parameters without which the server rejects a request (422)."""
     defaults: Mapping[str, str] = field(default_factory=dict)
     window: DateWindow | None = None
-    refused_params: Mapping[str, str] = field(default_factory=dict)
+    rejected_params: Mapping[str, str] = field(default_factory=dict)
     """Query parameters the server takes but a recipe may not set, each with the reason."""
 
     @property
@@ -144,7 +144,7 @@ _ENDPOINTS: tuple[Endpoint, ...] = (
         summary="Project detail with AOI and every task geometry.",
         auth="optional",
         query_params=frozenset({"abbreviated"}),
-        refused_params={
+        rejected_params={
             "as_file": "with it the server renames every key of the project to snake_case, so "
             "the records would lack projectId; remove it, the record holds the same data "
             "without it",

@@ -76,9 +76,9 @@ def _check_param_name(
         )
     if endpoint.raw or name in endpoint.accepted_params:
         return
-    if name in endpoint.refused_params:
+    if name in endpoint.rejected_params:
         raise where.error(
-            keys, f"not allowed for endpoint '{endpoint.name}': {endpoint.refused_params[name]}"
+            keys, f"not allowed for endpoint '{endpoint.name}': {endpoint.rejected_params[name]}"
         )
     accepted = sorted(endpoint.accepted_params)
     close = difflib.get_close_matches(name, accepted, n=1)

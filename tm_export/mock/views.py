@@ -223,7 +223,7 @@ def stored_order(project: Project) -> list[Task]:
     never changed by id, then the others by the time of their last change.
 
     The backend does not sort tasks, and PostgreSQL writes a changed row anew at the end of
-    its table, so clients must not expect ids in order (recording project_1_tasks.http).
+    its table, so clients must not expect ids in order.
     """
     changed: dict[int, datetime] = {}
     for entry in project.history:

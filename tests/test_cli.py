@@ -267,45 +267,86 @@ def test_output_broken_link_refused(tmp_path: Path, target: str) -> None:
 
     assert outcome.exit_code == 2
     assert outcome.stderr == (
-        f"tm-export: error: --output: '{link}' is a symbolic link to '{tmp_path / target}', "
+        f"tm-export: error: '{link}' is a symbolic link to '{tmp_path / target}', "
         "which leads to no folder (its target is missing, or the links form a loop); fix the "
         "link or choose another folder path\n"
     )
 
 
+@pytest.mark.parametrize("command", ["merge", "snapshot"])
+def test_broken_link_destination_refused(tmp_path: Path, command: str) -> None:
+    """merge's output and snapshot's destination get the same check of links as run's."""
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "missing")
+    (tmp_path / "shard").mkdir()
+    args = (
+        [str(link), str(tmp_path / "shard")]
+        if command == "merge"
+        else [str(tmp_path / "shard"), str(link)]
+    )
+
+    outcome = run_cli(command, *args)
+
+    assert outcome.exit_code == 2
+    assert outcome.stderr.splitlines()[-1] == (
+        f"tm-export: error: '{link}' is a symbolic link to '{tmp_path / 'missing'}', "
+        "which leads to no folder (its target is missing, or the links form a loop); fix the "
+        "link or choose another folder path"
+    )
+
+
 def test_output_name_outside_file_system_encoding(tmp_path: Path) -> None:
     """Under an ASCII locale without UTF-8 mode, a recipe's non-ASCII output is a usage
-    error that says what to change, and a report whose path the terminal cannot show is
-    printed with escapes."""
-    recipe = write_recipe(tmp_path, RECIPE.replace("output: OUT", "output: \u00e4rchive"))
+    error that says what to change, unless --output replaces it, and a report whose path
+    the terminal cannot show is printed with escapes."""
+    text = RECIPE.replace("output: OUT", "output: \u00e4rchive")
+    recipe = write_recipe(tmp_path, text.replace("10000/s}", "10000/s, retries: {attempts: 1}}"))
     ascii_only = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
 
     refused = run_process(
         "run", str(recipe), "--base-url", "http://127.0.0.1:9/api/v2", env=ascii_only
     )
+    overridden = run_process(
+        "run",
+        str(recipe),
+        "-o",
+        str(tmp_path / "plain"),
+        "--base-url",
+        "http://127.0.0.1:9/api/v2",
+        env=ascii_only,
+    )
     shown = run_process("status", str(tmp_path / "\u65e5"), env={"PYTHONIOENCODING": "latin-1"})
 
     assert refused.returncode == 2
     assert refused.stderr == (
-        f"tm-export: error: {recipe}:3: output: '\u00e4rchive' cannot be written as a file name "
-        "in this system's encoding (ascii); set a UTF-8 locale, such as LC_ALL=C.UTF-8, or "
-        "choose a name of ASCII characters\n"
+        "tm-export: error: '\u00e4rchive' cannot be written as a file name in this system's "
+        "encoding (ascii); set a UTF-8 locale, such as LC_ALL=C.UTF-8, or choose a name of "
+        "ASCII characters\n"
     )
+    assert overridden.returncode == 1
+    assert "cannot be written as a file name" not in overridden.stderr
     assert shown.returncode == 2
-    assert (
-        shown.stderr
-        == f"tm-export: error: {tmp_path}/\\u65e5: folder not found; give an output folder (with runs/) or a run folder such as OUTPUT/runs/0001\n"
+    assert shown.stderr == (
+        f"tm-export: error: {tmp_path}/\\u65e5: folder not found; give an output folder "
+        "(with runs/) or a run folder such as OUTPUT/runs/0001\n"
     )
 
 
-def test_unwritable_stderr_keeps_exit_code(tmp_path: Path, mock: MockServer) -> None:
-    """Logs that cannot be written to a full stderr leave the run's own exit code."""
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
+def test_unwritable_stderr_keeps_exit_code(tmp_path: Path, mock: MockServer, encoding: str) -> None:
+    """Logs that cannot be written to a full stderr leave the run's own exit code, also when
+    click writes them through a wrapper of its own (an ASCII stderr)."""
     recipe = write_recipe(tmp_path, RECIPE)
     command = [sys.executable, "-m", "tm_export", "run", str(recipe), "--base-url", mock.api_url]
 
     with open("/dev/full", "w") as full:
         finished = subprocess.run(
-            [*command, "--json"], stdout=subprocess.PIPE, stderr=full, check=False, timeout=120
+            [*command, "--json"],
+            stdout=subprocess.PIPE,
+            stderr=full,
+            check=False,
+            timeout=120,
+            env={**os.environ, "PYTHONIOENCODING": encoding},
         )
 
     assert finished.returncode == 0

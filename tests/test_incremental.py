@@ -730,7 +730,7 @@ def test_window_read_within_cache_fetched_again(
 ) -> None:
     """The server may serve task statistics computed up to an hour earlier, so a window
     read in the first hour after its last day (UTC) is fetched again by the next run."""
-    current = dt.date.today().replace(day=1)
+    current = dt.datetime.now(dt.UTC).date().replace(day=1)
     previous = (current - dt.timedelta(days=1)).replace(day=1)
     recipe = write_recipe(
         tmp_path,

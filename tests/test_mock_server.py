@@ -287,6 +287,7 @@ def test_search_text_in_descriptions(server: MockServer) -> None:
     assert len(responders) == len(every)
     assert project.id in {item["projectId"] for item in city}
     assert api(server, "/projects/?textSearch=respond").json() == {"mapResults": {}, "results": []}
+    assert api(server, "/projects/?textSearch=.").json() == {"mapResults": {}, "results": []}
 
 
 def test_tasks_in_stored_order(server: MockServer) -> None:

@@ -252,9 +252,9 @@ EXPECTED: dict[str, str] = {
         "endpoint; remove this parameter"
     ),
     "param_refused": (
-        "8: streams.detail.params.as_file: not allowed for endpoint 'project': with it the "
-        "server renames every key of the project to snake_case, so the records would lack "
-        "projectId; remove it, the record holds the same data without it"
+        "8: streams.detail.params.as_file: not allowed for endpoint 'project': as_file=true "
+        "makes the server rename every key of the project to snake_case, so the records would "
+        "lack projectId; remove it, the record holds the same data without it"
     ),
     "param_unknown": (
         "7: streams.projects.params.projectStatus: unknown parameter for endpoint 'projects';"

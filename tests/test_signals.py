@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -249,7 +250,7 @@ def test_ignored_sigint_stays_ignored(tmp_path: Path, mock: MockServer) -> None:
     recipe = write_recipe(tmp_path, RECIPE)
     command = [sys.executable, "-m", "tm_export", "run", str(recipe), "--base-url", mock.api_url]
     process = subprocess.Popen(
-        ["sh", "-c", "read go; exec " + " ".join(command)],
+        ["sh", "-c", "read go; exec " + shlex.join(command)],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -145,9 +145,9 @@ _ENDPOINTS: tuple[Endpoint, ...] = (
         auth="optional",
         query_params=frozenset({"abbreviated"}),
         rejected_params={
-            "as_file": "with it the server renames every key of the project to snake_case, so "
-            "the records would lack projectId; remove it, the record holds the same data "
-            "without it",
+            "as_file": "as_file=true makes the server rename every key of the project to "
+            "snake_case, so the records would lack projectId; remove it, the record holds the "
+            "same data without it",
         },
     ),
     Endpoint(

@@ -671,17 +671,27 @@ class _LossyStream:
 
     Only logs, progress and the summary go there. When they cannot be written (a full
     disk), nothing can report it, and the command keeps its own exit code: a run that
-    exported everything still exits 0.
+    exported everything still exits 0. Its ``buffer`` drops them too, since click writes
+    there through a wrapper of its own when the stream's encoding is ASCII.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: Any) -> None:
         self._stream = stream
 
-    def write(self, text: str) -> int:
+    @property
+    def buffer(self) -> _LossyStream:
+        return _LossyStream(self._stream.buffer)
+
+    def write(self, data: Any) -> int:
         try:
-            return self._stream.write(text)
+            written: int = self._stream.write(data)
         except OSError:
-            return len(text)
+            return len(data)
+        return written
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
 
     def flush(self) -> None:
         with contextlib.suppress(OSError):

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -49,14 +50,50 @@ STARTING_SUFFIX = ".starting"
 MERGING_SUFFIX = ".merging"
 
 
+def path_problem(path: Path) -> str | None:
+    """Return why no folder can be made at ``path``, as a message, or None when one can.
+
+    The reasons are a name that the system's file name encoding cannot hold (a C locale
+    without UTF-8 mode), and a symbolic link on the path that leads nowhere.
+    """
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        encoding = sys.getfilesystemencoding()
+        advice = (
+            "choose another name"
+            if encoding.lower().replace("-", "") == "utf8"
+            else "set a UTF-8 locale, such as LC_ALL=C.UTF-8, or choose a name of ASCII characters"
+        )
+        return f"'{path}' cannot be written as a file name in this system's encoding ({encoding}); {advice}"
+
+    for candidate in (path, *path.parents):
+        try:
+            # exists() is false for a link whose target is missing or that loops.
+            broken = candidate.is_symlink() and not candidate.exists()
+        except OSError:
+            return None  # not readable here: creating the folder reports the real error
+        if broken:
+            return (
+                f"'{candidate}' is a symbolic link to '{os.readlink(candidate)}', which leads to "
+                "no folder (its target is missing, or the links form a loop); fix the link or "
+                "choose another folder path"
+            )
+    return None
+
+
 def check_output(output: Path) -> None:
-    """Raise RecipeError for an output folder that is, or lies inside, a run or a snapshot.
+    """Raise RecipeError for an output folder that cannot be made (see ``path_problem``), or
+    that is, or lies inside, a run or a snapshot.
 
     An export there would start a run of its own inside one that status, verify and
     snapshot read, and they would not see it. Only the folders that tm-export makes count,
     so that files of the same names elsewhere stop nothing. The path is walked up as given
     and with links resolved, so that a runs/ folder linked to another disk counts too.
     """
+    problem = path_problem(output) or path_problem(runs_folder(output))
+    if problem is not None:
+        raise RecipeError(problem)
     absolute = Path(os.path.abspath(output))
     for start in dict.fromkeys((absolute, output.resolve())):
         for folder in (start, *start.parents):

@@ -42,7 +42,7 @@ from . import __version__
 from .codec import open_lines
 from .errors import ExitCode, StorageError, TmExportError
 from .incremental import NEWEST_FIRST, names_project
-from .layout import SNAPSHOT_RECORD, run_home
+from .layout import SNAPSHOT_RECORD, path_problem, run_home
 from .manifest import ManifestState, latest_finals, latest_session
 from .params import partition_id, partition_order
 from .recipe import StreamSpec, parse_recipe
@@ -99,6 +99,8 @@ def make_snapshot(run_folder: Path, destination: Path) -> Snapshot:
         raise SnapshotStateError(
             f"{destination} exists already; give a new folder for the snapshot, or delete this one"
         )
+    if (problem := path_problem(destination)) is not None:
+        raise SnapshotStateError(problem)
     chain = _chain(run_folder)
     shard = chain[-1].state.header.get("shard")
     if shard:

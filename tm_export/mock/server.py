@@ -242,7 +242,11 @@ def serve(
         logger.info("mock server got signal %d, stopping", signum)
         stop_requested.set()
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # A signal the process started with ignored (a background job's SIGINT) stays ignored.
+    stops = [
+        sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) != signal.SIG_IGN
+    ]
+    previous = {sig: signal.signal(sig, request_stop) for sig in stops}
     try:
         try:
             server.start()

@@ -18,7 +18,7 @@ from tm_export.clock import FakeClock
 from tm_export.errors import ExitCode
 from tm_export.mock import MockServer
 
-from .conftest import data_file, export_here, run_cli, write_recipe
+from .conftest import append_stopped_retry, data_file, export_here, run_cli, write_recipe
 from .test_crash import RECIPE, STREAMS, compare, multiset, reference, start_held
 
 SEARCH = r"^/api/v2/projects/$"
@@ -137,11 +137,65 @@ def test_damaged_manifest_refused(tmp_path: Path, mock: MockServer) -> None:
     assert mock.requests() == []
 
 
+def test_finished_run_files_left_alone(tmp_path: Path, mock: MockServer) -> None:
+    """Running a finished run's command again cuts none of its files back: a line added to
+    one after the run stays, and the run record's check reports it."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args).exit_code == 0
+    path = data_file(tmp_path / "out", "activities")
+    committed = path.stat().st_size
+    line = path.read_bytes().splitlines(keepends=True)[-1]
+    path.write_bytes(path.read_bytes() + line)
+
+    again = run_cli(*args)
+
+    run = tmp_path / "out/runs/0001"
+    assert again.exit_code == 1
+    assert again.stderr.splitlines()[-1] == (
+        f"tm-export: error: {run}: 1 mismatch in its files, no run record was written: "
+        f"data/activities.jsonl: {len(line)} bytes follow the committed end at byte "
+        f"{committed}; a finished run's file must end there. Restore the files from a copy, "
+        "or make a new run with 'tm-export run RECIPE --start-over'; 'tm-export verify "
+        f"{run}' gives the full report"
+    )
+    assert path.stat().st_size == committed + len(line)
+
+
+def test_cut_manifest_of_finished_run_refused(tmp_path: Path, mock: MockServer) -> None:
+    """A finished run's manifest cut short looks like an unfinished run, but its run record
+    shows the loss, so no stream file is cut back and nothing is fetched again."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args).exit_code == 0
+    run = tmp_path / "out/runs/0001"
+    manifest = run / "manifest.jsonl"
+    lines = manifest.read_bytes().splitlines(keepends=True)
+    manifest.write_bytes(b"".join(lines[: len(lines) // 2]))
+    files = {path: path.read_bytes() for path in (run / "data").iterdir()}
+    recorded = orjson.loads((run / "run.json").read_bytes())["manifest"]["bytes"]
+    mock.reset_log()
+
+    outcome = run_cli(*args)
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr.splitlines()[-1] == (
+        f"tm-export: error: {manifest}: its first {recorded} bytes do not match what "
+        f"{run / 'run.json'} records (the manifest has {manifest.stat().st_size}), so it was "
+        "cut or changed after the run finished. Nothing was changed. Restore the manifest "
+        "from a copy and run again, or use --start-over to begin a new run beside this one"
+    )
+    assert mock.requests() == []
+    assert {path: path.read_bytes() for path in (run / "data").iterdir()} == files
+
+
 def test_torn_stream_tail_cut(tmp_path: Path, mock: MockServer) -> None:
     """Half a record after the committed end is removed on resume, and the log says how much."""
     recipe = write_recipe(tmp_path, RECIPE)
     args = ["run", str(recipe), "--base-url", mock.api_url]
     assert run_cli(*args).exit_code == 0
+    # A session killed while it wrote a page leaves the run unfinished and such a tail.
+    append_stopped_retry(tmp_path / "out/runs/0001")
     path = data_file(tmp_path / "out", "activities")
     before = path.read_bytes()
     torn = b'{"historyId":1,"actionText":"Jo' + "ã".encode()[:1]

@@ -318,6 +318,43 @@ def test_verify_against_run_record(tmp_path: Path, mock: MockServer) -> None:
     ]
 
 
+def test_grown_manifest_prefix_compared(tmp_path: Path, mock: MockServer) -> None:
+    """A manifest that grew since the run record is still compared over the bytes the
+    record describes, so a changed server URL among them is found."""
+    run = export(tmp_path, mock)
+    manifest = run / "manifest.jsonl"
+    changed = manifest.read_bytes().replace(b"127.0.0.1", b"127.0.0.2", 1)
+    manifest.write_bytes(changed + b'{"t":"known","s":"summaries","partitions":3}\n')
+
+    outcome = run_cli("verify", str(run))
+
+    assert outcome.exit_code == 3
+    record = orjson.loads((run / "run.json").read_bytes())["manifest"]
+    problems = [line for line in outcome.stdout.splitlines() if "manifest.jsonl:" in line]
+    assert problems == [
+        f"  MISMATCH  manifest.jsonl: the SHA-256 of the first {record['bytes']} bytes of the "
+        f"manifest is {hashlib.sha256(changed[: record['bytes']]).hexdigest()}, but run.json "
+        f"records {record['sha256']}; restore the manifest from a copy"
+    ]
+
+
+def test_edited_record_field_found(tmp_path: Path, mock: MockServer) -> None:
+    """A field of run.json that the hashes do not cover, such as the server's URL, is
+    compared with the record that the manifest gives."""
+    run = export(tmp_path, mock)
+    path = run / "run.json"
+    path.write_bytes(path.read_bytes().replace(b"127.0.0.1", b"example.org"))
+
+    outcome = run_cli("verify", str(run))
+
+    assert outcome.exit_code == 3
+    assert [line for line in outcome.stdout.splitlines() if "run.json:" in line] == [
+        "  MISMATCH  run.json: base_url, sessions differ from what the manifest and the files "
+        f"give; restore the record from a copy, or run 'tm-export record {run}' to write it "
+        "anew from them"
+    ]
+
+
 def test_bag_validates_and_detects_change(tmp_path: Path, mock: MockServer) -> None:
     """A bag passes bagit's validation and verify; one changed byte fails both, naming the file."""
     run = export(tmp_path, mock)
@@ -458,6 +495,28 @@ def test_bag_interrupted_before_tag_manifest(tmp_path: Path, mock: MockServer, c
     assert bagged.exit_code == 0, bagged.stderr
     assert bagit.Bag(str(run)).validate() is True
     assert run_cli("verify", str(run)).exit_code == 0
+
+
+def test_changed_bag_not_undone(tmp_path: Path, mock: MockServer) -> None:
+    """A bag without its tag manifest whose payload no longer matches its checksums is left
+    as it is: undoing it would drop the evidence of the change."""
+    run = export(tmp_path, mock)
+    assert run_cli("bag", str(run)).exit_code == 0
+    (run / "tagmanifest-sha256.txt").unlink()
+    path = run / "data/data/summaries.jsonl"
+    flip_byte(path, path.read_bytes().index(b'"name":"') + len(b'"name":"'))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    bagged = run_cli("bag", str(run))
+
+    assert bagged.exit_code == 3
+    assert bagged.stderr == (
+        f"tm-export: error: {run}: the bag's tag manifest is missing or incomplete, and "
+        "manifest-sha256.txt does not match data/data/summaries.jsonl, so the bag was "
+        "changed after it was made. Nothing was changed; restore the bag from a copy\n"
+    )
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before
 
 
 def test_verify_not_a_run_folder(tmp_path: Path) -> None:

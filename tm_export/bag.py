@@ -35,13 +35,14 @@ from .canonical import remove_leftovers
 from .errors import StorageError
 from .layout import DATA_FOLDER, MANIFEST_NAME
 from .manifest import latest_session
-from .runrecord import write_run_record
+from .runrecord import RunDamagedError, write_run_record
 from .verify import (
     BAG_DECLARATION,
     BAG_TAG_MANIFEST,
     RunPaths,
     RunStateError,
     bag_complete,
+    file_sha256,
     fsync_path,
     interrupted_bag_folder,
     locate_run,
@@ -147,6 +148,15 @@ def restore_interrupted_bag(folder: Path) -> bool:
         # A plain run has its manifest at the top; data/manifest.jsonl there is a stream file.
         moved = not (folder / MANIFEST_NAME).exists()
         if moved and (payload / MANIFEST_NAME).is_file() and not bag_complete(folder):
+            # Putting the folder back drops the bag's checksums, the evidence of a change.
+            changed = changed_payload(folder)
+            if changed:
+                raise RunDamagedError(
+                    f"{folder}: the bag's tag manifest is missing or incomplete, and "
+                    f"manifest-sha256.txt does not match {', '.join(changed[:5])}"
+                    f"{' and more' if len(changed) > 5 else ''}, so the bag was changed after "
+                    "it was made. Nothing was changed; restore the bag from a copy"
+                )
             for name in TAG_FILES:
                 (folder / name).unlink(missing_ok=True)
             # The payload folder is also called data; move it aside before its contents go up.
@@ -161,6 +171,38 @@ def restore_interrupted_bag(folder: Path) -> bool:
             f"{error.strerror}"
         ) from error
     return False
+
+
+def changed_payload(folder: Path) -> list[str]:
+    """Return the payload files that the bag's payload manifest lists and that are missing
+    or hash otherwise, as written there (``data/...``).
+
+    Files that the manifest does not list are not counted: bagit writes the manifest before
+    the tag manifest, so a bagging interrupted while writing it leaves it short.
+    """
+    try:
+        text = (folder / "manifest-sha256.txt").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    lines = text.splitlines()
+    if not text.endswith("\n"):
+        lines = lines[:-1]  # cut short by the interruption
+
+    changed = []
+    for line in lines:
+        digest, _, name = line.strip().partition(" ")
+        name = name.strip()
+        if not name:
+            continue
+        path = folder / name
+        try:
+            actual = file_sha256(path)
+        except OSError:
+            changed.append(name)
+            continue
+        if actual != digest:
+            changed.append(name)
+    return changed
 
 
 def _move_contents_up(source: Path, folder: Path) -> None:

@@ -71,7 +71,7 @@ from .progress import Progress
 from .recipe import BASE_URL_ENV, DEFAULT_BASE_URL, Recipe
 from .recipe_check import base_url_problem
 from .redact import Redactor
-from .runrecord import write_run_record
+from .runrecord import check_manifest_against_record, write_run_record
 from .sink import StreamFile
 from .stream import StreamRunner
 from .timestamps import utc_now_text
@@ -401,13 +401,13 @@ class _Session:
             incremental=self.options.incremental,
         )
         try:
-            canonical = {entry["s"] for entry in state.canonical}
             try:
                 for name in self.recipe.streams:
-                    if name in canonical:
-                        # A canonical run takes no more pages (see _open_run), and a file
-                        # rewritten in canonical order, or being rewritten, no longer ends
-                        # where its pages did once it is compressed.
+                    if self.finished_before:
+                        # No page is added, so no file is opened, and none is cut back: bytes
+                        # past a finished run's pages are not tm-export's, and verify reports
+                        # them. A file rewritten in canonical order, or being rewritten, no
+                        # longer ends where its pages did once it is compressed.
                         state.streams.setdefault(name, StreamState())
                         continue
                     end = state.streams.setdefault(name, StreamState()).committed_end
@@ -504,6 +504,7 @@ class _Session:
                 folder = next_run_folder(output)
             elif manifest.exists():
                 state, extent = load_state(manifest, keep_done_pages=False)
+                check_manifest_against_record(folder, extent.valid_bytes)
                 if not self._check_or_restart(folder, state):
                     if state.canonical and self._retried_states(state):
                         raise ManifestError(

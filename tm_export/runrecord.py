@@ -53,7 +53,7 @@ from .layout import MANIFEST_NAME
 from .manifest import latest_session
 from .params import partition_order
 from .status import FINAL_STATES, run_status
-from .verify import RunCheck, RunStateError, check_run, fsync_path, locate_run
+from .verify import RECORD_NAME, RunCheck, RunStateError, check_run, fsync_path, locate_run
 from .words import counted
 
 if TYPE_CHECKING:
@@ -117,6 +117,36 @@ def write_run_record(
     return paths.record
 
 
+def check_manifest_against_record(run_folder: Path, valid_bytes: int) -> None:
+    """Raise ManifestError when the run record of ``run_folder`` describes manifest bytes
+    that are gone or changed.
+
+    A manifest only grows, so one shorter than its record says, or whose first bytes hash
+    otherwise, was cut or edited. Resuming from it would cut the stream files back to what
+    it still proves and fetch archived data again.
+    """
+    record_path = run_folder / RECORD_NAME
+    manifest_path = run_folder / MANIFEST_NAME
+    try:
+        described = orjson.loads(record_path.read_bytes()).get("manifest", {})
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return  # no record, or one that verify reports
+    recorded_bytes, recorded_sha256 = described.get("bytes"), described.get("sha256")
+    if not isinstance(recorded_bytes, int):
+        return
+
+    if recorded_bytes <= valid_bytes:
+        with manifest_path.open("rb") as file:
+            if hashlib.sha256(file.read(recorded_bytes)).hexdigest() == recorded_sha256:
+                return
+    raise ManifestError(
+        f"{manifest_path}: its first {recorded_bytes} bytes do not match what {record_path} "
+        f"records (the manifest has {valid_bytes}), so it was cut or changed after the run "
+        "finished. Nothing was changed. Restore the manifest from a copy and run again, or "
+        "use --start-over to begin a new run beside this one"
+    )
+
+
 def require_verified(check: RunCheck, consequence: str) -> None:
     """Raise RunDamagedError naming each file that does not match the manifest."""
     if check.ok:
@@ -126,7 +156,8 @@ def require_verified(check: RunCheck, consequence: str) -> None:
         f"{check.paths.folder}: {counted(len(problems), 'mismatch', 'mismatches')} "
         f"in its files, {consequence}: {'; '.join(problems[:5])}"
         + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        + f". Run 'tm-export verify {check.paths.folder}' for the full report"
+        + ". Restore the files from a copy, or make a new run with 'tm-export run RECIPE "
+        f"--start-over'; 'tm-export verify {check.paths.folder}' gives the full report"
     )
 
 

@@ -909,24 +909,27 @@ def _compare_record(paths: RunPaths, check: RunCheck) -> None:
     manifest = record.get("manifest", {})
     recorded_bytes = manifest.get("bytes")
     valid_bytes = check.scan.extent.valid_bytes
-    if isinstance(recorded_bytes, int) and recorded_bytes < valid_bytes:
-        check.notes.append(
-            f"{paths.shown(paths.manifest)} has grown since {shown} was written, so the "
-            f"record was not compared; run 'tm-export record {paths.folder}' again"
-        )
-        return
-    if recorded_bytes != valid_bytes:
+    if not isinstance(recorded_bytes, int) or recorded_bytes > valid_bytes:
         check.problems.append(
             f"{paths.shown(paths.manifest)}: {valid_bytes} bytes, but {shown} records "
-            f"{recorded_bytes}"
+            f"{recorded_bytes}; restore the manifest from a copy"
         )
         return
+    # Entries are only ever added, so the bytes the record describes must be unchanged.
     with paths.manifest.open("rb") as file:
-        actual = hashlib.sha256(file.read(valid_bytes)).hexdigest()
+        actual = hashlib.sha256(file.read(recorded_bytes)).hexdigest()
     if actual != manifest.get("sha256"):
+        part = "" if recorded_bytes == valid_bytes else f"the first {recorded_bytes} bytes of "
         check.problems.append(
-            f"{paths.shown(paths.manifest)}: the SHA-256 is {actual}, but {shown} records "
-            f"{manifest.get('sha256')}"
+            f"{paths.shown(paths.manifest)}: the SHA-256 of {part}the manifest is {actual}, but "
+            f"{shown} records {manifest.get('sha256')}; restore the manifest from a copy"
+        )
+        return
+    if recorded_bytes < valid_bytes:
+        check.notes.append(
+            f"{paths.shown(paths.manifest)} has grown since {shown} was written, so only the "
+            f"part the record describes was compared; run 'tm-export record {paths.folder}' "
+            "again"
         )
         return
 
@@ -947,6 +950,35 @@ def _compare_record(paths: RunPaths, check: RunCheck) -> None:
             stream.problems.append(
                 f"{stream.records} records, but {shown} records {entry.get('records')}"
             )
+    if check.ok and not paths.bagged:
+        _compare_record_fields(paths, check, record)
+
+
+def _compare_record_fields(paths: RunPaths, check: RunCheck, record: dict[str, Any]) -> None:
+    """Add a problem for each field of the run record that differs from the record that
+    the manifest and the files give now: the record is rebuilt, as 'tm-export record' does."""
+    # Imported here, since the run record's module builds on this one.
+    from .runrecord import FORMAT, build_run_record
+
+    if record.get("format") != FORMAT:
+        check.notes.append(
+            f"{paths.shown(paths.record)} is in format {record.get('format')!r}, not "
+            f"{FORMAT!r}, so only its hashes and counts were compared"
+        )
+        return
+    expected = build_run_record(check)
+    # A run folder may be copied or moved under another name.
+    expected["run"] = record.get("run")
+    differing = sorted(
+        key for key in expected.keys() | record.keys() if expected.get(key) != record.get(key)
+    )
+    if differing:
+        check.problems.append(
+            f"{paths.shown(paths.record)}: {', '.join(differing)} "
+            f"{'differs' if len(differing) == 1 else 'differ'} from what the manifest and the "
+            "files give; restore the record from a copy, or run 'tm-export record "
+            f"{paths.folder}' to write it anew from them"
+        )
 
 
 def _compare_bag(paths: RunPaths, check: RunCheck) -> None:

@@ -153,6 +153,42 @@ def test_snapshot_record(tmp_path: Path, mock: MockServer) -> None:
     )
 
 
+def test_verify_snapshot(tmp_path: Path, mock: MockServer) -> None:
+    """verify compares a snapshot's files with snapshot.json: a removed line and a file it
+    does not name are mismatches (exit 3)."""
+    args, env = admin_run(tmp_path, mock, RECIPE)
+    assert run_cli(*args, env=env).exit_code == 0
+    snapshot = tmp_path / "now"
+    assert run_cli("snapshot", str(tmp_path / "out"), str(snapshot)).exit_code == 0
+    record = orjson.loads((snapshot / "snapshot.json").read_bytes())["streams"]
+
+    clean = run_cli("verify", str(snapshot))
+    details = snapshot / "details.jsonl"
+    details.write_bytes(b"".join(details.read_bytes().splitlines(keepends=True)[1:]))
+    (snapshot / "notes.txt").write_text("mine\n")
+    changed = run_cli("verify", str(snapshot))
+    as_json = orjson.loads(run_cli("verify", str(snapshot), "--json").stdout)
+
+    assert clean.exit_code == 0, clean.stdout
+    assert clean.stdout.splitlines()[-1] == (
+        f"verified the snapshot: {len(STREAMS)} files match snapshot.json"
+    )
+    assert changed.exit_code == 3
+    assert [line for line in changed.stdout.splitlines() if "MISMATCH" in line] == [
+        f"  MISMATCH  details.jsonl: the SHA-256 is {hashlib.sha256(details.read_bytes()).hexdigest()}"
+        f", but snapshot.json records {record['details']['sha256']}",
+        f"  MISMATCH  details.jsonl: {record['details']['records'] - 1} records, but "
+        f"snapshot.json records {record['details']['records']}",
+        "  MISMATCH  notes.txt: not named in snapshot.json",
+    ]
+    assert changed.stdout.splitlines()[-1] == (
+        f"verified the snapshot: 2 of {len(STREAMS) + 1} files differ; exit 3"
+    )
+    assert as_json["ok"] is False
+    assert as_json["files"]["projects.jsonl"]["ok"] is True
+    assert as_json["files"]["notes.txt"]["problems"] == ["not named in snapshot.json"]
+
+
 def test_snapshot_of_bag_and_compressed_runs(tmp_path: Path, mock: MockServer) -> None:
     """A bagged, gzip-compressed full run and its incremental run combine into plain lines."""
     args, env = admin_run(tmp_path, mock, RECIPE)

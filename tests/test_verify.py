@@ -497,6 +497,37 @@ def test_bag_interrupted_before_tag_manifest(tmp_path: Path, mock: MockServer, c
     assert run_cli("verify", str(run)).exit_code == 0
 
 
+def test_damaged_manifest_others_reported(tmp_path: Path, mock: MockServer) -> None:
+    """A damaged manifest in one run of an output folder does not hide the other runs'
+    report: the damage is an error (exit 1), and the other run's mismatch is listed."""
+    first = export(tmp_path, mock)
+    recipe = tmp_path / "recipe.yaml"
+    args = ["run", str(recipe), "--base-url", mock.api_url, "--quiet", "--start-over"]
+    assert run_cli(*args).exit_code == 0
+    second = tmp_path / "out/runs/0002"
+    lines = (first / "manifest.jsonl").read_bytes().splitlines(keepends=True)
+    (first / "manifest.jsonl").write_bytes(b"".join([lines[0], b"{not json\n", *lines[1:]]))
+    path = second / "data/summaries.jsonl"
+    flip_byte(path, path.read_bytes().index(b'"name":"') + len(b'"name":"'))
+
+    text = run_cli("verify", str(tmp_path / "out"))
+    as_json = run_cli("verify", str(tmp_path / "out"), "--json")
+
+    assert text.exit_code == 1
+    assert text.stderr.startswith(f"tm-export: error: {first / 'manifest.jsonl'}:2: ")
+    assert text.stdout.splitlines()[0] == f"{second}: complete; 3 stream files"
+    assert "  MISMATCH  data/summaries.jsonl: page 1 of partition" in text.stdout
+    assert text.stdout.splitlines()[-1] == (
+        "verified 1 run: 2 mismatches (1 of 3 stream files); 1 run not read (see the errors "
+        "below); exit 1"
+    )
+    assert as_json.exit_code == 1
+    report = orjson.loads(as_json.stdout)
+    assert report["ok"] is False
+    assert [run["folder"] for run in report["runs"]] == [str(second)]
+    assert [entry["folder"] for entry in report["unreadable"]] == [str(first)]
+
+
 def test_changed_bag_not_undone(tmp_path: Path, mock: MockServer) -> None:
     """A bag without its tag manifest whose payload no longer matches its checksums is left
     as it is: undoing it would drop the evidence of the change."""

@@ -20,7 +20,7 @@ from .canonical import CHUNK_BYTES, make_canonical
 from .cli_options import CONTEXT_SETTINGS, ShardParam, fail
 from .engine import resolve_base_url
 from .errors import ExitCode, RecipeError, StorageError, TmExportError
-from .layout import OutputLock, list_runs, runs_folder
+from .layout import SNAPSHOT_RECORD, OutputLock, list_runs, runs_folder
 from .plan import (
     DEFAULT_MAX_PROBES,
     describe_probe,
@@ -66,7 +66,7 @@ Exit codes:
   0    every file matches what the manifest proves
   1    a manifest is damaged and cannot be read, making a bag of the run was
        interrupted ('tm-export bag' finishes it), or standard output could not
-       be written
+       be written; the other runs of an output folder are still reported
   2    invalid usage, or DIR is not an output or a run folder
   3    a mismatch: the report names each file
   130  interrupted by Ctrl-C"""
@@ -247,21 +247,59 @@ def verify(folder: Path, as_json: bool) -> None:
 
     DIR is an output folder (every run is checked) or one run folder. Each file's SHA-256,
     committed size, line and record counts, and each committed page's line count and
-    CRC-32 are checked.
-    The run record (run.json) and the bag's checksums are compared too, where present.
+    CRC-32 are checked. The run record (run.json) and the bag's checksums are compared
+    too, where present.
+
+    DIR may also be a snapshot ('tm-export snapshot'): its files are then compared with
+    the SHA-256 and record counts in its snapshot.json.
 
     \b
     Example:
       tm-export verify exports/demo
     """
+    if (folder / SNAPSHOT_RECORD).is_file() and not runs_folder(folder).is_dir():
+        # Imported here, as the snapshot command does, to keep the other commands' start-up short.
+        from .snapshot import check_snapshot, format_snapshot_check, snapshot_check_json
+
+        try:
+            files = check_snapshot(folder)
+        except TmExportError as error:
+            fail(error, error.exit_code)
+        if as_json:
+            click.echo(json.dumps(snapshot_check_json(folder, files), indent=2))
+        else:
+            click.echo(format_snapshot_check(folder, files))
+        sys.exit(0 if all(file.ok for file in files) else int(ExitCode.FAILURES))
+
     try:
-        checks = [check_run(paths, expect_record=True) for paths in find_runs(folder)]
+        runs = find_runs(folder)
     except TmExportError as error:
         fail(error, error.exit_code)
+
+    checks = []
+    unreadable: list[tuple[Path, TmExportError]] = []
+    for paths in runs:
+        try:
+            checks.append(check_run(paths, expect_record=True))
+        except TmExportError as error:
+            if len(runs) == 1:
+                fail(error, error.exit_code)
+            # One damaged run does not hide the report of the others.
+            unreadable.append((paths.folder, error))
+
     if as_json:
-        click.echo(json.dumps(checks_json(checks), indent=2))
+        report = checks_json(checks)
+        report["unreadable"] = [
+            {"folder": str(run), "error": str(problem)} for run, problem in unreadable
+        ]
+        report["ok"] = report["ok"] and not unreadable
+        click.echo(json.dumps(report, indent=2))
     else:
-        click.echo(format_checks(checks))
+        click.echo(format_checks(checks, len(unreadable)))
+    for _, problem in unreadable:
+        click.echo(f"tm-export: error: {problem}", err=True)
+    if unreadable:
+        sys.exit(max(int(problem.exit_code) for _, problem in unreadable))
     sys.exit(0 if all(check.ok for check in checks) else int(ExitCode.FAILURES))
 
 

@@ -50,6 +50,7 @@ from .records import PARTITION_KEY, record_key, strip_partition
 from .runrecord import require_verified
 from .timestamps import utc_now_text
 from .verify import RunCheck, RunFolderError, check_run, file_sha256, fsync_path, locate_run
+from .words import counted
 
 FORMAT = 1
 
@@ -371,4 +372,111 @@ def _snapshot_record(
         ],
         "deleted_projects": deleted,
         "streams": streams,
+    }
+
+
+# --- checking a snapshot -----------------------------------------------------------------
+
+
+class SnapshotRecordError(TmExportError):
+    """A snapshot's ``snapshot.json`` is missing or damaged, so nothing can be compared."""
+
+    exit_code = ExitCode.FATAL
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotFileCheck:
+    """How one file of a snapshot compares with ``snapshot.json``."""
+
+    file: str
+    records: int | None
+    """Lines in the file, or None when it is missing."""
+    sha256: str | None
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_snapshot(folder: Path) -> list[SnapshotFileCheck]:
+    """Compare each file that ``snapshot.json`` names with its recorded SHA-256 and
+    record count, and list the files it does not name.
+
+    Raises:
+        SnapshotRecordError: ``snapshot.json`` cannot be read.
+    """
+    try:
+        streams = orjson.loads((folder / SNAPSHOT_RECORD).read_bytes())["streams"]
+        listed = {str(entry["file"]): entry for entry in streams.values()}
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise SnapshotRecordError(
+            f"{folder / SNAPSHOT_RECORD}: not a readable snapshot record ({error}); restore it "
+            "from a copy, or make the snapshot again"
+        ) from None
+
+    checks = []
+    for name, entry in listed.items():
+        path = folder / name
+        if not path.is_file():
+            checks.append(SnapshotFileCheck(name, None, None, ["the file is missing"]))
+            continue
+        digest = hashlib.sha256()
+        lines = 0
+        with path.open("rb") as file:
+            while block := file.read(1 << 20):
+                digest.update(block)
+                lines += block.count(b"\n")
+        sha256, problems = digest.hexdigest(), []
+        if sha256 != entry.get("sha256"):
+            problems.append(
+                f"the SHA-256 is {sha256}, but {SNAPSHOT_RECORD} records {entry.get('sha256')}"
+            )
+        if lines != entry.get("records"):
+            problems.append(
+                f"{lines} records, but {SNAPSHOT_RECORD} records {entry.get('records')}"
+            )
+        checks.append(SnapshotFileCheck(name, lines, sha256, problems))
+    for path in sorted(folder.iterdir()):
+        if path.name not in listed and path.name != SNAPSHOT_RECORD:
+            checks.append(
+                SnapshotFileCheck(path.name, None, None, [f"not named in {SNAPSHOT_RECORD}"])
+            )
+    return checks
+
+
+def format_snapshot_check(folder: Path, checks: list[SnapshotFileCheck]) -> str:
+    """Return the report of ``tm-export verify`` on a snapshot as text."""
+    lines = [f"{folder}: a snapshot; {len(checks)} files"]
+    for check in checks:
+        if check.ok:
+            lines.append(
+                f"  ok        {check.file}: {counted(check.records or 0, 'record')}, "
+                f"sha256 {check.sha256}"
+            )
+        lines += [f"  MISMATCH  {check.file}: {problem}" for problem in check.problems]
+    bad = sum(1 for check in checks if not check.ok)
+    files = counted(len(checks), "file")
+    if bad:
+        lines.append(f"verified the snapshot: {bad} of {files} differ; exit 3")
+    else:
+        agree = "matches" if len(checks) == 1 else "match"
+        lines.append(f"verified the snapshot: {files} {agree} {SNAPSHOT_RECORD}")
+    return "\n".join(lines)
+
+
+def snapshot_check_json(folder: Path, checks: list[SnapshotFileCheck]) -> dict[str, Any]:
+    """Return the report of ``tm-export verify --json`` on a snapshot as JSON-ready data."""
+    return {
+        "ok": all(check.ok for check in checks),
+        "snapshot": str(folder),
+        "files": {
+            check.file: {
+                "ok": check.ok,
+                "records": check.records,
+                "sha256": check.sha256,
+                "problems": check.problems,
+            }
+            for check in checks
+        },
     }

@@ -1048,8 +1048,9 @@ def run_state_label(finished: bool, state: ManifestState) -> str:
     return FAILURES_LABEL
 
 
-def format_checks(checks: list[RunCheck]) -> str:
-    """Return the report of ``tm-export verify`` as text."""
+def format_checks(checks: list[RunCheck], unreadable: int = 0) -> str:
+    """Return the report of ``tm-export verify`` as text; ``unreadable`` counts the runs
+    whose manifest could not be read, which the command reports as errors (exit 1)."""
     lines: list[str] = []
     for check in checks:
         flags = [run_state_label(check.finished, check.state)]
@@ -1078,13 +1079,18 @@ def format_checks(checks: list[RunCheck]) -> str:
     bad_files = sum(1 for check in checks for stream in check.streams if not stream.ok)
     runs = counted(len(checks), "run")
     if mismatches:
-        lines.append(
+        result = (
             f"verified {runs}: {counted(mismatches, 'mismatch', 'mismatches')} "
-            f"({bad_files} of {counted(files, 'stream file')}); exit 3"
+            f"({bad_files} of {counted(files, 'stream file')})"
         )
     else:
         agree = "matches" if files == 1 else "match"
-        lines.append(f"verified {runs}: {counted(files, 'stream file')} {agree} the manifest")
+        result = f"verified {runs}: {counted(files, 'stream file')} {agree} the manifest"
+    if unreadable:
+        result += f"; {counted(unreadable, 'run')} not read (see the errors below); exit 1"
+    elif mismatches:
+        result += "; exit 3"
+    lines.append(result)
     return "\n".join(lines)
 
 

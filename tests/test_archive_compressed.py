@@ -498,5 +498,5 @@ def test_verify_compressed_page_crc(tmp_path: Path, mock: MockServer, codec: str
     assert [line for line in outcome.stdout.splitlines() if "MISMATCH" in line] == [
         f"  MISMATCH  data/contributions.jsonl{SUFFIX[codec]}: page {first['n']} of partition "
         f"{first['p']} (bytes {first['start']}..{first['end']}): its lines do not match the "
-        "CRC-32 that the manifest records, so a byte was changed"
+        "CRC-32 that the manifest records, so a byte or their order was changed"
     ]

@@ -175,7 +175,7 @@ def test_verify_notes_missing_run_record(tmp_path: Path, mock: MockServer) -> No
     assert changed.exit_code == 3
     assert changed.stdout.splitlines()[1] == (
         "  MISMATCH  data/projects.jsonl: page 1 of partition {} (bytes 0..8568): its lines do "
-        "not match the CRC-32 that the manifest records, so a byte was changed"
+        "not match the CRC-32 that the manifest records, so a byte or their order was changed"
     )
 
 
@@ -209,8 +209,8 @@ def test_verify_invalid_json_line(tmp_path: Path, mock: MockServer, read_block: 
     assert outcome.exit_code == 3
     assert [line for line in outcome.stdout.splitlines() if "MISMATCH" in line] == [
         '  MISMATCH  data/contributions.jsonl: page 1 of partition {"project_id":1} (bytes '
-        "0..3605): its lines do not match the CRC-32 that the manifest records, so a byte was "
-        "changed",
+        "0..3605): its lines do not match the CRC-32 that the manifest records, so a byte or "
+        "their order was changed",
         "  MISMATCH  data/contributions.jsonl: 1 committed line is not valid JSON (line 3)",
         f"  MISMATCH  data/contributions.jsonl: the SHA-256 is {sha256(path)}, "
         f"but run.json records {recorded}",
@@ -312,9 +312,26 @@ def test_verify_against_run_record(tmp_path: Path, mock: MockServer) -> None:
     assert outcome.exit_code == 3
     assert [line for line in outcome.stdout.splitlines() if "MISMATCH" in line] == [
         '  MISMATCH  data/summaries.jsonl: page 1 of partition {"project_id":1} (bytes 0..1457): '
-        "its lines do not match the CRC-32 that the manifest records, so a byte was changed",
+        "its lines do not match the CRC-32 that the manifest records, so a byte or their order "
+        "was changed",
         f"  MISMATCH  data/summaries.jsonl: the SHA-256 is {sha256(path)}, but run.json "
         f"records {recorded}",
+    ]
+
+
+def test_missing_file_reported_once(tmp_path: Path, mock: MockServer) -> None:
+    """A stream file that is gone is one mismatch, not also a SHA-256 of None."""
+    run = export(tmp_path, mock)
+    path = run / "data/summaries.jsonl"
+    committed = path.stat().st_size
+    path.rename(run / "data/summaries.old")
+
+    outcome = run_cli("verify", str(run))
+
+    assert outcome.exit_code == 3
+    assert [line for line in outcome.stdout.splitlines() if "MISMATCH" in line] == [
+        "  MISMATCH  data/summaries.jsonl: the file is missing, but the manifest proves "
+        f"{committed} bytes committed"
     ]
 
 
@@ -393,8 +410,8 @@ def test_bag_validates_and_detects_change(tmp_path: Path, mock: MockServer) -> N
     assert outcome.exit_code == 3
     assert [line for line in outcome.stdout.splitlines() if "MISMATCH" in line] == [
         '  MISMATCH  data/data/summaries.jsonl: page 1 of partition {"project_id":1} (bytes '
-        "0..1457): its lines do not match the CRC-32 that the manifest records, so a byte was "
-        "changed",
+        "0..1457): its lines do not match the CRC-32 that the manifest records, so a byte or "
+        "their order was changed",
         f"  MISMATCH  data/data/summaries.jsonl: the SHA-256 is {sha256(path)}, but data/run.json "
         f"records {recorded}",
         f"  MISMATCH  data/data/summaries.jsonl: bag: the SHA-256 is {sha256(path)}, but the "

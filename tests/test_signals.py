@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tm_export import entry
+from tm_export import entry, interrupts
 from tm_export.catalog import TOKEN_CHECK_PATH
 from tm_export.errors import ExitCode
 from tm_export.mock import MockServer
@@ -242,6 +242,27 @@ def test_signal_during_canonical_skips_bag(
     assert (run_folder / "bagit.txt").is_file()
     verified = run_cli("verify", str(tmp_path / "out"))
     assert verified.exit_code == 0, verified.stdout + verified.stderr
+
+
+def test_repeated_signal_logged_then_exits(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While a run stops, a second signal is only logged (GNU timeout sends one to the
+    process and one to its group), and a third ends the process at once with 130."""
+    exits: list[int] = []
+    monkeypatch.setattr(interrupts, "_exit_now", lambda: exits.append(ExitCode.INTERRUPTED))
+    monkeypatch.setattr(interrupts, "_repeats", 0)
+
+    interrupts._repeat(signal.SIGINT)
+    logged_once = [record.getMessage() for record in caplog.records]
+    interrupts._repeat(signal.SIGTERM)
+
+    assert logged_once == ["received SIGINT again: still stopping; a third signal stops at once"]
+    assert [record.getMessage() for record in caplog.records][1:] == [
+        "received SIGTERM a third time: stopping at once; committed pages are kept"
+    ]
+    assert exits == [ExitCode.INTERRUPTED]
+    assert interrupts.INTERRUPTED == ExitCode.INTERRUPTED
 
 
 def test_ignored_sigint_stays_ignored(tmp_path: Path, mock: MockServer) -> None:

@@ -352,8 +352,8 @@ def run(
     except TmExportError as error:
         fail(redactor.redact(str(error)), error.exit_code, json_logs=json_logs)
     except KeyboardInterrupt:
-        # A second Ctrl-C after the engine acted on the first one (see interrupts.watch), or
-        # one in the moment the event loop closes. Stopping at any point is as safe as a kill.
+        # A Ctrl-C in the moment the event loop closes, before the run command notes
+        # signals again. Stopping at any point is as safe as a kill.
         fail(
             f"interrupted; {resume_hint(started_over=start_over)} to resume",
             ExitCode.INTERRUPTED,

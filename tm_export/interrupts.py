@@ -12,6 +12,8 @@ starts.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +34,13 @@ _active = False
 """True inside ``deferred``."""
 _target: Callable[[str], None] | None = None
 """The callback that the loop's handlers call while a ``watch`` block runs."""
+_repeats = 0
+"""Stop signals received after the one that a block acted on."""
+
+logger = logging.getLogger("tm_export.interrupts")
+
+#: The exit status of an interrupted command (``errors.ExitCode.INTERRUPTED``).
+INTERRUPTED = 130
 
 
 def _note(number: int, frame: FrameType | None) -> None:
@@ -47,8 +56,9 @@ def deferred() -> Iterator[None]:
     The handlers in place before are put back at the end, so a command run in-process (as
     the tests do) leaves its caller's handling as it was.
     """
-    global _pending, _active
+    global _pending, _active, _repeats
     _pending = None
+    _repeats = 0
     previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
     for number in STOP_SIGNALS:
         signal.signal(number, _note)
@@ -91,9 +101,8 @@ def watch(on_signal: Callable[[str], None]) -> Iterator[None]:
     Must run in the event loop's thread. A signal noted before the block (see ``deferred``)
     is passed on at once. The loop's handlers stay in place after the block, and note a
     signal that arrives between two blocks, or that the loop reads only after a block
-    ended, for the next block. After the first signal that a block acts on, Python's
-    default handling is back, so a second Ctrl-C stops the process at once, as a user who
-    presses it twice expects.
+    ended, for the next block. After the first signal that a block acts on, the next ones
+    are repeats (see ``_repeat``).
     """
     global _target
     loop = asyncio.get_running_loop()
@@ -130,6 +139,29 @@ def _dispatch(loop: asyncio.AbstractEventLoop, number: int) -> None:
 
 
 def _stop_watching(loop: asyncio.AbstractEventLoop) -> None:
-    """Give the stop signals Python's default handling, so that the next one acts at once."""
+    """Take the next stop signals as repeats of the one a block acts on."""
     for number in STOP_SIGNALS:
-        loop.remove_signal_handler(number)
+        loop.add_signal_handler(number, _repeat, number)
+
+
+def _repeat(number: int) -> None:
+    """Act on a stop signal that comes while the run is already stopping.
+
+    The second one only logs: GNU timeout and many CI runners send their signal to the
+    process and again to its process group, so one stop arrives twice. A third ends the
+    process at once with exit 130, which is as safe as a kill: every committed page stays.
+    """
+    global _repeats
+    _repeats += 1
+    name = signal.Signals(number).name
+    if _repeats == 1:
+        logger.warning("received %s again: still stopping; a third signal stops at once", name)
+        return
+    logger.error("received %s a third time: stopping at once; committed pages are kept", name)
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """End the process with exit 130 once the logs are flushed, skipping every cleanup."""
+    logging.shutdown()
+    os._exit(INTERRUPTED)

@@ -738,10 +738,11 @@ def test_finished_run_other_server_refused(tmp_path: Path, mock: MockServer) -> 
 
     assert outcome.exit_code == 1
     assert outcome.stderr.splitlines()[-1] == (
-        f"tm-export: error: {tmp_path / 'out/runs/0001'}: this run reads from {mock.api_url}, "
-        f"but this command reads from {other.api_url}. Nothing was changed. Give --base-url "
-        f"{mock.api_url} for this run, or use --start-over to begin a new run from "
-        "the other server"
+        f"tm-export: error: {tmp_path / 'out/runs/0001'}: this run finished reading from "
+        f"{mock.api_url}, and this command reads from {other.api_url}. Nothing was changed. "
+        f"Use --start-over to begin a new run from {other.api_url} beside it; only with "
+        f"--base-url {mock.api_url} can --retry-failed, --retry-skipped or --incremental "
+        "build on this run"
     )
     assert "already finished" not in outcome.stderr
     assert sent_to_other == []

@@ -449,6 +449,20 @@ class _Session:
         """
         server = latest_session(state.sessions).get("settings", {}).get("base_url")
         requested = self.options.base_url
+        retrying = self.options.retry_failed or self.options.retry_skipped
+        if (
+            server
+            and server.rstrip("/") != requested.rstrip("/")
+            and state.finished
+            and not retrying
+        ):
+            # The run is done, so naming its server again is rarely what the user wants.
+            raise ManifestError(
+                f"{run_folder}: this run finished reading from {server}, and this command "
+                f"reads from {requested}. Nothing was changed. Use --start-over to begin a new "
+                f"run from {requested} beside it; only with --base-url {server} can "
+                "--retry-failed, --retry-skipped or --incremental build on this run"
+            )
         if server and server.rstrip("/") != requested.rstrip("/"):
             raise ManifestError(
                 f"{run_folder}: this run reads from {server}, but this command reads from "
@@ -1053,7 +1067,9 @@ class _Session:
                         {"t": "deleted", "project_id": project_id, "at": utc_now_text()}
                     )
                     result.deleted.append(project_id)
-                    logger.info("project %d was archived before and is deleted now", project_id)
+                    logger.info(
+                        "project %d, which the earlier runs hold, is deleted now (404)", project_id
+                    )
             except RequestError as error:
                 raise _deletion_check_failed(error, self.rerun) from error
 

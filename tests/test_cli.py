@@ -44,7 +44,7 @@ def test_help_lists_exit_codes() -> None:
         "1    stopped by a fatal error",
         "2    invalid recipe or usage",
         "3    finished, but some partitions failed",
-        "130  interrupted by SIGINT or SIGTERM",
+        "130  interrupted by SIGINT, SIGTERM or SIGHUP",
     ):
         assert line in outcome.stdout
     assert "Request budget in requests per second" in outcome.stdout

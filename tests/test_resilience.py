@@ -49,9 +49,10 @@ def manifest(output: Path) -> Path:
     return output / "runs/0001/manifest.jsonl"
 
 
-@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT", "SIGHUP"])
 def test_signal_stops_cleanly(tmp_path: Path, mock: MockServer, name: str) -> None:
-    """SIGTERM or SIGINT mid-run exits 130 with committed pages kept; a rerun completes exactly."""
+    """SIGTERM, SIGINT or SIGHUP mid-run exits 130 with committed pages kept; a rerun
+    completes exactly."""
     expected = reference(tmp_path, mock)
     recipe = write_recipe(tmp_path, RECIPE)
     args = ["run", str(recipe), "--base-url", mock.api_url]

@@ -47,7 +47,7 @@ Exit codes:
        run builds on need a token; nothing was sent or written
   3    finished, but some partitions failed or an integrity check
        failed (or, with --strict, some were skipped)
-  130  interrupted by SIGINT or SIGTERM; run again to resume"""
+  130  interrupted by SIGINT, SIGTERM or SIGHUP; run again to resume"""
 
 CHECK_EXIT_CODES = """\b
 Exit codes:

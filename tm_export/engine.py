@@ -262,7 +262,7 @@ async def _describe_run(recipe: Recipe, options: RunOptions, result: RunResult) 
 def _watch_signals(
     options: RunOptions, on_signal: Callable[[str], None]
 ) -> AbstractContextManager[None]:
-    """Return the watch of SIGINT and SIGTERM for a block, or no watch without
+    """Return the watch of the stop signals for a block, or no watch without
     ``handle_signals`` (the engine used in-process, as the tests do)."""
     return interrupts.watch(on_signal) if options.handle_signals else nullcontext()
 

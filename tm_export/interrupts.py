@@ -1,4 +1,4 @@
-"""Stopping a run on SIGINT and SIGTERM, whenever they come.
+"""Stopping a run on SIGINT, SIGTERM and SIGHUP, whenever they come.
 
 The engine acts on them in two blocks (``watch``): while it sends requests, and while it
 describes a finished run. Outside those blocks (reading the recipe, opening a long
@@ -19,12 +19,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-#: The signals a run stops on: SIGINT and SIGTERM, less those that the process started
-#: with ignored. A shell starts a script's background job (``cmd &``) with SIGINT ignored,
-#: so that a Ctrl-C meant for the foreground leaves the job running, and the run keeps that.
+#: The signals a run stops on: SIGINT, SIGTERM and SIGHUP (its terminal closed), less those
+#: that the process started with ignored. A shell starts a script's background job
+#: (``cmd &``) with SIGINT ignored, so that a Ctrl-C meant for the foreground leaves the job
+#: running, and ``nohup`` ignores SIGHUP; the run keeps both.
 STOP_SIGNALS = tuple(
     number
-    for number in (signal.SIGINT, signal.SIGTERM)
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     if signal.getsignal(number) != signal.SIG_IGN
 )
 
@@ -51,7 +52,7 @@ def _note(number: int, frame: FrameType | None) -> None:
 
 @contextmanager
 def deferred() -> Iterator[None]:
-    """Note SIGINT and SIGTERM in place of acting on them, for the ``with`` block.
+    """Note the stop signals in place of acting on them, for the ``with`` block.
 
     The handlers in place before are put back at the end, so a command run in-process (as
     the tests do) leaves its caller's handling as it was.
@@ -96,7 +97,7 @@ def pending() -> str | None:
 
 @contextmanager
 def watch(on_signal: Callable[[str], None]) -> Iterator[None]:
-    """Call ``on_signal`` with the name of the first SIGINT or SIGTERM while the block runs.
+    """Call ``on_signal`` with the name of the first stop signal while the block runs.
 
     Must run in the event loop's thread. A signal noted before the block (see ``deferred``)
     is passed on at once. The loop's handlers stay in place after the block, and note a

@@ -22,8 +22,8 @@ Actions (one per rule; ``latency_ms`` may be combined with any other):
 ``{"empty_page": true}``        answer with empty record lists and ``hasNext: true``
 ``{"echo_headers": true}``      a 500 whose JSON body echoes every request header, secrets too
 ``{"kill": 12345}``             send SIGKILL to process 12345 when the request arrives, then
-                                answer normally; ``"signal": "SIGTERM"`` (or SIGINT) sends that
-                                signal instead
+                                answer normally; ``"signal": "SIGTERM"`` (or SIGINT, SIGHUP)
+                                sends that signal instead
 ``{"call": function}``          Python API only: call ``function()`` when the request arrives,
                                 then answer normally (to change the data between two pages)
 ==============================  ===============================================================
@@ -82,7 +82,12 @@ _OPTIONS = frozenset(
         "signal",
     }
 )
-_SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
+_SIGNALS = {
+    "SIGKILL": signal.SIGKILL,
+    "SIGTERM": signal.SIGTERM,
+    "SIGINT": signal.SIGINT,
+    "SIGHUP": signal.SIGHUP,
+}
 
 _GATEWAY_PAGE = """<!DOCTYPE html>
 <html>

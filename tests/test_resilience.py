@@ -183,11 +183,33 @@ def test_cut_manifest_of_finished_run_refused(tmp_path: Path, mock: MockServer) 
     assert outcome.stderr.splitlines()[-1] == (
         f"tm-export: error: {manifest}: its first {recorded} bytes do not match what "
         f"{run / 'run.json'} records (the manifest has {manifest.stat().st_size}), so it was "
-        "cut or changed after the run finished. Nothing was changed. Restore the manifest "
-        "from a copy and run again, or use --start-over to begin a new run beside this one"
+        "cut or changed after the record was written. Nothing was changed. Restore the "
+        "manifest from a copy and run again, or use --start-over to begin a new run beside "
+        "this one"
     )
     assert mock.requests() == []
     assert {path: path.read_bytes() for path in (run / "data").iterdir()} == files
+
+
+def test_restarted_attempt_drops_its_record(tmp_path: Path, mock: MockServer) -> None:
+    """A first attempt that stopped at the server check, and was given a run record, is
+    started again by a changed recipe. Its record goes with it, so a later resume of the
+    new run is not taken for a cut manifest."""
+    text = RECIPE.replace("rate_limit: 10000/s}", "rate_limit: 10000/s, retries: {attempts: 1}}")
+    recipe = write_recipe(tmp_path, text)
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli("run", str(recipe), "--base-url", "http://127.0.0.1:9/api/v2").exit_code == 1
+    run = tmp_path / "out/runs/0001"
+    assert run_cli("record", str(run)).exit_code == 0
+    recipe.write_text(recipe.read_text().replace("[PUBLISHED, ARCHIVED]", "[PUBLISHED]"))
+    mock.add_fault(path=r"/activities/$", times=1, status=429, headers={"Retry-After": "99999"})
+    assert run_cli(*args).exit_code == 1
+    mock.clear_faults()
+
+    resumed = run_cli(*args)
+
+    assert resumed.exit_code == 0, resumed.stderr
+    assert run_cli("verify", str(run)).exit_code == 0
 
 
 def test_torn_stream_tail_cut(tmp_path: Path, mock: MockServer) -> None:

@@ -154,8 +154,8 @@ def test_snapshot_record(tmp_path: Path, mock: MockServer) -> None:
 
 
 def test_verify_snapshot(tmp_path: Path, mock: MockServer) -> None:
-    """verify compares a snapshot's files with snapshot.json: a removed line and a file it
-    does not name are mismatches (exit 3)."""
+    """verify compares a snapshot's files with snapshot.json: a removed line is a mismatch
+    (exit 3), and a file it does not name is a note."""
     args, env = admin_run(tmp_path, mock, RECIPE)
     assert run_cli(*args, env=env).exit_code == 0
     snapshot = tmp_path / "now"
@@ -166,6 +166,7 @@ def test_verify_snapshot(tmp_path: Path, mock: MockServer) -> None:
     details = snapshot / "details.jsonl"
     details.write_bytes(b"".join(details.read_bytes().splitlines(keepends=True)[1:]))
     (snapshot / "notes.txt").write_text("mine\n")
+    (snapshot / ".DS_Store").write_bytes(b"")
     changed = run_cli("verify", str(snapshot))
     as_json = orjson.loads(run_cli("verify", str(snapshot), "--json").stdout)
 
@@ -179,14 +180,14 @@ def test_verify_snapshot(tmp_path: Path, mock: MockServer) -> None:
         f", but snapshot.json records {record['details']['sha256']}",
         f"  MISMATCH  details.jsonl: {record['details']['records'] - 1} records, but "
         f"snapshot.json records {record['details']['records']}",
-        "  MISMATCH  notes.txt: not named in snapshot.json",
     ]
+    assert "  note      notes.txt: not named in snapshot.json; not verified" in changed.stdout
     assert changed.stdout.splitlines()[-1] == (
-        f"verified the snapshot: 2 of {len(STREAMS) + 1} files differ; exit 3"
+        f"verified the snapshot: 1 of {len(STREAMS)} files differ; exit 3"
     )
     assert as_json["ok"] is False
     assert as_json["files"]["projects.jsonl"]["ok"] is True
-    assert as_json["files"]["notes.txt"]["problems"] == ["not named in snapshot.json"]
+    assert as_json["not_verified"] == ["notes.txt"]
 
 
 def test_snapshot_of_bag_and_compressed_runs(tmp_path: Path, mock: MockServer) -> None:

@@ -335,6 +335,20 @@ def test_missing_file_reported_once(tmp_path: Path, mock: MockServer) -> None:
     ]
 
 
+def test_record_without_manifest_object(tmp_path: Path, mock: MockServer) -> None:
+    """A run record whose manifest entry is not an object is reported, not a traceback."""
+    run = export(tmp_path, mock)
+    record = orjson.loads((run / "run.json").read_bytes())
+    (run / "run.json").write_bytes(orjson.dumps({**record, "manifest": []}))
+
+    outcome = run_cli("verify", str(run))
+
+    assert outcome.exit_code == 3
+    assert "  MISMATCH  run.json: not a valid run record (manifest is not an object)" in (
+        outcome.stdout.splitlines()
+    )
+
+
 def test_grown_manifest_prefix_compared(tmp_path: Path, mock: MockServer) -> None:
     """A manifest that grew since the run record is still compared over the bytes the
     record describes, so a changed server URL among them is found."""

@@ -262,13 +262,13 @@ def verify(folder: Path, as_json: bool) -> None:
         from .snapshot import check_snapshot, format_snapshot_check, snapshot_check_json
 
         try:
-            files = check_snapshot(folder)
+            files, others = check_snapshot(folder)
         except TmExportError as error:
             fail(error, error.exit_code)
         if as_json:
-            click.echo(json.dumps(snapshot_check_json(folder, files), indent=2))
+            click.echo(json.dumps(snapshot_check_json(folder, files, others), indent=2))
         else:
-            click.echo(format_snapshot_check(folder, files))
+            click.echo(format_snapshot_check(folder, files, others))
         sys.exit(0 if all(file.ok for file in files) else int(ExitCode.FAILURES))
 
     try:

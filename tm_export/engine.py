@@ -76,7 +76,7 @@ from .sink import StreamFile
 from .stream import StreamRunner
 from .timestamps import utc_now_text
 from .tokencheck import TokenCheck
-from .verify import interrupted_bag_folder
+from .verify import RECORD_NAME, interrupted_bag_folder
 from .walk import StreamStats
 from .words import counted
 
@@ -632,9 +632,12 @@ class _Session:
             if data.is_dir():
                 for path in data.iterdir():
                     path.unlink()
+            # A record of the attempt ('tm-export record' takes any run) describes the
+            # header that the new one replaces.
+            (folder / RECORD_NAME).unlink(missing_ok=True)
         except OSError as error:
             raise StorageError(
-                f"{data}: cannot remove an empty stream file: {error.strerror}"
+                f"{error.filename}: cannot remove a file of the earlier attempt: {error.strerror}"
             ) from error
         return True
 

@@ -131,9 +131,9 @@ def check_manifest_against_record(run_folder: Path, valid_bytes: int) -> None:
         described = orjson.loads(record_path.read_bytes()).get("manifest", {})
     except (OSError, orjson.JSONDecodeError, AttributeError):
         return  # no record, or one that verify reports
-    recorded_bytes, recorded_sha256 = described.get("bytes"), described.get("sha256")
-    if not isinstance(recorded_bytes, int):
-        return
+    if not isinstance(described, dict) or not isinstance(described.get("bytes"), int):
+        return  # a damaged record, which verify reports
+    recorded_bytes, recorded_sha256 = described["bytes"], described.get("sha256")
 
     if recorded_bytes <= valid_bytes:
         with manifest_path.open("rb") as file:
@@ -141,8 +141,8 @@ def check_manifest_against_record(run_folder: Path, valid_bytes: int) -> None:
                 return
     raise ManifestError(
         f"{manifest_path}: its first {recorded_bytes} bytes do not match what {record_path} "
-        f"records (the manifest has {valid_bytes}), so it was cut or changed after the run "
-        "finished. Nothing was changed. Restore the manifest from a copy and run again, or "
+        f"records (the manifest has {valid_bytes}), so it was cut or changed after the record "
+        "was written. Nothing was changed. Restore the manifest from a copy and run again, or "
         "use --start-over to begin a new run beside this one"
     )
 

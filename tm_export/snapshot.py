@@ -399,9 +399,10 @@ class SnapshotFileCheck:
         return not self.problems
 
 
-def check_snapshot(folder: Path) -> list[SnapshotFileCheck]:
+def check_snapshot(folder: Path) -> tuple[list[SnapshotFileCheck], list[str]]:
     """Compare each file that ``snapshot.json`` names with its recorded SHA-256 and
-    record count, and list the files it does not name.
+    record count; return those checks and the other entries of ``folder``, which are not
+    verified. Hidden entries (``.DS_Store``) are left out, as in a run's data folder.
 
     Raises:
         SnapshotRecordError: ``snapshot.json`` cannot be read.
@@ -437,17 +438,19 @@ def check_snapshot(folder: Path) -> list[SnapshotFileCheck]:
                 f"{lines} records, but {SNAPSHOT_RECORD} records {entry.get('records')}"
             )
         checks.append(SnapshotFileCheck(name, lines, sha256, problems))
-    for path in sorted(folder.iterdir()):
-        if path.name not in listed and path.name != SNAPSHOT_RECORD:
-            checks.append(
-                SnapshotFileCheck(path.name, None, None, [f"not named in {SNAPSHOT_RECORD}"])
-            )
-    return checks
+    others = [
+        path.name
+        for path in sorted(folder.iterdir())
+        if path.name not in listed
+        and path.name != SNAPSHOT_RECORD
+        and not path.name.startswith(".")
+    ]
+    return checks, others
 
 
-def format_snapshot_check(folder: Path, checks: list[SnapshotFileCheck]) -> str:
+def format_snapshot_check(folder: Path, checks: list[SnapshotFileCheck], others: list[str]) -> str:
     """Return the report of ``tm-export verify`` on a snapshot as text."""
-    lines = [f"{folder}: a snapshot; {len(checks)} files"]
+    lines = [f"{folder}: a snapshot; {counted(len(checks), 'file')}"]
     for check in checks:
         if check.ok:
             lines.append(
@@ -455,6 +458,9 @@ def format_snapshot_check(folder: Path, checks: list[SnapshotFileCheck]) -> str:
                 f"sha256 {check.sha256}"
             )
         lines += [f"  MISMATCH  {check.file}: {problem}" for problem in check.problems]
+    lines += [
+        f"  note      {name}: not named in {SNAPSHOT_RECORD}; not verified" for name in others
+    ]
     bad = sum(1 for check in checks if not check.ok)
     files = counted(len(checks), "file")
     if bad:
@@ -465,11 +471,14 @@ def format_snapshot_check(folder: Path, checks: list[SnapshotFileCheck]) -> str:
     return "\n".join(lines)
 
 
-def snapshot_check_json(folder: Path, checks: list[SnapshotFileCheck]) -> dict[str, Any]:
+def snapshot_check_json(
+    folder: Path, checks: list[SnapshotFileCheck], others: list[str]
+) -> dict[str, Any]:
     """Return the report of ``tm-export verify --json`` on a snapshot as JSON-ready data."""
     return {
         "ok": all(check.ok for check in checks),
         "snapshot": str(folder),
+        "not_verified": others,
         "files": {
             check.file: {
                 "ok": check.ok,

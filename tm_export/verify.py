@@ -907,6 +907,9 @@ def _compare_record(paths: RunPaths, check: RunCheck) -> None:
     # The record describes the manifest as it was. A longer manifest has newer entries (a
     # canonical rewrite, a resumed session) that the record does not describe.
     manifest = record.get("manifest", {})
+    if not isinstance(manifest, dict):
+        check.problems.append(f"{shown}: not a valid run record (manifest is not an object)")
+        return
     recorded_bytes = manifest.get("bytes")
     valid_bytes = check.scan.extent.valid_bytes
     if not isinstance(recorded_bytes, int) or recorded_bytes > valid_bytes:
@@ -956,9 +959,39 @@ def _compare_record(paths: RunPaths, check: RunCheck) -> None:
         _compare_record_fields(paths, check, record)
 
 
+#: The fields of a run record that come straight from the manifest's header and sessions,
+#: compared by ``_compare_record_fields``. The run's name is left out, since a run folder may
+#: be copied under another name, and so are the lists of skipped and failed partitions and
+#: problems, whose order and wording earlier versions wrote otherwise.
+RECORD_FIELDS = (
+    "tool",
+    "recipe",
+    "base_url",
+    "tm_release",
+    "authenticated",
+    "started",
+    "ended",
+    "outcome",
+    "sessions",
+    "incremental",
+    "deleted_projects",
+    "merged_from",
+)
+#: The same for each stream's entry.
+RECORD_STREAM_FIELDS = (
+    "file",
+    "records",
+    "bytes",
+    "sha256",
+    "canonical",
+    "duplicates",
+    "partitions",
+)
+
+
 def _compare_record_fields(paths: RunPaths, check: RunCheck, record: dict[str, Any]) -> None:
-    """Add a problem for each field of the run record that differs from the record that
-    the manifest and the files give now: the record is rebuilt, as 'tm-export record' does."""
+    """Add a problem naming each field of the run record that differs from the record that
+    the manifest and the files give now, rebuilt as 'tm-export record' does."""
     # Imported here, since the run record's module builds on this one.
     from .runrecord import FORMAT, build_run_record
 
@@ -969,11 +1002,16 @@ def _compare_record_fields(paths: RunPaths, check: RunCheck, record: dict[str, A
         )
         return
     expected = build_run_record(check)
-    # A run folder may be copied or moved under another name.
-    expected["run"] = record.get("run")
-    differing = sorted(
-        key for key in expected.keys() | record.keys() if expected.get(key) != record.get(key)
-    )
+    differing = [key for key in RECORD_FIELDS if expected.get(key) != record.get(key)]
+    recorded_streams = record.get("streams", {})
+    for name, stream in expected["streams"].items():
+        recorded = recorded_streams.get(name, {}) if isinstance(recorded_streams, dict) else {}
+        recorded = recorded if isinstance(recorded, dict) else {}
+        differing += [
+            f"streams.{name}.{key}"
+            for key in RECORD_STREAM_FIELDS
+            if stream.get(key) != recorded.get(key)
+        ]
     if differing:
         check.problems.append(
             f"{paths.shown(paths.record)}: {', '.join(differing)} "

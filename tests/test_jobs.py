@@ -94,6 +94,23 @@ def test_drain_queues_buffered_values() -> None:
     assert ends == [3]
 
 
+def test_drain_after_receiver_closed() -> None:
+    """A stream that stopped on a fatal error closed its end first; a parent that ends
+    after it finds nothing to queue, rather than an error."""
+    send, receive = anyio.create_memory_object_stream[int](4)
+    ends: list[int] = []
+    source: JobSource[int, int] = JobSource(
+        values=receive, expand=lambda value: [value], on_end=lambda: ends.append(1)
+    )
+    send.send_nowait(1)
+    send.close()
+    receive.close()
+
+    source.drain()
+
+    assert ends == []
+
+
 def test_drain_waits_for_the_reader() -> None:
     """A worker that has received the last value when drain runs queues it before the end."""
     send, receive = anyio.create_memory_object_stream[int](4)

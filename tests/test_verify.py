@@ -559,6 +559,26 @@ def test_damaged_manifest_others_reported(tmp_path: Path, mock: MockServer) -> N
     assert [entry["folder"] for entry in report["unreadable"]] == [str(first)]
 
 
+def test_bag_size_change_names_file(tmp_path: Path, mock: MockServer) -> None:
+    """A payload file whose size changed fails bagit's byte count, which names no file, so
+    the report also gives the file whose SHA-256 differs."""
+    run = export(tmp_path, mock)
+    assert run_cli("bag", str(run)).exit_code == 0
+    record = run / "data/run.json"
+    recorded = hashlib.sha256(record.read_bytes()).hexdigest()
+    record.write_bytes(record.read_bytes() + b" ")
+
+    outcome = run_cli("verify", str(run))
+
+    assert outcome.exit_code == 3
+    problems = [line for line in outcome.stdout.splitlines() if "MISMATCH  bag:" in line]
+    assert problems[0].startswith("  MISMATCH  bag: Payload-Oxum validation failed.")
+    assert problems[1:] == [
+        f"  MISMATCH  bag: data/run.json: the SHA-256 is {sha256(record)}, but the bag's "
+        f"manifest records {recorded}"
+    ]
+
+
 def test_changed_bag_not_undone(tmp_path: Path, mock: MockServer) -> None:
     """A bag without its tag manifest whose payload no longer matches its checksums is left
     as it is: undoing it would drop the evidence of the change."""

@@ -95,6 +95,10 @@ class JobSource(Generic[J, V]):
             except anyio.WouldBlock:
                 # The sender is still open: only a closed sender makes the values final.
                 return
+            except anyio.ClosedResourceError:
+                # The receiving stream has stopped (a fatal error closed its channels), so
+                # its values would never be walked.
+                return
             else:
                 self._queued.extend(self._expand(value))
 

@@ -1028,10 +1028,14 @@ def _compare_bag(paths: RunPaths, check: RunCheck) -> None:
 
     try:
         bag = bagit.Bag(str(paths.folder))
-        bag.validate(completeness_only=True)
     except bagit.BagError as error:
         check.problems.append(f"bag: {error}")
         return
+    try:
+        bag.validate(completeness_only=True)
+    except bagit.BagError as error:
+        # Its message counts files and bytes; the hashes below name the files that changed.
+        check.problems.append(f"bag: {error}")
     if "sha256" not in bag.algorithms:
         try:
             bag.validate()
@@ -1049,7 +1053,11 @@ def _compare_bag(paths: RunPaths, check: RunCheck) -> None:
         if expected is None:
             continue
         stream = known.get(relative)
-        actual = stream.sha256 if stream is not None else file_sha256(paths.folder / relative)
+        try:
+            actual = stream.sha256 if stream is not None else file_sha256(paths.folder / relative)
+        except OSError:
+            check.problems.append(f"bag: {relative}: the file is missing")
+            continue
         if actual == expected.lower():
             continue
         problem = f"the SHA-256 is {actual}, but the bag's manifest records {expected.lower()}"

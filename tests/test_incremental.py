@@ -78,7 +78,8 @@ def test_incremental_fetches_only_changes(tmp_path: Path, mock: MockServer) -> N
     changed = sorted(
         p.id
         for p in mock.dataset.projects.values()
-        if p.status in ("PUBLISHED", "ARCHIVED") and p.last_updated.replace(tzinfo=dt.UTC) > since
+        if p.status in ("PUBLISHED", "ARCHIVED")
+        and p.last_updated.replace(tzinfo=dt.UTC) >= since - SERVER_CACHE
     )
     assert changed == sorted([touched, busy])
     assert sorted(r["projectId"] for r in records(second / "data/projects.jsonl")) == changed
@@ -87,7 +88,8 @@ def test_incremental_fetches_only_changes(tmp_path: Path, mock: MockServer) -> N
     activity_paths = {r["path"] for r in mock.requests() if r["path"].endswith("/activities/")}
     assert activity_paths == {f"/api/v2/projects/{pid}/activities/" for pid in changed}
     windows = {tuple(r["_partition"].values()) for r in records(second / "data/task_stats.jsonl")}  # type: ignore[union-attr]
-    open_windows = windows_not_ended(since.date())
+    # A window counts as ended once the server's cache time has passed after its last day.
+    open_windows = windows_not_ended((since - SERVER_CACHE).date())
     assert windows <= set(open_windows)
     stats_queries = [
         r["query"] for r in mock.requests() if r["path"] == "/api/v2/tasks/statistics/"
@@ -508,6 +510,13 @@ def start_on_days(runs: list[Path]) -> None:
         manifest.write_bytes(orjson.dumps(changed) + b"\n" + rest)
 
 
+def search_day(started: str) -> str:
+    """Return the lastUpdatedFrom that an incremental run sends after a run that started at
+    ``started``: the day of the server's cache time before it, which may be the day before."""
+    moment = dt.datetime.fromisoformat(started.replace("Z", "+00:00"))
+    return (moment - SERVER_CACHE).date().isoformat()
+
+
 def test_since_of_last_complete_search(tmp_path: Path, mock: MockServer) -> None:
     """After a run whose project search failed part way, the next incremental run requests
     the projects updated since the start of the run before it, whose search finished."""
@@ -516,7 +525,7 @@ def test_since_of_last_complete_search(tmp_path: Path, mock: MockServer) -> None
     args = ["run", str(recipe), "--base-url", mock.api_url]
     assert run_cli(*args, env=env).exit_code == 0
     assert run_cli(*args, "--incremental", env=env).exit_code == 0
-    since_day = headers_of(tmp_path, "0002")["started"][:10]
+    since_day = search_day(headers_of(tmp_path, "0002")["started"])
     mock.add_fault(path=r"^/api/v2/projects/$", query={"lastUpdatedFrom": since_day}, status=500)
     assert run_cli(*args, "--incremental", env=env).exit_code == 3
     runs = [tmp_path / "out/runs" / run for run in ("0001", "0002", "0003")]
@@ -660,7 +669,7 @@ def test_merged_since_of_shard_whose_search_failed(tmp_path: Path, mock: MockSer
 
     owner = next(shard for shard in (1, 2) if shard_owns((shard, 2), "projects", partition_id({})))
     assert [run_shard(1), run_shard(2)] == [0, 0]
-    day = headers_of(tmp_path, "0001", folders[owner])["started"][:10]
+    day = search_day(headers_of(tmp_path, "0001", folders[owner])["started"])
     mock.add_fault(path=r"^/api/v2/projects/$", query={"lastUpdatedFrom": day}, status=500)
     assert run_shard(owner, "--incremental") == 3
     mock.clear_faults()

@@ -297,13 +297,13 @@ def test_broken_link_destination_refused(tmp_path: Path, command: str) -> None:
 
 def test_output_name_outside_file_system_encoding(tmp_path: Path) -> None:
     """Under an ASCII locale without UTF-8 mode, a recipe's non-ASCII output is a usage
-    error that says what to change, unless --output replaces it, and a report whose path
+    error that names what to change, unless --output replaces it, and a report whose path
     the terminal cannot show is printed with escapes."""
     text = RECIPE.replace("output: OUT", "output: \u00e4rchive")
     recipe = write_recipe(tmp_path, text.replace("10000/s}", "10000/s, retries: {attempts: 1}}"))
     ascii_only = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
 
-    refused = run_process(
+    rejected = run_process(
         "run", str(recipe), "--base-url", "http://127.0.0.1:9/api/v2", env=ascii_only
     )
     overridden = run_process(
@@ -315,18 +315,18 @@ def test_output_name_outside_file_system_encoding(tmp_path: Path) -> None:
         "http://127.0.0.1:9/api/v2",
         env=ascii_only,
     )
-    shown = run_process("status", str(tmp_path / "\u65e5"), env={"PYTHONIOENCODING": "latin-1"})
+    escaped = run_process("status", str(tmp_path / "\u65e5"), env={"PYTHONIOENCODING": "latin-1"})
 
-    assert refused.returncode == 2
-    assert refused.stderr == (
+    assert rejected.returncode == 2
+    assert rejected.stderr == (
         "tm-export: error: '\u00e4rchive' cannot be written as a file name in this system's "
         "encoding (ascii); set a UTF-8 locale, such as LC_ALL=C.UTF-8, or choose a name of "
         "ASCII characters\n"
     )
     assert overridden.returncode == 1
     assert "cannot be written as a file name" not in overridden.stderr
-    assert shown.returncode == 2
-    assert shown.stderr == (
+    assert escaped.returncode == 2
+    assert escaped.stderr == (
         f"tm-export: error: {tmp_path}/\\u65e5: folder not found; give an output folder "
         "(with runs/) or a run folder such as OUTPUT/runs/0001\n"
     )

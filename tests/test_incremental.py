@@ -315,7 +315,7 @@ def test_resumed_incremental_walk_keeps_filtered(
     )
     early_ids, late_ids = ids[:14], ids[-14:]
     noon = dt.datetime.combine(dt.date.today(), dt.time(12))
-    # Every run starts at noon, as far as the manifests say.
+    # Every run's manifest records a start at noon.
     monkeypatch.setattr(tm_export.engine, "utc_now_text", lambda: f"{noon.isoformat()}Z")
     # Today, but more than the server's cache time before the first run: the search of the
     # incremental run finds these projects by their day, and the run drops them by their time.
@@ -341,8 +341,8 @@ def test_project_changed_within_cache_read_again(
     tmp_path: Path, mock: MockServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A project changed less than the server's cache time before a run may have been read
-    from a stale statistics cache, so the next incremental run reads it again; one changed
-    earlier is not."""
+    from a stale statistics cache, so the next incremental run reads it again. One changed
+    earlier is not read again."""
     recipe = write_recipe(tmp_path, RECIPE)
     env = {"TM_API_TOKEN": mock.tokens["admin"]}
     args = ["run", str(recipe), "--base-url", mock.api_url]

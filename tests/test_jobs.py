@@ -95,8 +95,8 @@ def test_drain_queues_buffered_values() -> None:
 
 
 def test_drain_after_receiver_closed() -> None:
-    """A stream that stopped on a fatal error closed its end first; a parent that ends
-    after it finds nothing to queue, rather than an error."""
+    """A stream that stopped on a fatal error has closed its end. A parent that ends after
+    it then finds nothing to queue, rather than an error."""
     send, receive = anyio.create_memory_object_stream[int](4)
     ends: list[int] = []
     source: JobSource[int, int] = JobSource(

@@ -291,7 +291,7 @@ def test_search_text_in_descriptions(server: MockServer) -> None:
 
 
 def test_tasks_in_stored_order(server: MockServer) -> None:
-    """Tasks come as the backend's table holds them, not sorted: those never changed by id,
+    """Tasks come in the order the backend's table stores them, not sorted: those never changed by id,
     then the others by their last change, in both the tasks list and the project detail."""
     project = server.dataset.projects[1]
     changed: list[int] = []

@@ -882,7 +882,7 @@ class _Session:
                 if token_check is not None:
                     await self._confirm_token_at_end(token_check, runners)
             except* TokenRejectedError:
-                # The session entry says the preflight accepted the token; this entry
+                # The session entry records that the preflight accepted the token. This entry
                 # corrects it, so the run record does not call the session authenticated.
                 result.authenticated = False
                 committer.record({"t": "token", "at": utc_now_text(), "authenticated": False})

@@ -52,7 +52,7 @@ PROJECT_PARAMETERS = ("project_id", "projectId")
 #: Endpoints whose records come newest first, so a walk can stop at the first known one.
 NEWEST_FIRST = frozenset({"project_activities"})
 
-#: How long the server may keep serving a statistics answer it computed earlier: TM caches
+#: How long the server may keep serving a statistics response it computed earlier: TM caches
 #: /tasks/statistics/ for an hour in each worker, keyed by its dates and filters, and a
 #: project's statistics for 10 minutes. A date window read within that time after its last
 #: day, or a project read within it after a change, may miss the last changes.

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+from .errors import ExitCode
+
 #: The signals a run stops on: SIGINT, SIGTERM and SIGHUP (its terminal closed), less those
 #: that the process started with ignored. A shell starts a script's background job
 #: (``cmd &``) with SIGINT ignored, so that a Ctrl-C meant for the foreground leaves the job
@@ -39,9 +41,6 @@ _repeats = 0
 """Stop signals received after the one that a block acted on."""
 
 logger = logging.getLogger("tm_export.interrupts")
-
-#: The exit status of an interrupted command (``errors.ExitCode.INTERRUPTED``).
-INTERRUPTED = 130
 
 
 def _note(number: int, frame: FrameType | None) -> None:
@@ -165,4 +164,4 @@ def _repeat(number: int) -> None:
 def _exit_now() -> None:
     """End the process with exit 130 once the logs are flushed, skipping every cleanup."""
     logging.shutdown()
-    os._exit(INTERRUPTED)
+    os._exit(ExitCode.INTERRUPTED)

@@ -317,9 +317,9 @@ class PageWriter:
             since = self._since
             kept = [record for record in kept if updated_since(record, since)]
         newest = self._stop_keys.get(walk.id)
-        # NOTE: the server sorts by actionDate, and the stop assumes that an entry added
-        # since the last run has both a larger historyId and a date no earlier than the
-        # archived ones; an entry added with an older date is missed (docs/design.md).
+        # NOTE: the server sorts by actionDate. The stop assumes that an entry added since
+        # the last run has a larger historyId and a date no earlier than the archived ones,
+        # so an entry added with an older date is missed (docs/design.md).
         if newest is not None:
             newer = [
                 r for r in kept if not _at_most(record_key(self._spec.endpoint.key, r), newest)

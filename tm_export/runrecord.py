@@ -53,7 +53,15 @@ from .layout import MANIFEST_NAME
 from .manifest import latest_session
 from .params import partition_order
 from .status import FINAL_STATES, run_status
-from .verify import RECORD_NAME, RunCheck, RunStateError, check_run, fsync_path, locate_run
+from .verify import (
+    RECORD_NAME,
+    RunCheck,
+    RunStateError,
+    check_run,
+    fsync_path,
+    locate_run,
+    prefix_sha256,
+)
 from .words import counted
 
 if TYPE_CHECKING:
@@ -121,8 +129,8 @@ def check_manifest_against_record(run_folder: Path, valid_bytes: int) -> None:
     """Raise ManifestError when the run record of ``run_folder`` describes manifest bytes
     that are gone or changed.
 
-    A manifest only grows, so one shorter than its record says, or whose first bytes hash
-    otherwise, was cut or edited. Resuming from it would cut the stream files back to what
+    A manifest only grows, so one shorter than its record describes, or whose first bytes
+    hash otherwise, was cut or edited. Resuming from it would cut the stream files back to what
     it still proves and fetch archived data again.
     """
     record_path = run_folder / RECORD_NAME
@@ -135,10 +143,11 @@ def check_manifest_against_record(run_folder: Path, valid_bytes: int) -> None:
         return  # a damaged record, which verify reports
     recorded_bytes, recorded_sha256 = described["bytes"], described.get("sha256")
 
-    if recorded_bytes <= valid_bytes:
-        with manifest_path.open("rb") as file:
-            if hashlib.sha256(file.read(recorded_bytes)).hexdigest() == recorded_sha256:
-                return
+    if (
+        recorded_bytes <= valid_bytes
+        and prefix_sha256(manifest_path, recorded_bytes) == recorded_sha256
+    ):
+        return
     raise ManifestError(
         f"{manifest_path}: its first {recorded_bytes} bytes do not match what {record_path} "
         f"records (the manifest has {valid_bytes}), so it was cut or changed after the record "
@@ -170,8 +179,7 @@ def build_run_record(check: RunCheck) -> dict[str, Any]:
     last = latest_session(sessions)
     text = str(header.get("recipe_text", ""))
     manifest_bytes = check.scan.extent.valid_bytes
-    with paths.manifest.open("rb") as file:
-        manifest_sha256 = hashlib.sha256(file.read(manifest_bytes)).hexdigest()
+    manifest_sha256 = prefix_sha256(paths.manifest, manifest_bytes)
 
     streams: dict[str, Any] = {}
     by_name = {stream.name: stream for stream in status.streams}

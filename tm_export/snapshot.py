@@ -386,7 +386,7 @@ class SnapshotRecordError(TmExportError):
 
 @dataclass(frozen=True, slots=True)
 class SnapshotFileCheck:
-    """How one file of a snapshot compares with ``snapshot.json``."""
+    """The comparison of one file of a snapshot with its entry in ``snapshot.json``."""
 
     file: str
     records: int | None
@@ -401,8 +401,10 @@ class SnapshotFileCheck:
 
 def check_snapshot(folder: Path) -> tuple[list[SnapshotFileCheck], list[str]]:
     """Compare each file that ``snapshot.json`` names with its recorded SHA-256 and
-    record count; return those checks and the other entries of ``folder``, which are not
-    verified. Hidden entries (``.DS_Store``) are left out, as in a run's data folder.
+    record count.
+
+    Returns those checks and the other entries of ``folder``, which are not verified.
+    Hidden entries (``.DS_Store``) are left out, as in a run's data folder.
 
     Raises:
         SnapshotRecordError: ``snapshot.json`` cannot be read.

@@ -750,6 +750,13 @@ def _compare_canonical(check: StreamCheck, segment: Segment, actual: str) -> Non
     check.problems.append(problem)
 
 
+def prefix_sha256(path: Path, length: int) -> str:
+    """Return the SHA-256 of the first ``length`` bytes of a file, such as the part of a
+    manifest that a run record describes."""
+    with path.open("rb") as file:
+        return hashlib.sha256(file.read(length)).hexdigest()
+
+
 def file_sha256(path: Path) -> str:
     """Return the SHA-256 of a whole file, read in blocks."""
     hasher = hashlib.sha256()
@@ -919,8 +926,7 @@ def _compare_record(paths: RunPaths, check: RunCheck) -> None:
         )
         return
     # Entries are only ever added, so the bytes the record describes must be unchanged.
-    with paths.manifest.open("rb") as file:
-        actual = hashlib.sha256(file.read(recorded_bytes)).hexdigest()
+    actual = prefix_sha256(paths.manifest, recorded_bytes)
     if actual != manifest.get("sha256"):
         part = "" if recorded_bytes == valid_bytes else f"the first {recorded_bytes} bytes of "
         check.problems.append(
@@ -961,8 +967,8 @@ def _compare_record(paths: RunPaths, check: RunCheck) -> None:
 
 #: The fields of a run record that come straight from the manifest's header and sessions,
 #: compared by ``_compare_record_fields``. The run's name is left out, since a run folder may
-#: be copied under another name, and so are the lists of skipped and failed partitions and
-#: problems, whose order and wording earlier versions wrote otherwise.
+#: be copied under another name. So are the lists of skipped and failed partitions and of
+#: problems, because earlier versions wrote them in another order and wording.
 RECORD_FIELDS = (
     "tool",
     "recipe",
@@ -1097,8 +1103,11 @@ def run_state_label(finished: bool, state: ManifestState) -> str:
 
 
 def format_checks(checks: list[RunCheck], unreadable: int = 0) -> str:
-    """Return the report of ``tm-export verify`` as text; ``unreadable`` counts the runs
-    whose manifest could not be read, which the command reports as errors (exit 1)."""
+    """Return the report of ``tm-export verify`` as text.
+
+    ``unreadable`` counts the runs whose manifest could not be read, which the command
+    reports as errors (exit 1).
+    """
     lines: list[str] = []
     for check in checks:
         flags = [run_state_label(check.finished, check.state)]

@@ -144,9 +144,9 @@ def _text_matches(project: Project, text: str) -> bool:
     info = views.project_info(project)
     searched = _TAG.sub(" ", f"{project.id} {info['shortDescription']} {info['description']}")
     words = set(_WORD.findall(searched.lower()))
-    wanted = _WORD.findall(text.lower())
+    query_words = _WORD.findall(text.lower())
     # Text without a word (".", "-") finds nothing in the full-text index.
-    return bool(wanted) and all(word in words for word in wanted)
+    return bool(query_words) and all(word in words for word in query_words)
 
 
 def _optional_int(query: Mapping[str, str], name: str) -> int | None:

@@ -386,6 +386,33 @@ def test_edited_record_field_found(tmp_path: Path, mock: MockServer) -> None:
     ]
 
 
+def test_record_lists_compared_in_any_order(tmp_path: Path, mock: MockServer) -> None:
+    """The skipped partitions of run.json may come in another order, as earlier versions
+    sorted them, but one left out is found."""
+    recipe = write_recipe(tmp_path, RECIPE.replace("[1, 4, 5, 9]", "[1, 4, 5, 9, 12]"))
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url, "--quiet").exit_code == 0
+    run = tmp_path / "out/runs/0001"
+    path = run / "run.json"
+    record = orjson.loads(path.read_bytes())
+    skipped = record["streams"]["contributions"]["skipped"]
+    assert [entry["partition"] for entry in skipped] == [{"project_id": 9}, {"project_id": 12}]
+
+    skipped.reverse()
+    path.write_bytes(orjson.dumps(record))
+    reordered = run_cli("verify", str(run))
+    del skipped[0]
+    path.write_bytes(orjson.dumps(record))
+    shortened = run_cli("verify", str(run))
+
+    assert reordered.exit_code == 0, reordered.stdout
+    assert shortened.exit_code == 3
+    assert [line for line in shortened.stdout.splitlines() if "run.json:" in line] == [
+        "  MISMATCH  run.json: streams.contributions.skipped differs from what the manifest "
+        f"and the files give; restore the record from a copy, or run 'tm-export record {run}' "
+        "to write it anew from them"
+    ]
+
+
 def test_bag_validates_and_detects_change(tmp_path: Path, mock: MockServer) -> None:
     """A bag passes bagit's validation and verify; one changed byte fails both, naming the file."""
     run = export(tmp_path, mock)

@@ -967,8 +967,7 @@ def _compare_record(paths: RunPaths, check: RunCheck) -> None:
 
 #: The fields of a run record that come straight from the manifest's header and sessions,
 #: compared by ``_compare_record_fields``. The run's name is left out, since a run folder may
-#: be copied under another name. So are the lists of skipped and failed partitions and of
-#: problems, because earlier versions wrote them in another order and wording.
+#: be copied under another name.
 RECORD_FIELDS = (
     "tool",
     "recipe",
@@ -993,6 +992,9 @@ RECORD_STREAM_FIELDS = (
     "duplicates",
     "partitions",
 )
+#: The lists of each stream's entry, compared without their order: earlier versions sorted
+#: partition ids as text, so project 10 came before project 9.
+RECORD_STREAM_LISTS = ("skipped", "failed", "problems")
 
 
 def _compare_record_fields(paths: RunPaths, check: RunCheck, record: dict[str, Any]) -> None:
@@ -1018,6 +1020,11 @@ def _compare_record_fields(paths: RunPaths, check: RunCheck, record: dict[str, A
             for key in RECORD_STREAM_FIELDS
             if stream.get(key) != recorded.get(key)
         ]
+        differing += [
+            f"streams.{name}.{key}"
+            for key in RECORD_STREAM_LISTS
+            if _unordered(stream.get(key)) != _unordered(recorded.get(key))
+        ]
     if differing:
         check.problems.append(
             f"{paths.shown(paths.record)}: {', '.join(differing)} "
@@ -1025,6 +1032,13 @@ def _compare_record_fields(paths: RunPaths, check: RunCheck, record: dict[str, A
             "files give; restore the record from a copy, or run 'tm-export record "
             f"{paths.folder}' to write it anew from them"
         )
+
+
+def _unordered(entries: Any) -> list[bytes] | None:
+    """Return a list's entries as canonical JSON in sorted order, or None if it is no list."""
+    if not isinstance(entries, list):
+        return None
+    return sorted(orjson.dumps(entry, option=orjson.OPT_SORT_KEYS) for entry in entries)
 
 
 def _compare_bag(paths: RunPaths, check: RunCheck) -> None:

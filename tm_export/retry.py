@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import logging
 import random
+import re
 from collections.abc import Mapping
 
 from .recipe import Retries
@@ -46,14 +48,12 @@ def retry_after_seconds(headers: Mapping[str, str], url: str = "") -> float | No
         return None
     value = value.strip()
 
-    try:
+    # Digits only: float() would also take "nan", "inf" and "1e400", which are no wait.
+    if _SECONDS.fullmatch(value):
         return max(float(value), 0.0)
-    except ValueError:
-        pass
 
-    try:
-        wanted = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    wanted = _http_date(value)
+    if wanted is None:
         logger.warning(
             "ignored unparseable Retry-After value %r%s; using backoff instead",
             value[:60],
@@ -62,12 +62,22 @@ def retry_after_seconds(headers: Mapping[str, str], url: str = "") -> float | No
         return None
 
     sent = headers.get("date")
-    try:
-        reference = email.utils.parsedate_to_datetime(sent) if sent else None
-    except (TypeError, ValueError, IndexError):
-        reference = None
-    if reference is None:
-        import datetime as dt
-
-        reference = dt.datetime.now(dt.UTC)
+    reference = (_http_date(sent) if sent else None) or dt.datetime.now(dt.UTC)
     return max((wanted - reference).total_seconds(), 0.0)
+
+
+#: Retry-After's delay-seconds: digits, with a fraction and a sign tolerated (a negative
+#: delay means no wait).
+_SECONDS = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+
+
+def _http_date(text: str) -> dt.datetime | None:
+    """Return an HTTP-date as an aware datetime, or None if it is not one.
+
+    The asctime form and a ``-0000`` zone parse without a zone; HTTP-dates are in UTC.
+    """
+    try:
+        parsed = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)

@@ -124,6 +124,18 @@ def test_encode_lines_splices_partition() -> None:
     ]
 
 
+def test_object_record_with_one_value_field_read_back() -> None:
+    """A record whose one field is ``value`` holding an object keeps that field when it is
+    read back, so a resume finds its key."""
+    record = {"value": {"id": 1}}
+
+    [line] = encode_lines([record], {"project_id": 3}).splitlines()
+
+    assert line == b'{"_partition":{"project_id":3},"value":{"id":1}}'
+    assert strip_partition(orjson.loads(line)) == record
+    assert record_key("value.id", strip_partition(orjson.loads(line))) == 1
+
+
 def test_record_key_paths() -> None:
     feature = {"type": "Feature", "properties": {"taskId": 7}}
 

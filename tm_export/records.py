@@ -288,10 +288,16 @@ def _items(values: list[Any]) -> list[Any]:
 
 
 def strip_partition(line_record: Any) -> Any:
-    """Return the record as the server sent it, without the ``_partition`` key."""
+    """Return the record as the server sent it, without the ``_partition`` key.
+
+    ``encode_lines`` puts a record that is not an object under ``value``, so only such a
+    value is taken back out: ``{"value": {...}}`` was an object record with one field.
+    """
     if not isinstance(line_record, dict) or PARTITION_KEY not in line_record:
         return line_record
-    if set(line_record) == {PARTITION_KEY, "value"}:
+    # NOTE: an object record whose only field is "value", holding a number, string or
+    # list, is written as that value would be; it is read back as the bare value.
+    if set(line_record) == {PARTITION_KEY, "value"} and not isinstance(line_record["value"], dict):
         return line_record["value"]
     return {name: value for name, value in line_record.items() if name != PARTITION_KEY}
 

@@ -76,3 +76,32 @@ def test_new_file_created(tmp_path: Path) -> None:
     file.close()
 
     assert path.read_bytes() == b"{}\n"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b'{"a":1}\n{"name":"a line longer than the first window"}\n', b'{"only":"one long line"}\n'],
+    ids=["after-another-line", "the-only-line"],
+)
+def test_last_line_longer_than_window_read_whole(
+    tmp_path: Path, content: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A committed record longer than the bytes first read back is found and parsed whole."""
+    monkeypatch.setattr("tm_export.sink.TAIL_WINDOW", 4)
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(content + b'{"a":')
+
+    StreamFile.open(path, len(content)).close()
+
+    assert path.read_bytes() == content
+
+
+def test_long_last_line_not_json_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tm_export.sink.TAIL_WINDOW", 4)
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b'{"a":1}\n{"name": not json, and longer than the window}\n')
+
+    with pytest.raises(ManifestError) as caught:
+        StreamFile.open(path, path.stat().st_size)
+
+    assert "the last committed line (ending at byte 55) is not valid JSON" in str(caught.value)

@@ -160,6 +160,10 @@ def _check_compressed_end(
         )
 
 
+#: Bytes read back from a committed end at first, to find the last line (grown as needed).
+TAIL_WINDOW = 1 << 20
+
+
 def _check_committed_end(path: Path, file: BinaryIO, actual: int, committed_end: int) -> None:
     if committed_end == 0:
         return
@@ -171,15 +175,20 @@ def _check_committed_end(path: Path, file: BinaryIO, actual: int, committed_end:
     if actual < committed_end:
         raise ManifestError(f"{where}, but the file has only {actual}; {advice}")
 
-    # Read back the last committed line: it must end with a newline and parse.
-    window = min(committed_end, 1 << 24)
-    file.seek(committed_end - window)
-    chunk = file.read(window)
-    if not chunk.endswith(b"\n"):
-        raise ManifestError(
-            f"{where}, but byte {committed_end - 1} is not the end of a line; {advice}"
-        )
-    line_start = chunk.rfind(b"\n", 0, len(chunk) - 1) + 1
+    # Read back the last committed line: it must end with a newline and parse. A record
+    # may be longer than the first window, so the window grows until the line's start.
+    window = min(committed_end, TAIL_WINDOW)
+    while True:
+        file.seek(committed_end - window)
+        chunk = file.read(window)
+        if not chunk.endswith(b"\n"):
+            raise ManifestError(
+                f"{where}, but byte {committed_end - 1} is not the end of a line; {advice}"
+            )
+        line_start = chunk.rfind(b"\n", 0, len(chunk) - 1) + 1
+        if line_start > 0 or window == committed_end:
+            break
+        window = min(committed_end, window * 4)
     try:
         orjson.loads(chunk[line_start:])
     except orjson.JSONDecodeError:

@@ -133,3 +133,35 @@ def test_spooled_malformed_json_fails_page(
     assert len(failed) == 1
     assert "the response body is not valid JSON" in failed[0]["error"]
     assert not any((tmp_path / "out/runs/0001/.spool").glob("*"))
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (
+            {"pagination": {"hasNext": False}, "notes": "x" * 300},
+            "the response has no 'results' key",
+        ),
+        ({"results": {"projectId": 1}, "notes": "x" * 300}, "'results' is dict, not a list"),
+        ([{"projectId": 1, "notes": "x" * 300}], "expected a JSON object with 'results', got list"),
+    ],
+    ids=["no-record-list", "not-a-list", "not-an-object"],
+)
+@pytest.mark.parametrize("spool_over", [None, 200], ids=["in-memory", "spooled"])
+def test_page_without_record_list_fails(
+    tmp_path: Path, mock: MockServer, body: object, error: str, spool_over: int | None
+) -> None:
+    """A 200 whose body has no list of records fails its partition, spooled or not: it is
+    not taken for an empty page."""
+    mock.add_fault(path=r"^/api/v2/projects/$", query={"page": "2"}, status=200, body=body)
+
+    options = {} if spool_over is None else {"spool_over": spool_over}
+    result = export_here(write_recipe(tmp_path, SEARCH_RECIPE), mock, **options)
+
+    assert result.exit_code() == ExitCode.FAILURES
+    manifest = (tmp_path / "out/runs/0001/manifest.jsonl").read_bytes().splitlines()
+    failed = [e for e in map(orjson.loads, manifest) if e.get("state") == "failed"]
+    assert [entry["error"] for entry in failed] == [
+        f"GET {mock.api_url}/projects/?omitMapResults=true&orderBy=id&orderByType=ASC"
+        f"&projectStatuses=PUBLISHED,ARCHIVED&page=2: {error}"
+    ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 import ijson
@@ -35,6 +35,34 @@ from .walk import (
 )
 
 logger = logging.getLogger("tm_export.pages")
+
+
+def _check_record_list(records: str, source: BinaryIO) -> None:
+    """Raise ShapeError, as ``extract_records`` does for a body in memory, unless the JSON
+    body in ``source`` is an object whose ``records`` key holds a list or null."""
+    events = ijson.parse(source, use_float=True)
+    for prefix, event, value in events:
+        if prefix != "" or event in ("start_map", "end_map"):
+            continue
+        if event != "map_key":
+            raise ShapeError(
+                f"expected a JSON object with '{records}', got {_json_type(event, value)}"
+            )
+        if value == records:
+            _, event, value = next(events)
+            if event in ("start_array", "null"):
+                return
+            raise ShapeError(f"'{records}' is {_json_type(event, value)}, not a list")
+    raise ShapeError(f"the response has no '{records}' key")
+
+
+def _json_type(event: str, value: Any) -> str:
+    """Return the Python type name of the value that an ijson event starts."""
+    if event == "start_map":
+        return "dict"
+    if event == "start_array":
+        return "list"
+    return type(value).__name__
 
 
 def _page_entry(
@@ -174,6 +202,10 @@ class PageWriter:
                         child_records.append(
                             with_partition(record, walk.partition) if self._partitioned else record
                         )
+            if received == 0:
+                # No records may also mean no record list, which a body in memory fails on.
+                with spool.open("rb") as source:
+                    _check_record_list(endpoint.records, source)
         except (ijson.JSONError, ijson.IncompleteJSONError) as error:
             lines.unlink(missing_ok=True)
             raise ShapeError.not_json(error) from error

@@ -710,3 +710,24 @@ def test_base_url_without_api_prefix_stops_run(tmp_path: Path, mock: MockServer)
         "/api/v2, then run again"
     )
     assert [r["path"] for r in mock.requests()] == ["/system/heartbeat/"]
+
+
+def test_redirected_base_url_stops_run(tmp_path: Path, mock: MockServer) -> None:
+    """A heartbeat that redirects (http to https, say) stops the run before any export
+    request, naming where it points: no request follows a redirect."""
+    recipe = write_recipe(tmp_path, PROJECTS_RECIPE)
+    target = "https://127.0.0.1:9/api/v2/system/heartbeat/"
+    mock.add_fault(
+        path=r"^/api/v2/system/heartbeat/$", status=301, headers={"Location": target}, body=""
+    )
+    mock.reset_log()
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr.splitlines()[-1] == (
+        f"tm-export: error: {mock.api_url}/system/heartbeat/ returned 301, a redirect to "
+        f"{target}; tm-export follows no redirects, which could carry the token elsewhere: give "
+        "the base URL the server redirects to, then run again"
+    )
+    assert [r["path"] for r in mock.requests()] == ["/api/v2/system/heartbeat/"]

@@ -38,10 +38,11 @@ Exit codes:
   1    stopped by a fatal error; run again to resume. The causes:
        token rejected, disk full, a wait longer than allowed, server
        unreachable, a base URL that is not an API root (no
-       /api/v2), a parent page that a shard could not read,
-       damaged manifest, output folder in use or not writable, a
-       command that does not fit the run in the folder, standard
-       output not writable (after a run that was otherwise complete)
+       /api/v2) or that redirects, a parent page that a shard could
+       not read, damaged manifest, output folder in use or not
+       writable, a command that does not fit the run in the folder,
+       standard output not writable (after a run that was otherwise
+       complete)
   2    invalid recipe or usage, or a token variable unset where the
        recipe, the run's earlier sessions or the runs an incremental
        run builds on need a token; nothing was sent or written

@@ -48,7 +48,7 @@ Exit codes:
   0    the plan was printed
   1    standard output could not be written; with --probe also: the server
        rejected the token, asked for too long a wait, could not be reached,
-       or the base URL is not an API root (no /api/v2)
+       or the base URL is not an API root (no /api/v2) or redirects
   2    invalid recipe or usage; nothing was sent
   130  interrupted by Ctrl-C"""
 

@@ -34,10 +34,10 @@ from .errors import (
     TmExportError,
     TokenRejectedError,
     TransportError,
-    not_api_root,
     resume_hint,
     retry_command,
     unreachable,
+    wrong_base_url,
 )
 from .fetcher import Fetcher
 from .http import SPOOL_OVER, HttpSession
@@ -982,10 +982,11 @@ class _Session:
         except TransportError as error:
             raise unreachable(self.options.base_url, error, f"{self.rerun} to resume") from error
         except HTTPStatusError as error:
-            if error.status == 404:
-                # Every TM API has this path, so a 404 means the URL is not an API root, and
-                # each export request would be a 404 too, recorded as a skipped partition.
-                raise not_api_root(self.options.base_url, error, "run again") from error
+            # Every TM API has this path, so a 404 means the URL is not an API root, and
+            # each export request would be a 404 too, recorded as a skipped partition.
+            wrong = wrong_base_url(self.options.base_url, error, "run again")
+            if wrong is not None:
+                raise wrong from error
             logger.warning("could not read the server's release: %s", error)
         except RequestError as error:
             logger.warning("could not read the server's release: %s", error)

@@ -84,12 +84,27 @@ def unreachable(base_url: str, error: Exception, again: str) -> FatalError:
     )
 
 
-def not_api_root(base_url: str, error: Exception, again: str) -> FatalError:
-    """Return the error for a base URL whose heartbeat is a 404, so not a TM API root."""
-    return FatalError(
-        f"{base_url}/system/heartbeat/ was not found (404), so {base_url} is not the root of a "
-        f"Tasking Manager API; give the URL that ends in /api/v2, then {again}"
-    )
+def wrong_base_url(base_url: str, error: HTTPStatusError, again: str) -> FatalError | None:
+    """Return the error for a heartbeat status that every export request would get too, or
+    None for a status that leaves the base URL in doubt.
+
+    A 404 means the URL is not a TM API root. A redirect (http to https, a moved host) is
+    not followed by any request, since it could carry the token to another address.
+    """
+    heartbeat = f"{base_url}/system/heartbeat/"
+    if error.status == 404:
+        return FatalError(
+            f"{heartbeat} was not found (404), so {base_url} is not the root of a Tasking "
+            f"Manager API; give the URL that ends in /api/v2, then {again}"
+        )
+    if 300 <= error.status < 400:
+        target = f" to {error.location}" if error.location else ""
+        return FatalError(
+            f"{heartbeat} returned {error.status}, a redirect{target}; tm-export follows no "
+            f"redirects, which could carry the token elsewhere: give the base URL the server "
+            f"redirects to, then {again}"
+        )
+    return None
 
 
 class TokenRejectedError(FatalError):
@@ -147,6 +162,7 @@ class HTTPStatusError(RequestError):
         excerpt: str,
         sub_code: str | None,
         retry_after: float | None = None,
+        location: str | None = None,
     ) -> None:
         super().__init__(message, url=url)
         self.status = status
@@ -154,3 +170,5 @@ class HTTPStatusError(RequestError):
         self.excerpt = excerpt
         self.sub_code = sub_code
         self.retry_after = retry_after
+        self.location = location
+        """The ``Location`` header of a redirect, shortened."""

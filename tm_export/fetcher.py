@@ -189,6 +189,8 @@ class Fetcher:
             excerpt=excerpt,
             sub_code=sub_code,
             retry_after=retry_after_seconds(response.headers, response.url),
+            location=self._shorten(self._redactor.redact(response.headers.get("location", "")))
+            or None,
         )
 
     def _token_message(self, response: Response, error: HTTPStatusError) -> str:

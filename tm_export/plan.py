@@ -30,8 +30,8 @@ from .errors import (
     HTTPStatusError,
     RequestError,
     TransportError,
-    not_api_root,
     unreachable,
+    wrong_base_url,
 )
 from .fetcher import Fetcher
 from .http import HttpSession
@@ -286,8 +286,9 @@ async def probe_plan(
         except HTTPStatusError as error:
             # As in a run: a URL that is not an API root would make every probe a 404, which
             # the counts would show as skipped partitions.
-            if error.status == 404:
-                raise not_api_root(base_url, error, "run the plan again") from error
+            wrong = wrong_base_url(base_url, error, "run the plan again")
+            if wrong is not None:
+                raise wrong from error
             logger.warning("could not read the server's release: %s", error)
         if token:
             # On most endpoints the server serves a token it does not know as anonymous, so

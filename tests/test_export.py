@@ -443,6 +443,33 @@ def test_raw_path_featured_projects(tmp_path: Path, mock: MockServer) -> None:
     assert len(expected) >= 2
 
 
+def test_raw_path_the_server_lacks_fails(tmp_path: Path, mock: MockServer) -> None:
+    """A raw path with a typo gets the server's 404 for an unknown route, which fails the
+    partition: it is not taken for a deleted project and skipped."""
+    recipe = write_recipe(
+        tmp_path,
+        """\
+        version: 1
+        instance: {rate_limit: 10000/s}
+        output: OUT
+        streams:
+          featured: {path: /projcts/queries/featured/, records: results, key: projectId}
+        """,
+    )
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 3
+    assert (
+        f"tm-export: ERROR: featured failed: GET {mock.api_url}/projcts/queries/featured/: 404 "
+        'Not Found (application/json): {"detail":"Not Found"}; the server has no such path, so '
+        "check the stream's path"
+    ) in outcome.stderr.splitlines()
+    manifest = records(tmp_path / "out/runs/0001/manifest.jsonl")
+    [final] = [entry for entry in manifest if entry["t"] == "part"]
+    assert (final["state"], final["status"], final["sub_code"]) == ("failed", 404, "Not Found")
+
+
 TYPO_RECIPE = """\
 version: 1
 instance: {rate_limit: 10000/s}

@@ -64,6 +64,11 @@ T = TypeVar("T")
 #: ``_hidden_by``).
 SKIP_STATUSES = frozenset({403, 404})
 
+#: The ``detail`` of the server's 404 for a path it has no route for (the web framework's
+#: ``{"detail": "Not Found"}``). A missing project, task or user gets a TM error with a
+#: sub_code instead, so this 404 means a wrong path, and the partition fails.
+UNKNOWN_PATH = "Not Found"
+
 #: The advice in a page cap's problem. --retry-failed does not fetch a capped partition,
 #: because it ended done. --start-over accepts a raised max_pages, which the recipe hash omits.
 RAISE_MAX_PAGES = "raise max_pages and run with --start-over to fetch the rest"
@@ -801,9 +806,12 @@ class StreamRunner:
             entry["missing_pages"] = sorted(walk.failed_pages)
             entry["error"] = str(first)
             entry["attempts"] = getattr(first, "attempts", 1)
+            hint = ""
             if isinstance(first, HTTPStatusError):
                 entry.update(status=first.status, sub_code=first.sub_code)
-            logger.error("%s failed: %s", partition_label(self.spec.name, walk.id), first)
+                if first.status == 404 and first.sub_code == UNKNOWN_PATH:
+                    hint = "; the server has no such path, so check the stream's path"
+            logger.error("%s failed: %s%s", partition_label(self.spec.name, walk.id), first, hint)
 
         total = state.total
         if total is None or outcome != "done" or walk.filtered or walk.capped:
@@ -861,11 +869,14 @@ class StreamRunner:
 
 
 def _hidden_by(failed_pages: dict[int, RequestError | ShapeError]) -> HTTPStatusError | None:
-    """Return the first failure when every failed page was a 403 or 404, else None."""
+    """Return the first failure when every failed page was a 403 or 404 of something the
+    server has a path for, else None."""
     first: HTTPStatusError | None = None
     for number in sorted(failed_pages):
         error = failed_pages[number]
         if not (isinstance(error, HTTPStatusError) and error.status in SKIP_STATUSES):
+            return None
+        if error.status == 404 and error.sub_code == UNKNOWN_PATH:
             return None
         first = first or error
     return first

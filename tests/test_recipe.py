@@ -281,6 +281,23 @@ EXPECTED: dict[str, str] = {
         "7: streams.details.params.project_id.each[1]: invalid id '1.5'; expected a whole "
         "number of 0 or more, such as 42"
     ),
+    "path_id_too_large": (
+        "7: streams.details.params.project_id.each[1]: invalid id '99999999999999999999999'; "
+        "expected a whole number of 0 or more and at most 9223372036854775807, such as 42"
+    ),
+    "integer_out_of_range": (
+        "7: streams.projects.params.textSearch.each[1]: the integer 99999999999999999999999 is "
+        "out of range; expected one of 64 bits, from -9223372036854775808 to "
+        "9223372036854775807"
+    ),
+    "stream_name_null": (
+        "6: streams: a key here is YAML's null (written null, Null, NULL or ~), not a name; put "
+        "the key in quotes, or choose another name"
+    ),
+    "stream_name_true": (
+        "4: streams: a key here is YAML's true, not a name; put the key in quotes, or choose "
+        "another name"
+    ),
     "path_id_each_same_number": (
         "7: streams.details.params.project_id.each[1]: duplicate value '01' (each[0] already "
         "has it); list each value once"

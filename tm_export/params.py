@@ -38,16 +38,21 @@ def render(value: object) -> str:
     return str(value)
 
 
+#: The largest id: a signed 64-bit integer.
+LARGEST_ID = 2**63 - 1
+
+
 def as_id(value: Scalar) -> int | None:
     """Return ``value`` as a TM id, a whole number of 0 or more, or None when it is not one.
 
     Digits in a string count, as the server reads them, so ``"42"`` and ``"042"`` are both
     project 42. The server rejects anything else with 422.
     """
-    if type(value) is int:
-        return value if value >= 0 else None
     if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
+        value = int(value)
+    if type(value) is int:
+        # Ids are 64-bit integers in the server's database, and in the manifest's JSON.
+        return value if 0 <= value <= LARGEST_ID else None
     return None
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from . import schema
 from .catalog import DateWindow, Endpoint
 from .params import (
+    LARGEST_ID,
     Constant,
     DateWindows,
     Each,
@@ -101,8 +102,10 @@ def _path_value(
         number = as_id(value)
         if number is None:
             # The server rejects anything but an integer with 422, and a negative one with 404.
+            largest = f" and at most {LARGEST_ID}" if text.isascii() and text.isdigit() else ""
             raise where.error(
-                keys, f"invalid id {text!r}; expected a whole number of 0 or more, such as 42"
+                keys,
+                f"invalid id {text!r}; expected a whole number of 0 or more{largest}, such as 42",
             )
         return number
     if text and not any(char in text for char in "/?#"):

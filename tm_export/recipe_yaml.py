@@ -400,6 +400,24 @@ class KeyLocator:
 _STANDARD_TAG = "tag:yaml.org,2002:"
 
 
+#: The largest integer a recipe may hold: JSON encoders (the manifest's among them) and the
+#: server's database take 64-bit integers.
+LARGEST_INTEGER = 2**63 - 1
+
+#: How YAML reads the keys that are not text, by the value it gives them.
+_NOT_TEXT = {None: "null (written null, Null, NULL or ~)", True: "true", False: "false"}
+
+
+def _check_key(where: KeyLocator, keys: tuple[Any, ...], key: Any) -> None:
+    """Raise for a mapping key that YAML reads as null, true or false, which is no name."""
+    if key is None or isinstance(key, bool | ScalarBoolean):
+        read_as = _NOT_TEXT[None if key is None else bool(key)]
+        raise RecipeError(
+            f"{where.path}:{where.line(keys + (key,))}: {_dotted(keys)}: a key here is YAML's "
+            f"{read_as}, not a name; put the key in quotes, or choose another name"
+        )
+
+
 def to_plain(where: KeyLocator, node: Any, keys: tuple[Any, ...]) -> Any:
     """Convert the YAML tree to plain JSON types, rejecting tags and types JSON lacks."""
     tag = getattr(getattr(node, "tag", None), "value", None)
@@ -407,6 +425,8 @@ def to_plain(where: KeyLocator, node: Any, keys: tuple[Any, ...]) -> Any:
         raise where.error(keys, f"unsupported YAML tag '{tag}'; remove the tag")
 
     if isinstance(node, dict):
+        for key in node:
+            _check_key(where, keys, key)
         return {str(key): to_plain(where, value, keys + (str(key),)) for key, value in node.items()}
     if isinstance(node, list):
         return [to_plain(where, item, keys + (index,)) for index, item in enumerate(node)]
@@ -415,6 +435,12 @@ def to_plain(where: KeyLocator, node: Any, keys: tuple[Any, ...]) -> Any:
     if isinstance(node, bool | ScalarBoolean):
         return bool(node)
     if isinstance(node, int):
+        if not -LARGEST_INTEGER - 1 <= node <= LARGEST_INTEGER:
+            raise where.error(
+                keys,
+                f"the integer {node} is out of range; expected one of 64 bits, from "
+                f"{-LARGEST_INTEGER - 1} to {LARGEST_INTEGER}",
+            )
         return int(node)
     if isinstance(node, float):
         return float(node)

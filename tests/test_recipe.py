@@ -290,6 +290,16 @@ EXPECTED: dict[str, str] = {
         "out of range; expected one of 64 bits, from -9223372036854775808 to "
         "9223372036854775807"
     ),
+    "streams_as_list": (
+        '3: streams: invalid value [{"endpoint": "countries"}] (a list); expected a mapping of '
+        "stream names to streams, at least one"
+    ),
+    "param_beside_endpoint": (
+        "6: streams.contributions.project_id: unknown key; if project_id is a parameter of the "
+        "endpoint, indent it under params; valid keys: auth, endpoint, key, max_pages, "
+        "paginated, params, path, records"
+    ),
+    "version_float": "1: version: invalid value 1.0 (a number); expected the integer 1",
     "stream_name_null": (
         "6: streams: a key here is YAML's null (written null, Null, NULL or ~), not a name; put "
         "the key in quotes, or choose another name"

@@ -69,6 +69,11 @@ def check_schema(where: KeyLocator, plain: Any) -> None:
     if explained:
         _, _, _, keys, message = min(explained, key=lambda item: item[:3])
         raise where.error(keys, message)
+    if isinstance(plain.get("version"), float):
+        # JSON Schema takes 1.0 for the integer 1.
+        raise where.error(
+            ("version",), f"invalid value {plain['version']} (a number); expected the integer 1"
+        )
 
 
 # --- building the model --------------------------------------------------------------

@@ -11,6 +11,7 @@ messages end with "expected <description>".
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 from collections.abc import Iterator
@@ -311,7 +312,9 @@ def explain(error: jsonschema.ValidationError) -> tuple[tuple[Any, ...], str]:
     if kind == "additionalProperties" and isinstance(instance, dict):
         allowed = sorted(schema.get("properties", {}))
         extra = sorted(str(key) for key in set(instance) - set(allowed))[0]
-        return keys + (extra,), _unknown_key(extra, allowed)
+        # A parameter such as project_id may be written beside endpoint, not under params.
+        beside = len(keys) == 2 and keys[0] == "streams"
+        return keys + (extra,), _unknown_key(extra, allowed, params_hint=beside)
     if kind == "required":
         missing = next(name for name in schema["required"] if name not in instance)
         description = schema["properties"][missing].get("description", "")
@@ -347,9 +350,14 @@ def explain(error: jsonschema.ValidationError) -> tuple[tuple[Any, ...], str]:
     return keys, f"{error.message}; {expected}" if expected else str(error.message)
 
 
-def _unknown_key(name: str, allowed: list[str]) -> str:
+def _unknown_key(name: str, allowed: list[str], params_hint: bool = False) -> str:
     close = difflib.get_close_matches(name, allowed, n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
+    if close:
+        hint = f"did you mean '{close[0]}'? "
+    elif params_hint:
+        hint = f"if {name} is a parameter of the endpoint, indent it under params; "
+    else:
+        hint = ""
     return f"unknown key; {hint}valid keys: {', '.join(allowed)}"
 
 
@@ -531,8 +539,14 @@ def _article(noun: str) -> str:
 
 
 def short_repr(value: Any, limit: int = 60) -> str:
-    """Return ``repr(value)``, with a long string or value cut to about ``limit`` characters."""
+    """Return ``repr(value)``, with a long string or value cut to about ``limit`` characters.
+
+    A list or mapping is written as JSON, which is also YAML, rather than in Python's syntax.
+    """
     if isinstance(value, str) and len(value) > limit:
         return repr(value[: limit - 5] + "...")
-    text = repr(value)
+    if isinstance(value, list | dict):
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    else:
+        text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from tm_export.clock import FakeClock
+from tm_export.engine import TOKEN_EXPIRED_PROBLEM
 from tm_export.errors import ExitCode, TokenRejectedError
 from tm_export.mock import MockServer
 
@@ -212,7 +213,8 @@ streams:
 def test_token_expiring_mid_run_stops(tmp_path: Path, mock: MockServer) -> None:
     """A token that expires during a run is served anonymously, so private project 9 returns
     403. The token check after it stops the run (exit 1), where the project would have been
-    skipped for good, and the run with a renewed token fetches it."""
+    skipped for good, and the run with a renewed token fetches it. Projects 1-8, finished
+    after the unknown moment of expiry, keep a problem (exit 3)."""
     recipe = write_recipe(tmp_path, EXPIRING_RECIPE)
     mock.add_fault(path=r"^/api/v2/projects/8/$", times=1, call=lambda: mock.renew_token("admin"))
 
@@ -247,12 +249,57 @@ def test_token_expiring_mid_run_stops(tmp_path: Path, mock: MockServer) -> None:
         "command again, or give --start-over for an anonymous run in a new folder"
     ]
 
-    assert renewed.exit_code == 0, renewed.stderr
+    assert renewed.exit_code == 3, renewed.stderr
+    assert f"problem in details: {TOKEN_EXPIRED_PROBLEM}" in renewed.stderr.splitlines()
     written = [
         orjson.loads(line)["projectId"]
         for line in data_file(tmp_path / "out", "details").read_bytes().splitlines()
     ]
     assert sorted(written) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+
+
+def test_token_expired_before_a_one_page_list(tmp_path: Path, mock: MockServer) -> None:
+    """A token that expires before a one-page project search gets the search anonymously,
+    with no sign, and a later 401 stops the run. The search keeps a problem, since it may
+    lack private projects, so the run that a renewed token finishes ends with exit 3."""
+    recipe = write_recipe(
+        tmp_path,
+        """\
+        version: 1
+        instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s, concurrency: 1}
+        output: OUT
+        streams:
+          archived:
+            endpoint: projects
+            params: {projectStatuses: [ARCHIVED]}
+          stats:
+            endpoint: tasks_statistics
+            params: {projectId: {from: archived.projectId}, startDate: 2026-01-01}
+        """,
+    )
+    mock.add_fault(path=SEARCH, times=1, call=lambda: mock.renew_token("admin"))
+
+    expired = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["admin"]}
+    )
+    renewed = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["admin"]}
+    )
+
+    assert expired.exit_code == 1
+    assert [(r["path"], r["status"]) for r in mock.requests()][1:4] == [
+        ("/api/v2/users/queries/tasks/locked/", 200),
+        ("/api/v2/projects/", 200),
+        ("/api/v2/tasks/statistics/", 401),
+    ]
+    assert (
+        "tm-export: WARNING: the token expired after the check at the start, so the partitions "
+        "of archived finished in this session may hold only what an anonymous user sees; the "
+        "same command with a fresh key finishes the run with that problem (exit 3), and "
+        "--start-over gives a complete export"
+    ) in expired.stderr.splitlines()
+    assert renewed.exit_code == 3, renewed.stderr
+    assert f"problem in archived: {TOKEN_EXPIRED_PROBLEM}" in renewed.stderr.splitlines()
 
 
 def test_token_expiring_mid_list_stops(tmp_path: Path, mock: MockServer) -> None:

@@ -106,7 +106,8 @@ def test_incremental_resumes_unfinished_run(tmp_path: Path, mock: MockServer) ->
     recipe = write_recipe(tmp_path, RECIPE)
     env = {"TM_API_TOKEN": mock.tokens["admin"]}
     args = ["run", str(recipe), "--base-url", mock.api_url]
-    mock.add_fault(path=r"/activities/$", after=5, status=401, body={"SubCode": "InvalidToken"})
+    # A wait longer than allowed stops the run (exit 1).
+    mock.add_fault(path=r"/activities/$", after=5, status=429, headers={"Retry-After": "99999"})
     assert run_cli(*args, env=env).exit_code == 1
     mock.clear_faults()
 

@@ -886,6 +886,26 @@ class _Session:
                 # corrects it, so the run record does not call the session authenticated.
                 result.authenticated = False
                 committer.record({"t": "token", "at": utc_now_text(), "authenticated": False})
+                # As when the check at the end fails: the token expired at some point after
+                # the preflight, and the partitions finished since may hold only public data.
+                # A run without a token has none to expire.
+                suspect = [
+                    runner
+                    for runner in runners.values()
+                    if token_check is not None
+                    and runner.spec.endpoint.auth == "optional"
+                    and runner.finished_this_session()
+                ]
+                for runner in suspect:
+                    runner.add_stream_problem(TOKEN_EXPIRED_PROBLEM)
+                if suspect:
+                    logger.warning(
+                        "the token expired after the check at the start, so the partitions of %s "
+                        "finished in this session may hold only what an anonymous user sees; the same "
+                        "command with a fresh key finishes the run with that problem (exit 3), "
+                        "and --start-over gives a complete export",
+                        ", ".join(runner.spec.name for runner in suspect),
+                    )
                 raise
 
     async def _confirm_token_at_end(
@@ -1191,8 +1211,10 @@ class _Session:
                 )
 
 
-#: The problem of each stream whose endpoint logs in optionally, when the token failed the
-#: check at the end of a session. Nothing shows which partitions were walked after it expired.
+#: The problem of each stream whose endpoint logs in optionally, when the token was rejected
+#: after the preflight: in the check at the end of a session, or by a request on the way
+#: (then only for the streams that wrote in the session). Nothing shows which partitions
+#: were walked after it expired.
 TOKEN_EXPIRED_PROBLEM = (
     "the API token expired during this run, so the partitions finished after that may hold "
     "only what an anonymous user sees; run again with --start-over and a fresh key for a "

@@ -161,6 +161,7 @@ class StreamRunner:
         self.stats.records = state.records
         self.stats.duplicates = state.duplicates
         self.stats.pages = state.pages
+        self._finished_now = 0
         # A problem of the stream as a whole stays with the run, in every later session.
         self.stats.problems.extend(state.problems)
         self.stats.read_again.update(state.read_again)
@@ -358,6 +359,14 @@ class StreamRunner:
         self.state.problems.append(problem)
         self.stats.problems.append(problem)
         self._committer.record({"t": "feed", "s": self.spec.name, "problem": problem})
+
+    def finished_this_session(self) -> bool:
+        """Tell whether this session finished a partition of the stream.
+
+        A partition it left unfinished fetches its remaining pages in the next session, and
+        a total that changed meanwhile makes its pages be read again.
+        """
+        return self._finished_now > 0
 
     def close_channels(self) -> None:
         """Close the value channels from the parent stream and to the child streams.
@@ -835,6 +844,7 @@ class StreamRunner:
 
         self._committer.record(entry)
         state.final = entry
+        self._finished_now += 1
         self._count_final(entry)
 
     def count_finished(self) -> None:

@@ -633,3 +633,65 @@ def test_failed_partition_of_deleted_project_not_listed(tmp_path: Path, mock: Mo
     record = orjson.loads((tmp_path / "now/snapshot.json").read_bytes())
     assert record["deleted_projects"] == [project]
     assert record["streams"]["details"]["failed"] == []
+
+
+def test_project_in_two_search_partitions_kept_twice(tmp_path: Path, mock: MockServer) -> None:
+    """A search split by mapping type lists a project in each partition it matches. After
+    an edit, the snapshot keeps the newest run's line in each, as a full run writes them."""
+    args, env = admin_run(
+        tmp_path,
+        mock,
+        """\
+        version: 1
+        instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s}
+        output: OUT
+        streams:
+          projects:
+            endpoint: projects
+            params: {mappingTypes: {each: [ROADS, BUILDINGS]}}
+        """,
+    )
+    assert run_cli(*args, env=env).exit_code == 0
+    ids = [
+        orjson.loads(line)["projectId"]
+        for line in sorted_lines(tmp_path / "out/runs/0001/data/projects.jsonl")
+    ]
+    twice = min(project for project in ids if ids.count(project) == 2)
+    later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=5)
+    mock.dataset.touch_project(twice, later)
+    assert run_cli(*args, "--incremental", env=env).exit_code == 0
+
+    now, full = snapshot_and_full_run(tmp_path, mock, tmp_path / "recipe.yaml", env)
+
+    lines = sorted_lines(now / "projects.jsonl")
+    assert [orjson.loads(line)["projectId"] for line in lines].count(twice) == 2
+    assert lines == sorted_lines(full / "projects.jsonl")
+
+
+def test_history_of_skipped_partition_left_out(tmp_path: Path, mock: MockServer) -> None:
+    """Task history of a project that the newest run got a 404 for, with no project search
+    to report it deleted, is left out, as a full run has none."""
+    args, env = admin_run(
+        tmp_path,
+        mock,
+        """\
+        version: 1
+        instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s}
+        output: OUT
+        streams:
+          activities:
+            endpoint: project_activities
+            params: {project_id: {range: [1, 5]}}
+        """,
+    )
+    assert run_cli(*args, env=env).exit_code == 0
+    archived = (tmp_path / "out/runs/0001/data/activities.jsonl").read_bytes()
+    assert b'"_partition":{"project_id":1}' in archived
+    mock.dataset.delete_project(1)
+    assert run_cli(*args, "--incremental", env=env).exit_code == 0
+
+    now, full = snapshot_and_full_run(tmp_path, mock, tmp_path / "recipe.yaml", env)
+
+    lines = sorted_lines(now / "activities.jsonl")
+    assert not any(b'"_partition":{"project_id":1}' in line for line in lines)
+    assert lines == sorted_lines(full / "activities.jsonl")

@@ -6,9 +6,11 @@ holding what a full run would have written at the time of the newest run. Each s
 takes one of three rules, from its endpoint:
 
 - ``key``: the project search, which an incremental run filters by ``lastUpdated``. Each
-  project's newest record is kept.
+  project's records come from the newest run that lists it, in every partition of the
+  search that run lists it in (a search split by ``each:`` can list a project twice).
 - ``added``: task history (newest first), to which an incremental run adds newer records.
-  Each partition keeps every record once, the newest copy of each.
+  Each partition keeps every record once, the newest copy of each. A partition that the
+  newest run to finish it skipped (403 or 404) is left empty, as in a full run.
 - ``partition``: every other stream. Each partition's records come from the newest run
   that finished it: ``done``, or ``skipped`` for a 403 or 404, which leaves it empty as
   in a full run. So a partition that a later run failed keeps the records of the run
@@ -58,8 +60,8 @@ Rule = Literal["key", "added", "partition"]
 
 #: The description of each rule in ``snapshot.json``.
 RULES: dict[Rule, str] = {
-    "key": "the newest record of each key",
-    "added": "every record once per partition, its newest copy",
+    "key": "each key's records from the newest run that lists it",
+    "added": "every record once per partition, its newest copy; none of a skipped partition",
     "partition": "each partition's records from the newest run that finished it or skipped it",
 }
 
@@ -237,6 +239,15 @@ def _write_stream(
     rule = _rule(spec)
     states = [check.state for check in chain]
     winners = _partition_winners(name, states)
+    skipped = (
+        {
+            partition
+            for partition, final in latest_finals(states, name).items()
+            if final == "skipped"
+        }
+        if rule == "added"
+        else set()
+    )
     seen: set[Any] = set()
     records = 0
     digest = hashlib.sha256()
@@ -245,6 +256,8 @@ def _write_stream(
         # Newest run first: the first copy of a key or partition met is the one kept.
         for age, check in enumerate(reversed(chain)):
             oldest = age == len(chain) - 1
+            # A project's records in this run, which may list it in several partitions.
+            listed: set[Any] = set()
             for line, record in _lines(check, name):
                 partition = record.get(PARTITION_KEY, {}) if isinstance(record, dict) else {}
                 if names_project(partition, deleted):
@@ -252,12 +265,17 @@ def _write_stream(
                 if rule == "partition":
                     if winners.get(partition_id(partition)) != age:
                         continue
-                else:
+                elif rule == "key":
                     key = record_key(spec.endpoint.key, strip_partition(record))
-                    if rule == "key" and key in deleted:
+                    if key in deleted or key in seen:
                         continue
-                    identity = key if rule == "key" else (partition_id(partition), key)
-                    if identity in seen:
+                    listed.add(key)
+                else:
+                    identity = (
+                        partition_id(partition),
+                        record_key(spec.endpoint.key, strip_partition(record)),
+                    )
+                    if identity in seen or identity[0] in skipped:
                         continue
                     # Nothing older follows the oldest run, so its keys need not be kept.
                     if not oldest:
@@ -265,6 +283,7 @@ def _write_stream(
                 out.write(line)
                 digest.update(line)
                 records += 1
+            seen |= listed
     return {
         "file": path.name,
         "rule": rule,

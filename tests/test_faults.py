@@ -302,6 +302,53 @@ def test_token_expired_before_a_one_page_list(tmp_path: Path, mock: MockServer) 
     assert f"problem in archived: {TOKEN_EXPIRED_PROBLEM}" in renewed.stderr.splitlines()
 
 
+DRAFT_RECIPE = """\
+version: 1
+instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s, retries: {attempts: 2, wait_initial: 0.01}}
+output: OUT
+streams:
+  contributions:
+    endpoint: project_contributions
+    params: {project_id: {each: [1, 6]}}
+"""
+
+
+def test_draft_the_user_may_not_see_skipped(tmp_path: Path, mock: MockServer) -> None:
+    """The server answers a mapper without rights on draft project 6 with a 500 for its
+    contributions. The project's detail answers 403, so the partition is skipped as a
+    draft, where it would fail on every run."""
+    recipe = write_recipe(tmp_path, DRAFT_RECIPE)
+    assert 6 in mock.dataset.draft_project_ids()
+
+    outcome = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["other"]}
+    )
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "skipped partitions: 1 (403 ProjectNotFetched: 1)" in outcome.stderr.splitlines()
+    sent = [(r["path"], r["status"]) for r in mock.requests() if "/projects/6/" in r["path"]]
+    assert sent == [
+        ("/api/v2/projects/6/contributions/", 500),
+        ("/api/v2/projects/6/contributions/", 500),
+        ("/api/v2/projects/6/", 403),
+    ]
+
+
+def test_server_error_of_a_visible_project_fails(tmp_path: Path, mock: MockServer) -> None:
+    """A 500 for a project whose detail the user may read is a server error: the partition
+    fails, for --retry-failed."""
+    recipe = write_recipe(tmp_path, DRAFT_RECIPE.replace("[1, 6]", "[1]"))
+    mock.add_fault(path=r"^/api/v2/projects/1/contributions/$", status=500)
+
+    outcome = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["other"]}
+    )
+
+    assert outcome.exit_code == 3, outcome.stderr
+    sent = [(r["path"], r["status"]) for r in mock.requests() if "/projects/1/" in r["path"]]
+    assert sent[-1] == ("/api/v2/projects/1/", 200)
+
+
 def test_token_expiring_mid_list_stops(tmp_path: Path, mock: MockServer) -> None:
     """A token that expires between two pages of the project search gets the later pages
     anonymously, with a smaller total and no 403. The token check after that change stops

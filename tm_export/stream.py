@@ -64,6 +64,18 @@ T = TypeVar("T")
 #: ``_hidden_by``).
 SKIP_STATUSES = frozenset({403, 404})
 
+#: Endpoints where the server answers a logged-in user without rights on a draft project
+#: with an unhandled error (500), where an anonymous caller gets a 403. The project's detail
+#: answers that user with a 403 (``ProjectNotFetched``), which tells the two 500s apart.
+DRAFT_ERROR_ENDPOINTS = frozenset(
+    {
+        "project_summary",
+        "project_activities",
+        "project_latest_activities",
+        "project_contributions",
+    }
+)
+
 #: The ``detail`` of the server's 404 for a path it has no route for (the web framework's
 #: ``{"detail": "Not Found"}``). A missing project, task or user gets a TM error with a
 #: sub_code instead, so this 404 means a wrong path, and the partition fails.
@@ -489,8 +501,8 @@ class StreamRunner:
             await self._read(walk)
             await self._check_token_if_changed(walk)
 
-        hidden = _hidden_by(walk.failed_pages)
-        if hidden is not None and not await self._token_still_accepted(walk):
+        hidden = _hidden_by(walk.failed_pages) or await self._refused_draft(walk)
+        if hidden is not None and not await self._token_still_accepted(walk, hidden):
             hidden = None
         if hidden is not None:
             # The partition is not visible to us, from its first page on or since its project
@@ -515,7 +527,46 @@ class StreamRunner:
         if self._token_check is not None and walk.state.reading.changed:
             await self._token_check.confirm()
 
-    async def _token_still_accepted(self, walk: PartitionWalk) -> bool:
+    async def _refused_draft(self, walk: PartitionWalk) -> HTTPStatusError | None:
+        """Return the project detail's 403 when a partition failed with a 500 on every failed
+        page because its project is a draft the token's user may not see; else None.
+
+        The server answers such a user with an unhandled error on some endpoints, on every
+        attempt and every run, so the partition would fail for good. One request for the
+        project's detail, whose 403 names the draft, tells it from a server error.
+        """
+        if (
+            self._token_check is None
+            or self.spec.endpoint.name not in DRAFT_ERROR_ENDPOINTS
+            or not walk.failed_pages
+            or not all(
+                isinstance(error, HTTPStatusError) and error.status == 500
+                for error in walk.failed_pages.values()
+            )
+        ):
+            return None
+        project = as_id(walk.partition.get("project_id", ""))
+        if project is None:
+            return None
+
+        try:
+            await self._fetcher.get_json(
+                f"/projects/{project}/", {"abbreviated": "true"}, spool=False
+            )
+        except HTTPStatusError as error:
+            if error.status == 403:
+                logger.info(
+                    "%s: the server answered 500, and 403 %s for the project's detail: a draft "
+                    "the token's user may not see",
+                    partition_label(self.spec.name, walk.id),
+                    error.sub_code or "",
+                )
+                return error
+        except RequestError:
+            pass
+        return None
+
+    async def _token_still_accepted(self, walk: PartitionWalk, hidden: HTTPStatusError) -> bool:
         """Tell whether the token that a 403 of ``walk`` was sent with is still accepted.
 
         An expired token gets the same 403 from a private project as a user without rights
@@ -527,7 +578,7 @@ class StreamRunner:
         """
         if self._token_check is None:
             return True
-        if not any(
+        if hidden.status != 403 and not any(
             isinstance(error, HTTPStatusError) and error.status == 403
             for error in walk.failed_pages.values()
         ):

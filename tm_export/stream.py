@@ -528,8 +528,8 @@ class StreamRunner:
             await self._token_check.confirm()
 
     async def _refused_draft(self, walk: PartitionWalk) -> HTTPStatusError | None:
-        """Return the project detail's 403 when a partition failed with a 500 on every failed
-        page because its project is a draft the token's user may not see; else None.
+        """Return the project detail's 403 for a partition whose failed pages were all 500s,
+        when its project is a draft that the token's user may not see; else None.
 
         The server answers such a user with an unhandled error on some endpoints, on every
         attempt and every run, so the partition would fail for good. One request for the
@@ -556,7 +556,7 @@ class StreamRunner:
         except HTTPStatusError as error:
             if error.status == 403:
                 logger.info(
-                    "%s: the server answered 500, and 403 %s for the project's detail: a draft "
+                    "%s: the server returned 500, and 403 %s for the project's detail: a draft "
                     "the token's user may not see",
                     partition_label(self.spec.name, walk.id),
                     error.sub_code or "",

@@ -492,6 +492,33 @@ def test_recordless_body_fails_page(tmp_path: Path, mock: MockServer) -> None:
     assert sorted(orjson.loads(line)["projectId"] for line in lines) == [1, 2]
 
 
+def test_recordless_body_fetched_again(tmp_path: Path, mock: MockServer) -> None:
+    """A 200 whose body lacks the record, sent once, is fetched once more when retries are
+    allowed: the run completes, with one retry counted."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {rate_limit: 10000/s, retries: {attempts: 2, wait_initial: 0.01, wait_jitter: 0}}"
+        "\n"
+        "output: OUT\nstreams:\n  summaries:\n    endpoint: project_summary\n"
+        "    params: {project_id: {each: [1, 2]}}\n",
+    )
+    summary = r"^/api/v2/projects/2/queries/summary/$"
+    mock.add_fault(path=summary, status=200, body={}, times=1)
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert (
+        f"tm-export: WARNING: fetching again in 0.0 s: GET {mock.api_url}/projects/2/queries/"
+        "summary/: the response has no 'projectId', which identifies its record"
+    ) in outcome.stderr.splitlines()
+    assert "requests: 4, retries: 1, authenticated: no, TM release: v5.5.2" in (
+        outcome.stderr.splitlines()
+    )
+    lines = data_file(tmp_path / "out", "summaries").read_bytes().splitlines()
+    assert sorted(orjson.loads(line)["projectId"] for line in lines) == [1, 2]
+
+
 def test_read_timeout_named(tmp_path: Path, mock: MockServer) -> None:
     """A request that gets no data for the read timeout fails with the setting named."""
     recipe = write_recipe(

@@ -232,6 +232,19 @@ class Fetcher:
             )
             raise self._fatal
 
+    @property
+    def attempts(self) -> int:
+        """The attempts each request may take, the first included."""
+        return self._retries.attempts
+
+    async def wait_to_fetch_again(self, failure: Exception) -> None:
+        """Count a retry and wait the first backoff before a request is sent again because
+        its 200 response had another shape than the endpoint's."""
+        self.retries_done += 1
+        wait = self._backoff.wait(1)
+        logger.warning("fetching again in %.1f s: %s", wait, failure)
+        await self._clock.sleep(wait)
+
     async def _wait_before_retry(self, failure: RequestError, attempt: int, attempts: int) -> None:
         retry_after = failure.retry_after if isinstance(failure, HTTPStatusError) else None
         self.retries_done += 1

@@ -208,7 +208,9 @@ class PageWriter:
                     _check_record_list(endpoint.records, source)
         except (ijson.JSONError, ijson.IncompleteJSONError) as error:
             lines.unlink(missing_ok=True)
-            raise ShapeError.not_json(error) from error
+            failure = ShapeError.not_json(error)
+            failure.fetch_again = received == 0
+            raise failure from error
         if walk.state.reading.number > 1:
             # As in write, a later reading repeats records on purpose.
             duplicates = 0

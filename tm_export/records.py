@@ -19,6 +19,10 @@ PARTITION_KEY = "_partition"
 class ShapeError(ValueError):
     """A response body does not have the shape the endpoint promises."""
 
+    #: False once the page's records were partly taken, so that fetching it again within
+    #: the walk would count them as repeated.
+    fetch_again = True
+
     @classmethod
     def not_json(cls, error: Exception) -> ShapeError:
         """Return the error for a body that a JSON parser rejected with ``error``."""

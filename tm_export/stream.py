@@ -754,6 +754,17 @@ class StreamRunner:
             return await self._write_page(walk, number, response, body)
         except ShapeError as error:
             # The shape is the response's, so the message names its URL and page.
+            failure = ShapeError(f"GET {response.url}: {error}")
+            if not error.fetch_again or self._fetcher.attempts == 1:
+                raise failure from error
+        # A proxy or cache that sent a body of another shape once may not do it again. This
+        # is one more request at most, whatever the attempts allow.
+        await self._fetcher.wait_to_fetch_again(failure)
+        response, body = await self._fetcher.get_json(path, query)
+
+        try:
+            return await self._write_page(walk, number, response, body)
+        except ShapeError as error:
             raise ShapeError(f"GET {response.url}: {error}") from error
 
     async def _write_page(

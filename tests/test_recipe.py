@@ -300,6 +300,14 @@ EXPECTED: dict[str, str] = {
         "paginated, params, path, records"
     ),
     "version_float": "1: version: invalid value 1.0 (a number); expected the integer 1",
+    "search_status_lowercase": (
+        "7: streams.p.params.projectStatuses[1]: invalid project status 'published'; expected "
+        "PUBLISHED, ARCHIVED, DRAFT, in capitals"
+    ),
+    "search_date_invalid": (
+        "7: streams.p.params.createdFrom.each[1]: invalid date '2026-02-30': 2026-02 has 28 "
+        "days; expected a real date as YYYY-MM-DD"
+    ),
     "stream_name_null": (
         "6: streams: a key here is YAML's null (written null, Null, NULL or ~), not a name; put "
         "the key in quotes, or choose another name"

@@ -33,6 +33,22 @@ from .recipe_yaml import KeyLocator
 
 _WINDOW_KEYS = ("start", "end", "step", "bind")
 
+#: The project statuses the search takes; it answers any other value with 400.
+PROJECT_STATUSES = ("PUBLISHED", "ARCHIVED", "DRAFT")
+
+#: Date parameters of the project search, which it answers with 400 InvalidDateValue when a
+#: value is not a date.
+SEARCH_DATE_PARAMS = frozenset(
+    {
+        "createdFrom",
+        "createdTo",
+        "lastUpdatedFrom",
+        "lastUpdatedTo",
+        "partnershipFrom",
+        "partnershipTo",
+    }
+)
+
 
 def build_param(
     where: KeyLocator, keys: tuple[Any, ...], name: str, value: Any, endpoint: Endpoint
@@ -58,6 +74,11 @@ def build_param(
         scalar = _scalar(value)
         if is_path_param:
             scalar = _path_value(where, keys, scalar, name, endpoint)
+        items = value if isinstance(value, list) else [value]
+        for index, item in enumerate(items):
+            _check_search_value(
+                where, keys + (index,) if items is value else keys, name, item, endpoint
+            )
         return Constant(name, render(scalar))
 
     if "each" in value:
@@ -128,6 +149,7 @@ def _build_each(
         value = _scalar(raw)
         if is_path_param:
             value = _path_value(where, item_keys, value, name, endpoint)
+        _check_search_value(where, item_keys, name, raw, endpoint)
         text = render(value)
         if text in seen:
             raise where.error(
@@ -138,6 +160,26 @@ def _build_each(
         seen[text] = index
         values.append(value)
     return Each(name, tuple(values))
+
+
+def _check_search_value(
+    where: KeyLocator, keys: tuple[Any, ...], name: str, value: Any, endpoint: Endpoint
+) -> None:
+    """Reject a value of the project search that the server refuses on every request (400),
+    which would fail every partition of the stream."""
+    if endpoint.name != "projects":
+        return
+    text = render(value)
+    if name in SEARCH_DATE_PARAMS:
+        _check_date_constant(where, keys, text)
+    elif name == "projectStatuses":
+        for status in text.split(","):
+            if status not in PROJECT_STATUSES:
+                raise where.error(
+                    keys,
+                    f"invalid project status {status!r}; expected {', '.join(PROJECT_STATUSES)}, "
+                    "in capitals",
+                )
 
 
 def _build_range(

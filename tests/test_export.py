@@ -462,8 +462,8 @@ def test_raw_path_the_server_lacks_fails(tmp_path: Path, mock: MockServer) -> No
     assert outcome.exit_code == 3
     assert (
         f"tm-export: ERROR: featured failed: GET {mock.api_url}/projcts/queries/featured/: 404 "
-        'Not Found (application/json): {"detail":"Not Found"}; the server has no such path, so '
-        "check the stream's path"
+        'Not Found (application/json): {"detail":"Not Found"}; the server has no such path: '
+        "correct the stream's path, and run with --start-over, since the recipe changes"
     ) in outcome.stderr.splitlines()
     manifest = records(tmp_path / "out/runs/0001/manifest.jsonl")
     [final] = [entry for entry in manifest if entry["t"] == "part"]

@@ -403,6 +403,8 @@ def test_token_expiring_after_last_request_stops(tmp_path: Path, mock: MockServe
     )
     assert manifest_entries(tmp_path / "out", "end") == []
     assert [e["authenticated"] for e in manifest_entries(tmp_path / "out", "token")] == [False]
+    # The end check's message stands alone: no warning of a rejection on the way.
+    assert "after the check at the start" not in expired.stderr
 
 
 def test_token_expired_session_not_authenticated(tmp_path: Path, mock: MockServer) -> None:
@@ -849,6 +851,7 @@ def test_redirected_base_url_stops_run(tmp_path: Path, mock: MockServer) -> None
     assert outcome.stderr.splitlines()[-1] == (
         f"tm-export: error: {mock.api_url}/system/heartbeat/ returned 301, a redirect to "
         f"{target}; tm-export follows no redirects, which could carry the token elsewhere: give "
-        "the base URL the server redirects to, then run again"
+        "the base URL the server redirects to, then run again (a run begun at this URL needs "
+        "--start-over)"
     )
     assert [r["path"] for r in mock.requests()] == ["/api/v2/system/heartbeat/"]

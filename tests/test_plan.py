@@ -179,8 +179,9 @@ def test_plan_token_check_counted(tmp_path: Path) -> None:
     assert "total                                       at least 15" in lines
     assert lines[-1] == (
         "preflight: the server's heartbeat, and one token check; end check: the token checked "
-        "again once the export is done; retries, and the token checks that a 403 or a list that "
-        "changed during its walk causes, are not counted"
+        "again once the export is done; retries, the token checks that a 403 or a list that "
+        "changed during its walk causes, and the project detail asked for after 500s that may "
+        "mean a draft, are not counted"
     )
 
 
@@ -653,3 +654,28 @@ def test_plan_probe_unknown_token(tmp_path: Path, mock: MockServer) -> None:
         "/api/v2/system/heartbeat/",
         "/api/v2/users/queries/tasks/locked/",
     ]
+
+
+def test_plan_probe_counts_unknown_path_as_failed(tmp_path: Path, mock: MockServer) -> None:
+    """A raw path the server has no route for is counted as failed, as a run fails it, and
+    not as skipped like a deleted project."""
+    recipe = write_recipe(
+        tmp_path,
+        """\
+        version: 1
+        output: OUT
+        streams:
+          acts:
+            path: /projects/{project_id}/activitiez/
+            records: activity
+            paginated: true
+            params: {project_id: {range: [1, 3]}}
+        """,
+    )
+
+    outcome = run_cli("plan", str(recipe), "--probe", "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "acts: probed 3 partitions, 3 failed, counted at one request" in (
+        outcome.stdout.splitlines()
+    )

@@ -540,9 +540,9 @@ def mock_server(
 
     It prints its API URL and three tokens (admin, a mapper on the private
     projects' allow-list, another mapper), and runs until Ctrl-C. It serves the
-    endpoints that 'tm-export endpoints' lists and two more (the featured projects and
-    the token user's own); any other path gets the server's 404 for a path it does not
-    have.
+    endpoints that 'tm-export endpoints' lists and three more (the featured projects,
+    the token user's own and their locked tasks); any other path gets the server's 404
+    for a path it does not have.
 
     To try an incremental run, change the data between two runs with a POST to
     /__mock__/projects/ID/touch (an edit) or /__mock__/projects/ID/activities (new task

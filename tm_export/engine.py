@@ -874,12 +874,15 @@ class _Session:
         with anyio.CancelScope() as scope, _watch_signals(self.options, on_signal):
             await self._preflight(fetcher, result, token_check)
             committer.record(self._session_entry(state, result))
+            # The check at the end gives its own problems and message when it fails.
+            at_end = False
             try:
                 if self.baseline is not None:
                     await self._find_deleted(fetcher, state, committer, result)
                     self.baseline.drop_deleted(result.deleted)
                 await self._run_streams(runners, committer, fetcher)
                 if token_check is not None:
+                    at_end = True
                     await self._confirm_token_at_end(token_check, runners)
             except* TokenRejectedError:
                 # The session entry records that the preflight accepted the token. This entry
@@ -893,6 +896,7 @@ class _Session:
                     runner
                     for runner in runners.values()
                     if token_check is not None
+                    and not at_end
                     and runner.spec.endpoint.auth == "optional"
                     and runner.finished_this_session()
                 ]

@@ -102,7 +102,7 @@ def wrong_base_url(base_url: str, error: HTTPStatusError, again: str) -> FatalEr
         return FatalError(
             f"{heartbeat} returned {error.status}, a redirect{target}; tm-export follows no "
             f"redirects, which could carry the token elsewhere: give the base URL the server "
-            f"redirects to, then {again}"
+            f"redirects to, then {again} (a run begun at this URL needs --start-over)"
         )
     return None
 

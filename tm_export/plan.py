@@ -47,7 +47,7 @@ from .params import (
 from .query import QueryBuilder
 from .recipe import Recipe, StreamSpec
 from .redact import Redactor
-from .stream import SKIP_STATUSES
+from .stream import skips_partition
 from .words import counted
 
 logger = logging.getLogger("tm_export.plan")
@@ -331,7 +331,7 @@ async def _probe_stream(
             path, query = queries.build(partition, page=1)
             _, body = await fetcher.get_json(path, query, spool=False)
         except HTTPStatusError as error:
-            if error.status in SKIP_STATUSES:
+            if skips_partition(error):
                 counts.skipped += 1
                 requests += 1
                 return
@@ -457,8 +457,9 @@ def format_plan(plan: Plan) -> str:
     if plan.end_check:
         lines.append(
             "preflight: the server's heartbeat, and one token check; end check: the token "
-            "checked again once the export is done; retries, and the token checks that a 403 or "
-            "a list that changed during its walk causes, are not counted"
+            "checked again once the export is done; retries, the token checks that a 403 or "
+            "a list that changed during its walk causes, and the project detail asked for "
+            "after 500s that may mean a draft, are not counted"
         )
     else:
         lines.append("preflight: the server's heartbeat; retries are not counted")

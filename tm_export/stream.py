@@ -757,8 +757,8 @@ class StreamRunner:
             failure = ShapeError(f"GET {response.url}: {error}")
             if not error.fetch_again or self._fetcher.attempts == 1:
                 raise failure from error
-        # A proxy or cache that sent a body of another shape once may not do it again. This
-        # is one more request at most, whatever the attempts allow.
+        # A proxy or cache that sent a body of another shape once may not do it again. The
+        # page is fetched once more, and that fetch has its own retries.
         await self._fetcher.wait_to_fetch_again(failure)
         response, body = await self._fetcher.get_json(path, query)
 
@@ -880,8 +880,11 @@ class StreamRunner:
             hint = ""
             if isinstance(first, HTTPStatusError):
                 entry.update(status=first.status, sub_code=first.sub_code)
-                if first.status == 404 and first.sub_code == UNKNOWN_PATH:
-                    hint = "; the server has no such path, so check the stream's path"
+                if unknown_path(first):
+                    hint = (
+                        "; the server has no such path: correct the stream's path, and run with "
+                        "--start-over, since the recipe changes"
+                    )
             logger.error("%s failed: %s%s", partition_label(self.spec.name, walk.id), first, hint)
 
         total = state.total
@@ -940,15 +943,24 @@ class StreamRunner:
             self.stats.problems.append(partition_problem(final["p"], problem))
 
 
+def skips_partition(error: HTTPStatusError) -> bool:
+    """Tell whether a response with this error shows the partition hidden from the caller
+    (403, or 404 of something the server has a path for), so that it is skipped."""
+    return error.status in SKIP_STATUSES and not unknown_path(error)
+
+
+def unknown_path(error: HTTPStatusError) -> bool:
+    """Tell whether the error is the server's 404 for a path it has no route for."""
+    return error.status == 404 and error.sub_code == UNKNOWN_PATH
+
+
 def _hidden_by(failed_pages: dict[int, RequestError | ShapeError]) -> HTTPStatusError | None:
     """Return the first failure when every failed page was a 403 or 404 of something the
     server has a path for, else None."""
     first: HTTPStatusError | None = None
     for number in sorted(failed_pages):
         error = failed_pages[number]
-        if not (isinstance(error, HTTPStatusError) and error.status in SKIP_STATUSES):
-            return None
-        if error.status == 404 and error.sub_code == UNKNOWN_PATH:
+        if not (isinstance(error, HTTPStatusError) and skips_partition(error)):
             return None
         first = first or error
     return first

@@ -695,3 +695,76 @@ def test_history_of_skipped_partition_left_out(tmp_path: Path, mock: MockServer)
     lines = sorted_lines(now / "activities.jsonl")
     assert not any(b'"_partition":{"project_id":1}' in line for line in lines)
     assert lines == sorted_lines(full / "activities.jsonl")
+
+
+def test_search_line_of_failed_partition_kept(tmp_path: Path, mock: MockServer) -> None:
+    """A project edited and listed anew in one partition of a split search keeps its
+    earlier line in a partition that the incremental run failed, as a failed partition
+    keeps the records of the run before it."""
+    args, env = admin_run(
+        tmp_path,
+        mock,
+        """\
+        version: 1
+        instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s, retries: {attempts: 1}}
+        output: OUT
+        streams:
+          projects:
+            endpoint: projects
+            params: {mappingTypes: {each: [ROADS, BUILDINGS]}}
+        """,
+    )
+    assert run_cli(*args, env=env).exit_code == 0
+    ids = [
+        orjson.loads(line)["projectId"]
+        for line in sorted_lines(tmp_path / "out/runs/0001/data/projects.jsonl")
+    ]
+    twice = min(project for project in ids if ids.count(project) == 2)
+    later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=5)
+    mock.dataset.touch_project(twice, later)
+    mock.add_fault(path=r"^/api/v2/projects/$", query={"mappingTypes": "ROADS"}, status=500)
+    assert run_cli(*args, "--incremental", env=env).exit_code == 3
+    mock.clear_faults()
+
+    now, _ = snapshot_and_full_run(tmp_path, mock, tmp_path / "recipe.yaml", env)
+
+    kept = {
+        record["_partition"]["mappingTypes"]: record["lastUpdated"]
+        for record in map(orjson.loads, sorted_lines(now / "projects.jsonl"))
+        if record["projectId"] == twice
+    }
+    # BUILDINGS holds the edit; ROADS, which failed, the line of the full run before it.
+    assert sorted(kept) == ["BUILDINGS", "ROADS"]
+    assert kept["ROADS"] < kept["BUILDINGS"]
+
+
+def test_history_of_skipped_partition_stays_out_after_failure(
+    tmp_path: Path, mock: MockServer
+) -> None:
+    """A partition skipped for a 404 and failed in a later run keeps what the skip left,
+    no records, rather than the history archived before the project was deleted."""
+    args, env = admin_run(
+        tmp_path,
+        mock,
+        """\
+        version: 1
+        instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s, retries: {attempts: 1}}
+        output: OUT
+        streams:
+          activities:
+            endpoint: project_activities
+            params: {project_id: {range: [1, 3]}}
+        """,
+    )
+    assert run_cli(*args, env=env).exit_code == 0
+    mock.dataset.delete_project(1)
+    assert run_cli(*args, "--incremental", env=env).exit_code == 0
+    mock.add_fault(path=r"^/api/v2/projects/1/", status=500)
+    assert run_cli(*args, "--incremental", env=env).exit_code == 3
+    mock.clear_faults()
+
+    now, full = snapshot_and_full_run(tmp_path, mock, tmp_path / "recipe.yaml", env)
+
+    lines = sorted_lines(now / "activities.jsonl")
+    assert not any(b'"_partition":{"project_id":1}' in line for line in lines)
+    assert lines == sorted_lines(full / "activities.jsonl")

@@ -6,11 +6,13 @@ holding what a full run would have written at the time of the newest run. Each s
 takes one of three rules, from its endpoint:
 
 - ``key``: the project search, which an incremental run filters by ``lastUpdated``. Each
-  project's records come from the newest run that lists it, in every partition of the
-  search that run lists it in (a search split by ``each:`` can list a project twice).
+  project keeps its newest record in each partition of the search (a search split by
+  ``each:`` can list a project twice). An older record goes where a newer run that lists
+  the project finished the partition done without it: the project left that partition.
 - ``added``: task history (newest first), to which an incremental run adds newer records.
-  Each partition keeps every record once, the newest copy of each. A partition that the
-  newest run to finish it skipped (403 or 404) is left empty, as in a full run.
+  Each partition keeps every record once, the newest copy of each. A partition is left
+  empty, as in a full run, when the newest run that finished it done or skipped it skipped
+  it (403 or 404).
 - ``partition``: every other stream. Each partition's records come from the newest run
   that finished it: ``done``, or ``skipped`` for a 403 or 404, which leaves it empty as
   in a full run. So a partition that a later run failed keeps the records of the run
@@ -60,7 +62,7 @@ Rule = Literal["key", "added", "partition"]
 
 #: The description of each rule in ``snapshot.json``.
 RULES: dict[Rule, str] = {
-    "key": "each key's records from the newest run that lists it",
+    "key": "the newest record of each key in each partition",
     "added": "every record once per partition, its newest copy; none of a skipped partition",
     "partition": "each partition's records from the newest run that finished it or skipped it",
 }
@@ -239,16 +241,14 @@ def _write_stream(
     rule = _rule(spec)
     states = [check.state for check in chain]
     winners = _partition_winners(name, states)
-    skipped = (
-        {
-            partition
-            for partition, final in latest_finals(states, name).items()
-            if final == "skipped"
-        }
-        if rule == "added"
-        else set()
-    )
+    # The added rule: partitions whose last word, in the newest run that finished them
+    # done or skipped, was a 403 or 404.
+    skipped = _skipped_partitions(states, name) if rule == "added" else set()
     seen: set[Any] = set()
+    # The key rule: the (partition, key) pairs of newer runs, and per key the partitions
+    # that a newer run listing the key finished done, which the key left if not listed.
+    pairs: set[tuple[str, Any]] = set()
+    settled: dict[Any, set[str]] = {}
     records = 0
     digest = hashlib.sha256()
 
@@ -256,8 +256,7 @@ def _write_stream(
         # Newest run first: the first copy of a key or partition met is the one kept.
         for age, check in enumerate(reversed(chain)):
             oldest = age == len(chain) - 1
-            # A project's records in this run, which may list it in several partitions.
-            listed: set[Any] = set()
+            listed: set[tuple[str, Any]] = set()
             for line, record in _lines(check, name):
                 partition = record.get(PARTITION_KEY, {}) if isinstance(record, dict) else {}
                 if names_project(partition, deleted):
@@ -267,9 +266,10 @@ def _write_stream(
                         continue
                 elif rule == "key":
                     key = record_key(spec.endpoint.key, strip_partition(record))
-                    if key in deleted or key in seen:
+                    pair = (partition_id(partition), key)
+                    if key in deleted or pair in pairs or pair[0] in settled.get(key, ()):
                         continue
-                    listed.add(key)
+                    listed.add(pair)
                 else:
                     identity = (
                         partition_id(partition),
@@ -283,7 +283,11 @@ def _write_stream(
                 out.write(line)
                 digest.update(line)
                 records += 1
-            seen |= listed
+            if listed:
+                done = _done_partitions(check.state, name)
+                for _, key in listed:
+                    settled.setdefault(key, set()).update(done)
+                pairs |= listed
     return {
         "file": path.name,
         "rule": rule,
@@ -293,6 +297,27 @@ def _write_stream(
         "failed": _failed(name, states, deleted),
         "problems": _problems(name, chain, deleted),
     }
+
+
+def _done_partitions(state: ManifestState, stream: str) -> set[str]:
+    """Return the partitions of ``stream`` that a run finished done."""
+    if stream not in state.streams:
+        return set()
+    return {
+        partition for partition, final in state.streams[stream].finals() if final["state"] == "done"
+    }
+
+
+def _skipped_partitions(states: list[ManifestState], stream: str) -> set[str]:
+    """Return the partitions of ``stream`` that the newest run to finish them done or
+    skipped (the server's last word, as in ``_partition_winners``) skipped."""
+    last: dict[str, str] = {}
+    for state in states:
+        if stream in state.streams:
+            for partition, final in state.streams[stream].finals():
+                if final["state"] in ("done", "skipped"):
+                    last[partition] = final["state"]
+    return {partition for partition, final in last.items() if final == "skipped"}
 
 
 def _partition_winners(stream: str, states: list[ManifestState]) -> dict[str, int]:

@@ -872,7 +872,12 @@ class _Session:
             scope.cancel()
 
         with anyio.CancelScope() as scope, _watch_signals(self.options, on_signal):
-            await self._preflight(fetcher, result, token_check)
+            try:
+                await self._preflight(fetcher, result, token_check)
+            except TokenRejectedError as error:
+                if not error.malformed:
+                    self._flag_unchecked_session(state, runners)
+                raise
             committer.record(self._session_entry(state, result))
             # The check at the end gives its own problems and message when it fails.
             at_end = False
@@ -911,6 +916,44 @@ class _Session:
                         ", ".join(runner.spec.name for runner in suspect),
                     )
                 raise
+
+    def _flag_unchecked_session(
+        self, state: ManifestState, runners: dict[str, StreamRunner]
+    ) -> None:
+        """Give the streams of endpoints where login is optional the problem of an expired
+        token when the session before this one sent a token, stopped before its check at
+        the end (a signal, a long Retry-After, a lost server), and finished partitions.
+
+        The server now rejects the token, most likely the one that session sent: it may
+        have expired before that session stopped, and nothing else would show it.
+
+        NOTE: a stopped session resumed at once with a fresh key is not flagged, since
+        nothing tells whether the old key expired before the stop.
+        """
+        if not state.sessions or state.last_session_ended:
+            return
+        last = state.sessions[-1]
+        if not last.get("token") or last.get("authenticated") is False:
+            # Without a token nothing expired; a rejection in it was flagged then.
+            return
+        suspect = [
+            runner
+            for name, runner in runners.items()
+            if runner.spec.endpoint.auth == "optional"
+            and name in state.streams
+            and state.streams[name].finished_in_last_session > 0
+        ]
+        for runner in suspect:
+            runner.add_stream_problem(TOKEN_EXPIRED_PROBLEM)
+        if suspect:
+            logger.warning(
+                "the last session stopped before its token check at the end, and the server "
+                "now rejects the token, so the partitions of %s finished in that session may "
+                "hold only what an anonymous user sees; with a fresh key the same command "
+                "finishes the run with that problem (exit 3), and --start-over gives a "
+                "complete export",
+                ", ".join(runner.spec.name for runner in suspect),
+            )
 
     async def _confirm_token_at_end(
         self, token_check: TokenCheck, runners: dict[str, StreamRunner]

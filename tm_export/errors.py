@@ -110,6 +110,10 @@ def wrong_base_url(base_url: str, error: HTTPStatusError, again: str) -> FatalEr
 class TokenRejectedError(FatalError):
     """The server returned 401: the token is missing, expired or invalid."""
 
+    #: True when the server could not even decode the token (400 ``Invalid auth
+    #: credentials``): it is not a token that the server accepted before.
+    malformed = False
+
 
 class WaitTooLongError(FatalError):
     """The server asked for a wait longer than the recipe allows."""

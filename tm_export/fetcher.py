@@ -160,6 +160,7 @@ class Fetcher:
         error = self._status_error(response)
         if status == 401 or _malformed_token(response):
             self._fatal = TokenRejectedError(self._token_message(response, error))
+            self._fatal.malformed = status != 401
             raise self._fatal
         if not is_retried(status):
             raise error

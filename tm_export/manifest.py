@@ -199,6 +199,8 @@ class StreamState:
     read_again: set[str] = field(default_factory=set)
     """Partitions whose pages were read more than once, because their list changed while
     they were read (a final entry with ``readings``)."""
+    finished_in_last_session: int = 0
+    """Final entries written after the last session entry."""
 
     def finals(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield the id and final entry of every finished partition, those kept in ``done``
@@ -291,6 +293,7 @@ class ManifestState:
                         waiting.append(entry)
             elif kind == "part":
                 stream = streams.get(entry["s"]) or streams.setdefault(entry["s"], StreamState())
+                stream.finished_in_last_session += 1
                 if "readings" in entry:
                     stream.read_again.add(entry["p"])
                 if not keep_done_pages and entry["state"] == "done":
@@ -304,6 +307,8 @@ class ManifestState:
             elif kind == "session":
                 sessions.append(entry)
                 ended = False
+                for stream in streams.values():
+                    stream.finished_in_last_session = 0
             elif kind == "token":
                 # The server rejected the token after the session entry was written.
                 if sessions:

@@ -37,6 +37,6 @@ format: $(STAMP) ## Reformat the code with ruff
 bench: $(STAMP) ## Run the benchmarks in bench/ (not part of the tests)
 	$(BIN)/python bench/run.py
 
-clean: ## Remove the virtualenv, caches, exports/ and bench/.work/ (the peers stay)
+clean: ## Remove the virtualenv, caches, exports/ and bench/.work/ (bench/.peers/, the other tools the benchmark installs, stays)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache exports bench/.work
 	find tm_export tests scripts bench -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -679,3 +679,25 @@ def test_plan_probe_counts_unknown_path_as_failed(tmp_path: Path, mock: MockServ
     assert "acts: probed 3 partitions, 3 failed, counted at one request" in (
         outcome.stdout.splitlines()
     )
+
+
+def test_plan_notes_missing_token(tmp_path: Path) -> None:
+    """A plan of a recipe whose stream needs a token that is not set says so, as validate
+    does, since the run would stop before its first request."""
+    recipe = write_recipe(
+        tmp_path,
+        """\
+        version: 1
+        instance: {token_env: TM_API_TOKEN}
+        output: OUT
+        streams:
+          stats:
+            endpoint: tasks_statistics
+            params: {dates: {start: 2026-01-01, end: 2026-03-31, step: 1 month}}
+        """,
+    )
+
+    outcome = run_cli("plan", str(recipe), env={"TM_API_TOKEN": ""})
+
+    assert outcome.exit_code == 0
+    assert outcome.stderr == "note: TM_API_TOKEN is not set; 'run' needs it for stream 'stats'\n"

@@ -163,6 +163,7 @@ def test_verify_snapshot(tmp_path: Path, mock: MockServer) -> None:
     record = orjson.loads((snapshot / "snapshot.json").read_bytes())["streams"]
 
     clean = run_cli("verify", str(snapshot))
+    status = run_cli("status", str(snapshot))
     details = snapshot / "details.jsonl"
     details.write_bytes(b"".join(details.read_bytes().splitlines(keepends=True)[1:]))
     (snapshot / "notes.txt").write_text("mine\n")
@@ -173,6 +174,11 @@ def test_verify_snapshot(tmp_path: Path, mock: MockServer) -> None:
     assert clean.exit_code == 0, clean.stdout
     assert clean.stdout.splitlines()[-1] == (
         f"verified the snapshot: {len(STREAMS)} files match snapshot.json"
+    )
+    assert status.exit_code == 2
+    assert status.stderr == (
+        f"tm-export: error: {snapshot}: a snapshot, not a run folder; 'tm-export verify "
+        f"{snapshot}' checks it, and its snapshot.json names the runs it combines\n"
     )
     assert changed.exit_code == 3
     assert [line for line in changed.stdout.splitlines() if "MISMATCH" in line] == [

@@ -18,7 +18,7 @@ import click
 
 from . import __version__, interrupts, loop
 from .catalog import CATALOG
-from .cli_options import CONTEXT_SETTINGS, RateParam, ShardParam, fail
+from .cli_options import CONTEXT_SETTINGS, RateParam, ShardParam, fail, missing_token_note
 from .codec import CODECS, Codec
 from .engine import RunOptions, RunResult, export, resolve_base_url
 from .errors import ExitCode, RecipeError, TmExportError, resume_hint
@@ -30,7 +30,7 @@ from .redact import Redactor
 from .reporting import LiveReporter, PlainReporter
 from .schema import RECIPE_SCHEMA
 from .summary import format_summary, summary_json
-from .words import counted, joined, named
+from .words import counted, joined
 
 EXIT_CODES = """\b
 Exit codes:
@@ -423,14 +423,10 @@ def validate(recipe: Path) -> None:
     """
     try:
         loaded = load_recipe(recipe)
-        variable = loaded.instance.token_env
-        needing = loaded.needs_token()
-        if variable and needing and not os.environ.get(variable, "").strip():
+        note = missing_token_note(loaded)
+        if note is not None:
             # The recipe is valid; only this shell lacks the token, which 'run' will need.
-            click.echo(
-                f"note: {variable} is not set; 'run' needs it for {named('stream', needing)}",
-                err=True,
-            )
+            click.echo(note, err=True)
         else:
             resolve_token(loaded)
     except RecipeError as error:

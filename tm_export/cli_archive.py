@@ -17,7 +17,7 @@ import click
 
 from . import loop
 from .canonical import CHUNK_BYTES, make_canonical
-from .cli_options import CONTEXT_SETTINGS, ShardParam, fail
+from .cli_options import CONTEXT_SETTINGS, ShardParam, fail, missing_token_note
 from .engine import resolve_base_url
 from .errors import ExitCode, RecipeError, StorageError, TmExportError
 from .layout import SNAPSHOT_RECORD, OutputLock, list_runs, runs_folder
@@ -148,7 +148,7 @@ def _locked(run_folder: Path) -> Iterator[None]:
     "--base-url",
     metavar="URL",
     help="API root to probe, e.g. http://127.0.0.1:8080/api/v2. Overrides "
-    "TM_EXPORT_BASE_URL and the recipe's instance.base_url; used only with --probe.",
+    "TM_EXPORT_BASE_URL and the recipe's instance.base_url; requires --probe.",
 )
 @click.option(
     "--max-probes",
@@ -210,6 +210,10 @@ def plan(
             )
         except TmExportError as error:
             fail(error, error.exit_code)
+    note = missing_token_note(loaded)
+    if note is not None and chosen_url is None:
+        # Without the token, 'run' stops before its first request.
+        click.echo(note, err=True)
     if as_json:
         click.echo(json.dumps(plan_json(result), indent=2))
     else:

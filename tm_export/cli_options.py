@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -11,9 +12,21 @@ import click
 
 from .errors import TmExportError
 from .logs import json_line
+from .recipe import Recipe
 from .schema import MIN_RATE_LIMIT, parse_rate
+from .words import named
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def missing_token_note(recipe: Recipe) -> str | None:
+    """Return the note that the recipe's token variable is unset while a stream needs it,
+    or None. 'run' then stops before its first request (exit 2)."""
+    variable = recipe.instance.token_env
+    needing = recipe.needs_token()
+    if variable and needing and not os.environ.get(variable, "").strip():
+        return f"note: {variable} is not set; 'run' needs it for {named('stream', needing)}"
+    return None
 
 
 def fail(error: TmExportError | str, code: int, *, json_logs: bool = False) -> NoReturn:

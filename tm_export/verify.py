@@ -47,6 +47,7 @@ from .journal import JournalExtent, scan_journal
 from .layout import (
     DATA_FOLDER,
     MANIFEST_NAME,
+    SNAPSHOT_RECORD,
     list_runs,
     run_codec,
     runs_folder,
@@ -166,6 +167,11 @@ def locate_run(folder: Path) -> RunPaths:
         raise BagInterruptedError(
             f"{folder}: the run folder was being made a bag when that was interrupted; "
             f"run 'tm-export bag {folder}' again to finish it"
+        )
+    if (folder / SNAPSHOT_RECORD).is_file():
+        raise RunFolderError(
+            f"{folder}: a snapshot, not a run folder; 'tm-export verify {folder}' checks it, "
+            f"and its {SNAPSHOT_RECORD} names the runs it combines"
         )
     raise RunFolderError(
         f"{folder}: not a run folder: it has no {MANIFEST_NAME}; give an output folder "

@@ -641,22 +641,21 @@ def test_failed_partition_of_deleted_project_not_listed(tmp_path: Path, mock: Mo
     assert record["streams"]["details"]["failed"] == []
 
 
-def test_project_in_two_search_partitions_kept_twice(tmp_path: Path, mock: MockServer) -> None:
-    """A search split by mapping type lists a project in each partition it matches. After
-    an edit, the snapshot keeps the newest run's line in each, as a full run writes them."""
-    args, env = admin_run(
-        tmp_path,
-        mock,
-        """\
-        version: 1
-        instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s}
-        output: OUT
-        streams:
-          projects:
-            endpoint: projects
-            params: {mappingTypes: {each: [ROADS, BUILDINGS]}}
-        """,
-    )
+SPLIT_SEARCH = """\
+version: 1
+instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s, retries: {attempts: 1}}
+output: OUT
+streams:
+  projects:
+    endpoint: projects
+    params: {mappingTypes: {each: [ROADS, BUILDINGS]}}
+"""
+
+
+def edit_project_in_both(tmp_path: Path, mock: MockServer) -> tuple[list[str], dict[str, str], int]:
+    """Run SPLIT_SEARCH, then edit a project that both partitions list; return the command,
+    its environment and the project."""
+    args, env = admin_run(tmp_path, mock, SPLIT_SEARCH)
     assert run_cli(*args, env=env).exit_code == 0
     ids = [
         orjson.loads(line)["projectId"]
@@ -665,6 +664,13 @@ def test_project_in_two_search_partitions_kept_twice(tmp_path: Path, mock: MockS
     twice = min(project for project in ids if ids.count(project) == 2)
     later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=5)
     mock.dataset.touch_project(twice, later)
+    return args, env, twice
+
+
+def test_project_in_two_search_partitions_kept_twice(tmp_path: Path, mock: MockServer) -> None:
+    """A search split by mapping type lists a project in each partition it matches. After
+    an edit, the snapshot keeps the newest run's line in each, as a full run writes them."""
+    args, env, twice = edit_project_in_both(tmp_path, mock)
     assert run_cli(*args, "--incremental", env=env).exit_code == 0
 
     now, full = snapshot_and_full_run(tmp_path, mock, tmp_path / "recipe.yaml", env)
@@ -707,27 +713,7 @@ def test_search_line_of_failed_partition_kept(tmp_path: Path, mock: MockServer) 
     """A project edited and listed anew in one partition of a split search keeps its
     earlier line in a partition that the incremental run failed, as a failed partition
     keeps the records of the run before it."""
-    args, env = admin_run(
-        tmp_path,
-        mock,
-        """\
-        version: 1
-        instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s, retries: {attempts: 1}}
-        output: OUT
-        streams:
-          projects:
-            endpoint: projects
-            params: {mappingTypes: {each: [ROADS, BUILDINGS]}}
-        """,
-    )
-    assert run_cli(*args, env=env).exit_code == 0
-    ids = [
-        orjson.loads(line)["projectId"]
-        for line in sorted_lines(tmp_path / "out/runs/0001/data/projects.jsonl")
-    ]
-    twice = min(project for project in ids if ids.count(project) == 2)
-    later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=5)
-    mock.dataset.touch_project(twice, later)
+    args, env, twice = edit_project_in_both(tmp_path, mock)
     mock.add_fault(path=r"^/api/v2/projects/$", query={"mappingTypes": "ROADS"}, status=500)
     assert run_cli(*args, "--incremental", env=env).exit_code == 3
     mock.clear_faults()

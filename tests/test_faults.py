@@ -350,48 +350,75 @@ def test_server_error_of_a_visible_project_fails(tmp_path: Path, mock: MockServe
     assert sent[-1] == ("/api/v2/projects/1/", 200)
 
 
-def test_token_rejected_after_a_session_stopped_otherwise(tmp_path: Path, mock: MockServer) -> None:
+STOPPED_RECIPE = """\
+version: 1
+instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s, concurrency: 1, retries: {attempts: 1}}
+output: OUT
+streams:
+  buildings:
+    endpoint: projects
+    params: {mappingTypes: [BUILDINGS]}
+  stats:
+    endpoint: tasks_statistics
+    params: {projectId: {from: buildings.projectId}, startDate: 2026-01-01}
+"""
+STATS = r"^/api/v2/tasks/statistics/$"
+LONG_WAIT = {"status": 429, "headers": {"Retry-After": "99999"}}
+
+
+@pytest.mark.parametrize("unchecked_session", [False, True], ids=["next", "after-unchecked"])
+def test_token_rejected_after_a_session_stopped_otherwise(
+    tmp_path: Path, mock: MockServer, unchecked_session: bool
+) -> None:
     """A session that read a one-page search after its token expired, then stopped for a
-    long Retry-After, made no check at its end. The next session's start check rejects
-    the token, so the search gets the problem, and the run that a fresh key finishes ends
-    with exit 3 rather than complete without the private projects."""
-    recipe = write_recipe(
-        tmp_path,
-        """\
-        version: 1
-        instance: {token_env: TM_API_TOKEN, rate_limit: 10000/s, concurrency: 1}
-        output: OUT
-        streams:
-          buildings:
-            endpoint: projects
-            params: {mappingTypes: [BUILDINGS]}
-          stats:
-            endpoint: tasks_statistics
-            params: {projectId: {from: buildings.projectId}, startDate: 2026-01-01}
-        """,
-    )
+    long Retry-After, made no check at its end. When a later session's check at the start
+    rejects the token, the search gets the problem, and the run that a fresh key finishes
+    ends with exit 3 rather than complete without the private projects. A session between
+    them whose check could not complete does not hide it."""
+    recipe = write_recipe(tmp_path, STOPPED_RECIPE)
     args = ["run", str(recipe), "--base-url", mock.api_url]
     old = mock.tokens["admin"]
     # The token expires once the check at the start has accepted it.
     mock.add_fault(path=CHECK, times=1, call=lambda: mock.renew_token("admin"))
-    mock.add_fault(
-        path=r"^/api/v2/tasks/statistics/$", times=1, status=429, headers={"Retry-After": "99999"}
-    )
-
-    stopped = run_cli(*args, env={"TM_API_TOKEN": old})
+    mock.add_fault(path=STATS, times=1, **LONG_WAIT)
+    assert run_cli(*args, env={"TM_API_TOKEN": old}).exit_code == 1
     mock.clear_faults()
+    if unchecked_session:
+        mock.add_fault(path=CHECK, times=1, status=500)
+        mock.add_fault(path=STATS, times=1, **LONG_WAIT)
+        assert run_cli(*args, env={"TM_API_TOKEN": old}).exit_code == 1
+        mock.clear_faults()
+
     rejected = run_cli(*args, env={"TM_API_TOKEN": old})
     renewed = run_cli(*args, env={"TM_API_TOKEN": mock.tokens["admin"]})
 
-    assert (stopped.exit_code, rejected.exit_code) == (1, 1)
+    assert rejected.exit_code == 1
     assert (
         "tm-export: WARNING: the last session stopped before its token check at the end, and "
-        "the server now rejects the token, so the partitions of buildings finished in that "
-        "session may hold only what an anonymous user sees; with a fresh key the same command "
-        "finishes the run with that problem (exit 3), and --start-over gives a complete export"
+        "the server now rejects the token, so the partitions of buildings finished since the "
+        "token was last accepted may hold only what an anonymous user sees; with a fresh key "
+        "the same command finishes the run with that problem (exit 3), and --start-over gives "
+        "a complete export"
     ) in rejected.stderr.splitlines()
     assert renewed.exit_code == 3, renewed.stderr
     assert f"problem in buildings: {TOKEN_EXPIRED_PROBLEM}" in renewed.stderr.splitlines()
+
+
+def test_stopped_session_resumed_with_its_valid_token_complete(
+    tmp_path: Path, mock: MockServer
+) -> None:
+    """A session stopped for a long Retry-After and resumed with the same token, still
+    valid, ends complete: nothing is flagged."""
+    recipe = write_recipe(tmp_path, STOPPED_RECIPE)
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    mock.add_fault(path=STATS, times=1, **LONG_WAIT)
+    assert run_cli(*args, env=env).exit_code == 1
+    mock.clear_faults()
+
+    resumed = run_cli(*args, env=env)
+
+    assert resumed.exit_code == 0, resumed.stderr
 
 
 def test_token_expiring_mid_list_stops(tmp_path: Path, mock: MockServer) -> None:

@@ -214,3 +214,28 @@ def test_replay_follows_readings() -> None:
     assert not partition.reading.fell
     assert partition.total_fell
     assert partition.total == 19
+
+
+@pytest.mark.parametrize(
+    ("between", "unconfirmed"),
+    [
+        ([], 2),
+        ([{"t": "token", "authenticated": True}], 1),
+        ([{"t": "session", "token": True, "authenticated": True}], 1),
+        ([{"t": "session", "token": True, "authenticated": None}], 2),
+    ],
+    ids=["one-session", "end-check-passed", "start-check-passed", "start-check-incomplete"],
+)
+def test_replay_counts_partitions_since_token_accepted(
+    between: list[dict[str, object]], unconfirmed: int
+) -> None:
+    """Partitions finished since the token was last seen accepted add up across sessions
+    whose check could not complete; a check that passed, at a start or an end, resets them."""
+    header = {"t": "run", "format": 1, "streams": {"s": {}}}
+    session = {"t": "session", "token": True, "authenticated": True}
+    part = {"t": "part", "s": "s", "state": "done"}
+    entries = [header, session, {**part, "p": "a"}, *between, {**part, "p": "b"}]
+
+    state = ManifestState.replay(iter(entries), keep_done_pages=False)
+
+    assert state.streams["s"].finished_unconfirmed == unconfirmed

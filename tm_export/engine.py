@@ -888,7 +888,7 @@ class _Session:
                 await self._run_streams(runners, committer, fetcher)
                 if token_check is not None:
                     at_end = True
-                    await self._confirm_token_at_end(token_check, runners)
+                    await self._confirm_token_at_end(token_check, runners, committer)
             except* TokenRejectedError:
                 # The session entry records that the preflight accepted the token. This entry
                 # corrects it, so the run record does not call the session authenticated.
@@ -921,42 +921,43 @@ class _Session:
         self, state: ManifestState, runners: dict[str, StreamRunner]
     ) -> None:
         """Give the streams of endpoints where login is optional the problem of an expired
-        token when the session before this one sent a token, stopped before its check at
-        the end (a signal, a long Retry-After, a lost server), and finished partitions.
+        token when they finished partitions since the token was last seen accepted, and the
+        sessions since then stopped before a check at the end passed (a signal, a long
+        Retry-After, a lost server).
 
-        The server now rejects the token, most likely the one that session sent: it may
-        have expired before that session stopped, and nothing else would show it.
+        The server now rejects the token, most likely the one those sessions sent: it may
+        have expired before they stopped, and nothing else would show it.
 
         NOTE: a stopped session resumed at once with a fresh key is not flagged, since
-        nothing tells whether the old key expired before the stop.
+        nothing tells whether the old key expired before the stop. Nor does anything tell
+        the rejected key from the one the stopped session sent: a wrong key of the right
+        form, given in between, flags the streams all the same.
         """
         if not state.sessions or state.last_session_ended:
             return
-        last = state.sessions[-1]
-        if not last.get("token") or last.get("authenticated") is False:
-            # Without a token nothing expired; a rejection in it was flagged then.
-            return
+        if not state.sessions[-1].get("token"):
+            return  # a session without a token has none to expire
         suspect = [
             runner
             for name, runner in runners.items()
             if runner.spec.endpoint.auth == "optional"
             and name in state.streams
-            and state.streams[name].finished_in_last_session > 0
+            and state.streams[name].finished_unconfirmed > 0
         ]
         for runner in suspect:
             runner.add_stream_problem(TOKEN_EXPIRED_PROBLEM)
         if suspect:
             logger.warning(
                 "the last session stopped before its token check at the end, and the server "
-                "now rejects the token, so the partitions of %s finished in that session may "
-                "hold only what an anonymous user sees; with a fresh key the same command "
-                "finishes the run with that problem (exit 3), and --start-over gives a "
-                "complete export",
+                "now rejects the token, so the partitions of %s finished since the token was "
+                "last accepted may hold only what an anonymous user sees; with a fresh key the "
+                "same command finishes the run with that problem (exit 3), and --start-over "
+                "gives a complete export",
                 ", ".join(runner.spec.name for runner in suspect),
             )
 
     async def _confirm_token_at_end(
-        self, token_check: TokenCheck, runners: dict[str, StreamRunner]
+        self, token_check: TokenCheck, runners: dict[str, StreamRunner], committer: Committer
     ) -> None:
         """Check the token once more before the session records its end.
 
@@ -971,7 +972,7 @@ class _Session:
             TokenRejectedError: the token expired during the session; its end is not recorded.
         """
         try:
-            await token_check.confirm()
+            accepted = await token_check.confirm()
         except TokenRejectedError as error:
             for runner in runners.values():
                 if runner.spec.endpoint.auth == "optional":
@@ -985,6 +986,10 @@ class _Session:
                 "export; the same command finishes this run as it is, with that problem "
                 "(exit 3)"
             ) from error
+        if accepted:
+            # It covers the session, even should the session stop before its end entry (a
+            # shard that could not read a parent page).
+            committer.record({"t": "token", "at": utc_now_text(), "authenticated": True})
 
     def _runners(
         self,

@@ -199,8 +199,10 @@ class StreamState:
     read_again: set[str] = field(default_factory=set)
     """Partitions whose pages were read more than once, because their list changed while
     they were read (a final entry with ``readings``)."""
-    finished_in_last_session: int = 0
-    """Final entries written after the last session entry."""
+    finished_unconfirmed: int = 0
+    """Final entries written since the token was last seen accepted: the last session entry
+    whose check at the start passed, or a ``token`` entry of a check at the end that passed.
+    A session whose check could not complete confirms nothing, so its entries add up."""
 
     def finals(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield the id and final entry of every finished partition, those kept in ``done``
@@ -293,7 +295,7 @@ class ManifestState:
                         waiting.append(entry)
             elif kind == "part":
                 stream = streams.get(entry["s"]) or streams.setdefault(entry["s"], StreamState())
-                stream.finished_in_last_session += 1
+                stream.finished_unconfirmed += 1
                 if "readings" in entry:
                     stream.read_again.add(entry["p"])
                 if not keep_done_pages and entry["state"] == "done":
@@ -307,12 +309,17 @@ class ManifestState:
             elif kind == "session":
                 sessions.append(entry)
                 ended = False
-                for stream in streams.values():
-                    stream.finished_in_last_session = 0
+                if entry.get("authenticated") is True:
+                    for stream in streams.values():
+                        stream.finished_unconfirmed = 0
             elif kind == "token":
-                # The server rejected the token after the session entry was written.
+                # The server judged the token after the session entry was written: it
+                # rejected it, or accepted it in the check at the end.
                 if sessions:
                     sessions[-1]["authenticated"] = entry["authenticated"]
+                if entry["authenticated"] is True:
+                    for stream in streams.values():
+                        stream.finished_unconfirmed = 0
             elif kind == "end":
                 ends.append(entry)
                 ended = True

@@ -760,3 +760,26 @@ def test_history_of_skipped_partition_stays_out_after_failure(
     lines = sorted_lines(now / "activities.jsonl")
     assert not any(b'"_partition":{"project_id":1}' in line for line in lines)
     assert lines == sorted_lines(full / "activities.jsonl")
+
+
+def test_project_leaving_a_partition_across_failed_runs(tmp_path: Path, mock: MockServer) -> None:
+    """A project that leaves the ROADS partition is listed anew in BUILDINGS by a run that
+    failed ROADS; the next run finishes ROADS, without it, and fails BUILDINGS. Its search
+    reached the project's last update, so the old ROADS line goes, as in a full run."""
+    args, env, moved = edit_project_in_both(tmp_path, mock)
+    project = mock.dataset.projects[moved]
+    project.mapping_types = tuple(kind for kind in project.mapping_types if kind != "ROADS")
+    for failing in ("ROADS", "BUILDINGS"):
+        mock.add_fault(path=r"^/api/v2/projects/$", query={"mappingTypes": failing}, status=500)
+        assert run_cli(*args, "--incremental", env=env).exit_code == 3
+        mock.clear_faults()
+
+    now, full = snapshot_and_full_run(tmp_path, mock, tmp_path / "recipe.yaml", env)
+
+    def partitions(path: Path) -> list[str]:
+        records = map(orjson.loads, sorted_lines(path))
+        return [r["_partition"]["mappingTypes"] for r in records if r["projectId"] == moved]
+
+    assert (
+        partitions(now / "projects.jsonl") == partitions(full / "projects.jsonl") == ["BUILDINGS"]
+    )

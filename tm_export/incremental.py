@@ -142,7 +142,7 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
     previous = [run_home(run).name for run, _ in states]
     base_url = latest_session(last.sessions).get("settings", {}).get("base_url")
     covered = _covered_until(recipe, states)
-    since = covered or _parse_time(states[0][1].header["started"])
+    since = covered or parse_time(states[0][1].header["started"])
     baseline = Baseline(since=since, previous=previous, base_url=base_url, search_since=covered)
     baseline.authenticated = any(
         sent_token(session) for _, state in states for session in state.sessions
@@ -208,7 +208,7 @@ def updated_since(record: Any, since: dt.datetime) -> bool:
     if not isinstance(value, str):
         return True
     try:
-        return _parse_time(value) >= since
+        return parse_time(value) >= since
     except ValueError:
         return True
 
@@ -218,7 +218,8 @@ def _day_end(day: str) -> dt.datetime:
     return dt.datetime.combine(dt.date.fromisoformat(day), dt.time(), dt.UTC) + dt.timedelta(days=1)
 
 
-def _parse_time(text: str) -> dt.datetime:
+def parse_time(text: str) -> dt.datetime:
+    """Return a TM timestamp (with or without a zone, which is then UTC) as an aware datetime."""
     parsed = dt.datetime.fromisoformat(
         text.replace("Z", "+00:00").replace("+00:00+00:00", "+00:00")
     )
@@ -274,14 +275,14 @@ def _covered_until(recipe: Recipe, states: list[tuple[Path, ManifestState]]) -> 
         for state in group:
             if not _search_done(recipe, state):
                 continue
-            started = _parse_time(state.header["started"])
+            started = parse_time(state.header["started"])
             baseline = state.header.get("incremental")
             if not baseline:
                 until = started
                 continue
             # Manifests written before search_since existed searched from since.
             searched = baseline.get("search_since", baseline["since"])
-            if searched is None or (until is not None and _parse_time(searched) <= until):
+            if searched is None or (until is not None and parse_time(searched) <= until):
                 until = started
         covered.append(until)
 
@@ -334,7 +335,7 @@ def _finished_windows(states: list[ManifestState], stream: str) -> set[str]:
     """
     newest: dict[str, tuple[str, dt.datetime]] = {}
     for state in states:
-        started = _parse_time(state.header["started"])
+        started = parse_time(state.header["started"])
         if stream in state.streams:
             for partition_id, final in state.streams[stream].finals():
                 newest[partition_id] = (final["state"], started)

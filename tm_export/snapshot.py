@@ -7,8 +7,9 @@ takes one of three rules, from its endpoint:
 
 - ``key``: the project search, which an incremental run filters by ``lastUpdated``. Each
   project keeps its newest record in each partition of the search (a search split by
-  ``each:`` can list a project twice). An older record goes where a newer run that lists
-  the project finished the partition done without it: the project left that partition.
+  ``each:`` can list a project twice). An older record goes where a newer run finished
+  the partition done without the project, although its search reached the project's last
+  known update: the project left that partition (see ``_SearchLines``).
 - ``added``: task history (newest first), to which an incremental run adds newer records.
   Each partition keeps every record once, the newest copy of each. A partition is left
   empty, as in a full run, when the newest run that finished it done or skipped it skipped
@@ -33,6 +34,7 @@ destination either contains a whole snapshot or does not exist.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import shutil
 from collections.abc import Iterator
@@ -45,7 +47,7 @@ import orjson
 from . import __version__
 from .codec import open_lines
 from .errors import ExitCode, StorageError, TmExportError
-from .incremental import NEWEST_FIRST, names_project
+from .incremental import NEWEST_FIRST, SERVER_CACHE, names_project, parse_time
 from .layout import SNAPSHOT_RECORD, path_problem, run_home
 from .manifest import ManifestState, latest_finals, latest_session
 from .params import partition_id, partition_order
@@ -245,10 +247,7 @@ def _write_stream(
     # done or skipped, was a 403 or 404.
     skipped = _skipped_partitions(states, name) if rule == "added" else set()
     seen: set[Any] = set()
-    # The key rule: the (partition, key) pairs of newer runs, and per key the partitions
-    # that a newer run listing the key finished done, which the key left if not listed.
-    pairs: set[tuple[str, Any]] = set()
-    settled: dict[Any, set[str]] = {}
+    search = _SearchLines(chain, name)
     records = 0
     digest = hashlib.sha256()
 
@@ -256,7 +255,6 @@ def _write_stream(
         # Newest run first: the first copy of a key or partition met is the one kept.
         for age, check in enumerate(reversed(chain)):
             oldest = age == len(chain) - 1
-            listed: set[tuple[str, Any]] = set()
             for line, record in _lines(check, name):
                 partition = record.get(PARTITION_KEY, {}) if isinstance(record, dict) else {}
                 if names_project(partition, deleted):
@@ -266,10 +264,8 @@ def _write_stream(
                         continue
                 elif rule == "key":
                     key = record_key(spec.endpoint.key, strip_partition(record))
-                    pair = (partition_id(partition), key)
-                    if key in deleted or pair in pairs or pair[0] in settled.get(key, ()):
+                    if key in deleted or not search.keep(age, partition_id(partition), key, record):
                         continue
-                    listed.add(pair)
                 else:
                     identity = (
                         partition_id(partition),
@@ -283,11 +279,7 @@ def _write_stream(
                 out.write(line)
                 digest.update(line)
                 records += 1
-            if listed:
-                done = _done_partitions(check.state, name)
-                for _, key in listed:
-                    settled.setdefault(key, set()).update(done)
-                pairs |= listed
+            search.end_run(age)
     return {
         "file": path.name,
         "rule": rule,
@@ -297,6 +289,78 @@ def _write_stream(
         "failed": _failed(name, states, deleted),
         "problems": _problems(name, chain, deleted),
     }
+
+
+class _SearchLines:
+    """The key rule's choice of project search lines, run by run from the newest.
+
+    A project keeps its newest line in each partition of the search. An older line goes
+    when a newer run finished that partition done without listing the project, and that
+    run's search reached the project: it lists every project updated since its
+    ``search_from`` (a full run lists them all), and the project was updated no earlier
+    than the newest ``lastUpdated`` known of it up to that run. The project then left the
+    partition. A partition the newer run failed, or whose search began after the project's
+    last known update, says nothing of it, and the older line stays.
+    """
+
+    def __init__(self, chain: list[RunCheck], stream: str) -> None:
+        newest_first = [check.state for check in reversed(chain)]
+        self._reach = [_search_from(state) for state in newest_first]
+        self._done = [_done_partitions(state, stream) for state in newest_first]
+        self._pairs: set[tuple[str, Any]] = set()
+        """The (partition, key) pairs written from newer runs."""
+        self._updated: dict[Any, list[tuple[int, dt.datetime | None]]] = {}
+        """Per key, the age of each newer run that lists it and its lastUpdated there."""
+        self._this_run: list[tuple[tuple[str, Any], dt.datetime | None]] = []
+
+    def keep(self, age: int, partition: str, key: Any, record: Any) -> bool:
+        """Tell whether the line of ``key`` in ``partition`` of the run ``age`` runs before
+        the newest is kept."""
+        pair = (partition, key)
+        if pair in self._pairs:
+            return False
+        updated = _last_updated(record)
+        listings = self._updated.get(key, [])
+        for newer in range(age):
+            if partition not in self._done[newer]:
+                continue
+            since = self._reach[newer]
+            known = [updated, *(at for listed, at in listings if newer <= listed < age)]
+            if since is None or any(at is None or at >= since for at in known):
+                return False
+        self._this_run.append((pair, updated))
+        return True
+
+    def end_run(self, age: int) -> None:
+        """Take the lines kept from the run ``age`` as those of a newer run."""
+        for pair, updated in self._this_run:
+            self._pairs.add(pair)
+            self._updated.setdefault(pair[1], []).append((age, updated))
+        self._this_run = []
+
+
+def _search_from(state: ManifestState) -> dt.datetime | None:
+    """Return the earliest lastUpdated that a run's project search listed, or None when it
+    listed every project (a full run, or an incremental one that searched them all)."""
+    baseline = state.header.get("incremental")
+    if not baseline:
+        return None
+    # Manifests written before search_since existed searched from since.
+    searched = baseline.get("search_since", baseline.get("since"))
+    if searched is None:
+        return None
+    return parse_time(searched) - SERVER_CACHE
+
+
+def _last_updated(record: Any) -> dt.datetime | None:
+    """Return a search record's lastUpdated, or None when it has none that parses."""
+    value = record.get("lastUpdated") if isinstance(record, dict) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_time(value)
+    except ValueError:
+        return None
 
 
 def _done_partitions(state: ManifestState, stream: str) -> set[str]:

@@ -920,9 +920,10 @@ class _Session:
     def _flag_unchecked_session(
         self, state: ManifestState, runners: dict[str, StreamRunner]
     ) -> None:
-        """Give the streams of endpoints where login is optional the problem of an expired
-        token when they finished partitions since the token was last seen accepted, and the
-        sessions since then stopped before a check at the end passed (a signal, a long
+        """Give the problem of an expired token to the streams of endpoints where login is
+        optional that finished partitions since the token was last seen accepted.
+
+        The sessions since then stopped before a check at the end passed (a signal, a long
         Retry-After, a lost server).
 
         The server now rejects the token, most likely the one those sessions sent: it may
@@ -1264,9 +1265,10 @@ class _Session:
 
 
 #: The problem of each stream whose endpoint logs in optionally, when the token was rejected
-#: after the preflight: in the check at the end of a session, or by a request on the way
-#: (then only for the streams that wrote in the session). Nothing shows which partitions
-#: were walked after it expired.
+#: after the preflight. After the check at the end of a session, every such stream gets it.
+#: After a rejection on the way, or at the start of a later session, those that finished
+#: partitions since the token was last accepted get it. Nothing shows which partitions were
+#: walked after it expired.
 TOKEN_EXPIRED_PROBLEM = (
     "the API token expired during this run, so the partitions finished after that may hold "
     "only what an anonymous user sees; run again with --start-over and a fresh key for a "

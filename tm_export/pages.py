@@ -39,7 +39,7 @@ logger = logging.getLogger("tm_export.pages")
 
 def _check_record_list(records: str, source: BinaryIO) -> None:
     """Raise ShapeError, as ``extract_records`` does for a body in memory, unless the JSON
-    body in ``source`` is an object whose ``records`` key holds a list or null."""
+    body in ``source`` is an object whose ``records`` key has a list or null."""
     events = ijson.parse(source, use_float=True)
     for prefix, event, value in events:
         if prefix != "" or event in ("start_map", "end_map"):

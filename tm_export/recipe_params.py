@@ -33,11 +33,11 @@ from .recipe_yaml import KeyLocator
 
 _WINDOW_KEYS = ("start", "end", "step", "bind")
 
-#: The project statuses the search takes; it answers any other value with 400.
+#: The project statuses the search accepts. It returns 400 for any other value.
 PROJECT_STATUSES = ("PUBLISHED", "ARCHIVED", "DRAFT")
 
-#: Date parameters of the project search, which it answers with 400 InvalidDateValue when a
-#: value is not a date.
+#: Date parameters of the project search. It returns 400 InvalidDateValue for a value that
+#: is not a date.
 SEARCH_DATE_PARAMS = frozenset(
     {
         "createdFrom",

@@ -404,7 +404,7 @@ _STANDARD_TAG = "tag:yaml.org,2002:"
 #: server's database take 64-bit integers.
 LARGEST_INTEGER = 2**63 - 1
 
-#: How YAML reads the keys that are not text, by the value it gives them.
+#: The spelling of each YAML key that is not text, by the value YAML gives it.
 _NOT_TEXT = {None: "null (written null, Null, NULL or ~)", True: "true", False: "false"}
 
 

@@ -299,8 +299,8 @@ def strip_partition(line_record: Any) -> Any:
     """
     if not isinstance(line_record, dict) or PARTITION_KEY not in line_record:
         return line_record
-    # NOTE: an object record whose only field is "value", holding a number, string or
-    # list, is written as that value would be; it is read back as the bare value.
+    # NOTE: an object record whose only field is "value", with a number, string or list
+    # in it, is written as that value would be. So it is read back as the bare value.
     if set(line_record) == {PARTITION_KEY, "value"} and not isinstance(line_record["value"], dict):
         return line_record["value"]
     return {name: value for name, value in line_record.items() if name != PARTITION_KEY}

@@ -295,12 +295,13 @@ class _SearchLines:
     """The key rule's choice of project search lines, run by run from the newest.
 
     A project keeps its newest line in each partition of the search. An older line goes
-    when a newer run finished that partition done without listing the project, and that
-    run's search reached the project: it lists every project updated since its
-    ``search_from`` (a full run lists them all), and the project was updated no earlier
-    than the newest ``lastUpdated`` known of it up to that run. The project then left the
-    partition. A partition the newer run failed, or whose search began after the project's
-    last known update, says nothing of it, and the older line stays.
+    when a newer run finished that partition done without listing the project, although
+    that run's search reached the project. The project then left the partition.
+
+    A run lists every project updated since its ``search_from``, and a full run lists them
+    all. Its search reached the project when the newest ``lastUpdated`` known of it up to
+    that run is no earlier. A partition the newer run failed, or whose search began after
+    that update, tells nothing of the project, so the older line stays.
     """
 
     def __init__(self, chain: list[RunCheck], stream: str) -> None:

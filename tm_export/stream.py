@@ -64,9 +64,9 @@ T = TypeVar("T")
 #: ``_hidden_by``).
 SKIP_STATUSES = frozenset({403, 404})
 
-#: Endpoints where the server answers a logged-in user without rights on a draft project
-#: with an unhandled error (500), where an anonymous caller gets a 403. The project's detail
-#: answers that user with a 403 (``ProjectNotFetched``), which tells the two 500s apart.
+#: Endpoints where the server returns an unhandled error (500) to a logged-in user without
+#: rights on a draft project, and a 403 to an anonymous caller. The project's detail returns
+#: a 403 (``ProjectNotFetched``) to that user, which tells such a 500 from a server error.
 DRAFT_ERROR_ENDPOINTS = frozenset(
     {
         "project_summary",
@@ -529,7 +529,7 @@ class StreamRunner:
 
     async def _refused_draft(self, walk: PartitionWalk) -> HTTPStatusError | None:
         """Return the project detail's 403 for a partition whose failed pages were all 500s,
-        when its project is a draft that the token's user may not see; else None.
+        when its project is a draft that the token's user may not see. Else return None.
 
         The server answers such a user with an unhandled error on some endpoints, on every
         attempt and every run, so the partition would fail for good. One request for the

@@ -404,6 +404,46 @@ def test_token_rejected_after_a_session_stopped_otherwise(
     assert f"problem in buildings: {TOKEN_EXPIRED_PROBLEM}" in renewed.stderr.splitlines()
 
 
+def test_end_check_confirms_an_unchecked_start(tmp_path: Path, mock: MockServer) -> None:
+    """A check at the start that could not complete leaves the session unconfirmed until
+    the check at the end passes: the summary, run.json and status then all call it
+    authenticated."""
+    recipe = write_recipe(tmp_path, STOPPED_RECIPE)
+    mock.add_fault(path=CHECK, times=1, status=500)
+
+    outcome = run_cli(
+        "run",
+        str(recipe),
+        "--base-url",
+        mock.api_url,
+        "--json",
+        env={"TM_API_TOKEN": mock.tokens["admin"]},
+    )
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert orjson.loads(outcome.stdout)["authenticated"] is True
+    record = orjson.loads((tmp_path / "out/runs/0001/run.json").read_bytes())
+    assert record["authenticated"] is True
+    assert [session["authenticated"] for session in record["sessions"]] == [True]
+
+
+def test_rejection_reported_once(tmp_path: Path, mock: MockServer) -> None:
+    """A session stopped by a rejected token reported it then. Running it again with the
+    same token does not also warn that the session stopped before its check at the end."""
+    recipe = write_recipe(tmp_path, STOPPED_RECIPE)
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    old = mock.tokens["admin"]
+    mock.add_fault(path=CHECK, times=1, call=lambda: mock.renew_token("admin"))
+    first = run_cli(*args, env={"TM_API_TOKEN": old})
+    mock.clear_faults()
+
+    again = run_cli(*args, env={"TM_API_TOKEN": old})
+
+    assert first.exit_code == again.exit_code == 1
+    assert "after the check at the start" in first.stderr
+    assert "stopped before its token check at the end" not in again.stderr
+
+
 def test_stopped_session_resumed_with_its_valid_token_complete(
     tmp_path: Path, mock: MockServer
 ) -> None:

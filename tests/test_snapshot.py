@@ -783,3 +783,29 @@ def test_project_leaving_a_partition_across_failed_runs(tmp_path: Path, mock: Mo
     assert (
         partitions(now / "projects.jsonl") == partitions(full / "projects.jsonl") == ["BUILDINGS"]
     )
+
+
+def test_left_partition_known_from_a_line_dropped_later(tmp_path: Path, mock: MockServer) -> None:
+    """Run 0002 finishes ROADS without a project that left it and lists the project in
+    BUILDINGS; run 0003 lists it there again and fails ROADS. 0002's line gives way to
+    0003's, but its update still shows that 0002's search reached the project, so the old
+    ROADS line goes."""
+    args, env, moved = edit_project_in_both(tmp_path, mock)
+    project = mock.dataset.projects[moved]
+    project.mapping_types = tuple(kind for kind in project.mapping_types if kind != "ROADS")
+    assert run_cli(*args, "--incremental", env=env).exit_code == 0
+    later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=10)
+    mock.dataset.touch_project(moved, later)
+    mock.add_fault(path=r"^/api/v2/projects/$", query={"mappingTypes": "ROADS"}, status=500)
+    assert run_cli(*args, "--incremental", env=env).exit_code == 3
+    mock.clear_faults()
+
+    now, full = snapshot_and_full_run(tmp_path, mock, tmp_path / "recipe.yaml", env)
+
+    def partitions(path: Path) -> list[str]:
+        records = map(orjson.loads, sorted_lines(path))
+        return [r["_partition"]["mappingTypes"] for r in records if r["projectId"] == moved]
+
+    assert (
+        partitions(now / "projects.jsonl") == partitions(full / "projects.jsonl") == ["BUILDINGS"]
+    )

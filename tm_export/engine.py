@@ -888,7 +888,9 @@ class _Session:
                 await self._run_streams(runners, committer, fetcher)
                 if token_check is not None:
                     at_end = True
-                    await self._confirm_token_at_end(token_check, runners, committer)
+                    if await self._confirm_token_at_end(token_check, runners, committer):
+                        # A check at the start that could not complete said nothing.
+                        result.authenticated = True
             except* TokenRejectedError:
                 # The session entry records that the preflight accepted the token. This entry
                 # corrects it, so the run record does not call the session authenticated.
@@ -936,8 +938,10 @@ class _Session:
         """
         if not state.sessions or state.last_session_ended:
             return
-        if not state.sessions[-1].get("token"):
-            return  # a session without a token has none to expire
+        last = state.sessions[-1]
+        if not last.get("token") or last.get("authenticated") is False:
+            # Without a token nothing expired, and a rejection in it was reported then.
+            return
         suspect = [
             runner
             for name, runner in runners.items()
@@ -959,8 +963,9 @@ class _Session:
 
     async def _confirm_token_at_end(
         self, token_check: TokenCheck, runners: dict[str, StreamRunner], committer: Committer
-    ) -> None:
-        """Check the token once more before the session records its end.
+    ) -> bool:
+        """Check the token once more before the session records its end, and return whether
+        the check passed (False when it could not complete).
 
         A 403 or a list that changed during its walk already sends a check, but a whole
         partition of an endpoint where login is optional, walked after the token expired,
@@ -991,6 +996,7 @@ class _Session:
             # It covers the session, even should the session stop before its end entry (a
             # shard that could not read a parent page).
             committer.record({"t": "token", "at": utc_now_text(), "authenticated": True})
+        return accepted
 
     def _runners(
         self,

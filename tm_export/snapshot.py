@@ -311,16 +311,19 @@ class _SearchLines:
         self._pairs: set[tuple[str, Any]] = set()
         """The (partition, key) pairs written from newer runs."""
         self._updated: dict[Any, list[tuple[int, dt.datetime | None]]] = {}
-        """Per key, the age of each newer run that lists it and its lastUpdated there."""
-        self._this_run: list[tuple[tuple[str, Any], dt.datetime | None]] = []
+        """Per key, the age of each newer run that lists it and its lastUpdated there, from
+        every line of the key, kept or not."""
+        self._run_pairs: list[tuple[str, Any]] = []
+        self._run_updates: list[tuple[Any, dt.datetime | None]] = []
 
     def keep(self, age: int, partition: str, key: Any, record: Any) -> bool:
         """Tell whether the line of ``key`` in ``partition`` of the run ``age`` runs before
         the newest is kept."""
+        updated = _last_updated(record)
+        self._run_updates.append((key, updated))
         pair = (partition, key)
         if pair in self._pairs:
             return False
-        updated = _last_updated(record)
         listings = self._updated.get(key, [])
         for newer in range(age):
             if partition not in self._done[newer]:
@@ -329,15 +332,16 @@ class _SearchLines:
             known = [updated, *(at for listed, at in listings if newer <= listed < age)]
             if since is None or any(at is None or at >= since for at in known):
                 return False
-        self._this_run.append((pair, updated))
+        self._run_pairs.append(pair)
         return True
 
     def end_run(self, age: int) -> None:
-        """Take the lines kept from the run ``age`` as those of a newer run."""
-        for pair, updated in self._this_run:
-            self._pairs.add(pair)
-            self._updated.setdefault(pair[1], []).append((age, updated))
-        self._this_run = []
+        """Take the lines of the run ``age`` as those of a newer run."""
+        self._pairs.update(self._run_pairs)
+        for key, updated in self._run_updates:
+            self._updated.setdefault(key, []).append((age, updated))
+        self._run_pairs = []
+        self._run_updates = []
 
 
 def _search_from(state: ManifestState) -> dt.datetime | None:

@@ -427,6 +427,35 @@ def test_end_check_confirms_an_unchecked_start(tmp_path: Path, mock: MockServer)
     assert [session["authenticated"] for session in record["sessions"]] == [True]
 
 
+def test_admin_only_401_is_no_expired_token(tmp_path: Path, mock: MockServer) -> None:
+    """A mapper's valid token gets a 401 for a search by partnerId, which only admins may
+    make. The run stops, but the streams it finished get no expired-token problem."""
+    recipe = write_recipe(
+        tmp_path,
+        STOPPED_RECIPE.replace(
+            "  stats:\n    endpoint: tasks_statistics\n"
+            "    params: {projectId: {from: buildings.projectId}, startDate: 2026-01-01}\n",
+            "  partner:\n    endpoint: projects\n    params: {partnerId: 1}\n",
+        ),
+    )
+
+    outcome = run_cli(
+        "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["mapper"]}
+    )
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr.splitlines()[-1].startswith(
+        f"tm-export: error: the server rejected the request with 401 at {mock.api_url}/projects/"
+    )
+    assert (
+        "if the token in TM_API_TOKEN is valid, the request needs rights its user lacks"
+        in (outcome.stderr.splitlines()[-1])
+    )
+    assert "the token expired after the check at the start" not in outcome.stderr
+    status = orjson.loads(run_cli("status", str(tmp_path / "out"), "--json").stdout)
+    assert status["streams"]["buildings"]["problems"] == []
+
+
 def test_rejection_reported_once(tmp_path: Path, mock: MockServer) -> None:
     """A session stopped by a rejected token reported it then. Running it again with the
     same token does not also warn that the session stopped before its check at the end."""

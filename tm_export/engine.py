@@ -875,7 +875,7 @@ class _Session:
             try:
                 await self._preflight(fetcher, result, token_check)
             except TokenRejectedError as error:
-                if not error.malformed:
+                if error.expired:
                     self._flag_unchecked_session(state, runners)
                 raise
             committer.record(self._session_entry(state, result))
@@ -891,7 +891,7 @@ class _Session:
                     if await self._confirm_token_at_end(token_check, runners, committer):
                         # A check at the start that could not complete said nothing.
                         result.authenticated = True
-            except* TokenRejectedError:
+            except* TokenRejectedError as group:
                 # The session entry records that the preflight accepted the token. This entry
                 # corrects it, so the run record does not call the session authenticated.
                 result.authenticated = False
@@ -899,10 +899,14 @@ class _Session:
                 # As when the check at the end fails: the token expired at some point after
                 # the preflight, and the partitions finished since may hold only public data.
                 # A run without a token has none to expire.
+                expired = any(
+                    isinstance(leaf, TokenRejectedError) and leaf.expired for leaf in _leaves(group)
+                )
                 suspect = [
                     runner
                     for runner in runners.values()
                     if token_check is not None
+                    and expired
                     and not at_end
                     and runner.spec.endpoint.auth == "optional"
                     and runner.finished_this_session()

@@ -110,9 +110,11 @@ def wrong_base_url(base_url: str, error: HTTPStatusError, again: str) -> FatalEr
 class TokenRejectedError(FatalError):
     """The server returned 401: the token is missing, expired or invalid."""
 
-    #: True when the server could not even decode the token (400 ``Invalid auth
-    #: credentials``): it is not a token that the server accepted before.
-    malformed = False
+    #: True when the server called the token expired or invalid (401 ``InvalidToken``), as
+    #: it does for a token it once accepted. A token it cannot decode (400 ``Invalid auth
+    #: credentials``) was never accepted, and a 401 for another reason (``partnerId`` asked
+    #: for by a user who is not an admin) says nothing of the token's age.
+    expired = False
 
 
 class WaitTooLongError(FatalError):

@@ -160,7 +160,7 @@ class Fetcher:
         error = self._status_error(response)
         if status == 401 or _malformed_token(response):
             self._fatal = TokenRejectedError(self._token_message(response, error))
-            self._fatal.malformed = status != 401
+            self._fatal.expired = status == 401 and error.sub_code == EXPIRED_SUB_CODE
             raise self._fatal
         if not is_retried(status):
             raise error
@@ -215,6 +215,16 @@ class Fetcher:
             )
 
         variable = self._token_env or "the token variable"
+        if response.status == 401 and error.sub_code is None and error.excerpt:
+            # Not the server's word on the token, such as a search by partnerId, which only
+            # admins may make: the text says what the request lacks.
+            return (
+                f"the server rejected the request with 401 at {response.url} "
+                f"({error.excerpt}); if the token in {variable} is valid, the request needs "
+                "rights its user lacks, so change the recipe or use the key of a user who has "
+                f"them. Else copy a new API key from your Tasking Manager settings, export "
+                f"{variable}, and {self._rerun}"
+            )
         return (
             f"the server rejected the API token {detail}: the token in {variable} is invalid or "
             f"expired (TM tokens last 7 days). Copy a new API key from your Tasking Manager "
@@ -280,6 +290,10 @@ class Fetcher:
     @staticmethod
     def _shorten(text: str) -> str:
         return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 3] + "..."
+
+
+#: The sub-code of the server's 401 for a token it cannot verify: expired or revoked.
+EXPIRED_SUB_CODE = "InvalidToken"
 
 
 def _malformed_token(response: Response) -> bool:

@@ -652,6 +652,12 @@ streams:
 """
 
 
+def recently() -> dt.datetime:
+    """Return a time for an edit made between two runs: two seconds ago, so before the next
+    run's start, which is kept in whole seconds (naive UTC, as the mock keeps it)."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(seconds=2)
+
+
 def edit_project_in_both(tmp_path: Path, mock: MockServer) -> tuple[list[str], dict[str, str], int]:
     """Run SPLIT_SEARCH, then edit a project that both partitions list; return the command,
     its environment and the project."""
@@ -662,8 +668,7 @@ def edit_project_in_both(tmp_path: Path, mock: MockServer) -> tuple[list[str], d
         for line in sorted_lines(tmp_path / "out/runs/0001/data/projects.jsonl")
     ]
     twice = min(project for project in ids if ids.count(project) == 2)
-    later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=5)
-    mock.dataset.touch_project(twice, later)
+    mock.dataset.touch_project(twice, recently())
     return args, env, twice
 
 
@@ -794,8 +799,7 @@ def test_left_partition_known_from_a_line_dropped_later(tmp_path: Path, mock: Mo
     project = mock.dataset.projects[moved]
     project.mapping_types = tuple(kind for kind in project.mapping_types if kind != "ROADS")
     assert run_cli(*args, "--incremental", env=env).exit_code == 0
-    later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=10)
-    mock.dataset.touch_project(moved, later)
+    mock.dataset.touch_project(moved, recently())
     mock.add_fault(path=r"^/api/v2/projects/$", query={"mappingTypes": "ROADS"}, status=500)
     assert run_cli(*args, "--incremental", env=env).exit_code == 3
     mock.clear_faults()
@@ -808,4 +812,44 @@ def test_left_partition_known_from_a_line_dropped_later(tmp_path: Path, mock: Mo
 
     assert (
         partitions(now / "projects.jsonl") == partitions(full / "projects.jsonl") == ["BUILDINGS"]
+    )
+
+
+def test_edit_during_search_keeps_walked_partition(tmp_path: Path, mock: MockServer) -> None:
+    """A project edited while an incremental run searches, after the run walked ROADS and
+    before it walks BUILDINGS, is listed in BUILDINGS only. Its edit came after the ROADS
+    walk, so the snapshot keeps its earlier ROADS line, as a full run has it."""
+    args, env = admin_run(
+        tmp_path, mock, SPLIT_SEARCH.replace("{attempts: 1}", "{attempts: 1}, concurrency: 1")
+    )
+    assert run_cli(*args, env=env).exit_code == 0
+    ids = [
+        orjson.loads(line)["projectId"]
+        for line in sorted_lines(tmp_path / "out/runs/0001/data/projects.jsonl")
+    ]
+    twice = min(project for project in ids if ids.count(project) == 2)
+    mock.add_fault(
+        path=r"^/api/v2/projects/$",
+        query={"mappingTypes": "BUILDINGS"},
+        times=1,
+        call=lambda: mock.dataset.touch_project(
+            twice, dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        ),
+    )
+    assert run_cli(*args, "--incremental", env=env).exit_code == 0
+    mock.clear_faults()
+
+    now, full = snapshot_and_full_run(tmp_path, mock, tmp_path / "recipe.yaml", env)
+
+    def partitions(path: Path) -> list[str]:
+        records = map(orjson.loads, sorted_lines(path))
+        return sorted(r["_partition"]["mappingTypes"] for r in records if r["projectId"] == twice)
+
+    assert (
+        partitions(now / "projects.jsonl")
+        == partitions(full / "projects.jsonl")
+        == [
+            "BUILDINGS",
+            "ROADS",
+        ]
     )

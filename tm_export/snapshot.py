@@ -300,14 +300,17 @@ class _SearchLines:
 
     A run lists every project updated since its ``search_from``, and a full run lists them
     all. Its search reached the project when the newest ``lastUpdated`` known of it up to
-    that run is no earlier. A partition the newer run failed, or whose search began after
-    that update, tells nothing of the project, so the older line stays.
+    that run is no earlier, and came before the run started: an edit made while the run
+    searched may follow its walk of the partition. A partition the newer run failed, or
+    whose search began after that update, tells nothing of the project, so the older line
+    stays.
     """
 
     def __init__(self, chain: list[RunCheck], stream: str) -> None:
         newest_first = [check.state for check in reversed(chain)]
         self._reach = [_search_from(state) for state in newest_first]
         self._done = [_done_partitions(state, stream) for state in newest_first]
+        self._started = [parse_time(state.header["started"]) for state in newest_first]
         self._pairs: set[tuple[str, Any]] = set()
         """The (partition, key) pairs written from newer runs."""
         self._updated: dict[Any, list[tuple[int, dt.datetime | None]]] = {}
@@ -329,8 +332,11 @@ class _SearchLines:
             if partition not in self._done[newer]:
                 continue
             since = self._reach[newer]
+            # An update made while that run searched may follow its walk of the partition,
+            # so only those made before it started show where the project was.
+            started = self._started[newer]
             known = [updated, *(at for listed, at in listings if newer <= listed < age)]
-            if since is None or any(at is None or at >= since for at in known):
+            if since is None or any(at is None or since <= at < started for at in known):
                 return False
         self._run_pairs.append(pair)
         return True

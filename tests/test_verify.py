@@ -381,9 +381,15 @@ def test_edited_record_field_found(tmp_path: Path, mock: MockServer) -> None:
     assert outcome.exit_code == 3
     assert [line for line in outcome.stdout.splitlines() if "run.json:" in line] == [
         "  MISMATCH  run.json: base_url, sessions differ from what the manifest and the files "
-        f"give; restore the record from a copy, or run 'tm-export record {run}' to write it "
-        "anew from them"
+        f"give; restore the record from a copy, or delete it and run 'tm-export record {run}' "
+        "to write it anew from them"
     ]
+    # The advice works: record refuses the edited record, and writes the original anew.
+    original = path.read_bytes().replace(b"example.org", b"127.0.0.1")
+    assert run_cli("record", str(run)).exit_code == 3
+    path.unlink()
+    assert run_cli("record", str(run)).exit_code == 0
+    assert path.read_bytes() == original
 
 
 def test_record_lists_compared_in_any_order(tmp_path: Path, mock: MockServer) -> None:
@@ -408,8 +414,8 @@ def test_record_lists_compared_in_any_order(tmp_path: Path, mock: MockServer) ->
     assert shortened.exit_code == 3
     assert [line for line in shortened.stdout.splitlines() if "run.json:" in line] == [
         "  MISMATCH  run.json: streams.contributions.skipped differs from what the manifest "
-        f"and the files give; restore the record from a copy, or run 'tm-export record {run}' "
-        "to write it anew from them"
+        f"and the files give; restore the record from a copy, or delete it and run 'tm-export "
+        f"record {run}' to write it anew from them"
     ]
 
 

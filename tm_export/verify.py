@@ -1035,7 +1035,7 @@ def _compare_record_fields(paths: RunPaths, check: RunCheck, record: dict[str, A
         check.problems.append(
             f"{paths.shown(paths.record)}: {', '.join(differing)} "
             f"{'differs' if len(differing) == 1 else 'differ'} from what the manifest and the "
-            "files give; restore the record from a copy, or run 'tm-export record "
+            "files give; restore the record from a copy, or delete it and run 'tm-export record "
             f"{paths.folder}' to write it anew from them"
         )
 

@@ -295,8 +295,8 @@ def test_token_expired_before_a_one_page_list(tmp_path: Path, mock: MockServer) 
     ]
     assert (
         "tm-export: WARNING: the token expired after the check at the start, so the partitions "
-        "of archived finished in this session may hold only what an anonymous user sees; the "
-        "same command with a fresh key finishes the run with that problem (exit 3), and "
+        "of archived finished in this session may hold only what an anonymous user sees; with "
+        "a fresh key the same command finishes the run with that problem (exit 3), and "
         "--start-over gives a complete export"
     ) in expired.stderr.splitlines()
     assert renewed.exit_code == 3, renewed.stderr
@@ -315,9 +315,9 @@ streams:
 
 
 def test_draft_the_user_may_not_see_skipped(tmp_path: Path, mock: MockServer) -> None:
-    """The server answers a mapper without rights on draft project 6 with a 500 for its
-    contributions. The project's detail answers 403, so the partition is skipped as a
-    draft, where it would fail on every run."""
+    """The server returns a 500 for the contributions of draft project 6 to a mapper without
+    rights on it. The project's detail returns 403, so the partition is skipped as a draft,
+    where it would fail on every run."""
     recipe = write_recipe(tmp_path, DRAFT_RECIPE)
     assert 6 in mock.dataset.draft_project_ids()
 
@@ -544,7 +544,7 @@ def test_token_expiring_after_last_request_stops(tmp_path: Path, mock: MockServe
     )
     assert manifest_entries(tmp_path / "out", "end") == []
     assert [e["authenticated"] for e in manifest_entries(tmp_path / "out", "token")] == [False]
-    # The end check's message stands alone: no warning of a rejection on the way.
+    # The end check's message is the only one: no warning of a rejection on the way.
     assert "after the check at the start" not in expired.stderr
 
 

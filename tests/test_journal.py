@@ -230,7 +230,7 @@ def test_replay_counts_partitions_since_token_accepted(
     between: list[dict[str, object]], unconfirmed: int
 ) -> None:
     """Partitions finished since the token was last seen accepted add up across sessions
-    whose check could not complete; a check that passed, at a start or an end, resets them."""
+    whose check could not complete. A check that passed, at a start or an end, resets them."""
     header = {"t": "run", "format": 1, "streams": {"s": {}}}
     session = {"t": "session", "token": True, "authenticated": True}
     part = {"t": "part", "s": "s", "state": "done"}

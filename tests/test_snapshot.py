@@ -658,6 +658,13 @@ def recently() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(seconds=2)
 
 
+def mapping_types_of(folder: Path, project: int) -> list[str]:
+    """Return the mapping types of the search partitions that list ``project`` in the
+    projects file of ``folder``, sorted."""
+    records = map(orjson.loads, sorted_lines(folder / "projects.jsonl"))
+    return sorted(r["_partition"]["mappingTypes"] for r in records if r["projectId"] == project)
+
+
 def edit_project_in_both(tmp_path: Path, mock: MockServer) -> tuple[list[str], dict[str, str], int]:
     """Run SPLIT_SEARCH, then edit a project that both partitions list; return the command,
     its environment and the project."""
@@ -730,7 +737,7 @@ def test_search_line_of_failed_partition_kept(tmp_path: Path, mock: MockServer) 
         for record in map(orjson.loads, sorted_lines(now / "projects.jsonl"))
         if record["projectId"] == twice
     }
-    # BUILDINGS holds the edit; ROADS, which failed, the line of the full run before it.
+    # BUILDINGS has the edit. ROADS, which failed, has the line of the full run before it.
     assert sorted(kept) == ["BUILDINGS", "ROADS"]
     assert kept["ROADS"] < kept["BUILDINGS"]
 
@@ -781,13 +788,7 @@ def test_project_leaving_a_partition_across_failed_runs(tmp_path: Path, mock: Mo
 
     now, full = snapshot_and_full_run(tmp_path, mock, tmp_path / "recipe.yaml", env)
 
-    def partitions(path: Path) -> list[str]:
-        records = map(orjson.loads, sorted_lines(path))
-        return [r["_partition"]["mappingTypes"] for r in records if r["projectId"] == moved]
-
-    assert (
-        partitions(now / "projects.jsonl") == partitions(full / "projects.jsonl") == ["BUILDINGS"]
-    )
+    assert mapping_types_of(now, moved) == mapping_types_of(full, moved) == ["BUILDINGS"]
 
 
 def test_left_partition_known_from_a_line_dropped_later(tmp_path: Path, mock: MockServer) -> None:
@@ -806,13 +807,7 @@ def test_left_partition_known_from_a_line_dropped_later(tmp_path: Path, mock: Mo
 
     now, full = snapshot_and_full_run(tmp_path, mock, tmp_path / "recipe.yaml", env)
 
-    def partitions(path: Path) -> list[str]:
-        records = map(orjson.loads, sorted_lines(path))
-        return [r["_partition"]["mappingTypes"] for r in records if r["projectId"] == moved]
-
-    assert (
-        partitions(now / "projects.jsonl") == partitions(full / "projects.jsonl") == ["BUILDINGS"]
-    )
+    assert mapping_types_of(now, moved) == mapping_types_of(full, moved) == ["BUILDINGS"]
 
 
 def test_edit_during_search_keeps_walked_partition(tmp_path: Path, mock: MockServer) -> None:
@@ -841,13 +836,9 @@ def test_edit_during_search_keeps_walked_partition(tmp_path: Path, mock: MockSer
 
     now, full = snapshot_and_full_run(tmp_path, mock, tmp_path / "recipe.yaml", env)
 
-    def partitions(path: Path) -> list[str]:
-        records = map(orjson.loads, sorted_lines(path))
-        return sorted(r["_partition"]["mappingTypes"] for r in records if r["projectId"] == twice)
-
     assert (
-        partitions(now / "projects.jsonl")
-        == partitions(full / "projects.jsonl")
+        mapping_types_of(now, twice)
+        == mapping_types_of(full, twice)
         == [
             "BUILDINGS",
             "ROADS",

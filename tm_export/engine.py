@@ -889,7 +889,7 @@ class _Session:
                 if token_check is not None:
                     at_end = True
                     if await self._confirm_token_at_end(token_check, runners, committer):
-                        # A check at the start that could not complete said nothing.
+                        # It decides when the check at the start could not complete.
                         result.authenticated = True
             except* TokenRejectedError as group:
                 # The session entry records that the preflight accepted the token. This entry
@@ -902,24 +902,16 @@ class _Session:
                 expired = any(
                     isinstance(leaf, TokenRejectedError) and leaf.expired for leaf in _leaves(group)
                 )
-                suspect = [
-                    runner
-                    for runner in runners.values()
-                    if token_check is not None
-                    and expired
-                    and not at_end
-                    and runner.spec.endpoint.auth == "optional"
-                    and runner.finished_this_session()
-                ]
-                for runner in suspect:
-                    runner.add_stream_problem(TOKEN_EXPIRED_PROBLEM)
-                if suspect:
-                    logger.warning(
-                        "the token expired after the check at the start, so the partitions of %s "
-                        "finished in this session may hold only what an anonymous user sees; the same "
-                        "command with a fresh key finishes the run with that problem (exit 3), "
-                        "and --start-over gives a complete export",
-                        ", ".join(runner.spec.name for runner in suspect),
+                if token_check is not None and expired and not at_end:
+                    _flag_expired(
+                        [
+                            runner
+                            for runner in runners.values()
+                            if runner.spec.endpoint.auth == "optional"
+                            and runner.finished_this_session()
+                        ],
+                        "the token expired after the check at the start",
+                        "in this session",
                     )
                 raise
 
@@ -935,8 +927,8 @@ class _Session:
         The server now rejects the token, most likely the one those sessions sent: it may
         have expired before they stopped, and nothing else would show it.
 
-        NOTE: a stopped session resumed at once with a fresh key is not flagged, since
-        nothing tells whether the old key expired before the stop. Nor does anything tell
+        NOTE: a stopped session resumed at once with a fresh key is not flagged, since no
+        entry shows whether the old key expired before the stop. Nor does anything tell
         the rejected key from the one the stopped session sent: a wrong key of the right
         form, given in between, flags the streams all the same.
         """
@@ -946,24 +938,18 @@ class _Session:
         if not last.get("token") or last.get("authenticated") is False:
             # Without a token nothing expired, and a rejection in it was reported then.
             return
-        suspect = [
-            runner
-            for name, runner in runners.items()
-            if runner.spec.endpoint.auth == "optional"
-            and name in state.streams
-            and state.streams[name].finished_unconfirmed > 0
-        ]
-        for runner in suspect:
-            runner.add_stream_problem(TOKEN_EXPIRED_PROBLEM)
-        if suspect:
-            logger.warning(
-                "the last session stopped before its token check at the end, and the server "
-                "now rejects the token, so the partitions of %s finished since the token was "
-                "last accepted may hold only what an anonymous user sees; with a fresh key the "
-                "same command finishes the run with that problem (exit 3), and --start-over "
-                "gives a complete export",
-                ", ".join(runner.spec.name for runner in suspect),
-            )
+        _flag_expired(
+            [
+                runner
+                for name, runner in runners.items()
+                if runner.spec.endpoint.auth == "optional"
+                and name in state.streams
+                and state.streams[name].finished_unconfirmed > 0
+            ],
+            "the last session stopped before its token check at the end, and the server now "
+            "rejects the token",
+            "since the token was last accepted",
+        )
 
     async def _confirm_token_at_end(
         self, token_check: TokenCheck, runners: dict[str, StreamRunner], committer: Committer
@@ -1284,6 +1270,22 @@ TOKEN_EXPIRED_PROBLEM = (
     "only what an anonymous user sees; run again with --start-over and a fresh key for a "
     "complete export"
 )
+
+
+def _flag_expired(suspect: list[StreamRunner], cause: str, since: str) -> None:
+    """Give each stream of ``suspect`` the problem of an expired token, and log one warning
+    that names them, with the ``cause`` and the time ``since`` which they are suspect."""
+    for runner in suspect:
+        runner.add_stream_problem(TOKEN_EXPIRED_PROBLEM)
+    if suspect:
+        logger.warning(
+            "%s, so the partitions of %s finished %s may hold only what an anonymous user "
+            "sees; with a fresh key the same command finishes the run with that problem "
+            "(exit 3), and --start-over gives a complete export",
+            cause,
+            ", ".join(runner.spec.name for runner in suspect),
+            since,
+        )
 
 
 def _first(group: BaseExceptionGroup[FatalError]) -> FatalError:

@@ -112,8 +112,8 @@ class TokenRejectedError(FatalError):
 
     #: True when the server called the token expired or invalid (401 ``InvalidToken``), as
     #: it does for a token it once accepted. A token it cannot decode (400 ``Invalid auth
-    #: credentials``) was never accepted, and a 401 for another reason (``partnerId`` asked
-    #: for by a user who is not an admin) says nothing of the token's age.
+    #: credentials``) was never accepted, and a 401 for another reason (``partnerId`` requested
+    #: by a user who is not an admin) shows nothing about the token's age.
     expired = False
 
 

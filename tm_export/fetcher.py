@@ -216,8 +216,8 @@ class Fetcher:
 
         variable = self._token_env or "the token variable"
         if response.status == 401 and error.sub_code is None and error.excerpt:
-            # Not the server's word on the token, such as a search by partnerId, which only
-            # admins may make: the text says what the request lacks.
+            # No verdict on the token, such as the 401 of a search by partnerId, which only
+            # admins may make. The server's text names what the request lacks.
             return (
                 f"the server rejected the request with 401 at {response.url} "
                 f"({error.excerpt}); if the token in {variable} is valid, the request needs "

@@ -38,8 +38,9 @@ def render(value: object) -> str:
     return str(value)
 
 
-#: The largest id: a signed 64-bit integer.
-LARGEST_ID = 2**63 - 1
+#: The largest integer a recipe or an id may be: orjson, and so the manifest, and the
+#: server's database take signed 64-bit integers.
+MAX_INT64 = 2**63 - 1
 
 
 def as_id(value: Scalar) -> int | None:
@@ -52,7 +53,7 @@ def as_id(value: Scalar) -> int | None:
         value = int(value)
     if type(value) is int:
         # Ids are 64-bit integers in the server's database, and in the manifest's JSON.
-        return value if 0 <= value <= LARGEST_ID else None
+        return value if 0 <= value <= MAX_INT64 else None
     return None
 
 

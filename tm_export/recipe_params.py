@@ -15,7 +15,7 @@ from typing import Any
 from . import schema
 from .catalog import DateWindow, Endpoint
 from .params import (
-    LARGEST_ID,
+    MAX_INT64,
     Constant,
     DateWindows,
     Each,
@@ -74,11 +74,11 @@ def build_param(
         scalar = _scalar(value)
         if is_path_param:
             scalar = _path_value(where, keys, scalar, name, endpoint)
-        items = value if isinstance(value, list) else [value]
-        for index, item in enumerate(items):
-            _check_search_value(
-                where, keys + (index,) if items is value else keys, name, item, endpoint
-            )
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                _check_search_value(where, keys + (index,), name, item, endpoint)
+        else:
+            _check_search_value(where, keys, name, value, endpoint)
         return Constant(name, render(scalar))
 
     if "each" in value:
@@ -123,7 +123,7 @@ def _path_value(
         number = as_id(value)
         if number is None:
             # The server rejects anything but an integer with 422, and a negative one with 404.
-            largest = f" and at most {LARGEST_ID}" if text.isascii() and text.isdigit() else ""
+            largest = f" and at most {MAX_INT64}" if text.isascii() and text.isdigit() else ""
             raise where.error(
                 keys,
                 f"invalid id {text!r}; expected a whole number of 0 or more{largest}, such as 42",

@@ -29,6 +29,7 @@ from ruamel.yaml.tokens import (
 
 from . import schema
 from .errors import RecipeError
+from .params import MAX_INT64
 
 # --- reading and parsing -------------------------------------------------------------
 
@@ -400,10 +401,6 @@ class KeyLocator:
 _STANDARD_TAG = "tag:yaml.org,2002:"
 
 
-#: The largest integer a recipe may hold: JSON encoders (the manifest's among them) and the
-#: server's database take 64-bit integers.
-LARGEST_INTEGER = 2**63 - 1
-
 #: The spelling of each YAML key that is not text, by the value YAML gives it.
 _NOT_TEXT = {None: "null (written null, Null, NULL or ~)", True: "true", False: "false"}
 
@@ -435,11 +432,11 @@ def to_plain(where: KeyLocator, node: Any, keys: tuple[Any, ...]) -> Any:
     if isinstance(node, bool | ScalarBoolean):
         return bool(node)
     if isinstance(node, int):
-        if not -LARGEST_INTEGER - 1 <= node <= LARGEST_INTEGER:
+        if not -MAX_INT64 - 1 <= node <= MAX_INT64:
             raise where.error(
                 keys,
                 f"the integer {node} is out of range; expected one of 64 bits, from "
-                f"{-LARGEST_INTEGER - 1} to {LARGEST_INTEGER}",
+                f"{-MAX_INT64 - 1} to {MAX_INT64}",
             )
         return int(node)
     if isinstance(node, float):

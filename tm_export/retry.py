@@ -52,8 +52,8 @@ def retry_after_seconds(headers: Mapping[str, str], url: str = "") -> float | No
     if _SECONDS.fullmatch(value):
         return max(float(value), 0.0)
 
-    wanted = _http_date(value)
-    if wanted is None:
+    until = _http_date(value)
+    if until is None:
         logger.warning(
             "ignored unparseable Retry-After value %r%s; using backoff instead",
             value[:60],
@@ -63,7 +63,7 @@ def retry_after_seconds(headers: Mapping[str, str], url: str = "") -> float | No
 
     sent = headers.get("date")
     reference = (_http_date(sent) if sent else None) or dt.datetime.now(dt.UTC)
-    return max((wanted - reference).total_seconds(), 0.0)
+    return max((until - reference).total_seconds(), 0.0)
 
 
 #: Retry-After's delay-seconds: digits, with a fraction and a sign tolerated (a negative

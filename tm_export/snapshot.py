@@ -12,8 +12,8 @@ takes one of three rules, from its endpoint:
   known update: the project left that partition (see ``_SearchLines``).
 - ``added``: task history (newest first), to which an incremental run adds newer records.
   Each partition keeps every record once, the newest copy of each. A partition is left
-  empty, as in a full run, when the newest run that finished it done or skipped it skipped
-  it (403 or 404).
+  empty, as in a full run, when the last of its final states that is done or skipped is
+  skipped (403 or 404).
 - ``partition``: every other stream. Each partition's records come from the newest run
   that finished it: ``done``, or ``skipped`` for a 403 or 404, which leaves it empty as
   in a full run. So a partition that a later run failed keeps the records of the run
@@ -302,8 +302,8 @@ class _SearchLines:
     all. Its search reached the project when the newest ``lastUpdated`` known of it up to
     that run is no earlier, and came before the run started: an edit made while the run
     searched may follow its walk of the partition. A partition the newer run failed, or
-    whose search began after that update, tells nothing of the project, so the older line
-    stays.
+    whose search began after that update, shows nothing about the project, so the older
+    line stays.
     """
 
     def __init__(self, chain: list[RunCheck], stream: str) -> None:
@@ -384,8 +384,8 @@ def _done_partitions(state: ManifestState, stream: str) -> set[str]:
 
 
 def _skipped_partitions(states: list[ManifestState], stream: str) -> set[str]:
-    """Return the partitions of ``stream`` that the newest run to finish them done or
-    skipped (the server's last word, as in ``_partition_winners``) skipped."""
+    """Return the partitions of ``stream`` whose last final state that is done or skipped
+    (the server's last word, as in ``_partition_winners``) is skipped."""
     last: dict[str, str] = {}
     for state in states:
         if stream in state.streams:

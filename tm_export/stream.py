@@ -66,7 +66,8 @@ SKIP_STATUSES = frozenset({403, 404})
 
 #: Endpoints where the server returns an unhandled error (500) to a logged-in user without
 #: rights on a draft project, and a 403 to an anonymous caller. The project's detail returns
-#: a 403 (``ProjectNotFetched``) to that user, which tells such a 500 from a server error.
+#: a 403 (``ProjectNotFetched``) to that user, which distinguishes such a 500 from a server
+#: error.
 DRAFT_ERROR_ENDPOINTS = frozenset(
     {
         "project_summary",
@@ -501,7 +502,7 @@ class StreamRunner:
             await self._read(walk)
             await self._check_token_if_changed(walk)
 
-        hidden = _hidden_by(walk.failed_pages) or await self._refused_draft(walk)
+        hidden = _hidden_by(walk.failed_pages) or await self._hidden_draft(walk)
         if hidden is not None and not await self._token_still_accepted(walk, hidden):
             hidden = None
         if hidden is not None:
@@ -527,13 +528,13 @@ class StreamRunner:
         if self._token_check is not None and walk.state.reading.changed:
             await self._token_check.confirm()
 
-    async def _refused_draft(self, walk: PartitionWalk) -> HTTPStatusError | None:
+    async def _hidden_draft(self, walk: PartitionWalk) -> HTTPStatusError | None:
         """Return the project detail's 403 for a partition whose failed pages were all 500s,
         when its project is a draft that the token's user may not see. Else return None.
 
-        The server answers such a user with an unhandled error on some endpoints, on every
+        The server returns an unhandled error to such a user on some endpoints, on every
         attempt and every run, so the partition would fail for good. One request for the
-        project's detail, whose 403 names the draft, tells it from a server error.
+        project's detail, whose 403 names the draft, distinguishes it from a server error.
         """
         if (
             self._token_check is None

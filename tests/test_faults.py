@@ -427,9 +427,10 @@ def test_end_check_confirms_an_unchecked_start(tmp_path: Path, mock: MockServer)
     assert [session["authenticated"] for session in record["sessions"]] == [True]
 
 
-def test_admin_only_401_is_no_expired_token(tmp_path: Path, mock: MockServer) -> None:
+def test_admin_only_401_fails_its_partition(tmp_path: Path, mock: MockServer) -> None:
     """A mapper's valid token gets a 401 for a search by partnerId, which only admins may
-    make. The run stops, but the streams it finished get no expired-token problem."""
+    make. That partition fails, the rest of the run goes on with no expired-token problem,
+    and --retry-failed with an admin's key finishes it."""
     recipe = write_recipe(
         tmp_path,
         STOPPED_RECIPE.replace(
@@ -443,17 +444,32 @@ def test_admin_only_401_is_no_expired_token(tmp_path: Path, mock: MockServer) ->
         "run", str(recipe), "--base-url", mock.api_url, env={"TM_API_TOKEN": mock.tokens["mapper"]}
     )
 
-    assert outcome.exit_code == 1
-    assert outcome.stderr.splitlines()[-1].startswith(
-        f"tm-export: error: the server rejected the request with 401 at {mock.api_url}/projects/"
-    )
+    assert outcome.exit_code == 3, outcome.stderr
     assert (
-        "if the token in TM_API_TOKEN is valid, the request needs rights its user lacks"
-        in (outcome.stderr.splitlines()[-1])
-    )
+        "tm-export: ERROR: partner failed: GET "
+        f"{mock.api_url}/projects/?omitMapResults=true&orderBy=id&orderByType=ASC&partnerId=1"
+        '&page=1: 401 (application/json): {"Error":"Only admins can search projects by '
+        "partnerId, partnershipFrom or partnershipTo\"}; the token's user lacks a right this "
+        "request needs: run with --retry-failed and the key of a user who has it, or change "
+        "the recipe"
+    ) in outcome.stderr.splitlines()
     assert "the token expired after the check at the start" not in outcome.stderr
     status = orjson.loads(run_cli("status", str(tmp_path / "out"), "--json").stdout)
     assert status["streams"]["buildings"]["problems"] == []
+    assert status["streams"]["buildings"]["records"] == 13
+    assert status["streams"]["partner"]["partitions"]["failed"] == 1
+
+    retried = run_cli(
+        "run",
+        str(recipe),
+        "--base-url",
+        mock.api_url,
+        "--retry-failed",
+        env={"TM_API_TOKEN": mock.tokens["admin"]},
+    )
+
+    assert retried.exit_code == 0, retried.stderr
+    assert retried.stderr.splitlines()[-1] == "result: complete (exit 0)"
 
 
 def test_rejection_reported_once(tmp_path: Path, mock: MockServer) -> None:

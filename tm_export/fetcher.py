@@ -158,6 +158,10 @@ class Fetcher:
                 return None, self._not_json(response)
 
         error = self._status_error(response)
+        if self._session.sends_token and _lacks_rights(response):
+            # The token is valid, and only this request needs more: the partition fails, and
+            # the rest of the run goes on.
+            raise error
         if status == 401 or _malformed_token(response):
             self._fatal = TokenRejectedError(self._token_message(response, error))
             self._fatal.expired = status == 401 and error.sub_code == EXPIRED_SUB_CODE
@@ -215,16 +219,6 @@ class Fetcher:
             )
 
         variable = self._token_env or "the token variable"
-        if response.status == 401 and error.sub_code is None and error.excerpt:
-            # No verdict on the token, such as the 401 of a search by partnerId, which only
-            # admins may make. The server's text names what the request lacks.
-            return (
-                f"the server rejected the request with 401 at {response.url} "
-                f"({error.excerpt}); if the token in {variable} is valid, the request needs "
-                "rights its user lacks, so change the recipe or use the key of a user who has "
-                f"them. Else copy a new API key from your Tasking Manager settings, export "
-                f"{variable}, and {self._rerun}"
-            )
         return (
             f"the server rejected the API token {detail}: the token in {variable} is invalid or "
             f"expired (TM tokens last 7 days). Copy a new API key from your Tasking Manager "
@@ -308,6 +302,22 @@ def _malformed_token(response: Response) -> bool:
         and response.content_type == "text/plain"
         and response.body.strip() == b"Invalid auth credentials"
     )
+
+
+def _lacks_rights(response: Response) -> bool:
+    """Tell whether a 401 refuses the request rather than the token.
+
+    TM answers a valid token that lacks a right, such as a mapper's key searching by
+    ``partnerId``, with 401 and a legacy ``{"Error": ...}`` body without a ``SubCode``. A token
+    it cannot verify gets ``SubCode: InvalidToken``, and a wrong scheme a structured error.
+    """
+    if response.status != 401 or response.content_type != "application/json":
+        return False
+    try:
+        body = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("Error"), str) and "SubCode" not in body
 
 
 def _sub_code(response: Response) -> str | None:

@@ -886,6 +886,11 @@ class StreamRunner:
                         "; the server has no such path: correct the stream's path, and run with "
                         "--start-over, since the recipe changes"
                     )
+                elif first.status == 401:
+                    hint = (
+                        "; the token's user lacks a right this request needs: run with "
+                        "--retry-failed and the key of a user who has it, or change the recipe"
+                    )
             logger.error("%s failed: %s%s", partition_label(self.spec.name, walk.id), first, hint)
 
         total = state.total

@@ -61,21 +61,77 @@ def test_canonical_runs_identical(tmp_path: Path, mock: MockServer) -> None:
     assert run_cli("verify", str(first / "out")).exit_code == 0
 
 
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in folder.rglob("*")
+        if path.is_file()
+    }
+
+
 def test_bag_seals_run(tmp_path: Path, mock: MockServer) -> None:
-    """--bag makes a valid bag; a plain rerun is refused; --incremental starts beside it."""
+    """--bag makes a valid bag. The same command again, or one with nothing to retry, finds
+    the run finished and writes nothing; --incremental starts beside it."""
     recipe = write_recipe(tmp_path, RECIPE)
+    bag = tmp_path / "out/runs/0001"
 
     outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--bag")
 
     assert outcome.exit_code == 0, outcome.stderr
-    bagit.Bag(str(tmp_path / "out/runs/0001")).validate()
-    again = run_cli("run", str(recipe), "--base-url", mock.api_url)
-    assert again.exit_code == 1
-    assert "the last run is a BagIt bag, so it is sealed" in again.stderr
+    bagit.Bag(str(bag)).validate()
+    sealed = _tree(bag)
+    mock.reset_log()
+    for options in (["--bag"], [], ["--retry-failed"]):
+        again = run_cli("run", str(recipe), "--base-url", mock.api_url, *options)
+        assert again.exit_code == 0, again.stderr
+        assert again.stderr.splitlines()[0] == (
+            f"tm-export: INFO: the run in {bag} is already finished and made a BagIt bag, "
+            "which is sealed: no request is sent and nothing is written. For newer data, use "
+            "--incremental, or --start-over for a new full run"
+        )
+        assert f"run folder: {bag} (already finished)" in again.stderr.splitlines()
+        assert again.stderr.splitlines()[-2:] == [
+            "requests: 0, retries: 0, authenticated: no, TM release: v5.5.2",
+            "result: complete (exit 0)",
+        ]
+    canonical = run_cli("run", str(recipe), "--base-url", mock.api_url, "--canonical")
+    assert canonical.exit_code == 1
+    assert canonical.stderr == (
+        f"tm-export: error: {bag}: the last run is a BagIt bag, so it is sealed, and "
+        "--canonical would rewrite its files. Nothing was changed. Leave out --canonical, or "
+        "use --start-over for a new run made canonical\n"
+    )
+    assert _tree(bag) == sealed
+    assert mock.requests() == []
     later = run_cli("run", str(recipe), "--base-url", mock.api_url, "--incremental")
     assert later.exit_code == 0, later.stderr
     assert (tmp_path / "out/runs/0002/manifest.jsonl").is_file()
     assert (tmp_path / "out/runs/0002/data/projects.jsonl").read_bytes() == b""
+
+
+def test_bag_refuses_retry_of_its_skipped_partitions(tmp_path: Path, mock: MockServer) -> None:
+    """--retry-skipped on a bag with a skipped partition would write to the sealed run, so it
+    is refused, and nothing is sent."""
+    recipe = write_recipe(
+        tmp_path,
+        RECIPE.replace(
+            "    params: {project_id: {from: projects.projectId}}",
+            "    params: {project_id: {each: [1, 9]}}",
+        ),
+    )
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url, "--bag").exit_code == 0
+    mock.reset_log()
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--retry-skipped")
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr == (
+        f"tm-export: error: {tmp_path / 'out/runs/0001'}: the last run is a BagIt bag, so it "
+        "is sealed, and --retry-skipped would write to it. Nothing was changed. Use "
+        "--start-over to fetch everything again in a new run, or --incremental to fetch what "
+        "changed since\n"
+    )
+    assert mock.requests() == []
 
 
 def test_incremental_after_bag_keeps_compression(tmp_path: Path, mock: MockServer) -> None:

@@ -189,8 +189,8 @@ class RunCommand(click.Command):
 @click.option(
     "--bag",
     is_flag=True,
-    help="Once the run finishes, make its folder a BagIt bag; a bag is sealed, so later runs need "
-    "--incremental or --start-over.",
+    help="Once the run finishes, make its folder a BagIt bag; a bag is sealed, so newer data "
+    "needs --incremental or --start-over.",
 )
 @click.option("--strict", is_flag=True, help="Exit 3 when any partition was skipped for 403/404.")
 @click.option(

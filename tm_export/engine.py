@@ -201,7 +201,8 @@ async def export(recipe: Recipe, options: RunOptions) -> RunResult:
     with OutputLock(options.output):
         session = _Session(recipe, options)
         result = await session.run()
-        if result.fatal is None and not result.interrupted:
+        # A bag holds its own description, and nothing more is written to it.
+        if result.fatal is None and not result.interrupted and not is_bag(result.run_folder):
             await _describe_run(recipe, options, result)
         return result
 
@@ -383,6 +384,10 @@ class _Session:
         """The start of every piece of advice to resume this run."""
 
     async def run(self) -> RunResult:
+        bagged = self._bagged_run()
+        if bagged is not None:
+            return bagged
+
         run_folder, state, journal = self._open_run()
         # Spool files are only ever in use while a page is processed; any left over are
         # from a killed session.
@@ -505,11 +510,7 @@ class _Session:
             folder = runs[-1]
             manifest = folder / MANIFEST_NAME
             if is_bag(folder):
-                if not self.options.incremental:
-                    raise ManifestError(
-                        f"{folder}: the last run is a BagIt bag, so it is sealed and nothing more is "
-                        "written to it; use --incremental to fetch what changed since, or --start-over"
-                    )
+                # Only --incremental gets here: run() answered the other commands.
                 # The bag's payload contains the run's manifest; only its header is read here.
                 sealed = folder / DATA_FOLDER / MANIFEST_NAME
                 self._check_recipe(sealed, next(scan_journal(sealed)[1]))
@@ -588,6 +589,62 @@ class _Session:
         journal = _create_run_folder(folder, header)
         logger.info("starting a new run in %s", folder)
         return folder, ManifestState.replay([{"t": "run", **header}]), journal
+
+    def _bagged_run(self) -> RunResult | None:
+        """Return the result of a command that finds the last run made a bag and has nothing
+        to add to it, or None when the command does not resume a bag.
+
+        A bag is sealed, yet the same command run again (a CI job run once more after a
+        later step failed) is told the run is finished, as for any finished run.
+
+        Raises:
+            ManifestError: the command does not fit the bag's run, or asks for what a
+                sealed run cannot take: partitions to fetch again or a canonical rewrite.
+        """
+        if self.options.incremental or self.options.start_over:
+            return None
+        runs = list_runs(self.options.output)
+        if not runs or not is_bag(runs[-1]):
+            return None
+
+        folder = runs[-1]
+        manifest = folder / DATA_FOLDER / MANIFEST_NAME
+        state, _ = load_state(manifest, keep_done_pages=False)
+        self._check_recipe(manifest, state.header)
+        self._check_server(folder, state)
+        retried = self._retried_states(state)
+        if retried:
+            options = " and ".join(f"--retry-{name}" for name in sorted(retried))
+            raise ManifestError(
+                f"{folder}: the last run is a BagIt bag, so it is sealed, and {options} would "
+                "write to it. Nothing was changed. Use --start-over to fetch everything again in "
+                "a new run, or --incremental to fetch what changed since"
+            )
+        if self.options.canonical and not state.canonical:
+            raise ManifestError(
+                f"{folder}: the last run is a BagIt bag, so it is sealed, and --canonical would "
+                "rewrite its files. Nothing was changed. Leave out --canonical, or use "
+                "--start-over for a new run made canonical"
+            )
+
+        logger.info(
+            "the run in %s is already finished and made a BagIt bag, which is sealed: no "
+            "request is sent and nothing is written. For newer data, use --incremental, or "
+            "--start-over for a new full run",
+            folder,
+        )
+        last = latest_session(state.sessions)
+        return RunResult(
+            run_folder=folder,
+            streams={
+                name: StreamStats.of(state.streams.get(name, StreamState()))
+                for name in self.recipe.streams
+            },
+            authenticated=last.get("authenticated"),
+            tm_release=last.get("tm_release"),
+            resumed=True,
+            finished_before=True,
+        )
 
     def _check_or_restart(self, folder: Path, state: ManifestState) -> bool:
         """Check that this command fits the run in ``folder``, or start that run again.

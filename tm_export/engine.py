@@ -96,17 +96,17 @@ class RunOptions:
     retry_skipped: bool = False
     start_over: bool = False
     shard: tuple[int, int] | None = None
+    """(K, N): write only the K-th of N stable shares of each stream's partitions."""
     incremental: bool = False
+    """Start a new run beside a finished one that fetches only what changed since it."""
     spool_over: int = SPOOL_OVER
+    """Bytes of a response held in memory; a larger one is spooled to disk and streamed."""
     compression: Codec | None = None
     """Codec of a new run's stream files; None keeps a resumed run's own (``none`` for new)."""
     canonical: bool = False
     """Once the run finishes, rewrite its files in canonical order (identical data, identical bytes)."""
     bag: bool = False
     """Once the run finishes, make its folder a BagIt bag (which seals it)."""
-    """Bytes of a response held in memory; a larger one is spooled to disk and streamed."""
-    """Start a new run beside a finished one that fetches only what changed since it."""
-    """(K, N): write only the K-th of N stable shares of each stream's partitions."""
     handle_signals: bool = True
     on_progress: Callable[[Progress], None] | None = None
     """Called with a snapshot every ``progress_interval`` seconds while streams run."""
@@ -135,9 +135,9 @@ class RunResult:
     deleted: list[int] = field(default_factory=list)
     """Project ids an incremental run found deleted since the earlier runs."""
     started_over: bool = False
+    """True when the command gave --start-over, which the command that resumes must not."""
     incremental: bool = False
     """True when the command had --incremental, which with --retry-failed begins a new run."""
-    """True when the command gave --start-over, which the command that resumes must not."""
 
     @property
     def failed_partitions(self) -> int:

@@ -304,6 +304,15 @@ EXPECTED: dict[str, str] = {
         "7: streams.p.params.projectStatuses[1]: invalid project status 'published'; expected "
         "PUBLISHED, ARCHIVED, DRAFT, in capitals"
     ),
+    "search_sort_direction_lowercase": (
+        "7: streams.p.params.orderByType: invalid sort direction 'desc'; expected ASC or DESC, "
+        "in capitals (the server sorts in ascending order for any other value)"
+    ),
+    "search_difficulty_lowercase": (
+        "7: streams.p.params.difficulty.each[1]: invalid difficulty 'moderate'; expected EASY, "
+        "MODERATE, CHALLENGING, ALL, in capitals (the server matches no project for any other "
+        "value)"
+    ),
     "search_date_invalid": (
         "7: streams.p.params.createdFrom.each[1]: invalid date '2026-02-30': 2026-02 has 28 "
         "days; expected a real date as YYYY-MM-DD"

@@ -36,6 +36,12 @@ _WINDOW_KEYS = ("start", "end", "step", "bind")
 #: The project statuses the search accepts. It returns 400 for any other value.
 PROJECT_STATUSES = ("PUBLISHED", "ARCHIVED", "DRAFT")
 
+#: The search's sort directions. It takes any other value, ``desc`` included, as ascending.
+SORT_DIRECTIONS = ("ASC", "DESC")
+
+#: The search's difficulties. It compares them in capitals, so ``easy`` matches no project.
+DIFFICULTIES = ("EASY", "MODERATE", "CHALLENGING", "ALL")
+
 #: Date parameters of the project search. It returns 400 InvalidDateValue for a value that
 #: is not a date.
 SEARCH_DATE_PARAMS = frozenset(
@@ -166,7 +172,7 @@ def _check_search_value(
     where: KeyLocator, keys: tuple[Any, ...], name: str, value: Any, endpoint: Endpoint
 ) -> None:
     """Reject a value of the project search that the server refuses on every request (400),
-    which would fail every partition of the stream."""
+    which would fail every partition of the stream, or reads as another without a sign."""
     if endpoint.name != "projects":
         return
     text = render(value)
@@ -180,6 +186,18 @@ def _check_search_value(
                     f"invalid project status {status!r}; expected {', '.join(PROJECT_STATUSES)}, "
                     "in capitals",
                 )
+    elif name == "orderByType" and text not in SORT_DIRECTIONS:
+        raise where.error(
+            keys,
+            f"invalid sort direction {text!r}; expected ASC or DESC, in capitals (the server "
+            "sorts in ascending order for any other value)",
+        )
+    elif name == "difficulty" and text not in DIFFICULTIES:
+        raise where.error(
+            keys,
+            f"invalid difficulty {text!r}; expected {', '.join(DIFFICULTIES)}, in capitals (the "
+            "server matches no project for any other value)",
+        )
 
 
 def _build_range(

@@ -6,6 +6,7 @@ import json
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -678,6 +679,40 @@ def test_recordless_body_fetched_again(tmp_path: Path, mock: MockServer) -> None
     assert sorted(orjson.loads(line)["projectId"] for line in lines) == [1, 2]
 
 
+@pytest.mark.parametrize(
+    ("last", "status"),
+    [({"status": 400, "body": {"Error": "bad", "SubCode": "Bad"}}, 400), ({"body": {}}, None)],
+    ids=["refused", "shape"],
+)
+def test_failed_page_counts_every_attempt(
+    tmp_path: Path, mock: MockServer, last: dict[str, Any], status: int | None
+) -> None:
+    """The failed partition's entry counts every request sent for its page: the retries
+    before a 400, and the fetch once more after a body of another shape."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {rate_limit: 10000/s, retries: {attempts: 3, wait_initial: 0.01, "
+        "wait_jitter: 0}}\noutput: OUT\nstreams:\n  summaries:\n    endpoint: project_summary\n"
+        "    params: {project_id: {each: [2]}}\n",
+    )
+    summary = r"^/api/v2/projects/2/queries/summary/$"
+    mock.add_fault(path=summary, status=503, times=2 if status else 1)
+    mock.add_fault(path=summary, **{"status": 200, **last})
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 3, outcome.stderr
+    sent = [
+        entry for entry in mock.requests() if entry["path"] == "/api/v2/projects/2/queries/summary/"
+    ]
+    assert len(sent) == 3
+    entries = map(
+        orjson.loads, (tmp_path / "out/runs/0001/manifest.jsonl").read_bytes().splitlines()
+    )
+    failed = [entry for entry in entries if entry.get("state") == "failed"]
+    assert [(entry["attempts"], entry.get("status")) for entry in failed] == [(3, status)]
+
+
 def test_read_timeout_named(tmp_path: Path, mock: MockServer) -> None:
     """A request that gets no data for the read timeout fails with the setting named."""
     recipe = write_recipe(
@@ -859,6 +894,41 @@ def test_repeated_page_stall(tmp_path: Path, mock: MockServer) -> None:
         assert len(search_pages(server)) <= 3 + 8 + 1
 
 
+def test_stall_cleared_by_a_reading_that_gets_every_record(
+    tmp_path: Path, mock: MockServer
+) -> None:
+    """A page's worth of entries added to a project's history while page 2 is requested
+    makes page 2 repeat page 1: the walk stops there, and a second reading gets every
+    entry. The stall of the first reading is then no problem: the run is complete."""
+    project = 1
+    activities = rf"^/api/v2/projects/{project}/activities/$"
+
+    def add_a_page() -> None:
+        for _ in range(10):
+            mock.dataset.add_activity(project, task_id=1, action="STATE_CHANGE", text="MAPPED")
+
+    mock.add_fault(path=activities, query={"page": "2"}, times=1, call=add_a_page)
+    recipe = write_recipe(
+        tmp_path,
+        TOKEN_RECIPE.replace("ACTIVE", str(project)).replace("token_env: TM_API_TOKEN, ", ""),
+    )
+
+    result = export_here(recipe, mock)
+
+    assert result.exit_code() == ExitCode.COMPLETE, result.streams["activities"].problems
+    lines = data_file(tmp_path / "out", "activities").read_bytes().splitlines()
+    assert (
+        len(lines)
+        == len(set(lines))
+        == mock.dataset.count("project_activities", project_id=project)
+    )
+    entries = map(
+        orjson.loads, (tmp_path / "out/runs/0001/manifest.jsonl").read_bytes().splitlines()
+    )
+    [final] = [entry for entry in entries if entry["t"] == "part"]
+    assert (final["state"], final["readings"], final.get("problems")) == ("done", 2, None)
+
+
 def test_empty_pages_stop(
     tmp_path: Path, mock: MockServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -937,6 +1007,40 @@ def test_server_refusing_connections_stops_run(
     ]
 
 
+def test_response_not_http_named(tmp_path: Path) -> None:
+    """A response that aiohttp's parser rejects is named as invalid HTTP on one line, not
+    with aiohttp's own status 400 and the lines it quotes."""
+    recipe = write_recipe(tmp_path, PROJECTS_RECIPE.replace("attempts: 3}", "attempts: 1}"))
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\nContent-Type: application/json\r\n\r\n{}"
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(1)
+        # A bound on a test that went wrong, not a wait: the request comes at once.
+        listening.settimeout(30)
+        port = listening.getsockname()[1]
+        api_url = f"http://127.0.0.1:{port}/api/v2"
+
+        def answer() -> None:
+            connection, _ = listening.accept()
+            with connection:
+                connection.recv(65536)
+                connection.sendall(reply)
+
+        server = threading.Thread(target=answer)
+        server.start()
+        outcome = run_cli("run", str(recipe), "--base-url", api_url)
+        server.join()
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr.splitlines()[-1] == (
+        f"tm-export: error: cannot reach the Tasking Manager at {api_url}: GET "
+        f"{api_url}/system/heartbeat/: the response is not valid HTTP (Invalid character in "
+        "Content-Length); check the base URL and the network, then run the same command again "
+        "to resume"
+    )
+
+
 def test_server_gone_mid_run_stops_run(tmp_path: Path, mock: MockServer) -> None:
     """A server that stops accepting connections during the run stops it (exit 1) once the
     retries are used up, with no partition failed, so the same command resumes it and
@@ -990,6 +1094,36 @@ def test_base_url_without_api_prefix_stops_run(tmp_path: Path, mock: MockServer)
         "/api/v2, then run again"
     )
     assert [r["path"] for r in mock.requests()] == ["/system/heartbeat/"]
+
+
+def test_web_page_base_url_stops_run(tmp_path: Path, mock: MockServer) -> None:
+    """A heartbeat answered with HTML (a TM site's own address serves its web app on every
+    path) names the base URL as no API root, after its retries, not as a server that
+    cannot be reached."""
+    recipe = write_recipe(
+        tmp_path,
+        PROJECTS_RECIPE.replace(
+            "retries: {attempts: 3}", "retries: {attempts: 2, wait_initial: 0.01}"
+        ),
+    )
+    mock.add_fault(
+        path=r"^/api/v2/system/heartbeat/$",
+        status=200,
+        body="<html><body>app</body></html>",
+        content_type="text/html",
+    )
+    mock.reset_log()
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 1
+    assert outcome.stderr.splitlines()[-1] == (
+        f"tm-export: error: {mock.api_url}/system/heartbeat/ answered 200 with a body that is "
+        f"not JSON, so {mock.api_url} is not the root of a Tasking Manager API, or a proxy "
+        "answered in its place; give the URL that ends in /api/v2, then run the same command "
+        "again to resume"
+    )
+    assert [r["path"] for r in mock.requests()] == ["/api/v2/system/heartbeat/"] * 2
 
 
 def test_redirected_base_url_stops_run(tmp_path: Path, mock: MockServer) -> None:

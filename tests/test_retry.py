@@ -23,6 +23,7 @@ DATE = "Fri, 04 Dec 2026 19:43:41 GMT"
         ({"retry-after": "Fri, 04 Dec 2026 19:43:44 -0000", "date": DATE}, 3.0),
         ({"retry-after": "Fri, 04 Dec 2026 19:43:45 GMT", "date": "Fri Dec  4 19:43:41 2026"}, 4.0),
         ({"retry-after": "-5"}, 0.0),
+        ({"retry-after": "9" * 400}, 1e9),
         ({}, None),
     ],
     ids=[
@@ -34,6 +35,7 @@ DATE = "Fri, 04 Dec 2026 19:43:41 GMT"
         "zone-0000",
         "asctime-date-header",
         "negative",
+        "hundreds-of-digits",
         "absent",
     ],
 )

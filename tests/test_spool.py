@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import orjson
@@ -165,3 +166,64 @@ def test_page_without_record_list_fails(
         f"GET {mock.api_url}/projects/?omitMapResults=true&orderBy=id&orderByType=ASC"
         f"&projectStatuses=PUBLISHED,ARCHIVED&page=2: {error}"
     ]
+
+
+@pytest.mark.parametrize(
+    ("compression", "suffix"), [("none", ".lines"), ("gzip", ".lines.gz")], ids=["lines", "gzip"]
+)
+def test_spooled_page_write_error_stops_run(
+    tmp_path: Path,
+    mock: MockServer,
+    monkeypatch: pytest.MonkeyPatch,
+    compression: str,
+    suffix: str,
+) -> None:
+    """A full disk while a spooled page's records are written, or compressed, stops the run
+    as any write error does (exit 1, the path named), and the same command completes it."""
+    recipe = write_recipe(tmp_path, RECIPE.split("  tasks:")[0])
+    opened = Path.open
+
+    def full_disk(path: Path, mode: str = "r", *args: object, **kwargs: object) -> object:
+        if path.name.endswith(suffix) and "w" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return opened(path, mode, *args, **kwargs)  # type: ignore[call-overload]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "open", full_disk)
+        stopped = export_here(recipe, mock, spool_over=200, compression=compression)
+
+    assert stopped.exit_code() == ExitCode.FATAL
+    spooled, _, message = str(stopped.fatal).partition(": ")
+    assert Path(spooled).parent == tmp_path / "out/runs/0001/.spool"
+    assert spooled.endswith(suffix)
+    what = "a spooled page's records" if compression == "none" else "a compressed page"
+    assert message == (
+        f"cannot write {what}: No space left on device. The manifest still proves 0 committed "
+        "pages (0 records), and the stream files were cut back to them; free some space and "
+        "run the same command again to resume"
+    )
+    assert list((tmp_path / "out/runs/0001/.spool").iterdir()) == []
+    resumed = export_here(recipe, mock, spool_over=200, compression=compression)
+    assert resumed.exit_code() == ExitCode.COMPLETE
+    assert resumed.streams["projects"].records == mock.counts()["projects"]
+
+
+def test_spooled_malformed_json_quotes_no_body(tmp_path: Path, mock: MockServer) -> None:
+    """The streaming parser quotes the body near a syntax error, which may hold part of
+    the token; the page's error keeps only its first line, so no part of the token reaches
+    the manifest or the logs."""
+    token = mock.tokens["mapper"]
+    body = '{"results": [{"projectId": 1, "pad": "' + "x" * 300 + f'"}}, {{"echo": {token}}}]}}'
+    mock.add_fault(
+        path=r"^/api/v2/projects/$", status=200, body=body, content_type="application/json"
+    )
+
+    result = export_here(write_recipe(tmp_path, SEARCH_RECIPE), mock, token=token, spool_over=200)
+
+    assert result.exit_code() == ExitCode.FAILURES
+    manifest = (tmp_path / "out/runs/0001/manifest.jsonl").read_bytes()
+    failed = [e for e in map(orjson.loads, manifest.splitlines()) if e.get("state") == "failed"]
+    assert failed[0]["error"].endswith(
+        ": the response body is not valid JSON: lexical error: invalid char in json text."
+    )
+    assert token[:12].encode() not in manifest

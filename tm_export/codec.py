@@ -49,9 +49,17 @@ def compress_file(path: Path, codec: Codec) -> Path:
     Reads and writes in chunks, so memory stays flat for a page of any size.
     """
     target = path.with_name(path.name + SUFFIXES[codec])
-    with path.open("rb") as source, target.open("wb") as out, member_writer(out, codec) as member:
-        while chunk := source.read(1 << 20):
-            member.write(chunk)
+    try:
+        with (
+            path.open("rb") as source,
+            target.open("wb") as out,
+            member_writer(out, codec) as member,
+        ):
+            while chunk := source.read(1 << 20):
+                member.write(chunk)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
     return target
 
 

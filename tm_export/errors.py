@@ -77,7 +77,15 @@ def retry_command(*, incremental: bool, started_over: bool) -> str:
 
 
 def unreachable(base_url: str, error: Exception, again: str) -> FatalError:
-    """Return the error for a server that sent no response after every retry."""
+    """Return the error for a server that sent no response after every retry, or no JSON."""
+    if isinstance(error, TransportError) and error.status is not None:
+        # Something answers, but not as an API: a web page (a TM site's own address serves
+        # its HTML app on every path) or a proxy's error page.
+        return FatalError(
+            f"{error.url} answered {error.status} with a body that is not JSON, so {base_url} "
+            "is not the root of a Tasking Manager API, or a proxy answered in its place; give "
+            f"the URL that ends in /api/v2, then {again}"
+        )
     return FatalError(
         f"cannot reach the Tasking Manager at {base_url}: {error}; check the base URL and the "
         f"network, then {again}"
@@ -144,7 +152,11 @@ class RequestError(TmExportError):
 
 
 class TransportError(RequestError):
-    """No complete HTTP response arrived: connection error, timeout or a cut body."""
+    """No complete HTTP response arrived (connection error, timeout or a cut body), or one
+    whose body is not the JSON it should be."""
+
+    #: The status of a response whose body is not JSON; None when no response arrived.
+    status: int | None = None
 
 
 class ConnectError(TransportError):

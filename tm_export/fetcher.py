@@ -19,6 +19,7 @@ import logging
 import random
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -95,8 +96,15 @@ class Fetcher:
         for attempt in range(1, attempts + 1):
             response, failure = await self._attempt(url, params, spool)
             if response is not None:
-                body, failure = self._classify(response)
+                try:
+                    body, failure = self._classify(response)
+                except RequestError as error:
+                    # Not worth another attempt (a 400), yet those before it count.
+                    error.attempts = attempt
+                    raise
                 if failure is None:
+                    if attempt > 1:
+                        response = replace(response, attempts=attempt)
                     return response, body
 
             assert failure is not None
@@ -171,11 +179,13 @@ class Fetcher:
         return None, error
 
     def _not_json(self, response: Response) -> TransportError:
-        return TransportError(
+        error = TransportError(
             f"GET {response.url}: {response.status} with a body that is not JSON "
             f"({response.content_type or 'no content type'}): {self.excerpt(response)}",
             url=response.url,
         )
+        error.status = response.status
+        return error
 
     def _status_error(self, response: Response) -> HTTPStatusError:
         excerpt = self.excerpt(response)

@@ -38,6 +38,8 @@ class Response:
     """The body, or its first bytes when it was spooled to ``spool``."""
     spool: Path | None = None
     """A file holding the whole body when it was larger than the spool threshold."""
+    attempts: int = 1
+    """The attempts the request took, this one included (set by the fetcher)."""
 
     @property
     def size(self) -> int:
@@ -157,6 +159,14 @@ class HttpSession:
         except aiohttp.ClientConnectorError as error:
             reason = self._redactor.redact(_connect_failure(error))
             raise ConnectError(f"GET {shown} failed: {reason}", url=shown) from error
+        except aiohttp.ClientResponseError as error:
+            # aiohttp's parser rejected the response; its status (400) is aiohttp's own, not
+            # the server's, and its message quotes the bad line on the lines after the first.
+            lines = str(error.message).strip().splitlines() or ["no reason given"]
+            reason = self._redactor.redact(lines[0].rstrip(":"))
+            raise TransportError(
+                f"GET {shown}: the response is not valid HTTP ({reason})", url=shown
+            ) from error
         except aiohttp.ClientError as error:
             reason = self._redactor.redact(str(error) or type(error).__name__)
             raise TransportError(f"GET {shown} failed: {reason}", url=shown) from error

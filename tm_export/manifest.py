@@ -401,7 +401,7 @@ class Committer:
         try:
             crc = page_crc(data)
             if isinstance(data, Path):
-                source = compress_file(data, self._codec) if self._codec != "none" else data
+                source = _compress_spooled(data, self._codec) if self._codec != "none" else data
                 try:
                     start, end = self._files[stream].append_file(source)
                 finally:
@@ -554,6 +554,16 @@ class Committer:
         crash_point("after-data-fsync")
         self._journal.append(entries)
         crash_point("after-manifest-append")
+
+
+def _compress_spooled(data: Path, codec: Codec) -> Path:
+    """Compress a spooled page's lines into a file beside them; return that file."""
+    try:
+        return compress_file(data, codec)
+    except OSError as error:
+        raise StorageError(
+            f"{error.filename or data}: cannot write a compressed page: {error.strerror}"
+        ) from error
 
 
 def page_crc(data: bytes | Path) -> int:

@@ -19,14 +19,13 @@ import ijson
 import orjson
 
 from .codec import Codec, decompress
-from .errors import ManifestError
+from .errors import ManifestError, StorageError
 from .incremental import updated_since
 from .manifest import Committer, PageRecord
 from .params import partition_label
 from .recipe import StreamSpec
 from .records import ShapeError, encode_lines, extract_records, record_key, strip_partition
 from .walk import (
-    FETCH_AGAIN,
     PageResult,
     PartitionWalk,
     StreamStats,
@@ -211,6 +210,13 @@ class PageWriter:
             failure = ShapeError.not_json(error)
             failure.fetch_again = received == 0
             raise failure from error
+        except OSError as error:
+            # A full disk or another write error: the run stops, as for a stream file.
+            lines.unlink(missing_ok=True)
+            raise StorageError(
+                f"{error.filename or lines}: cannot write a spooled page's records: "
+                f"{error.strerror}"
+            ) from error
         if walk.state.reading.number > 1:
             # As in write, a later reading repeats records on purpose.
             duplicates = 0
@@ -318,9 +324,7 @@ class PageWriter:
                 self._stop_at_empty_page(walk, number)
             return
         if records and not fresh:
-            walk.problems.append(
-                f"pagination stall: page {number} repeated records already received; {FETCH_AGAIN}"
-            )
+            walk.stalled_page = number
             logger.warning(
                 "%s: page %d repeats records already received; stopping this walk",
                 partition_label(self._spec.name, walk.id),

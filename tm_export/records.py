@@ -22,11 +22,19 @@ class ShapeError(ValueError):
     #: False once the page's records were partly taken, so that fetching it again within
     #: the walk would count them as repeated.
     fetch_again = True
+    #: The requests sent for the page, retries and the fetch once more included.
+    attempts = 1
 
     @classmethod
     def not_json(cls, error: Exception) -> ShapeError:
-        """Return the error for a body that a JSON parser rejected with ``error``."""
-        return cls(f"the response body is not valid JSON: {error}")
+        """Return the error for a body that a JSON parser rejected with ``error``.
+
+        Only the first line of the parser's message is kept: the streaming parser quotes
+        about 30 bytes of the body on the next lines, which may hold part of a secret that
+        the redactor, which masks whole tokens only, would let through.
+        """
+        reason = (str(error).strip().splitlines() or ["no reason given"])[0]
+        return cls(f"the response body is not valid JSON: {reason}")
 
 
 class KeySet:

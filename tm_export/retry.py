@@ -50,7 +50,7 @@ def retry_after_seconds(headers: Mapping[str, str], url: str = "") -> float | No
 
     # Digits only: float() would also take "nan", "inf" and "1e400", which are no wait.
     if _SECONDS.fullmatch(value):
-        return max(float(value), 0.0)
+        return min(max(float(value), 0.0), LONGEST_WAIT)
 
     until = _http_date(value)
     if until is None:
@@ -65,6 +65,10 @@ def retry_after_seconds(headers: Mapping[str, str], url: str = "") -> float | No
     reference = (_http_date(sent) if sent else None) or dt.datetime.now(dt.UTC)
     return max((until - reference).total_seconds(), 0.0)
 
+
+#: The longest wait a Retry-After stands for, in seconds (about 31 years). Hundreds of
+#: digits would make an infinite float, which messages would print as "inf s".
+LONGEST_WAIT = 1e9
 
 #: Retry-After's delay-seconds: digits, with a fraction and a sign tolerated (a negative
 #: delay means no wait).

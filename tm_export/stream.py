@@ -499,6 +499,7 @@ class StreamRunner:
         while walk.state.reading.changed and not walk.failed_pages and self._read_again(walk):
             walk.state.reading = Reading(walk.state.reading.number + 1)
             walk.stop = False
+            walk.stalled_page = None
             await self._read(walk)
             await self._check_token_if_changed(walk)
 
@@ -756,17 +757,25 @@ class StreamRunner:
         except ShapeError as error:
             # The shape is the response's, so the message names its URL and page.
             failure = ShapeError(f"GET {response.url}: {error}")
+            failure.attempts = response.attempts
             if not error.fetch_again or self._fetcher.attempts == 1:
                 raise failure from error
         # A proxy or cache that sent a body of another shape once may not do it again. The
         # page is fetched once more, and that fetch has its own retries.
+        earlier = response.attempts
         await self._fetcher.wait_to_fetch_again(failure)
-        response, body = await self._fetcher.get_json(path, query)
+        try:
+            response, body = await self._fetcher.get_json(path, query)
+        except RequestError as error:
+            error.attempts += earlier
+            raise
 
         try:
             return await self._write_page(walk, number, response, body)
         except ShapeError as error:
-            raise ShapeError(f"GET {response.url}: {error}") from error
+            failure = ShapeError(f"GET {response.url}: {error}")
+            failure.attempts = earlier + response.attempts
+            raise failure from error
 
     async def _write_page(
         self, walk: PartitionWalk, number: int, response: Response, body: Any
@@ -893,6 +902,13 @@ class StreamRunner:
                     )
             logger.error("%s failed: %s%s", partition_label(self.spec.name, walk.id), first, hint)
 
+        if walk.stalled_page is not None:
+            # First, as the stall ended the reading that the other problems follow.
+            walk.problems.insert(
+                0,
+                f"pagination stall: page {walk.stalled_page} repeated records already received; "
+                f"{FETCH_AGAIN}",
+            )
         total = state.total
         if total is None or outcome != "done" or walk.filtered or walk.capped:
             # A capped walk misses records by design, and its own problem reports that already.

@@ -87,6 +87,9 @@ class PartitionWalk:
             self.duplicates = sum(page.duplicates for page in pages)
         self.failed_pages: dict[int, RequestError | ShapeError] = {}
         self.problems: list[str] = []
+        self.stalled_page: int | None = None
+        """The page of the latest reading that repeated only records already received (a
+        pagination stall). A later reading reads every page again, so it clears it."""
         self.stop = False
         self.filtered = state.filtered
         """True when the walk dropped records that earlier runs have, or records past a date

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import bagit
 import orjson
+import pytest
 
 from tm_export.mock import MockServer
 
@@ -132,6 +133,44 @@ def test_bag_refuses_retry_of_its_skipped_partitions(tmp_path: Path, mock: MockS
         "changed since\n"
     )
     assert mock.requests() == []
+
+
+@pytest.mark.parametrize("crash", ["moving", "tagging"])
+@pytest.mark.parametrize("bag", [True, False], ids=["bag", "plain"])
+def test_interrupted_bag_step_put_back(
+    tmp_path: Path, mock: MockServer, crash: str, bag: bool
+) -> None:
+    """A kill in the bag step at the end of a run leaves the run folder half made a bag.
+    The same command puts it back and makes the bag again; one without --bag leaves the
+    finished run as it was before the step. Nothing is sent either way."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    run = tmp_path / "out/runs/0001"
+    if crash == "moving":
+        # bagit had moved the manifest into its temporary folder, before renaming it to data.
+        assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
+        moving = run / "tmpab12cd"
+        moving.mkdir()
+        (run / "manifest.jsonl").rename(moving / "manifest.jsonl")
+    else:
+        # bagit had written every tag file but the last.
+        assert run_cli("run", str(recipe), "--base-url", mock.api_url, "--bag").exit_code == 0
+        (run / "tagmanifest-sha256.txt").unlink()
+    mock.reset_log()
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, *(["--bag"] if bag else []))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stderr.splitlines()[0] == (
+        f"tm-export: WARNING: put back the run folder {run}, whose bagging was interrupted"
+    )
+    assert f"run folder: {run} (already finished)" in outcome.stderr.splitlines()
+    assert mock.requests() == []
+    if bag:
+        bagit.Bag(str(run)).validate()
+    else:
+        assert not (run / "bagit.txt").exists()
+        assert (run / "manifest.jsonl").is_file()
+    assert run_cli("verify", str(tmp_path / "out")).exit_code == 0
 
 
 def test_incremental_after_bag_keeps_compression(tmp_path: Path, mock: MockServer) -> None:

@@ -76,7 +76,7 @@ from .sink import StreamFile
 from .stream import StreamRunner
 from .timestamps import utc_now_text
 from .tokencheck import TokenCheck
-from .verify import RECORD_NAME, interrupted_bag_folder
+from .verify import RECORD_NAME, bag_complete, interrupted_bag_folder
 from .walk import StreamStats
 from .words import counted
 
@@ -199,12 +199,40 @@ async def export(recipe: Recipe, options: RunOptions) -> RunResult:
     """
     check_output(options.output)
     with OutputLock(options.output):
+        _put_back_interrupted_bag(options.output)
         session = _Session(recipe, options)
         result = await session.run()
         # A bag holds its own description, and nothing more is written to it.
         if result.fatal is None and not result.interrupted and not is_bag(result.run_folder):
             await _describe_run(recipe, options, result)
         return result
+
+
+def _put_back_interrupted_bag(output: Path) -> None:
+    """Put back the last run folder when making it a bag was interrupted.
+
+    The command then finds the finished run as it was before the bag step, and with
+    --bag makes the bag again, as running the same command does for any step at the end.
+
+    Raises:
+        StorageError: a file cannot be moved back.
+        RunDamagedError: the half-made bag's files changed since their checksums were written.
+    """
+    runs = list_runs(output)
+    if not runs:
+        return
+    folder = runs[-1]
+    moving = interrupted_bag_folder(folder) is not None
+    tagging = (
+        not (folder / MANIFEST_NAME).exists()
+        and (folder / DATA_FOLDER / MANIFEST_NAME).is_file()
+        and not bag_complete(folder)
+    )
+    if moving or tagging:
+        # Imported here, as in _finish_archive: bagit is slow to import.
+        from .bag import restore_interrupted_bag
+
+        restore_interrupted_bag(folder)
 
 
 class _ArchiveSteps:
@@ -558,11 +586,6 @@ class _Session:
                     self._note_retry_ignored()
                     self.baseline = read_baseline(self.recipe, runs)
                     folder = next_run_folder(output)
-            elif interrupted_bag_folder(folder) is not None:
-                raise ManifestError(
-                    f"{folder}: making this run a BagIt bag was interrupted; run "
-                    f"'tm-export bag {folder}' to finish it, then use --incremental or --start-over"
-                )
             elif any(folder.iterdir()):
                 raise ManifestError(
                     f"{folder}: the run folder has files but no {MANIFEST_NAME}, so what it committed "

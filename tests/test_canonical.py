@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -260,6 +264,48 @@ def test_canonical_interrupted_before_rename(tmp_path: Path, mock: MockServer) -
     )
     assert sha256(path) == sha256(reference / "data/activities.jsonl")
     assert run_cli("verify", str(run)).exit_code == 0
+
+
+def test_canonical_killed_between_streams(tmp_path: Path, mock: MockServer) -> None:
+    """A kill after the first stream's canonical entry, before its rename, leaves one
+    file marked canonical and the others not: verify notes the copy left and the
+    partial rewrite, whichever bytes the first file holds, and canonical finishes it."""
+    run = export(tmp_path, mock)
+
+    killed = subprocess.run(
+        [sys.executable, "-m", "tm_export", "canonical", str(run)],
+        capture_output=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "TM_EXPORT_CRASH_AT": "canonical-entry-written:1"},
+    )
+    verified = run_cli("verify", str(run))
+    finished = run_cli("canonical", str(run))
+
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode(errors="replace")
+    assert (
+        "  note      data/projects.jsonl: a canonical rewrite was interrupted "
+        f"(data/.projects.jsonl.canonical is left); run 'tm-export canonical {run}' again to "
+        "finish it"
+    ) in verified.stdout.splitlines()
+    assert (
+        "  note      only 1 of 4 stream files are in canonical order, so a canonical rewrite "
+        f"was interrupted; run 'tm-export canonical {run}' again to finish it"
+    ) in verified.stdout.splitlines()
+    assert finished.exit_code == 0, finished.stderr
+    checked = run_cli("verify", str(run))
+    assert checked.exit_code == 0
+    assert "note" not in checked.stdout
+    # A kill before the rename of a file that was in order already leaves a copy equal to it.
+    left = run / "data/.summaries.jsonl.canonical"
+    left.write_bytes((run / "data/summaries.jsonl").read_bytes())
+    noted = run_cli("verify", str(run))
+    assert noted.exit_code == 0
+    assert (
+        "  note      data/summaries.jsonl: a canonical rewrite was interrupted "
+        f"(data/.summaries.jsonl.canonical is left); run 'tm-export canonical {run}' again to "
+        "finish it"
+    ) in noted.stdout.splitlines()
 
 
 def test_canonical_updates_run_record(tmp_path: Path, mock: MockServer) -> None:

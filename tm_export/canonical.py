@@ -57,6 +57,7 @@ import orjson
 
 from . import __version__
 from .codec import SUFFIXES, Codec, member_writer, open_lines
+from .crashpoints import crash_point
 from .errors import StorageError
 from .journal import Journal
 from .layout import DATA_FOLDER, run_codec
@@ -302,6 +303,7 @@ def _rewrite(
         "previous_sha256": previous,
     }
     journal.append([entry])
+    crash_point("canonical-entry-written")
     _rename(temporary, path)
     logger.info("rewrote %s in the canonical order", path)
     return entry

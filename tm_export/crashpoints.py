@@ -3,8 +3,9 @@
 ``TM_EXPORT_CRASH_AT`` is ``NAME`` or ``NAME:N``: the process kills itself with SIGKILL on the
 N-th pass through the crash point ``NAME``. Only the crash tests set it; without it every
 check returns at once. The points are ``mid-page-write``, ``after-data-fsync``,
-``mid-manifest-append``, ``after-manifest-append`` and ``run-folder-built`` (a new run's
-folder made, under its hidden name).
+``mid-manifest-append``, ``after-manifest-append``, ``run-folder-built`` (a new run's
+folder made, under its hidden name) and ``canonical-entry-written`` (a stream file's
+canonical entry committed, before its sorted copy is renamed into place).
 """
 
 from __future__ import annotations

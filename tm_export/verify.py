@@ -863,6 +863,7 @@ def check_run(
         )
     for stream in streams:
         _note_unfinished_canonical(paths, stream, codec)
+    _note_partly_canonical(paths, streams, layouts, check)
     _note_other_files(paths, layouts, check)
     if paths.record.exists():
         _compare_record(paths, check)
@@ -887,10 +888,33 @@ def canonical_temporary_path(stream_file: Path) -> Path:
 
 def _note_unfinished_canonical(paths: RunPaths, stream: StreamCheck, codec: Codec) -> None:
     temporary = canonical_temporary_path(paths.stream_file(stream.stream, codec))
-    if temporary.exists() and not stream.canonical:
+    # Also once the stream's canonical entry is written: the rename after it is pending.
+    if temporary.exists():
         stream.notes.append(
             f"a canonical rewrite was interrupted ({paths.shown(temporary)} is left); run "
             f"'tm-export canonical {paths.folder}' again to finish it"
+        )
+
+
+def _note_partly_canonical(
+    paths: RunPaths,
+    streams: list[StreamCheck],
+    layouts: dict[str, StreamLayout],
+    check: RunCheck,
+) -> None:
+    """Note a run whose canonical rewrite stopped between two streams.
+
+    ``tm-export canonical`` rewrites every stream file in turn, and nothing but it marks a
+    file canonical, so some files canonical and others not means it was interrupted.
+    """
+    with_files = [stream for stream in streams if stream.size is not None]
+    # Marked by an entry, whether or not the file matches it: a mismatch is a problem of its own.
+    done = sum(1 for stream in with_files if layouts[stream.stream].canonical is not None)
+    if 0 < done < len(with_files):
+        check.notes.append(
+            f"only {done} of {len(with_files)} stream files are in canonical order, so a "
+            f"canonical rewrite was interrupted; run 'tm-export canonical {paths.folder}' "
+            "again to finish it"
         )
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -719,6 +720,33 @@ def test_project_deleted_during_walk_skipped(tmp_path: Path, mock: MockServer) -
 
     assert again.exit_code() == ExitCode.COMPLETE
     assert mock.requests() == []
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (403, {"Error": "Forbidden", "SubCode": "PrivateProject"}),
+        (404, {"error": {"code": 404, "sub_code": "PROJECT_NOT_FOUND", "message": "x"}}),
+    ],
+    ids=["403", "404"],
+)
+def test_search_refusing_a_later_page_fails(
+    tmp_path: Path, mock: MockServer, status: int, body: dict[str, Any]
+) -> None:
+    """A 403 or 404 on a later page of the project search cannot mean that a project was
+    hidden during the walk, as the search names none: the page is lost, so the partition
+    fails (exit 3) rather than ending skipped and complete, and --retry-failed gets it."""
+    mock.add_fault(path=SEARCH, query={"page": "2"}, times=1, status=status, body=body)
+    recipe = write_recipe(tmp_path, PROJECTS_RECIPE)
+
+    result = export_here(recipe, mock)
+
+    assert result.exit_code() == ExitCode.FAILURES
+    assert result.streams["projects"].partitions == {"failed": 1}
+    again = export_here(recipe, mock, retry_failed=True)
+    assert again.exit_code() == ExitCode.COMPLETE
+    lines = data_file(tmp_path / "out", "projects").read_bytes().splitlines()
+    assert len(lines) == len(set(lines)) == mock.counts()["projects"]
 
 
 def test_retry_after_date_from_mock(tmp_path: Path, mock: MockServer) -> None:

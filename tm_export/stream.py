@@ -503,7 +503,10 @@ class StreamRunner:
             await self._read(walk)
             await self._check_token_if_changed(walk)
 
-        hidden = _hidden_by(walk.failed_pages) or await self._hidden_draft(walk)
+        # Only a path's object (a project) can vanish during the walk; a list without one,
+        # such as the project search, that refuses a later page has lost that page.
+        mid_walk = bool(self.spec.endpoint.path_params)
+        hidden = _hidden_by(walk.failed_pages, mid_walk) or await self._hidden_draft(walk)
         if hidden is not None and not await self._token_still_accepted(walk, hidden):
             hidden = None
         if hidden is not None:
@@ -976,13 +979,18 @@ def unknown_path(error: HTTPStatusError) -> bool:
     return error.status == 404 and error.sub_code == UNKNOWN_PATH
 
 
-def _hidden_by(failed_pages: dict[int, RequestError | ShapeError]) -> HTTPStatusError | None:
+def _hidden_by(
+    failed_pages: dict[int, RequestError | ShapeError], mid_walk: bool
+) -> HTTPStatusError | None:
     """Return the first failure when every failed page was a 403 or 404 of something the
-    server has a path for, else None."""
+    server has a path for, else None. Unless ``mid_walk`` allows it, that holds for the first
+    page only, as a later one then shows no partition hidden from the start."""
     first: HTTPStatusError | None = None
     for number in sorted(failed_pages):
         error = failed_pages[number]
         if not (isinstance(error, HTTPStatusError) and skips_partition(error)):
+            return None
+        if number > 1 and not mid_walk:
             return None
         first = first or error
     return first

@@ -69,14 +69,15 @@ def run_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
     )
 
 
-def append_stopped_retry(run_folder: Path) -> None:
-    """Append a --retry-failed session that stopped before its end, as a kill would leave it."""
+def append_stopped_retry(run_folder: Path, option: str = "failed") -> None:
+    """Append a session with ``--retry-OPTION`` that stopped before its end, as a kill would
+    leave it."""
     manifest = run_folder / "manifest.jsonl"
     session = next(
         orjson.loads(line) for line in manifest.read_bytes().splitlines() if b'"session"' in line
     )
     with manifest.open("ab") as file:
-        file.write(orjson.dumps(dict(session, retry_failed=True)) + b"\n")
+        file.write(orjson.dumps({**session, f"retry_{option}": True}) + b"\n")
 
 
 def read_lines(path: Path) -> list[bytes]:

@@ -450,12 +450,14 @@ def test_raw_path_the_server_lacks_fails(tmp_path: Path, mock: MockServer) -> No
         tmp_path,
         """\
         version: 1
-        instance: {rate_limit: 10000/s}
+        instance: {rate_limit: 10000/s, retries: {attempts: 1}}
         output: OUT
         streams:
           featured: {path: /projcts/queries/featured/, records: results, key: projectId}
+          summaries: {endpoint: project_summary, params: {project_id: {each: [1]}}}
         """,
     )
+    mock.add_fault(path=r"^/api/v2/projects/1/queries/summary/$", status=503)
 
     outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
 
@@ -465,9 +467,16 @@ def test_raw_path_the_server_lacks_fails(tmp_path: Path, mock: MockServer) -> No
         'Not Found (application/json): {"detail":"Not Found"}; the server has no such path: '
         "correct the stream's path, and run with --start-over, since the recipe changes"
     ) in outcome.stderr.splitlines()
+    assert (
+        "retry: once the cause is fixed, run the same command with --retry-failed to fetch the "
+        "2 failed partitions again; 1 of them needs a changed recipe or the key of another "
+        "user instead (see the errors above), which only --start-over takes"
+    ) in outcome.stderr.splitlines()
     manifest = records(tmp_path / "out/runs/0001/manifest.jsonl")
-    [final] = [entry for entry in manifest if entry["t"] == "part"]
-    assert (final["state"], final["status"], final["sub_code"]) == ("failed", 404, "Not Found")
+    finals = [entry for entry in manifest if entry["t"] == "part" and entry["s"] == "featured"]
+    assert [(e["state"], e["status"], e["sub_code"]) for e in finals] == [
+        ("failed", 404, "Not Found")
+    ]
 
 
 TYPO_RECIPE = """\

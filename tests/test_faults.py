@@ -451,8 +451,11 @@ def test_admin_only_401_fails_its_partition(tmp_path: Path, mock: MockServer) ->
         f"{mock.api_url}/projects/?omitMapResults=true&orderBy=id&orderByType=ASC&partnerId=1"
         '&page=1: 401 (application/json): {"Error":"Only admins can search projects by '
         "partnerId, partnershipFrom or partnershipTo\"}; the token's user lacks a right this "
-        "request needs: run with --retry-failed and the key of a user who has it, or change "
-        "the recipe"
+        "request needs: change the recipe, or use --start-over with the key of a user who has it"
+    ) in outcome.stderr.splitlines()
+    assert (
+        "retry: the 1 failed partition needs a changed recipe or the key of another user (see "
+        "the errors above), which only a new run takes: fix it and use --start-over"
     ) in outcome.stderr.splitlines()
     assert "the token expired after the check at the start" not in outcome.stderr
     status = orjson.loads(run_cli("status", str(tmp_path / "out"), "--json").stdout)
@@ -460,17 +463,57 @@ def test_admin_only_401_fails_its_partition(tmp_path: Path, mock: MockServer) ->
     assert status["streams"]["buildings"]["records"] == 13
     assert status["streams"]["partner"]["partitions"]["failed"] == 1
 
-    retried = run_cli(
-        "run",
-        str(recipe),
-        "--base-url",
-        mock.api_url,
-        "--retry-failed",
-        env={"TM_API_TOKEN": mock.tokens["admin"]},
-    )
+    admin = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    retried = run_cli(*args, "--retry-failed", env=admin)
+    started_over = run_cli(*args, "--start-over", env=admin)
 
-    assert retried.exit_code == 0, retried.stderr
-    assert retried.stderr.splitlines()[-1] == "result: complete (exit 0)"
+    assert retried.exit_code == 2
+    assert "holds a key of user 1001" in retried.stderr
+    assert started_over.exit_code == 0, started_over.stderr
+    assert started_over.stderr.splitlines()[-1] == "result: complete (exit 0)"
+
+
+def test_key_of_another_user_refused(tmp_path: Path, mock: MockServer) -> None:
+    """A session that resumes a run with a key of another TM user, or an incremental run
+    that builds on runs with one, is refused before anything is sent (exit 2): that user
+    may not see the private projects the earlier sessions read, so the run would end
+    complete with less. A renewed key of the same user is accepted."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {token_env: TM_API_TOKEN, rate_limit: 10000/s, retries: "
+        "{attempts: 1}}\noutput: OUT\nstreams:\n  summaries:\n    endpoint: project_summary\n"
+        "    params: {project_id: {each: [1, 9]}}\n",
+    )
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    mock.add_fault(path=r"^/api/v2/projects/9/queries/summary/$", times=1, status=503)
+    assert run_cli(*args, env={"TM_API_TOKEN": mock.tokens["admin"]}).exit_code == 3
+    mock.reset_log()
+
+    other = run_cli(*args, "--retry-failed", env={"TM_API_TOKEN": mock.tokens["other"]})
+    later = run_cli(*args, "--incremental", env={"TM_API_TOKEN": mock.tokens["other"]})
+
+    refusal = (
+        "sent the API key of TM user 1001, and TM_API_TOKEN holds a key of user 2003. Users "
+        "see different private projects, so this run would lack what only the other user "
+        "could read, with no sign. Nothing was sent. Export a key of user 1001 (a renewed key "
+        "is fine), or use --start-over for a full run with this key\n"
+    )
+    assert other.exit_code == 2
+    assert other.stderr == (
+        f"tm-export: error: {tmp_path / 'out/runs/0001'}: earlier sessions of this run " + refusal
+    )
+    assert mock.requests() == []
+    mock.renew_token("admin")
+    renewed = run_cli(*args, "--retry-failed", env={"TM_API_TOKEN": mock.tokens["admin"]})
+    assert renewed.exit_code == 0, renewed.stderr
+    assert later.exit_code == 2
+    assert later.stderr == (
+        f"tm-export: error: {tmp_path / 'out'}: the runs that this run builds on " + refusal
+    )
+    incremental = run_cli(*args, "--incremental", env={"TM_API_TOKEN": mock.tokens["other"]})
+    assert incremental.exit_code == 2
+    assert not (tmp_path / "out/runs/0002").exists()
 
 
 def test_rejection_reported_once(tmp_path: Path, mock: MockServer) -> None:

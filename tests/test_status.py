@@ -11,7 +11,7 @@ import orjson
 from tm_export.layout import OutputLock
 from tm_export.mock import MockServer
 
-from .conftest import run_cli, write_recipe
+from .conftest import append_stopped_retry, run_cli, write_recipe
 from .test_faults import PROJECTS_RECIPE
 
 STOPPED_RECIPE = """\
@@ -42,7 +42,7 @@ streams:
 """
 
 UNFINISHED = (
-    "state: unfinished (no session has finished every partition yet: a session is running, "
+    "state: unfinished (no session has recorded the run's end yet: a session is running, "
     "or it stopped; run the same command again to resume)"
 )
 
@@ -95,6 +95,22 @@ def test_status_stopped_run(tmp_path: Path, mock: MockServer) -> None:
         "runs:",
         f"  0001  unfinished  started {started}  not ended  1 session  {records} records",
     ]
+
+
+def test_status_names_the_stopped_session_option(tmp_path: Path, mock: MockServer) -> None:
+    """A finished run whose --retry-skipped session stopped before its end: status names
+    that option as the one to give again."""
+    recipe = write_recipe(tmp_path, STOPPED_RECIPE)
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
+    append_stopped_retry(tmp_path / "out/runs/0001", "skipped")
+
+    outcome = run_cli("status", str(tmp_path / "out"))
+
+    assert outcome.exit_code == 0
+    assert (
+        "state: unfinished (the run ended once, and a later session stopped before its end; "
+        "run that session's command again, with its --retry-skipped, to end it)"
+    ) in outcome.stdout.splitlines()
 
 
 def test_status_stopped_run_json(tmp_path: Path, mock: MockServer) -> None:

@@ -76,6 +76,7 @@ from .sink import StreamFile
 from .stream import StreamRunner
 from .timestamps import utc_now_text
 from .tokencheck import TokenCheck
+from .tokenuser import token_user
 from .verify import RECORD_NAME, bag_complete, interrupted_bag_folder
 from .walk import StreamStats
 from .words import counted
@@ -504,12 +505,17 @@ class _Session:
             )
 
     def _check_token(self, run_folder: Path, state: ManifestState) -> None:
-        """Raise RecipeError when the earlier sessions sent a token and this one has none.
+        """Raise RecipeError when the earlier sessions sent a token and this one has none,
+        or one of another user.
 
         Such a session would skip the private projects they read (403), and end complete
         with less.
         """
-        if self.options.token or self.finished_before:
+        if self.finished_before:
+            return
+        if self.options.token:
+            users = {session["user"] for session in state.sessions if session.get("user")}
+            self._check_same_user(users, f"{run_folder}: earlier sessions of this run")
             return
         with_token = sum(1 for session in state.sessions if sent_token(session))
         if not with_token:
@@ -741,14 +747,41 @@ class _Session:
             "the other server"
         )
 
+    def _check_same_user(self, users: set[int], earlier: str) -> None:
+        """Raise RecipeError when ``users``, the TM users whose keys ``earlier`` sessions
+        sent, do not include the user of this session's key.
+
+        Users see different private projects. A key of another user would skip what only
+        the earlier user could read, or miss changes to it in an incremental run, with exit
+        0. A renewed key of the same user names the same user.
+        """
+        user = token_user(self.options.token or "")
+        if user is None or not users or user in users:
+            return
+        named = " and ".join(str(number) for number in sorted(users))
+        variable = self.recipe.instance.token_env or "the token variable"
+        raise RecipeError(
+            f"{earlier} sent the API key of TM user {named}, and {variable} holds a key of "
+            f"user {user}. Users see different private projects, so this run would lack "
+            "what only the other user could read, with no sign. Nothing was sent. Export a "
+            f"key of user {named} (a renewed key is fine), or use --start-over for a full run "
+            "with this key"
+        )
+
     def _check_previous_token(self) -> None:
         """Raise RecipeError when an incremental run has no token and the runs it builds on
-        sent one.
+        sent one, or one of another user.
 
         The search without a token lists no private project, so their changes would be
         missing from this run, and for good: the next incremental run starts after it.
         """
-        if self.options.token or self.finished_before:
+        if self.finished_before:
+            return
+        if self.options.token:
+            if self.baseline is not None:
+                self._check_same_user(
+                    self.baseline.users, f"{self.options.output}: the runs that this run builds on"
+                )
             return
         if self.baseline is None or not self.baseline.authenticated:
             return
@@ -1263,6 +1296,8 @@ class _Session:
             # was sent either way, which is what the checks of later sessions look at.
             "authenticated": result.authenticated if self.options.token else False,
             "token": bool(self.options.token),
+            # The key's TM user, which the key shows to anyone who holds it (see tokenuser).
+            "user": token_user(self.options.token) if self.options.token else None,
             "tm_release": result.tm_release,
             "retry_failed": self.options.retry_failed,
             "retry_skipped": self.options.retry_skipped,

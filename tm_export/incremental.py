@@ -84,6 +84,8 @@ class Baseline:
     newest final state in the earlier runs is failed."""
     authenticated: bool = False
     """Whether a session of the earlier runs sent an API token."""
+    users: set[int] = field(default_factory=set)
+    """The TM users whose keys the earlier runs' sessions sent (see ``tokenuser``)."""
 
     @property
     def search_from(self) -> dt.datetime | None:
@@ -147,6 +149,9 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
     baseline.authenticated = any(
         sent_token(session) for _, state in states for session in state.sessions
     )
+    baseline.users = {
+        session["user"] for _, state in states for session in state.sessions if session.get("user")
+    }
     baseline.refetch = _failed_partitions(recipe, [state for _, state in states])
     # A project that an earlier run found deleted would return 404 to its failed partitions.
     baseline.drop_deleted(

@@ -278,13 +278,17 @@ def _sessions_line(status: RunStatus) -> str:
 
 def _state_line(status: RunStatus) -> str:
     if status.state == "unfinished" and status.ended_before:
+        last = latest_session(status.sessions)
+        options = [f"--retry-{name}" for name in ("failed", "skipped") if last.get(f"retry_{name}")]
+        # A later session has nothing to do unless it retries, so it had one of the two.
+        named = " and ".join(options) or "--retry-failed or --retry-skipped"
         return (
             "state: unfinished (the run ended once, and a later session stopped before its end; "
-            "run that session's command again, with its --retry-failed, to end it)"
+            f"run that session's command again, with its {named}, to end it)"
         )
     if status.state == "unfinished":
         return (
-            "state: unfinished (no session has finished every partition yet: a session is "
+            "state: unfinished (no session has recorded the run's end yet: a session is "
             "running, or it stopped; run the same command again to resume)"
         )
     return f"state: {status.state}, ended {status.ended}"

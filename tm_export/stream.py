@@ -42,6 +42,7 @@ from .records import PathReach, ShapeError, empty_path_reason, path_reach, reach
 from .tokencheck import TokenCheck
 from .walk import (
     FETCH_AGAIN,
+    UNKNOWN_PATH,
     PageResult,
     PartitionWalk,
     StreamStats,
@@ -77,10 +78,6 @@ DRAFT_ERROR_ENDPOINTS = frozenset(
     }
 )
 
-#: The ``detail`` of the server's 404 for a path it has no route for (the web framework's
-#: ``{"detail": "Not Found"}``). A missing project, task or user gets a TM error with a
-#: sub_code instead, so this 404 means a wrong path, and the partition fails.
-UNKNOWN_PATH = "Not Found"
 
 #: The advice in a page cap's problem. --retry-failed does not fetch a capped partition,
 #: because it ended done. --start-over accepts a raised max_pages, which the recipe hash omits.
@@ -900,8 +897,8 @@ class StreamRunner:
                     )
                 elif first.status == 401:
                     hint = (
-                        "; the token's user lacks a right this request needs: run with "
-                        "--retry-failed and the key of a user who has it, or change the recipe"
+                        "; the token's user lacks a right this request needs: change the "
+                        "recipe, or use --start-over with the key of a user who has it"
                     )
             logger.error("%s failed: %s%s", partition_label(self.spec.name, walk.id), first, hint)
 
@@ -960,10 +957,7 @@ class StreamRunner:
         self.stats.problems = listed_problems(self.state)
 
     def _count_final(self, final: dict[str, Any]) -> None:
-        self.stats.partitions[final["state"]] += 1
-        if final["state"] == "skipped":
-            reason = f"{final.get('status')} {final.get('sub_code') or ''}".strip()
-            self.stats.skip_reasons[reason] += 1
+        self.stats.count(final)
         for problem in final.get("problems", []):
             self.stats.problems.append(partition_problem(final["p"], problem))
 

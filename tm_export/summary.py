@@ -100,7 +100,20 @@ def _retry_line(result: RunResult) -> str:
     """Return the summary line with the command that fetches the failed partitions again."""
     retry = retry_command(incremental=result.incremental, started_over=result.started_over)
     failed = counted(result.failed_partitions, "failed partition")
-    return f"retry: once the cause is fixed, {retry} to fetch the {failed} again"
+    stuck = sum(stats.need_new_run for stats in result.streams.values())
+    need = "needs" if stuck == 1 else "need"
+    if stuck == result.failed_partitions:
+        return (
+            f"retry: the {failed} {need} a changed recipe or the key of another user (see the "
+            "errors above), which only a new run takes: fix it and use --start-over"
+        )
+    line = f"retry: once the cause is fixed, {retry} to fetch the {failed} again"
+    if stuck:
+        line += (
+            f"; {stuck} of them {need} a changed recipe or the key of another user instead "
+            "(see the errors above), which only --start-over takes"
+        )
+    return line
 
 
 def outcome_text(result: RunResult, code: ExitCode) -> str:

@@ -30,6 +30,8 @@ class StreamStats:
     problems: list[str] = field(default_factory=list)
     read_again: set[str] = field(default_factory=set)
     """Partitions whose pages were read more than once, because their list changed."""
+    need_new_run: int = 0
+    """Failed partitions that --retry-failed would fail again (see ``needs_new_run``)."""
 
     @classmethod
     def of(cls, state: StreamState) -> StreamStats:
@@ -42,12 +44,33 @@ class StreamStats:
             read_again=set(state.read_again),
         )
         for _, final in state.finals():
-            stats.partitions[final["state"]] += 1
-            if final["state"] == "skipped":
-                reason = f"{final.get('status')} {final.get('sub_code') or ''}".strip()
-                stats.skip_reasons[reason] += 1
+            stats.count(final)
         stats.problems = listed_problems(state)
         return stats
+
+    def count(self, final: dict[str, Any]) -> None:
+        """Count a partition's final entry: its state, and why it was skipped or cannot be
+        fetched again."""
+        self.partitions[final["state"]] += 1
+        if final["state"] == "skipped":
+            reason = f"{final.get('status')} {final.get('sub_code') or ''}".strip()
+            self.skip_reasons[reason] += 1
+        elif final["state"] == "failed" and needs_new_run(final):
+            self.need_new_run += 1
+
+
+#: The ``detail`` of the server's 404 for a path it has no route for (the web framework's
+#: ``{"detail": "Not Found"}``). A missing project, task or user gets a TM error with a
+#: sub_code instead, so this 404 means a wrong path, and the partition fails.
+UNKNOWN_PATH = "Not Found"
+
+
+def needs_new_run(final: dict[str, Any]) -> bool:
+    """Tell whether a failed partition fails again on --retry-failed whatever is fixed: its
+    path has no route (a typo in the recipe), or the key's user lacks a right (401). The fix
+    changes the recipe, which a run cannot take, or the key's user, which it refuses."""
+    status, sub_code = final.get("status"), final.get("sub_code")
+    return status == 401 or (status == 404 and sub_code == UNKNOWN_PATH)
 
 
 def listed_problems(state: StreamState) -> list[str]:

@@ -675,7 +675,7 @@ def test_keyboard_interrupt_in_other_commands_exits_130(
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_archive, "find_runs", interrupted)
+    monkeypatch.setattr(cli_archive, "find_run_folders", interrupted)
     monkeypatch.setattr(cli_archive, "write_run_record", interrupted)
     (tmp_path / "runs/0001").mkdir(parents=True)
     (tmp_path / "runs/0001/manifest.jsonl").write_bytes(b"")

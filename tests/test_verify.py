@@ -592,6 +592,35 @@ def test_damaged_manifest_others_reported(tmp_path: Path, mock: MockServer) -> N
     assert [entry["folder"] for entry in report["unreadable"]] == [str(first)]
 
 
+def test_missing_manifest_others_reported(tmp_path: Path, mock: MockServer) -> None:
+    """A run folder of an output folder that has stream files but no manifest is an error
+    of that run (exit 1), not "not a run folder" (exit 2): the other runs are reported, by
+    verify and by status."""
+    first = export(tmp_path, mock)
+    recipe = tmp_path / "recipe.yaml"
+    args = ["run", str(recipe), "--base-url", mock.api_url, "--quiet", "--start-over"]
+    assert run_cli(*args).exit_code == 0
+    second = tmp_path / "out/runs/0002"
+    (first / "manifest.jsonl").unlink()
+
+    verified = run_cli("verify", str(tmp_path / "out"))
+    status = run_cli("status", str(tmp_path / "out"))
+
+    error = (
+        f"{first}: the run folder has stream files but no manifest.jsonl, so what it committed "
+        "cannot be proven; restore the manifest from a copy, or run the export with "
+        "--start-over to begin a new run beside it"
+    )
+    assert verified.exit_code == 1
+    assert verified.stderr == f"tm-export: error: {error}\n"
+    assert verified.stdout.splitlines()[0] == f"{second}: complete; 3 stream files"
+    assert status.exit_code == 0, status.stderr
+    assert status.stdout.splitlines()[0] == f"run: {second}"
+    assert f"  0001  unreadable: {error}" in status.stdout.splitlines()
+    runs = orjson.loads(run_cli("status", str(tmp_path / "out"), "--json").stdout)["runs"]
+    assert runs[0] == {"run": str(first), "state": "unreadable", "error": error}
+
+
 def test_bag_size_change_names_file(tmp_path: Path, mock: MockServer) -> None:
     """A payload file whose size changed fails bagit's byte count, which names no file, so
     the report also gives the file whose SHA-256 differs."""

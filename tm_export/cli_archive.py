@@ -37,7 +37,7 @@ from .verify import (
     RunFolderError,
     check_run,
     checks_json,
-    find_runs,
+    find_run_folders,
     format_checks,
     locate_run,
 )
@@ -55,18 +55,18 @@ Exit codes:
 READ_EXIT_CODES = """\b
 Exit codes:
   0    the report was printed
-  1    a manifest is damaged and cannot be read, making a bag of the run was
-       interrupted ('tm-export bag' finishes it), or standard output could not
-       be written
+  1    a manifest is damaged, or missing beside stream files; making a bag of
+       the run was interrupted ('tm-export bag' finishes it); or standard
+       output could not be written
   2    invalid usage, or DIR is not an output or a run folder
   130  interrupted by Ctrl-C"""
 
 VERIFY_EXIT_CODES = """\b
 Exit codes:
   0    every file matches what the manifest proves
-  1    a manifest is damaged and cannot be read, making a bag of the run was
-       interrupted ('tm-export bag' finishes it), or standard output could not
-       be written; the other runs of an output folder are still reported
+  1    a manifest is damaged, or missing beside stream files; making a bag of
+       the run was interrupted ('tm-export bag' finishes it); or standard
+       output could not be written; the other runs of an output folder are still reported
   2    invalid usage, or DIR is not an output or a run folder
   3    a mismatch: the report names each file
   130  interrupted by Ctrl-C"""
@@ -276,20 +276,20 @@ def verify(folder: Path, as_json: bool) -> None:
         sys.exit(0 if all(file.ok for file in files) else int(ExitCode.FAILURES))
 
     try:
-        runs = find_runs(folder)
+        runs = find_run_folders(folder)
     except TmExportError as error:
         fail(error, error.exit_code)
 
     checks = []
     unreadable: list[tuple[Path, TmExportError]] = []
-    for paths in runs:
+    for run_folder in runs:
         try:
-            checks.append(check_run(paths, expect_record=True))
+            checks.append(check_run(locate_run(run_folder), expect_record=True))
         except TmExportError as error:
             if len(runs) == 1:
                 fail(error, error.exit_code)
             # One damaged run does not hide the report of the others.
-            unreadable.append((paths.folder, error))
+            unreadable.append((run_folder, error))
 
     if as_json:
         report = checks_json(checks)

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from .codec import Codec
+from .errors import TmExportError
 from .layout import run_codec
 from .manifest import latest_session
 from .params import (
@@ -29,7 +30,8 @@ from .params import (
 from .verify import (
     ManifestScan,
     RunPaths,
-    find_runs,
+    find_run_folders,
+    locate_run,
     run_state_label,
     scan_manifest,
 )
@@ -112,6 +114,14 @@ class StreamStatus:
     def parent(self) -> str | None:
         """``STREAM.FIELD`` of the first ``from`` parameter, for a dependent stream."""
         return self.sources[0] if self.sources else None
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableRun:
+    """A run beside the chosen one whose folder or manifest cannot be read."""
+
+    folder: Path
+    error: str
 
 
 @dataclass(slots=True)
@@ -215,21 +225,33 @@ def run_status(paths: RunPaths, scan: ManifestScan | None = None) -> RunStatus:
     )
 
 
-def status_of(folder: Path) -> tuple[RunStatus, list[RunStatus]]:
+def status_of(folder: Path) -> tuple[RunStatus, list[RunStatus | UnreadableRun]]:
     """Return the status of the chosen run and of every run beside it, oldest first.
 
     ``folder`` is an output folder (the newest run is chosen) or one run folder.
 
+    A run beside the chosen one that cannot be read is listed as such, so that a damaged
+    old run does not hide the newest.
+
     Raises:
         RunFolderError: ``folder`` is neither an output folder nor a run folder.
-        ManifestError: a manifest is damaged.
+        ManifestError: the chosen run's manifest is damaged.
     """
-    runs = find_runs(folder)
-    chosen = runs[-1]
-    siblings = find_runs(chosen.output) if chosen.output is not None else [chosen]
-    history = [run_status(run) for run in siblings]
-    by_folder = {status.paths.folder: status for status in history}
-    return by_folder.get(chosen.folder) or run_status(chosen), history
+    chosen = locate_run(find_run_folders(folder)[-1])
+    status = run_status(chosen)
+    if chosen.output is None:
+        return status, [status]
+
+    history: list[RunStatus | UnreadableRun] = []
+    for sibling in find_run_folders(chosen.output):
+        if sibling == chosen.folder:
+            history.append(status)
+            continue
+        try:
+            history.append(run_status(locate_run(sibling)))
+        except TmExportError as error:
+            history.append(UnreadableRun(sibling, str(error)))
+    return status, history
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -294,7 +316,7 @@ def _state_line(status: RunStatus) -> str:
     return f"state: {status.state}, ended {status.ended}"
 
 
-def format_status(status: RunStatus, history: list[RunStatus]) -> str:
+def format_status(status: RunStatus, history: list[RunStatus | UnreadableRun]) -> str:
     """Return the report of ``tm-export status`` as text."""
     shard = status.header.get("shard")
     lines = [
@@ -385,6 +407,9 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
     lines.extend(["", "runs:"])
     history_rows: list[tuple[str, ...]] = []
     for run in history:
+        if isinstance(run, UnreadableRun):
+            history_rows.append((f"  {run.folder.name}", f"unreadable: {run.error}"))
+            continue
         flags = [run.state]
         if run.paths.bagged:
             flags.append("a bag")
@@ -398,10 +423,29 @@ def format_status(status: RunStatus, history: list[RunStatus]) -> str:
                 counted(run.records, "record"),
             )
         )
-    widths = [max(len(row[i]) for row in history_rows) for i in range(len(history_rows[0]))]
+    # An unreadable run's row is its name and its error, which sets no column's width.
+    full = [row for row in history_rows if len(row) > 2]
+    widths = [max(len(row[i]) for row in full) for i in range(len(full[0]))] if full else []
     for row in history_rows:
+        if len(row) == 2:
+            lines.append("  ".join(row))
+            continue
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
     return "\n".join(lines)
+
+
+def _run_json(run: RunStatus | UnreadableRun) -> dict[str, Any]:
+    if isinstance(run, UnreadableRun):
+        return {"run": str(run.folder), "state": "unreadable", "error": run.error}
+    return {
+        "run": str(run.paths.folder),
+        "state": run.state,
+        "bagged": run.paths.bagged,
+        "started": run.header.get("started"),
+        "ended": run.ended,
+        "sessions": len(run.sessions),
+        "records": run.records,
+    }
 
 
 def read_again_line(stream: str, partitions: int) -> str:
@@ -431,7 +475,7 @@ def _stream_json(stream: StreamStatus) -> dict[str, Any]:
     }
 
 
-def status_json(status: RunStatus, history: list[RunStatus]) -> dict[str, Any]:
+def status_json(status: RunStatus, history: list[RunStatus | UnreadableRun]) -> dict[str, Any]:
     """Return the report of ``tm-export status --json`` as JSON-ready data."""
     last = latest_session(status.sessions)
     return {
@@ -454,16 +498,5 @@ def status_json(status: RunStatus, history: list[RunStatus]) -> dict[str, Any]:
         "incremental": status.header.get("incremental"),
         "deleted_projects": status.deleted,
         "manifest_dropped_bytes": status.dropped_bytes,
-        "runs": [
-            {
-                "run": str(run.paths.folder),
-                "state": run.state,
-                "bagged": run.paths.bagged,
-                "started": run.header.get("started"),
-                "ended": run.ended,
-                "sessions": len(run.sessions),
-                "records": run.records,
-            }
-            for run in history
-        ],
+        "runs": [_run_json(run) for run in history],
     }

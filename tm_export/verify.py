@@ -42,7 +42,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from .codec import Codec, DecompressionError, range_lines
-from .errors import ExitCode, TmExportError
+from .errors import ExitCode, ManifestError, TmExportError
 from .journal import JournalExtent, scan_journal
 from .layout import (
     DATA_FOLDER,
@@ -148,6 +148,7 @@ def locate_run(folder: Path) -> RunPaths:
 
     Raises:
         RunFolderError: ``folder`` contains no manifest.
+        ManifestError: ``folder`` has stream files but no manifest.
         BagInterruptedError: making the folder a bag was interrupted.
     """
     if (folder / BAG_DECLARATION).is_file() and (folder / DATA_FOLDER / MANIFEST_NAME).is_file():
@@ -167,6 +168,12 @@ def locate_run(folder: Path) -> RunPaths:
         raise BagInterruptedError(
             f"{folder}: the run folder was being made a bag when that was interrupted; "
             f"run 'tm-export bag {folder}' again to finish it"
+        )
+    if (folder / DATA_FOLDER).is_dir() and any((folder / DATA_FOLDER).glob("*.jsonl*")):
+        raise ManifestError(
+            f"{folder}: the run folder has stream files but no {MANIFEST_NAME}, so what it "
+            "committed cannot be proven; restore the manifest from a copy, or run the export "
+            "with --start-over to begin a new run beside it"
         )
     if (folder / SNAPSHOT_RECORD).is_file():
         raise RunFolderError(
@@ -199,11 +206,22 @@ def interrupted_bag_folder(folder: Path) -> Path | None:
 def find_runs(folder: Path) -> list[RunPaths]:
     """Return the runs in ``folder``: every run of an output folder, oldest first, or one run.
 
+    Raises:
+        RunFolderError: ``folder`` is missing, or is neither an output nor a run folder.
+        BagInterruptedError, ManifestError: a run folder cannot be read (see ``locate_run``).
+    """
+    return [locate_run(run) for run in find_run_folders(folder)]
+
+
+def find_run_folders(folder: Path) -> list[Path]:
+    """Return the run folders in ``folder``, as ``find_runs`` does, without reading them, so
+    that a caller can report each run that cannot be read beside the others.
+
     A run folder that a killed start left without a manifest or any data proves nothing,
     so it is passed over. The next ``run`` deletes it.
 
     Raises:
-        RunFolderError: ``folder`` is missing, or is neither an output nor a run folder.
+        RunFolderError: ``folder`` is missing, or an output folder without runs.
     """
     if not folder.is_dir():
         raise RunFolderError(
@@ -211,11 +229,11 @@ def find_runs(folder: Path) -> list[RunPaths]:
             "such as OUTPUT/runs/0001"
         )
     if runs_folder(folder).is_dir():
-        runs = [locate_run(run) for run in list_runs(folder)]
+        runs = list_runs(folder)
         if not runs:
             raise RunFolderError(f"{folder}: the output folder has no runs yet")
         return runs
-    return [locate_run(folder)]
+    return [folder]
 
 
 # --- what the journal proves --------------------------------------------------------------

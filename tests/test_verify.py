@@ -592,6 +592,25 @@ def test_damaged_manifest_others_reported(tmp_path: Path, mock: MockServer) -> N
     assert [entry["folder"] for entry in report["unreadable"]] == [str(first)]
 
 
+def test_other_files_noted(tmp_path: Path, mock: MockServer) -> None:
+    """A file that no run writes is noted, beside the manifest and among the stream files,
+    with exit 0: verify checks what the run wrote, and names what it did not check."""
+    run = export(tmp_path, mock)
+    (run / "notes.txt").write_text("mine\n")
+    (run / "extra").mkdir()
+    (run / "data/readme.txt").write_text("mine\n")
+
+    outcome = run_cli("verify", str(run))
+
+    assert outcome.exit_code == 0, outcome.stdout
+    notes = [line for line in outcome.stdout.splitlines() if line.startswith("  note")]
+    assert notes == [
+        "  note      extra: not a file of this run; not verified",
+        "  note      notes.txt: not a file of this run; not verified",
+        "  note      data/readme.txt: not a stream of this run; not verified",
+    ]
+
+
 def test_missing_manifest_others_reported(tmp_path: Path, mock: MockServer) -> None:
     """A run folder of an output folder that has stream files but no manifest is an error
     of that run (exit 1), not "not a run folder" (exit 2): the other runs are reported, by

@@ -176,7 +176,7 @@ def plan(
 
     Nothing is written. Without --probe nothing is sent either: paginated streams then
     count one request per partition, as a lower bound. --probe sends its requests to the
-    server that `tm-export run` would use: --base-url, else TM_EXPORT_BASE_URL, else the
+    server that 'tm-export run' would use: --base-url, else TM_EXPORT_BASE_URL, else the
     recipe's instance.base_url, else the production API.
 
     \b

@@ -61,6 +61,9 @@ logger = logging.getLogger("tm_export.verify")
 #: The run record's file name, beside ``manifest.jsonl``.
 RECORD_NAME = "run.json"
 
+#: What a run writes beside its stream files' folder (in a bag, under ``data/``).
+RUN_FILES = frozenset({MANIFEST_NAME, RECORD_NAME, DATA_FOLDER})
+
 #: The file whose presence makes a folder a BagIt bag.
 BAG_DECLARATION = "bagit.txt"
 
@@ -937,6 +940,11 @@ def _note_partly_canonical(
 
 
 def _note_other_files(paths: RunPaths, layouts: dict[str, StreamLayout], check: RunCheck) -> None:
+    """Note the files that no run writes: beside the manifest, and among the stream files.
+    Hidden ones (a spool folder, a canonical copy) are the run's own leftovers."""
+    for child in sorted(paths.root.iterdir()):
+        if child.name not in RUN_FILES and not child.name.startswith("."):
+            check.notes.append(f"{paths.shown(child)}: not a file of this run; not verified")
     data = paths.root / DATA_FOLDER
     if not data.is_dir():
         return

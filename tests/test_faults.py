@@ -469,7 +469,7 @@ def test_admin_only_401_fails_its_partition(tmp_path: Path, mock: MockServer) ->
     started_over = run_cli(*args, "--start-over", env=admin)
 
     assert retried.exit_code == 2
-    assert "holds a key of user 1001" in retried.stderr
+    assert "contains a key of user 1001" in retried.stderr
     assert started_over.exit_code == 0, started_over.stderr
     assert started_over.stderr.splitlines()[-1] == "result: complete (exit 0)"
 
@@ -494,7 +494,7 @@ def test_key_of_another_user_refused(tmp_path: Path, mock: MockServer) -> None:
     later = run_cli(*args, "--incremental", env={"TM_API_TOKEN": mock.tokens["other"]})
 
     refusal = (
-        "sent the API key of TM user 1001, and TM_API_TOKEN holds a key of user 2003. Users "
+        "sent the API key of TM user 1001, and TM_API_TOKEN contains a key of user 2003. Users "
         "see different private projects, so this run would lack what only the other user "
         "could read, with no sign. Nothing was sent. Export a key of user 1001 (a renewed key "
         "is fine), or use --start-over for a full run with this key\n"
@@ -1161,9 +1161,9 @@ def test_web_page_base_url_stops_run(tmp_path: Path, mock: MockServer) -> None:
 
     assert outcome.exit_code == 1
     assert outcome.stderr.splitlines()[-1] == (
-        f"tm-export: error: {mock.api_url}/system/heartbeat/ answered 200 with a body that is "
+        f"tm-export: error: {mock.api_url}/system/heartbeat/ returned 200 with a body that is "
         f"not JSON, so {mock.api_url} is not the root of a Tasking Manager API, or a proxy "
-        "answered in its place; give the URL that ends in /api/v2, then run the same command "
+        "responded in its place; give the URL that ends in /api/v2, then run the same command "
         "again to resume"
     )
     assert [r["path"] for r in mock.requests()] == ["/api/v2/system/heartbeat/"] * 2

@@ -203,7 +203,7 @@ async def export(recipe: Recipe, options: RunOptions) -> RunResult:
         _put_back_interrupted_bag(options.output)
         session = _Session(recipe, options)
         result = await session.run()
-        # A bag holds its own description, and nothing more is written to it.
+        # A bag contains its own description, and nothing more is written to it.
         if result.fatal is None and not result.interrupted and not is_bag(result.run_folder):
             await _describe_run(recipe, options, result)
         return result
@@ -544,7 +544,7 @@ class _Session:
             folder = runs[-1]
             manifest = folder / MANIFEST_NAME
             if is_bag(folder):
-                # Only --incremental gets here: run() answered the other commands.
+                # Only --incremental gets here: run() returned early for the other commands.
                 # The bag's payload contains the run's manifest; only its header is read here.
                 sealed = folder / DATA_FOLDER / MANIFEST_NAME
                 self._check_recipe(sealed, next(scan_journal(sealed)[1]))
@@ -624,7 +624,7 @@ class _Session:
         to add to it, or None when the command does not resume a bag.
 
         A bag is sealed, yet the same command run again (a CI job run once more after a
-        later step failed) is told the run is finished, as for any finished run.
+        later step failed) reports the run as finished, as for any finished run.
 
         Raises:
             ManifestError: the command does not fit the bag's run, or asks for what a
@@ -761,7 +761,7 @@ class _Session:
         named = " and ".join(str(number) for number in sorted(users))
         variable = self.recipe.instance.token_env or "the token variable"
         raise RecipeError(
-            f"{earlier} sent the API key of TM user {named}, and {variable} holds a key of "
+            f"{earlier} sent the API key of TM user {named}, and {variable} contains a key of "
             f"user {user}. Users see different private projects, so this run would lack "
             "what only the other user could read, with no sign. Nothing was sent. Export a "
             f"key of user {named} (a renewed key is fine), or use --start-over for a full run "
@@ -1296,7 +1296,7 @@ class _Session:
             # was sent either way, which is what the checks of later sessions look at.
             "authenticated": result.authenticated if self.options.token else False,
             "token": bool(self.options.token),
-            # The key's TM user, which the key shows to anyone who holds it (see tokenuser).
+            # The key's TM user id, which anyone with the key can read (see tokenuser).
             "user": token_user(self.options.token) if self.options.token else None,
             "tm_release": result.tm_release,
             "retry_failed": self.options.retry_failed,

@@ -79,11 +79,11 @@ def retry_command(*, incremental: bool, started_over: bool) -> str:
 def unreachable(base_url: str, error: Exception, again: str) -> FatalError:
     """Return the error for a server that sent no response after every retry, or no JSON."""
     if isinstance(error, TransportError) and error.status is not None:
-        # Something answers, but not as an API: a web page (a TM site's own address serves
+        # Something responds, but not as an API: a web page (a TM site's own address serves
         # its HTML app on every path) or a proxy's error page.
         return FatalError(
-            f"{error.url} answered {error.status} with a body that is not JSON, so {base_url} "
-            "is not the root of a Tasking Manager API, or a proxy answered in its place; give "
+            f"{error.url} returned {error.status} with a body that is not JSON, so {base_url} "
+            "is not the root of a Tasking Manager API, or a proxy responded in its place; give "
             f"the URL that ends in /api/v2, then {again}"
         )
     return FatalError(

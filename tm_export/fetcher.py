@@ -317,9 +317,9 @@ def _malformed_token(response: Response) -> bool:
 def _lacks_rights(response: Response) -> bool:
     """Tell whether a 401 refuses the request rather than the token.
 
-    TM answers a valid token that lacks a right, such as a mapper's key searching by
-    ``partnerId``, with 401 and a legacy ``{"Error": ...}`` body without a ``SubCode``. A token
-    it cannot verify gets ``SubCode: InvalidToken``, and a wrong scheme a structured error.
+    TM returns 401 with a legacy ``{"Error": ...}`` body without a ``SubCode`` to a valid
+    token that lacks a right, such as a mapper's key searching by ``partnerId``. A token it
+    cannot verify gets ``SubCode: InvalidToken``, and a wrong scheme a structured error.
     """
     if response.status != 401 or response.content_type != "application/json":
         return False

@@ -160,7 +160,7 @@ class HttpSession:
             reason = self._redactor.redact(_connect_failure(error))
             raise ConnectError(f"GET {shown} failed: {reason}", url=shown) from error
         except aiohttp.ClientResponseError as error:
-            # aiohttp's parser rejected the response; its status (400) is aiohttp's own, not
+            # aiohttp's parser rejected the response. Its status (400) is aiohttp's own, not
             # the server's, and its message quotes the bad line on the lines after the first.
             lines = str(error.message).strip().splitlines() or ["no reason given"]
             reason = self._redactor.redact(lines[0].rstrip(":"))

@@ -29,9 +29,9 @@ class ShapeError(ValueError):
     def not_json(cls, error: Exception) -> ShapeError:
         """Return the error for a body that a JSON parser rejected with ``error``.
 
-        Only the first line of the parser's message is kept: the streaming parser quotes
-        about 30 bytes of the body on the next lines, which may hold part of a secret that
-        the redactor, which masks whole tokens only, would let through.
+        Only the first line of the parser's message is kept. The streaming parser quotes
+        about 30 bytes of the body on the next lines, which may contain part of a secret.
+        The redactor masks whole tokens only, so it would let that part through.
         """
         reason = (str(error).strip().splitlines() or ["no reason given"])[0]
         return cls(f"the response body is not valid JSON: {reason}")

@@ -66,8 +66,8 @@ def retry_after_seconds(headers: Mapping[str, str], url: str = "") -> float | No
     return max((until - reference).total_seconds(), 0.0)
 
 
-#: The longest wait a Retry-After stands for, in seconds (about 31 years). Hundreds of
-#: digits would make an infinite float, which messages would print as "inf s".
+#: The maximum wait of a Retry-After, in seconds (about 31 years). Hundreds of digits would
+#: make an infinite float, which messages would print as "inf s".
 LONGEST_WAIT = 1e9
 
 #: Retry-After's delay-seconds: digits, with a fraction and a sign tolerated (a negative

@@ -500,8 +500,8 @@ class StreamRunner:
             await self._read(walk)
             await self._check_token_if_changed(walk)
 
-        # Only a path's object (a project) can vanish during the walk; a list without one,
-        # such as the project search, that refuses a later page has lost that page.
+        # Only a path's object (a project) can vanish during the walk. So a list without
+        # one, such as the project search, that rejects a later page has lost that page.
         mid_walk = bool(self.spec.endpoint.path_params)
         hidden = _hidden_by(walk.failed_pages, mid_walk) or await self._hidden_draft(walk)
         if hidden is not None and not await self._token_still_accepted(walk, hidden):

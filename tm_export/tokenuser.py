@@ -1,10 +1,10 @@
 """The TM user an API token belongs to, read from the token itself.
 
 A TM token is the base64 of a session token that ``itsdangerous`` signed: the user's OSM
-id, then a timestamp and a signature, joined by dots. The id is written in the clear,
-as base64url JSON, so any holder of the token can read it; it is no secret, and a run
-records it to tell whose view of the data each session exported. Two keys of one user,
-such as a key renewed after the 7 days, name the same user.
+id, then a timestamp and a signature, joined by dots. The id is written in the clear, as
+base64url JSON, so any holder of the token can read it. It is no secret, so a run records
+it to tell whose view of the data each session exported. Two keys of one user, such as a
+key renewed after the 7 days, contain the same user id.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def token_user(token: str) -> int | None:
         return None
     payload = session_token.split(".", 1)[0]
 
-    # The bundled mock writes the id as digits; TM writes it as base64url JSON.
+    # The bundled mock writes the id as digits, and TM as base64url JSON.
     if payload.isdigit() and payload.isascii():
         return int(payload)
     try:

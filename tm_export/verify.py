@@ -61,7 +61,7 @@ logger = logging.getLogger("tm_export.verify")
 #: The run record's file name, beside ``manifest.jsonl``.
 RECORD_NAME = "run.json"
 
-#: What a run writes beside its stream files' folder (in a bag, under ``data/``).
+#: The names a run writes beside its stream files' folder (in a bag, under ``data/``).
 RUN_FILES = frozenset({MANIFEST_NAME, RECORD_NAME, DATA_FOLDER})
 
 #: The file whose presence makes a folder a BagIt bag.

@@ -308,6 +308,31 @@ def test_canonical_killed_between_streams(tmp_path: Path, mock: MockServer) -> N
     ) in noted.stdout.splitlines()
 
 
+def test_bag_refuses_partly_canonical_run(tmp_path: Path, mock: MockServer) -> None:
+    """A bag is final, so a run whose canonical rewrite was killed between two streams is
+    not bagged: the bag would keep some files out of canonical order for good."""
+    run = export(tmp_path, mock)
+    killed = subprocess.run(
+        [sys.executable, "-m", "tm_export", "canonical", str(run)],
+        capture_output=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "TM_EXPORT_CRASH_AT": "canonical-entry-written:2"},
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode(errors="replace")
+
+    bagged = run_cli("bag", str(run))
+
+    assert bagged.exit_code == 2
+    assert bagged.stderr == (
+        f"tm-export: error: {run}: a canonical rewrite of the run was interrupted; run "
+        f"'tm-export canonical {run}' to finish it, then make the bag\n"
+    )
+    assert not (run / "bagit.txt").exists()
+    assert run_cli("canonical", str(run)).exit_code == 0
+    assert run_cli("bag", str(run)).exit_code == 0
+
+
 def test_canonical_updates_run_record(tmp_path: Path, mock: MockServer) -> None:
     """An existing run record is rewritten with the new hashes and canonical flags."""
     run = export(tmp_path, mock)

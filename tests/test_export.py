@@ -470,7 +470,8 @@ def test_raw_path_the_server_lacks_fails(tmp_path: Path, mock: MockServer) -> No
     assert (
         "retry: once the cause is fixed, run the same command with --retry-failed to fetch the "
         "2 failed partitions again; 1 of them needs a changed recipe or the key of another "
-        "user instead (see the errors above), which only --start-over takes"
+        "user instead (their errors are in the log and in 'tm-export status'), which only "
+        "--start-over takes"
     ) in outcome.stderr.splitlines()
     manifest = records(tmp_path / "out/runs/0001/manifest.jsonl")
     finals = [entry for entry in manifest if entry["t"] == "part" and entry["s"] == "featured"]

@@ -454,8 +454,9 @@ def test_admin_only_401_fails_its_partition(tmp_path: Path, mock: MockServer) ->
         "request needs: change the recipe, or use --start-over with the key of a user who has it"
     ) in outcome.stderr.splitlines()
     assert (
-        "retry: the 1 failed partition needs a changed recipe or the key of another user (see "
-        "the errors above), which only a new run takes: fix it and use --start-over"
+        "retry: the 1 failed partition needs a changed recipe or the key of another user "
+        "(their errors are in the log and in 'tm-export status'), which only a new run takes: "
+        "fix it and use --start-over"
     ) in outcome.stderr.splitlines()
     assert "the token expired after the check at the start" not in outcome.stderr
     status = orjson.loads(run_cli("status", str(tmp_path / "out"), "--json").stdout)
@@ -472,6 +473,34 @@ def test_admin_only_401_fails_its_partition(tmp_path: Path, mock: MockServer) ->
     assert "contains a key of user 1001" in retried.stderr
     assert started_over.exit_code == 0, started_over.stderr
     assert started_over.stderr.splitlines()[-1] == "result: complete (exit 0)"
+
+
+def test_expired_key_401_is_no_missing_right(tmp_path: Path, mock: MockServer) -> None:
+    """A key that expires during a walk is served anonymously, so an admin's search by
+    partnerId then gets the 401 of a missing right. The token check after it finds the
+    expiry and stops the run (exit 1), instead of failing the partition and blaming the
+    user's rights. The renewed key then finishes the run, with the expired-token problem."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {token_env: TM_API_TOKEN, rate_limit: 10000/s, concurrency: 1}\n"
+        "output: OUT\nstreams:\n  partner:\n    endpoint: projects\n"
+        "    params: {partnerId: {each: [1, 2, 3]}}\n",
+    )
+    mock.add_fault(
+        path=SEARCH, query={"partnerId": "2"}, times=1, call=lambda: mock.renew_token("admin")
+    )
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+
+    stopped = run_cli(*args, env={"TM_API_TOKEN": mock.tokens["admin"]})
+    resumed = run_cli(*args, env={"TM_API_TOKEN": mock.tokens["admin"]})
+
+    assert stopped.exit_code == 1
+    assert "lacks a right" not in stopped.stderr
+    assert stopped.stderr.splitlines()[-1].startswith(
+        "tm-export: error: the server rejected the API token (401 InvalidToken at "
+    )
+    assert resumed.exit_code == 3, resumed.stderr
+    assert resumed.stderr.splitlines()[-1] == "result: finished with problems (exit 3)"
 
 
 def test_key_of_another_user_refused(tmp_path: Path, mock: MockServer) -> None:

@@ -313,6 +313,10 @@ EXPECTED: dict[str, str] = {
         "MODERATE, CHALLENGING, ALL, in capitals (the server matches no project for any other "
         "value)"
     ),
+    "search_difficulty_list": (
+        "7: streams.p.params.difficulty: difficulty takes one value, not a list; use "
+        "{each: [...]} for one partition per value"
+    ),
     "search_date_invalid": (
         "7: streams.p.params.createdFrom.each[1]: invalid date '2026-02-30': 2026-02 has 28 "
         "days; expected a real date as YYYY-MM-DD"
@@ -428,6 +432,10 @@ EXPECTED: dict[str, str] = {
     "stream_name_too_long": (
         f"4: streams.{'s' * 120}: invalid stream name: 120 characters (it becomes the file "
         "name STREAM.jsonl); expected at most 100"
+    ),
+    "stream_name_manifest": (
+        "4: streams.manifest: invalid stream name 'manifest': data/manifest.jsonl is where a "
+        "bag keeps the run's manifest; choose another name"
     ),
     "stream_name_with_dash": (
         "4: streams.all-projects: invalid stream name 'all-projects' (it becomes the file "

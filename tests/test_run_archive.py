@@ -135,6 +135,38 @@ def test_bag_refuses_retry_of_its_skipped_partitions(tmp_path: Path, mock: MockS
     assert mock.requests() == []
 
 
+@pytest.mark.parametrize(
+    "moved", [(), ("run.json",), ("run.json", "data")], ids=["none", "record", "data"]
+)
+def test_bag_step_killed_early_put_back(
+    tmp_path: Path, mock: MockServer, moved: tuple[str, ...]
+) -> None:
+    """bagit moves the run's files into its temporary folder one at a time. A kill before
+    the manifest moved leaves it at the top, and the files moved before it in the folder:
+    status reports an interrupted bag, and the same command puts them back and bags."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
+    run = tmp_path / "out/runs/0001"
+    moving = run / "tmpk3x9q_2z"
+    moving.mkdir()
+    for name in moved:
+        (run / name).rename(moving / name)
+
+    status = run_cli("status", str(run))
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--bag")
+
+    assert status.exit_code == 1
+    assert status.stderr == (
+        f"tm-export: error: {run}: the run folder was being made a bag when that was "
+        f"interrupted; run 'tm-export bag {run}' again to finish it\n"
+    )
+    assert outcome.exit_code == 0, outcome.stderr
+    assert not moving.exists()
+    assert bagit.Bag(str(run)).validate()
+    assert not any("tmp" in line for line in (run / "manifest-sha256.txt").read_text().splitlines())
+    assert run_cli("verify", str(tmp_path / "out")).exit_code == 0
+
+
 @pytest.mark.parametrize("crash", ["moving", "tagging"])
 @pytest.mark.parametrize("bag", [True, False], ids=["bag", "plain"])
 def test_interrupted_bag_step_put_back(

@@ -936,3 +936,87 @@ def test_merge_reports_problems(tmp_path: Path, mock: MockServer) -> None:
         "  problems: 1 of projects, so this stream may lack records; "
         f"'tm-export status {run}' lists them\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("second", "reader"),
+    [("mapper", "as TM user 2001"), ("", "without an API token")],
+    ids=["other-user", "no-token"],
+)
+def test_merge_refuses_shards_of_other_users(
+    tmp_path: Path, mock: MockServer, second: str, reader: str
+) -> None:
+    """Shards read with the keys of different users, or one without a key, saw different
+    private projects: a child partition that only one of them could list would be missing
+    from the merged run with no sign, so the merge is refused (exit 2)."""
+    recipe = write_recipe(
+        tmp_path,
+        RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, token_env: TM_API_TOKEN}"),
+    )
+    shards = [tmp_path / "shard-1", tmp_path / "shard-2"]
+    for index, (folder, role) in enumerate(zip(shards, ("admin", second), strict=True), start=1):
+        token = mock.tokens[role] if role else ""
+        outcome = run_cli(
+            "run",
+            str(recipe),
+            "--base-url",
+            mock.api_url,
+            "--shard",
+            f"{index}/2",
+            "--output",
+            str(folder),
+            env={"TM_API_TOKEN": token},
+        )
+        assert outcome.exit_code == 0, outcome.stderr
+
+    merged = run_cli("merge", str(tmp_path / "merged"), *map(str, shards))
+
+    assert merged.exit_code == 2
+    assert merged.stderr == (
+        f"tm-export: error: {shards[1] / 'runs/0001'}: shard 2/2 read {reader}, but shard 1/2 "
+        "as TM user 1001. Users see different private projects, so the merged run would lack "
+        "what only one of them could read, with no sign. Run the shard again with --start-over "
+        "and the key the others sent, then merge again\n"
+    )
+    assert not (tmp_path / "merged").exists()
+
+
+def test_merge_names_base_url_of_shard_stopped_at_start(tmp_path: Path, mock: MockServer) -> None:
+    """A shard whose first session stopped at the server check recorded no base URL. The
+    command that the merge gives to finish it still names --base-url, with a placeholder,
+    since without it the command would go to the production API."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    mock.add_fault(path=r"^/api/v2/system/heartbeat/$", status=404, times=1)
+    stopped = run_shard(recipe, mock.api_url, "1/1", tmp_path / "shard", "--start-over")
+    assert stopped.exit_code == 1
+
+    early = run_cli("merge", str(tmp_path / "merged"), str(tmp_path / "shard"))
+
+    assert early.exit_code == 2
+    assert early.stderr == (
+        f"tm-export: error: {tmp_path / 'shard/runs/0001'}: shard 1/1 has not finished; run "
+        f"it to the end first, with the command that made it: tm-export run {recipe} "
+        f"--base-url API_URL --shard 1/1 --output {tmp_path / 'shard'} (API_URL: the base URL "
+        "that the other shards read from)\n"
+    )
+
+
+def test_merge_offers_no_retry_for_unknown_path(tmp_path: Path, mock: MockServer) -> None:
+    """A partition that failed for a path the server does not have fails again on every
+    --retry-failed, so the merge tells the user to fix the recipe and start over instead."""
+    recipe = write_recipe(
+        tmp_path,
+        "version: 1\ninstance: {rate_limit: 10000/s}\noutput: OUT\nstreams:\n"
+        "  featured: {path: /projcts/queries/featured/, records: results, key: projectId}\n",
+    )
+    outcome = run_shard(recipe, mock.api_url, "1/1", tmp_path / "shard")
+    assert outcome.exit_code == 3
+
+    merged = run_cli("merge", str(tmp_path / "merged"), str(tmp_path / "shard"))
+
+    assert merged.exit_code == 0, merged.stderr
+    assert merged.stderr.splitlines()[-1] == (
+        "tm-export: WARNING: the shards left 1 failed partition: featured {}; it needs a "
+        "changed recipe or the key of another user, which only new runs take: fix it, and "
+        "make the shards again with --start-over"
+    )

@@ -31,9 +31,9 @@ from typing import Any
 import bagit  # type: ignore[import-untyped]
 
 from . import __version__
-from .canonical import remove_leftovers
+from .canonical import remove_leftovers, rewrite_interrupted
 from .errors import StorageError
-from .layout import DATA_FOLDER, MANIFEST_NAME
+from .layout import DATA_FOLDER, MANIFEST_NAME, run_codec
 from .manifest import latest_session
 from .runrecord import RunDamagedError, write_run_record
 from .verify import (
@@ -90,6 +90,12 @@ def make_run_bag(run_folder: Path) -> RunPaths:
             "command again) before making it a bag"
         )
 
+    if rewrite_interrupted(paths, state, run_codec(state.header)):
+        # A bag is final, so its files could never be made canonical after it.
+        raise RunStateError(
+            f"{run_folder}: a canonical rewrite of the run was interrupted; run 'tm-export "
+            f"canonical {run_folder}' to finish it, then make the bag"
+        )
     remove_leftovers(paths)
     write_run_record(paths.folder)
     sessions = state.sessions
@@ -140,7 +146,7 @@ def restore_interrupted_bag(folder: Path) -> bool:
     """
     try:
         temporary = interrupted_bag_folder(folder)
-        if temporary is not None and not (folder / MANIFEST_NAME).exists():
+        if temporary is not None:
             _move_contents_up(temporary, folder)
             logger.warning("put back the run folder %s, whose bagging was interrupted", folder)
             return True

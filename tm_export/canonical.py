@@ -61,6 +61,7 @@ from .crashpoints import crash_point
 from .errors import StorageError
 from .journal import Journal
 from .layout import DATA_FOLDER, run_codec
+from .manifest import ManifestState
 from .records import PARTITION_KEY, record_key, strip_partition
 from .runrecord import require_verified, write_run_record
 from .timestamps import utc_now_text
@@ -338,6 +339,18 @@ def _finish_interrupted(
             logger.info("finished the interrupted canonical rewrite of %s", path)
             finished.add(name)
     return finished
+
+
+def rewrite_interrupted(paths: RunPaths, state: ManifestState, codec: Codec) -> bool:
+    """Tell whether a canonical rewrite of the run stopped before its end: a sorted copy is
+    left, or some stream files are canonical and others not."""
+    data = paths.root / DATA_FOLDER
+    files = [name for name in state.streams if paths.stream_file(name, codec).exists()]
+    rewritten = {entry["s"] for entry in state.canonical}
+    copies = [canonical_temporary_path(paths.stream_file(name, codec)) for name in files]
+    return data.is_dir() and (
+        any(copy.exists() for copy in copies) or 0 < len(rewritten & set(files)) < len(files)
+    )
 
 
 def remove_leftovers(paths: RunPaths) -> None:

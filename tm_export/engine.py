@@ -649,7 +649,8 @@ class _Session:
                 "write to it. Nothing was changed. Use --start-over to fetch everything again in "
                 "a new run, or --incremental to fetch what changed since"
             )
-        if self.options.canonical and not state.canonical:
+        with_pages = {name for name, stream in state.streams.items() if stream.pages}
+        if self.options.canonical and not with_pages <= {entry["s"] for entry in state.canonical}:
             raise ManifestError(
                 f"{folder}: the last run is a BagIt bag, so it is sealed, and --canonical would "
                 "rewrite its files. Nothing was changed. Leave out --canonical, or use "

@@ -49,11 +49,12 @@ from .layout import (
     run_codec,
     stream_path,
 )
-from .manifest import latest_session, load_state
+from .manifest import latest_session, load_state, sent_token
 from .params import partition_order
 from .runrecord import require_verified, write_run_record
 from .timestamps import utc_now_text
 from .verify import RunPaths, check_run, find_runs, scan_manifest
+from .walk import needs_new_run
 from .words import counted
 
 logger = logging.getLogger("tm_export.merge")
@@ -132,8 +133,8 @@ def merge(output: Path, sources: list[Path]) -> MergeResult:
             return _earlier_merge(last[0], shards, output)
         run_folder = _build(output, shards, fingerprints)
 
-    failed = _failed_partitions([shard.entries for shard in shards])
-    _warn_of_failed(failed, "the shards left", shards, output)
+    failed, stuck = _failed_partitions([shard.entries for shard in shards])
+    _warn_of_failed(failed, stuck, "the shards left", shards, output)
     return MergeResult(
         run_folder=run_folder,
         records=_record_counts(shards),
@@ -165,18 +166,19 @@ def _build(output: Path, shards: list[Shard], fingerprints: list[str]) -> Path:
 def _earlier_merge(earlier: RunPaths, shards: list[Shard], output: Path) -> MergeResult:
     """Report the run that an earlier merge of these shards wrote, and what it has failed."""
     entries = read_journal(earlier.manifest).entries
-    failed = _failed_partitions([entries])
+    failed, stuck = _failed_partitions([entries])
     if earlier.bagged or any(entry["t"] == "canonical" for entry in entries):
         # run --retry-failed refuses such a run, so its command is not offered.
         sealed = "it is a bag" if earlier.bagged else "its files were made canonical"
-        _warn_of_failed(failed, "the merged run still has", shards, output, sealed)
+        _warn_of_failed(failed, stuck, "the merged run still has", shards, output, sealed)
     else:
-        _warn_of_failed(failed, "the merged run still has", shards, output)
+        _warn_of_failed(failed, stuck, "the merged run still has", shards, output)
     return MergeResult(earlier.folder, records={}, failed=failed, already_merged=True)
 
 
 def _warn_of_failed(
     failed: dict[str, list[str]],
+    stuck: int,
     lead: str,
     shards: list[Shard],
     output: Path,
@@ -185,7 +187,7 @@ def _warn_of_failed(
     """Log the failed partitions, if any, and the command that fetches them again.
 
     ``sealed`` is the reason why no page can be added to the merged run, which then has no
-    such command.
+    such command. ``stuck`` counts the failed partitions that the command would fail again.
     """
     if not failed:
         return
@@ -198,12 +200,25 @@ def _warn_of_failed(
         )
         return
     total = sum(len(ids) for ids in failed.values())
+    if stuck == total:
+        logger.warning(
+            "%s %s; %s a changed recipe or the key of another user, which only new runs "
+            "take: fix it, and make the shards again with --start-over",
+            lead,
+            _failed_text(failed),
+            "it needs" if total == 1 else "they need",
+        )
+        return
     logger.warning(
-        "%s %s; to fetch %s again, run%s",
+        "%s %s; to fetch %s again, run%s%s",
         lead,
         _failed_text(failed),
         "it" if total == 1 else "them",
         _retry_command(shards, output),
+        f" ({stuck} of them need a changed recipe or the key of another user instead, which "
+        "only --start-over takes)"
+        if stuck
+        else "",
     )
 
 
@@ -223,21 +238,24 @@ def _record_counts(shards: list[Shard]) -> dict[str, int]:
     return records
 
 
-def _failed_partitions(runs: list[list[dict[str, Any]]]) -> dict[str, list[str]]:
+def _failed_partitions(runs: list[list[dict[str, Any]]]) -> tuple[dict[str, list[str]], int]:
     """Return, per stream, the partitions whose last final entry in ``runs`` (the entries of
-    one or more manifests) is failed."""
-    final: dict[tuple[str, str], str] = {}
+    one or more manifests) is failed, and how many of them --retry-failed would fail again
+    (see ``walk.needs_new_run``)."""
+    final: dict[tuple[str, str], dict[str, Any]] = {}
     for entries in runs:
         for entry in entries:
             if entry["t"] == "part":
-                final[(entry["s"], entry["p"])] = entry["state"]
+                final[(entry["s"], entry["p"])] = entry
     failed: dict[str, list[str]] = {}
-    for (stream, partition_id), state in sorted(
+    stuck = 0
+    for (stream, partition_id), entry in sorted(
         final.items(), key=lambda item: (item[0][0], partition_order(item[0][1]))
     ):
-        if state == "failed":
+        if entry["state"] == "failed":
             failed.setdefault(stream, []).append(partition_id)
-    return failed
+            stuck += needs_new_run(entry)
+    return failed, stuck
 
 
 def _failed_text(failed: dict[str, list[str]], limit: int = 5) -> str:
@@ -258,7 +276,9 @@ def _retry_command(shards: list[Shard], output: Path) -> str:
     return _run_command([shards[-1].header, *sessions], options, "the shards ran in")
 
 
-def _run_command(entries: list[dict[str, Any]], options: list[str], where: str) -> str:
+def _run_command(
+    entries: list[dict[str, Any]], options: list[str], where: str, *, incremental: bool = False
+) -> str:
     """Return ``: COMMAND``, a ``tm-export run`` of the recipe and base URL of a run's
     manifest, preceded by where to run it when the recipe path is not found from here.
 
@@ -268,10 +288,14 @@ def _run_command(entries: list[dict[str, Any]], options: list[str], where: str) 
     sessions = [entry for entry in entries if entry["t"] == "session"]
     base_url = latest_session(sessions).get("settings", {}).get("base_url")
     recipe = str(entries[0].get("recipe_path", "RECIPE"))
-    words = ["tm-export", "run", recipe]
-    if base_url:
-        words += ["--base-url", str(base_url)]
+    # Without --base-url the command would go to the production API. A run stopped before
+    # its first session recorded no URL, so the user fills it in.
+    words = ["tm-export", "run", recipe, "--base-url", str(base_url or "API_URL")]
+    if incremental:
+        words.append("--incremental")
     command = shlex.join(words + options)
+    if not base_url:
+        command += " (API_URL: the base URL that the other shards read from)"
     if not Path(recipe).is_absolute() and not Path(recipe).exists():
         return (
             f" in the folder {where}, since the recipe path {recipe} is relative to it: {command}"
@@ -293,10 +317,15 @@ def _read_shard(source: Path) -> Shard:
         sessions = [entry for entry in entries if entry["t"] == "session"]
         # A stopped --retry-failed session is resumed by the same command, which retries what
         # is still failed. Without the option, the run would end without retrying it.
+        retrying = False
         for option in ("retry_failed", "retry_skipped"):
             if sessions and sessions[-1].get(option):
                 options.append("--" + option.replace("_", "-"))
-        command = _run_command(entries, options, "the shard ran in")
+                retrying = True
+        # --incremental as the command that made it had, but not beside a retry option, with
+        # which it would begin a new run once this one has ended.
+        incremental = bool(entries[0].get("incremental")) and not retrying
+        command = _run_command(entries, options, "the shard ran in", incremental=incremental)
         raise RecipeError(
             f"{folder}: shard {shard[0]}/{shard[1]} has not finished; run it to the end "
             f"first, with the command that made it{command}"
@@ -359,6 +388,14 @@ def _check(shards: list[Shard]) -> None:
             raise RecipeError(
                 f"{shard.folder}: shard of {shard.count}, but {first.folder} is a shard of {first.count}"
             )
+        if _reader(shard) != _reader(first):
+            raise RecipeError(
+                f"{shard.folder}: shard {shard.index}/{shard.count} read {_reader(shard)}, but "
+                f"shard {first.index}/{first.count} {_reader(first)}. Users see different private "
+                "projects, so the merged run would lack what only one of them could read, with no "
+                "sign. Run the shard again with --start-over and the key the others sent, then "
+                "merge again"
+            )
 
     seen: dict[int, Path] = {}
     for shard in shards:
@@ -384,6 +421,18 @@ def _check(shards: list[Shard]) -> None:
                     f"shard {owner[key]}/{shard.count}; shards overlap, so they cannot be merged"
                 )
             owner[key] = shard.index
+
+
+def _reader(shard: Shard) -> str:
+    """Describe whose view of the data a shard read: the TM users of its keys, or whether
+    it sent a key at all (sessions recorded before the user id was)."""
+    sessions = [entry for entry in shard.entries if entry["t"] == "session"]
+    users = sorted({session["user"] for session in sessions if session.get("user")})
+    if users:
+        return "as TM user " + " and ".join(str(user) for user in users)
+    if any(sent_token(session) for session in sessions):
+        return "with an API token"
+    return "without an API token"
 
 
 def _warn_other_servers(shards: list[Shard]) -> None:

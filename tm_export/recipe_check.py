@@ -76,6 +76,9 @@ def check_schema(where: KeyLocator, plain: Any) -> None:
         )
 
 
+#: The stream name whose file would take the place of a bag's manifest.
+RESERVED_STREAM_NAME = "manifest"
+
 # --- building the model --------------------------------------------------------------
 
 
@@ -232,6 +235,13 @@ def _build_stream(
     where: KeyLocator, name: str, raw: dict[str, Any], instance: Instance
 ) -> StreamSpec:
     keys = ("streams", name)
+    if name.lower() == RESERVED_STREAM_NAME:
+        # A bag moves the run's manifest to data/manifest.jsonl, the file of such a stream.
+        raise where.error(
+            keys,
+            f"invalid stream name '{name}': data/{name}.jsonl is where a bag keeps the run's "
+            "manifest; choose another name",
+        )
     endpoint = _resolve_endpoint(where, keys, raw)
     params: dict[str, Any] = raw.get("params", {})
 

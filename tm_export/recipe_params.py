@@ -42,6 +42,10 @@ SORT_DIRECTIONS = ("ASC", "DESC")
 #: The search's difficulties. It compares them in capitals, so ``easy`` matches no project.
 DIFFICULTIES = ("EASY", "MODERATE", "CHALLENGING", "ALL")
 
+#: Search parameters that take one value: a comma-joined list sorts in ascending order, or
+#: matches no project.
+SINGLE_VALUE_SEARCH_PARAMS = frozenset({"orderByType", "difficulty"})
+
 #: Date parameters of the project search. It returns 400 InvalidDateValue for a value that
 #: is not a date.
 SEARCH_DATE_PARAMS = frozenset(
@@ -81,6 +85,13 @@ def build_param(
         if is_path_param:
             scalar = _path_value(where, keys, scalar, name, endpoint)
         if isinstance(value, list):
+            if endpoint.name == "projects" and name in SINGLE_VALUE_SEARCH_PARAMS:
+                # A list is sent as one comma-joined value, which the server reads as another.
+                raise where.error(
+                    keys,
+                    f"{name} takes one value, not a list; use {{each: [...]}} for one "
+                    "partition per value",
+                )
             for index, item in enumerate(value):
                 _check_search_value(where, keys + (index,), name, item, endpoint)
         else:

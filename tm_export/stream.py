@@ -514,6 +514,14 @@ class StreamRunner:
             self._finish(walk, "skipped", hidden)
             return
 
+        if self._token_check is not None and any(
+            isinstance(error, HTTPStatusError) and error.status == 401
+            for error in walk.failed_pages.values()
+        ):
+            # An expired key is served anonymously where login is optional, so a search by
+            # partnerId gets the 401 of a missing right. The check raises TokenRejectedError
+            # for an expired key, which stops the run, rather than blame the user's rights.
+            await self._token_check.confirm()
         self._finish(walk, "failed" if walk.failed_pages else "done")
 
     async def _check_token_if_changed(self, walk: PartitionWalk) -> None:

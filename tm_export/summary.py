@@ -104,14 +104,16 @@ def _retry_line(result: RunResult) -> str:
     need = "needs" if stuck == 1 else "need"
     if stuck == result.failed_partitions:
         return (
-            f"retry: the {failed} {need} a changed recipe or the key of another user (see the "
-            "errors above), which only a new run takes: fix it and use --start-over"
+            f"retry: the {failed} {need} a changed recipe or the key of another user (their "
+            "errors are in the log and in 'tm-export status'), which only a new run takes: fix "
+            "it and use --start-over"
         )
     line = f"retry: once the cause is fixed, {retry} to fetch the {failed} again"
     if stuck:
         line += (
             f"; {stuck} of them {need} a changed recipe or the key of another user instead "
-            "(see the errors above), which only --start-over takes"
+            "(their errors are in the log and in 'tm-export status'), which only --start-over "
+            "takes"
         )
     return line
 

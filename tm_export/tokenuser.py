@@ -17,10 +17,10 @@ import orjson
 
 
 def token_user(token: str) -> int | None:
-    """Return the OSM user id that ``token`` (the header value without ``Token ``) names,
-    or None when the token does not have TM's form."""
+    """Return the OSM user id that ``token`` names, or None when the token does not have
+    TM's form. ``token`` is the header value, with or without its ``Token `` prefix."""
     try:
-        session_token = _decode(token, base64.b64decode)
+        session_token = _decode(token.strip().removeprefix("Token "), base64.b64decode)
     except ValueError:
         return None
     payload = session_token.split(".", 1)[0]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import zlib
 from bisect import bisect_left, bisect_right
 from collections import deque
@@ -154,6 +155,12 @@ def locate_run(folder: Path) -> RunPaths:
         ManifestError: ``folder`` has stream files but no manifest.
         BagInterruptedError: making the folder a bag was interrupted.
     """
+    if interrupted_bag_folder(folder) is not None:
+        # Checked first: the manifest may still be at the top while other files were moved.
+        raise BagInterruptedError(
+            f"{folder}: the run folder was being made a bag when that was interrupted; "
+            f"run 'tm-export bag {folder}' again to finish it"
+        )
     if (folder / BAG_DECLARATION).is_file() and (folder / DATA_FOLDER / MANIFEST_NAME).is_file():
         if not bag_complete(folder):
             raise BagInterruptedError(
@@ -164,9 +171,7 @@ def locate_run(folder: Path) -> RunPaths:
         return RunPaths(folder, folder / DATA_FOLDER, bagged=True)
     if (folder / MANIFEST_NAME).is_file():
         return RunPaths(folder, folder, bagged=False)
-    if interrupted_bag_folder(folder) is not None or (
-        (folder / DATA_FOLDER / MANIFEST_NAME).is_file() and not (folder / MANIFEST_NAME).exists()
-    ):
+    if (folder / DATA_FOLDER / MANIFEST_NAME).is_file() and not (folder / MANIFEST_NAME).exists():
         # bagit moved the run into data/ and had not written bagit.txt, say on a full disk.
         raise BagInterruptedError(
             f"{folder}: the run folder was being made a bag when that was interrupted; "
@@ -192,18 +197,22 @@ def locate_run(folder: Path) -> RunPaths:
 def interrupted_bag_folder(folder: Path) -> Path | None:
     """Return the temporary folder that an interrupted ``bagit.make_bag`` left, if any.
 
-    bagit 1.9 moves a folder's contents into a new ``tmp*`` folder (made by
-    ``tempfile.mkdtemp``) and then renames it to ``data``. A crash in between leaves the
-    manifest or the data folder inside that temporary folder.
+    bagit 1.9 moves a folder's contents one by one into a new ``tmp*`` folder (made by
+    ``tempfile.mkdtemp``) and then renames it to ``data``. A crash in between leaves some of
+    the run's files, or none yet, inside that temporary folder, which holds nothing else.
     """
     if not folder.is_dir():
         return None
     for child in sorted(folder.iterdir()):
-        if not (child.is_dir() and child.name.startswith("tmp")):
+        if not (child.is_dir() and _BAGIT_TEMPORARY.fullmatch(child.name)):
             continue
-        if (child / MANIFEST_NAME).exists() or (child / DATA_FOLDER).is_dir():
+        if all(entry.name in RUN_FILES for entry in child.iterdir()):
             return child
     return None
+
+
+#: The name of a folder that ``tempfile.mkdtemp`` makes: ``tmp`` and random characters.
+_BAGIT_TEMPORARY = re.compile(r"tmp[a-z0-9_]+")
 
 
 def find_runs(folder: Path) -> list[RunPaths]:

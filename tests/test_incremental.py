@@ -101,6 +101,23 @@ def test_incremental_fetches_only_changes(tmp_path: Path, mock: MockServer) -> N
     assert {path: path.read_bytes() for path in first.rglob("*") if path.is_file()} == before
 
 
+def test_incremental_skips_runs_before_full_run(tmp_path: Path, mock: MockServer) -> None:
+    """An incremental run builds on the runs from the last full run on, so a damaged
+    manifest in a run before it, which --start-over left behind, does not stop it."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    env = {"TM_API_TOKEN": mock.tokens["admin"]}
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args, env=env).exit_code == 0
+    (tmp_path / "out/runs/0001/manifest.jsonl").write_bytes(b"{damaged\n")
+    assert run_cli(*args, "--start-over", env=env).exit_code == 0
+
+    outcome = run_cli(*args, "--incremental", env=env)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    header = orjson.loads((tmp_path / "out/runs/0003/manifest.jsonl").read_bytes().splitlines()[0])
+    assert header["incremental"]["previous"] == ["0002"]
+
+
 def test_incremental_resumes_unfinished_run(tmp_path: Path, mock: MockServer) -> None:
     """An unfinished run is resumed, not mixed with a new incremental one."""
     recipe = write_recipe(tmp_path, RECIPE)

@@ -124,8 +124,15 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
     Raises:
         ManifestError: none of ``runs`` is a finished run of this recipe.
     """
+    # Read newest first, and no further back than the last full run of each runs/ folder: a
+    # full run contains everything the runs before it had, so runs before a --start-over,
+    # perhaps from another server or with a damaged manifest, are not built on. A merged
+    # run names the runs of every shard's folder, so each folder is cut on its own.
     states = []
-    for folder in runs:
+    cut: set[Path] = set()
+    for folder in reversed(runs):
+        if folder.parent in cut:
+            continue
         # A run made a BagIt bag keeps its manifest and data under the bag's data/ folder.
         run = folder / "data" if is_bag(folder) else folder
         manifest = run / MANIFEST_NAME
@@ -134,12 +141,14 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
         state = load_state(manifest)[0]
         if state.header.get("recipe_hash") == recipe.export_hash() and state.finished:
             states.append((run, state))
+            if not state.header.get("incremental"):
+                cut.add(folder.parent)
     if not states:
         raise ManifestError(
             f"{runs[-1].parent}: no finished run of this recipe to build on; run without "
             "--incremental first"
         )
-    states = _from_last_full_run(states)
+    states.reverse()
     last = states[-1][1]
     previous = [run_home(run).name for run, _ in states]
     base_url = latest_session(last.sessions).get("settings", {}).get("base_url")
@@ -181,26 +190,6 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
                 [state for _, state in states], name
             )
     return baseline
-
-
-def _from_last_full_run(
-    states: list[tuple[Path, ManifestState]],
-) -> list[tuple[Path, ManifestState]]:
-    """Drop the runs before the last full run of each runs/ folder.
-
-    A full run contains everything the runs before it had, so runs before a --start-over,
-    perhaps from another server, are not built on. A merged run names the runs of every
-    shard's folder, so each folder is cut on its own.
-    """
-    last_full: dict[Path, int] = {}
-    for index, (run, state) in enumerate(states):
-        if not state.header.get("incremental"):
-            last_full[run_home(run).parent] = index
-    return [
-        (run, state)
-        for index, (run, state) in enumerate(states)
-        if index >= last_full.get(run_home(run).parent, 0)
-    ]
 
 
 def updated_since(record: Any, since: dt.datetime) -> bool:

@@ -56,6 +56,19 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def kill_canonical(run: Path, after_streams: int) -> None:
+    """Run 'tm-export canonical' on ``run`` and kill it once the canonical entry of stream
+    number ``after_streams`` is committed, before that stream's copy is renamed."""
+    killed = subprocess.run(
+        [sys.executable, "-m", "tm_export", "canonical", str(run)],
+        capture_output=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "TM_EXPORT_CRASH_AT": f"canonical-entry-written:{after_streams}"},
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode(errors="replace")
+
+
 def entries(run: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in (run / "manifest.jsonl").read_bytes().splitlines()]
 
@@ -272,17 +285,10 @@ def test_canonical_killed_between_streams(tmp_path: Path, mock: MockServer) -> N
     partial rewrite, whichever bytes the first file holds, and canonical finishes it."""
     run = export(tmp_path, mock)
 
-    killed = subprocess.run(
-        [sys.executable, "-m", "tm_export", "canonical", str(run)],
-        capture_output=True,
-        check=False,
-        timeout=120,
-        env={**os.environ, "TM_EXPORT_CRASH_AT": "canonical-entry-written:1"},
-    )
+    kill_canonical(run, after_streams=1)
     verified = run_cli("verify", str(run))
     finished = run_cli("canonical", str(run))
 
-    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode(errors="replace")
     assert (
         "  note      data/projects.jsonl: a canonical rewrite was interrupted "
         f"(data/.projects.jsonl.canonical is left); run 'tm-export canonical {run}' again to "
@@ -312,14 +318,7 @@ def test_bag_refuses_partly_canonical_run(tmp_path: Path, mock: MockServer) -> N
     """A bag is final, so a run whose canonical rewrite was killed between two streams is
     not bagged: the bag would keep some files out of canonical order for good."""
     run = export(tmp_path, mock)
-    killed = subprocess.run(
-        [sys.executable, "-m", "tm_export", "canonical", str(run)],
-        capture_output=True,
-        check=False,
-        timeout=120,
-        env={**os.environ, "TM_EXPORT_CRASH_AT": "canonical-entry-written:2"},
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode(errors="replace")
+    kill_canonical(run, after_streams=2)
 
     bagged = run_cli("bag", str(run))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import bagit
@@ -136,17 +137,25 @@ def test_bag_refuses_retry_of_its_skipped_partitions(tmp_path: Path, mock: MockS
 
 
 @pytest.mark.parametrize(
-    "moved", [(), ("run.json",), ("run.json", "data")], ids=["none", "record", "data"]
+    "moved",
+    [
+        ("run.json",),
+        ("run.json", "data"),
+        (".spool", "data", "manifest.jsonl", "notes.txt", "run.json"),
+    ],
+    ids=["record", "data", "all"],
 )
 def test_bag_step_killed_early_put_back(
     tmp_path: Path, mock: MockServer, moved: tuple[str, ...]
 ) -> None:
-    """bagit moves the run's files into its temporary folder one at a time. A kill before
-    the manifest moved leaves it at the top, and the files moved before it in the folder:
-    status reports an interrupted bag, and the same command puts them back and bags."""
+    """bagit moves every entry of the run folder, hidden ones and the user's included, into
+    its temporary folder one at a time. After a kill, status reports an interrupted bag,
+    and the same command puts the entries back and bags."""
     recipe = write_recipe(tmp_path, RECIPE)
     assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
     run = tmp_path / "out/runs/0001"
+    (run / ".spool").mkdir()
+    (run / "notes.txt").write_text("mine\n")
     moving = run / "tmpk3x9q_2z"
     moving.mkdir()
     for name in moved:
@@ -163,8 +172,39 @@ def test_bag_step_killed_early_put_back(
     assert outcome.exit_code == 0, outcome.stderr
     assert not moving.exists()
     assert bagit.Bag(str(run)).validate()
-    assert not any("tmp" in line for line in (run / "manifest-sha256.txt").read_text().splitlines())
+    listed = (run / "manifest-sha256.txt").read_text().splitlines()
+    assert not any("tmp" in line for line in listed)
+    assert any(line.endswith(" data/notes.txt") for line in listed)
     assert run_cli("verify", str(tmp_path / "out")).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "kept", [(), ("manifest.jsonl",), ("data",)], ids=["empty", "manifest", "data"]
+)
+def test_users_tmp_folder_is_no_interrupted_bag(
+    tmp_path: Path, mock: MockServer, kept: tuple[str, ...]
+) -> None:
+    """A tmp* folder of the user's, empty or with copies of files that are still at the top
+    of the run folder, is no bag step killed halfway: nothing is moved or replaced."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
+    run = tmp_path / "out/runs/0001"
+    backup = run / "tmp_backup"
+    backup.mkdir()
+    if "manifest.jsonl" in kept:
+        shutil.copy(run / "manifest.jsonl", backup / "manifest.jsonl")
+    if "data" in kept:
+        shutil.copytree(run / "data", backup / "data")
+    manifest = (run / "manifest.jsonl").read_bytes()
+
+    status = run_cli("status", str(run))
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert status.exit_code == 0, status.stderr
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "put back" not in outcome.stderr
+    assert sorted(path.name for path in backup.iterdir()) == sorted(kept)
+    assert (run / "manifest.jsonl").read_bytes() == manifest
 
 
 @pytest.mark.parametrize("crash", ["moving", "tagging"])

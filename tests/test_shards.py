@@ -585,11 +585,14 @@ def test_unread_parent_page_fails_shard(tmp_path: Path, mock: MockServer) -> Non
     assert sum(written.values()) > 0
 
 
-def _owned_by(index: int, partition: dict[str, object], stream: str = "activities") -> bool:
-    """Tell whether shard ``index`` of 3 writes ``partition``, by the rule docs/design.md gives."""
+def _owned_by(
+    index: int, partition: dict[str, object], stream: str = "activities", count: int = 3
+) -> bool:
+    """Tell whether shard ``index`` of ``count`` writes ``partition``, by the rule
+    docs/design.md gives."""
     key = orjson.dumps(partition, option=orjson.OPT_SORT_KEYS).decode()
     digest = hashlib.sha256(f"{stream}\n{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % 3 == index - 1
+    return int.from_bytes(digest[:8], "big") % count == index - 1
 
 
 def test_retry_command_from_other_folder(
@@ -940,34 +943,52 @@ def test_merge_reports_problems(tmp_path: Path, mock: MockServer) -> None:
 
 @pytest.mark.parametrize(
     ("second", "reader"),
-    [("mapper", "as TM user 2001"), ("", "without an API token")],
-    ids=["other-user", "no-token"],
+    [
+        ("mapper", "as TM user 2001"),
+        ("", "without an API token"),
+        (",admin", "as TM user 1001 and without an API token"),
+    ],
+    ids=["other-user", "no-token", "no-token-first"],
 )
 def test_merge_refuses_shards_of_other_users(
     tmp_path: Path, mock: MockServer, second: str, reader: str
 ) -> None:
-    """Shards read with the keys of different users, or one without a key, saw different
-    private projects: a child partition that only one of them could list would be missing
-    from the merged run with no sign, so the merge is refused (exit 2)."""
+    """Shards read with the keys of different users, or one without a key in any session,
+    saw different private projects: a child partition that only one of them could list
+    would be missing from the merged run with no sign, so the merge is refused (exit 2)."""
     recipe = write_recipe(
         tmp_path,
         RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, token_env: TM_API_TOKEN}"),
     )
     shards = [tmp_path / "shard-1", tmp_path / "shard-2"]
-    for index, (folder, role) in enumerate(zip(shards, ("admin", second), strict=True), start=1):
-        token = mock.tokens[role] if role else ""
-        outcome = run_cli(
-            "run",
-            str(recipe),
-            "--base-url",
-            mock.api_url,
-            "--shard",
-            f"{index}/2",
-            "--output",
-            str(folder),
-            env={"TM_API_TOKEN": token},
-        )
-        assert outcome.exit_code == 0, outcome.stderr
+    for index, (folder, roles) in enumerate(zip(shards, ("admin", second), strict=True), start=1):
+        # With two roles, a long Retry-After stops the first session, and the second
+        # resumes the run with its own key.
+        sessions = roles.split(",")
+        if len(sessions) > 1:
+            owned = next(
+                pid for pid in range(1, 31) if _owned_by(index, {"project_id": pid}, "stats", 2)
+            )
+            mock.add_fault(
+                path=rf"^/api/v2/projects/{owned}/statistics/$",
+                status=429,
+                headers={"Retry-After": "99999"},
+            )
+        for session, role in enumerate(sessions):
+            token = mock.tokens[role] if role else ""
+            outcome = run_cli(
+                "run",
+                str(recipe),
+                "--base-url",
+                mock.api_url,
+                "--shard",
+                f"{index}/2",
+                "--output",
+                str(folder),
+                env={"TM_API_TOKEN": token},
+            )
+            assert outcome.exit_code == (1 if session < len(sessions) - 1 else 0), outcome.stderr
+            mock.clear_faults()
 
     merged = run_cli("merge", str(tmp_path / "merged"), *map(str, shards))
 

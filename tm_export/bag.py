@@ -212,9 +212,26 @@ def changed_payload(folder: Path) -> list[str]:
 
 
 def _move_contents_up(source: Path, folder: Path) -> None:
+    """Move the entries of ``source`` up into ``folder``, and remove ``source`` once empty.
+
+    An entry whose name ``folder`` has already stays where it is, so nothing at the top is
+    replaced.
+    """
+    kept = []
     for child in sorted(source.iterdir()):
+        if (folder / child.name).exists():
+            kept.append(child.name)
+            continue
         os.rename(child, folder / child.name)
-    source.rmdir()
+    if kept:
+        logger.warning(
+            "left %s in %s, since %s has entries of the same names",
+            ", ".join(kept),
+            source,
+            folder,
+        )
+    else:
+        source.rmdir()
     fsync_path(folder)
 
 

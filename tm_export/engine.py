@@ -514,6 +514,10 @@ class _Session:
         if self.finished_before:
             return
         if self.options.token:
+            # NOTE: a key after anonymous sessions is accepted, since --retry-skipped with
+            # a key fetches the private partitions that they skipped. A list they read
+            # still lacks the private projects; status and run.json count the sessions
+            # without a key, and merge rejects such a shard beside others.
             users = {session["user"] for session in state.sessions if session.get("user")}
             self._check_same_user(users, f"{run_folder}: earlier sessions of this run")
             return

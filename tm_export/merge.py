@@ -215,8 +215,8 @@ def _warn_of_failed(
         _failed_text(failed),
         "it" if total == 1 else "them",
         _retry_command(shards, output),
-        f" ({stuck} of them need a changed recipe or the key of another user instead, which "
-        "only --start-over takes)"
+        f" ({stuck} of them {'needs' if stuck == 1 else 'need'} a changed recipe or the key of "
+        "another user instead, which only --start-over takes)"
         if stuck
         else "",
     )
@@ -428,11 +428,12 @@ def _reader(shard: Shard) -> str:
     it sent a key at all (sessions recorded before the user id was)."""
     sessions = [entry for entry in shard.entries if entry["t"] == "session"]
     users = sorted({session["user"] for session in sessions if session.get("user")})
-    if users:
-        return "as TM user " + " and ".join(str(user) for user in users)
-    if any(sent_token(session) for session in sessions):
-        return "with an API token"
-    return "without an API token"
+    views = [f"as TM user {user}" for user in users]
+    if not users and any(sent_token(session) for session in sessions):
+        views.append("with an API token")
+    if not all(sent_token(session) for session in sessions):
+        views.append("without an API token")
+    return " and ".join(views)
 
 
 def _warn_other_servers(shards: list[Shard]) -> None:

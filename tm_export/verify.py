@@ -197,16 +197,17 @@ def locate_run(folder: Path) -> RunPaths:
 def interrupted_bag_folder(folder: Path) -> Path | None:
     """Return the temporary folder that an interrupted ``bagit.make_bag`` left, if any.
 
-    bagit 1.9 moves a folder's contents one by one into a new ``tmp*`` folder (made by
-    ``tempfile.mkdtemp``) and then renames it to ``data``. A crash in between leaves some of
-    the run's files, or none yet, inside that temporary folder, which holds nothing else.
+    bagit 1.9 moves every entry of a folder, one by one, into a new ``tmp*`` folder (made
+    by ``tempfile.mkdtemp``) and then renames it to ``data``. A crash in between leaves some
+    of the run's files in that folder and gone from the top. A ``tmp*`` folder whose run
+    files are all still at the top as well is taken for the user's own.
     """
     if not folder.is_dir():
         return None
     for child in sorted(folder.iterdir()):
         if not (child.is_dir() and _BAGIT_TEMPORARY.fullmatch(child.name)):
             continue
-        if all(entry.name in RUN_FILES for entry in child.iterdir()):
+        if any((child / name).exists() and not (folder / name).exists() for name in RUN_FILES):
             return child
     return None
 

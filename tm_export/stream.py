@@ -13,7 +13,7 @@ import jsonlines
 import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .catalog import WHOLE_BODY
+from .catalog import WHOLE_BODY, Endpoint
 from .codec import Codec, open_lines
 from .errors import HTTPStatusError, RequestError
 from .fetcher import Fetcher
@@ -500,10 +500,7 @@ class StreamRunner:
             await self._read(walk)
             await self._check_token_if_changed(walk)
 
-        # Only a path's object (a project) can vanish during the walk. So a list without
-        # one, such as the project search, that rejects a later page has lost that page.
-        mid_walk = bool(self.spec.endpoint.path_params)
-        hidden = _hidden_by(walk.failed_pages, mid_walk) or await self._hidden_draft(walk)
+        hidden = _hidden_by(walk.failed_pages, self.spec.endpoint) or await self._hidden_draft(walk)
         if hidden is not None and not await self._token_still_accepted(walk, hidden):
             hidden = None
         if hidden is not None:
@@ -982,17 +979,21 @@ def unknown_path(error: HTTPStatusError) -> bool:
 
 
 def _hidden_by(
-    failed_pages: dict[int, RequestError | ShapeError], mid_walk: bool
+    failed_pages: dict[int, RequestError | ShapeError], endpoint: Endpoint
 ) -> HTTPStatusError | None:
     """Return the first failure when every failed page was a 403 or 404 of something the
-    server has a path for, else None. Unless ``mid_walk`` allows it, that holds for the first
-    page only, as a later one then shows no partition hidden from the start."""
+    server has a path for, else None.
+
+    On a later page, that holds only for an endpoint whose path names an object (a
+    project), which can vanish during the walk. A list without one, such as the project
+    search, that rejects a later page has lost that page.
+    """
     first: HTTPStatusError | None = None
     for number in sorted(failed_pages):
         error = failed_pages[number]
         if not (isinstance(error, HTTPStatusError) and skips_partition(error)):
             return None
-        if number > 1 and not mid_walk:
+        if number > 1 and not endpoint.path_params:
             return None
         first = first or error
     return first

@@ -111,6 +111,27 @@ def test_bag_seals_run(tmp_path: Path, mock: MockServer) -> None:
     assert (tmp_path / "out/runs/0002/data/projects.jsonl").read_bytes() == b""
 
 
+def test_bag_with_failures_offers_start_over(tmp_path: Path, mock: MockServer) -> None:
+    """'tm-export bag' seals a finished run with failed partitions. The command run again
+    reports them (exit 3), and its retry line names --start-over, not --retry-failed,
+    which the sealed bag rejects."""
+    recipe = write_recipe(
+        tmp_path,
+        RECIPE.replace("rate_limit: 10000/s", "rate_limit: 10000/s, retries: {attempts: 1}"),
+    )
+    mock.add_fault(path=r"^/api/v2/projects/1/activities/$", status=500)
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 3
+    assert run_cli("bag", str(tmp_path / "out/runs/0001")).exit_code == 0
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert outcome.exit_code == 3
+    assert (
+        "retry: the run is a bag, which takes no more pages, so --start-over fetches the 1 "
+        "failed partition again, in a new run"
+    ) in outcome.stderr.splitlines()
+
+
 def test_bag_refuses_retry_of_its_skipped_partitions(tmp_path: Path, mock: MockServer) -> None:
     """--retry-skipped on a bag with a skipped partition would write to the sealed run, so it
     is refused, and nothing is sent."""

@@ -6,6 +6,7 @@ from typing import Any
 
 from .engine import RunResult
 from .errors import ExitCode, resume_hint, retry_command
+from .layout import is_bag
 from .recipe import Recipe
 from .status import FINAL_STATES, read_again_line
 from .verify import FAILURES_LABEL, PROBLEMS_LABEL
@@ -100,6 +101,12 @@ def _retry_line(result: RunResult) -> str:
     """Return the summary line with the command that fetches the failed partitions again."""
     retry = retry_command(incremental=result.incremental, started_over=result.started_over)
     failed = counted(result.failed_partitions, "failed partition")
+    if is_bag(result.run_folder):
+        # 'tm-export bag' seals a finished run whatever failed, and a bag takes no pages.
+        return (
+            f"retry: the run is a bag, which takes no more pages, so --start-over fetches the "
+            f"{failed} again, in a new run"
+        )
     stuck = sum(stats.need_new_run for stats in result.streams.values())
     need = "needs" if stuck == 1 else "need"
     if stuck == result.failed_partitions:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import bagit
@@ -157,46 +160,71 @@ def test_bag_refuses_retry_of_its_skipped_partitions(tmp_path: Path, mock: MockS
     assert mock.requests() == []
 
 
-@pytest.mark.parametrize(
-    "moved",
-    [
-        ("run.json",),
-        ("run.json", "data"),
-        (".spool", "data", "manifest.jsonl", "notes.txt", "run.json"),
-    ],
-    ids=["record", "data", "all"],
-)
-def test_bag_step_killed_early_put_back(
-    tmp_path: Path, mock: MockServer, moved: tuple[str, ...]
-) -> None:
-    """bagit moves every entry of the run folder, hidden ones and the user's included, into
-    its temporary folder one at a time. After a kill, status reports an interrupted bag,
-    and the same command puts the entries back and bags."""
+#: Runs 'tm-export bag' with os.rename patched to kill the process on its N-th call, as a
+#: power cut would stop it at that point of bagit's moves.
+KILL_AT_RENAME = """\
+import os, signal, sys
+limit, folder = int(sys.argv[1]), sys.argv[2]
+calls = [0]
+rename = os.rename
+def killing_rename(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == limit:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return rename(*args, **kwargs)
+os.rename = killing_rename
+from tm_export.cli import main
+sys.argv = ["tm-export", "bag", folder]
+main()
+"""
+
+
+def test_bag_step_killed_at_each_move_put_back(tmp_path: Path, mock: MockServer) -> None:
+    """bagit moves every entry of the run folder, hidden ones and the user's own tmp*
+    folder included, into its temporary folder one at a time. A kill at any of those
+    moves is reported by status, and the export command with --bag puts the entries back
+    and makes the bag, with the payload holding exactly what the run folder held."""
     recipe = write_recipe(tmp_path, RECIPE)
     assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
-    run = tmp_path / "out/runs/0001"
+    prepared = tmp_path / "out"
+    run = prepared / "runs/0001"
     (run / ".spool").mkdir()
     (run / "notes.txt").write_text("mine\n")
-    moving = run / "tmpk3x9q_2z"
-    moving.mkdir()
-    for name in moved:
-        (run / name).rename(moving / name)
+    (run / "tmp_backup").mkdir()
+    shutil.copy(run / "manifest.jsonl", run / "tmp_backup/manifest.jsonl")
+    expected = sorted(str(path.relative_to(run)) for path in run.rglob("*") if path.is_file())
+    killer = tmp_path / "kill_at_rename.py"
+    killer.write_text(KILL_AT_RENAME)
 
-    status = run_cli("status", str(run))
-    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--bag")
+    # Six entries move one by one, then the seventh rename makes the temporary folder data.
+    for number in range(1, 8):
+        output = tmp_path / f"out-{number}"
+        shutil.copytree(prepared, output)
+        folder = output / "runs/0001"
+        killed = subprocess.run(
+            [sys.executable, str(killer), str(number), str(folder)],
+            capture_output=True,
+            check=False,
+            timeout=120,
+        )
+        assert killed.returncode == -signal.SIGKILL, (number, killed.stderr)
 
-    assert status.exit_code == 1
-    assert status.stderr == (
-        f"tm-export: error: {run}: the run folder was being made a bag when that was "
-        f"interrupted; run 'tm-export bag {run}' again to finish it\n"
-    )
-    assert outcome.exit_code == 0, outcome.stderr
-    assert not moving.exists()
-    assert bagit.Bag(str(run)).validate()
-    listed = (run / "manifest-sha256.txt").read_text().splitlines()
-    assert not any("tmp" in line for line in listed)
-    assert any(line.endswith(" data/notes.txt") for line in listed)
-    assert run_cli("verify", str(tmp_path / "out")).exit_code == 0
+        status = run_cli("status", str(folder))
+        outcome = run_cli(
+            "run", str(recipe), "--base-url", mock.api_url, "--output", str(output), "--bag"
+        )
+
+        assert status.exit_code == 1, (number, status.stdout)
+        assert "was interrupted" in status.stderr, number
+        assert outcome.exit_code == 0, (number, outcome.stderr)
+        assert bagit.Bag(str(folder)).validate(), number
+        payload = sorted(
+            str(path.relative_to(folder / "data"))
+            for path in (folder / "data").rglob("*")
+            if path.is_file()
+        )
+        assert payload == expected, number
+        assert not (output / "runs/.0001.bagging").exists(), number
 
 
 @pytest.mark.parametrize(

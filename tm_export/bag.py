@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import bagit  # type: ignore[import-untyped]
+import orjson
 
 from . import __version__
 from .canonical import remove_leftovers, rewrite_interrupted
@@ -42,6 +43,8 @@ from .verify import (
     RunPaths,
     RunStateError,
     bag_complete,
+    bagging_entries,
+    bagging_marker,
     file_sha256,
     fsync_path,
     interrupted_bag_folder,
@@ -111,6 +114,7 @@ def make_run_bag(run_folder: Path) -> RunPaths:
         "TM-Export-Base-URL": str(last.get("settings", {}).get("base_url") or "unknown"),
         "TM-Release": str(last.get("tm_release") or "unknown"),
     }
+    _write_marker(paths.folder)
     try:
         bagit.make_bag(str(paths.folder), bag_info=info, checksums=CHECKSUMS)
     except (OSError, bagit.BagError) as error:
@@ -119,8 +123,37 @@ def make_run_bag(run_folder: Path) -> RunPaths:
             f"{paths.folder}' again to restore the run folder and retry"
         ) from error
     _fsync_bag(paths.folder)
+    _remove_marker(paths.folder)
     logger.info("made %s a bag", paths.folder)
     return locate_run(paths.folder)
+
+
+def _write_marker(folder: Path) -> None:
+    """Record the run folder's entries beside it before bagit moves them, so that a kill
+    at any point of the bag step is found and undone (see ``verify.bagging_entries``)."""
+    marker = bagging_marker(folder)
+    entries = sorted(entry.name for entry in folder.iterdir())
+    partial = marker.with_name(marker.name + ".partial")
+    try:
+        partial.write_bytes(orjson.dumps({"entries": entries}))
+        fsync_path(partial)
+        os.replace(partial, marker)
+        fsync_path(folder.parent)
+    except OSError as error:
+        raise StorageError(
+            f"{marker}: cannot record the run folder's entries before the bag step: "
+            f"{error.strerror}"
+        ) from error
+
+
+def _remove_marker(folder: Path) -> None:
+    try:
+        bagging_marker(folder).unlink(missing_ok=True)
+        fsync_path(folder.parent)
+    except OSError as error:
+        raise StorageError(
+            f"{bagging_marker(folder)}: cannot remove the bag step's marker: {error.strerror}"
+        ) from error
 
 
 def _fsync_bag(folder: Path) -> None:
@@ -137,46 +170,73 @@ def _fsync_bag(folder: Path) -> None:
 def restore_interrupted_bag(folder: Path) -> bool:
     """Put back a run folder whose bagging was interrupted; return True when one was.
 
-    bagit 1.9 moves the folder's contents into a temporary ``tmp*`` folder, renames it to
+    bagit 1.9 moves the folder's entries into a temporary ``tmp*`` folder, renames it to
     ``data`` and then writes the tag files, ``tagmanifest-sha256.txt`` last. A crash leaves
     either the temporary folder, or ``data/manifest.jsonl`` without that last tag file.
+    The bag step's marker (see ``verify.bagging_entries``) names the entries the folder had,
+    so the temporary folder is told from a user's own. A step of an older version left no
+    marker: its temporary folder is then put back only once the manifest has left the top.
 
     Raises:
         StorageError: a file cannot be moved back.
+        RunDamagedError: the half-made bag's files changed since their checksums were written.
     """
+    entries = bagging_entries(folder)
     try:
+        if entries is not None and bag_complete(folder):
+            # Killed after bagit had finished, before the marker was removed.
+            _remove_marker(folder)
+            return False
+
+        restored = False
         temporary = interrupted_bag_folder(folder)
-        if temporary is not None:
-            _move_contents_up(temporary, folder)
-            logger.warning("put back the run folder %s, whose bagging was interrupted", folder)
-            return True
         payload = folder / DATA_FOLDER
         # A plain run has its manifest at the top; data/manifest.jsonl there is a stream file.
         moved = not (folder / MANIFEST_NAME).exists()
-        if moved and (payload / MANIFEST_NAME).is_file() and not bag_complete(folder):
-            # Putting the folder back drops the bag's checksums, the evidence of a change.
-            changed = changed_payload(folder)
-            if changed:
-                raise RunDamagedError(
-                    f"{folder}: the bag's tag manifest is missing or incomplete, and "
-                    f"manifest-sha256.txt does not match {', '.join(changed[:5])}"
-                    f"{' and more' if len(changed) > 5 else ''}, so the bag was changed after "
-                    "it was made. Nothing was changed; restore the bag from a copy"
-                )
-            for name in TAG_FILES:
-                (folder / name).unlink(missing_ok=True)
-            # The payload folder is also called data; move it aside before its contents go up.
-            aside = folder / ".bag-payload"
-            os.rename(payload, aside)
-            _move_contents_up(aside, folder)
-            logger.warning("put back the run folder %s, whose bagging was interrupted", folder)
-            return True
+        if temporary is not None and (entries is not None or moved):
+            _move_contents_up(temporary, folder)
+            restored = True
+        elif moved and (payload / MANIFEST_NAME).is_file() and not bag_complete(folder):
+            _put_back_payload(folder, entries or set())
+            restored = True
+        if entries is not None:
+            # Also a step killed before bagit moved anything: only its marker is left.
+            _remove_marker(folder)
+            restored = True
     except OSError as error:
         raise StorageError(
             f"{folder}: cannot put back the run folder after an interrupted bagging: "
             f"{error.strerror}"
         ) from error
-    return False
+    if restored:
+        logger.warning("put back the run folder %s, whose bagging was interrupted", folder)
+    return restored
+
+
+def _put_back_payload(folder: Path, entries: set[str]) -> None:
+    """Move the payload of a bag whose tag files bagit had not all written back up."""
+    # Putting the folder back drops the bag's checksums, the evidence of a change.
+    changed = changed_payload(folder)
+    if changed:
+        raise RunDamagedError(
+            f"{folder}: the bag's tag manifest is missing or incomplete, and "
+            f"manifest-sha256.txt does not match {', '.join(changed[:5])}"
+            f"{' and more' if len(changed) > 5 else ''}, so the bag was changed after "
+            "it was made. Nothing was changed; restore the bag from a copy"
+        )
+    for name in TAG_FILES:
+        if name not in entries:
+            (folder / name).unlink(missing_ok=True)
+
+    # The payload folder is also called data; move it aside before its contents go up,
+    # under a name that no entry of the run has.
+    aside = folder / ".bag-payload"
+    number = 1
+    while aside.exists() or aside.name in entries or (folder / DATA_FOLDER / aside.name).exists():
+        number += 1
+        aside = folder / f".bag-payload-{number}"
+    os.rename(folder / DATA_FOLDER, aside)
+    _move_contents_up(aside, folder)
 
 
 def changed_payload(folder: Path) -> list[str]:

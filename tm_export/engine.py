@@ -77,7 +77,7 @@ from .stream import StreamRunner
 from .timestamps import utc_now_text
 from .tokencheck import TokenCheck
 from .tokenuser import token_user
-from .verify import RECORD_NAME, bag_complete, interrupted_bag_folder
+from .verify import RECORD_NAME, bag_complete, bagging_entries, interrupted_bag_folder
 from .walk import StreamStats
 from .words import counted
 
@@ -223,13 +223,14 @@ def _put_back_interrupted_bag(output: Path) -> None:
     if not runs:
         return
     folder = runs[-1]
+    marked = bagging_entries(folder) is not None
     moving = interrupted_bag_folder(folder) is not None
     tagging = (
         not (folder / MANIFEST_NAME).exists()
         and (folder / DATA_FOLDER / MANIFEST_NAME).is_file()
         and not bag_complete(folder)
     )
-    if moving or tagging:
+    if marked or moving or tagging:
         # Imported here, as in _finish_archive: bagit is slow to import.
         from .bag import restore_interrupted_bag
 

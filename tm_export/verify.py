@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import zlib
 from bisect import bisect_left, bisect_right
 from collections import deque
@@ -155,7 +154,7 @@ def locate_run(folder: Path) -> RunPaths:
         ManifestError: ``folder`` has stream files but no manifest.
         BagInterruptedError: making the folder a bag was interrupted.
     """
-    if interrupted_bag_folder(folder) is not None:
+    if bagging_entries(folder) is not None and not bag_complete(folder):
         # Checked first: the manifest may still be at the top while other files were moved.
         raise BagInterruptedError(
             f"{folder}: the run folder was being made a bag when that was interrupted; "
@@ -171,7 +170,9 @@ def locate_run(folder: Path) -> RunPaths:
         return RunPaths(folder, folder / DATA_FOLDER, bagged=True)
     if (folder / MANIFEST_NAME).is_file():
         return RunPaths(folder, folder, bagged=False)
-    if (folder / DATA_FOLDER / MANIFEST_NAME).is_file() and not (folder / MANIFEST_NAME).exists():
+    if interrupted_bag_folder(folder) is not None or (
+        (folder / DATA_FOLDER / MANIFEST_NAME).is_file() and not (folder / MANIFEST_NAME).exists()
+    ):
         # bagit moved the run into data/ and had not written bagit.txt, say on a full disk.
         raise BagInterruptedError(
             f"{folder}: the run folder was being made a bag when that was interrupted; "
@@ -194,26 +195,46 @@ def locate_run(folder: Path) -> RunPaths:
     )
 
 
+def bagging_marker(folder: Path) -> Path:
+    """Return the file that lists a run folder's entries while the folder is made a bag.
+
+    It sits beside the folder, since bagit moves every entry of the folder itself.
+    """
+    return folder.parent / f".{folder.name}.bagging"
+
+
+def bagging_entries(folder: Path) -> set[str] | None:
+    """Return the entries that ``folder`` had when a bag step began, or None when no bag
+    step left its marker (or the marker cannot be read)."""
+    try:
+        marker = orjson.loads(bagging_marker(folder).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    entries = marker.get("entries") if isinstance(marker, dict) else None
+    return {str(name) for name in entries} if isinstance(entries, list) else None
+
+
 def interrupted_bag_folder(folder: Path) -> Path | None:
     """Return the temporary folder that an interrupted ``bagit.make_bag`` left, if any.
 
     bagit 1.9 moves every entry of a folder, one by one, into a new ``tmp*`` folder (made
-    by ``tempfile.mkdtemp``) and then renames it to ``data``. A crash in between leaves some
-    of the run's files in that folder and gone from the top. A ``tmp*`` folder whose run
-    files are all still at the top as well is taken for the user's own.
+    by ``tempfile.mkdtemp``) and then renames it to ``data``. With the bag step's marker,
+    that folder is the ``tmp*`` folder that the run folder did not have before the step, so
+    a user's own ``tmp*`` folder is never taken for it. A bag step of an older version left
+    no marker: its folder is then a ``tmp*`` folder with the manifest or the data folder.
     """
     if not folder.is_dir():
         return None
+    entries = bagging_entries(folder)
     for child in sorted(folder.iterdir()):
-        if not (child.is_dir() and _BAGIT_TEMPORARY.fullmatch(child.name)):
+        if not (child.is_dir() and child.name.startswith("tmp")):
             continue
-        if any((child / name).exists() and not (folder / name).exists() for name in RUN_FILES):
+        if entries is not None:
+            if child.name not in entries:
+                return child
+        elif (child / MANIFEST_NAME).exists() or (child / DATA_FOLDER).is_dir():
             return child
     return None
-
-
-#: The name of a folder that ``tempfile.mkdtemp`` makes: ``tmp`` and random characters.
-_BAGIT_TEMPORARY = re.compile(r"tmp[a-z0-9_]+")
 
 
 def find_runs(folder: Path) -> list[RunPaths]:

@@ -174,7 +174,7 @@ def restore_interrupted_bag(folder: Path) -> bool:
     ``data`` and then writes the tag files, ``tagmanifest-sha256.txt`` last. A crash leaves
     either the temporary folder, or ``data/manifest.jsonl`` without that last tag file.
     The bag step's marker (see ``verify.bagging_entries``) names the entries the folder had,
-    so the temporary folder is told from a user's own. A step of an older version left no
+    so the temporary folder is distinguished from a user's own. A step of an older version left no
     marker: its temporary folder is then put back only once the manifest has left the top.
 
     Raises:
@@ -277,16 +277,16 @@ def _move_contents_up(source: Path, folder: Path) -> None:
     An entry whose name ``folder`` has already stays where it is, so nothing at the top is
     replaced.
     """
-    kept = []
+    clashing = []
     for child in sorted(source.iterdir()):
         if (folder / child.name).exists():
-            kept.append(child.name)
+            clashing.append(child.name)
             continue
         os.rename(child, folder / child.name)
-    if kept:
+    if clashing:
         logger.warning(
             "left %s in %s, since %s has entries of the same names",
-            ", ".join(kept),
+            ", ".join(clashing),
             source,
             folder,
         )

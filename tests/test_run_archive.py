@@ -227,6 +227,35 @@ def test_bag_step_killed_at_each_move_put_back(tmp_path: Path, mock: MockServer)
         assert not (output / "runs/.0001.bagging").exists(), number
 
 
+def test_stale_bag_marker_of_deleted_folder_ignored(tmp_path: Path, mock: MockServer) -> None:
+    """A marker left by a bag step killed in a run folder that was then deleted by hand
+    belongs to that folder, not to a new run folder of the same number: making the new
+    folder removes it, so the new run is neither reported as an interrupted bag nor
+    changed."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    args = ["run", str(recipe), "--base-url", mock.api_url]
+    assert run_cli(*args).exit_code == 0
+    run = tmp_path / "out/runs/0001"
+    killer = tmp_path / "kill_at_rename.py"
+    killer.write_text(KILL_AT_RENAME)
+    killed = subprocess.run(
+        [sys.executable, str(killer), "2", str(run)], capture_output=True, check=False, timeout=120
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    shutil.rmtree(run)
+    assert (tmp_path / "out/runs/.0001.bagging").exists()
+    assert run_cli(*args).exit_code == 0
+
+    status = run_cli("status", str(run))
+    again = run_cli(*args, "--bag")
+
+    assert status.exit_code == 0, status.stderr
+    assert again.exit_code == 0, again.stderr
+    assert "put back" not in again.stderr
+    assert bagit.Bag(str(run)).validate()
+    assert not (tmp_path / "out/runs/.0001.bagging").exists()
+
+
 @pytest.mark.parametrize(
     "kept", [(), ("manifest.jsonl",), ("data",)], ids=["empty", "manifest", "data"]
 )

@@ -34,7 +34,7 @@ import orjson
 from . import __version__
 from .canonical import remove_leftovers, rewrite_interrupted
 from .errors import StorageError
-from .layout import DATA_FOLDER, MANIFEST_NAME, run_codec
+from .layout import DATA_FOLDER, MANIFEST_NAME, bagging_marker, run_codec
 from .manifest import latest_session
 from .runrecord import RunDamagedError, write_run_record
 from .verify import (
@@ -44,7 +44,6 @@ from .verify import (
     RunStateError,
     bag_complete,
     bagging_entries,
-    bagging_marker,
     file_sha256,
     fsync_path,
     interrupted_bag_folder,

@@ -185,6 +185,14 @@ def never_started(run_folder: Path) -> bool:
     return True
 
 
+def bagging_marker(folder: Path) -> Path:
+    """Return the file that lists a run folder's entries while the folder is made a bag.
+
+    It sits beside the folder, since bagit moves every entry of the folder itself.
+    """
+    return folder.parent / f".{folder.name}.bagging"
+
+
 def build_run_folder(run_folder: Path, suffix: str, fill: Callable[[Path], None]) -> None:
     """Make the run folder ``run_folder`` whole or not at all.
 
@@ -202,6 +210,9 @@ def build_run_folder(run_folder: Path, suffix: str, fill: Callable[[Path], None]
         (building / DATA_FOLDER).mkdir(parents=True)
         fill(building)
         fsync_folder(building)
+        # A bag step killed in an earlier folder of this name, deleted since, left a marker
+        # that is not this folder's.
+        bagging_marker(run_folder).unlink(missing_ok=True)
         building.rename(run_folder)
         fsync_folder(run_folder.parent)
     except OSError as error:

@@ -48,6 +48,7 @@ from .layout import (
     DATA_FOLDER,
     MANIFEST_NAME,
     SNAPSHOT_RECORD,
+    bagging_marker,
     list_runs,
     run_codec,
     runs_folder,
@@ -193,14 +194,6 @@ def locate_run(folder: Path) -> RunPaths:
         f"{folder}: not a run folder: it has no {MANIFEST_NAME}; give an output folder "
         "(with runs/) or a run folder such as OUTPUT/runs/0001"
     )
-
-
-def bagging_marker(folder: Path) -> Path:
-    """Return the file that lists a run folder's entries while the folder is made a bag.
-
-    It sits beside the folder, since bagit moves every entry of the folder itself.
-    """
-    return folder.parent / f".{folder.name}.bagging"
 
 
 def bagging_entries(folder: Path) -> set[str] | None:

@@ -227,6 +227,76 @@ def test_bag_step_killed_at_each_move_put_back(tmp_path: Path, mock: MockServer)
         assert not (output / "runs/.0001.bagging").exists(), number
 
 
+def test_put_back_killed_at_each_move_finished(tmp_path: Path, mock: MockServer) -> None:
+    """A bag step killed before bagit's last tag file leaves the payload in data/. The next
+    'tm-export bag' sets it aside and moves its entries up; a kill at any of those moves
+    is finished by the export command with --bag, which bags exactly the run's entries."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
+    prepared = tmp_path / "out"
+    run = prepared / "runs/0001"
+    (run / "notes.txt").write_text("mine\n")
+    assert run_cli("bag", str(run)).exit_code == 0
+    expected = sorted(
+        str(path.relative_to(run / "data")) for path in (run / "data").rglob("*") if path.is_file()
+    )
+    # As a kill before bagit wrote its tag manifest leaves it, with the step's marker.
+    (run / "tagmanifest-sha256.txt").unlink()
+    entries = sorted(entry.name for entry in (run / "data").iterdir())
+    (prepared / "runs/.0001.bagging").write_bytes(orjson.dumps({"entries": entries}))
+    killer = tmp_path / "kill_at_rename.py"
+    killer.write_text(KILL_AT_RENAME)
+
+    # One rename sets the payload aside, then one moves each of its entries up.
+    for number in range(1, len(entries) + 2):
+        output = tmp_path / f"out-{number}"
+        shutil.copytree(prepared, output)
+        folder = output / "runs/0001"
+        killed = subprocess.run(
+            [sys.executable, str(killer), str(number), str(folder)],
+            capture_output=True,
+            check=False,
+            timeout=120,
+        )
+        assert killed.returncode == -signal.SIGKILL, (number, killed.stderr)
+
+        outcome = run_cli(
+            "run", str(recipe), "--base-url", mock.api_url, "--output", str(output), "--bag"
+        )
+
+        assert outcome.exit_code == 0, (number, outcome.stderr)
+        assert bagit.Bag(str(folder)).validate(), number
+        payload = sorted(
+            str(path.relative_to(folder / "data"))
+            for path in (folder / "data").rglob("*")
+            if path.is_file()
+        )
+        assert payload == expected, number
+        assert not (output / "runs/.0001.bagging").exists(), number
+
+
+def test_bag_of_dot_keeps_marker_out_of_payload(
+    tmp_path: Path, mock: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'tm-export bag .' from inside the run folder writes the step's marker beside the
+    folder, not in it, so the bag holds only the run's files."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
+    run = tmp_path / "out/runs/0001"
+    monkeypatch.chdir(run)
+
+    outcome = run_cli("bag", ".")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert bagit.Bag(str(run)).validate()
+    assert sorted(path.name for path in (run / "data").iterdir()) == [
+        "data",
+        "manifest.jsonl",
+        "run.json",
+    ]
+    assert not list((tmp_path / "out/runs").glob(".*bagging*"))
+
+
 def test_stale_bag_marker_of_deleted_folder_ignored(tmp_path: Path, mock: MockServer) -> None:
     """A marker left by a bag step killed in a run folder that was then deleted by hand
     belongs to that folder, not to a new run folder of the same number: making the new

@@ -59,6 +59,9 @@ logging.getLogger("bagit").setLevel(logging.CRITICAL)
 #: The checksum algorithm of the bag's manifests; ``verify`` reuses its stream file hashes.
 CHECKSUMS = ["sha256"]
 
+#: The name under which a half-made bag's payload is set aside while it is put back.
+PAYLOAD_ASIDE = ".bag-payload"
+
 #: The tag files that bagit writes, in the order it writes them.
 TAG_FILES = (BAG_DECLARATION, "bag-info.txt", "manifest-sha256.txt", BAG_TAG_MANIFEST)
 
@@ -113,7 +116,7 @@ def make_run_bag(run_folder: Path) -> RunPaths:
         "TM-Export-Base-URL": str(last.get("settings", {}).get("base_url") or "unknown"),
         "TM-Release": str(last.get("tm_release") or "unknown"),
     }
-    _write_marker(paths.folder)
+    marked = _write_marker(paths.folder)
     try:
         bagit.make_bag(str(paths.folder), bag_info=info, checksums=CHECKSUMS)
     except (OSError, bagit.BagError) as error:
@@ -122,14 +125,19 @@ def make_run_bag(run_folder: Path) -> RunPaths:
             f"{paths.folder}' again to restore the run folder and retry"
         ) from error
     _fsync_bag(paths.folder)
-    _remove_marker(paths.folder)
+    if marked:
+        _remove_marker(paths.folder)
     logger.info("made %s a bag", paths.folder)
     return locate_run(paths.folder)
 
 
-def _write_marker(folder: Path) -> None:
+def _write_marker(folder: Path) -> bool:
     """Record the run folder's entries beside it before bagit moves them, so that a kill
-    at any point of the bag step is found and undone (see ``verify.bagging_entries``)."""
+    at any point of the bag step is found and undone (see ``verify.bagging_entries``).
+
+    Returns False when the folder's parent cannot be written: the bag is then made as
+    before the marker existed, and a kill during the step may go unnoticed.
+    """
     marker = bagging_marker(folder)
     entries = sorted(entry.name for entry in folder.iterdir())
     partial = marker.with_name(marker.name + ".partial")
@@ -137,21 +145,27 @@ def _write_marker(folder: Path) -> None:
         partial.write_bytes(orjson.dumps({"entries": entries}))
         fsync_path(partial)
         os.replace(partial, marker)
-        fsync_path(folder.parent)
+        fsync_path(marker.parent)
     except OSError as error:
-        raise StorageError(
-            f"{marker}: cannot record the run folder's entries before the bag step: "
-            f"{error.strerror}"
-        ) from error
+        partial.unlink(missing_ok=True)
+        logger.warning(
+            "cannot record the run folder's entries in %s (%s), so a kill while the bag is "
+            "made may go unnoticed; making it anyway",
+            marker,
+            error.strerror,
+        )
+        return False
+    return True
 
 
 def _remove_marker(folder: Path) -> None:
+    marker = bagging_marker(folder)
     try:
-        bagging_marker(folder).unlink(missing_ok=True)
-        fsync_path(folder.parent)
+        marker.unlink(missing_ok=True)
+        fsync_path(marker.parent)
     except OSError as error:
         raise StorageError(
-            f"{bagging_marker(folder)}: cannot remove the bag step's marker: {error.strerror}"
+            f"{marker}: cannot remove the bag step's marker: {error.strerror}"
         ) from error
 
 
@@ -188,6 +202,12 @@ def restore_interrupted_bag(folder: Path) -> bool:
             return False
 
         restored = False
+        if entries is not None:
+            # A put-back killed after it moved the payload aside (see _put_back_payload).
+            for aside in sorted(folder.glob(f"{PAYLOAD_ASIDE}*")):
+                if aside.name not in entries and aside.is_dir():
+                    _move_contents_up(aside, folder)
+                    restored = True
         temporary = interrupted_bag_folder(folder)
         payload = folder / DATA_FOLDER
         # A plain run has its manifest at the top; data/manifest.jsonl there is a stream file.
@@ -199,9 +219,17 @@ def restore_interrupted_bag(folder: Path) -> bool:
             _put_back_payload(folder, entries or set())
             restored = True
         if entries is not None:
-            # Also a step killed before bagit moved anything: only its marker is left.
-            _remove_marker(folder)
+            # Also a step killed before bagit moved anything: only its marker is left. The
+            # marker stays until every entry it lists is back, for the next attempt.
             restored = True
+            missing = sorted(name for name in entries if not (folder / name).exists())
+            if missing:
+                raise StorageError(
+                    f"{folder}: cannot put back {', '.join(missing[:5])} after an interrupted "
+                    f"bagging; restore the run folder from a copy, or delete "
+                    f"{bagging_marker(folder)} to go on without them"
+                )
+            _remove_marker(folder)
     except OSError as error:
         raise StorageError(
             f"{folder}: cannot put back the run folder after an interrupted bagging: "
@@ -229,11 +257,11 @@ def _put_back_payload(folder: Path, entries: set[str]) -> None:
 
     # The payload folder is also called data; move it aside before its contents go up,
     # under a name that no entry of the run has.
-    aside = folder / ".bag-payload"
+    aside = folder / PAYLOAD_ASIDE
     number = 1
     while aside.exists() or aside.name in entries or (folder / DATA_FOLDER / aside.name).exists():
         number += 1
-        aside = folder / f".bag-payload-{number}"
+        aside = folder / f"{PAYLOAD_ASIDE}-{number}"
     os.rename(folder / DATA_FOLDER, aside)
     _move_contents_up(aside, folder)
 

@@ -188,9 +188,11 @@ def never_started(run_folder: Path) -> bool:
 def bagging_marker(folder: Path) -> Path:
     """Return the file that lists a run folder's entries while the folder is made a bag.
 
-    It sits beside the folder, since bagit moves every entry of the folder itself.
+    It sits beside the folder, since bagit moves every entry of the folder itself. The
+    path is resolved first, so that ``.`` or a link names the folder's own place.
     """
-    return folder.parent / f".{folder.name}.bagging"
+    resolved = folder.resolve()
+    return resolved.parent / f".{resolved.name}.bagging"
 
 
 def build_run_folder(run_folder: Path, suffix: str, fill: Callable[[Path], None]) -> None:

@@ -236,6 +236,8 @@ def test_put_back_killed_at_each_move_finished(tmp_path: Path, mock: MockServer)
     prepared = tmp_path / "out"
     run = prepared / "runs/0001"
     (run / "notes.txt").write_text("mine\n")
+    # A file of the user's with the name of a bagit tag file goes into the payload.
+    (run / "manifest-sha256.txt").write_text("mine\n")
     assert run_cli("bag", str(run)).exit_code == 0
     expected = sorted(
         str(path.relative_to(run / "data")) for path in (run / "data").rglob("*") if path.is_file()
@@ -273,6 +275,51 @@ def test_put_back_killed_at_each_move_finished(tmp_path: Path, mock: MockServer)
         )
         assert payload == expected, number
         assert not (output / "runs/.0001.bagging").exists(), number
+
+
+def test_bag_refused_by_bagit_leaves_run_as_it_was(tmp_path: Path, mock: MockServer) -> None:
+    """bagit refuses a folder with a link to a missing file before it moves anything. The
+    bag step then puts the folder back and removes its marker, so the run is neither
+    reported as an interrupted bag nor refused, and once the link is gone it is bagged."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
+    run = tmp_path / "out/runs/0001"
+    (run / "export.log").symlink_to(tmp_path / "gone.log")
+
+    refused = run_cli("bag", str(run))
+    status = run_cli("status", str(run))
+    again = run_cli("run", str(recipe), "--base-url", mock.api_url)
+
+    assert refused.exit_code == 1
+    assert refused.stderr.splitlines()[-1].startswith(
+        f"tm-export: error: {run}: cannot make the bag: "
+    )
+    assert not list((tmp_path / "out/runs").glob(".*bagging*"))
+    assert status.exit_code == 0, status.stderr
+    assert again.exit_code == 0, again.stderr
+    (run / "export.log").unlink()
+    assert run_cli("bag", str(run)).exit_code == 0
+    assert bagit.Bag(str(run)).validate()
+
+
+def test_set_aside_payload_without_marker_put_back(tmp_path: Path, mock: MockServer) -> None:
+    """A bag step made without its marker (its parent folder could not be written), whose
+    put-back was killed after it set the payload aside and moved the stream folder up, is
+    still put back: the aside folder holds the manifest that the top lacks."""
+    recipe = write_recipe(tmp_path, RECIPE)
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url, "--bag").exit_code == 0
+    run = tmp_path / "out/runs/0001"
+    for name in ("bagit.txt", "bag-info.txt", "manifest-sha256.txt", "tagmanifest-sha256.txt"):
+        (run / name).unlink()
+    (run / "data").rename(run / ".bag-payload")
+    (run / ".bag-payload/data").rename(run / "data")
+
+    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--bag")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert not (run / ".bag-payload").exists()
+    assert bagit.Bag(str(run)).validate()
+    assert run_cli("verify", str(tmp_path / "out")).exit_code == 0
 
 
 def test_bag_of_dot_keeps_marker_out_of_payload(

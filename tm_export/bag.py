@@ -23,6 +23,7 @@ record first, because the record belongs in the payload.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -40,6 +41,7 @@ from .runrecord import RunDamagedError, write_run_record
 from .verify import (
     BAG_DECLARATION,
     BAG_TAG_MANIFEST,
+    PAYLOAD_ASIDE,
     RunPaths,
     RunStateError,
     bag_complete,
@@ -49,6 +51,7 @@ from .verify import (
     interrupted_bag_folder,
     locate_run,
     scan_manifest,
+    set_aside_payload,
 )
 
 logger = logging.getLogger("tm_export.bag")
@@ -58,9 +61,6 @@ logging.getLogger("bagit").setLevel(logging.CRITICAL)
 
 #: The checksum algorithm of the bag's manifests; ``verify`` reuses its stream file hashes.
 CHECKSUMS = ["sha256"]
-
-#: The name under which a half-made bag's payload is set aside while it is put back.
-PAYLOAD_ASIDE = ".bag-payload"
 
 #: The tag files that bagit writes, in the order it writes them.
 TAG_FILES = (BAG_DECLARATION, "bag-info.txt", "manifest-sha256.txt", BAG_TAG_MANIFEST)
@@ -120,9 +120,15 @@ def make_run_bag(run_folder: Path) -> RunPaths:
     try:
         bagit.make_bag(str(paths.folder), bag_info=info, checksums=CHECKSUMS)
     except (OSError, bagit.BagError) as error:
+        # bagit may refuse before it moves anything (a file it cannot read), or fail
+        # halfway; either way the folder is put back now, so the run is as it was.
+        try:
+            restore_interrupted_bag(paths.folder)
+        except (StorageError, RunDamagedError):
+            logger.warning("the run folder %s stays half made a bag", paths.folder)
         raise StorageError(
-            f"{paths.folder}: cannot make the bag: {error}; run 'tm-export bag "
-            f"{paths.folder}' again to restore the run folder and retry"
+            f"{paths.folder}: cannot make the bag: {error}; fix the cause, then run "
+            f"'tm-export bag {paths.folder}' again"
         ) from error
     _fsync_bag(paths.folder)
     if marked:
@@ -147,7 +153,8 @@ def _write_marker(folder: Path) -> bool:
         os.replace(partial, marker)
         fsync_path(marker.parent)
     except OSError as error:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
         logger.warning(
             "cannot record the run folder's entries in %s (%s), so a kill while the bag is "
             "made may go unnoticed; making it anyway",
@@ -162,6 +169,7 @@ def _remove_marker(folder: Path) -> None:
     marker = bagging_marker(folder)
     try:
         marker.unlink(missing_ok=True)
+        marker.with_name(marker.name + ".partial").unlink(missing_ok=True)
         fsync_path(marker.parent)
     except OSError as error:
         raise StorageError(
@@ -202,12 +210,16 @@ def restore_interrupted_bag(folder: Path) -> bool:
             return False
 
         restored = False
-        if entries is not None:
-            # A put-back killed after it moved the payload aside (see _put_back_payload).
-            for aside in sorted(folder.glob(f"{PAYLOAD_ASIDE}*")):
-                if aside.name not in entries and aside.is_dir():
-                    _move_contents_up(aside, folder)
-                    restored = True
+        # A put-back killed after it moved the payload aside (see _put_back_payload). Without
+        # a marker, the aside folder is known by the manifest that it holds.
+        for aside in sorted(folder.glob(f"{PAYLOAD_ASIDE}*")):
+            if entries is not None:
+                ours = aside.name not in entries
+            else:
+                ours = aside == set_aside_payload(folder)
+            if ours and aside.is_dir():
+                _move_contents_up(aside, folder)
+                restored = True
         temporary = interrupted_bag_folder(folder)
         payload = folder / DATA_FOLDER
         # A plain run has its manifest at the top; data/manifest.jsonl there is a stream file.
@@ -222,7 +234,8 @@ def restore_interrupted_bag(folder: Path) -> bool:
             # Also a step killed before bagit moved anything: only its marker is left. The
             # marker stays until every entry it lists is back, for the next attempt.
             restored = True
-            missing = sorted(name for name in entries if not (folder / name).exists())
+            # lexists: a link of the run counts as back, even when its target is gone.
+            missing = sorted(name for name in entries if not os.path.lexists(folder / name))
             if missing:
                 raise StorageError(
                     f"{folder}: cannot put back {', '.join(missing[:5])} after an interrupted "
@@ -251,9 +264,10 @@ def _put_back_payload(folder: Path, entries: set[str]) -> None:
             f"{' and more' if len(changed) > 5 else ''}, so the bag was changed after "
             "it was made. Nothing was changed; restore the bag from a copy"
         )
+    # bagit moved every entry into the payload before it wrote a tag file, so the tag files
+    # at the top are all its own, even one that has the name of a user's file.
     for name in TAG_FILES:
-        if name not in entries:
-            (folder / name).unlink(missing_ok=True)
+        (folder / name).unlink(missing_ok=True)
 
     # The payload folder is also called data; move it aside before its contents go up,
     # under a name that no entry of the run has.

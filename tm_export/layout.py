@@ -213,8 +213,10 @@ def build_run_folder(run_folder: Path, suffix: str, fill: Callable[[Path], None]
         fill(building)
         fsync_folder(building)
         # A bag step killed in an earlier folder of this name, deleted since, left a marker
-        # that is not this folder's.
-        bagging_marker(run_folder).unlink(missing_ok=True)
+        # (or the start of one) that is not this folder's.
+        marker = bagging_marker(run_folder)
+        marker.unlink(missing_ok=True)
+        marker.with_name(marker.name + ".partial").unlink(missing_ok=True)
         building.rename(run_folder)
         fsync_folder(run_folder.parent)
     except OSError as error:

@@ -302,24 +302,25 @@ def test_bag_refused_by_bagit_leaves_run_as_it_was(tmp_path: Path, mock: MockSer
     assert bagit.Bag(str(run)).validate()
 
 
-def test_set_aside_payload_without_marker_put_back(tmp_path: Path, mock: MockServer) -> None:
-    """A bag step made without its marker (its parent folder could not be written), whose
-    put-back was killed after it set the payload aside and moved the stream folder up, is
-    still put back: the aside folder holds the manifest that the top lacks."""
+def test_bag_from_inside_run_is_clean_error(
+    tmp_path: Path, mock: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bagit rejects bagging a parent of the working folder with a RuntimeError. The bag
+    step reports it as an error, with no traceback, and leaves the run as it was."""
     recipe = write_recipe(tmp_path, RECIPE)
-    assert run_cli("run", str(recipe), "--base-url", mock.api_url, "--bag").exit_code == 0
+    assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
     run = tmp_path / "out/runs/0001"
-    for name in ("bagit.txt", "bag-info.txt", "manifest-sha256.txt", "tagmanifest-sha256.txt"):
-        (run / name).unlink()
-    (run / "data").rename(run / ".bag-payload")
-    (run / ".bag-payload/data").rename(run / "data")
+    monkeypatch.chdir(run / "data")
 
-    outcome = run_cli("run", str(recipe), "--base-url", mock.api_url, "--bag")
+    outcome = run_cli("bag", str(run))
 
-    assert outcome.exit_code == 0, outcome.stderr
-    assert not (run / ".bag-payload").exists()
-    assert bagit.Bag(str(run)).validate()
-    assert run_cli("verify", str(tmp_path / "out")).exit_code == 0
+    assert outcome.exit_code == 1
+    assert outcome.stderr.splitlines()[-1] == (
+        f"tm-export: error: {run}: cannot make the bag: Bagging a parent of the current "
+        f"directory is not supported; fix the cause, then run 'tm-export bag {run}' again"
+    )
+    assert not list((tmp_path / "out/runs").glob(".*bagging*"))
+    assert run_cli("status", str(run)).exit_code == 0
 
 
 def test_bag_of_dot_keeps_marker_out_of_payload(

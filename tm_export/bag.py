@@ -51,7 +51,6 @@ from .verify import (
     interrupted_bag_folder,
     locate_run,
     scan_manifest,
-    set_aside_payload,
 )
 
 logger = logging.getLogger("tm_export.bag")
@@ -119,7 +118,7 @@ def make_run_bag(run_folder: Path) -> RunPaths:
     marked = _write_marker(paths.folder)
     try:
         bagit.make_bag(str(paths.folder), bag_info=info, checksums=CHECKSUMS)
-    except (OSError, bagit.BagError) as error:
+    except (OSError, RuntimeError, bagit.BagError) as error:
         # bagit may refuse before it moves anything (a file it cannot read), or fail
         # halfway; either way the folder is put back now, so the run is as it was.
         try:
@@ -210,14 +209,12 @@ def restore_interrupted_bag(folder: Path) -> bool:
             return False
 
         restored = False
-        # A put-back killed after it moved the payload aside (see _put_back_payload). Without
-        # a marker, the aside folder is known by the manifest that it holds.
+        # A put-back killed after it moved the payload aside (see _put_back_payload). Only
+        # the marker tells that folder from a user's of the same name.
+        # NOTE: without a marker (a parent folder that could not be written), a kill in
+        # that put-back leaves the payload aside, for the user to move back.
         for aside in sorted(folder.glob(f"{PAYLOAD_ASIDE}*")):
-            if entries is not None:
-                ours = aside.name not in entries
-            else:
-                ours = aside == set_aside_payload(folder)
-            if ours and aside.is_dir():
+            if entries is not None and aside.name not in entries and aside.is_dir():
                 _move_contents_up(aside, folder)
                 restored = True
         temporary = interrupted_bag_folder(folder)

@@ -82,7 +82,6 @@ from .verify import (
     bag_complete,
     bagging_entries,
     interrupted_bag_folder,
-    set_aside_payload,
 )
 from .walk import StreamStats
 from .words import counted
@@ -230,7 +229,7 @@ def _put_back_interrupted_bag(output: Path) -> None:
         return
     folder = runs[-1]
     marked = bagging_entries(folder) is not None
-    moving = interrupted_bag_folder(folder) is not None or set_aside_payload(folder) is not None
+    moving = interrupted_bag_folder(folder) is not None
     tagging = (
         not (folder / MANIFEST_NAME).exists()
         and (folder / DATA_FOLDER / MANIFEST_NAME).is_file()

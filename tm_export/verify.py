@@ -171,13 +171,8 @@ def locate_run(folder: Path) -> RunPaths:
         return RunPaths(folder, folder / DATA_FOLDER, bagged=True)
     if (folder / MANIFEST_NAME).is_file():
         return RunPaths(folder, folder, bagged=False)
-    if (
-        interrupted_bag_folder(folder) is not None
-        or set_aside_payload(folder) is not None
-        or (
-            (folder / DATA_FOLDER / MANIFEST_NAME).is_file()
-            and not (folder / MANIFEST_NAME).exists()
-        )
+    if interrupted_bag_folder(folder) is not None or (
+        (folder / DATA_FOLDER / MANIFEST_NAME).is_file() and not (folder / MANIFEST_NAME).exists()
     ):
         # bagit moved the run into data/ and had not written bagit.txt, say on a full disk.
         raise BagInterruptedError(
@@ -214,17 +209,6 @@ def bagging_entries(folder: Path) -> set[str] | None:
 
 #: The name under which a half-made bag's payload is set aside while it is put back.
 PAYLOAD_ASIDE = ".bag-payload"
-
-
-def set_aside_payload(folder: Path) -> Path | None:
-    """Return the payload folder that a put-back killed after it set the payload aside
-    left, found by the manifest that it holds while the top lacks one, or None."""
-    if (folder / MANIFEST_NAME).exists() or not folder.is_dir():
-        return None
-    for aside in sorted(folder.glob(f"{PAYLOAD_ASIDE}*")):
-        if aside.is_dir() and (aside / MANIFEST_NAME).is_file():
-            return aside
-    return None
 
 
 def interrupted_bag_folder(folder: Path) -> Path | None:

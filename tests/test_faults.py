@@ -503,9 +503,9 @@ def test_expired_key_401_is_no_missing_right(tmp_path: Path, mock: MockServer) -
     assert resumed.stderr.splitlines()[-1] == "result: finished with problems (exit 3)"
 
 
-def test_key_of_another_user_refused(tmp_path: Path, mock: MockServer) -> None:
+def test_key_of_another_user_rejected(tmp_path: Path, mock: MockServer) -> None:
     """A session that resumes a run with a key of another TM user, or an incremental run
-    that builds on runs with one, is refused before anything is sent (exit 2): that user
+    that builds on runs with one, is rejected before anything is sent (exit 2). That user
     may not see the private projects the earlier sessions read, so the run would end
     complete with less. A renewed key of the same user is accepted."""
     recipe = write_recipe(
@@ -966,12 +966,10 @@ def test_repeated_page_stall(tmp_path: Path, mock: MockServer) -> None:
         assert len(search_pages(server)) <= 3 + 8 + 1
 
 
-def test_stall_cleared_by_a_reading_that_gets_every_record(
-    tmp_path: Path, mock: MockServer
-) -> None:
+def test_stall_cleared_by_later_reading(tmp_path: Path, mock: MockServer) -> None:
     """A page's worth of entries added to a project's history while page 2 is requested
-    makes page 2 repeat page 1: the walk stops there, and a second reading gets every
-    entry. The stall of the first reading is then no problem: the run is complete."""
+    makes page 2 repeat page 1. The walk stops there, and a second reading gets every
+    entry, so the stall of the first reading is no problem: the run is complete."""
     project = 1
     activities = rf"^/api/v2/projects/{project}/activities/$"
 
@@ -1169,7 +1167,7 @@ def test_base_url_without_api_prefix_stops_run(tmp_path: Path, mock: MockServer)
 
 
 def test_web_page_base_url_stops_run(tmp_path: Path, mock: MockServer) -> None:
-    """A heartbeat answered with HTML (a TM site's own address serves its web app on every
+    """A heartbeat that returns HTML (a TM site's own address serves its web app on every
     path) names the base URL as no API root, after its retries, not as a server that
     cannot be reached."""
     recipe = write_recipe(

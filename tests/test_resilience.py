@@ -734,8 +734,9 @@ def test_search_refusing_a_later_page_fails(
     tmp_path: Path, mock: MockServer, status: int, body: dict[str, Any]
 ) -> None:
     """A 403 or 404 on a later page of the project search cannot mean that a project was
-    hidden during the walk, as the search names none: the page is lost, so the partition
-    fails (exit 3) rather than ending skipped and complete, and --retry-failed gets it."""
+    hidden during the walk, because the search names none. The page is lost, so the
+    partition fails (exit 3) rather than ending skipped and complete, and --retry-failed
+    fetches it."""
     mock.add_fault(path=SEARCH, query={"page": "2"}, times=1, status=status, body=body)
     recipe = write_recipe(tmp_path, PROJECTS_RECIPE)
 

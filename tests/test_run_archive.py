@@ -179,7 +179,27 @@ main()
 """
 
 
-def test_bag_step_killed_at_each_move_put_back(tmp_path: Path, mock: MockServer) -> None:
+def kill_bag_at_rename(tmp_path: Path, folder: Path, number: int) -> None:
+    """Run 'tm-export bag FOLDER' and kill it at its ``number``-th rename."""
+    killer = tmp_path / "kill_at_rename.py"
+    killer.write_text(KILL_AT_RENAME)
+    killed = subprocess.run(
+        [sys.executable, str(killer), str(number), str(folder)],
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, (number, killed.stderr)
+
+
+def payload_files(bag: Path) -> list[str]:
+    """Return the files of a bag's payload, relative to its data folder."""
+    return sorted(
+        str(path.relative_to(bag / "data")) for path in (bag / "data").rglob("*") if path.is_file()
+    )
+
+
+def test_bag_killed_at_each_move(tmp_path: Path, mock: MockServer) -> None:
     """bagit moves every entry of the run folder, hidden ones and the user's own tmp*
     folder included, into its temporary folder one at a time. A kill at any of those
     moves is reported by status, and the export command with --bag puts the entries back
@@ -193,21 +213,13 @@ def test_bag_step_killed_at_each_move_put_back(tmp_path: Path, mock: MockServer)
     (run / "tmp_backup").mkdir()
     shutil.copy(run / "manifest.jsonl", run / "tmp_backup/manifest.jsonl")
     expected = sorted(str(path.relative_to(run)) for path in run.rglob("*") if path.is_file())
-    killer = tmp_path / "kill_at_rename.py"
-    killer.write_text(KILL_AT_RENAME)
 
     # Six entries move one by one, then the seventh rename makes the temporary folder data.
     for number in range(1, 8):
         output = tmp_path / f"out-{number}"
         shutil.copytree(prepared, output)
         folder = output / "runs/0001"
-        killed = subprocess.run(
-            [sys.executable, str(killer), str(number), str(folder)],
-            capture_output=True,
-            check=False,
-            timeout=120,
-        )
-        assert killed.returncode == -signal.SIGKILL, (number, killed.stderr)
+        kill_bag_at_rename(tmp_path, folder, number)
 
         status = run_cli("status", str(folder))
         outcome = run_cli(
@@ -218,19 +230,15 @@ def test_bag_step_killed_at_each_move_put_back(tmp_path: Path, mock: MockServer)
         assert "was interrupted" in status.stderr, number
         assert outcome.exit_code == 0, (number, outcome.stderr)
         assert bagit.Bag(str(folder)).validate(), number
-        payload = sorted(
-            str(path.relative_to(folder / "data"))
-            for path in (folder / "data").rglob("*")
-            if path.is_file()
-        )
-        assert payload == expected, number
+        assert payload_files(folder) == expected, number
         assert not (output / "runs/.0001.bagging").exists(), number
 
 
-def test_put_back_killed_at_each_move_finished(tmp_path: Path, mock: MockServer) -> None:
+def test_put_back_killed_at_each_move(tmp_path: Path, mock: MockServer) -> None:
     """A bag step killed before bagit's last tag file leaves the payload in data/. The next
-    'tm-export bag' sets it aside and moves its entries up; a kill at any of those moves
-    is finished by the export command with --bag, which bags exactly the run's entries."""
+    'tm-export bag' sets it aside and moves its entries up. After a kill at any of those
+    moves, the export command with --bag finishes the put-back and bags exactly the run's
+    entries."""
     recipe = write_recipe(tmp_path, RECIPE)
     assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
     prepared = tmp_path / "out"
@@ -239,28 +247,18 @@ def test_put_back_killed_at_each_move_finished(tmp_path: Path, mock: MockServer)
     # A file of the user's with the name of a bagit tag file goes into the payload.
     (run / "manifest-sha256.txt").write_text("mine\n")
     assert run_cli("bag", str(run)).exit_code == 0
-    expected = sorted(
-        str(path.relative_to(run / "data")) for path in (run / "data").rglob("*") if path.is_file()
-    )
+    expected = payload_files(run)
     # As a kill before bagit wrote its tag manifest leaves it, with the step's marker.
     (run / "tagmanifest-sha256.txt").unlink()
     entries = sorted(entry.name for entry in (run / "data").iterdir())
     (prepared / "runs/.0001.bagging").write_bytes(orjson.dumps({"entries": entries}))
-    killer = tmp_path / "kill_at_rename.py"
-    killer.write_text(KILL_AT_RENAME)
 
     # One rename sets the payload aside, then one moves each of its entries up.
     for number in range(1, len(entries) + 2):
         output = tmp_path / f"out-{number}"
         shutil.copytree(prepared, output)
         folder = output / "runs/0001"
-        killed = subprocess.run(
-            [sys.executable, str(killer), str(number), str(folder)],
-            capture_output=True,
-            check=False,
-            timeout=120,
-        )
-        assert killed.returncode == -signal.SIGKILL, (number, killed.stderr)
+        kill_bag_at_rename(tmp_path, folder, number)
 
         outcome = run_cli(
             "run", str(recipe), "--base-url", mock.api_url, "--output", str(output), "--bag"
@@ -268,19 +266,14 @@ def test_put_back_killed_at_each_move_finished(tmp_path: Path, mock: MockServer)
 
         assert outcome.exit_code == 0, (number, outcome.stderr)
         assert bagit.Bag(str(folder)).validate(), number
-        payload = sorted(
-            str(path.relative_to(folder / "data"))
-            for path in (folder / "data").rglob("*")
-            if path.is_file()
-        )
-        assert payload == expected, number
+        assert payload_files(folder) == expected, number
         assert not (output / "runs/.0001.bagging").exists(), number
 
 
-def test_bag_refused_by_bagit_leaves_run_as_it_was(tmp_path: Path, mock: MockServer) -> None:
-    """bagit refuses a folder with a link to a missing file before it moves anything. The
-    bag step then puts the folder back and removes its marker, so the run is neither
-    reported as an interrupted bag nor refused, and once the link is gone it is bagged."""
+def test_bagit_rejection_puts_run_back(tmp_path: Path, mock: MockServer) -> None:
+    """bagit rejects a folder with a link to a missing file before it moves anything. The
+    bag step then puts the folder back and removes its marker. So the run is neither
+    reported as an interrupted bag nor rejected, and once the link is gone it is bagged."""
     recipe = write_recipe(tmp_path, RECIPE)
     assert run_cli("run", str(recipe), "--base-url", mock.api_url).exit_code == 0
     run = tmp_path / "out/runs/0001"
@@ -345,21 +338,15 @@ def test_bag_of_dot_keeps_marker_out_of_payload(
     assert not list((tmp_path / "out/runs").glob(".*bagging*"))
 
 
-def test_stale_bag_marker_of_deleted_folder_ignored(tmp_path: Path, mock: MockServer) -> None:
-    """A marker left by a bag step killed in a run folder that was then deleted by hand
-    belongs to that folder, not to a new run folder of the same number: making the new
-    folder removes it, so the new run is neither reported as an interrupted bag nor
-    changed."""
+def test_stale_bag_marker_removed(tmp_path: Path, mock: MockServer) -> None:
+    """A bag step killed in a run folder that was then deleted by hand left a marker that
+    is not a new run folder's of the same number. Making the new folder removes it, so the
+    new run is neither reported as an interrupted bag nor changed."""
     recipe = write_recipe(tmp_path, RECIPE)
     args = ["run", str(recipe), "--base-url", mock.api_url]
     assert run_cli(*args).exit_code == 0
     run = tmp_path / "out/runs/0001"
-    killer = tmp_path / "kill_at_rename.py"
-    killer.write_text(KILL_AT_RENAME)
-    killed = subprocess.run(
-        [sys.executable, str(killer), "2", str(run)], capture_output=True, check=False, timeout=120
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    kill_bag_at_rename(tmp_path, run, 2)
     shutil.rmtree(run)
     assert (tmp_path / "out/runs/.0001.bagging").exists()
     assert run_cli(*args).exit_code == 0

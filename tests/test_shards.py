@@ -954,8 +954,8 @@ def test_merge_refuses_shards_of_other_users(
     tmp_path: Path, mock: MockServer, second: str, reader: str
 ) -> None:
     """Shards read with the keys of different users, or one without a key in any session,
-    saw different private projects: a child partition that only one of them could list
-    would be missing from the merged run with no sign, so the merge is refused (exit 2)."""
+    saw different private projects. A child partition that only one of them could list
+    would be missing from the merged run with no sign, so the merge is rejected (exit 2)."""
     recipe = write_recipe(
         tmp_path,
         RECIPE.replace("{rate_limit: 10000/s}", "{rate_limit: 10000/s, token_env: TM_API_TOKEN}"),
@@ -1002,7 +1002,7 @@ def test_merge_refuses_shards_of_other_users(
     assert not (tmp_path / "merged").exists()
 
 
-def test_merge_names_base_url_of_shard_stopped_at_start(tmp_path: Path, mock: MockServer) -> None:
+def test_merge_command_names_base_url(tmp_path: Path, mock: MockServer) -> None:
     """A shard whose first session stopped at the server check recorded no base URL. The
     command that the merge gives to finish it still names --base-url, with a placeholder,
     since without it the command would go to the production API."""
@@ -1024,7 +1024,7 @@ def test_merge_names_base_url_of_shard_stopped_at_start(tmp_path: Path, mock: Mo
 
 def test_merge_offers_no_retry_for_unknown_path(tmp_path: Path, mock: MockServer) -> None:
     """A partition that failed for a path the server does not have fails again on every
-    --retry-failed, so the merge tells the user to fix the recipe and start over instead."""
+    --retry-failed, so the merge advises fixing the recipe and starting over instead."""
     recipe = write_recipe(
         tmp_path,
         "version: 1\ninstance: {rate_limit: 10000/s}\noutput: OUT\nstreams:\n"

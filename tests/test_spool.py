@@ -209,9 +209,9 @@ def test_spooled_page_write_error_stops_run(
 
 
 def test_spooled_malformed_json_quotes_no_body(tmp_path: Path, mock: MockServer) -> None:
-    """The streaming parser quotes the body near a syntax error, which may hold part of
-    the token; the page's error keeps only its first line, so no part of the token reaches
-    the manifest or the logs."""
+    """The streaming parser quotes the body near a syntax error, which may contain part of
+    the token. The page's error keeps only the parser's first line, so no part of the
+    token reaches the manifest or the logs."""
     token = mock.tokens["mapper"]
     body = '{"results": [{"projectId": 1, "pad": "' + "x" * 300 + f'"}}, {{"echo": {token}}}]}}'
     mock.add_fault(

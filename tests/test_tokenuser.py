@@ -1,4 +1,4 @@
-"""The TM user id read from an API key, which tells whose view a session exported."""
+"""The TM user id read from an API key, which names whose view a session exported."""
 
 from __future__ import annotations
 

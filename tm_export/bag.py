@@ -35,7 +35,7 @@ import orjson
 from . import __version__
 from .canonical import remove_leftovers, rewrite_interrupted
 from .errors import StorageError
-from .layout import DATA_FOLDER, MANIFEST_NAME, bagging_marker, run_codec
+from .layout import DATA_FOLDER, MANIFEST_NAME, bagging_marker, partial_marker, run_codec
 from .manifest import latest_session
 from .runrecord import RunDamagedError, write_run_record
 from .verify import (
@@ -119,8 +119,8 @@ def make_run_bag(run_folder: Path) -> RunPaths:
     try:
         bagit.make_bag(str(paths.folder), bag_info=info, checksums=CHECKSUMS)
     except (OSError, RuntimeError, bagit.BagError) as error:
-        # bagit may refuse before it moves anything (a file it cannot read), or fail
-        # halfway; either way the folder is put back now, so the run is as it was.
+        # bagit may reject the folder before it moves anything (a file it cannot read), or
+        # fail halfway. Either way the folder is put back now, so the run is as it was.
         try:
             restore_interrupted_bag(paths.folder)
         except (StorageError, RunDamagedError):
@@ -145,7 +145,7 @@ def _write_marker(folder: Path) -> bool:
     """
     marker = bagging_marker(folder)
     entries = sorted(entry.name for entry in folder.iterdir())
-    partial = marker.with_name(marker.name + ".partial")
+    partial = partial_marker(marker)
     try:
         partial.write_bytes(orjson.dumps({"entries": entries}))
         fsync_path(partial)
@@ -168,7 +168,7 @@ def _remove_marker(folder: Path) -> None:
     marker = bagging_marker(folder)
     try:
         marker.unlink(missing_ok=True)
-        marker.with_name(marker.name + ".partial").unlink(missing_ok=True)
+        partial_marker(marker).unlink(missing_ok=True)
         fsync_path(marker.parent)
     except OSError as error:
         raise StorageError(
@@ -210,7 +210,7 @@ def restore_interrupted_bag(folder: Path) -> bool:
 
         restored = False
         # A put-back killed after it moved the payload aside (see _put_back_payload). Only
-        # the marker tells that folder from a user's of the same name.
+        # the marker distinguishes that folder from a user's of the same name.
         # NOTE: without a marker (a parent folder that could not be written), a kill in
         # that put-back leaves the payload aside, for the user to move back.
         for aside in sorted(folder.glob(f"{PAYLOAD_ASIDE}*")):

@@ -522,7 +522,7 @@ class _Session:
         if self.options.token:
             # NOTE: a key after anonymous sessions is accepted, since --retry-skipped with
             # a key fetches the private partitions that they skipped. A list they read
-            # still lacks the private projects; status and run.json count the sessions
+            # still lacks the private projects. status and run.json count the sessions
             # without a key, and merge rejects such a shard beside others.
             users = {session["user"] for session in state.sessions if session.get("user")}
             self._check_same_user(users, f"{run_folder}: earlier sessions of this run")
@@ -637,7 +637,7 @@ class _Session:
         later step failed) reports the run as finished, as for any finished run.
 
         Raises:
-            ManifestError: the command does not fit the bag's run, or asks for what a
+            ManifestError: the command does not fit the bag's run, or requests what a
                 sealed run cannot take: partitions to fetch again or a canonical rewrite.
         """
         if self.options.incremental or self.options.start_over:

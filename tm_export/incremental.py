@@ -124,9 +124,9 @@ def read_baseline(recipe: Recipe, runs: list[Path]) -> Baseline:
     Raises:
         ManifestError: none of ``runs`` is a finished run of this recipe.
     """
-    # Read newest first, and no further back than the last full run of each runs/ folder: a
-    # full run contains everything the runs before it had, so runs before a --start-over,
-    # perhaps from another server or with a damaged manifest, are not built on. A merged
+    # Read newest first, and no further back than the last full run of each runs/ folder.
+    # A full run contains everything the runs before it had, so runs before a --start-over
+    # (perhaps from another server, or with a damaged manifest) are not built on. A merged
     # run names the runs of every shard's folder, so each folder is cut on its own.
     states = []
     cut: set[Path] = set()

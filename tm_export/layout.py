@@ -195,6 +195,11 @@ def bagging_marker(folder: Path) -> Path:
     return resolved.parent / f".{resolved.name}.bagging"
 
 
+def partial_marker(marker: Path) -> Path:
+    """Return where a bag step's marker is written before a rename makes it whole."""
+    return marker.with_name(marker.name + ".partial")
+
+
 def build_run_folder(run_folder: Path, suffix: str, fill: Callable[[Path], None]) -> None:
     """Make the run folder ``run_folder`` whole or not at all.
 
@@ -216,7 +221,7 @@ def build_run_folder(run_folder: Path, suffix: str, fill: Callable[[Path], None]
         # (or the start of one) that is not this folder's.
         marker = bagging_marker(run_folder)
         marker.unlink(missing_ok=True)
-        marker.with_name(marker.name + ".partial").unlink(missing_ok=True)
+        partial_marker(marker).unlink(missing_ok=True)
         building.rename(run_folder)
         fsync_folder(run_folder.parent)
     except OSError as error:
